@@ -1,0 +1,1 @@
+"""The senior's kiosk: a Python aiortc client of the Verzilvering server."""

@@ -1,0 +1,219 @@
+"""A call through the Verzilvering SFU: signalling, one peer connection, and what arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiortc import (
+    RTCBundlePolicy,
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from .signaling import SignalingClient
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RemoteMedia:
+    """What one remote participant's media looked like on arrival."""
+
+    name: str
+    video_frames: int = 0
+    video_width: int = 0
+    video_height: int = 0
+    video_first_pts: int | None = None
+    video_last_pts: int | None = None
+    audio_frames: int = 0
+    audio_first_pts: int | None = None
+    audio_last_pts: int | None = None
+    first_video_frame_ms: float | None = None
+    first_audio_frame_ms: float | None = None
+
+    @property
+    def video_advancing(self) -> bool:
+        return (
+            self.video_first_pts is not None
+            and self.video_last_pts is not None
+            and self.video_last_pts > self.video_first_pts
+        )
+
+    @property
+    def audio_advancing(self) -> bool:
+        return (
+            self.audio_first_pts is not None
+            and self.audio_last_pts is not None
+            and self.audio_last_pts > self.audio_first_pts
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["video_advancing"] = self.video_advancing
+        data["audio_advancing"] = self.audio_advancing
+        return data
+
+
+class CallClient:
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        *,
+        video: MediaStreamTrack | None = None,
+        audio: MediaStreamTrack | None = None,
+    ) -> None:
+        self.signaling = SignalingClient(server, token, self._on_message)
+        self.video = video
+        self.audio = audio
+        self.pc: RTCPeerConnection | None = None
+        self.self_id: str | None = None
+        self.room: str | None = None
+        self.names: dict[str, str] = {}
+        self.remote: dict[str, RemoteMedia] = {}
+        self.events: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.joined = asyncio.Event()
+        self.removed = asyncio.Event()
+        self._mids: dict[str, dict[str, Any]] = {}
+        self._offered_at: dict[str, float] = {}
+        self._consumers: set[asyncio.Task[None]] = set()
+        self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._negotiator: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        welcome = await self.signaling.connect()
+        self.room = welcome["room"]
+        self._negotiator = asyncio.ensure_future(self._negotiate())
+        await self.signaling.send({"type": "join", "room": self.room})
+        await asyncio.wait_for(self.joined.wait(), timeout=10)
+        if self.video is not None or self.audio is not None:
+            await self.signaling.send(
+                {"type": "publish", "audio": self.audio is not None, "video": self.video is not None}
+            )
+
+    def _new_peer_connection(self) -> RTCPeerConnection:
+        servers = [
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in self.signaling.welcome.get("ice_servers", [])
+        ]
+        # An explicit list, even when empty: aiortc's default is a public STUN server.
+        pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+        pc.on("track", self._on_track)
+        return pc
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "joined":
+            self.self_id = message["self_id"]
+            for p in message["participants"]:
+                self.names[p["participant_id"]] = p["name"]
+            self.joined.set()
+        elif kind == "participant_joined":
+            self.names[message["participant"]["participant_id"]] = message["participant"]["name"]
+        elif kind == "offer":
+            self._offers.put_nowait(message)
+        elif kind == "error":
+            logger.warning("server error %s: %s", message.get("code"), message.get("message"))
+            self.errors.append(message)
+        elif kind == "removed":
+            self.removed.set()
+        if kind not in ("pong",):
+            self.events.append(message)
+
+    async def _negotiate(self) -> None:
+        while True:
+            offer = await self._offers.get()
+            # Only the newest offer matters; older ones were superseded.
+            while not self._offers.empty():
+                offer = self._offers.get_nowait()
+            try:
+                await self._answer(offer)
+            except Exception:
+                logger.exception("negotiation %s failed", offer.get("negotiation_id"))
+
+    async def _answer(self, offer: dict[str, Any]) -> None:
+        if self.pc is None:
+            self.pc = self._new_peer_connection()
+        pc = self.pc
+        now = time.monotonic()
+        for consumer in offer["consumers"]:
+            if consumer["mid"] not in self._mids:
+                self._offered_at[consumer["mid"]] = now
+            self._mids[consumer["mid"]] = consumer
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        for kind, mid in offer["publish"].items():
+            track = self.video if kind == "video" else self.audio
+            transceiver = next((t for t in pc.getTransceivers() if t.mid == mid), None)
+            if transceiver is None or track is None:
+                continue
+            if transceiver.sender.track is not track:
+                transceiver.sender.replaceTrack(track)
+            transceiver.direction = "sendonly"
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        await self.signaling.send(
+            {"type": "answer", "sdp": pc.localDescription.sdp, "negotiation_id": offer["negotiation_id"]}
+        )
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.pc is not None
+        transceiver = next((t for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        consumer = self._mids.get(transceiver.mid) if transceiver and transceiver.mid else None
+        if consumer is None:
+            logger.warning("track on an unknown transceiver")
+            return
+        task = asyncio.ensure_future(self._consume(track, consumer, self._offered_at.get(consumer["mid"], time.monotonic())))
+        self._consumers.add(task)
+        task.add_done_callback(self._consumers.discard)
+
+    async def _consume(self, track: MediaStreamTrack, consumer: dict[str, Any], since: float) -> None:
+        participant_id = consumer["participant_id"]
+        media = self.remote.get(participant_id)
+        if media is None:
+            media = self.remote[participant_id] = RemoteMedia(name=self.names.get(participant_id, ""))
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            elapsed_ms = (time.monotonic() - since) * 1000
+            if consumer["kind"] == "video":
+                media.video_frames += 1
+                media.video_width, media.video_height = frame.width, frame.height
+                if media.video_first_pts is None:
+                    media.video_first_pts = frame.pts
+                    media.first_video_frame_ms = round(elapsed_ms, 1)
+                media.video_last_pts = frame.pts
+            else:
+                media.audio_frames += 1
+                if media.audio_first_pts is None:
+                    media.audio_first_pts = frame.pts
+                    media.first_audio_frame_ms = round(elapsed_ms, 1)
+                media.audio_last_pts = frame.pts
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "self_id": self.self_id,
+            "room": self.room,
+            "participants": {pid: m.to_dict() for pid, m in self.remote.items()},
+        }
+
+    async def close(self) -> None:
+        if self._negotiator is not None:
+            self._negotiator.cancel()
+        await self.signaling.close()
+        for task in list(self._consumers):
+            task.cancel()
+        if self.pc is not None:
+            await self.pc.close()

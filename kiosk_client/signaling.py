@@ -1,0 +1,148 @@
+"""Client side of signalling protocol v1 (docs/protocol.md), with resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class SignalingError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def ws_url(server: str) -> str:
+    base = server.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/ws"
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://") :] + "/ws"
+    return base + "/ws"
+
+
+class SignalingClient:
+    """Keeps one logical session alive across dropped WebSockets by resuming it."""
+
+    def __init__(self, server: str, token: str, on_message: MessageHandler) -> None:
+        self.url = ws_url(server)
+        self.token = token
+        self.on_message = on_message
+        self.welcome: dict[str, Any] = {}
+        self.last_seq = 0
+        self.closed = False
+        self._http = aiohttp.ClientSession()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._welcomed: asyncio.Future[dict[str, Any]] | None = None
+
+    async def connect(self) -> dict[str, Any]:
+        """Opens the socket and says hello; returns the `welcome` message."""
+        await self._open(resume=False)
+        return self.welcome
+
+    async def _open(self, resume: bool) -> None:
+        self._ws = await self._http.ws_connect(self.url, heartbeat=None, max_msg_size=4 * 1024 * 1024)
+        self._welcomed = asyncio.get_running_loop().create_future()
+        hello: dict[str, Any] = {"type": "hello", "v": 1, "token": self.token}
+        if resume:
+            hello["resume"] = {
+                "session_id": self.welcome["session_id"],
+                "resume_key": self.welcome["resume_key"],
+                "last_seq": self.last_seq,
+            }
+        self._reader = asyncio.ensure_future(self._read(self._ws))
+        await self._ws.send_str(json.dumps(hello))
+        await asyncio.wait_for(asyncio.shield(self._welcomed), timeout=10)
+        if self._pinger is None or self._pinger.done():
+            self._pinger = asyncio.ensure_future(self._ping())
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self._ws is None or self._ws.closed:
+            raise ConnectionError("signalling socket is not open")
+        await self._ws.send_str(json.dumps(message))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            message = json.loads(msg.data)
+            kind = message.get("type")
+            seq = message.get("seq")
+            if isinstance(seq, int) and kind != "resumed":
+                if seq <= self.last_seq:
+                    continue
+                self.last_seq = seq
+            if kind == "welcome":
+                self.welcome = message
+            if kind in ("welcome", "resumed") and self._welcomed and not self._welcomed.done():
+                self._welcomed.set_result(message)
+            elif kind == "error" and self._welcomed and not self._welcomed.done():
+                self._welcomed.set_exception(SignalingError(message["code"], message["message"]))
+            try:
+                await self.on_message(message)
+            except Exception:
+                logger.exception("handling %s failed", kind)
+        if not self.closed and not (self._welcomed and not self._welcomed.done()):
+            asyncio.ensure_future(self._reconnect())
+        elif self._welcomed and not self._welcomed.done():
+            self._welcomed.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))
+
+    async def _reconnect(self) -> None:
+        """Resumes the session with backoff; the media path is left alone meanwhile."""
+        delay = 0.2
+        grace_s = self.welcome.get("resume_grace_ms", 20000) / 1000
+        deadline = time.monotonic() + grace_s
+        while not self.closed and time.monotonic() < deadline:
+            try:
+                await self._open(resume=True)
+                logger.info("signalling resumed")
+                return
+            except SignalingError as exc:
+                logger.warning("resume refused: %s", exc)
+                break
+            except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if not self.closed:
+            await self.on_message({"type": "connection_lost"})
+
+    async def _ping(self) -> None:
+        interval = self.welcome.get("ping_interval_ms", 10000) / 1000
+        while not self.closed:
+            await asyncio.sleep(interval)
+            try:
+                await self.send({"type": "ping", "ts": time.time()})
+            except (ConnectionError, aiohttp.ClientError):
+                pass
+
+    async def drop_socket(self) -> None:
+        """Closes the WebSocket without leaving, as a network cut would (for tests)."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if self._ws is not None and not self._ws.closed:
+            try:
+                await self.send({"type": "leave"})
+                await asyncio.wait_for(self._reader, timeout=2) if self._reader else None
+            except (ConnectionError, asyncio.TimeoutError, aiohttp.ClientError):
+                pass
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        await self._http.close()

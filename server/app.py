@@ -1,0 +1,75 @@
+"""Builds the one-process application: signalling, SFU and web pages on one aiohttp app."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from aiohttp import web
+
+from signaling.service import SignalingService
+from signaling.tokens import TokenIssuer, load_or_create_secret
+
+from . import __version__
+from .config import Settings
+from .router import Sfu
+from .rtphooks import check_aiortc_version
+from .store import Store, open_store
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+ISSUER_KEY = web.AppKey("issuer", TokenIssuer)
+STORE_KEY = web.AppKey("store", Store)
+SFU_KEY = web.AppKey("sfu", Sfu)
+SIGNALING_KEY = web.AppKey("signaling", SignalingService)
+STARTED_KEY = web.AppKey("started", float)
+
+
+def make_issuer(settings: Settings) -> TokenIssuer:
+    return TokenIssuer(settings.token_secret or load_or_create_secret(settings.data_dir))
+
+
+def create_app(settings: Settings) -> web.Application:
+    check_aiortc_version()
+    app = web.Application(client_max_size=settings.max_message_bytes)
+    app[SETTINGS_KEY] = settings
+    app[ISSUER_KEY] = make_issuer(settings)
+    app[STARTED_KEY] = time.monotonic()
+    app[SFU_KEY] = Sfu(settings.ice_servers, settings.keyframe_request_interval_s)
+    app.cleanup_ctx.append(_state)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", websocket)
+
+    import web as web_pages
+
+    web_pages.setup(app)
+    return app
+
+
+async def _state(app: web.Application):  # type: ignore[no-untyped-def]
+    settings = app[SETTINGS_KEY]
+    store = await open_store(settings, node_id=f"node-{uuid.uuid4().hex[:8]}")
+    app[STORE_KEY] = store
+    app[SIGNALING_KEY] = SignalingService(settings, store, app[ISSUER_KEY], app[SFU_KEY])
+    yield
+    await app[SIGNALING_KEY].close()
+    await app[SFU_KEY].close()
+    await store.close()
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    return await request.app[SIGNALING_KEY].handle_ws(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    app = request.app
+    body = {
+        "status": "ok",
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - app[STARTED_KEY], 1),
+        **await app[SIGNALING_KEY].health(),
+        "media": app[SFU_KEY].stats(),
+    }
+    return web.json_response(body)

@@ -1,0 +1,99 @@
+"""The `verzilvering` command: serve, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from signaling.tokens import ROLES
+
+from .app import create_app, make_issuer
+from .config import Settings
+
+DEMO_ROOM = "demo-koffieochtend"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="verzilvering", description="Verzilvering server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run signalling, media and web in one process")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    serve.add_argument("--data-dir", default=None, help="where durable data lives")
+    serve.add_argument("--demo", action="store_true", help="create a demo activity and print links")
+    serve.add_argument("--log-level", default="INFO")
+
+    token = sub.add_parser("token", help="print a signed join token")
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--room", required=True)
+    token.add_argument("--name", required=True)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--data-dir", default=None)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _token(args)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return Settings.from_env(data_dir=args.data_dir, **extra)
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        print(make_issuer(settings).issue(role=args.role, room=args.room, name=args.name, ttl_s=args.ttl))
+    except ValueError as exc:
+        print(f"verzilvering token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # aiortc/aioice are chatty at INFO about every ICE check.
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = _settings(args, host=args.host, port=args.port)
+    app = create_app(settings)
+    if args.demo:
+        app.on_startup.append(lambda app: _create_demo(app, settings))
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 0
+
+
+async def _create_demo(app: web.Application, settings: Settings) -> None:
+    from .app import ISSUER_KEY
+
+    issuer = app[ISSUER_KEY]
+    ttl = 12 * 3600
+    links = {
+        "host (gastvrouw/gastheer)": issuer.issue(role="host", room=DEMO_ROOM, name="Gastvrouw Ans", ttl_s=ttl),
+        "family (familie)": issuer.issue(role="family", room=DEMO_ROOM, name="Kleindochter Sanne", ttl_s=ttl),
+    }
+    kiosk_token = issuer.issue(role="senior", room=DEMO_ROOM, name="Mevrouw De Vries", ttl_s=ttl)
+    base = settings.base_url
+    lines = [
+        "",
+        f"Verzilvering demo activity '{DEMO_ROOM}' is ready at {base}",
+    ]
+    for who, tok in links.items():
+        lines.append(f"  {who}: {base}/call?token={tok}")
+    lines.append(f"  kiosk: verzilvering-kiosk join --server {base} --token {kiosk_token}")
+    lines.append("")
+    print("\n".join(lines), flush=True)
+    await asyncio.sleep(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

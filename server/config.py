@@ -1,0 +1,89 @@
+"""Settings for one Verzilvering node.
+
+Every limit the service enforces lives here under a name, with a default that suits
+a municipal deployment. Values come from keyword arguments (tests, CLI flags) or
+from `VERZILVERING_<NAME>` environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./verzilvering-data")
+    # Public base URL used in printed links; derived from host/port when empty.
+    public_url: str = ""
+    # HS256 signing secret for join tokens; generated into data_dir when empty.
+    token_secret: str = ""
+    default_token_ttl_s: int = 3600
+
+    # Signalling limits.
+    max_message_bytes: int = 64 * 1024
+    # Frames above this are refused by the WebSocket layer itself and close the socket.
+    max_frame_bytes: int = 1024 * 1024
+    messages_per_second: float = 20.0
+    message_burst: int = 40
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 30.0
+    hello_timeout_s: float = 10.0
+    resume_grace_s: float = 20.0
+    resume_buffer_messages: int = 256
+
+    # Room limits.
+    max_participants_per_room: int = 30
+
+    # Media.
+    # ICE servers handed to aiortc and to clients; empty means host candidates only
+    # (never aiortc's implicit public STUN default).
+    ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # Request a keyframe from a producer at most this often, however many ask.
+    keyframe_request_interval_s: float = 0.25
+    negotiation_timeout_s: float = 15.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(f"VERZILVERING_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def _parse(type_name: Any, raw: str, name: str) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "Path":
+            return Path(raw)
+        if type_name.startswith("tuple"):
+            import json
+
+            return tuple(json.loads(raw))
+    except ValueError as exc:
+        raise ValueError(f"VERZILVERING_{name.upper()}: {exc}") from None
+    return raw

@@ -1,0 +1,116 @@
+"""Router: a room's media on this node — its transports and the producers they publish."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .producer import Producer
+from .transport import OfferSender, WebRtcTransport
+
+logger = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, room: str, ice_servers: tuple[dict[str, Any], ...], keyframe_request_interval_s: float) -> None:
+        self.room = room
+        self.transports: dict[str, WebRtcTransport] = {}
+        self.subscribers: set[str] = set()
+        self._ice_servers = ice_servers
+        self._keyframe_interval = keyframe_request_interval_s
+
+    def create_transport(
+        self,
+        participant_id: str,
+        *,
+        subscribe: bool,
+        send_offer: OfferSender,
+        on_failed: Callable[[], None] | None = None,
+    ) -> WebRtcTransport:
+        if participant_id in self.transports:
+            raise ValueError(f"participant {participant_id} already has a transport")
+        transport = WebRtcTransport(
+            participant_id,
+            self._ice_servers,
+            send_offer,
+            self._keyframe_interval,
+            on_failed=on_failed,
+        )
+        self.transports[participant_id] = transport
+        if subscribe:
+            self.subscribers.add(participant_id)
+            for producer in self.producers:
+                transport.consume(producer)
+        return transport
+
+    @property
+    def producers(self) -> list[Producer]:
+        return [p for t in self.transports.values() for p in t.producers]
+
+    def get_producer(self, producer_id: str) -> Producer | None:
+        return next((p for p in self.producers if p.id == producer_id), None)
+
+    def producer_started(self, producer: Producer) -> None:
+        for participant_id in self.subscribers:
+            if participant_id != producer.participant_id:
+                self.transports[participant_id].consume(producer)
+
+    def producer_stopped(self, producer: Producer) -> None:
+        for transport in self.transports.values():
+            transport.stop_consuming(producer.id)
+
+    async def close_transport(self, participant_id: str) -> list[Producer]:
+        transport = self.transports.pop(participant_id, None)
+        self.subscribers.discard(participant_id)
+        if transport is None:
+            return []
+        ended = await transport.close()
+        for producer in ended:
+            self.producer_stopped(producer)
+        return ended
+
+    @property
+    def empty(self) -> bool:
+        return not self.transports
+
+    def stats(self) -> dict[str, int]:
+        consumers = sum(len(t.consumer_slots) for t in self.transports.values())
+        return {"transports": len(self.transports), "producers": len(self.producers), "consumers": consumers}
+
+
+class Sfu:
+    """All routers on this node, one per room with media here."""
+
+    def __init__(self, ice_servers: tuple[dict[str, Any], ...], keyframe_request_interval_s: float) -> None:
+        self.routers: dict[str, Router] = {}
+        self._ice_servers = ice_servers
+        self._keyframe_interval = keyframe_request_interval_s
+
+    def router(self, room: str) -> Router:
+        router = self.routers.get(room)
+        if router is None:
+            router = self.routers[room] = Router(room, self._ice_servers, self._keyframe_interval)
+        return router
+
+    async def close_transport(self, room: str, participant_id: str) -> list[Producer]:
+        router = self.routers.get(room)
+        if router is None:
+            return []
+        ended = await router.close_transport(participant_id)
+        if router.empty:
+            del self.routers[room]
+        return ended
+
+    async def close(self) -> None:
+        for room in list(self.routers):
+            router = self.routers[room]
+            for participant_id in list(router.transports):
+                await self.close_transport(room, participant_id)
+
+    def stats(self) -> dict[str, int]:
+        totals = {"routers": len(self.routers), "transports": 0, "producers": 0, "consumers": 0}
+        for router in self.routers.values():
+            for key, value in router.stats().items():
+                totals[key] += value
+        return totals

@@ -1,0 +1,242 @@
+"""The only module that reaches into aiortc's internals.
+
+aiortc has no API for encoded media on the receive side and none for sending RTP that
+was packetized elsewhere. An SFU needs both: it must forward the publisher's packets
+untouched, without decoding. These hooks were written against aiortc 1.16.0 (the version
+pinned in pyproject.toml); `tests/test_rtphooks_pin.py` fails loudly if the internals they
+touch move.
+
+- `ReceiverTap` takes over an `RTCRtpReceiver` before it starts: no decoder thread and no
+  jitter buffer; every RTP packet goes straight to a callback. Receiver reports, NACKs and
+  REMB towards the publisher still flow, through aiortc's own RTCP code.
+- `SenderFeed` turns an `RTCRtpSender` into a pipe for ready-made RTP packets: it parks
+  the sender's encoder loop on a silent track and writes packets to the DTLS transport
+  itself, keeping the counters aiortc's sender reports read and a history for NACKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiortc
+from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
+from aiortc import clock
+from aiortc.codecs import is_rtx
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtpPacket,
+    HeaderExtensionsMap,
+    pack_remb_fci,
+    unwrap_rtx,
+    wrap_rtx,
+)
+from aiortc.utils import uint16_add
+
+AIORTC_VERSION = "1.16.0"
+# Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
+SEND_HISTORY_SIZE = 512
+
+RtpHandler = Callable[[RtpPacket], Awaitable[None]]
+
+
+def check_aiortc_version() -> None:
+    if aiortc.__version__ != AIORTC_VERSION:
+        raise RuntimeError(
+            f"server/rtphooks.py was written for aiortc {AIORTC_VERSION}, "
+            f"found {aiortc.__version__}; re-check the hooks before upgrading"
+        )
+
+
+class ReceiverTap:
+    """Receives a publisher's RTP on an aiortc receiver without decoding it."""
+
+    def __init__(self, receiver: RTCRtpReceiver, kind: str) -> None:
+        self.receiver = receiver
+        self.kind = kind
+        self.on_rtp: RtpHandler | None = None
+        self.codecs: dict[int, RTCRtpCodecParameters] = {}
+        self.media_ssrc: int | None = None
+        self._rtx_ssrc: dict[int, int] = {}
+        self._nack = NackGenerator() if kind == "video" else None
+        self._started = False
+        # Instance attributes shadow the class methods aiortc's transport and peer
+        # connection call, which is how the tap slides in without subclassing.
+        receiver.receive = self._receive  # type: ignore[method-assign]
+        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+
+    @property
+    def primary_codec(self) -> RTCRtpCodecParameters | None:
+        for codec in self.codecs.values():
+            if not is_rtx(codec):
+                return codec
+        return None
+
+    async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        if self._started:
+            return
+        r = self.receiver
+        for codec in parameters.codecs:
+            self.codecs[codec.payloadType] = codec
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        r.transport._register_rtp_receiver(r, parameters)
+        r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())  # type: ignore[attr-defined]
+        r._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
+        self._started = True
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        r = self.receiver
+        codec = self.codecs.get(packet.payload_type)
+        if codec is None:
+            return
+
+        if self.kind == "video" and packet.extensions.abs_send_time is not None:
+            estimator = r._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+            rtcp_ssrc = r._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            if remb is not None and rtcp_ssrc is not None:
+                await r._send_rtcp(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                    )
+                )
+
+        # aiortc's receiver reports read these statistics.
+        streams = r._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+
+        if is_rtx(codec):
+            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or len(packet.payload) < 2 or apt not in self.codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+
+        self.media_ssrc = packet.ssrc
+        if self._nack is not None and self._nack.add(packet):
+            await r._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))
+
+        # Padding-only packets carry no media; forwarding them only costs bandwidth.
+        if not packet.payload:
+            return
+        if self.on_rtp is not None:
+            await self.on_rtp(packet)
+
+    async def request_keyframe(self) -> None:
+        if self.media_ssrc is not None:
+            await self.receiver._send_rtcp_pli(self.media_ssrc)
+
+
+class _ParkedTrack(MediaStreamTrack):
+    """Keeps aiortc's sender loop asleep: it never yields a frame until stopped."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._stopped = asyncio.Event()
+
+    async def recv(self) -> Any:
+        await self._stopped.wait()
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        self._stopped.set()
+
+
+class SenderFeed:
+    """Sends ready-made RTP packets through an aiortc sender's DTLS transport."""
+
+    def __init__(self, sender: RTCRtpSender, kind: str) -> None:
+        self.sender = sender
+        self.kind = kind
+        self.payload_types: dict[str, int] = {}
+        self.mid: str | None = None
+        self.on_keyframe_request: Callable[[], None] | None = None
+        self._rtx_payload_type: int | None = None
+        self._rtx_sequence_number = 0
+        self._extensions_map = HeaderExtensionsMap()
+        self._history: dict[int, RtpPacket] = {}
+        self._configured = asyncio.Event()
+        self._aiortc_send = sender.send
+        sender.replaceTrack(_ParkedTrack(kind))
+        sender.send = self._send  # type: ignore[method-assign]
+        sender._send_keyframe = self._keyframe_requested  # type: ignore[method-assign]
+        sender._retransmit = self._retransmit  # type: ignore[method-assign]
+
+    @property
+    def ssrc(self) -> int:
+        return self.sender._ssrc
+
+    @property
+    def ready(self) -> bool:
+        return self._configured.is_set()
+
+    def payload_type_for(self, mime_type: str) -> int | None:
+        return self.payload_types.get(mime_type.lower())
+
+    async def _send(self, parameters: RTCRtpSendParameters) -> None:
+        self.mid = parameters.muxId
+        for codec in parameters.codecs:
+            if is_rtx(codec):
+                if codec.parameters.get("apt") == parameters.codecs[0].payloadType:
+                    self._rtx_payload_type = codec.payloadType
+            else:
+                self.payload_types.setdefault(codec.mimeType.lower(), codec.payloadType)
+        self._extensions_map.configure(parameters)
+        await self._aiortc_send(parameters)
+        self._configured.set()
+
+    def _keyframe_requested(self) -> None:
+        if self.on_keyframe_request is not None:
+            self.on_keyframe_request()
+
+    async def send(self, packet: RtpPacket) -> None:
+        """Sends one packet whose SSRC, sequence number and timestamp are already ours."""
+        packet.extensions.mid = self.mid
+        packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        self._history[packet.sequence_number % SEND_HISTORY_SIZE] = packet
+        data = packet.serialize(self._extensions_map)
+        await self.sender.transport._send_rtp(data)
+        s = self.sender
+        # aiortc's sender reports and getStats() read these counters.
+        s._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
+        s._RTCRtpSender__rtp_timestamp = packet.timestamp  # type: ignore[attr-defined]
+        s._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore[attr-defined]
+        s._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        packet = self._history.get(sequence_number % SEND_HISTORY_SIZE)
+        if packet is None or packet.sequence_number != sequence_number:
+            return
+        if self._rtx_payload_type is not None:
+            packet = wrap_rtx(
+                packet,
+                payload_type=self._rtx_payload_type,
+                sequence_number=self._rtx_sequence_number,
+                ssrc=self.sender._rtx_ssrc,
+            )
+            self._rtx_sequence_number = uint16_add(self._rtx_sequence_number, 1)
+        try:
+            await self.sender.transport._send_rtp(packet.serialize(self._extensions_map))
+        except ConnectionError:
+            pass

@@ -1,0 +1,37 @@
+"""State behind one interface: the embedded backend (default) and Redis."""
+
+from .base import (
+    DIRECTORY_KINDS,
+    ParticipantState,
+    RoomFull,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    TrackState,
+)
+
+__all__ = [
+    "DIRECTORY_KINDS",
+    "ParticipantState",
+    "RoomFull",
+    "Store",
+    "StoreUnavailable",
+    "Subscription",
+    "TrackState",
+    "open_store",
+]
+
+
+async def open_store(settings: "object", node_id: str) -> Store:
+    """Opens the backend the settings ask for: Redis when a URL is set, else embedded."""
+    redis_url = getattr(settings, "redis_url", "")
+    if redis_url:
+        from .redis import RedisStore
+
+        store: Store = RedisStore(redis_url, node_id=node_id)
+    else:
+        from .embedded import EmbeddedStore
+
+        store = EmbeddedStore(getattr(settings, "data_dir"), node_id=node_id)
+    await store.open()
+    return store

@@ -1,0 +1,162 @@
+"""The store interface: live room state, presence, room event fan-out and the durable directory.
+
+Callers only see this interface. The embedded backend keeps live state in memory and the
+directory in SQLite; the Redis backend shares both between nodes. Every method is async so
+either backend can do I/O.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Durable directory collections. Later features store typed records in these.
+DIRECTORY_KINDS = ("people", "kiosks", "contacts", "activities")
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class RoomFull(Exception):
+    """The room already holds its maximum number of participants."""
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached; the caller may retry later."""
+
+
+@dataclass
+class ParticipantState:
+    participant_id: str
+    room: str
+    name: str
+    role: str
+    node_id: str
+    joined_at: float
+    audio_muted: bool = False
+    video_muted: bool = False
+    # False while the participant's WebSocket is gone but its resume grace runs.
+    connected: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ParticipantState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class TrackState:
+    track_id: str
+    room: str
+    participant_id: str
+    kind: str
+    muted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrackState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Store(abc.ABC):
+    node_id: str
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # --- live room state -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_participant(self, state: ParticipantState, max_participants: int) -> None:
+        """Adds or replaces a participant atomically; raises RoomFull at the limit."""
+
+    @abc.abstractmethod
+    async def remove_participant(self, room: str, participant_id: str) -> ParticipantState | None:
+        """Removes the participant and its tracks; returns what was removed."""
+
+    @abc.abstractmethod
+    async def get_participant(self, room: str, participant_id: str) -> ParticipantState | None: ...
+
+    @abc.abstractmethod
+    async def list_participants(self, room: str) -> list[ParticipantState]: ...
+
+    @abc.abstractmethod
+    async def update_participant(
+        self, room: str, participant_id: str, **changes: Any
+    ) -> ParticipantState | None: ...
+
+    @abc.abstractmethod
+    async def add_track(self, track: TrackState) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_track(self, room: str, track_id: str) -> TrackState | None: ...
+
+    @abc.abstractmethod
+    async def update_track(self, room: str, track_id: str, **changes: Any) -> TrackState | None: ...
+
+    @abc.abstractmethod
+    async def list_tracks(self, room: str) -> list[TrackState]: ...
+
+    @abc.abstractmethod
+    async def list_rooms(self) -> dict[str, int]:
+        """Room name → participant count, for rooms with at least one participant."""
+
+    # --- presence ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def touch_presence(self, participant_id: str, ttl_s: float) -> None: ...
+
+    @abc.abstractmethod
+    async def clear_presence(self, participant_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def is_present(self, participant_id: str) -> bool: ...
+
+    # --- room event fan-out --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def publish(self, room: str, event: dict[str, Any]) -> None:
+        """Delivers the event to every subscriber of the room, on every node."""
+
+    @abc.abstractmethod
+    async def subscribe(self, room: str, handler: EventHandler) -> Subscription: ...
+
+    # --- durable directory ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def list_records(self, kind: str) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def delete_record(self, kind: str, record_id: str) -> bool: ...
+
+
+def check_kind(kind: str) -> None:
+    if kind not in DIRECTORY_KINDS:
+        raise ValueError(f"unknown directory kind {kind!r}; expected one of {', '.join(DIRECTORY_KINDS)}")
+
+
+def check_record_id(record_id: str) -> None:
+    if not isinstance(record_id, str) or not record_id or len(record_id) > 128:
+        raise ValueError("record id must be a non-empty string of at most 128 characters")

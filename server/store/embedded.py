@@ -1,0 +1,248 @@
+"""Embedded backend: live state in this process, the durable directory in SQLite.
+
+Needs no external service. SQLite runs on one worker thread so the event loop never
+waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    DIRECTORY_KINDS,
+    EventHandler,
+    ParticipantState,
+    RoomFull,
+    Store,
+    Subscription,
+    TrackState,
+    check_kind,
+    check_record_id,
+)
+
+DATABASE_FILE = "directory.sqlite3"
+
+
+class _LocalSubscription(Subscription):
+    def __init__(self, store: "EmbeddedStore", room: str, handler: EventHandler) -> None:
+        self._store = store
+        self._room = room
+        self._handler = handler
+
+    async def close(self) -> None:
+        handlers = self._store._handlers.get(self._room)
+        if handlers is not None:
+            handlers.discard(self._handler)
+            if not handlers:
+                del self._store._handlers[self._room]
+
+
+class EmbeddedStore(Store):
+    def __init__(self, data_dir: Path, node_id: str = "local") -> None:
+        self.node_id = node_id
+        self._path = Path(data_dir) / DATABASE_FILE
+        self._participants: dict[str, dict[str, ParticipantState]] = {}
+        self._tracks: dict[str, dict[str, TrackState]] = {}
+        self._presence: dict[str, float] = {}
+        self._handlers: dict[str, set[EventHandler]] = {}
+        self._db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        await self._run(self._open_db)
+
+    def _open_db(self) -> None:
+        db = sqlite3.connect(self._path, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        for kind in DIRECTORY_KINDS:
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {kind} (id TEXT PRIMARY KEY, data TEXT NOT NULL)"
+            )
+        db.commit()
+        self._db = db
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._close_db)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        assert self._executor is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- live room state -------------------------------------------------------------
+
+    async def add_participant(self, state: ParticipantState, max_participants: int) -> None:
+        room = self._participants.setdefault(state.room, {})
+        if state.participant_id not in room and len(room) >= max_participants:
+            if not room:
+                del self._participants[state.room]
+            raise RoomFull(state.room)
+        room[state.participant_id] = dataclasses.replace(state)
+
+    async def remove_participant(self, room: str, participant_id: str) -> ParticipantState | None:
+        members = self._participants.get(room)
+        if not members or participant_id not in members:
+            return None
+        state = members.pop(participant_id)
+        if not members:
+            del self._participants[room]
+        tracks = self._tracks.get(room, {})
+        for track_id in [t for t, tr in tracks.items() if tr.participant_id == participant_id]:
+            del tracks[track_id]
+        if room in self._tracks and not self._tracks[room]:
+            del self._tracks[room]
+        return state
+
+    async def get_participant(self, room: str, participant_id: str) -> ParticipantState | None:
+        state = self._participants.get(room, {}).get(participant_id)
+        return dataclasses.replace(state) if state else None
+
+    async def list_participants(self, room: str) -> list[ParticipantState]:
+        members = self._participants.get(room, {})
+        return sorted(
+            (dataclasses.replace(p) for p in members.values()),
+            key=lambda p: (p.joined_at, p.participant_id),
+        )
+
+    async def update_participant(
+        self, room: str, participant_id: str, **changes: Any
+    ) -> ParticipantState | None:
+        state = self._participants.get(room, {}).get(participant_id)
+        if state is None:
+            return None
+        _check_fields(ParticipantState, changes)
+        for key, value in changes.items():
+            setattr(state, key, value)
+        return dataclasses.replace(state)
+
+    async def add_track(self, track: TrackState) -> None:
+        if track.participant_id not in self._participants.get(track.room, {}):
+            raise KeyError(f"participant {track.participant_id} is not in room {track.room}")
+        self._tracks.setdefault(track.room, {})[track.track_id] = dataclasses.replace(track)
+
+    async def remove_track(self, room: str, track_id: str) -> TrackState | None:
+        tracks = self._tracks.get(room)
+        if not tracks or track_id not in tracks:
+            return None
+        track = tracks.pop(track_id)
+        if not tracks:
+            del self._tracks[room]
+        return track
+
+    async def update_track(self, room: str, track_id: str, **changes: Any) -> TrackState | None:
+        track = self._tracks.get(room, {}).get(track_id)
+        if track is None:
+            return None
+        _check_fields(TrackState, changes)
+        for key, value in changes.items():
+            setattr(track, key, value)
+        return dataclasses.replace(track)
+
+    async def list_tracks(self, room: str) -> list[TrackState]:
+        return [dataclasses.replace(t) for t in self._tracks.get(room, {}).values()]
+
+    async def list_rooms(self) -> dict[str, int]:
+        return {room: len(members) for room, members in self._participants.items()}
+
+    # --- presence ----------------------------------------------------------------------
+
+    async def touch_presence(self, participant_id: str, ttl_s: float) -> None:
+        self._presence[participant_id] = time.monotonic() + ttl_s
+
+    async def clear_presence(self, participant_id: str) -> None:
+        self._presence.pop(participant_id, None)
+
+    async def is_present(self, participant_id: str) -> bool:
+        expires = self._presence.get(participant_id)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            del self._presence[participant_id]
+            return False
+        return True
+
+    # --- room event fan-out --------------------------------------------------------------
+
+    async def publish(self, room: str, event: dict[str, Any]) -> None:
+        # Round-trip through JSON so subscribers get the same shapes as over Redis.
+        payload = json.loads(json.dumps(event))
+        for handler in list(self._handlers.get(room, ())):
+            handler(payload)
+
+    async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
+        self._handlers.setdefault(room, set()).add(handler)
+        return _LocalSubscription(self, room, handler)
+
+    # --- durable directory ------------------------------------------------------------------
+
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any]) -> None:
+        check_kind(kind)
+        check_record_id(record_id)
+        text = json.dumps(data, sort_keys=True)
+        await self._run(self._put, kind, record_id, text)
+
+    def _put(self, kind: str, record_id: str, text: str) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.execute(
+                f"INSERT INTO {kind} (id, data) VALUES (?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+                (record_id, text),
+            )
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        check_kind(kind)
+        row = await self._run(self._get, kind, record_id)
+        return json.loads(row) if row is not None else None
+
+    def _get(self, kind: str, record_id: str) -> str | None:
+        assert self._db is not None
+        row = self._db.execute(f"SELECT data FROM {kind} WHERE id = ?", (record_id,)).fetchone()
+        return row[0] if row else None
+
+    async def list_records(self, kind: str) -> list[dict[str, Any]]:
+        check_kind(kind)
+        rows = await self._run(self._list, kind)
+        return [json.loads(r) for r in rows]
+
+    def _list(self, kind: str) -> list[str]:
+        assert self._db is not None
+        return [r[0] for r in self._db.execute(f"SELECT data FROM {kind} ORDER BY id")]
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        check_kind(kind)
+        return await self._run(self._delete, kind, record_id)
+
+    def _delete(self, kind: str, record_id: str) -> bool:
+        assert self._db is not None
+        with self._db:
+            cur = self._db.execute(f"DELETE FROM {kind} WHERE id = ?", (record_id,))
+        return cur.rowcount > 0
+
+
+def _check_fields(cls: type, changes: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(changes) - names
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+    for key in ("participant_id", "room", "track_id"):
+        if key in changes:
+            raise ValueError(f"{key} cannot be changed")

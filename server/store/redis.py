@@ -1,0 +1,530 @@
+"""Redis backend: live room state, presence, event fan-out and the directory shared by all nodes.
+
+Key schema (every key starts with the store's prefix, ``vz:`` by default):
+
+``{prefix}room:{room}:participants``
+    Hash participant_id → ParticipantState as JSON.
+``{prefix}room:{room}:tracks``
+    Hash track_id → TrackState as JSON.
+``{prefix}rooms``
+    Hash room → participant count, for rooms with at least one participant. The Lua
+    scripts that change a room's participants keep it in step with the participants hash.
+``{prefix}presence:{participant_id}``
+    String (the node id that last touched it) with a PX expiry of the presence TTL.
+``{prefix}dir:{kind}``
+    Hash record_id → record as JSON, one per directory kind.
+``{prefix}events:{room}``
+    Pub/sub channel; each message is one event as JSON.
+
+What expires: only the presence keys. Live room state stays until a node removes it, so a
+node that dies without cleaning up leaves its participants behind (their ``node_id`` says
+whose they were). The directory is as durable as the server's persistence settings (RDB or
+AOF) make it. Pub/sub is fire-and-forget: events published while a node's subscriber
+connection is down are lost to that node.
+
+The scripts touch keys of one room plus the global ``rooms`` hash, so this backend needs a
+single Redis (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import (
+    EventHandler,
+    ParticipantState,
+    RoomFull,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    TrackState,
+    check_kind,
+    check_record_id,
+)
+
+log = logging.getLogger(__name__)
+
+# How long subscribe() waits for Redis to confirm a new channel subscription.
+SUBSCRIBE_TIMEOUT_S = 5.0
+# The reader wakes this often even when idle, so the client's health checks can run.
+READER_POLL_S = 1.0
+READER_BACKOFF_MAX_S = 5.0
+
+# KEYS: participants, rooms. ARGV: room, participant_id, state json, max participants.
+# Re-adding a participant already in the room is a replace and never hits the limit.
+_ADD_PARTICIPANT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0
+   and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], redis.call('HLEN', KEYS[1]))
+return 1
+"""
+
+# KEYS: participants, tracks, rooms. ARGV: room, participant_id.
+# Returns the removed state json, or nil when the participant was not in the room.
+_REMOVE_PARTICIPANT = """
+-- Everything that can fail (decoding) runs before the first write, because Redis does
+-- not roll back the writes of a script that errors.
+local state = redis.call('HGET', KEYS[1], ARGV[2])
+if not state then
+  return false
+end
+local owned = {}
+local tracks = redis.call('HGETALL', KEYS[2])
+for i = 1, #tracks, 2 do
+  if cjson.decode(tracks[i + 1]).participant_id == ARGV[2] then
+    owned[#owned + 1] = tracks[i]
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[2])
+if #owned > 0 then
+  redis.call('HDEL', KEYS[2], unpack(owned))
+end
+local count = redis.call('HLEN', KEYS[1])
+if count == 0 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[3], ARGV[1], count)
+end
+return state
+"""
+
+# KEYS: participants, tracks. ARGV: participant_id, track_id, track json.
+# Checked in the same script as the write so a track can never outlive its participant.
+_ADD_TRACK = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS: hash. ARGV: field, expected json, new json.
+# Compare-and-set: 1 written, 0 field gone, -1 changed since it was read.
+_COMPARE_AND_SET = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then
+  return 0
+end
+if current ~= ARGV[2] then
+  return -1
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+_State = TypeVar("_State", ParticipantState, TrackState)
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _check_changes(cls: type, changes: dict[str, Any]) -> None:
+    # Mirrors the embedded backend so both reject exactly the same updates.
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(changes) - names
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+    for key in ("participant_id", "room", "track_id"):
+        if key in changes:
+            raise ValueError(f"{key} cannot be changed")
+
+
+def _encode(state: ParticipantState | TrackState) -> str:
+    return json.dumps(state.to_dict(), sort_keys=True)
+
+
+class _RedisSubscription(Subscription):
+    def __init__(self, store: "RedisStore", room: str, handler: EventHandler) -> None:
+        self.store = store
+        self.room = room
+        self.handler = handler
+
+    async def close(self) -> None:
+        await self.store._unsubscribe(self)
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, node_id: str, *, prefix: str = "vz:") -> None:
+        self.node_id = node_id
+        self._url = url
+        self._prefix = prefix
+        self._client: aioredis.Redis | None = None
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        # Each subscription is its own entry, so closing one never drops another that
+        # happens to use the same handler.
+        self._subscriptions: dict[str, list[_RedisSubscription]] = {}
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        # Serialises SUBSCRIBE/UNSUBSCRIBE so the registry and the server agree.
+        self._subscribe_lock = asyncio.Lock()
+        self._add_participant: AsyncScript | None = None
+        self._remove_participant: AsyncScript | None = None
+        self._add_track: AsyncScript | None = None
+        self._compare_and_set: AsyncScript | None = None
+
+    # --- keys ----------------------------------------------------------------------------
+
+    def _participants_key(self, room: str) -> str:
+        return f"{self._prefix}room:{room}:participants"
+
+    def _tracks_key(self, room: str) -> str:
+        return f"{self._prefix}room:{room}:tracks"
+
+    def _rooms_key(self) -> str:
+        return f"{self._prefix}rooms"
+
+    def _presence_key(self, participant_id: str) -> str:
+        return f"{self._prefix}presence:{participant_id}"
+
+    def _directory_key(self, kind: str) -> str:
+        return f"{self._prefix}dir:{kind}"
+
+    def _channel(self, room: str) -> str:
+        return f"{self._prefix}events:{room}"
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        # URL query parameters override these defaults.
+        client = aioredis.Redis.from_url(
+            self._url,
+            decode_responses=True,
+            socket_connect_timeout=5.0,
+            socket_timeout=5.0,
+            socket_keepalive=True,
+            # Lets the otherwise idle pub/sub connection notice a dead server.
+            health_check_interval=30,
+        )
+        try:
+            with _unavailable():
+                await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+        self._pubsub = client.pubsub()
+        self._add_participant = client.register_script(_ADD_PARTICIPANT)
+        self._remove_participant = client.register_script(_REMOVE_PARTICIPANT)
+        self._add_track = client.register_script(_ADD_TRACK)
+        self._compare_and_set = client.register_script(_COMPARE_AND_SET)
+
+    async def close(self) -> None:
+        client, pubsub, reader = self._client, self._pubsub, self._reader
+        if client is None:
+            return
+        self._client = self._pubsub = self._reader = None
+        self._subscriptions.clear()
+        for confirmed in self._confirmations.values():
+            if not confirmed.done():
+                # Not cancel(): the waiting subscribe() was not cancelled, the store went.
+                confirmed.set_exception(StoreUnavailable("store closed"))
+        self._confirmations.clear()
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if pubsub is not None:
+            await pubsub.aclose()
+        await client.aclose()
+
+    @property
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("store is not open")
+        return self._client
+
+    @staticmethod
+    def _script(script: AsyncScript | None) -> AsyncScript:
+        if script is None:
+            raise RuntimeError("store is not open")
+        return script
+
+    # --- live room state -------------------------------------------------------------
+
+    async def add_participant(self, state: ParticipantState, max_participants: int) -> None:
+        script = self._script(self._add_participant)
+        with _unavailable():
+            added = await script(
+                keys=[self._participants_key(state.room), self._rooms_key()],
+                args=[state.room, state.participant_id, _encode(state), max_participants],
+            )
+        if not added:
+            raise RoomFull(state.room)
+
+    async def remove_participant(self, room: str, participant_id: str) -> ParticipantState | None:
+        script = self._script(self._remove_participant)
+        with _unavailable():
+            raw = await script(
+                keys=[self._participants_key(room), self._tracks_key(room), self._rooms_key()],
+                args=[room, participant_id],
+            )
+        return ParticipantState.from_dict(json.loads(raw)) if raw is not None else None
+
+    async def get_participant(self, room: str, participant_id: str) -> ParticipantState | None:
+        with _unavailable():
+            raw = await self._redis.hget(self._participants_key(room), participant_id)
+        return ParticipantState.from_dict(json.loads(raw)) if raw is not None else None
+
+    async def list_participants(self, room: str) -> list[ParticipantState]:
+        with _unavailable():
+            values = await self._redis.hvals(self._participants_key(room))
+        return sorted(
+            (ParticipantState.from_dict(json.loads(v)) for v in values),
+            key=lambda p: (p.joined_at, p.participant_id),
+        )
+
+    async def update_participant(
+        self, room: str, participant_id: str, **changes: Any
+    ) -> ParticipantState | None:
+        return await self._update(
+            ParticipantState, self._participants_key(room), participant_id, changes
+        )
+
+    async def add_track(self, track: TrackState) -> None:
+        script = self._script(self._add_track)
+        with _unavailable():
+            added = await script(
+                keys=[self._participants_key(track.room), self._tracks_key(track.room)],
+                args=[track.participant_id, track.track_id, _encode(track)],
+            )
+        if not added:
+            raise KeyError(f"participant {track.participant_id} is not in room {track.room}")
+
+    async def remove_track(self, room: str, track_id: str) -> TrackState | None:
+        key = self._tracks_key(room)
+        with _unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(key, track_id)
+                pipe.hdel(key, track_id)
+                raw, _ = await pipe.execute()
+        return TrackState.from_dict(json.loads(raw)) if raw is not None else None
+
+    async def update_track(self, room: str, track_id: str, **changes: Any) -> TrackState | None:
+        return await self._update(TrackState, self._tracks_key(room), track_id, changes)
+
+    async def list_tracks(self, room: str) -> list[TrackState]:
+        with _unavailable():
+            values = await self._redis.hvals(self._tracks_key(room))
+        # Redis hashes have no dependable order; sort so every call agrees.
+        return sorted(
+            (TrackState.from_dict(json.loads(v)) for v in values),
+            key=lambda t: (t.participant_id, t.track_id),
+        )
+
+    async def list_rooms(self) -> dict[str, int]:
+        with _unavailable():
+            counts = await self._redis.hgetall(self._rooms_key())
+        return {room: int(count) for room, count in counts.items()}
+
+    async def _update(
+        self, cls: type[_State], key: str, field: str, changes: dict[str, Any]
+    ) -> _State | None:
+        script = self._script(self._compare_and_set)
+        # Optimistic read-modify-write: a concurrent update of another field (say mute
+        # and connected) must not be lost. A retry only happens when some other writer
+        # succeeded, so the loop always makes progress.
+        while True:
+            with _unavailable():
+                raw = await self._redis.hget(key, field)
+            if raw is None:
+                return None
+            _check_changes(cls, changes)
+            state = dataclasses.replace(cls.from_dict(json.loads(raw)), **changes)
+            with _unavailable():
+                result = await script(keys=[key], args=[field, raw, _encode(state)])
+            if result == 1:
+                return state
+            if result == 0:
+                return None
+
+    # --- presence ----------------------------------------------------------------------
+
+    async def touch_presence(self, participant_id: str, ttl_s: float) -> None:
+        key = self._presence_key(participant_id)
+        with _unavailable():
+            if ttl_s <= 0:
+                # Redis refuses a zero expiry; an already expired presence is no presence.
+                await self._redis.delete(key)
+            else:
+                await self._redis.set(key, self.node_id, px=max(1, math.ceil(ttl_s * 1000)))
+
+    async def clear_presence(self, participant_id: str) -> None:
+        with _unavailable():
+            await self._redis.delete(self._presence_key(participant_id))
+
+    async def is_present(self, participant_id: str) -> bool:
+        with _unavailable():
+            return bool(await self._redis.exists(self._presence_key(participant_id)))
+
+    # --- room event fan-out --------------------------------------------------------------
+
+    async def publish(self, room: str, event: dict[str, Any]) -> None:
+        payload = json.dumps(event)
+        with _unavailable():
+            await self._redis.publish(self._channel(room), payload)
+
+    async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
+        if self._pubsub is None:
+            raise RuntimeError("store is not open")
+        subscription = _RedisSubscription(self, room, handler)
+        async with self._subscribe_lock:
+            subscriptions = self._subscriptions.get(room)
+            if subscriptions is not None:
+                subscriptions.append(subscription)
+                return subscription
+            # Registered before SUBSCRIBE so no event after the confirmation is missed.
+            self._subscriptions[room] = [subscription]
+            try:
+                await self._subscribe_channel(self._pubsub, self._channel(room))
+            except BaseException:
+                self._subscriptions.pop(room, None)
+                raise
+        return subscription
+
+    async def _subscribe_channel(self, pubsub: PubSub, channel: str) -> None:
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirmations[channel] = confirmed
+        try:
+            try:
+                with _unavailable():
+                    await pubsub.subscribe(channel)
+            finally:
+                # close() ran meanwhile: whatever redis-py made of that, report it plainly,
+                # and never start a reader that nothing would stop.
+                if self._pubsub is not pubsub:
+                    raise StoreUnavailable("store closed")
+            if self._reader is None:
+                self._reader = asyncio.create_task(
+                    self._read_events(pubsub), name=f"redis-store-events-{self.node_id}"
+                )
+            # Wait for Redis to confirm, so an event published by anyone once subscribe()
+            # has returned is guaranteed to reach the handler.
+            try:
+                await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT_S)
+            except BaseException as exc:
+                await self._unsubscribe_channel(channel)
+                if isinstance(exc, TimeoutError):
+                    raise StoreUnavailable(f"no confirmation for SUBSCRIBE {channel}") from None
+                raise
+        finally:
+            if self._confirmations.get(channel) is confirmed:
+                del self._confirmations[channel]
+            if confirmed.done() and not confirmed.cancelled():
+                # Marks an error set by close() as seen even if SUBSCRIBE failed first.
+                confirmed.exception()
+
+    async def _unsubscribe(self, subscription: _RedisSubscription) -> None:
+        async with self._subscribe_lock:
+            subscriptions = self._subscriptions.get(subscription.room)
+            if not subscriptions or subscription not in subscriptions:
+                return
+            subscriptions.remove(subscription)
+            if subscriptions:
+                return
+            del self._subscriptions[subscription.room]
+            await self._unsubscribe_channel(self._channel(subscription.room))
+
+    async def _unsubscribe_channel(self, channel: str) -> None:
+        if self._pubsub is None:
+            return
+        try:
+            await self._pubsub.unsubscribe(channel)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # The handlers are already gone, so nothing more is delivered; failing a
+            # cleanup call would only hide the caller's own error.
+            log.warning("could not unsubscribe from %s: %s", channel, exc)
+
+    async def _read_events(self, pubsub: PubSub) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=READER_POLL_S)
+            except Exception as exc:
+                # The reader must outlive outages: the client reconnects and resubscribes
+                # on the next read. Only unexpected errors deserve a traceback.
+                log.warning(
+                    "Redis event reader: %s; retrying in %.1f s",
+                    exc,
+                    backoff,
+                    exc_info=not isinstance(exc, RedisError),
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, READER_BACKOFF_MAX_S)
+                continue
+            backoff = 0.1
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        if message["type"] == "subscribe":
+            confirmed = self._confirmations.get(channel)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+            return
+        if message["type"] != "message":
+            return
+        room = channel[len(self._channel("")) :]
+        subscriptions = self._subscriptions.get(room)
+        if not subscriptions:
+            return
+        try:
+            event = json.loads(message["data"])
+        except ValueError:
+            log.warning("dropping an event on %s that is not JSON", channel)
+            return
+        for subscription in list(subscriptions):
+            try:
+                subscription.handler(event)
+            except Exception:
+                # One broken handler must not stop delivery to the others or the reader.
+                log.exception("event handler for room %s failed", room)
+
+    # --- durable directory ------------------------------------------------------------------
+
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any]) -> None:
+        check_kind(kind)
+        check_record_id(record_id)
+        text = json.dumps(data, sort_keys=True)
+        with _unavailable():
+            await self._redis.hset(self._directory_key(kind), record_id, text)
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        check_kind(kind)
+        with _unavailable():
+            raw = await self._redis.hget(self._directory_key(kind), record_id)
+        return json.loads(raw) if raw is not None else None
+
+    async def list_records(self, kind: str) -> list[dict[str, Any]]:
+        check_kind(kind)
+        with _unavailable():
+            records = await self._redis.hgetall(self._directory_key(kind))
+        return [json.loads(records[record_id]) for record_id in sorted(records)]
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        check_kind(kind)
+        with _unavailable():
+            return bool(await self._redis.hdel(self._directory_key(kind), record_id))

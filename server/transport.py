@@ -1,0 +1,269 @@
+"""WebRtcTransport: one participant's peer connection with the SFU.
+
+The server is always the offerer. Publishing uses recvonly transceivers the server adds
+on request; each consumed producer gets its own sendonly transceiver. One negotiation is
+in flight at a time; changes made meanwhile are collected into the next offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+
+from .consumer import Consumer
+from .producer import Producer
+from .rtphooks import ReceiverTap, SenderFeed
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("audio", "video")
+# One codec per kind keeps every leg of a room on the same codec: nothing to transcode.
+CODEC_PREFERENCES = {"audio": ("audio/opus",), "video": ("video/vp8", "video/rtx")}
+
+OfferSender = Callable[[dict[str, Any]], None]
+
+
+class NegotiationError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def rtc_configuration(ice_servers: tuple[dict[str, Any], ...]) -> RTCConfiguration:
+    # Always an explicit list: aiortc falls back to a public STUN server on None.
+    servers = [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in ice_servers
+    ]
+    # max-bundle: with aiortc's default (balanced), a transceiver added while an offer is
+    # outstanding keeps a transport that the answer's BUNDLE then discards.
+    return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+def _set_codec_preferences(transceiver: RTCRtpTransceiver, kind: str) -> None:
+    wanted = CODEC_PREFERENCES[kind]
+    codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType.lower() in wanted]
+    codecs.sort(key=lambda c: wanted.index(c.mimeType.lower()))
+    transceiver.setCodecPreferences(codecs)
+
+
+@dataclass
+class PublishSlot:
+    transceiver: RTCRtpTransceiver
+    tap: ReceiverTap
+    wanted: bool = True
+    producer: Producer | None = None
+
+
+@dataclass
+class ConsumerSlot:
+    transceiver: RTCRtpTransceiver
+    consumer: Consumer
+    offered: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class WebRtcTransport:
+    def __init__(
+        self,
+        participant_id: str,
+        ice_servers: tuple[dict[str, Any], ...],
+        send_offer: OfferSender,
+        keyframe_request_interval_s: float,
+        on_failed: Callable[[], None] | None = None,
+    ) -> None:
+        self.participant_id = participant_id
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.publish_slots: dict[str, PublishSlot] = {}
+        self.consumer_slots: dict[str, ConsumerSlot] = {}
+        self.negotiation_id = 0
+        self.closed = False
+        self._send_offer = send_offer
+        self._keyframe_interval = keyframe_request_interval_s
+        self._in_flight: int | None = None
+        self._dirty = False
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._on_failed = on_failed
+        self._connected = asyncio.Event()
+        self.pc.on("connectionstatechange", self._connection_state_changed)
+
+    def _connection_state_changed(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self._connected.set()
+        elif state == "failed" and not self.closed and self._on_failed:
+            self._on_failed()
+
+    # --- publishing ------------------------------------------------------------------
+
+    def set_publishing(self, kind: str, wanted: bool) -> Producer | None:
+        """Marks a kind as wanted or not; returns the producer that stopped, if any."""
+        slot = self.publish_slots.get(kind)
+        stopped: Producer | None = None
+        if wanted:
+            if slot is None:
+                transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+                _set_codec_preferences(transceiver, kind)
+                slot = self.publish_slots[kind] = PublishSlot(
+                    transceiver, ReceiverTap(transceiver.receiver, kind)
+                )
+            elif not slot.wanted:
+                slot.wanted = True
+                slot.transceiver.direction = "recvonly"
+            else:
+                return None
+        else:
+            if slot is None or not slot.wanted:
+                return None
+            slot.wanted = False
+            slot.transceiver.direction = "inactive"
+            if slot.producer is not None:
+                stopped = slot.producer
+                slot.producer = None
+                stopped.close()
+        self.request_negotiation()
+        return stopped
+
+    @property
+    def producers(self) -> list[Producer]:
+        return [s.producer for s in self.publish_slots.values() if s.producer is not None]
+
+    # --- consuming -------------------------------------------------------------------
+
+    def consume(self, producer: Producer) -> Consumer:
+        existing = self.consumer_slots.get(producer.id)
+        if existing is not None:
+            return existing.consumer
+        transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        _set_codec_preferences(transceiver, producer.kind)
+        feed = SenderFeed(transceiver.sender, producer.kind)
+        consumer = Consumer(producer, feed, mid=None)
+        self.consumer_slots[producer.id] = ConsumerSlot(transceiver, consumer)
+        self.request_negotiation()
+        return consumer
+
+    def stop_consuming(self, producer_id: str) -> None:
+        slot = self.consumer_slots.pop(producer_id, None)
+        if slot is None:
+            return
+        slot.consumer.close()
+        # aiortc cannot remove an m-line; an inactive one stays in later offers.
+        slot.transceiver.direction = "inactive"
+        self.request_negotiation()
+
+    # --- negotiation -----------------------------------------------------------------
+
+    def request_negotiation(self) -> None:
+        if self.closed:
+            return
+        self._dirty = True
+        if self._in_flight is None and (self._task is None or self._task.done()):
+            self._task = asyncio.ensure_future(self._negotiate())
+
+    async def _negotiate(self) -> None:
+        if self.negotiation_id > 0:
+            # aiortc starts its transports in a task per applied description; two such
+            # tasks racing through the DTLS handshake leave receivers unstarted. Offer
+            # again only once the first connection is up.
+            await self._connected.wait()
+        async with self._lock:
+            if self.closed or self._in_flight is not None or not self._dirty:
+                return
+            self._dirty = False
+            offer = await self.pc.createOffer()
+            await self.pc.setLocalDescription(offer)
+            if self.closed:
+                return
+            self.negotiation_id += 1
+            self._in_flight = self.negotiation_id
+            publish = {
+                kind: slot.transceiver.mid
+                for kind, slot in self.publish_slots.items()
+                if slot.wanted
+            }
+            consumers = []
+            for slot in self.consumer_slots.values():
+                slot.offered = True
+                slot.consumer.mid = slot.transceiver.mid
+                consumers.append(
+                    {
+                        "mid": slot.transceiver.mid,
+                        "track_id": slot.consumer.producer.id,
+                        "participant_id": slot.consumer.producer.participant_id,
+                        "kind": slot.consumer.kind,
+                    }
+                )
+            self._send_offer(
+                {
+                    "sdp": self.pc.localDescription.sdp,
+                    "negotiation_id": self.negotiation_id,
+                    "publish": publish,
+                    "consumers": consumers,
+                }
+            )
+
+    async def apply_answer(self, sdp: str, negotiation_id: int) -> list[Producer]:
+        """Applies the client's answer; returns producers that started with it."""
+        async with self._lock:
+            if self._in_flight is None or negotiation_id != self._in_flight:
+                raise NegotiationError(
+                    "stale_negotiation",
+                    f"No offer {negotiation_id} is waiting for an answer.",
+                )
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            except Exception as exc:
+                # The offer stays local; re-offer so the client can try again.
+                logger.info("answer for %s refused: %s", self.participant_id, exc)
+                self._in_flight = None
+                self._dirty = True
+                asyncio.get_running_loop().call_soon(self.request_negotiation)
+                raise NegotiationError(
+                    "negotiation_failed", "The answer could not be applied; a new offer follows."
+                ) from None
+            self._in_flight = None
+            started: list[Producer] = []
+            for kind, slot in self.publish_slots.items():
+                if slot.wanted and slot.producer is None and slot.transceiver.currentDirection in (
+                    "recvonly",
+                    "sendrecv",
+                ):
+                    slot.producer = Producer(
+                        self.participant_id, kind, slot.tap, self._keyframe_interval
+                    )
+                    started.append(slot.producer)
+        if self._dirty:
+            self.request_negotiation()
+        return started
+
+    async def close(self) -> list[Producer]:
+        """Closes the peer connection; returns the producers that ended with it."""
+        if self.closed:
+            return []
+        self.closed = True
+        ended = self.producers
+        for slot in self.publish_slots.values():
+            if slot.producer is not None:
+                slot.producer.close()
+                slot.producer = None
+        for slot in self.consumer_slots.values():
+            slot.consumer.close()
+        self.consumer_slots.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        await self.pc.close()
+        return ended

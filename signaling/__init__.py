@@ -1,0 +1,1 @@
+"""WebSocket signalling for Verzilvering: tokens, protocol v1, sessions and rooms."""

@@ -1,0 +1,118 @@
+"""Signalling protocol v1: message shapes, validation and error codes (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+VERSION = 1
+MAX_ID_LENGTH = 64
+MAX_ROOM_LENGTH = 128
+KINDS = ("audio", "video")
+
+
+class ProtocolError(Exception):
+    """A client message was refused; `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+class CloseCode:
+    NORMAL = 1000
+    TOO_BIG = 1009
+    PING_TIMEOUT = 4000
+    AUTH_FAILED = 4001
+    HELLO_TIMEOUT = 4002
+    REMOVED = 4003
+    REPLACED = 4004
+
+
+_OPTIONAL = object()
+
+# type → {field: (python type(s), required)}
+CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
+    "hello": {"v": (int, True), "token": (str, True), "resume": (dict, False)},
+    "join": {"room": (str, True)},
+    "publish": {"audio": (bool, True), "video": (bool, True)},
+    "unpublish": {"kind": (str, True)},
+    "answer": {"sdp": (str, True), "negotiation_id": (int, True)},
+    "mute": {"kind": (str, True), "muted": (bool, True), "participant_id": (str, False)},
+    "kick": {"participant_id": (str, True)},
+    "leave": {},
+    "ping": {"ts": ((int, float), False)},
+}
+
+RESUME_FIELDS: dict[str, tuple[Any, bool]] = {
+    "session_id": (str, True),
+    "resume_key": (str, True),
+    "last_seq": (int, True),
+}
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_type_name(x) for x in t)
+    return {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object"}[t]
+
+
+def _check_fields(
+    message: dict[str, Any], schema: dict[str, tuple[Any, bool]], where: str, ref: str | None
+) -> None:
+    for name, (expected, required) in schema.items():
+        if name not in message:
+            if required:
+                raise ProtocolError("bad_message", f"{where}: field '{name}' is missing.", ref)
+            continue
+        value = message[name]
+        # bool is an int in Python; an int field must not accept true/false.
+        wrong_bool = isinstance(value, bool) and expected is not bool and bool not in (
+            expected if isinstance(expected, tuple) else (expected,)
+        )
+        if wrong_bool or not isinstance(value, expected):
+            raise ProtocolError(
+                "bad_message",
+                f"{where}: field '{name}' must be a {_type_name(expected)}.",
+                ref,
+            )
+
+
+def parse_client_message(text: str | bytes, max_bytes: int) -> dict[str, Any]:
+    """Decodes and validates one client frame; raises ProtocolError with the right code."""
+    size = len(text.encode() if isinstance(text, str) else text)
+    if size > max_bytes:
+        raise ProtocolError(
+            "message_too_large", f"The message is {size} bytes; the limit is {max_bytes}."
+        )
+    try:
+        message = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("bad_json", "The message is not valid JSON.") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_json", "The message must be a JSON object.")
+    ref = message.get("id")
+    if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_ID_LENGTH):
+        raise ProtocolError(
+            "bad_message", f"Field 'id' must be a string of at most {MAX_ID_LENGTH} characters."
+        )
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "Field 'type' is missing or not a string.", ref)
+    schema = CLIENT_MESSAGES.get(kind)
+    if schema is None:
+        raise ProtocolError("unknown_type", f"Unknown message type '{kind[:40]}'.", ref)
+    _check_fields(message, schema, kind, ref)
+    if kind == "hello" and "resume" in message:
+        _check_fields(message["resume"], RESUME_FIELDS, "hello.resume", ref)
+    if kind in ("unpublish", "mute") and message["kind"] not in KINDS:
+        raise ProtocolError("bad_message", f"{kind}: field 'kind' must be 'audio' or 'video'.", ref)
+    if kind == "join" and not (0 < len(message["room"]) <= MAX_ROOM_LENGTH):
+        raise ProtocolError("bad_message", "join: field 'room' must not be empty.", ref)
+    return message
+
+
+def error(code: str, message: str, ref: str | None = None) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, "ref": ref}

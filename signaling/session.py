@@ -1,0 +1,130 @@
+"""A participant's signalling session, which outlives any one WebSocket (resume)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .tokens import Grant
+
+if TYPE_CHECKING:
+    from server.transport import WebRtcTransport
+
+logger = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    """Token bucket: `rate` messages per second with bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._updated = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class Connection:
+    """One WebSocket. Writes go through a queue so messages leave in order."""
+
+    def __init__(self, ws: web.WebSocketResponse, limiter: RateLimiter) -> None:
+        self.ws = ws
+        self.limiter = limiter
+        self.session: Session | None = None
+        self.last_seen = time.monotonic()
+        self.opened = time.monotonic()
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer = asyncio.ensure_future(self._write())
+
+    def send_text(self, text: str) -> None:
+        self._queue.put_nowait(text)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_text(json.dumps(message))
+
+    async def _write(self) -> None:
+        while True:
+            text = await self._queue.get()
+            if text is None:
+                return
+            if self.ws.closed:
+                continue
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                # The reader notices the dead socket; the session buffer keeps the message.
+                continue
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Flushes what is queued, then closes the socket."""
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
+        except asyncio.TimeoutError:
+            self._writer.cancel()
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=reason.encode()[:120])
+
+    def abandon(self) -> None:
+        self._queue.put_nowait(None)
+
+
+class Session:
+    def __init__(self, grant: Grant, buffer_size: int) -> None:
+        self.id = f"s-{uuid.uuid4().hex}"
+        self.resume_key = secrets.token_urlsafe(24)
+        self.grant = grant
+        self.room: str | None = None
+        self.connection: Connection | None = None
+        self.transport: WebRtcTransport | None = None
+        self.grace_task: asyncio.Task[None] | None = None
+        self.ended = False
+        self.seq = 0
+        self._buffer: deque[tuple[int, str]] = deque(maxlen=buffer_size)
+
+    @property
+    def participant_id(self) -> str:
+        return self.grant.participant_id
+
+    @property
+    def joined(self) -> bool:
+        return self.room is not None
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Sends a sequenced message now, or keeps it for replay after a resume."""
+        self.seq += 1
+        message["seq"] = self.seq
+        text = json.dumps(message)
+        self._buffer.append((self.seq, text))
+        if self.connection is not None:
+            self.connection.send_text(text)
+
+    def check_resume_key(self, key: str) -> bool:
+        return hmac.compare_digest(self.resume_key.encode(), key.encode())
+
+    def replay_after(self, last_seq: int) -> list[str] | None:
+        """Messages after `last_seq`, or None when some of them are no longer kept."""
+        if last_seq > self.seq or last_seq < 0:
+            return None
+        if last_seq == self.seq:
+            return []
+        if not self._buffer or self._buffer[0][0] > last_seq + 1:
+            return None
+        return [text for seq, text in self._buffer if seq > last_seq]

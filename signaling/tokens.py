@@ -1,0 +1,140 @@
+"""Signed join tokens (JWT, HS256) carrying who a participant is and what they may do."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+ROLES = ("senior", "host", "family", "admin")
+PERMISSIONS = ("publish", "subscribe", "moderate")
+DEFAULT_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "senior": ("publish", "subscribe"),
+    "family": ("publish", "subscribe"),
+    "host": ("publish", "subscribe", "moderate"),
+    "admin": ("publish", "subscribe", "moderate"),
+}
+ALGORITHM = "HS256"
+ISSUER = "verzilvering"
+SECRET_FILE = "token_secret"
+
+
+class TokenError(Exception):
+    """A token was refused; `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Grant:
+    participant_id: str
+    name: str
+    role: str
+    room: str
+    permissions: frozenset[str]
+    expires_at: int
+
+    def may(self, permission: str) -> bool:
+        return permission in self.permissions
+
+
+def load_or_create_secret(data_dir: Path) -> str:
+    """Returns the signing secret kept in the data dir, creating it (mode 0600) once."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+class TokenIssuer:
+    def __init__(self, secret: str) -> None:
+        if len(secret) < 32:
+            raise ValueError("token secret must be at least 32 characters")
+        self._secret = secret
+
+    def issue(
+        self,
+        *,
+        role: str,
+        room: str,
+        name: str,
+        ttl_s: int = 3600,
+        participant_id: str | None = None,
+        permissions: tuple[str, ...] | None = None,
+    ) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        if not room:
+            raise ValueError("room must not be empty")
+        if not name.strip():
+            raise ValueError("name must not be empty")
+        if ttl_s <= 0:
+            raise ValueError("ttl must be positive")
+        perms = DEFAULT_PERMISSIONS[role] if permissions is None else permissions
+        unknown = set(perms) - set(PERMISSIONS)
+        if unknown:
+            raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))}")
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "sub": participant_id or f"p-{uuid.uuid4().hex[:12]}",
+            "name": name.strip(),
+            "role": role,
+            "room": room,
+            "perms": list(perms),
+            "iat": now,
+            "exp": now + ttl_s,
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str, *, room: str | None = None) -> Grant:
+        """Checks signature, expiry and, when given, the room the token is for."""
+        if not isinstance(token, str) or not token:
+            raise TokenError("token_invalid", "The token is missing or not a string.")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                issuer=ISSUER,
+                options={"require": ["exp", "sub", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token_expired", "The token has expired; ask for a new link.") from None
+        except jwt.InvalidTokenError:
+            raise TokenError("token_invalid", "The token is not valid.") from None
+        role = claims.get("role")
+        perms = claims.get("perms")
+        if (
+            role not in ROLES
+            or not isinstance(claims.get("room"), str)
+            or not isinstance(claims.get("name"), str)
+            or not isinstance(perms, list)
+            or not set(perms) <= set(PERMISSIONS)
+        ):
+            raise TokenError("token_invalid", "The token's claims are incomplete.")
+        if room is not None and claims["room"] != room:
+            raise TokenError("token_wrong_room", "The token is for another room.")
+        return Grant(
+            participant_id=claims["sub"],
+            name=claims["name"],
+            role=role,
+            room=claims["room"],
+            permissions=frozenset(perms),
+            expires_at=int(claims["exp"]),
+        )

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine as root or on a developer's machine.
+# Installs what the tests need when it is missing, then runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if ((${#need_apt[@]})); then
+    echo "tests/run.sh: installing ${need_apt[*]} from Debian packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# Redis tests start their own redis-server on a free port; nothing shared is touched.
+exec python3 -m pytest -q -p no:cacheprovider "$@"
