@@ -147,6 +147,8 @@ class CallClient:
             self.pc = self._new_peer_connection()
         pc = self.pc
         now = time.monotonic()
+        current = {c["mid"] for c in offer["consumers"]}
+        ended = [mid for mid in self._mids if mid not in current]
         for consumer in offer["consumers"]:
             if consumer["mid"] not in self._mids:
                 self._offered_at[consumer["mid"]] = now
@@ -165,6 +167,13 @@ class CallClient:
         await self.signaling.send(
             {"type": "answer", "sdp": pc.localDescription.sdp, "negotiation_id": offer["negotiation_id"]}
         )
+        # A consumer missing from the offer has ended: free its receiver now rather than
+        # when the call ends, so a long activity with many comings and goings stays lean.
+        for mid in ended:
+            del self._mids[mid]
+            transceiver = next((t for t in pc.getTransceivers() if t.mid == mid), None)
+            if transceiver is not None:
+                await transceiver.receiver.stop()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.pc is not None

@@ -83,6 +83,7 @@ class WebRtcTransport:
         ice_servers: tuple[dict[str, Any], ...],
         send_offer: OfferSender,
         keyframe_request_interval_s: float,
+        negotiation_timeout_s: float = 15.0,
         on_failed: Callable[[], None] | None = None,
     ) -> None:
         self.participant_id = participant_id
@@ -97,8 +98,12 @@ class WebRtcTransport:
         self._dirty = False
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._retired: list[RTCRtpTransceiver] = []
         self._on_failed = on_failed
         self._connected = asyncio.Event()
+        self._answered = False
+        self._negotiation_timeout = negotiation_timeout_s
         self.pc.on("connectionstatechange", self._connection_state_changed)
 
     def _connection_state_changed(self) -> None:
@@ -161,9 +166,17 @@ class WebRtcTransport:
         if slot is None:
             return
         slot.consumer.close()
-        # aiortc cannot remove an m-line; an inactive one stays in later offers.
+        # aiortc cannot remove an m-line; an inactive one stays in later offers. Its
+        # sender stops once the client has agreed (an answer to an older offer could
+        # otherwise start it again).
         slot.transceiver.direction = "inactive"
+        self._retired.append(slot.transceiver)
         self.request_negotiation()
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- negotiation -----------------------------------------------------------------
 
@@ -175,11 +188,14 @@ class WebRtcTransport:
             self._task = asyncio.ensure_future(self._negotiate())
 
     async def _negotiate(self) -> None:
-        if self.negotiation_id > 0:
+        if self._answered and not self._connected.is_set():
             # aiortc starts its transports in a task per applied description; two such
             # tasks racing through the DTLS handshake leave receivers unstarted. Offer
             # again only once the first connection is up.
-            await self._connected.wait()
+            try:
+                await asyncio.wait_for(self._connected.wait(), self._negotiation_timeout)
+            except asyncio.TimeoutError:
+                pass
         async with self._lock:
             if self.closed or self._in_flight is not None or not self._dirty:
                 return
@@ -236,6 +252,11 @@ class WebRtcTransport:
                     "negotiation_failed", "The answer could not be applied; a new offer follows."
                 ) from None
             self._in_flight = None
+            self._answered = True
+            for transceiver in [t for t in self._retired if t.currentDirection == "inactive"]:
+                self._retired.remove(transceiver)
+                # The RTCP BYE the stop sends tells the subscriber the stream ended.
+                self._background(transceiver.sender.stop())
             started: list[Producer] = []
             for kind, slot in self.publish_slots.items():
                 if slot.wanted and slot.producer is None and slot.transceiver.currentDirection in (
@@ -265,5 +286,7 @@ class WebRtcTransport:
         self.consumer_slots.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pc.close()
         return ended

@@ -98,8 +98,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_participant(
-        self, room: str, participant_id: str, **changes: Any
-    ) -> ParticipantState | None: ...
+        self, room: str, participant_id: str, /, **changes: Any
+    ) -> ParticipantState | None:
+        """Changes fields atomically; unknown or key fields raise ValueError and change nothing."""
 
     @abc.abstractmethod
     async def add_track(self, track: TrackState) -> None: ...
@@ -108,7 +109,7 @@ class Store(abc.ABC):
     async def remove_track(self, room: str, track_id: str) -> TrackState | None: ...
 
     @abc.abstractmethod
-    async def update_track(self, room: str, track_id: str, **changes: Any) -> TrackState | None: ...
+    async def update_track(self, room: str, track_id: str, /, **changes: Any) -> TrackState | None: ...
 
     @abc.abstractmethod
     async def list_tracks(self, room: str) -> list[TrackState]: ...
@@ -132,10 +133,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, room: str, event: dict[str, Any]) -> None:
-        """Delivers the event to every subscriber of the room, on every node."""
+        """Delivers the event to every subscriber of the room, on every node.
+
+        Handlers must be quick and must not raise; a handler's exception is logged and
+        never reaches the publisher or the other handlers.
+        """
 
     @abc.abstractmethod
-    async def subscribe(self, room: str, handler: EventHandler) -> Subscription: ...
+    async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
+        """Each call is its own subscription, closed on its own."""
 
     # --- durable directory ------------------------------------------------------------------
 
@@ -160,3 +166,13 @@ def check_kind(kind: str) -> None:
 def check_record_id(record_id: str) -> None:
     if not isinstance(record_id, str) or not record_id or len(record_id) > 128:
         raise ValueError("record id must be a non-empty string of at most 128 characters")
+
+
+def check_changes(cls: type, changes: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(changes) - names
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+    for key in ("participant_id", "room", "track_id"):
+        if key in changes:
+            raise ValueError(f"{key} cannot be changed")

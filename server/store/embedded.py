@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,11 +24,14 @@ from .base import (
     Store,
     Subscription,
     TrackState,
+    check_changes,
     check_kind,
     check_record_id,
 )
 
 DATABASE_FILE = "directory.sqlite3"
+
+logger = logging.getLogger(__name__)
 
 
 class _LocalSubscription(Subscription):
@@ -38,8 +42,8 @@ class _LocalSubscription(Subscription):
 
     async def close(self) -> None:
         handlers = self._store._handlers.get(self._room)
-        if handlers is not None:
-            handlers.discard(self._handler)
+        if handlers is not None and self._handler in handlers:
+            handlers.remove(self._handler)
             if not handlers:
                 del self._store._handlers[self._room]
 
@@ -51,7 +55,7 @@ class EmbeddedStore(Store):
         self._participants: dict[str, dict[str, ParticipantState]] = {}
         self._tracks: dict[str, dict[str, TrackState]] = {}
         self._presence: dict[str, float] = {}
-        self._handlers: dict[str, set[EventHandler]] = {}
+        self._handlers: dict[str, list[EventHandler]] = {}
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -123,12 +127,12 @@ class EmbeddedStore(Store):
         )
 
     async def update_participant(
-        self, room: str, participant_id: str, **changes: Any
+        self, room: str, participant_id: str, /, **changes: Any
     ) -> ParticipantState | None:
         state = self._participants.get(room, {}).get(participant_id)
         if state is None:
             return None
-        _check_fields(ParticipantState, changes)
+        check_changes(ParticipantState, changes)
         for key, value in changes.items():
             setattr(state, key, value)
         return dataclasses.replace(state)
@@ -147,11 +151,11 @@ class EmbeddedStore(Store):
             del self._tracks[room]
         return track
 
-    async def update_track(self, room: str, track_id: str, **changes: Any) -> TrackState | None:
+    async def update_track(self, room: str, track_id: str, /, **changes: Any) -> TrackState | None:
         track = self._tracks.get(room, {}).get(track_id)
         if track is None:
             return None
-        _check_fields(TrackState, changes)
+        check_changes(TrackState, changes)
         for key, value in changes.items():
             setattr(track, key, value)
         return dataclasses.replace(track)
@@ -185,10 +189,13 @@ class EmbeddedStore(Store):
         # Round-trip through JSON so subscribers get the same shapes as over Redis.
         payload = json.loads(json.dumps(event))
         for handler in list(self._handlers.get(room, ())):
-            handler(payload)
+            try:
+                handler(payload)
+            except Exception:
+                logger.exception("event handler for room %s failed", room)
 
     async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
-        self._handlers.setdefault(room, set()).add(handler)
+        self._handlers.setdefault(room, []).append(handler)
         return _LocalSubscription(self, room, handler)
 
     # --- durable directory ------------------------------------------------------------------
@@ -237,12 +244,3 @@ class EmbeddedStore(Store):
             cur = self._db.execute(f"DELETE FROM {kind} WHERE id = ?", (record_id,))
         return cur.rowcount > 0
 
-
-def _check_fields(cls: type, changes: dict[str, Any]) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(changes) - names
-    if unknown:
-        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
-    for key in ("participant_id", "room", "track_id"):
-        if key in changes:
-            raise ValueError(f"{key} cannot be changed")

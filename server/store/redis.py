@@ -52,6 +52,7 @@ from .base import (
     StoreUnavailable,
     Subscription,
     TrackState,
+    check_changes,
     check_kind,
     check_record_id,
 )
@@ -140,15 +141,6 @@ def _unavailable() -> Iterator[None]:
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
 
 
-def _check_changes(cls: type, changes: dict[str, Any]) -> None:
-    # Mirrors the embedded backend so both reject exactly the same updates.
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(changes) - names
-    if unknown:
-        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
-    for key in ("participant_id", "room", "track_id"):
-        if key in changes:
-            raise ValueError(f"{key} cannot be changed")
 
 
 def _encode(state: ParticipantState | TrackState) -> str:
@@ -297,7 +289,7 @@ class RedisStore(Store):
         )
 
     async def update_participant(
-        self, room: str, participant_id: str, **changes: Any
+        self, room: str, participant_id: str, /, **changes: Any
     ) -> ParticipantState | None:
         return await self._update(
             ParticipantState, self._participants_key(room), participant_id, changes
@@ -322,7 +314,7 @@ class RedisStore(Store):
                 raw, _ = await pipe.execute()
         return TrackState.from_dict(json.loads(raw)) if raw is not None else None
 
-    async def update_track(self, room: str, track_id: str, **changes: Any) -> TrackState | None:
+    async def update_track(self, room: str, track_id: str, /, **changes: Any) -> TrackState | None:
         return await self._update(TrackState, self._tracks_key(room), track_id, changes)
 
     async def list_tracks(self, room: str) -> list[TrackState]:
@@ -351,7 +343,7 @@ class RedisStore(Store):
                 raw = await self._redis.hget(key, field)
             if raw is None:
                 return None
-            _check_changes(cls, changes)
+            check_changes(cls, changes)
             state = dataclasses.replace(cls.from_dict(json.loads(raw)), **changes)
             with _unavailable():
                 result = await script(keys=[key], args=[field, raw, _encode(state)])
@@ -387,10 +379,13 @@ class RedisStore(Store):
             await self._redis.publish(self._channel(room), payload)
 
     async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
-        if self._pubsub is None:
+        pubsub = self._pubsub
+        if pubsub is None:
             raise RuntimeError("store is not open")
         subscription = _RedisSubscription(self, room, handler)
         async with self._subscribe_lock:
+            if self._pubsub is not pubsub:
+                raise StoreUnavailable("store closed")
             subscriptions = self._subscriptions.get(room)
             if subscriptions is not None:
                 subscriptions.append(subscription)
@@ -398,7 +393,7 @@ class RedisStore(Store):
             # Registered before SUBSCRIBE so no event after the confirmation is missed.
             self._subscriptions[room] = [subscription]
             try:
-                await self._subscribe_channel(self._pubsub, self._channel(room))
+                await self._subscribe_channel(pubsub, self._channel(room))
             except BaseException:
                 self._subscriptions.pop(room, None)
                 raise

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real server on loopback, tokens, and a protocol-level WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from server.app import ISSUER_KEY, create_app
+from server.config import Settings
+from signaling.tokens import TokenIssuer
+
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+@dataclass
+class RunningServer:
+    app: web.Application
+    url: str
+    issuer: TokenIssuer
+
+    def token(self, role: str = "senior", room: str = "room-1", name: str = "Test", **kw: Any) -> str:
+        return self.issuer.issue(role=role, room=room, name=name, **kw)
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", token_secret=TEST_SECRET, **overrides)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Tests override this to tune limits for one module."""
+    return {}
+
+
+@pytest.fixture
+async def server(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterator[RunningServer]:
+    app = create_app(make_settings(tmp_path, **settings_overrides))
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    try:
+        yield RunningServer(app, str(test_server.make_url("")).rstrip("/"), app[ISSUER_KEY])
+    finally:
+        await test_server.close()
+
+
+class WsClient:
+    """A bare protocol client for tests: send dicts or raw text, wait for typed messages."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.received: list[dict[str, Any]] = []
+        self._cursor = 0
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(message))
+
+    async def send_raw(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        if self._cursor < len(self.received):
+            self._cursor += 1
+            return self.received[self._cursor - 1]
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise ConnectionError(f"socket {msg.type.name} (close code {self.ws.close_code})")
+        message = json.loads(msg.data)
+        self.received.append(message)
+        self._cursor += 1
+        return message
+
+    async def expect(self, type_: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+        """Skips messages until one of `type_` whose fields match arrives."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError(f"no {type_} {fields} within {timeout}s; got {self.received[-5:]}")
+            message = await self.next(timeout=remaining)
+            if message.get("type") == type_ and all(message.get(k) == v for k, v in fields.items()):
+                return message
+
+    async def expect_error(self, code: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The next error must carry `code`; room events in between are skipped."""
+        message = await self.expect("error", timeout=timeout)
+        assert message["code"] == code, message
+        assert message["message"], message
+        return message
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return self.ws.close_code
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self.received.append(json.loads(msg.data))
+
+
+@pytest.fixture
+async def connect(server: RunningServer) -> AsyncIterator[Any]:
+    session = aiohttp.ClientSession()
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def _connect(**kw: Any) -> WsClient:
+        ws = await session.ws_connect(server.url + "/ws", **kw)
+        sockets.append(ws)
+        return WsClient(ws)
+
+    try:
+        yield _connect
+    finally:
+        for ws in sockets:
+            await ws.close()
+        await session.close()
+
+
+async def hello(client: WsClient, token: str, **extra: Any) -> dict[str, Any]:
+    await client.send({"type": "hello", "v": 1, "token": token, **extra})
+    return await client.expect("welcome")
+
+
+async def join(client: WsClient, token: str, room: str = "room-1") -> dict[str, Any]:
+    await hello(client, token)
+    await client.send({"type": "join", "room": room})
+    return await client.expect("joined")

@@ -1,0 +1,224 @@
+"""Real calls through the SFU: aiortc clients over loopback publish test patterns and tones."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiortc import RTCPeerConnection
+
+from kiosk_client.call import CallClient, RemoteMedia
+from kiosk_client.media import open_audio, open_video
+from server.app import SFU_KEY, SIGNALING_KEY, STORE_KEY
+
+from .conftest import RunningServer
+
+ClientFactory = Callable[..., Awaitable[CallClient]]
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def call_client(server: RunningServer) -> AsyncIterator[ClientFactory]:
+    clients: list[CallClient] = []
+
+    async def _make(name: str, *, publish: bool = True, role: str = "senior", **token: Any) -> CallClient:
+        video = open_video("testsrc", width=320, height=240, fps=15).video if publish else None
+        audio = open_audio("tone").audio if publish else None
+        client = CallClient(server.url, server.token(role=role, name=name, **token), video=video, audio=audio)
+        clients.append(client)
+        await client.start()
+        return client
+
+    yield _make
+    for client in clients:
+        await client.close()
+
+
+def media_from(client: CallClient, other: CallClient) -> RemoteMedia | None:
+    assert other.self_id is not None
+    return client.remote.get(other.self_id)
+
+
+def receiving(client: CallClient, other: CallClient, frames: int = 10) -> bool:
+    media = media_from(client, other)
+    return (
+        media is not None
+        and media.video_frames >= frames
+        and media.audio_frames >= frames
+        and media.video_advancing
+        and media.audio_advancing
+    )
+
+
+async def test_two_party_call_both_ways(call_client: ClientFactory) -> None:
+    alice = await call_client("Alice")
+    bob = await call_client("Bob")
+    await eventually(lambda: receiving(alice, bob) and receiving(bob, alice), what="media both ways")
+    for me, other in ((alice, bob), (bob, alice)):
+        media = media_from(me, other)
+        assert media is not None
+        assert (media.video_width, media.video_height) == (320, 240)
+        assert media.name == ("Bob" if other is bob else "Alice")
+        # Without the keyframe relay the first frame would wait for aiortc's 100 s GOP.
+        assert media.first_video_frame_ms is not None and media.first_video_frame_ms < 5000
+    assert not alice.errors and not bob.errors
+
+
+async def test_three_party_call_everyone_hears_and_sees_everyone(server: RunningServer, call_client: ClientFactory) -> None:
+    clients = [await call_client(name) for name in ("Anna", "Bram", "Cor")]
+    await eventually(
+        lambda: all(receiving(a, b) for a in clients for b in clients if a is not b),
+        what="media between all three",
+    )
+    stats = server.app[SFU_KEY].stats()
+    assert stats == {"routers": 1, "transports": 3, "producers": 6, "consumers": 12}
+
+
+async def test_forwarded_media_is_not_decoded_on_the_server(server: RunningServer, call_client: ClientFactory) -> None:
+    before = {t.name for t in threading.enumerate()}
+    alice = await call_client("Alice")
+    bob = await call_client("Bob")
+    await eventually(lambda: receiving(bob, alice) and receiving(alice, bob), what="media")
+    # aiortc names its decoder threads "<kind>-decoder"; only the two clients' own
+    # receivers (two each) may have them, none may belong to the server's transports.
+    decoders = [t for t in threading.enumerate() if t.name.endswith("-decoder") and t.name not in before]
+    assert len(decoders) == 4
+    router = server.app[SFU_KEY].routers["room-1"]
+    for transport in router.transports.values():
+        for slot in transport.publish_slots.values():
+            assert slot.transceiver.receiver._RTCRtpReceiver__decoder_thread is None
+
+
+async def test_late_joiner_gets_video_promptly(call_client: ClientFactory) -> None:
+    alice = await call_client("Alice")
+    await asyncio.sleep(1.0)
+    late = await call_client("Late", publish=False)
+    await eventually(lambda: (m := media_from(late, alice)) is not None and m.video_frames > 0, what="first frame")
+    media = media_from(late, alice)
+    assert media is not None and media.first_video_frame_ms is not None
+    assert media.first_video_frame_ms < 3000
+
+
+async def test_unpublish_stops_forwarding_and_tells_everyone(server: RunningServer, call_client: ClientFactory) -> None:
+    alice = await call_client("Alice")
+    bob = await call_client("Bob")
+    await eventually(lambda: receiving(bob, alice), what="media")
+    await alice.signaling.send({"type": "unpublish", "kind": "video"})
+    await eventually(
+        lambda: any(e["type"] == "track_unpublished" and e["kind"] == "video" for e in bob.events),
+        what="track_unpublished",
+    )
+    bob_transport = server.app[SFU_KEY].routers["room-1"].transports[bob.self_id]
+    kinds = sorted(slot.consumer.kind for slot in bob_transport.consumer_slots.values())
+    assert kinds == ["audio"]
+    tracks = await server.app[STORE_KEY].list_tracks("room-1")
+    assert sorted((t.participant_id == alice.self_id, t.kind) for t in tracks) == [
+        (False, "audio"), (False, "video"), (True, "audio"),
+    ]
+    # Audio keeps flowing after the renegotiation.
+    media = media_from(bob, alice)
+    assert media is not None
+    frames = media.audio_frames
+    await eventually(lambda: media.audio_frames > frames + 20, what="audio after unpublish")
+
+
+async def test_host_mute_stops_media_at_the_server(server: RunningServer, call_client: ClientFactory) -> None:
+    host = await call_client("Host", role="host")
+    senior = await call_client("Senior")
+    await eventually(lambda: receiving(host, senior), what="media")
+    await host.signaling.send({"type": "mute", "kind": "audio", "muted": True, "participant_id": senior.self_id})
+    await eventually(
+        lambda: any(e["type"] == "mute_changed" and e["by"] == host.self_id for e in senior.events),
+        what="senior told about the mute",
+    )
+    transport = server.app[SFU_KEY].routers["room-1"].transports[host.self_id]
+    consumer = next(s.consumer for s in transport.consumer_slots.values() if s.consumer.kind == "audio")
+    await asyncio.sleep(0.3)
+    frozen = consumer.packets
+    await asyncio.sleep(1.0)
+    assert consumer.packets == frozen
+    # Only the senior can unmute.
+    await senior.signaling.send({"type": "mute", "kind": "audio", "muted": False})
+    await eventually(lambda: consumer.packets > frozen + 20, what="audio after unmute")
+
+
+async def test_signalling_resume_leaves_media_untouched(server: RunningServer, call_client: ClientFactory) -> None:
+    alice = await call_client("Alice")
+    bob = await call_client("Bob")
+    await eventually(lambda: receiving(bob, alice), what="media")
+    session_id = alice.signaling.welcome["session_id"]
+    transport = server.app[SFU_KEY].routers["room-1"].transports[alice.self_id]
+    pc = alice.pc
+    media = media_from(bob, alice)
+    assert media is not None
+
+    await alice.signaling.drop_socket()
+    await eventually(
+        lambda: any(e["type"] == "participant_updated" and not e["participant"]["connected"] for e in bob.events),
+        what="bob sees alice disconnected",
+    )
+    frames = media.video_frames
+    await eventually(lambda: media.video_frames > frames + 10, what="video during the outage")
+    await eventually(
+        lambda: any(e["type"] == "participant_updated" and e["participant"]["connected"] for e in bob.events),
+        what="alice resumed",
+    )
+    assert alice.signaling.welcome["session_id"] == session_id
+    assert alice.pc is pc
+    assert server.app[SFU_KEY].routers["room-1"].transports[alice.self_id] is transport
+    assert not any(e["type"] == "participant_left" for e in bob.events)
+
+
+def _peer_connections() -> list[RTCPeerConnection]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, RTCPeerConnection)]
+
+
+async def test_twenty_join_leave_cycles_leave_nothing_behind(server: RunningServer, call_client: ClientFactory) -> None:
+    watcher = await call_client("Watcher", publish=False)
+    signaling = server.app[SIGNALING_KEY]
+    baseline: dict[str, int] = {}
+
+    # Cycle 0 warms up: the watcher's own peer connection appears with the first guest.
+    for cycle in range(21):
+        if cycle == 1:
+            await asyncio.sleep(0.5)
+            baseline = {
+                "tasks": len(asyncio.all_tasks()),
+                "threads": threading.active_count(),
+                "pcs": len(_peer_connections()),
+            }
+        video = open_video("testsrc", width=160, height=120, fps=15)
+        audio = open_audio("tone")
+        guest = CallClient(server.url, server.token(name=f"Guest {cycle}"), video=video.video, audio=audio.audio)
+        await guest.start()
+        await eventually(
+            lambda: sum(e["type"] == "track_published" for e in watcher.events) >= 2 * (cycle + 1),
+            what=f"cycle {cycle} published",
+        )
+        await guest.close()
+        await eventually(
+            lambda: sum(e["type"] == "participant_left" for e in watcher.events) >= cycle + 1,
+            what=f"cycle {cycle} left",
+        )
+
+    sfu = server.app[SFU_KEY]
+    await eventually(lambda: sfu.stats()["producers"] == 0, what="producers gone")
+    assert sfu.stats() == {"routers": 1, "transports": 1, "producers": 0, "consumers": 0}
+    assert [p.name for p in await server.app[STORE_KEY].list_participants("room-1")] == ["Watcher"]
+    assert await server.app[STORE_KEY].list_tracks("room-1") == []
+    assert len(signaling.sessions) == 1
+    await eventually(lambda: len(asyncio.all_tasks()) <= baseline["tasks"], what="tasks to end")
+    await eventually(lambda: threading.active_count() <= baseline["threads"], what="threads to end")
+    assert len(_peer_connections()) <= baseline["pcs"]

@@ -1,0 +1,422 @@
+"""Signalling protocol v1 over a real server: every message type and every error code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from server.app import SIGNALING_KEY, STORE_KEY
+from server.store import StoreUnavailable
+from signaling.protocol import CloseCode
+
+from .conftest import TEST_SECRET, RunningServer, WsClient, hello, join
+
+
+async def test_hello_welcome_carries_session_and_limits(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    welcome = await hello(c, server.token(role="host", name="Ans"))
+    assert welcome["v"] == 1
+    assert welcome["session_id"] and welcome["resume_key"]
+    assert welcome["participant"]["name"] == "Ans"
+    assert welcome["participant"]["role"] == "host"
+    assert welcome["participant"]["permissions"] == ["moderate", "publish", "subscribe"]
+    assert welcome["room"] == "room-1"
+    assert welcome["ice_servers"] == []
+    assert welcome["limits"]["max_message_bytes"] == 64 * 1024
+    assert welcome["seq"] == 1
+
+
+async def test_join_snapshot_and_events(server: RunningServer, connect: Any) -> None:
+    a, b = await connect(), await connect()
+    joined_a = await join(a, server.token(name="Alice", participant_id="p-alice"))
+    assert joined_a["self_id"] == "p-alice"
+    assert [p["name"] for p in joined_a["participants"]] == ["Alice"]
+    joined_b = await join(b, server.token(name="Bob", participant_id="p-bob"))
+    assert [p["participant_id"] for p in joined_b["participants"]] == ["p-alice", "p-bob"]
+    event = await a.expect("participant_joined")
+    assert event["participant"]["name"] == "Bob"
+    assert event["participant"]["connected"] is True
+
+    await b.send({"type": "leave", "id": "bye"})
+    left = await b.expect("left")
+    assert left["ref"] == "bye"
+    assert await b.closed() == CloseCode.NORMAL
+    gone = await a.expect("participant_left")
+    assert gone == {**gone, "participant_id": "p-bob", "reason": "left"}
+    assert (await server.app[STORE_KEY].list_rooms()) == {"room-1": 1}
+
+
+async def test_ping_pong_echoes_ts_and_ref(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await hello(c, server.token())
+    await c.send({"type": "ping", "ts": 12.5, "id": "p1"})
+    pong = await c.expect("pong")
+    assert pong["ts"] == 12.5 and pong["ref"] == "p1"
+
+
+async def test_publish_offer_answer_and_stale_and_bad_answer(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await join(c, server.token())
+    await c.send({"type": "publish", "audio": True, "video": True})
+    offer = await c.expect("offer")
+    assert offer["negotiation_id"] == 1
+    assert set(offer["publish"]) == {"audio", "video"}
+    assert "m=audio" in offer["sdp"] and "m=video" in offer["sdp"]
+    assert "VP8" in offer["sdp"] and "opus" in offer["sdp"]
+    assert offer["consumers"] == []
+
+    await c.send({"type": "answer", "sdp": "v=0", "negotiation_id": 7, "id": "a7"})
+    err = await c.expect_error("stale_negotiation")
+    assert err["ref"] == "a7"
+
+    await c.send({"type": "answer", "sdp": "this is not sdp", "negotiation_id": 1})
+    await c.expect_error("negotiation_failed")
+    again = await c.expect("offer")
+    assert again["negotiation_id"] == 2
+
+    await c.send({"type": "unpublish", "kind": "video"})
+    # The in-flight offer must be answered before the next one; a stale id is refused.
+    await c.send({"type": "answer", "sdp": "v=0", "negotiation_id": 1})
+    await c.expect_error("stale_negotiation")
+
+
+async def test_mute_own_and_moderated(server: RunningServer, connect: Any) -> None:
+    host, senior = await connect(), await connect()
+    await join(host, server.token(role="host", name="Host", participant_id="p-host"))
+    await join(senior, server.token(role="senior", name="Senior", participant_id="p-senior"))
+
+    await senior.send({"type": "mute", "kind": "audio", "muted": True})
+    changed = await host.expect("mute_changed")
+    assert changed == {**changed, "participant_id": "p-senior", "kind": "audio", "muted": True, "by": "p-senior"}
+    await senior.send({"type": "mute", "kind": "audio", "muted": False})
+    await host.expect("mute_changed", muted=False)
+
+    await host.send({"type": "mute", "kind": "audio", "muted": True, "participant_id": "p-senior"})
+    told = await senior.expect("mute_changed", participant_id="p-senior", by="p-host")
+    assert told["muted"] is True and told["by"] == "p-host"
+    state = await server.app[STORE_KEY].get_participant("room-1", "p-senior")
+    assert state is not None and state.audio_muted is True
+
+    # Unmuting someone else is refused, even for a host: they are asked instead.
+    await host.send({"type": "mute", "kind": "audio", "muted": False, "participant_id": "p-senior"})
+    await host.expect_error("forbidden")
+    # A senior may not mute anyone else.
+    await senior.send({"type": "mute", "kind": "video", "muted": True, "participant_id": "p-host"})
+    await senior.expect_error("forbidden")
+    await host.send({"type": "mute", "kind": "video", "muted": True, "participant_id": "p-nobody"})
+    await host.expect_error("unknown_participant")
+
+
+async def test_kick_removes_and_closes(server: RunningServer, connect: Any) -> None:
+    host, senior, other = await connect(), await connect(), await connect()
+    await join(host, server.token(role="host", name="Host", participant_id="p-host"))
+    await join(senior, server.token(name="Senior", participant_id="p-senior"))
+    await join(other, server.token(role="family", name="Fam", participant_id="p-fam"))
+
+    await other.send({"type": "kick", "participant_id": "p-senior"})
+    await other.expect_error("forbidden")
+    await host.send({"type": "kick", "participant_id": "p-nobody"})
+    await host.expect_error("unknown_participant")
+
+    await host.send({"type": "kick", "participant_id": "p-senior"})
+    removed = await senior.expect("removed")
+    assert removed["reason"] == "kicked"
+    assert await senior.closed() == CloseCode.REMOVED
+    left = await host.expect("participant_left", participant_id="p-senior")
+    assert left["reason"] == "kicked"
+    await other.expect("participant_left", participant_id="p-senior")
+    ids = [p.participant_id for p in await server.app[STORE_KEY].list_participants("room-1")]
+    assert ids == ["p-host", "p-fam"]
+
+
+async def test_bad_input_errors_keep_connection_and_spare_others(server: RunningServer, connect: Any) -> None:
+    a, b = await connect(), await connect()
+    await join(a, server.token(name="A"))
+    await join(b, server.token(name="B"))
+    await a.expect("participant_joined")
+    n_before = len(a.received)
+
+    await b.send_raw("{not json")
+    await b.expect_error("bad_json")
+    await b.send_raw("[1, 2]")
+    await b.expect_error("bad_json")
+    await b.send({"type": "dance", "id": "d1"})
+    assert (await b.expect_error("unknown_type"))["ref"] == "d1"
+    await b.send({"no_type": True})
+    await b.expect_error("bad_message")
+    await b.send({"type": "publish", "audio": True})
+    err = await b.expect_error("bad_message")
+    assert "video" in err["message"]
+    await b.send({"type": "publish", "audio": "yes", "video": True})
+    await b.expect_error("bad_message")
+    await b.send({"type": "answer", "sdp": "x", "negotiation_id": True})
+    await b.expect_error("bad_message")
+    await b.send({"type": "mute", "kind": "smell", "muted": True})
+    await b.expect_error("bad_message")
+    await b.send({"type": "ping", "id": 5})
+    await b.expect_error("bad_message")
+    await b.ws.send_bytes(b"\x00\x01")
+    await b.expect_error("bad_json")
+    await b.send({"type": "ping", "pad": "x" * (64 * 1024)})
+    await b.expect_error("message_too_large")
+    await b.send({"type": "join", "room": "room-1"})
+    await b.expect_error("already_joined")
+    await b.send({"type": "hello", "v": 1, "token": "x"})
+    await b.expect_error("already_authenticated")
+
+    # Still alive, and state unchanged.
+    await b.send({"type": "ping", "id": "alive"})
+    assert (await b.expect("pong"))["ref"] == "alive"
+    assert len(await server.app[STORE_KEY].list_participants("room-1")) == 2
+    # The other participant saw none of it.
+    await a.send({"type": "ping", "id": "a-alive"})
+    await a.expect("pong")
+    assert [m["type"] for m in a.received[n_before:]] == ["pong"]
+
+
+async def test_not_authenticated_and_not_joined(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect_error("not_authenticated")
+    await hello(c, server.token())
+    await c.send({"type": "publish", "audio": True, "video": False})
+    await c.expect_error("not_joined")
+    await c.send({"type": "kick", "participant_id": "x"})
+    await c.expect_error("not_joined")
+
+
+@pytest.mark.parametrize(
+    "make_token, code",
+    [
+        (lambda s: s.token(ttl_s=1, participant_id="p-x"), None),
+        (lambda s: "garbage.token.here", "token_invalid"),
+        (lambda s: jwt.encode({"iss": "verzilvering", "sub": "p", "exp": time.time() + 60, "room": "room-1",
+                               "name": "Forger", "role": "admin", "perms": ["moderate"]},
+                              "another-secret-" + "y" * 40, algorithm="HS256"), "token_invalid"),
+        (lambda s: jwt.encode({"iss": "verzilvering", "sub": "p", "exp": time.time() - 5, "room": "room-1",
+                               "name": "Late", "role": "senior", "perms": []},
+                              TEST_SECRET, algorithm="HS256"), "token_expired"),
+        (lambda s: jwt.encode({"iss": "verzilvering", "sub": "p", "exp": time.time() + 60, "room": "room-1",
+                               "name": "Odd", "role": "king", "perms": []},
+                              TEST_SECRET, algorithm="HS256"), "token_invalid"),
+        (lambda s: jwt.encode({"iss": "verzilvering", "sub": "p", "exp": time.time() + 60, "room": "room-1",
+                               "name": "None", "role": "senior", "perms": []},
+                              "", algorithm="none"), "token_invalid"),
+    ],
+)
+async def test_token_refusals_close_with_4001(server: RunningServer, connect: Any, make_token: Any, code: str | None) -> None:
+    c = await connect()
+    token = make_token(server)
+    await c.send({"type": "hello", "v": 1, "token": token})
+    if code is None:
+        await c.expect("welcome")
+        return
+    await c.expect_error(code)
+    assert await c.closed() == CloseCode.AUTH_FAILED
+    assert server.app[SIGNALING_KEY].sessions == {}
+
+
+async def test_wrong_room_token_refused_without_closing(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await hello(c, server.token(room="room-2"))
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect_error("token_wrong_room")
+    assert await server.app[STORE_KEY].list_rooms() == {}
+    await c.send({"type": "join", "room": "room-2"})
+    await c.expect("joined")
+
+
+async def test_unsupported_version(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await c.send({"type": "hello", "v": 2, "token": server.token()})
+    await c.expect_error("unsupported_version")
+    assert await c.closed() == CloseCode.AUTH_FAILED
+
+
+async def test_publish_needs_permission(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await join(c, server.token(permissions=("subscribe",)))
+    await c.send({"type": "publish", "audio": True, "video": False})
+    await c.expect_error("forbidden")
+    # Switching publishing off needs no permission and changes nothing.
+    await c.send({"type": "publish", "audio": False, "video": False, "id": "off"})
+    await c.send({"type": "ping", "id": "after"})
+    assert (await c.expect("pong"))["ref"] == "after"
+    assert not [m for m in c.received if m["type"] == "error" and m.get("ref") == "off"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_participants_per_room": 2}])
+async def test_room_full(server: RunningServer, connect: Any) -> None:
+    clients = [await connect() for _ in range(3)]
+    await join(clients[0], server.token(name="1"))
+    await join(clients[1], server.token(name="2"))
+    await hello(clients[2], server.token(name="3"))
+    await clients[2].send({"type": "join", "room": "room-1"})
+    await clients[2].expect_error("room_full")
+    assert (await server.app[STORE_KEY].list_rooms()) == {"room-1": 2}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"messages_per_second": 2.0, "message_burst": 3}])
+async def test_rate_limited(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await hello(c, server.token())
+    for i in range(6):
+        await c.send({"type": "ping", "id": str(i)})
+    replies = [await c.next() for _ in range(6)]
+    assert [r["type"] for r in replies].count("pong") == 2
+    assert [r.get("code") for r in replies].count("rate_limited") == 4
+    await asyncio.sleep(1.1)
+    await c.send({"type": "ping", "id": "later"})
+    assert (await c.expect("pong"))["ref"] == "later"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_frame_bytes": 128 * 1024}])
+async def test_frame_over_hard_limit_closes_1009(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    await hello(c, server.token())
+    await c.send({"type": "ping", "pad": "x" * (200 * 1024)})
+    assert await c.closed() == 1009
+
+
+@pytest.mark.parametrize("settings_overrides", [{"hello_timeout_s": 0.5}])
+async def test_hello_timeout(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    assert await c.closed(timeout=5) == CloseCode.HELLO_TIMEOUT
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ping_interval_s": 0.2, "ping_timeout_s": 0.6, "resume_grace_s": 0.5}])
+async def test_ping_timeout_then_grace_expiry(server: RunningServer, connect: Any) -> None:
+    watcher, silent = await connect(), await connect()
+    await join(watcher, server.token(name="W", participant_id="p-w"))
+    await join(silent, server.token(name="S", participant_id="p-s"))
+
+    async def keep_alive() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            await watcher.send({"type": "ping"})
+
+    pinger = asyncio.ensure_future(keep_alive())
+    try:
+        assert await silent.closed(timeout=5) == CloseCode.PING_TIMEOUT
+        update = await watcher.expect("participant_updated", timeout=5)
+        assert update["participant"]["participant_id"] == "p-s"
+        assert update["participant"]["connected"] is False
+        left = await watcher.expect("participant_left", timeout=5)
+        assert left["participant_id"] == "p-s" and left["reason"] == "timeout"
+    finally:
+        pinger.cancel()
+    assert [p.participant_id for p in await server.app[STORE_KEY].list_participants("room-1")] == ["p-w"]
+
+
+async def test_resume_replays_missed_messages(server: RunningServer, connect: Any) -> None:
+    a, b = await connect(), await connect()
+    token_a = server.token(name="A", participant_id="p-a")
+    welcome = await hello(a, token_a)
+    await a.send({"type": "join", "room": "room-1"})
+    joined = await a.expect("joined")
+    await a.ws.close()
+
+    snapshot = await join(b, server.token(name="B", participant_id="p-b"))
+    assert {p["participant_id"]: p["connected"] for p in snapshot["participants"]} == {"p-a": False, "p-b": True}
+
+    a2 = await connect()
+    await a2.send({"type": "hello", "v": 1, "token": token_a,
+                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
+                              "last_seq": joined["seq"]}})
+    resumed = await a2.expect("resumed")
+    assert resumed["session_id"] == welcome["session_id"]
+    assert resumed["replayed"] >= 1
+    missed = await a2.expect("participant_joined")
+    assert missed["participant"]["participant_id"] == "p-b"
+    assert missed["seq"] > joined["seq"]
+    back = await b.expect("participant_updated")
+    assert back["participant"]["connected"] is True
+    # Same seat, not a second one.
+    assert len(await server.app[STORE_KEY].list_participants("room-1")) == 2
+
+
+async def test_resume_failures(server: RunningServer, connect: Any) -> None:
+    a = await connect()
+    token = server.token(participant_id="p-a")
+    welcome = await hello(a, token)
+    await a.ws.close()
+    c = await connect()
+    for resume in (
+        {"session_id": "s-unknown", "resume_key": welcome["resume_key"], "last_seq": 1},
+        {"session_id": welcome["session_id"], "resume_key": "wrong", "last_seq": 1},
+        {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": "one"},
+    ):
+        await c.send({"type": "hello", "v": 1, "token": token, "resume": resume})
+        message = await c.next()
+        assert message["type"] == "error" and message["code"] in ("resume_failed", "bad_message"), message
+    # Another participant's valid token cannot take over the session.
+    await c.send({"type": "hello", "v": 1, "token": server.token(participant_id="p-b"),
+                  "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": 1}})
+    await c.expect_error("resume_failed")
+    # Then a plain hello works on the same socket.
+    await hello(c, token)
+
+
+async def test_resume_replaces_open_socket(server: RunningServer, connect: Any) -> None:
+    a = await connect()
+    token = server.token(participant_id="p-a")
+    welcome = await hello(a, token)
+    a2 = await connect()
+    await a2.send({"type": "hello", "v": 1, "token": token,
+                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": 1}})
+    await a2.expect("resumed")
+    assert await a.closed() == CloseCode.REPLACED
+
+
+async def test_unavailable_and_internal_errors(server: RunningServer, connect: Any) -> None:
+    """A store outage or a bug answers the one message with an error; the socket lives on."""
+    store = server.app[STORE_KEY]
+    c = await connect()
+    await hello(c, server.token())
+    original = store.add_participant
+
+    async def outage(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("connection refused")
+
+    async def bug(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+    store.add_participant = outage  # type: ignore[method-assign]
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect_error("unavailable")
+    store.add_participant = bug  # type: ignore[method-assign]
+    await c.send({"type": "join", "room": "room-1"})
+    err = await c.expect_error("internal")
+    assert "boom" not in err["message"]
+    store.add_participant = original  # type: ignore[method-assign]
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect("joined")
+
+
+async def test_same_participant_joining_twice_replaces_old_seat(server: RunningServer, connect: Any) -> None:
+    old, new, watcher = await connect(), await connect(), await connect()
+    await join(watcher, server.token(name="W", participant_id="p-w"))
+    token = server.token(name="Twin", participant_id="p-twin")
+    await join(old, token)
+    await join(new, token)
+    left = await watcher.expect("participant_left", participant_id="p-twin")
+    assert left["reason"] == "replaced"
+    ids = [p.participant_id for p in await server.app[STORE_KEY].list_participants("room-1")]
+    assert sorted(ids) == ["p-twin", "p-w"]
+
+
+def test_every_documented_error_code_is_tested() -> None:
+    """docs/protocol.md and this module must not drift apart."""
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
+    section = doc.split("## Error codes", 1)[1].split("##", 1)[0]
+    codes = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
+    source = pathlib.Path(__file__).read_text()
+    untested = {code for code in codes if f'"{code}"' not in source}
+    assert codes and not untested, f"error codes without a test: {sorted(untested)}"

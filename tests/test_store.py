@@ -1,0 +1,584 @@
+"""The store contract, run against both backends.
+
+Every test that takes `store` or `make_store` runs once on the embedded backend and once on
+Redis (a private redis-server started for the session; each test gets its own key prefix,
+deleted afterwards). The few Redis-only tests at the end cover what the embedded backend
+has no counterpart for: several nodes sharing state, and an unreachable server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import redis.asyncio as aioredis
+
+# pytest puts tests/ on sys.path (it has no __init__.py), so the helper imports by its own
+# name under both `pytest` and `python -m pytest`.
+from tests.redis_server import RedisServer
+
+from server.store import ParticipantState, RoomFull, Store, StoreUnavailable, TrackState
+from server.store.embedded import EmbeddedStore
+from server.store.redis import RedisStore
+
+StoreFactory = Callable[[], Awaitable[Store]]
+
+# Long enough for a Redis round trip on a busy CI machine, short enough to fail fast.
+DELIVERY_TIMEOUT_S = 5.0
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StoreFactory]:
+    """Opens stores of one backend that share their data, like one node restarting."""
+    opened: list[Store] = []
+    prefix = f"vztest:{uuid4().hex}:"
+    server: RedisServer | None = (
+        request.getfixturevalue("redis_server") if request.param == "redis" else None
+    )
+
+    async def factory() -> Store:
+        store: Store
+        if server is None:
+            store = EmbeddedStore(tmp_path / "data")
+        else:
+            store = RedisStore(server.url, node_id="test", prefix=prefix)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield factory
+
+    for store in opened:
+        await store.close()
+    if server is not None:
+        await _delete_prefix(server.url, prefix)
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> Store:
+    return await make_store()
+
+
+async def _delete_prefix(url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def participant(
+    pid: str, room: str = "koffie", joined_at: float = 1.0, **kw: Any
+) -> ParticipantState:
+    return ParticipantState(
+        participant_id=pid,
+        room=room,
+        name=kw.pop("name", f"Naam {pid}"),
+        role=kw.pop("role", "participant"),
+        node_id=kw.pop("node_id", "node-a"),
+        joined_at=joined_at,
+        **kw,
+    )
+
+
+def track(tid: str, pid: str, room: str = "koffie", kind: str = "audio") -> TrackState:
+    return TrackState(track_id=tid, room=room, participant_id=pid, kind=kind)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = DELIVERY_TIMEOUT_S) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+# --- live room state -----------------------------------------------------------------------
+
+
+async def test_join_and_leave(store: Store) -> None:
+    alice = participant("alice", joined_at=10.5)
+    await store.add_participant(alice, max_participants=5)
+
+    assert await store.get_participant("koffie", "alice") == alice
+    assert await store.list_participants("koffie") == [alice]
+    assert await store.list_rooms() == {"koffie": 1}
+    assert await store.get_participant("andere-kamer", "alice") is None
+
+    assert await store.remove_participant("koffie", "alice") == alice
+    assert await store.get_participant("koffie", "alice") is None
+    assert await store.list_participants("koffie") == []
+    assert await store.list_rooms() == {}
+    assert await store.remove_participant("koffie", "alice") is None
+
+
+async def test_returned_states_are_copies(store: Store) -> None:
+    alice = participant("alice")
+    await store.add_participant(alice, max_participants=5)
+    alice.name = "changed by caller"
+    fetched = await store.get_participant("koffie", "alice")
+    assert fetched is not None
+    fetched.audio_muted = True
+
+    again = await store.get_participant("koffie", "alice")
+    assert again is not None
+    assert (again.name, again.audio_muted) == ("Naam alice", False)
+
+
+async def test_room_full_at_limit(store: Store) -> None:
+    await store.add_participant(participant("a"), max_participants=2)
+    await store.add_participant(participant("b"), max_participants=2)
+
+    with pytest.raises(RoomFull):
+        await store.add_participant(participant("c"), max_participants=2)
+
+    assert [p.participant_id for p in await store.list_participants("koffie")] == ["a", "b"]
+    assert await store.list_rooms() == {"koffie": 2}
+    # The limit is per room.
+    await store.add_participant(participant("c", room="thee"), max_participants=2)
+    assert await store.list_rooms() == {"koffie": 2, "thee": 1}
+
+
+async def test_room_full_with_zero_limit_creates_no_room(store: Store) -> None:
+    with pytest.raises(RoomFull):
+        await store.add_participant(participant("a"), max_participants=0)
+    assert await store.list_rooms() == {}
+    assert await store.list_participants("koffie") == []
+
+
+async def test_readding_existing_participant_at_limit_replaces_it(store: Store) -> None:
+    await store.add_participant(participant("a"), max_participants=2)
+    await store.add_participant(participant("b"), max_participants=2)
+
+    replacement = participant("a", name="Anna opnieuw", connected=False)
+    await store.add_participant(replacement, max_participants=2)
+
+    assert await store.get_participant("koffie", "a") == replacement
+    assert len(await store.list_participants("koffie")) == 2
+    assert await store.list_rooms() == {"koffie": 2}
+
+
+async def test_concurrent_adds_never_exceed_limit(store: Store) -> None:
+    results = await asyncio.gather(
+        *(
+            store.add_participant(participant(f"p{i:02d}", joined_at=float(i)), max_participants=5)
+            for i in range(20)
+        ),
+        return_exceptions=True,
+    )
+
+    assert sum(r is None for r in results) == 5
+    assert sum(isinstance(r, RoomFull) for r in results) == 15
+    members = await store.list_participants("koffie")
+    assert len(members) == 5
+    assert {p.participant_id for p in members} == {
+        f"p{i:02d}" for i, r in enumerate(results) if r is None
+    }
+    assert await store.list_rooms() == {"koffie": 5}
+
+
+async def test_participants_ordered_by_joined_at_then_id(store: Store) -> None:
+    for pid, joined_at in [("d", 3.0), ("b", 1.0), ("c", 2.0), ("a", 2.0), ("e", 0.5)]:
+        await store.add_participant(participant(pid, joined_at=joined_at), max_participants=10)
+
+    ordered = [p.participant_id for p in await store.list_participants("koffie")]
+    assert ordered == ["e", "b", "a", "c", "d"]
+
+
+async def test_rooms_are_separate(store: Store) -> None:
+    await store.add_participant(participant("a", room="koffie"), max_participants=5)
+    await store.add_participant(participant("b", room="thee"), max_participants=5)
+    await store.add_participant(participant("c", room="thee"), max_participants=5)
+    await store.add_track(track("t1", "b", room="thee"))
+
+    assert [p.participant_id for p in await store.list_participants("koffie")] == ["a"]
+    assert await store.list_tracks("koffie") == []
+    assert await store.remove_participant("koffie", "b") is None
+    assert await store.list_rooms() == {"koffie": 1, "thee": 2}
+
+    await store.remove_participant("thee", "b")
+    assert await store.list_rooms() == {"koffie": 1, "thee": 1}
+    await store.remove_participant("thee", "c")
+    assert await store.list_rooms() == {"koffie": 1}
+
+
+async def test_tracks_follow_their_participant(store: Store) -> None:
+    await store.add_participant(participant("a"), max_participants=5)
+    await store.add_participant(participant("b"), max_participants=5)
+    await store.add_track(track("a-audio", "a"))
+    await store.add_track(track("a-video", "a", kind="video"))
+    await store.add_track(track("b-audio", "b"))
+
+    removed = await store.remove_participant("koffie", "a")
+
+    assert removed is not None and removed.participant_id == "a"
+    assert await store.list_tracks("koffie") == [track("b-audio", "b")]
+    assert await store.remove_track("koffie", "a-video") is None
+    assert await store.update_track("koffie", "a-audio", muted=True) is None
+
+
+async def test_add_track_requires_participant(store: Store) -> None:
+    with pytest.raises(KeyError):
+        await store.add_track(track("t1", "ghost"))
+    assert await store.list_tracks("koffie") == []
+
+    await store.add_participant(participant("a", room="thee"), max_participants=5)
+    with pytest.raises(KeyError):
+        await store.add_track(track("t1", "a", room="koffie"))
+    assert await store.list_tracks("koffie") == []
+
+
+async def test_track_add_update_remove(store: Store) -> None:
+    await store.add_participant(participant("a"), max_participants=5)
+    audio, video = track("t-audio", "a"), track("t-video", "a", kind="video")
+    await store.add_track(audio)
+    await store.add_track(video)
+    assert sorted(await store.list_tracks("koffie"), key=lambda t: t.track_id) == [audio, video]
+
+    updated = await store.update_track("koffie", "t-video", muted=True)
+    assert updated == dataclasses.replace(video, muted=True)
+    assert sorted(await store.list_tracks("koffie"), key=lambda t: t.track_id) == [audio, updated]
+
+    assert await store.remove_track("koffie", "t-audio") == audio
+    assert await store.remove_track("koffie", "t-audio") is None
+    assert await store.list_tracks("koffie") == [updated]
+    assert await store.update_track("koffie", "nope", muted=True) is None
+
+
+async def test_update_participant(store: Store) -> None:
+    await store.add_participant(participant("a", joined_at=7.25), max_participants=5)
+
+    updated = await store.update_participant("koffie", "a", audio_muted=True, connected=False)
+
+    expected = participant("a", joined_at=7.25, audio_muted=True, connected=False)
+    assert updated == expected
+    assert await store.get_participant("koffie", "a") == expected
+    assert await store.update_participant("koffie", "ghost", audio_muted=True) is None
+    assert await store.get_participant("koffie", "ghost") is None
+
+
+async def test_concurrent_updates_of_different_fields_are_all_kept(store: Store) -> None:
+    await store.add_participant(participant("a"), max_participants=5)
+
+    await asyncio.gather(
+        *(
+            store.update_participant("koffie", "a", **{field: True})
+            for field in ("audio_muted", "video_muted")
+            for _ in range(10)
+        ),
+        *(store.update_participant("koffie", "a", connected=False) for _ in range(10)),
+    )
+
+    state = await store.get_participant("koffie", "a")
+    assert state is not None
+    assert (state.audio_muted, state.video_muted, state.connected) == (True, True, False)
+
+
+async def test_invalid_updates_change_nothing(store: Store) -> None:
+    original = participant("a")
+    await store.add_participant(original, max_participants=5)
+    original_track = track("t1", "a")
+    await store.add_track(original_track)
+
+    with pytest.raises(ValueError, match="unknown"):
+        await store.update_participant("koffie", "a", audio_muted=True, colour="red")
+    # `room` and `participant_id` collide with the method's own parameters, so Python
+    # refuses them before the store sees them; either way nothing may change.
+    with pytest.raises((TypeError, ValueError)):
+        await store.update_participant("koffie", "a", **{"room": "thee"})
+    with pytest.raises(ValueError, match="unknown"):
+        await store.update_track("koffie", "t1", muted=True, volume=3)
+    with pytest.raises(ValueError, match="participant_id"):
+        await store.update_track("koffie", "t1", muted=True, participant_id="b")
+
+    assert await store.get_participant("koffie", "a") == original
+    assert await store.list_participants("koffie") == [original]
+    assert await store.list_participants("thee") == []
+    assert await store.list_tracks("koffie") == [original_track]
+    assert await store.list_rooms() == {"koffie": 1}
+
+
+# --- presence ------------------------------------------------------------------------------
+
+
+async def test_presence_expires_after_ttl(store: Store) -> None:
+    assert not await store.is_present("a")
+
+    await store.touch_presence("a", ttl_s=0.2)
+    assert await store.is_present("a")
+    assert not await store.is_present("b")
+
+    await asyncio.sleep(0.35)
+    assert not await store.is_present("a")
+
+
+async def test_touching_presence_extends_it(store: Store) -> None:
+    await store.touch_presence("a", ttl_s=0.3)
+    await asyncio.sleep(0.2)
+    await store.touch_presence("a", ttl_s=0.3)
+    await asyncio.sleep(0.2)
+    assert await store.is_present("a")
+
+    await asyncio.sleep(0.25)
+    assert not await store.is_present("a")
+
+
+async def test_clear_presence(store: Store) -> None:
+    await store.touch_presence("a", ttl_s=30)
+    await store.touch_presence("b", ttl_s=30)
+
+    await store.clear_presence("a")
+    await store.clear_presence("never-seen")
+
+    assert not await store.is_present("a")
+    assert await store.is_present("b")
+
+
+# --- room event fan-out --------------------------------------------------------------------
+
+
+async def test_publish_reaches_every_handler_of_the_room_only(store: Store) -> None:
+    first: list[dict[str, Any]] = []
+    second: list[dict[str, Any]] = []
+    other: list[dict[str, Any]] = []
+    await store.subscribe("koffie", first.append)
+    await store.subscribe("koffie", second.append)
+    await store.subscribe("thee", other.append)
+
+    event = {"type": "participant_joined", "participant": {"id": "a", "muted": False}}
+    await store.publish("koffie", event)
+    # Events reach one node's subscriber in publish order, so once the marker on "thee"
+    # arrives, a wrongly delivered "koffie" event would have arrived before it.
+    await store.publish("thee", {"type": "marker"})
+
+    await eventually(lambda: len(first) == 1 and len(second) == 1 and len(other) == 1)
+    assert first == [event] and second == [event]
+    assert other == [{"type": "marker"}]
+
+
+async def test_events_arrive_as_json(store: Store) -> None:
+    received: list[dict[str, Any]] = []
+    await store.subscribe("koffie", received.append)
+
+    await store.publish("koffie", {"ids": ("a", "b"), "n": 1.5, "nested": {"ok": True}})
+
+    await eventually(lambda: len(received) == 1)
+    assert received == [{"ids": ["a", "b"], "n": 1.5, "nested": {"ok": True}}]
+
+
+async def test_events_arrive_in_publish_order(store: Store) -> None:
+    received: list[dict[str, Any]] = []
+    await store.subscribe("koffie", received.append)
+
+    for seq in range(50):
+        await store.publish("koffie", {"seq": seq})
+
+    await eventually(lambda: len(received) == 50)
+    assert [e["seq"] for e in received] == list(range(50))
+
+
+async def test_closed_subscription_gets_nothing_more(store: Store) -> None:
+    closed: list[dict[str, Any]] = []
+    open_: list[dict[str, Any]] = []
+    subscription = await store.subscribe("koffie", closed.append)
+    await store.subscribe("koffie", open_.append)
+
+    await store.publish("koffie", {"n": 1})
+    await eventually(lambda: len(closed) == 1 and len(open_) == 1)
+
+    await subscription.close()
+    await subscription.close()  # closing twice is harmless
+    await store.publish("koffie", {"n": 2})
+    await eventually(lambda: len(open_) == 2)
+    assert closed == [{"n": 1}]
+
+
+async def test_resubscribing_after_the_last_handler_left(store: Store) -> None:
+    before: list[dict[str, Any]] = []
+    subscription = await store.subscribe("koffie", before.append)
+    await subscription.close()
+    await store.publish("koffie", {"n": 1})
+
+    after: list[dict[str, Any]] = []
+    await store.subscribe("koffie", after.append)
+    await store.publish("koffie", {"n": 2})
+
+    await eventually(lambda: len(after) == 1)
+    assert after == [{"n": 2}]
+    assert before == []
+
+
+async def test_each_subscription_is_its_own_and_a_raising_handler_harms_nobody(store: Store) -> None:
+    received: list[dict[str, Any]] = []
+
+    def broken(event: dict[str, Any]) -> None:
+        raise RuntimeError("handler bug")
+
+    await store.subscribe("koffie", broken)
+    first = await store.subscribe("koffie", received.append)
+    await store.subscribe("koffie", received.append)
+
+    await store.publish("koffie", {"n": 1})
+    await eventually(lambda: len(received) == 2)
+    await first.close()
+    await store.publish("koffie", {"n": 2})
+    await eventually(lambda: len(received) == 3)
+    assert received == [{"n": 1}, {"n": 1}, {"n": 2}]
+
+
+# --- durable directory ---------------------------------------------------------------------
+
+
+async def test_directory_put_get_list_delete(store: Store) -> None:
+    assert await store.get_record("people", "p1") is None
+    assert await store.list_records("people") == []
+
+    await store.put_record("people", "p2", {"id": "p2", "name": "Bert"})
+    await store.put_record("people", "p1", {"id": "p1", "name": "Annie", "tags": ["koor"]})
+    await store.put_record("kiosks", "p1", {"id": "p1", "location": "De Hoven"})
+
+    annie = {"id": "p1", "name": "Annie", "tags": ["koor"]}
+    assert await store.get_record("people", "p1") == annie
+    assert await store.list_records("people") == [annie, {"id": "p2", "name": "Bert"}]
+    assert await store.list_records("kiosks") == [{"id": "p1", "location": "De Hoven"}]
+    assert await store.list_records("contacts") == []
+
+    assert await store.delete_record("people", "p1") is True
+    assert await store.delete_record("people", "p1") is False
+    assert await store.get_record("people", "p1") is None
+    assert await store.list_records("people") == [{"id": "p2", "name": "Bert"}]
+    assert await store.get_record("kiosks", "p1") == {"id": "p1", "location": "De Hoven"}
+
+
+async def test_directory_overwrite_replaces_whole_record(store: Store) -> None:
+    await store.put_record("activities", "a1", {"title": "Bingo", "weekday": 2})
+    await store.put_record("activities", "a1", {"title": "Zingen"})
+
+    assert await store.get_record("activities", "a1") == {"title": "Zingen"}
+    assert await store.list_records("activities") == [{"title": "Zingen"}]
+
+
+@pytest.mark.parametrize("kind", ["", "person", "People", "rooms", "people; DROP TABLE people"])
+async def test_directory_rejects_unknown_kinds(store: Store, kind: str) -> None:
+    with pytest.raises(ValueError, match="kind"):
+        await store.put_record(kind, "x", {})
+    with pytest.raises(ValueError, match="kind"):
+        await store.get_record(kind, "x")
+    with pytest.raises(ValueError, match="kind"):
+        await store.list_records(kind)
+    with pytest.raises(ValueError, match="kind"):
+        await store.delete_record(kind, "x")
+
+
+@pytest.mark.parametrize("record_id", ["", "x" * 129, 42, None])
+async def test_directory_rejects_invalid_ids(store: Store, record_id: Any) -> None:
+    with pytest.raises(ValueError, match="record id"):
+        await store.put_record("people", record_id, {"name": "x"})
+    assert await store.list_records("people") == []
+
+
+async def test_directory_accepts_longest_id(store: Store) -> None:
+    record_id = "x" * 128
+    await store.put_record("people", record_id, {"name": "lang"})
+    assert await store.get_record("people", record_id) == {"name": "lang"}
+
+
+async def test_directory_survives_reopening(make_store: StoreFactory) -> None:
+    first = await make_store()
+    await first.put_record("people", "p1", {"name": "Annie"})
+    await first.put_record("kiosks", "k1", {"location": "Buiten"})
+    await first.put_record("people", "p2", {"name": "weg"})
+    await first.delete_record("people", "p2")
+    await first.close()
+
+    second = await make_store()
+    assert await second.get_record("people", "p1") == {"name": "Annie"}
+    assert await second.list_records("people") == [{"name": "Annie"}]
+    assert await second.list_records("kiosks") == [{"location": "Buiten"}]
+
+
+# --- Redis only ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    prefix = f"vztest:{uuid4().hex}:"
+    a = RedisStore(redis_server.url, node_id="node-a", prefix=prefix)
+    b = RedisStore(redis_server.url, node_id="node-b", prefix=prefix)
+    await a.open()
+    await b.open()
+    yield a, b
+    await a.close()
+    await b.close()
+    await _delete_prefix(redis_server.url, prefix)
+
+
+async def test_redis_nodes_share_state_and_events(
+    redis_nodes: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = redis_nodes
+    received: list[dict[str, Any]] = []
+    await b.subscribe("koffie", received.append)
+
+    await a.add_participant(participant("x", node_id="node-a"), max_participants=1)
+    with pytest.raises(RoomFull):
+        await b.add_participant(participant("y", node_id="node-b"), max_participants=1)
+    await a.touch_presence("x", ttl_s=30)
+    await a.publish("koffie", {"type": "hello"})
+
+    assert [p.participant_id for p in await b.list_participants("koffie")] == ["x"]
+    assert await b.is_present("x")
+    await eventually(lambda: received == [{"type": "hello"}])
+
+
+async def test_redis_prefixes_are_isolated(redis_server: RedisServer) -> None:
+    prefixes = [f"vztest:{uuid4().hex}:" for _ in range(2)]
+    stores = [RedisStore(redis_server.url, node_id="n", prefix=prefix) for prefix in prefixes]
+    for s in stores:
+        await s.open()
+    try:
+        await stores[0].add_participant(participant("a"), max_participants=5)
+        await stores[0].put_record("people", "p1", {"name": "Annie"})
+        assert await stores[1].list_rooms() == {}
+        assert await stores[1].get_record("people", "p1") is None
+    finally:
+        for s, prefix in zip(stores, prefixes):
+            await s.close()
+            await _delete_prefix(redis_server.url, prefix)
+
+
+async def test_redis_unreachable_raises_store_unavailable() -> None:
+    with RedisServer() as server:
+        url = server.url
+        store = RedisStore(url, node_id="n", prefix="vztest:down:")
+        await store.open()
+    # The server is gone now.
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.list_rooms()
+        with pytest.raises(StoreUnavailable):
+            await store.add_participant(participant("a"), max_participants=5)
+        with pytest.raises(StoreUnavailable):
+            await store.publish("koffie", {})
+    finally:
+        await store.close()
+
+    never = RedisStore(url, node_id="n")
+    with pytest.raises(StoreUnavailable):
+        await never.open()
+    await never.close()
