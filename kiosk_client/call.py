@@ -88,6 +88,7 @@ class CallClient:
         self._consumers: set[asyncio.Task[None]] = set()
         self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._negotiator: asyncio.Task[None] | None = None
+        self._settled = asyncio.Event()
 
     async def start(self) -> None:
         welcome = await self.signaling.connect()
@@ -110,7 +111,12 @@ class CallClient:
             RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._connection_state_changed)
         return pc
+
+    def _connection_state_changed(self) -> None:
+        if self.pc is not None and self.pc.connectionState in ("connected", "failed", "closed"):
+            self._settled.set()
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -225,4 +231,10 @@ class CallClient:
         for task in list(self._consumers):
             task.cancel()
         if self.pc is not None:
+            if self.pc.remoteDescription is not None and not self._settled.is_set():
+                # Closing mid-connect races aiortc's connect task (see server/transport.py).
+                try:
+                    await asyncio.wait_for(self._settled.wait(), 10)
+                except asyncio.TimeoutError:
+                    pass
             await self.pc.close()

@@ -69,9 +69,12 @@ class ReceiverTap:
         self._rtx_ssrc: dict[int, int] = {}
         self._nack = NackGenerator() if kind == "video" else None
         self._started = False
+        self._stopped = False
+        self._aiortc_stop = receiver.stop
         # Instance attributes shadow the class methods aiortc's transport and peer
         # connection call, which is how the tap slides in without subclassing.
         receiver.receive = self._receive  # type: ignore[method-assign]
+        receiver.stop = self._stop  # type: ignore[method-assign]
         receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
 
     @property
@@ -81,8 +84,14 @@ class ReceiverTap:
                 return codec
         return None
 
+    async def _stop(self) -> None:
+        self._stopped = True
+        await self._aiortc_stop()
+
     async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
-        if self._started:
+        # aiortc's connect task can reach a receiver after close() stopped it; starting
+        # it then would leave its RTCP task running for good.
+        if self._started or self._stopped:
             return
         r = self.receiver
         for codec in parameters.codecs:
@@ -177,9 +186,12 @@ class SenderFeed:
         self._extensions_map = HeaderExtensionsMap()
         self._history: dict[int, RtpPacket] = {}
         self._configured = asyncio.Event()
+        self._stopped = False
         self._aiortc_send = sender.send
+        self._aiortc_stop = sender.stop
         sender.replaceTrack(_ParkedTrack(kind))
         sender.send = self._send  # type: ignore[method-assign]
+        sender.stop = self._stop  # type: ignore[method-assign]
         sender._send_keyframe = self._keyframe_requested  # type: ignore[method-assign]
         sender._retransmit = self._retransmit  # type: ignore[method-assign]
 
@@ -194,7 +206,14 @@ class SenderFeed:
     def payload_type_for(self, mime_type: str) -> int | None:
         return self.payload_types.get(mime_type.lower())
 
+    async def _stop(self) -> None:
+        self._stopped = True
+        await self._aiortc_stop()
+
     async def _send(self, parameters: RTCRtpSendParameters) -> None:
+        # Same race as ReceiverTap._receive: never start after a stop.
+        if self._stopped:
+            return
         self.mid = parameters.muxId
         for codec in parameters.codecs:
             if is_rtx(codec):

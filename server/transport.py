@@ -102,12 +102,15 @@ class WebRtcTransport:
         self._retired: list[RTCRtpTransceiver] = []
         self._on_failed = on_failed
         self._connected = asyncio.Event()
+        self._settled = asyncio.Event()
         self._answered = False
         self._negotiation_timeout = negotiation_timeout_s
         self.pc.on("connectionstatechange", self._connection_state_changed)
 
     def _connection_state_changed(self) -> None:
         state = self.pc.connectionState
+        if state in ("connected", "failed", "closed"):
+            self._settled.set()
         if state == "connected":
             self._connected.set()
         elif state == "failed" and not self.closed and self._on_failed:
@@ -288,5 +291,12 @@ class WebRtcTransport:
             self._task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._answered and not self._settled.is_set():
+            # Closing while aiortc is still connecting lets its connect task start ICE
+            # consent checks and RTCP after the close, which then never end.
+            try:
+                await asyncio.wait_for(self._settled.wait(), self._negotiation_timeout)
+            except asyncio.TimeoutError:
+                pass
         await self.pc.close()
         return ended
