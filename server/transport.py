@@ -95,6 +95,7 @@ class WebRtcTransport:
         self._send_offer = send_offer
         self._keyframe_interval = keyframe_request_interval_s
         self._in_flight: int | None = None
+        self._pending_offer: dict[str, Any] | None = None
         self._dirty = False
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -226,14 +227,18 @@ class WebRtcTransport:
                         "kind": slot.consumer.kind,
                     }
                 )
-            self._send_offer(
-                {
-                    "sdp": self.pc.localDescription.sdp,
-                    "negotiation_id": self.negotiation_id,
-                    "publish": publish,
-                    "consumers": consumers,
-                }
-            )
+            self._pending_offer = {
+                "sdp": self.pc.localDescription.sdp,
+                "negotiation_id": self.negotiation_id,
+                "publish": publish,
+                "consumers": consumers,
+            }
+            self._send_offer(dict(self._pending_offer))
+
+    @property
+    def pending_offer(self) -> dict[str, Any] | None:
+        """The offer still waiting for its answer, if any."""
+        return dict(self._pending_offer) if self._in_flight is not None and self._pending_offer else None
 
     async def apply_answer(self, sdp: str, negotiation_id: int) -> list[Producer]:
         """Applies the client's answer; returns producers that started with it."""

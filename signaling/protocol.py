@@ -29,6 +29,7 @@ class CloseCode:
     HELLO_TIMEOUT = 4002
     REMOVED = 4003
     REPLACED = 4004
+    MEDIA_FAILED = 4005
 
 
 _OPTIONAL = object()

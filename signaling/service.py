@@ -7,7 +7,6 @@ backend can deliver them across nodes. A room's media lives in this node's SFU.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -218,6 +217,10 @@ class SignalingService:
         conn.send({"type": "resumed", "ref": ref, "session_id": session.id, "seq": session.seq, "replayed": len(replay)})
         for text in replay:
             conn.send_text(text)
+        offer = session.transport.pending_offer if session.transport else None
+        if offer is not None:
+            # Its answer may have been lost with the old socket; answering twice is harmless.
+            session.send({"type": "offer", **offer})
         if session.joined:
             assert session.room is not None
             await self.store.touch_presence(session.participant_id, self._presence_ttl)
@@ -268,7 +271,7 @@ class SignalingService:
         stale = self._members.get(key)
         if stale is not None and stale is not session:
             # The same person joined again (new device or lost session): the newest wins.
-            await self._end(stale, "replaced")
+            await self._end(stale, "replaced", close_code=CloseCode.REPLACED)
         state = ParticipantState(
             participant_id=grant.participant_id,
             room=room,
@@ -290,7 +293,9 @@ class SignalingService:
             grant.participant_id,
             subscribe=grant.may("subscribe"),
             send_offer=lambda offer: session.send({"type": "offer", **offer}),
-            on_failed=lambda: asyncio.ensure_future(self._end(session, "timeout")),
+            on_failed=lambda: asyncio.ensure_future(
+                self._end(session, "media_failed", close_code=CloseCode.MEDIA_FAILED)
+            ),
         )
         participants = await self.store.list_participants(room)
         tracks = await self.store.list_tracks(room)
@@ -306,10 +311,19 @@ class SignalingService:
         )
         await self._broadcast(room, {"type": "participant_joined", "participant": _participant(state)}, skip=grant.participant_id)
 
-    async def _end(self, session: Session, reason: str) -> None:
-        """Ends a session for good: media closed, seat freed, others told."""
+    async def _end(self, session: Session, reason: str, close_code: int | None = None) -> None:
+        """Ends a session for good: media closed, seat freed, others told.
+
+        With a close code, the session's own client is told why and its socket closed.
+        """
         if session.ended:
             return
+        conn = session.connection
+        if close_code is not None and conn is not None:
+            session.send({"type": "removed", "reason": reason})
+            conn.session = None
+            session.connection = None
+            asyncio.ensure_future(conn.close(close_code, reason))
         self._forget(session)
         if session.grace_task is not None:
             session.grace_task.cancel()
@@ -422,11 +436,7 @@ class SignalingService:
         target = self._members.get((session.room, target_id))
         if target is None:
             raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
-        target.send({"type": "removed", "reason": "kicked"})
-        conn = target.connection
-        await self._end(target, "kicked")
-        if conn is not None:
-            await conn.close(CloseCode.REMOVED, "removed")
+        await self._end(target, "kicked", close_code=CloseCode.REMOVED)
 
     # --- lifecycle -------------------------------------------------------------------------
 

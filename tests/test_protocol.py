@@ -339,6 +339,25 @@ async def test_resume_replays_missed_messages(server: RunningServer, connect: An
     assert len(await server.app[STORE_KEY].list_participants("room-1")) == 2
 
 
+async def test_resume_resends_an_unanswered_offer(server: RunningServer, connect: Any) -> None:
+    a = await connect()
+    token = server.token(participant_id="p-a")
+    welcome = await hello(a, token)
+    await a.send({"type": "join", "room": "room-1"})
+    await a.expect("joined")
+    await a.send({"type": "publish", "audio": True, "video": False})
+    offer = await a.expect("offer")
+    await a.ws.close()  # the answer never left
+
+    a2 = await connect()
+    await a2.send({"type": "hello", "v": 1, "token": token,
+                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
+                              "last_seq": offer["seq"]}})
+    await a2.expect("resumed")
+    again = await a2.expect("offer")
+    assert again["negotiation_id"] == offer["negotiation_id"] and again["sdp"] == offer["sdp"]
+
+
 async def test_resume_failures(server: RunningServer, connect: Any) -> None:
     a = await connect()
     token = server.token(participant_id="p-a")
@@ -403,6 +422,8 @@ async def test_same_participant_joining_twice_replaces_old_seat(server: RunningS
     token = server.token(name="Twin", participant_id="p-twin")
     await join(old, token)
     await join(new, token)
+    assert (await old.expect("removed"))["reason"] == "replaced"
+    assert await old.closed() == CloseCode.REPLACED
     left = await watcher.expect("participant_left", participant_id="p-twin")
     assert left["reason"] == "replaced"
     ids = [p.participant_id for p in await server.app[STORE_KEY].list_participants("room-1")]
