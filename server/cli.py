@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -65,16 +65,45 @@ def _serve(args: argparse.Namespace) -> int:
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = _settings(args, host=args.host, port=args.port)
-    app = create_app(settings)
-    if args.demo:
-        app.on_startup.append(lambda app: _create_demo(app, settings))
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    try:
+        asyncio.run(_run(settings, demo=args.demo))
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
-async def _create_demo(app: web.Application, settings: Settings) -> None:
-    from .app import ISSUER_KEY
+async def _run(settings: Settings, *, demo: bool) -> None:
+    app = create_app(settings)
+    # No access log: URLs carry join tokens.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    logging.getLogger(__name__).info("listening on %s", settings.base_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if demo:
+            await _create_demo(app, settings)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
+
+async def _create_demo(app: web.Application, settings: Settings) -> None:
+    from .app import ISSUER_KEY, STORE_KEY
+
+    await app[STORE_KEY].put_record(
+        "activities",
+        DEMO_ROOM,
+        {
+            "id": DEMO_ROOM,
+            "title": "Koffieochtend (demo)",
+            "description": "Een demo-activiteit om Verzilvering uit te proberen.",
+        },
+    )
     issuer = app[ISSUER_KEY]
     ttl = 12 * 3600
     links = {
@@ -92,7 +121,6 @@ async def _create_demo(app: web.Application, settings: Settings) -> None:
     lines.append(f"  kiosk: verzilvering-kiosk join --server {base} --token {kiosk_token}")
     lines.append("")
     print("\n".join(lines), flush=True)
-    await asyncio.sleep(0)
 
 
 if __name__ == "__main__":

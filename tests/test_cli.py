@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from server.store.embedded import EmbeddedStore
 from signaling.tokens import TokenIssuer, load_or_create_secret
 
 
@@ -85,3 +87,14 @@ def test_serve_demo_prints_links_and_answers_healthz(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
     assert proc.returncode == 0
+
+    async def demo_activity() -> dict | None:
+        store = EmbeddedStore(tmp_path)
+        await store.open()
+        try:
+            return await store.get_record("activities", "demo-koffieochtend")
+        finally:
+            await store.close()
+
+    activity = asyncio.run(demo_activity())
+    assert activity is not None and activity["title"]
