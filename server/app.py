@@ -13,6 +13,7 @@ from signaling.tokens import TokenIssuer, load_or_create_secret
 
 from . import __version__
 from .config import Settings
+from .directory import Directory
 from .router import Sfu
 from .rtphooks import check_aiortc_version
 from .store import Store, open_store
@@ -25,6 +26,7 @@ STORE_KEY = web.AppKey("store", Store)
 SFU_KEY = web.AppKey("sfu", Sfu)
 SIGNALING_KEY = web.AppKey("signaling", SignalingService)
 STARTED_KEY = web.AppKey("started", float)
+DIRECTORY_KEY = web.AppKey("directory", Directory)
 
 
 def make_issuer(settings: Settings) -> TokenIssuer:
@@ -52,6 +54,7 @@ async def _state(app: web.Application):  # type: ignore[no-untyped-def]
     settings = app[SETTINGS_KEY]
     store = await open_store(settings, node_id=f"node-{uuid.uuid4().hex[:8]}")
     app[STORE_KEY] = store
+    app[DIRECTORY_KEY] = Directory(store)
     app[SIGNALING_KEY] = SignalingService(settings, store, app[ISSUER_KEY], app[SFU_KEY])
     yield
     await app[SIGNALING_KEY].close()
