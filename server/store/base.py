@@ -39,6 +39,8 @@ class ParticipantState:
     video_muted: bool = False
     # False while the participant's WebSocket is gone but its resume grace runs.
     connected: bool = True
+    # False while waiting in the lobby for a moderator to admit them.
+    admitted: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +115,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_tracks(self, room: str) -> list[TrackState]: ...
+
+    @abc.abstractmethod
+    async def get_room_state(self, room: str) -> dict[str, Any]:
+        """The room's moderation state ({} when unset); it ends with the room."""
+
+    @abc.abstractmethod
+    async def set_room_state(self, room: str, state: dict[str, Any]) -> None: ...
 
     @abc.abstractmethod
     async def list_rooms(self) -> dict[str, int]:

@@ -55,6 +55,7 @@ class EmbeddedStore(Store):
         self._participants: dict[str, dict[str, ParticipantState]] = {}
         self._tracks: dict[str, dict[str, TrackState]] = {}
         self._presence: dict[str, float] = {}
+        self._room_state: dict[str, dict[str, Any]] = {}
         self._handlers: dict[str, list[EventHandler]] = {}
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -108,6 +109,7 @@ class EmbeddedStore(Store):
         state = members.pop(participant_id)
         if not members:
             del self._participants[room]
+            self._room_state.pop(room, None)
         tracks = self._tracks.get(room, {})
         for track_id in [t for t, tr in tracks.items() if tr.participant_id == participant_id]:
             del tracks[track_id]
@@ -162,6 +164,12 @@ class EmbeddedStore(Store):
 
     async def list_tracks(self, room: str) -> list[TrackState]:
         return [dataclasses.replace(t) for t in self._tracks.get(room, {}).values()]
+
+    async def get_room_state(self, room: str) -> dict[str, Any]:
+        return json.loads(json.dumps(self._room_state.get(room, {})))
+
+    async def set_room_state(self, room: str, state: dict[str, Any]) -> None:
+        self._room_state[room] = json.loads(json.dumps(state))
 
     async def list_rooms(self) -> dict[str, int]:
         return {room: len(members) for room, members in self._participants.items()}

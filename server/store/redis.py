@@ -6,6 +6,9 @@ Key schema (every key starts with the store's prefix, ``vz:`` by default):
     Hash participant_id → ParticipantState as JSON.
 ``{prefix}room:{room}:tracks``
     Hash track_id → TrackState as JSON.
+``{prefix}room:{room}:state``
+    String: the room's moderation state as JSON (locked, spotlight, music mode); deleted
+    with the room's last participant.
 ``{prefix}rooms``
     Hash room → participant count, for rooms with at least one participant. The Lua
     scripts that change a room's participants keep it in step with the participants hash.
@@ -77,7 +80,8 @@ redis.call('HSET', KEYS[2], ARGV[1], redis.call('HLEN', KEYS[1]))
 return 1
 """
 
-# KEYS: participants, tracks, rooms. ARGV: room, participant_id.
+# KEYS: participants, tracks, rooms, room state. ARGV: room, participant_id.
+# The room's state (lock, spotlight, music mode) goes with its last participant.
 # Returns the removed state json, or nil when the participant was not in the room.
 _REMOVE_PARTICIPANT = """
 -- Everything that can fail (decoding) runs before the first write, because Redis does
@@ -100,6 +104,7 @@ end
 local count = redis.call('HLEN', KEYS[1])
 if count == 0 then
   redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('DEL', KEYS[4])
 else
   redis.call('HSET', KEYS[3], ARGV[1], count)
 end
@@ -183,6 +188,18 @@ class RedisStore(Store):
 
     def _tracks_key(self, room: str) -> str:
         return f"{self._prefix}room:{room}:tracks"
+
+    def _room_state_key(self, room: str) -> str:
+        return f"{self._prefix}room:{room}:state"
+
+    async def get_room_state(self, room: str) -> dict[str, Any]:
+        with _unavailable():
+            raw = await self._redis.get(self._room_state_key(room))
+        return json.loads(raw) if raw is not None else {}
+
+    async def set_room_state(self, room: str, state: dict[str, Any]) -> None:
+        with _unavailable():
+            await self._redis.set(self._room_state_key(room), json.dumps(state, sort_keys=True))
 
     def _rooms_key(self) -> str:
         return f"{self._prefix}rooms"
@@ -270,7 +287,12 @@ class RedisStore(Store):
         script = self._script(self._remove_participant)
         with _unavailable():
             raw = await script(
-                keys=[self._participants_key(room), self._tracks_key(room), self._rooms_key()],
+                keys=[
+                    self._participants_key(room),
+                    self._tracks_key(room),
+                    self._rooms_key(),
+                    self._room_state_key(room),
+                ],
                 args=[room, participant_id],
             )
         return ParticipantState.from_dict(json.loads(raw)) if raw is not None else None

@@ -1,0 +1,1 @@
+"""Benchmarks for Verzilvering; each module runs with `python -m bench.<name>`."""
