@@ -443,7 +443,7 @@ async def test_each_subscription_is_its_own_and_a_raising_handler_harms_nobody(s
 
 async def test_room_state_round_trip_and_ends_with_the_room(store: Store) -> None:
     assert await store.get_room_state("koffie") == {}
-    await store.add_participant(participant("koffie", "a"), max_participants=5)
+    await store.add_participant(participant("a"), max_participants=5)
     await store.set_room_state("koffie", {"locked": True, "spotlight": "a"})
     assert await store.get_room_state("koffie") == {"locked": True, "spotlight": "a"}
     assert await store.get_room_state("thee") == {}
