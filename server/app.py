@@ -44,6 +44,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", websocket)
 
+    from . import api
+
+    api.setup(app)
+
     import web as web_pages
 
     web_pages.setup(app)
@@ -55,7 +59,9 @@ async def _state(app: web.Application):  # type: ignore[no-untyped-def]
     store = await open_store(settings, node_id=f"node-{uuid.uuid4().hex[:8]}")
     app[STORE_KEY] = store
     app[DIRECTORY_KEY] = Directory(store)
-    app[SIGNALING_KEY] = SignalingService(settings, store, app[ISSUER_KEY], app[SFU_KEY])
+    app[SIGNALING_KEY] = SignalingService(
+        settings, store, app[ISSUER_KEY], app[SFU_KEY], app[DIRECTORY_KEY]
+    )
     yield
     await app[SIGNALING_KEY].close()
     await app[SFU_KEY].close()

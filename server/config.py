@@ -39,6 +39,8 @@ class Settings:
 
     # Room limits.
     max_participants_per_room: int = 30
+    # A family call rings this long before it counts as missed.
+    ring_timeout_s: float = 45.0
 
     # Media.
     # ICE servers handed to aiortc and to clients; empty means host candidates only
@@ -47,6 +49,18 @@ class Settings:
     # Request a keyframe from a producer at most this often, however many ask.
     keyframe_request_interval_s: float = 0.25
     negotiation_timeout_s: float = 15.0
+
+    # Web pages (web/): staff sessions, login throttling, invites and photos.
+    # A staff session cookie is valid this long after login.
+    session_ttl_s: int = 12 * 3600
+    # This many failed logins for one username, or from one address, within the window
+    # lock further attempts for that username or address until the window has passed.
+    login_max_failures: int = 5
+    login_failure_window_s: float = 15 * 60.0
+    # Family invite links stay valid this long (a new link can be made at any time).
+    invite_ttl_days: int = 180
+    # Largest photo upload accepted; photos are re-encoded to a small JPEG.
+    photo_max_bytes: int = 8 * 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

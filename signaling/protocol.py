@@ -30,13 +30,14 @@ class CloseCode:
     REMOVED = 4003
     REPLACED = 4004
     MEDIA_FAILED = 4005
+    DENIED = 4006
 
 
 _OPTIONAL = object()
 
 # type → {field: (python type(s), required)}
 CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
-    "hello": {"v": (int, True), "token": (str, True), "resume": (dict, False)},
+    "hello": {"v": (int, True), "token": (str, False), "device": (dict, False), "resume": (dict, False)},
     "join": {"room": (str, True)},
     "publish": {"audio": (bool, True), "video": (bool, True)},
     "unpublish": {"kind": (str, True)},
@@ -45,6 +46,24 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
     "kick": {"participant_id": (str, True)},
     "leave": {},
     "ping": {"ts": ((int, float), False)},
+    # moderation
+    "admit": {"participant_id": (str, True)},
+    "deny": {"participant_id": (str, True)},
+    "lock": {"locked": (bool, True)},
+    "mute_all": {"kind": (str, True)},
+    "ask_unmute": {"participant_id": (str, True), "kind": (str, True)},
+    "spotlight": {"participant_id": ((str, type(None)), True)},
+    "music_mode": {"enabled": (bool, True)},
+    "end": {},
+    # kiosk devices
+    "call_answer": {"call_id": (str, True), "accept": (bool, True)},
+    "activity_join": {"activity_id": (str, True)},
+    "selftest_result": {"result": (dict, True)},
+}
+
+DEVICE_FIELDS: dict[str, tuple[Any, bool]] = {
+    "kiosk_id": (str, True),
+    "credential": (str, True),
 }
 
 RESUME_FIELDS: dict[str, tuple[Any, bool]] = {
@@ -57,7 +76,7 @@ RESUME_FIELDS: dict[str, tuple[Any, bool]] = {
 def _type_name(t: Any) -> str:
     if isinstance(t, tuple):
         return " or ".join(_type_name(x) for x in t)
-    return {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object"}[t]
+    return {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", type(None): "null"}[t]
 
 
 def _check_fields(
@@ -106,9 +125,14 @@ def parse_client_message(text: str | bytes, max_bytes: int) -> dict[str, Any]:
     if schema is None:
         raise ProtocolError("unknown_type", f"Unknown message type '{kind[:40]}'.", ref)
     _check_fields(message, schema, kind, ref)
-    if kind == "hello" and "resume" in message:
-        _check_fields(message["resume"], RESUME_FIELDS, "hello.resume", ref)
-    if kind in ("unpublish", "mute") and message["kind"] not in KINDS:
+    if kind == "hello":
+        if ("token" in message) == ("device" in message):
+            raise ProtocolError("bad_message", "hello: send either 'token' or 'device'.", ref)
+        if "resume" in message:
+            _check_fields(message["resume"], RESUME_FIELDS, "hello.resume", ref)
+        if "device" in message:
+            _check_fields(message["device"], DEVICE_FIELDS, "hello.device", ref)
+    if kind in ("unpublish", "mute", "mute_all", "ask_unmute") and message["kind"] not in KINDS:
         raise ProtocolError("bad_message", f"{kind}: field 'kind' must be 'audio' or 'video'.", ref)
     if kind == "join" and not (0 < len(message["room"]) <= MAX_ROOM_LENGTH):
         raise ProtocolError("bad_message", "join: field 'room' must not be empty.", ref)

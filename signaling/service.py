@@ -14,24 +14,33 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from server.config import Settings
+from server.directory import Activity, Directory
 from server.producer import Producer
 from server.router import Sfu
 from server.store import ParticipantState, RoomFull, Store, StoreUnavailable, Subscription, TrackState
 from server.transport import NegotiationError
 
+from .devices import CALL_ROOM_PREFIX, DeviceHub
 from .protocol import VERSION, CloseCode, ProtocolError, error, parse_client_message
 from .session import Connection, RateLimiter, Session
 from .tokens import TokenError, TokenIssuer
+
+MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick")
+ROOM_STATE_DEFAULTS: dict[str, Any] = {"locked": False, "spotlight": None, "music_mode": False}
 
 logger = logging.getLogger(__name__)
 
 
 class SignalingService:
-    def __init__(self, settings: Settings, store: Store, issuer: TokenIssuer, sfu: Sfu) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, issuer: TokenIssuer, sfu: Sfu, directory: Directory
+    ) -> None:
         self.settings = settings
         self.store = store
         self.issuer = issuer
         self.sfu = sfu
+        self.directory = directory
+        self.devices = DeviceHub(settings, store, directory, issuer)
         self.sessions: dict[str, Session] = {}
         # (room, participant id) → the session holding that seat on this node.
         self._members: dict[tuple[str, str], Session] = {}
@@ -61,7 +70,10 @@ class SignalingService:
             watchdog.cancel()
             self._connections.discard(conn)
             conn.abandon()
-            await self._connection_lost(conn)
+            if conn.device is not None:
+                await self.devices.connection_lost(conn)
+            else:
+                await self._connection_lost(conn)
         return ws
 
     async def _watch(self, conn: Connection) -> None:
@@ -69,7 +81,7 @@ class SignalingService:
         while not conn.ws.closed:
             await asyncio.sleep(min(1.0, s.ping_interval_s / 2))
             now = time.monotonic()
-            if conn.session is None and now - conn.opened > s.hello_timeout_s:
+            if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
                 await conn.close(CloseCode.HELLO_TIMEOUT, "no hello")
                 return
             if now - conn.last_seen > s.ping_timeout_s:
@@ -106,6 +118,9 @@ class SignalingService:
         if kind == "hello":
             await self._hello(conn, message, ref)
             return
+        if conn.device is not None:
+            await self.devices.dispatch(conn, message)
+            return
         session = conn.session
         if session is None:
             raise ProtocolError("not_authenticated", "Send 'hello' with a token first.", ref)
@@ -124,6 +139,12 @@ class SignalingService:
             return
         if not session.joined:
             raise ProtocolError("not_joined", "Join a room first.", ref)
+        if kind in MODERATION and not session.grant.may("moderate"):
+            raise ProtocolError("forbidden", "Only a host may do that.", ref)
+        if not session.admitted:
+            raise ProtocolError("forbidden", "Wait until the host lets you in.", ref)
+        if kind in ("call_answer", "activity_join", "selftest_result"):
+            raise ProtocolError("forbidden", f"Only a kiosk device can send '{kind}'.", ref)
         if kind == "publish":
             await self._publish(session, {"audio": message["audio"], "video": message["video"]}, ref)
         elif kind == "unpublish":
@@ -134,6 +155,26 @@ class SignalingService:
             await self._mute(session, message, ref)
         elif kind == "kick":
             await self._kick(session, message["participant_id"], ref)
+        elif kind in ("admit", "deny"):
+            await self._admit(session, message["participant_id"], kind == "admit", ref)
+        elif kind == "mute_all":
+            await self._mute_all(session, message["kind"])
+        elif kind == "ask_unmute":
+            target = await self._admitted_target(session, message["participant_id"], ref)
+            await self._broadcast(
+                session.room,
+                {"type": "unmute_requested", "kind": message["kind"], "by": session.participant_id, "_to": target},
+            )
+        elif kind == "lock":
+            await self._update_room(session, locked=message["locked"])
+        elif kind == "spotlight":
+            if message["participant_id"] is not None:
+                await self._admitted_target(session, message["participant_id"], ref)
+            await self._update_room(session, spotlight=message["participant_id"])
+        elif kind == "music_mode":
+            await self._update_room(session, music_mode=message["enabled"])
+        elif kind == "end":
+            await self._broadcast(session.room, {"type": "_end", "by": session.participant_id})
 
     @property
     def _presence_ttl(self) -> float:
@@ -147,6 +188,11 @@ class SignalingService:
         if message["v"] != VERSION:
             conn.send(error("unsupported_version", f"Only protocol version {VERSION} is spoken here.", ref))
             await conn.close(CloseCode.AUTH_FAILED, "unsupported version")
+            return
+        if "device" in message:
+            if conn.device is not None:
+                raise ProtocolError("already_authenticated", "This connection already said hello.", ref)
+            await self.devices.hello(conn, message["device"], ref)
             return
         try:
             grant = self.issuer.verify(message["token"])
@@ -227,7 +273,7 @@ class SignalingService:
             updated = await self.store.update_participant(
                 session.room, session.participant_id, connected=True
             )
-            if updated is not None:
+            if updated is not None and session.admitted:
                 await self._broadcast(session.room, {"type": "participant_updated", "participant": _participant(updated)})
 
     async def _connection_lost(self, conn: Connection) -> None:
@@ -247,7 +293,7 @@ class SignalingService:
             )
         except StoreUnavailable:
             return
-        if updated is not None:
+        if updated is not None and session.admitted:
             await self._broadcast(session.room, {"type": "participant_updated", "participant": _participant(updated)})
 
     async def _grace(self, session: Session) -> None:
@@ -267,6 +313,7 @@ class SignalingService:
         if room != session.grant.room:
             raise ProtocolError("token_wrong_room", "The token is for another room.", ref)
         grant = session.grant
+        admitted = await self._admitted_on_arrival(session, room, ref)
         key = (room, grant.participant_id)
         stale = self._members.get(key)
         if stale is not None and stale is not session:
@@ -279,6 +326,7 @@ class SignalingService:
             role=grant.role,
             node_id=self.store.node_id,
             joined_at=time.time(),
+            admitted=admitted,
         )
         try:
             await self.store.add_participant(state, self.settings.max_participants_per_room)
@@ -288,6 +336,34 @@ class SignalingService:
         self._members[key] = session
         await self.store.touch_presence(grant.participant_id, self._presence_ttl)
         await self._subscribe_room(room)
+        if admitted:
+            await self._enter(session, ref)
+        else:
+            # Knocking is automatic: waiting in the lobby is the knock.
+            session.send({"type": "lobby", "ref": ref, "room": room})
+            await self._broadcast(room, {"type": "knock", "participant": _participant(state), "_to": "moderators"})
+
+    async def _admitted_on_arrival(self, session: Session, room: str, ref: str | None) -> bool:
+        """Whether a joiner enters directly (True) or waits in the lobby (False)."""
+        grant = session.grant
+        if grant.may("moderate"):
+            return True
+        if room.startswith(CALL_ROOM_PREFIX):
+            return True
+        activity = await self.directory.get(Activity, room)
+        if grant.role == "family" and activity is not None:
+            if not activity.guests_allowed:
+                raise ProtocolError("forbidden", "This activity does not take guests.", ref)
+            return False
+        state = await self.store.get_room_state(room)
+        return not state.get("locked", False)
+
+    async def _enter(self, session: Session, ref: str | None) -> None:
+        """Gives an admitted participant media and the room snapshot, and tells the others."""
+        assert session.room is not None
+        room = session.room
+        grant = session.grant
+        session.admitted = True
         router = self.sfu.router(room)
         session.transport = router.create_transport(
             grant.participant_id,
@@ -297,19 +373,55 @@ class SignalingService:
                 self._end(session, "media_failed", close_code=CloseCode.MEDIA_FAILED)
             ),
         )
-        participants = await self.store.list_participants(room)
+        everyone = await self.store.list_participants(room)
         tracks = await self.store.list_tracks(room)
-        session.send(
-            {
-                "type": "joined",
-                "ref": ref,
-                "room": room,
-                "self_id": grant.participant_id,
-                "participants": [_participant(p) for p in participants],
-                "tracks": [t.to_dict() for t in tracks],
-            }
+        joined: dict[str, Any] = {
+            "type": "joined",
+            "ref": ref,
+            "room": room,
+            "self_id": grant.participant_id,
+            "participants": [_participant(p) for p in everyone if p.admitted],
+            "tracks": [t.to_dict() for t in tracks],
+            "room_state": await self._room_state(room),
+        }
+        if grant.may("moderate"):
+            joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
+        session.send(joined)
+        me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
+        if me is not None:
+            await self._broadcast(room, {"type": "participant_joined", "participant": _participant(me)}, skip=grant.participant_id)
+
+    async def _room_state(self, room: str) -> dict[str, Any]:
+        return {**ROOM_STATE_DEFAULTS, **await self.store.get_room_state(room)}
+
+    async def _update_room(self, session: Session, **changes: Any) -> None:
+        assert session.room is not None
+        state = await self._room_state(session.room)
+        state.update(changes)
+        await self.store.set_room_state(session.room, state)
+        await self._broadcast(session.room, {"type": "room_updated", "room": state})
+
+    async def _admitted_target(self, session: Session, participant_id: str, ref: str | None) -> str:
+        assert session.room is not None
+        target = await self.store.get_participant(session.room, participant_id)
+        if target is None or not target.admitted:
+            raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
+        return participant_id
+
+    async def _admit(self, session: Session, participant_id: str, admit: bool, ref: str | None) -> None:
+        assert session.room is not None
+        room = session.room
+        waiting = await self.store.get_participant(room, participant_id)
+        if waiting is None or waiting.admitted:
+            raise ProtocolError("not_in_lobby", "Nobody with that id is waiting in the lobby.", ref)
+        if admit:
+            await self.store.update_participant(room, participant_id, admitted=True)
+        await self._broadcast(
+            room,
+            {"type": "lobby_left", "participant_id": participant_id, "reason": "admitted" if admit else "denied", "_to": "moderators"},
         )
-        await self._broadcast(room, {"type": "participant_joined", "participant": _participant(state)}, skip=grant.participant_id)
+        # The node holding the waiting participant's session acts on it.
+        await self._broadcast(room, {"type": "_admit" if admit else "_deny", "participant_id": participant_id})
 
     async def _end(self, session: Session, reason: str, close_code: int | None = None) -> None:
         """Ends a session for good: media closed, seat freed, others told.
@@ -320,7 +432,7 @@ class SignalingService:
             return
         conn = session.connection
         if close_code is not None and conn is not None:
-            session.send({"type": "removed", "reason": reason})
+            session.send({"type": "denied"} if reason == "denied" else {"type": "removed", "reason": reason})
             conn.session = None
             session.connection = None
             asyncio.ensure_future(conn.close(close_code, reason))
@@ -341,7 +453,13 @@ class SignalingService:
                 await self._broadcast(room, _unpublished(producer))
             await self.store.remove_participant(room, session.participant_id)
             await self.store.clear_presence(session.participant_id)
-            await self._broadcast(room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason})
+            if session.admitted:
+                await self._broadcast(room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason})
+            elif reason != "denied":
+                await self._broadcast(
+                    room,
+                    {"type": "lobby_left", "participant_id": session.participant_id, "reason": "left", "_to": "moderators"},
+                )
         except StoreUnavailable:
             logger.warning("store unavailable while %s left %s", session.participant_id, room)
         if not any(r == room for r, _ in self._members):
@@ -357,10 +475,41 @@ class SignalingService:
         )
 
     def _deliver(self, room: str, event: dict[str, Any]) -> None:
+        kind = event.get("type", "")
+        if kind.startswith("_"):
+            self._act(room, event)
+            return
         skip = event.pop("_skip", None)
+        to = event.pop("_to", None)
         for (member_room, participant_id), session in list(self._members.items()):
-            if member_room == room and participant_id != skip and not session.ended:
-                session.send(dict(event))
+            if member_room != room or participant_id == skip or session.ended or not session.admitted:
+                continue
+            if to == "moderators" and not session.grant.may("moderate"):
+                continue
+            if to not in (None, "moderators") and to != participant_id:
+                continue
+            session.send(dict(event))
+
+    def _act(self, room: str, event: dict[str, Any]) -> None:
+        """Room-wide effects that the node holding the affected sessions carries out."""
+        kind = event["type"]
+        target = self._members.get((room, event.get("participant_id", "")))
+        if kind == "_admit" and target is not None and not target.admitted:
+            asyncio.ensure_future(self._enter(target, None))
+        elif kind == "_deny" and target is not None and not target.admitted:
+            asyncio.ensure_future(self._end(target, "denied", close_code=CloseCode.DENIED))
+        elif kind == "_kick" and target is not None:
+            asyncio.ensure_future(self._end(target, "kicked", close_code=CloseCode.REMOVED))
+        elif kind == "_pause":
+            router = self.sfu.routers.get(room)
+            transport = router.transports.get(event["participant_id"]) if router else None
+            for producer in transport.producers if transport else []:
+                if producer.kind == event["kind"]:
+                    producer.set_paused(event["muted"])
+        elif kind == "_end":
+            for (member_room, _), session in list(self._members.items()):
+                if member_room == room:
+                    asyncio.ensure_future(self._end(session, "ended", close_code=CloseCode.REMOVED))
 
     async def _broadcast(self, room: str, event: dict[str, Any], skip: str | None = None) -> None:
         if skip is not None:
@@ -405,7 +554,6 @@ class SignalingService:
 
     async def _mute(self, session: Session, message: dict[str, Any], ref: str | None) -> None:
         assert session.room is not None
-        room = session.room
         target = message.get("participant_id", session.participant_id)
         kind, muted = message["kind"], message["muted"]
         if target != session.participant_id:
@@ -415,30 +563,48 @@ class SignalingService:
                 raise ProtocolError(
                     "forbidden", "Only the participant can unmute themself; ask them instead.", ref
                 )
-        updated = await self.store.update_participant(room, target, **{f"{kind}_muted": muted})
-        if updated is None:
+        if not await self._set_muted(session.room, target, kind, muted, by=session.participant_id):
             raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
-        router = self.sfu.routers.get(room)
-        transport = router.transports.get(target) if router else None
-        for producer in transport.producers if transport else []:
-            if producer.kind == kind:
-                producer.set_paused(muted)
-                await self.store.update_track(room, producer.id, muted=muted)
+
+    async def _mute_all(self, session: Session, kind: str) -> None:
+        assert session.room is not None
+        for participant in await self.store.list_participants(session.room):
+            if participant.admitted and participant.role not in ("host", "admin"):
+                if not getattr(participant, f"{kind}_muted"):
+                    await self._set_muted(session.room, participant.participant_id, kind, True, by=session.participant_id)
+
+    async def _set_muted(self, room: str, target: str, kind: str, muted: bool, *, by: str) -> bool:
+        current = await self.store.get_participant(room, target)
+        if current is None or not current.admitted:
+            return False
+        await self.store.update_participant(room, target, **{f"{kind}_muted": muted})
+        for track in await self.store.list_tracks(room):
+            if track.participant_id == target and track.kind == kind:
+                await self.store.update_track(room, track.track_id, muted=muted)
+        # Media stops at the server, on whichever node carries the target's producers.
+        await self._broadcast(room, {"type": "_pause", "participant_id": target, "kind": kind, "muted": muted})
         await self._broadcast(
-            room,
-            {"type": "mute_changed", "participant_id": target, "kind": kind, "muted": muted, "by": session.participant_id},
+            room, {"type": "mute_changed", "participant_id": target, "kind": kind, "muted": muted, "by": by}
         )
+        return True
 
     async def _kick(self, session: Session, target_id: str, ref: str | None) -> None:
         assert session.room is not None
-        if not session.grant.may("moderate"):
-            raise ProtocolError("forbidden", "Only a host may remove someone.", ref)
-        target = self._members.get((session.room, target_id))
+        target = await self.store.get_participant(session.room, target_id)
         if target is None:
             raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
-        await self._end(target, "kicked", close_code=CloseCode.REMOVED)
+        await self._broadcast(session.room, {"type": "_kick", "participant_id": target_id})
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    async def request_selftest(self, kiosk_id: str) -> bool:
+        return await self.devices.request_selftest(kiosk_id)
+
+    async def revoke_kiosk(self, kiosk_id: str) -> None:
+        await self.devices.revoke_kiosk(kiosk_id)
+
+    async def directory_changed(self, senior_id: str) -> None:
+        await self.devices.directory_changed(senior_id)
 
     async def health(self) -> dict[str, Any]:
         rooms = await self.store.list_rooms()
@@ -447,6 +613,7 @@ class SignalingService:
     async def close(self) -> None:
         for conn in list(self._connections):
             await conn.close(1001, "server stopping")
+        await self.devices.close()
         for session in list(self.sessions.values()):
             await self._end(session, "left")
         for subscription in self._room_subscriptions.values():

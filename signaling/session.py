@@ -48,6 +48,8 @@ class Connection:
         self.ws = ws
         self.limiter = limiter
         self.session: Session | None = None
+        # The kiosk id when this connection is a kiosk's device channel.
+        self.device: str | None = None
         self.last_seen = time.monotonic()
         self.opened = time.monotonic()
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -96,6 +98,8 @@ class Session:
         self.transport: WebRtcTransport | None = None
         self.grace_task: asyncio.Task[None] | None = None
         self.ended = False
+        # False while waiting in the lobby.
+        self.admitted = False
         self.seq = 0
         self._buffer: deque[tuple[int, str]] = deque(maxlen=buffer_size)
 

@@ -1,0 +1,306 @@
+"""Kiosks as devices: their always-open channel, family calls to them, and remote self-tests.
+
+A kiosk is not a participant until it joins a room. While idle it holds one device
+connection; everything addressed to it travels over the store's fan-out on channel
+`device:<kiosk_id>`, so whichever node holds the connection delivers it. A call's own
+events travel on `call:<call_id>` to the node that started the call, which owns its timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.config import Settings
+from server.directory import Activity, Contact, Directory, Kiosk, Senior
+from server.pairing import authenticate_kiosk
+from server.schedule import next_occurrence
+from server.store import Store, Subscription
+
+from .protocol import VERSION, CloseCode, ProtocolError, error
+from .session import Connection
+from .tokens import TokenIssuer
+
+logger = logging.getLogger(__name__)
+
+CALL_ROOM_PREFIX = "call-"
+
+
+def device_channel(kiosk_id: str) -> str:
+    return f"device:{kiosk_id}"
+
+
+def call_channel(call_id: str) -> str:
+    return f"call:{call_id}"
+
+
+def kiosk_presence(kiosk_id: str) -> str:
+    return f"kiosk:{kiosk_id}"
+
+
+@dataclass
+class DeviceLink:
+    kiosk: Kiosk
+    subscription: Subscription | None = None
+
+
+@dataclass
+class Call:
+    id: str
+    room: str
+    contact: Contact
+    senior_id: str
+    kiosk_ids: list[str]
+    state: str = "ringing"
+    timer: asyncio.TimerHandle | None = None
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+
+class DeviceHub:
+    def __init__(self, settings: Settings, store: Store, directory: Directory, issuer: TokenIssuer) -> None:
+        self.settings = settings
+        self.store = store
+        self.directory = directory
+        self.issuer = issuer
+        self.links: dict[Connection, DeviceLink] = {}
+        self.calls: dict[str, Call] = {}
+
+    # --- device connections ------------------------------------------------------------
+
+    async def hello(self, conn: Connection, device: dict[str, Any], ref: str | None) -> None:
+        kiosk = await authenticate_kiosk(self.directory, device["kiosk_id"], device["credential"])
+        if kiosk is None:
+            conn.send(error("device_invalid", "This kiosk is not (or no longer) paired.", ref))
+            await conn.close(CloseCode.AUTH_FAILED, "device_invalid")
+            return
+        link = DeviceLink(kiosk)
+        self.links[conn] = link
+        conn.device = kiosk.id
+        link.subscription = await self.store.subscribe(
+            device_channel(kiosk.id), lambda event: self._to_device(conn, event)
+        )
+        await self.store.touch_presence(kiosk_presence(kiosk.id), self._presence_ttl)
+        kiosk.last_seen = time.time()
+        await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
+        conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
+
+    @property
+    def _presence_ttl(self) -> float:
+        return self.settings.ping_timeout_s
+
+    async def _home(self, kiosk: Kiosk) -> dict[str, Any]:
+        senior = await self.directory.get(Senior, kiosk.senior_id)
+        contacts = await self.directory.contacts_of(kiosk.senior_id)
+        now = dt.datetime.now(dt.timezone.utc)
+        activities = []
+        for activity in await self.directory.activities_of(kiosk.senior_id):
+            upcoming = next_occurrence(activity.weekly_slots, now)
+            if upcoming is not None:
+                start, slot = upcoming
+                activities.append(
+                    {
+                        "id": activity.id,
+                        "title": activity.title,
+                        "next_start": start.isoformat(),
+                        "duration_min": slot.duration_min,
+                    }
+                )
+        activities.sort(key=lambda a: a["next_start"])
+        return {
+            "kiosk_id": kiosk.id,
+            "senior": {
+                "id": kiosk.senior_id,
+                "name": senior.name if senior else "",
+                "language": senior.language if senior else "nl",
+                "auto_join": senior.auto_join if senior else False,
+            },
+            "contacts": [
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "relation": c.relation,
+                    "trusted": c.trusted,
+                    "auto_answer": c.auto_answer,
+                    "photo_url": c.photo_url,
+                }
+                for c in contacts
+            ],
+            "activities": activities,
+            "ping_interval_ms": int(self.settings.ping_interval_s * 1000),
+            "ice_servers": [dict(server) for server in self.settings.ice_servers],
+        }
+
+    def _to_device(self, conn: Connection, event: dict[str, Any]) -> None:
+        if event.get("type") == "revoked":
+            conn.send({"type": "revoked"})
+            asyncio.ensure_future(conn.close(CloseCode.AUTH_FAILED, "revoked"))
+            return
+        conn.send(event)
+
+    async def dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
+        link = self.links[conn]
+        kind = message["type"]
+        ref = message.get("id")
+        kiosk_id = link.kiosk.id
+        if kind == "ping":
+            await self.store.touch_presence(kiosk_presence(kiosk_id), self._presence_ttl)
+            conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+        elif kind == "call_answer":
+            await self.store.publish(
+                call_channel(message["call_id"]),
+                {"type": "_answer", "kiosk_id": kiosk_id, "accept": message["accept"]},
+            )
+        elif kind == "activity_join":
+            activity = await self.directory.get(Activity, message["activity_id"])
+            senior = await self.directory.get(Senior, link.kiosk.senior_id)
+            if activity is None or senior is None or senior.id not in activity.enrolled:
+                raise ProtocolError("forbidden", "This kiosk's senior is not enrolled in that activity.", ref)
+            token = self.issuer.issue(
+                role="senior", room=activity.id, name=senior.name, participant_id=senior.id,
+                ttl_s=self.settings.default_token_ttl_s,
+            )
+            conn.send({"type": "activity_token", "ref": ref, "activity_id": activity.id, "room": activity.id, "token": token})
+        elif kind == "selftest_result":
+            kiosk = await self.directory.get(Kiosk, kiosk_id)
+            if kiosk is not None:
+                kiosk.last_selftest = {"at": time.time(), "result": message["result"]}
+                await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
+            conn.send({"type": "selftest_saved", "ref": ref})
+        else:
+            raise ProtocolError("forbidden", f"A kiosk device cannot send '{kind}'.", ref)
+
+    async def connection_lost(self, conn: Connection) -> None:
+        link = self.links.pop(conn, None)
+        if link is None:
+            return
+        if link.subscription is not None:
+            await link.subscription.close()
+        if not any(other.kiosk.id == link.kiosk.id for other in self.links.values()):
+            await self.store.clear_presence(kiosk_presence(link.kiosk.id))
+
+    # --- what coordinators trigger -------------------------------------------------------
+
+    async def request_selftest(self, kiosk_id: str) -> bool:
+        """Asks the kiosk to run its self-test; False when it is offline."""
+        if not await self.store.is_present(kiosk_presence(kiosk_id)):
+            return False
+        await self.store.publish(device_channel(kiosk_id), {"type": "selftest_request"})
+        return True
+
+    async def revoke_kiosk(self, kiosk_id: str) -> None:
+        await self.store.publish(device_channel(kiosk_id), {"type": "revoked"})
+
+    async def directory_changed(self, senior_id: str) -> None:
+        for kiosk in await self.directory.kiosks_of(senior_id):
+            await self.store.publish(device_channel(kiosk.id), {"type": "directory_changed"})
+
+    # --- family calls ----------------------------------------------------------------------
+
+    async def start_call(self, contact: Contact) -> dict[str, Any]:
+        """Rings the senior's kiosks; returns the caller's room, token and first state."""
+        call_id = uuid.uuid4().hex[:16]
+        room = f"{CALL_ROOM_PREFIX}{call_id}"
+        online = [
+            k.id for k in await self.directory.kiosks_of(contact.senior_id)
+            if await self.store.is_present(kiosk_presence(k.id))
+        ]
+        call = Call(call_id, room, contact, contact.senior_id, online)
+        token = self.issuer.issue(
+            role="family", room=room, name=contact.name, participant_id=contact.id,
+            ttl_s=self.settings.default_token_ttl_s,
+        )
+        if not online:
+            call.state = "unavailable"
+            await self.store.set_room_state(room, {"call": {"call_id": call_id, "state": call.state}})
+            return {"call_id": call_id, "room": room, "token": token, "state": call.state}
+        self.calls[call_id] = call
+        call.state = "warning" if contact.trusted and contact.auto_answer else "ringing"
+        await self.store.set_room_state(room, {"call": {"call_id": call_id, "state": call.state}})
+        call.subscriptions.append(
+            await self.store.subscribe(call_channel(call_id), lambda e: self._call_event(call, e))
+        )
+        call.subscriptions.append(await self.store.subscribe(room, lambda e: self._call_room_event(call, e)))
+        ring_timeout = self.settings.ring_timeout_s
+        call.timer = asyncio.get_running_loop().call_later(
+            ring_timeout, lambda: asyncio.ensure_future(self._finish(call, "missed", "timeout"))
+        )
+        for kiosk_id in online:
+            await self.store.publish(
+                device_channel(kiosk_id),
+                {
+                    "type": "incoming_call",
+                    "call_id": call_id,
+                    "contact": {
+                        "id": contact.id,
+                        "name": contact.name,
+                        "relation": contact.relation,
+                        "trusted": contact.trusted,
+                        "auto_answer": contact.auto_answer,
+                        "photo_url": contact.photo_url,
+                    },
+                    "ring_timeout_ms": int(ring_timeout * 1000),
+                },
+            )
+        return {"call_id": call_id, "room": room, "token": token, "state": call.state}
+
+    def _call_event(self, call: Call, event: dict[str, Any]) -> None:
+        if event.get("type") == "_answer" and call.state in ("ringing", "warning"):
+            asyncio.ensure_future(self._answered(call, event["kiosk_id"], bool(event["accept"])))
+
+    def _call_room_event(self, call: Call, event: dict[str, Any]) -> None:
+        if (
+            event.get("type") == "participant_left"
+            and event.get("participant_id") == call.contact.id
+            and call.state in ("ringing", "warning")
+        ):
+            asyncio.ensure_future(self._finish(call, "cancelled", "caller_left"))
+
+    async def _answered(self, call: Call, kiosk_id: str, accept: bool) -> None:
+        if not accept:
+            await self._finish(call, "declined", "declined")
+            return
+        senior = await self.directory.get(Senior, call.senior_id)
+        token = self.issuer.issue(
+            role="senior", room=call.room, name=senior.name if senior else "", participant_id=call.senior_id,
+            ttl_s=self.settings.default_token_ttl_s,
+        )
+        await self.store.publish(
+            device_channel(kiosk_id), {"type": "call_join", "call_id": call.id, "room": call.room, "token": token}
+        )
+        await self._finish(call, "accepted", "answered_elsewhere", except_kiosk=kiosk_id)
+
+    async def _finish(self, call: Call, state: str, cancel_reason: str, except_kiosk: str | None = None) -> None:
+        if call.state not in ("ringing", "warning"):
+            return
+        call.state = state
+        if call.timer is not None:
+            call.timer.cancel()
+        self.calls.pop(call.id, None)
+        for kiosk_id in call.kiosk_ids:
+            if kiosk_id != except_kiosk:
+                await self.store.publish(
+                    device_channel(kiosk_id), {"type": "call_cancelled", "call_id": call.id, "reason": cancel_reason}
+                )
+        if state != "cancelled":
+            room_state = await self.store.get_room_state(call.room)
+            room_state["call"] = {"call_id": call.id, "state": state}
+            await self.store.set_room_state(call.room, room_state)
+            await self.store.publish(call.room, {"type": "call_state", "call_id": call.id, "state": state})
+        for subscription in call.subscriptions:
+            await subscription.close()
+
+    async def close(self) -> None:
+        for call in list(self.calls.values()):
+            await self._finish(call, "missed", "timeout")
+        for conn in list(self.links):
+            await self.connection_lost(conn)
+
+
+def _as_record(kiosk: Kiosk) -> dict[str, Any]:
+    return dataclasses.asdict(kiosk)

@@ -1,0 +1,236 @@
+"""Kiosk pairing, the device channel, family calls and remote self-tests over the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.app import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
+from server.directory import Activity, Contact, Kiosk, Senior
+from server.invites import issue_invite, named_secret
+from server.pairing import confirm_pairing
+from signaling.protocol import CloseCode
+
+from .conftest import RunningServer, WsClient, hello
+
+
+async def _directory(server: RunningServer) -> None:
+    d = server.app[DIRECTORY_KEY]
+    await d.put(Senior(id="s-1", name="Mevrouw Jansen", auto_join=True), actor="test")
+    await d.put(Contact(id="c-trusted", senior_id="s-1", name="Sanne", trusted=True, auto_answer=True), actor="test")
+    await d.put(Contact(id="c-other", senior_id="s-1", name="Buurman Piet"), actor="test")
+    await d.put(
+        Activity(id="a-gym", title="Stoelgym", enrolled=["s-1"],
+                 slots=[{"weekday": "tuesday", "start": "10:00", "duration_min": 45}]),
+        actor="test",
+    )
+
+
+async def _pair(server: RunningServer, http: aiohttp.ClientSession) -> dict[str, str]:
+    async with http.post(server.url + "/api/kiosk/pair") as r:
+        assert r.status == 201
+        started = await r.json()
+    assert len(started["code"]) == 6 and started["code"].isdigit()
+    poll_url = server.url + "/api/kiosk/pair/" + started["pairing_id"]
+    headers = {"X-Pairing-Secret": started["secret"]}
+    async with http.get(poll_url, headers=headers) as r:
+        assert r.status == 202
+    async with http.get(poll_url, headers={"X-Pairing-Secret": "wrong"}) as r:
+        assert r.status == 410
+    store, directory = server.app[STORE_KEY], server.app[DIRECTORY_KEY]
+    kiosk = await confirm_pairing(store, directory, started["code"], "s-1", actor="coordinator-1")
+    async with http.get(poll_url, headers=headers) as r:
+        assert r.status == 200
+        credential = await r.json()
+    assert credential["kiosk_id"] == kiosk.id
+    # Given out once only.
+    async with http.get(poll_url, headers=headers) as r:
+        assert r.status == 410
+    stored = await directory.get(Kiosk, kiosk.id)
+    assert stored is not None and stored.credential_hash and credential["credential"] not in str(stored)
+    return credential
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _device(connect: Any, credential: dict[str, str]) -> tuple[WsClient, dict[str, Any]]:
+    kiosk = await connect()
+    await kiosk.send({"type": "hello", "v": 1, "device": credential})
+    return kiosk, await kiosk.expect("device_welcome")
+
+
+async def test_pairing_rejects_bad_codes(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    from server.directory import DirectoryError
+
+    store, directory = server.app[STORE_KEY], server.app[DIRECTORY_KEY]
+    for code, senior in (("12", "s-1"), ("000000", "s-1"), ("123456", "s-nobody")):
+        with pytest.raises(DirectoryError):
+            await confirm_pairing(store, directory, code, senior, actor="c")
+    assert await directory.list(Kiosk) == []
+
+
+async def test_device_welcome_carries_home_screen(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    credential = await _pair(server, http)
+    _, welcome = await _device(connect, credential)
+    assert welcome["senior"] == {"id": "s-1", "name": "Mevrouw Jansen", "language": "nl", "auto_join": True}
+    assert {c["name"]: (c["trusted"], c["auto_answer"]) for c in welcome["contacts"]} == {
+        "Sanne": (True, True), "Buurman Piet": (False, False),
+    }
+    [activity] = welcome["activities"]
+    assert activity["title"] == "Stoelgym" and activity["next_start"].endswith(("+01:00", "+02:00"))
+    assert await server.app[STORE_KEY].is_present(f"kiosk:{credential['kiosk_id']}")
+
+
+async def test_bad_and_revoked_credentials(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    credential = await _pair(server, http)
+    bad = await connect()
+    await bad.send({"type": "hello", "v": 1, "device": {**credential, "credential": "guess"}})
+    await bad.expect_error("device_invalid")
+    assert await bad.closed() == CloseCode.AUTH_FAILED
+
+    kiosk, _ = await _device(connect, credential)
+    await server.app[SIGNALING_KEY].revoke_kiosk(credential["kiosk_id"])
+    await kiosk.expect("revoked")
+    assert await kiosk.closed() == CloseCode.AUTH_FAILED
+
+
+async def test_activity_token_only_for_enrolled(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    kiosk, _ = await _device(connect, await _pair(server, http))
+    await kiosk.send({"type": "activity_join", "activity_id": "a-gym"})
+    token = await kiosk.expect("activity_token")
+    grant = server.issuer.verify(token["token"], room="a-gym")
+    assert grant.participant_id == "s-1" and grant.role == "senior"
+    await kiosk.send({"type": "activity_join", "activity_id": "a-other"})
+    await kiosk.expect_error("forbidden")
+    # A device is not a participant.
+    await kiosk.send({"type": "join", "room": "a-gym"})
+    await kiosk.expect_error("forbidden")
+
+
+async def _call(server: RunningServer, http: aiohttp.ClientSession, contact_id: str) -> dict[str, Any]:
+    contact = await server.app[DIRECTORY_KEY].get(Contact, contact_id)
+    assert contact is not None
+    invite = issue_invite(named_secret(server.app[SETTINGS_KEY], "invite"), contact)
+    async with http.post(server.url + "/api/calls", json={"invite": invite}) as r:
+        assert r.status == 201
+        return await r.json()
+
+
+async def test_trusted_call_accepted(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    kiosk, _ = await _device(connect, await _pair(server, http))
+    call = await _call(server, http, "c-trusted")
+    assert call["state"] == "warning"
+    incoming = await kiosk.expect("incoming_call")
+    assert incoming["contact"]["name"] == "Sanne" and incoming["contact"]["auto_answer"] is True
+    assert incoming["call_id"] == call["call_id"]
+
+    family = await connect()
+    await hello(family, call["token"])
+    await family.send({"type": "join", "room": call["room"]})
+    joined = await family.expect("joined")
+    assert joined["room_state"]["call"] == {"call_id": call["call_id"], "state": "warning"}
+
+    await kiosk.send({"type": "call_answer", "call_id": call["call_id"], "accept": True})
+    join = await kiosk.expect("call_join")
+    grant = server.issuer.verify(join["token"], room=call["room"])
+    assert grant.participant_id == "s-1"
+    assert (await family.expect("call_state"))["state"] == "accepted"
+
+
+async def test_untrusted_call_declined(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    kiosk, _ = await _device(connect, await _pair(server, http))
+    call = await _call(server, http, "c-other")
+    assert call["state"] == "ringing"
+    family = await connect()
+    await hello(family, call["token"])
+    await family.send({"type": "join", "room": call["room"]})
+    await family.expect("joined")
+    await kiosk.expect("incoming_call")
+    await kiosk.send({"type": "call_answer", "call_id": call["call_id"], "accept": False})
+    assert (await family.expect("call_state"))["state"] == "declined"
+    await kiosk.send({"type": "ping", "id": "p"})
+    await kiosk.expect("pong")
+    assert not [m for m in kiosk.received if m["type"] == "call_join"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ring_timeout_s": 0.5}])
+async def test_unanswered_call_is_missed(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    kiosk, _ = await _device(connect, await _pair(server, http))
+    call = await _call(server, http, "c-other")
+    family = await connect()
+    await hello(family, call["token"])
+    await family.send({"type": "join", "room": call["room"]})
+    await family.expect("joined")
+    assert (await kiosk.expect("incoming_call"))["ring_timeout_ms"] == 500
+    cancelled = await kiosk.expect("call_cancelled")
+    assert cancelled["reason"] == "timeout"
+    assert (await family.expect("call_state"))["state"] == "missed"
+
+
+async def test_caller_leaving_cancels_the_ring(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    kiosk, _ = await _device(connect, await _pair(server, http))
+    call = await _call(server, http, "c-other")
+    family = await connect()
+    await hello(family, call["token"])
+    await family.send({"type": "join", "room": call["room"]})
+    await family.expect("joined")
+    await kiosk.expect("incoming_call")
+    await family.send({"type": "leave"})
+    assert (await kiosk.expect("call_cancelled"))["reason"] == "caller_left"
+
+
+async def test_call_to_offline_kiosk_is_unavailable(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    await _pair(server, http)
+    call = await _call(server, http, "c-trusted")
+    assert call["state"] == "unavailable"
+
+
+async def test_stale_or_forged_invite_refused(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    directory = server.app[DIRECTORY_KEY]
+    contact = await directory.get(Contact, "c-trusted")
+    assert contact is not None
+    old = issue_invite(named_secret(server.app[SETTINGS_KEY], "invite"), contact)
+    contact.invite_version += 1
+    await directory.put(contact, actor="test")
+    for body, status in (({"invite": old}, 403), ({"invite": "forged"}, 403), ({"nope": 1}, 400)):
+        async with http.post(server.url + "/api/calls", json=body) as r:
+            assert r.status == status
+            assert (await r.json())["message"]
+    async with http.post(server.url + "/api/calls", data=b"{not json") as r:
+        assert r.status == 400
+
+
+async def test_remote_selftest(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    credential = await _pair(server, http)
+    signaling = server.app[SIGNALING_KEY]
+    assert await signaling.request_selftest(credential["kiosk_id"]) is False
+    kiosk, _ = await _device(connect, credential)
+    assert await signaling.request_selftest(credential["kiosk_id"]) is True
+    await kiosk.expect("selftest_request")
+    await kiosk.send({"type": "selftest_result", "result": {"ok": True, "camera": "ok"}})
+    await kiosk.expect("selftest_saved")
+    stored = await server.app[DIRECTORY_KEY].get(Kiosk, credential["kiosk_id"])
+    assert stored is not None and stored.last_selftest is not None
+    assert stored.last_selftest["result"] == {"ok": True, "camera": "ok"}
+    await kiosk.ws.close()
+    await asyncio.sleep(0.1)
+    assert not await server.app[STORE_KEY].is_present(f"kiosk:{credential['kiosk_id']}")
