@@ -18,6 +18,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from .rtpreceiver import install_tuned_receiver
 from .signaling import SignalingClient
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ class CallClient:
         pc = RTCPeerConnection(
             RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
+        # Frames leave the jitter buffer when complete, not when the next one starts.
+        install_tuned_receiver(pc)
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._connection_state_changed)
         return pc

@@ -138,6 +138,40 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def is_present(self, participant_id: str) -> bool: ...
 
+    # --- nodes and room placement --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        """Registers the node as live for `ttl_s` with its load and state."""
+
+    @abc.abstractmethod
+    async def live_nodes(self) -> dict[str, dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def dead_nodes(self) -> list[str]:
+        """Registered nodes whose heartbeat expired."""
+
+    @abc.abstractmethod
+    async def forget_node(self, node_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def place_room(self, room: str, node_id: str, live: list[str]) -> str:
+        """Atomically keeps the room's owner if it is in `live`, else makes it `node_id`."""
+
+    @abc.abstractmethod
+    async def room_owner(self, room: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def release_room(self, room: str, node_id: str) -> None:
+        """Drops the placement only if `node_id` still owns the room."""
+
+    @abc.abstractmethod
+    async def rooms_of_node(self, node_id: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def acquire_lock(self, name: str, ttl_s: float) -> bool:
+        """True for exactly one caller until the lock expires."""
+
     # --- room event fan-out --------------------------------------------------------------
 
     @abc.abstractmethod

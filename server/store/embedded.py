@@ -56,6 +56,9 @@ class EmbeddedStore(Store):
         self._tracks: dict[str, dict[str, TrackState]] = {}
         self._presence: dict[str, float] = {}
         self._room_state: dict[str, dict[str, Any]] = {}
+        self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._placements: dict[str, str] = {}
+        self._locks: dict[str, float] = {}
         self._handlers: dict[str, list[EventHandler]] = {}
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -189,6 +192,49 @@ class EmbeddedStore(Store):
         if expires < time.monotonic():
             del self._presence[participant_id]
             return False
+        return True
+
+    # --- nodes and room placement --------------------------------------------------------
+    # One process is the only node: placement always answers this node.
+
+    async def heartbeat_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        self._nodes[node_id] = (time.monotonic() + ttl_s, json.loads(json.dumps(info)))
+
+    async def live_nodes(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        return {n: info for n, (expires, info) in self._nodes.items() if expires > now}
+
+    async def dead_nodes(self) -> list[str]:
+        now = time.monotonic()
+        return [n for n, (expires, _) in self._nodes.items() if expires <= now]
+
+    async def forget_node(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+        for room in [r for r, n in self._placements.items() if n == node_id]:
+            del self._placements[room]
+
+    async def place_room(self, room: str, node_id: str, live: list[str]) -> str:
+        current = self._placements.get(room)
+        if current is not None and current in live:
+            return current
+        self._placements[room] = node_id
+        return node_id
+
+    async def room_owner(self, room: str) -> str | None:
+        return self._placements.get(room)
+
+    async def release_room(self, room: str, node_id: str) -> None:
+        if self._placements.get(room) == node_id:
+            del self._placements[room]
+
+    async def rooms_of_node(self, node_id: str) -> list[str]:
+        return [r for r, n in self._placements.items() if n == node_id]
+
+    async def acquire_lock(self, name: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        if self._locks.get(name, 0.0) > now:
+            return False
+        self._locks[name] = now + ttl_s
         return True
 
     # --- room event fan-out --------------------------------------------------------------

@@ -9,6 +9,13 @@ Key schema (every key starts with the store's prefix, ``vz:`` by default):
 ``{prefix}room:{room}:state``
     String: the room's moderation state as JSON (locked, spotlight, music mode); deleted
     with the room's last participant.
+``{prefix}nodes`` and ``{prefix}node:{node_id}``
+    Set of registered node ids; per node a JSON string (load, draining) with a PX expiry
+    refreshed by the node's heartbeat. A member whose key expired is a dead node.
+``{prefix}room_node``
+    Hash room → id of the node hosting the room's media (placement, LiveKit-style).
+``{prefix}lock:{name}``
+    SET NX PX locks, e.g. so only one node reaps a dead node's participants.
 ``{prefix}rooms``
     Hash room → participant count, for rooms with at least one participant. The Lua
     scripts that change a room's participants keep it in step with the participants hash.
@@ -135,6 +142,29 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
+# KEYS: room_node. ARGV: room, candidate node, live node ids...
+# Keeps a live owner; otherwise (no owner, or a dead one) the candidate takes the room.
+_PLACE_ROOM = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  for i = 3, #ARGV do
+    if ARGV[i] == current then
+      return current
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ARGV[2]
+"""
+
+# KEYS: room_node. ARGV: room, node. Compare-and-delete: never drops another node's claim.
+_RELEASE_ROOM = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
 _State = TypeVar("_State", ParticipantState, TrackState)
 
 
@@ -180,6 +210,8 @@ class RedisStore(Store):
         self._remove_participant: AsyncScript | None = None
         self._add_track: AsyncScript | None = None
         self._compare_and_set: AsyncScript | None = None
+        self._place_room: AsyncScript | None = None
+        self._release_room: AsyncScript | None = None
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -240,6 +272,8 @@ class RedisStore(Store):
         self._remove_participant = client.register_script(_REMOVE_PARTICIPANT)
         self._add_track = client.register_script(_ADD_TRACK)
         self._compare_and_set = client.register_script(_COMPARE_AND_SET)
+        self._place_room = client.register_script(_PLACE_ROOM)
+        self._release_room = client.register_script(_RELEASE_ROOM)
 
     async def close(self) -> None:
         client, pubsub, reader = self._client, self._pubsub, self._reader
@@ -392,6 +426,68 @@ class RedisStore(Store):
     async def is_present(self, participant_id: str) -> bool:
         with _unavailable():
             return bool(await self._redis.exists(self._presence_key(participant_id)))
+
+    # --- nodes and room placement --------------------------------------------------------
+
+    def _node_key(self, node_id: str) -> str:
+        return f"{self._prefix}node:{node_id}"
+
+    async def heartbeat_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        with _unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(f"{self._prefix}nodes", node_id)
+                pipe.set(self._node_key(node_id), json.dumps(info), px=max(1, int(ttl_s * 1000)))
+                await pipe.execute()
+
+    async def _registered(self) -> tuple[list[str], list[Any]]:
+        with _unavailable():
+            members = sorted(await self._redis.smembers(f"{self._prefix}nodes"))
+            values = await self._redis.mget([self._node_key(n) for n in members]) if members else []
+        return members, values
+
+    async def live_nodes(self) -> dict[str, dict[str, Any]]:
+        members, values = await self._registered()
+        return {n: json.loads(v) for n, v in zip(members, values) if v is not None}
+
+    async def dead_nodes(self) -> list[str]:
+        members, values = await self._registered()
+        return [n for n, v in zip(members, values) if v is None]
+
+    async def forget_node(self, node_id: str) -> None:
+        rooms = await self.rooms_of_node(node_id)
+        with _unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(f"{self._prefix}nodes", node_id)
+                pipe.delete(self._node_key(node_id))
+                await pipe.execute()
+        for room in rooms:
+            await self.release_room(room, node_id)
+
+    async def place_room(self, room: str, node_id: str, live: list[str]) -> str:
+        with _unavailable():
+            owner = await self._script(self._place_room)(
+                keys=[f"{self._prefix}room_node"], args=[room, node_id, *live]
+            )
+        return owner
+
+    async def room_owner(self, room: str) -> str | None:
+        with _unavailable():
+            return await self._redis.hget(f"{self._prefix}room_node", room)
+
+    async def release_room(self, room: str, node_id: str) -> None:
+        with _unavailable():
+            await self._script(self._release_room)(keys=[f"{self._prefix}room_node"], args=[room, node_id])
+
+    async def rooms_of_node(self, node_id: str) -> list[str]:
+        with _unavailable():
+            placements = await self._redis.hgetall(f"{self._prefix}room_node")
+        return sorted(room for room, owner in placements.items() if owner == node_id)
+
+    async def acquire_lock(self, name: str, ttl_s: float) -> bool:
+        with _unavailable():
+            return bool(
+                await self._redis.set(f"{self._prefix}lock:{name}", self.node_id, nx=True, px=max(1, int(ttl_s * 1000)))
+            )
 
     # --- room event fan-out --------------------------------------------------------------
 

@@ -1,0 +1,737 @@
+"""The tuned receive path for our aiortc clients; the only kiosk_client module touching aiortc internals.
+
+`install_tuned_receiver(pc)` hooks every `RTCRtpReceiver` of a client peer connection before
+it starts, replacing aiortc 1.16's jitter buffers and decoder hand-off with the pieces in
+`kiosk_client.jitterbuffer`:
+
+- video frames go to the decoder the moment they are complete (marker bit), an unrecoverable
+  hole costs at most a 100 ms deadline plus a keyframe, and lost packets are NACKed again
+  every 25 ms until that deadline (aiortc asks once);
+- audio plays out one packet after arrival on a clean network, adapts to jitter, and asks
+  libopus for packet-loss concealment instead of waiting;
+- the decoder input and the track's output queue are bounded, dropping so latency stays flat.
+
+What stays aiortc's: SRTP, routing, RTCP receiver reports (fed from the same statistics),
+REMB, RTX unwrapping, the decoders themselves and `RemoteStreamTrack`. The hooks are
+per-instance method replacements written against aiortc 1.16.0; `tests/test_rtpreceiver.py`
+fails loudly when the internals they touch move (see `missing_internals`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import aiortc
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, clock
+from aiortc.codecs import depayload, get_decoder, is_rtx
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+from aiortc.rtcrtpreceiver import RemoteStreamTrack, StreamStatistics, TimestampMapper
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unwrap_rtx,
+)
+
+from .jitterbuffer import (
+    AdaptiveAudioBuffer,
+    AssemblyResult,
+    AudioBufferSettings,
+    AudioPacket,
+    Concealment,
+    DecoderQueue,
+    EncodedFrame,
+    Unwrapper,
+    VideoAssemblerSettings,
+    VideoFrameAssembler,
+    VideoPacket,
+    inspect_video_payload,
+    put_dropping_oldest,
+)
+
+logger = logging.getLogger(__name__)
+
+AIORTC_VERSION = "1.16.0"
+OPUS_CLOCK_RATE = 48000
+
+
+def check_aiortc_version() -> None:
+    if aiortc.__version__ != AIORTC_VERSION:
+        raise RuntimeError(
+            f"kiosk_client/rtpreceiver.py was written for aiortc {AIORTC_VERSION}, "
+            f"found {aiortc.__version__}; re-check the hooks before upgrading"
+        )
+
+
+@dataclass(frozen=True)
+class TunedReceiverSettings:
+    video: VideoAssemblerSettings = VideoAssemblerSettings()
+    audio: AudioBufferSettings = AudioBufferSettings()
+    nack_retry_interval: float = 0.025
+    """About one round trip to the SFU plus its processing; a retry sooner only duplicates."""
+    keyframe_request_interval: float = 0.25
+    """A keyframe normally arrives one round trip plus one frame interval after a PLI; asking
+    again sooner would only make the sender encode several."""
+    video_decoder_queue: int = 8
+    """Must hold the burst released when a hole is finally repaired (deadline / frame interval)."""
+    audio_decoder_queue: int = 5
+    video_output_queue: int = 2
+    audio_output_queue: int = 5
+    loop_stall: float = 0.010
+    stall_grace: float = 0.005
+    """When our timer fires `loop_stall` late, the event loop was blocked and packets are
+    likely still queued in the socket: for `stall_grace` a missing packet is waited for rather
+    than concealed or given up on. Without this, a CPU hiccup turned into concealment of
+    audio that arrived a millisecond later."""
+
+
+# --------------------------------------------------------------------------------------
+# Loss recovery state, kept free of aiortc so it can be tested with plain numbers.
+
+
+@dataclass
+class _Missing:
+    since: float
+    last_sent: float
+
+
+class NackTracker:
+    """Which lost video packets to request again, and when.
+
+    A gap is NACKed at once, then again every `retry_interval` while the packet is missing,
+    until `deadline` (the assembler's: past it the frame is dropped anyway).
+    """
+
+    def __init__(self, retry_interval: float, deadline: float, max_missing: int = 256) -> None:
+        self.retry_interval = retry_interval
+        self.deadline = deadline
+        self.max_missing = max_missing
+        self.requests = 0
+        self._unwrapper = Unwrapper(16)
+        self._highest: int | None = None
+        self._missing: dict[int, _Missing] = {}
+
+    @property
+    def missing(self) -> list[int]:
+        return sorted(seq & 0xFFFF for seq in self._missing)
+
+    def add(self, sequence_number: int, now: float) -> list[int]:
+        """Records a received packet; returns the sequence numbers to NACK right away."""
+        seq = self._unwrapper.unwrap(sequence_number)
+        if self._highest is None:
+            self._highest = seq
+            return []
+        if seq <= self._highest:
+            self._missing.pop(seq, None)
+            return []
+        gap = range(self._highest + 1, seq)
+        self._highest = seq
+        if len(gap) > self.max_missing:
+            # An outage, not a loss: only a keyframe helps, and the assembler will ask.
+            self._missing.clear()
+            return []
+        for lost in gap:
+            self._missing[lost] = _Missing(since=now, last_sent=now)
+        while len(self._missing) > self.max_missing:
+            del self._missing[min(self._missing)]
+        self.requests += len(gap)
+        return [lost & 0xFFFF for lost in gap]
+
+    def due(self, now: float) -> list[int]:
+        """Retries due by `now`; forgets packets past the deadline."""
+        retries = []
+        for seq, entry in list(self._missing.items()):
+            # Same arithmetic as next_due(), so a timer set for it always finds work.
+            if entry.since + self.deadline <= now:
+                del self._missing[seq]
+            elif entry.last_sent + self.retry_interval <= now:
+                entry.last_sent = now
+                retries.append(seq & 0xFFFF)
+        self.requests += len(retries)
+        return retries
+
+    def next_due(self) -> float | None:
+        if not self._missing:
+            return None
+        return min(min(e.last_sent + self.retry_interval, e.since + self.deadline) for e in self._missing.values())
+
+    def forget_before(self, sequence_number: int) -> None:
+        """A keyframe starting at `sequence_number` made everything before it irrelevant."""
+        seq = self._unwrapper.unwrap(sequence_number)
+        for lost in [s for s in self._missing if s < seq]:
+            del self._missing[lost]
+
+
+class KeyframeRequests:
+    """Rate-limited picture loss indications, repeated until a keyframe reaches the decoder."""
+
+    def __init__(self, min_interval: float) -> None:
+        self.min_interval = min_interval
+        self.wanted = False
+        self.sent = 0
+        self._last = -math.inf
+
+    def want(self) -> None:
+        self.wanted = True
+
+    def satisfied(self) -> None:
+        self.wanted = False
+
+    def take(self, now: float) -> bool:
+        if not self.wanted or self._last + self.min_interval > now:
+            return False
+        self._last = now
+        self.sent += 1
+        return True
+
+    def next_time(self) -> float | None:
+        return self._last + self.min_interval if self.wanted else None
+
+
+def opus_samples_per_frame(toc: int) -> int:
+    """RFC 6716 §3.1: samples at 48 kHz of one frame of the packet whose TOC byte this is."""
+    config = toc >> 3
+    if config < 12:  # SILK
+        return (480, 960, 1920, 2880)[config & 3]
+    if config < 16:  # Hybrid
+        return (480, 960)[config & 1]
+    return (120, 240, 480, 960)[config & 3]  # CELT
+
+
+def opus_concealment_packets(toc: int, samples: int) -> list[bytes]:
+    """TOC-only Opus packets that make libopus run its packet-loss concealment.
+
+    libopus conceals a frame whose coded length is ≤ 1 byte, so a code-0 packet made of the
+    last TOC byte alone yields one concealed frame. PyAV cannot ask for PLC the usual way (an
+    empty packet means end of stream to FFmpeg) and FFmpeg's libopus wrapper does not expose
+    in-band FEC decoding, so this is the one route to libopus's real concealment.
+    """
+    per_frame = opus_samples_per_frame(toc)
+    count = max(1, round(samples / per_frame))
+    return [bytes([toc & 0xFC])] * count
+
+
+# --------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass
+class ReceiverStats:
+    decoded_frames: int = 0
+    decode_errors: int = 0
+    output_dropped: int = 0
+    decoder_dropped: int = 0
+    keyframe_requests: int = 0
+    nack_requests: int = 0
+
+
+class _DecoderThread:
+    """Decodes on its own thread (FFmpeg releases the GIL) and hands frames to the event loop."""
+
+    def __init__(
+        self,
+        kind: str,
+        queue: DecoderQueue[Any],
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[Any], None],
+        on_error: Callable[[], None],
+    ) -> None:
+        self.queue = queue
+        self._loop = loop
+        self._deliver = deliver
+        self._on_error = on_error
+        self._last_toc: int | None = None
+        # aiortc's name for the thread this one replaces, so thread accounting stays the same.
+        self._thread = threading.Thread(target=self._run, name=f"{kind}-decoder", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self.queue.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        decoder = None
+        codec_name = None
+        while True:
+            item = self.queue.get()
+            if item is None:
+                break
+            codec, work = item[0], item[1]
+            if codec.name != codec_name:
+                decoder, codec_name = get_decoder(codec), codec.name
+                self._last_toc = None
+            assert decoder is not None
+            try:
+                frames = self._decode(decoder, codec, work)
+            except av.FFmpegError as exc:
+                logger.warning("tuned %s decoder failed: %s", codec.name, exc)
+                self._call(self._on_error)
+                continue
+            except Exception:
+                # A dead decoder thread would freeze the track for good; skip the frame instead.
+                logger.exception("tuned %s decoder raised", codec.name)
+                self._call(self._on_error)
+                continue
+            for frame in frames:
+                self._call(self._deliver, frame)
+        self._call(self._deliver, None)
+
+    def _decode(self, decoder: Any, codec: RTCRtpCodecParameters, work: JitterFrame | Concealment) -> list[Any]:
+        if isinstance(work, JitterFrame):
+            if codec.name.lower() == "opus" and work.data:
+                self._last_toc = work.data[0]
+            return list(decoder.decode(work))
+        if self._last_toc is None:
+            # Nothing to extrapolate from (or not Opus): leave the gap to the consumer.
+            return []
+        frames: list[Any] = []
+        timestamp = work.timestamp
+        for packet in opus_concealment_packets(self._last_toc, work.samples):
+            frames += decoder.decode(JitterFrame(packet, timestamp))
+            timestamp += opus_samples_per_frame(self._last_toc)
+        return frames
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is listening any more
+
+
+# --------------------------------------------------------------------------------------
+# The receiver hook
+
+
+class TunedReceiver:
+    """Takes over one `RTCRtpReceiver`'s RTP handling before `receive()` starts it."""
+
+    def __init__(self, receiver: RTCRtpReceiver, kind: str, settings: TunedReceiverSettings) -> None:
+        self.receiver = receiver
+        self.kind = kind
+        self.settings = settings
+        self.stats = ReceiverStats()
+        self.codecs: dict[int, RTCRtpCodecParameters] = {}
+        self.media_ssrc: int | None = None
+        self.assembler = VideoFrameAssembler(settings.video) if kind == "video" else None
+        self.audio_buffer = AdaptiveAudioBuffer(OPUS_CLOCK_RATE, settings.audio) if kind == "audio" else None
+        self.nack = NackTracker(settings.nack_retry_interval, settings.video.deadline) if kind == "video" else None
+        self.keyframes = KeyframeRequests(settings.keyframe_request_interval)
+        self._rtx_ssrc: dict[int, int] = {}
+        self._codec: RTCRtpCodecParameters | None = None
+        self._mapper = TimestampMapper()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._decoder: _DecoderThread | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._losses_held_until = -math.inf
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closed = False
+        self._aiortc_stop = receiver.stop
+        self._aiortc_handle_rtcp = receiver._handle_rtcp_packet
+        self._aiortc_handle_disconnect = receiver._handle_disconnect
+        # Instance attributes shadow the methods aiortc's peer connection and DTLS transport
+        # call, which is how the tuned path slides in without subclassing.
+        receiver.receive = self._receive  # type: ignore[method-assign]
+        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+        receiver._handle_rtcp_packet = self._handle_rtcp_packet  # type: ignore[method-assign]
+        receiver._handle_disconnect = self._handle_disconnect  # type: ignore[method-assign]
+        receiver.stop = self._stop  # type: ignore[method-assign]
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        if self._started:
+            return
+        r = self.receiver
+        for codec in parameters.codecs:
+            if codec.payloadType is not None:
+                self.codecs[codec.payloadType] = codec
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        primary = next((c for c in parameters.codecs if not is_rtx(c)), None)
+        if self.audio_buffer is not None and primary is not None and primary.clockRate != OPUS_CLOCK_RATE:
+            # G.711 and G.722 count RTP time at 8 kHz.
+            self.audio_buffer = AdaptiveAudioBuffer(primary.clockRate, self.settings.audio)
+        self._loop = asyncio.get_running_loop()
+        if r.track is not None:
+            if self.kind == "video":
+                queue: DecoderQueue[Any] = DecoderQueue(self.settings.video_decoder_queue, lambda item: item[2])
+            else:
+                queue = DecoderQueue(self.settings.audio_decoder_queue)
+            self._decoder = _DecoderThread(self.kind, queue, self._loop, self._deliver, self._on_decode_error)
+        r.transport._register_rtp_receiver(r, parameters)
+        r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())  # type: ignore[attr-defined]
+        r._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
+        self._started = True
+
+    async def _stop(self) -> None:
+        self._shutdown()
+        await self._aiortc_stop()
+
+    def _handle_disconnect(self) -> None:
+        self._shutdown()
+        self._aiortc_handle_disconnect()
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        await self._aiortc_handle_rtcp(packet)
+        if isinstance(packet, RtcpByePacket):
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Ends the track like aiortc does: the decoder thread delivers None last."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in self._tasks:
+            task.cancel()
+        if self._decoder is not None:
+            self._decoder.stop()
+
+    # -- RTP -----------------------------------------------------------------------------
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        r = self.receiver
+        if not r._enabled or self._closed:
+            return
+        await self._feed_remb(packet, arrival_time_ms)
+        r._RTCRtpReceiver__active_ssrc[packet.ssrc] = clock.current_datetime()  # type: ignore[attr-defined]
+        codec = self.codecs.get(packet.payload_type)
+        if codec is None:
+            return
+
+        # aiortc's receiver reports and getStats() read these statistics.
+        streams = r._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+
+        if is_rtx(codec):
+            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if not isinstance(apt, int) or apt not in self.codecs:
+                return
+            if original_ssrc is None or len(packet.payload) < 2:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+            codec = self.codecs[apt]
+
+        assert self._loop is not None
+        now = self._loop.time()
+        self.media_ssrc = packet.ssrc
+        self._codec = codec
+        if self.assembler is not None and self.nack is not None:
+            lost = self.nack.add(packet.sequence_number, now)
+            # Completed frames go to the decoder first; the requests follow within microseconds.
+            self._take_assembly(self._add_video(self.assembler, packet, codec, now))
+            if lost:
+                self.stats.nack_requests += 1
+                await r._send_rtcp_nack(packet.ssrc, lost)
+            if self.keyframes.take(now):
+                await self._send_pli()
+        elif self.audio_buffer is not None and packet.payload:
+            level = packet.extensions.audio_level
+            self.audio_buffer.push(
+                packet.sequence_number, packet.timestamp, packet.payload, now, level[1] if level else None
+            )
+            self._pump_audio(now)
+        self._schedule()
+
+    async def _feed_remb(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        r = self.receiver
+        estimator = r._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if estimator is None or packet.extensions.abs_send_time is None:
+            return
+        remb = estimator.add(
+            abs_send_time=packet.extensions.abs_send_time,
+            arrival_time_ms=arrival_time_ms,
+            payload_size=len(packet.payload) + packet.padding_size,
+            ssrc=packet.ssrc,
+        )
+        rtcp_ssrc = r._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        if remb is not None and rtcp_ssrc is not None:
+            await r._send_rtcp(
+                RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
+            )
+
+    def _add_video(
+        self, assembler: VideoFrameAssembler, packet: RtpPacket, codec: RTCRtpCodecParameters, now: float
+    ) -> AssemblyResult:
+        expire = now >= self._losses_held_until
+        if not packet.payload:
+            return assembler.add_padding(packet.sequence_number, now, expire)
+        try:
+            data = depayload(codec, packet.payload)
+        except ValueError:
+            return AssemblyResult()
+        frame_start, keyframe = inspect_video_payload(codec.mimeType, packet.payload)
+        return assembler.add(
+            VideoPacket(packet.sequence_number, packet.timestamp, bool(packet.marker), data, frame_start, keyframe),
+            now,
+            expire,
+        )
+
+    def _take_assembly(self, result: AssemblyResult) -> None:
+        for frame in result.frames:
+            self._submit_video(frame)
+        if result.keyframe_needed:
+            self.keyframes.want()
+
+    def _submit_video(self, frame: EncodedFrame) -> None:
+        assert self.assembler is not None and self.nack is not None
+        if self._decoder is not None and self._codec is not None:
+            queue = self._decoder.queue
+            queue.put((self._codec, JitterFrame(frame.data, self._mapper.map(frame.timestamp)), frame.keyframe))
+            self.stats.decoder_dropped = queue.dropped
+            if queue.awaiting_keyframe:
+                # The decoder fell behind and its queue was flushed: the assembler must skip
+                # to a keyframe as well, or it would feed deltas the decoder cannot use.
+                self.assembler.request_keyframe()
+                self.keyframes.want()
+                return
+        if frame.keyframe:
+            self.keyframes.satisfied()
+            self.nack.forget_before(frame.first_sequence)
+
+    def _pump_audio(self, now: float) -> None:
+        assert self.audio_buffer is not None
+        if self._decoder is None or self._codec is None:
+            return
+        for item in self.audio_buffer.pop(now, conceal=now >= self._losses_held_until):
+            timestamp = self._mapper.map(item.timestamp)
+            work: JitterFrame | Concealment
+            if isinstance(item, AudioPacket):
+                work = JitterFrame(item.data, timestamp)
+            else:
+                work = Concealment(timestamp, item.samples)
+            self._decoder.queue.put((self._codec, work))
+        self.stats.decoder_dropped = self._decoder.queue.dropped
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """One timer per receiver, armed for the earliest of playout, deadline, NACK and PLI."""
+        if self._closed or self._loop is None:
+            return
+        held = self._losses_held_until
+        candidates = [self.keyframes.next_time(), self.nack.next_due() if self.nack else None]
+        for loss_decision in (
+            self.audio_buffer.next_due() if self.audio_buffer else None,
+            self.assembler.next_deadline() if self.assembler else None,
+        ):
+            if loss_decision is not None:
+                candidates.append(max(loss_decision, held))
+        wake = min((t for t in candidates if t is not None), default=None)
+        if self._timer is not None:
+            if wake is not None and self._timer.when() <= wake:
+                return  # firing early is harmless: the callback re-plans
+            self._timer.cancel()
+            self._timer = None
+        if wake is not None:
+            self._timer = self._loop.call_at(wake, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._timer is not None
+        scheduled = self._timer.when()
+        self._timer = None
+        if self._closed or self._loop is None:
+            return
+        now = self._loop.time()
+        if now - scheduled > self.settings.loop_stall:
+            self._losses_held_until = now + self.settings.stall_grace
+        if self.audio_buffer is not None:
+            self._pump_audio(now)
+        if self.assembler is not None and self.nack is not None:
+            if now >= self._losses_held_until:
+                self._take_assembly(self.assembler.poll(now))
+            retries = self.nack.due(now)
+            if retries and self.media_ssrc is not None:
+                self.stats.nack_requests += 1
+                self._spawn(self.receiver._send_rtcp_nack(self.media_ssrc, retries))
+            if self.keyframes.take(now):
+                self._spawn(self._send_pli())
+        self._schedule()
+
+    async def _send_pli(self) -> None:
+        if self.media_ssrc is not None:
+            self.stats.keyframe_requests += 1
+            await self.receiver._send_rtcp_pli(self.media_ssrc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- decoder callbacks (event loop thread) -------------------------------------------
+
+    def _deliver(self, frame: Any) -> None:
+        track = self.receiver.track
+        if track is None:
+            return
+        queue = track._queue  # type: ignore[attr-defined]
+        if frame is None:
+            queue.put_nowait(None)
+            return
+        self.stats.decoded_frames += 1
+        limit = self.settings.video_output_queue if self.kind == "video" else self.settings.audio_output_queue
+        self.stats.output_dropped += put_dropping_oldest(queue, frame, limit)
+
+    def _on_decode_error(self) -> None:
+        self.stats.decode_errors += 1
+        if self.assembler is not None and not self._closed:
+            # Later deltas would decode into garbage: freeze on the last good picture instead.
+            self.assembler.request_keyframe()
+            self.keyframes.want()
+            self._schedule()
+
+
+# --------------------------------------------------------------------------------------
+# Installation
+
+
+def tune_receiver(receiver: RTCRtpReceiver, kind: str, settings: TunedReceiverSettings | None = None) -> TunedReceiver:
+    existing = tuned(receiver)
+    if existing is not None:
+        return existing
+    if receiver._RTCRtpReceiver__started:  # type: ignore[attr-defined]
+        raise RuntimeError("the tuned receive path must be installed before the receiver starts")
+    hook = TunedReceiver(receiver, kind, settings or TunedReceiverSettings())
+    receiver._verzilvering_tuned = hook  # type: ignore[attr-defined]
+    return hook
+
+
+def tuned(receiver: RTCRtpReceiver) -> TunedReceiver | None:
+    return getattr(receiver, "_verzilvering_tuned", None)
+
+
+def install_tuned_receiver(pc: RTCPeerConnection, settings: TunedReceiverSettings | None = None) -> None:
+    """Tunes every receiver `pc` has or will have. Call it right after creating `pc`; in
+    `CallClient._new_peer_connection` that is the line after `pc = RTCPeerConnection(...)`:
+
+        install_tuned_receiver(pc)
+
+    aiortc creates transceivers in `addTrack`, `addTransceiver` and `setRemoteDescription`,
+    all through the private `__createTransceiver`; receivers start later, in `__connect`.
+    Wrapping the factory therefore hooks each receiver before its `receive()`.
+    """
+    check_aiortc_version()
+    if getattr(pc, "_verzilvering_tuned", False):
+        return
+    for transceiver in pc.getTransceivers():
+        tune_receiver(transceiver.receiver, transceiver.kind, settings)
+    create = pc._RTCPeerConnection__createTransceiver  # type: ignore[attr-defined]
+
+    def create_tuned(*args: Any, **kwargs: Any) -> Any:
+        transceiver = create(*args, **kwargs)
+        tune_receiver(transceiver.receiver, transceiver.kind, settings)
+        return transceiver
+
+    pc._RTCPeerConnection__createTransceiver = create_tuned  # type: ignore[attr-defined]
+    pc._verzilvering_tuned = True  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------------------
+# Pinning
+
+
+_RECEIVER_METHODS = (
+    "receive",
+    "stop",
+    "_handle_rtp_packet",
+    "_handle_rtcp_packet",
+    "_handle_disconnect",
+    "_run_rtcp",
+    "_send_rtcp",
+    "_send_rtcp_nack",
+    "_send_rtcp_pli",
+)
+_RECEIVER_STATE = (
+    "_enabled",
+    "_track",
+    "_RTCRtpReceiver__started",
+    "_RTCRtpReceiver__rtcp_task",
+    "_RTCRtpReceiver__rtcp_ssrc",
+    "_RTCRtpReceiver__active_ssrc",
+    "_RTCRtpReceiver__remote_streams",
+    "_RTCRtpReceiver__remote_bitrate_estimator",
+)
+# Source lines whose behaviour the hook relies on or mirrors.
+_SOURCE_MARKERS: tuple[tuple[Callable[..., Any], str], ...] = (
+    (RTCPeerConnection.setRemoteDescription, "self.__createTransceiver("),
+    (RTCPeerConnection.addTransceiver, "self.__createTransceiver("),
+    (RTCPeerConnection._RTCPeerConnection__connect, "await transceiver.receiver.receive("),  # type: ignore[attr-defined]
+    (RTCDtlsTransport._handle_rtp_data, "receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)"),
+    (RTCRtpReceiver.receive, "self.__rtcp_task = asyncio.ensure_future(self._run_rtcp())"),
+    (RTCRtpReceiver.stop, "self.__rtcp_task.cancel()"),
+    (RTCRtpReceiver._run_rtcp, "self.__remote_streams.items()"),
+    (RTCRtpReceiver._handle_rtp_packet, "self.__remote_bitrate_estimator.add("),
+    (RTCRtpReceiver._send_rtcp_nack, "packet.lost = lost"),
+)
+
+
+async def missing_internals() -> list[str]:
+    """Every aiortc internal the tuned path relies on that is not where it was in 1.16.0."""
+    problems: list[str] = []
+    if aiortc.__version__ != AIORTC_VERSION:
+        problems.append(f"aiortc version {aiortc.__version__} != {AIORTC_VERSION}")
+    if not hasattr(RTCPeerConnection, "_RTCPeerConnection__createTransceiver"):
+        problems.append("RTCPeerConnection.__createTransceiver")
+    for name in _RECEIVER_METHODS:
+        if not callable(getattr(RTCRtpReceiver, name, None)):
+            problems.append(f"RTCRtpReceiver.{name}")
+    if list(inspect.signature(RTCRtpReceiver._handle_rtp_packet).parameters) != ["self", "packet", "arrival_time_ms"]:
+        problems.append("RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms) signature")
+    for function, marker in _SOURCE_MARKERS:
+        if marker not in inspect.getsource(function):
+            problems.append(f"{function.__qualname__} no longer contains {marker!r}")
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        receiver = pc.addTransceiver("video").receiver
+        for name in _RECEIVER_STATE:
+            if not hasattr(receiver, name):
+                problems.append(f"RTCRtpReceiver instance attribute {name}")
+    finally:
+        await pc.close()
+    if not isinstance(getattr(RemoteStreamTrack(kind="video"), "_queue", None), asyncio.Queue):
+        problems.append("RemoteStreamTrack._queue is no longer an asyncio.Queue")
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    if getattr(getattr(get_decoder(opus), "codec", None), "name", None) != "libopus":
+        problems.append("aiortc's Opus decoder is no longer libopus (TOC-only concealment relies on it)")
+    return problems
+
+
+__all__ = [
+    "AIORTC_VERSION",
+    "KeyframeRequests",
+    "NackTracker",
+    "TunedReceiver",
+    "TunedReceiverSettings",
+    "check_aiortc_version",
+    "install_tuned_receiver",
+    "missing_internals",
+    "opus_concealment_packets",
+    "tune_receiver",
+    "tuned",
+]
