@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,10 +72,20 @@ class CallClient:
         *,
         video: MediaStreamTrack | None = None,
         audio: MediaStreamTrack | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_frame: Callable[[str, str, Any], None] | None = None,
+        configure_pc: Callable[[RTCPeerConnection], None] | None = None,
+        heartbeat: float | None = None,
     ) -> None:
-        self.signaling = SignalingClient(server, token, self._on_message)
+        """`on_event` sees every server message; `on_frame(participant_id, kind, frame)` every
+        decoded frame; `configure_pc` each new peer connection before it is used;
+        `heartbeat` (seconds) detects a dead signalling socket (None: rely on TCP)."""
+        self.signaling = SignalingClient(server, token, self._on_message, heartbeat=heartbeat)
         self.video = video
         self.audio = audio
+        self.on_event = on_event
+        self.on_frame = on_frame
+        self.configure_pc = configure_pc
         self.pc: RTCPeerConnection | None = None
         self.self_id: str | None = None
         self.room: str | None = None
@@ -92,11 +103,19 @@ class CallClient:
         self._settled = asyncio.Event()
 
     async def start(self) -> None:
+        await self.connect()
+        await asyncio.wait_for(self.joined.wait(), timeout=10)
+        await self.publish()
+
+    async def connect(self) -> None:
+        """Says hello and asks to join; `joined` (or `lobby`) follows as a message."""
         welcome = await self.signaling.connect()
         self.room = welcome["room"]
         self._negotiator = asyncio.ensure_future(self._negotiate())
         await self.signaling.send({"type": "join", "room": self.room})
-        await asyncio.wait_for(self.joined.wait(), timeout=10)
+
+    async def publish(self) -> None:
+        """Publishes whichever of `video` and `audio` is set."""
         if self.video is not None or self.audio is not None:
             await self.signaling.send(
                 {"type": "publish", "audio": self.audio is not None, "video": self.video is not None}
@@ -115,6 +134,8 @@ class CallClient:
         install_tuned_receiver(pc)
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._connection_state_changed)
+        if self.configure_pc is not None:
+            self.configure_pc(pc)
         return pc
 
     def _connection_state_changed(self) -> None:
@@ -139,6 +160,8 @@ class CallClient:
             self.removed.set()
         if kind not in ("pong",):
             self.events.append(message)
+        if self.on_event is not None:
+            self.on_event(message)
 
     async def _negotiate(self) -> None:
         while True:
@@ -206,6 +229,8 @@ class CallClient:
             except MediaStreamError:
                 return
             elapsed_ms = (time.monotonic() - since) * 1000
+            if self.on_frame is not None:
+                self.on_frame(participant_id, consumer["kind"], frame)
             if consumer["kind"] == "video":
                 media.video_frames += 1
                 media.video_width, media.video_height = frame.width, frame.height

@@ -14,6 +14,7 @@ import aiohttp
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+CONNECT_TIMEOUT_S = 10.0
 
 
 class SignalingError(Exception):
@@ -34,10 +35,15 @@ def ws_url(server: str) -> str:
 class SignalingClient:
     """Keeps one logical session alive across dropped WebSockets by resuming it."""
 
-    def __init__(self, server: str, token: str, on_message: MessageHandler) -> None:
-        self.url = ws_url(server)
+    def __init__(self, server: str | list[str], token: str, on_message: MessageHandler, heartbeat: float | None = None) -> None:
+        # Several addresses (nodes) may be given: a failed connect moves on to the next.
+        self.urls = [ws_url(s) for s in ([server] if isinstance(server, str) else server)]
+        self._url_index = 0
         self.token = token
         self.on_message = on_message
+        # WebSocket ping/pong every `heartbeat` s: a socket silently cut by the network is
+        # noticed in 1.5 × heartbeat instead of when TCP gives up, minutes later.
+        self.heartbeat = heartbeat
         self.welcome: dict[str, Any] = {}
         self.last_seq = 0
         self.closed = False
@@ -47,13 +53,24 @@ class SignalingClient:
         self._pinger: asyncio.Task[None] | None = None
         self._welcomed: asyncio.Future[dict[str, Any]] | None = None
 
+    @property
+    def url(self) -> str:
+        return self.urls[self._url_index]
+
+    def next_server(self) -> None:
+        self._url_index = (self._url_index + 1) % len(self.urls)
+
     async def connect(self) -> dict[str, Any]:
         """Opens the socket and says hello; returns the `welcome` message."""
         await self._open(resume=False)
         return self.welcome
 
     async def _open(self, resume: bool) -> None:
-        self._ws = await self._http.ws_connect(self.url, heartbeat=None, max_msg_size=4 * 1024 * 1024)
+        # Bounded: through a dead network the TCP or upgrade handshake may never finish.
+        self._ws = await asyncio.wait_for(
+            self._http.ws_connect(self.url, heartbeat=self.heartbeat, max_msg_size=4 * 1024 * 1024),
+            timeout=CONNECT_TIMEOUT_S,
+        )
         self._welcomed = asyncio.get_running_loop().create_future()
         hello: dict[str, Any] = {"type": "hello", "v": 1, "token": self.token}
         if resume:
@@ -113,6 +130,7 @@ class SignalingClient:
                 logger.warning("resume refused: %s", exc)
                 break
             except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
+                self.next_server()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if not self.closed:

@@ -56,12 +56,13 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _state(app: web.Application):  # type: ignore[no-untyped-def]
     settings = app[SETTINGS_KEY]
-    store = await open_store(settings, node_id=f"node-{uuid.uuid4().hex[:8]}")
+    store = await open_store(settings, node_id=settings.node_id or f"node-{uuid.uuid4().hex[:8]}")
     app[STORE_KEY] = store
     app[DIRECTORY_KEY] = Directory(store)
     app[SIGNALING_KEY] = SignalingService(
         settings, store, app[ISSUER_KEY], app[SFU_KEY], app[DIRECTORY_KEY]
     )
+    await app[SIGNALING_KEY].start()
     yield
     await app[SIGNALING_KEY].close()
     await app[SFU_KEY].close()

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
     serve.add_argument("--data-dir", default=None, help="where durable data lives")
     serve.add_argument("--demo", action="store_true", help="create a demo activity and print links")
+    serve.add_argument("--redis-url", default=None, help="share state with other nodes through Redis")
+    serve.add_argument("--node-id", default=None, help="this node's name in the cluster")
     serve.add_argument("--log-level", default="INFO")
 
     token = sub.add_parser("token", help="print a signed join token")
@@ -64,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     # aiortc/aioice are chatty at INFO about every ICE check.
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = _settings(args, host=args.host, port=args.port)
+    settings = _settings(args, host=args.host, port=args.port, redis_url=args.redis_url, node_id=args.node_id)
     try:
         asyncio.run(_run(settings, demo=args.demo))
     except KeyboardInterrupt:
@@ -88,8 +90,27 @@ async def _run(settings: Settings, *, demo: bool) -> None:
         if demo:
             await _create_demo(app, settings)
         await stop.wait()
+        await _drain(app, settings)
     finally:
         await runner.cleanup()
+
+
+async def _drain(app: web.Application, settings: Settings) -> None:
+    """Sends every client to another node, then lets the process exit."""
+    from .app import SIGNALING_KEY
+
+    cluster = app[SIGNALING_KEY].cluster
+    log = logging.getLogger(__name__)
+    log.info("draining: sending clients elsewhere")
+    await cluster.drain()
+    deadline = loop_time() + settings.drain_timeout_s
+    while not cluster.idle and loop_time() < deadline:
+        await asyncio.sleep(0.1)
+    log.info("drained; stopping")
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 async def _create_demo(app: web.Application, settings: Settings) -> None:

@@ -25,6 +25,23 @@ class Settings:
     token_secret: str = ""
     default_token_ttl_s: int = 3600
 
+    # Several nodes: state in Redis when set (redis://, rediss://, unix://).
+    redis_url: str = ""
+    # Every key and channel starts with this, so several deployments can share a Redis.
+    redis_prefix: str = "vz:"
+    # This node's name in the cluster; a random one when empty.
+    node_id: str = ""
+    node_heartbeat_s: float = 1.0
+    # A node silent this long is dead: its rooms move and its participants are removed.
+    node_timeout_s: float = 5.0
+    # On SIGTERM, how long to wait for clients to move elsewhere before exiting.
+    drain_timeout_s: float = 30.0
+
+    # TURN (coturn's REST-API shared-secret scheme); clients get time-limited credentials.
+    turn_urls: tuple[str, ...] = field(default_factory=tuple)
+    turn_secret: str = ""
+    turn_ttl_s: int = 12 * 3600
+
     # Signalling limits.
     max_message_bytes: int = 64 * 1024
     # Frames above this are refused by the WebSocket layer itself and close the socket.

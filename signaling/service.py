@@ -7,6 +7,7 @@ backend can deliver them across nodes. A room's media lives in this node's SFU.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -22,7 +23,8 @@ from server.transport import NegotiationError
 
 from .devices import CALL_ROOM_PREFIX, DeviceHub
 from .protocol import VERSION, CloseCode, ProtocolError, error, parse_client_message
-from .session import Connection, RateLimiter, Session
+from .cluster import SERVICE_RESTART, Cluster
+from .session import Connection, RateLimiter, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
 
 MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick")
@@ -41,9 +43,10 @@ class SignalingService:
         self.sfu = sfu
         self.directory = directory
         self.devices = DeviceHub(settings, store, directory, issuer)
+        self.cluster = Cluster(self, settings, store)
         self.sessions: dict[str, Session] = {}
         # (room, participant id) → the session holding that seat on this node.
-        self._members: dict[tuple[str, str], Session] = {}
+        self.members: dict[tuple[str, str], Session] = {}
         self._room_subscriptions: dict[str, Subscription] = {}
         self._connections: set[Connection] = set()
 
@@ -52,7 +55,7 @@ class SignalingService:
     async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes)
         await ws.prepare(request)
-        conn = Connection(
+        conn = WebSocketConnection(
             ws, RateLimiter(self.settings.messages_per_second, self.settings.message_burst)
         )
         self._connections.add(conn)
@@ -61,7 +64,7 @@ class SignalingService:
             async for msg in ws:
                 conn.last_seen = time.monotonic()
                 if msg.type == WSMsgType.TEXT:
-                    await self._receive(conn, msg.data)
+                    await self.receive(conn, msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     self._reply_error(conn, ProtocolError("bad_json", "Binary frames are not accepted."))
                 if ws.closed:
@@ -70,15 +73,17 @@ class SignalingService:
             watchdog.cancel()
             self._connections.discard(conn)
             conn.abandon()
-            if conn.device is not None:
+            if conn.relay_to is not None:
+                await self.cluster.relay_closed(conn)
+            elif conn.device is not None:
                 await self.devices.connection_lost(conn)
             else:
-                await self._connection_lost(conn)
+                await self.connection_lost(conn)
         return ws
 
     async def _watch(self, conn: Connection) -> None:
         s = self.settings
-        while not conn.ws.closed:
+        while not conn.closed:
             await asyncio.sleep(min(1.0, s.ping_interval_s / 2))
             now = time.monotonic()
             if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
@@ -88,11 +93,14 @@ class SignalingService:
                 await conn.close(CloseCode.PING_TIMEOUT, "ping timeout")
                 return
 
-    async def _receive(self, conn: Connection, text: str) -> None:
+    async def receive(self, conn: Connection, text: str) -> None:
         if not conn.limiter.allow():
             self._reply_error(conn, ProtocolError("rate_limited", "Too many messages; slow down."))
             return
         try:
+            if conn.relay_to is not None:
+                await self.cluster.forward(conn, text)
+                return
             message = parse_client_message(text, self.settings.max_message_bytes)
             await self._dispatch(conn, message)
         except ProtocolError as exc:
@@ -127,7 +135,7 @@ class SignalingService:
         if kind == "ping":
             session.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
             if session.joined:
-                await self.store.touch_presence(session.participant_id, self._presence_ttl)
+                await self.store.touch_presence(session.participant_id, self.presence_ttl)
             return
         if kind == "join":
             await self._join(session, message["room"], ref)
@@ -177,7 +185,7 @@ class SignalingService:
             await self._broadcast(session.room, {"type": "_end", "by": session.participant_id})
 
     @property
-    def _presence_ttl(self) -> float:
+    def presence_ttl(self) -> float:
         return self.settings.ping_timeout_s + self.settings.resume_grace_s
 
     # --- hello / resume ------------------------------------------------------------------
@@ -199,6 +207,10 @@ class SignalingService:
         except TokenError as exc:
             conn.send(error(exc.code, exc.message, ref))
             await conn.close(CloseCode.AUTH_FAILED, exc.code)
+            return
+        owner = await self.cluster.owner_for(grant.room)
+        if owner != self.cluster.node_id:
+            await self.cluster.relay(conn, owner, json.dumps(message))
             return
         resume = message.get("resume")
         if resume is not None:
@@ -269,14 +281,14 @@ class SignalingService:
             session.send({"type": "offer", **offer})
         if session.joined:
             assert session.room is not None
-            await self.store.touch_presence(session.participant_id, self._presence_ttl)
+            await self.store.touch_presence(session.participant_id, self.presence_ttl)
             updated = await self.store.update_participant(
                 session.room, session.participant_id, connected=True
             )
             if updated is not None and session.admitted:
                 await self._broadcast(session.room, {"type": "participant_updated", "participant": _participant(updated)})
 
-    async def _connection_lost(self, conn: Connection) -> None:
+    async def connection_lost(self, conn: Connection) -> None:
         session = conn.session
         if session is None or session.connection is not conn or session.ended:
             return
@@ -315,7 +327,7 @@ class SignalingService:
         grant = session.grant
         admitted = await self._admitted_on_arrival(session, room, ref)
         key = (room, grant.participant_id)
-        stale = self._members.get(key)
+        stale = self.members.get(key)
         if stale is not None and stale is not session:
             # The same person joined again (new device or lost session): the newest wins.
             await self._end(stale, "replaced", close_code=CloseCode.REPLACED)
@@ -333,8 +345,9 @@ class SignalingService:
         except RoomFull:
             raise ProtocolError("room_full", "This activity is full.", ref) from None
         session.room = room
-        self._members[key] = session
-        await self.store.touch_presence(grant.participant_id, self._presence_ttl)
+        session.joined_at = state.joined_at
+        self.members[key] = session
+        await self.store.touch_presence(grant.participant_id, self.presence_ttl)
         await self._subscribe_room(room)
         if admitted:
             await self._enter(session, ref)
@@ -432,7 +445,12 @@ class SignalingService:
             return
         conn = session.connection
         if close_code is not None and conn is not None:
-            session.send({"type": "denied"} if reason == "denied" else {"type": "removed", "reason": reason})
+            if reason == "denied":
+                session.send({"type": "denied"})
+            elif reason == "moved":
+                session.send({"type": "reconnect", "reason": "draining"})
+            else:
+                session.send({"type": "removed", "reason": reason})
             conn.session = None
             session.connection = None
             asyncio.ensure_future(conn.close(close_code, reason))
@@ -443,8 +461,8 @@ class SignalingService:
         room = session.room
         if room is None:
             return
-        if self._members.get((room, session.participant_id)) is session:
-            del self._members[(room, session.participant_id)]
+        if self.members.get((room, session.participant_id)) is session:
+            del self.members[(room, session.participant_id)]
         ended = await self.sfu.close_transport(room, session.participant_id)
         session.transport = None
         try:
@@ -462,10 +480,14 @@ class SignalingService:
                 )
         except StoreUnavailable:
             logger.warning("store unavailable while %s left %s", session.participant_id, room)
-        if not any(r == room for r, _ in self._members):
+        if not any(r == room for r, _ in self.members):
             subscription = self._room_subscriptions.pop(room, None)
-            if subscription is not None:
-                await subscription.close()
+            try:
+                if subscription is not None:
+                    await subscription.close()
+                await self.cluster.room_empty(room)
+            except StoreUnavailable:
+                pass
 
     async def _subscribe_room(self, room: str) -> None:
         if room in self._room_subscriptions:
@@ -481,7 +503,7 @@ class SignalingService:
             return
         skip = event.pop("_skip", None)
         to = event.pop("_to", None)
-        for (member_room, participant_id), session in list(self._members.items()):
+        for (member_room, participant_id), session in list(self.members.items()):
             if member_room != room or participant_id == skip or session.ended or not session.admitted:
                 continue
             if to == "moderators" and not session.grant.may("moderate"):
@@ -493,7 +515,7 @@ class SignalingService:
     def _act(self, room: str, event: dict[str, Any]) -> None:
         """Room-wide effects that the node holding the affected sessions carries out."""
         kind = event["type"]
-        target = self._members.get((room, event.get("participant_id", "")))
+        target = self.members.get((room, event.get("participant_id", "")))
         if kind == "_admit" and target is not None and not target.admitted:
             asyncio.ensure_future(self._enter(target, None))
         elif kind == "_deny" and target is not None and not target.admitted:
@@ -507,7 +529,7 @@ class SignalingService:
                 if producer.kind == event["kind"]:
                     producer.set_paused(event["muted"])
         elif kind == "_end":
-            for (member_room, _), session in list(self._members.items()):
+            for (member_room, _), session in list(self.members.items()):
                 if member_room == room:
                     asyncio.ensure_future(self._end(session, "ended", close_code=CloseCode.REMOVED))
 
@@ -610,7 +632,15 @@ class SignalingService:
         rooms = await self.store.list_rooms()
         return {"rooms": len(rooms), "participants": sum(rooms.values()), "sessions": len(self.sessions)}
 
+    async def start(self) -> None:
+        await self.cluster.start()
+
+    async def send_everyone_elsewhere(self) -> None:
+        for session in list(self.sessions.values()):
+            await self._end(session, "moved", close_code=SERVICE_RESTART)
+
     async def close(self) -> None:
+        await self.cluster.stop()
         for conn in list(self._connections):
             await conn.close(1001, "server stopping")
         await self.devices.close()

@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -42,18 +43,24 @@ class RateLimiter:
 
 
 class Connection:
-    """One WebSocket. Writes go through a queue so messages leave in order."""
+    """One client's signalling channel. Writes go through a queue so messages leave in order."""
 
-    def __init__(self, ws: web.WebSocketResponse, limiter: RateLimiter) -> None:
-        self.ws = ws
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.id = uuid.uuid4().hex
         self.limiter = limiter
         self.session: Session | None = None
         # The kiosk id when this connection is a kiosk's device channel.
         self.device: str | None = None
+        # The node this connection's frames are relayed to, when another node owns its room.
+        self.relay_to: str | None = None
         self.last_seen = time.monotonic()
         self.opened = time.monotonic()
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer = asyncio.ensure_future(self._write())
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
 
     def send_text(self, text: str) -> None:
         self._queue.put_nowait(text)
@@ -66,26 +73,76 @@ class Connection:
             text = await self._queue.get()
             if text is None:
                 return
-            if self.ws.closed:
+            if self.closed:
                 continue
             try:
-                await self.ws.send_str(text)
+                await self._deliver(text)
             except (ConnectionError, RuntimeError):
-                # The reader notices the dead socket; the session buffer keeps the message.
+                # The reader notices the dead channel; the session buffer keeps the message.
                 continue
 
+    async def _deliver(self, text: str) -> None:
+        raise NotImplementedError
+
+    async def _shut(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
     async def close(self, code: int, reason: str = "") -> None:
-        """Flushes what is queued, then closes the socket."""
+        """Flushes what is queued, then closes the channel."""
         self._queue.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
         except asyncio.TimeoutError:
             self._writer.cancel()
-        if not self.ws.closed:
-            await self.ws.close(code=code, message=reason.encode()[:120])
+        if not self.closed:
+            await self._shut(code, reason)
 
     def abandon(self) -> None:
         self._queue.put_nowait(None)
+
+
+class WebSocketConnection(Connection):
+    def __init__(self, ws: web.WebSocketResponse, limiter: RateLimiter) -> None:
+        self.ws = ws
+        super().__init__(limiter)
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def _deliver(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def _shut(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+
+RelaySend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RelayedConnection(Connection):
+    """A client whose WebSocket lives on another node (the edge); frames cross via the store."""
+
+    def __init__(self, conn_id: str, origin: str, relay: RelaySend, limiter: RateLimiter) -> None:
+        self.origin = origin
+        self._relay = relay
+        self._closed = False
+        super().__init__(limiter)
+        self.id = conn_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _deliver(self, text: str) -> None:
+        await self._relay({"type": "_out", "conn": self.id, "text": text})
+
+    async def _shut(self, code: int, reason: str) -> None:
+        self._closed = True
+        await self._relay({"type": "_close", "conn": self.id, "code": code, "reason": reason})
+
+    def mark_gone(self) -> None:
+        self._closed = True
 
 
 class Session:
@@ -100,6 +157,7 @@ class Session:
         self.ended = False
         # False while waiting in the lobby.
         self.admitted = False
+        self.joined_at = 0.0
         self.seq = 0
         self._buffer: deque[tuple[int, str]] = deque(maxlen=buffer_size)
 

@@ -52,10 +52,11 @@ def _server_pid(port: int) -> int | None:
 
 class RedisServer:
     def __init__(
-        self, executable: str = "redis-server", *, start_timeout_s: float = 10.0
+        self, executable: str = "redis-server", *, start_timeout_s: float = 10.0, appendonly: bool = False
     ) -> None:
         self.executable = shutil.which(executable) or executable
         self.start_timeout_s = start_timeout_s
+        self.appendonly = appendonly
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
@@ -87,7 +88,8 @@ class RedisServer:
                     "--port", str(port),
                     "--bind", "127.0.0.1",
                     "--save", "",
-                    "--appendonly", "no",
+                    "--appendonly", "yes" if self.appendonly else "no",
+                    "--appendfsync", "always",
                     "--dir", str(self._dir),
                     "--daemonize", "no",
                 ],
@@ -109,6 +111,17 @@ class RedisServer:
             time.sleep(0.05)
         _terminate(process)
         return False
+
+    def halt(self) -> None:
+        """Stops the server but keeps its port and data directory, for an outage test."""
+        process, self._process = self._process, None
+        if process is not None:
+            _terminate(process)
+
+    def restart(self) -> None:
+        """Starts the server again on the same port with the same data."""
+        if self._process is None and not self._launch(self.port):
+            raise RuntimeError(f"redis-server did not restart:\n{self._log()}")
 
     def _log(self) -> str:
         if self._dir is None:

@@ -28,7 +28,7 @@ async def open_store(settings: "object", node_id: str) -> Store:
     if redis_url:
         from .redis import RedisStore
 
-        store: Store = RedisStore(redis_url, node_id=node_id)
+        store: Store = RedisStore(redis_url, node_id=node_id, prefix=getattr(settings, "redis_prefix", "vz:"))
     else:
         from .embedded import EmbeddedStore
 

@@ -1,0 +1,288 @@
+"""Several nodes behind one address: heartbeats, room placement, relaying, reaping, resync.
+
+LiveKit's split: a room's media lives on one node (`room_node` in the store). A client's
+WebSocket may land on any node (the edge). When the edge does not own the room, it relays
+the client's frames to the owner over the store's fan-out (channel `node:<id>`), and the
+owner's replies come back the same way; the client never knows. Nodes heartbeat into the
+store; when one dies, a survivor reaps its participants, and clients that were relayed to
+it are told to reconnect, which places their room on a live node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from server.config import Settings
+from server.store import ParticipantState, Store, StoreUnavailable, Subscription, TrackState
+
+from .session import Connection, RateLimiter, RelayedConnection
+
+if TYPE_CHECKING:
+    from .service import SignalingService
+
+logger = logging.getLogger(__name__)
+
+# Close code for "this node is going away; connect again" (RFC 6455 "service restart").
+SERVICE_RESTART = 1012
+
+
+def node_channel(node_id: str) -> str:
+    return f"node:{node_id}"
+
+
+class Cluster:
+    def __init__(self, service: "SignalingService", settings: Settings, store: Store) -> None:
+        self.service = service
+        self.settings = settings
+        self.store = store
+        self.node_id = store.node_id
+        self.multi_node = bool(settings.redis_url)
+        self.draining = False
+        self.store_down = False
+        # Edge side: local WebSockets whose room lives on another node.
+        self.relayed: dict[str, Connection] = {}
+        # Owner side: clients whose WebSocket lives on another node.
+        self.remote: dict[tuple[str, str], RelayedConnection] = {}
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        if not self.multi_node:
+            return
+        await self._heartbeat()
+        self._subscription = await self.store.subscribe(node_channel(self.node_id), self._inbox.put_nowait)
+        self._tasks = [asyncio.ensure_future(self._process()), asyncio.ensure_future(self._maintain())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._subscription is not None:
+            try:
+                await self._subscription.close()
+            except StoreUnavailable:
+                pass
+        if self.multi_node:
+            try:
+                await self.store.forget_node(self.node_id)
+            except StoreUnavailable:
+                pass
+
+    def _info(self) -> dict[str, Any]:
+        stats = self.service.sfu.stats()
+        return {
+            "load": stats["consumers"] + stats["producers"],
+            "rooms": stats["routers"],
+            "draining": self.draining,
+        }
+
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat_node(self.node_id, self._info(), self.settings.node_timeout_s)
+
+    # --- placement -----------------------------------------------------------------------
+
+    async def owner_for(self, room: str) -> str:
+        """The node hosting the room's media, placing the room when nobody live has it."""
+        if not self.multi_node:
+            return self.node_id
+        live = await self.store.live_nodes()
+        owner = await self.store.room_owner(room)
+        if owner is not None and owner in live:
+            return owner
+        candidates = {n: info for n, info in live.items() if not info.get("draining")}
+        if not self.draining:
+            candidates.setdefault(self.node_id, self._info())
+        if not candidates:
+            raise StoreUnavailable("no live node can take the room")
+        pick = min(candidates, key=lambda n: (candidates[n].get("load", 0), n))
+        return await self.store.place_room(room, pick, sorted(set(live) | {pick}))
+
+    async def room_empty(self, room: str) -> None:
+        if self.multi_node:
+            await self.store.release_room(room, self.node_id)
+
+    # --- relaying ----------------------------------------------------------------------------
+
+    async def relay(self, conn: Connection, owner: str, text: str) -> None:
+        """Edge: hands this connection's frames to the owner from now on."""
+        conn.relay_to = owner
+        self.relayed[conn.id] = conn
+        await self.forward(conn, text)
+
+    async def forward(self, conn: Connection, text: str) -> None:
+        assert conn.relay_to is not None
+        await self.store.publish(
+            node_channel(conn.relay_to), {"type": "_in", "conn": conn.id, "origin": self.node_id, "text": text}
+        )
+
+    async def relay_closed(self, conn: Connection) -> None:
+        self.relayed.pop(conn.id, None)
+        if conn.relay_to is not None:
+            try:
+                await self.store.publish(
+                    node_channel(conn.relay_to), {"type": "_gone", "conn": conn.id, "origin": self.node_id}
+                )
+            except StoreUnavailable:
+                pass
+
+    async def _process(self) -> None:
+        # One task handles the inbox so a client's frames are handled in the order sent.
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._handle(message)
+            except Exception:
+                logger.exception("relay message %s failed", message.get("type"))
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "_in":
+            key = (message["origin"], message["conn"])
+            conn = self.remote.get(key)
+            if conn is None:
+                origin = message["origin"]
+                conn = self.remote[key] = RelayedConnection(
+                    message["conn"],
+                    origin,
+                    lambda m, origin=origin: self.store.publish(node_channel(origin), m),
+                    RateLimiter(self.settings.messages_per_second * 2, self.settings.message_burst * 2),
+                )
+            await self.service.receive(conn, message["text"])
+        elif kind == "_gone":
+            conn = self.remote.pop((message["origin"], message["conn"]), None)
+            if conn is not None:
+                conn.mark_gone()
+                conn.abandon()
+                await self.service.connection_lost(conn)
+        elif kind == "_out":
+            edge = self.relayed.get(message["conn"])
+            if edge is not None:
+                edge.send_text(message["text"])
+        elif kind == "_close":
+            edge = self.relayed.pop(message["conn"], None)
+            if edge is not None:
+                edge.relay_to = None
+                await edge.close(message["code"], message.get("reason", ""))
+
+    # --- liveness, reaping, resync ------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.node_heartbeat_s)
+            try:
+                await self._heartbeat()
+                if self.store_down:
+                    self.store_down = False
+                    logger.warning("store reachable again; re-publishing this node's live state")
+                    await self.resync()
+                live = await self.store.live_nodes()
+                await self._drop_links_to_dead_nodes(live)
+                for dead in await self.store.dead_nodes():
+                    await self._reap(dead)
+            except StoreUnavailable as exc:
+                if not self.store_down:
+                    logger.warning("store unreachable (%s); calls go on, joins wait", exc)
+                self.store_down = True
+            except Exception:
+                logger.exception("cluster maintenance failed")
+
+    async def _drop_links_to_dead_nodes(self, live: dict[str, dict[str, Any]]) -> None:
+        for conn in [c for c in self.relayed.values() if c.relay_to not in live]:
+            # Its room's node is gone: the client connects again and lands on a live node.
+            self.relayed.pop(conn.id, None)
+            conn.relay_to = None
+            conn.send({"type": "reconnect", "reason": "node_lost"})
+            await conn.close(SERVICE_RESTART, "node lost")
+        for key, conn in [(k, c) for k, c in self.remote.items() if c.origin not in live]:
+            del self.remote[key]
+            conn.mark_gone()
+            conn.abandon()
+            await self.service.connection_lost(conn)
+
+    async def _reap(self, dead: str) -> None:
+        """Removes a dead node's participants and placements, once across the cluster."""
+        if dead == self.node_id or not await self.store.acquire_lock(f"reap:{dead}", 30.0):
+            return
+        logger.warning("node %s is gone; removing its participants", dead)
+        for room in await self.store.list_rooms():
+            tracks = await self.store.list_tracks(room)
+            for participant in await self.store.list_participants(room):
+                if participant.node_id != dead:
+                    continue
+                for track in tracks:
+                    if track.participant_id == participant.participant_id:
+                        await self.store.publish(
+                            room,
+                            {"type": "track_unpublished", "track_id": track.track_id,
+                             "participant_id": track.participant_id, "kind": track.kind},
+                        )
+                await self.store.remove_participant(room, participant.participant_id)
+                await self.store.publish(
+                    room, {"type": "participant_left", "participant_id": participant.participant_id, "reason": "timeout"}
+                )
+        await self.store.forget_node(dead)
+
+    async def resync(self) -> None:
+        """After a store outage: this node's sessions and tracks are written again, and
+        participants the store still lists for this node but that are gone are removed."""
+        service = self.service
+        local: dict[tuple[str, str], Any] = {}
+        for (room, participant_id), session in list(service.members.items()):
+            if session.ended:
+                continue
+            local[(room, participant_id)] = session
+            state = ParticipantState(
+                participant_id=participant_id,
+                room=room,
+                name=session.grant.name,
+                role=session.grant.role,
+                node_id=self.node_id,
+                joined_at=session.joined_at,
+                connected=session.connection is not None,
+                admitted=session.admitted,
+            )
+            previous = await self.store.get_participant(room, participant_id)
+            if previous is not None:
+                state.audio_muted, state.video_muted = previous.audio_muted, previous.video_muted
+            await self.store.add_participant(state, max_participants=10**6)
+            await self.store.touch_presence(participant_id, service.presence_ttl)
+            if session.transport is not None:
+                for producer in session.transport.producers:
+                    await self.store.add_track(
+                        TrackState(producer.id, room, participant_id, producer.kind, muted=producer.paused)
+                    )
+            if session.admitted:
+                await self.store.place_room(room, self.node_id, [self.node_id])
+        for room in await self.store.list_rooms():
+            for participant in await self.store.list_participants(room):
+                if participant.node_id == self.node_id and (room, participant.participant_id) not in local:
+                    await self.store.remove_participant(room, participant.participant_id)
+                    await self.store.publish(
+                        room, {"type": "participant_left", "participant_id": participant.participant_id, "reason": "left"}
+                    )
+
+    # --- graceful drain ----------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stops taking rooms and sends every client elsewhere; their sessions end here."""
+        self.draining = True
+        if self.multi_node:
+            try:
+                await self._heartbeat()
+                for room in await self.store.rooms_of_node(self.node_id):
+                    await self.store.release_room(room, self.node_id)
+            except StoreUnavailable:
+                pass
+        for conn in list(self.relayed.values()):
+            self.relayed.pop(conn.id, None)
+            conn.relay_to = None
+            conn.send({"type": "reconnect", "reason": "draining"})
+            await conn.close(SERVICE_RESTART, "draining")
+        await self.service.send_everyone_elsewhere()
+
+    @property
+    def idle(self) -> bool:
+        return not self.service.sessions and not self.relayed and not self.remote
