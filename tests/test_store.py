@@ -592,3 +592,68 @@ async def test_redis_unreachable_raises_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await never.open()
     await never.close()
+
+
+async def test_redis_full_server_is_unavailable_not_a_crash() -> None:
+    """noeviction + maxmemory: writes fail with OOM, which callers must see as retryable."""
+    import redis.asyncio as aioredis
+
+    with RedisServer() as server:
+        store = RedisStore(server.url, node_id="n", prefix="vztest:oom:")
+        await store.open()
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            await admin.config_set("maxmemory-policy", "noeviction")
+            await admin.config_set("maxmemory", "1")
+            with pytest.raises(StoreUnavailable, match="OutOfMemory"):
+                await store.add_participant(participant("a"), max_participants=5)
+            with pytest.raises(StoreUnavailable):
+                await store.put_record("people", "p1", {"name": "x"})
+            await admin.config_set("maxmemory", "0")
+            await store.add_participant(participant("a"), max_participants=5)
+            assert [p.participant_id for p in await store.list_participants("koffie")] == ["a"]
+        finally:
+            await admin.aclose()
+            await store.close()
+
+
+async def test_redis_through_sentinel(tmp_path: Path) -> None:
+    """A `redis+sentinel://` URL reaches the primary a real Sentinel names."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    with RedisServer() as primary:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+            f"sentinel monitor vz 127.0.0.1 {primary.port} 1\n"
+        )
+        sentinel = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        try:
+            store = RedisStore(f"redis+sentinel://127.0.0.1:{port}/vz", node_id="n", prefix="vztest:sentinel:")
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    await store.open()
+                    break
+                except StoreUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            try:
+                await store.add_participant(participant("a"), max_participants=5)
+                assert [p.participant_id for p in await store.list_participants("koffie")] == ["a"]
+            finally:
+                await store.remove_participant("koffie", "a")
+                await store.close()
+        finally:
+            sentinel.terminate()
+            sentinel.wait(timeout=10)

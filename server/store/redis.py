@@ -51,7 +51,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
@@ -174,6 +175,37 @@ def _unavailable() -> Iterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+    except ResponseError as exc:
+        # A full server (noeviction), a failed disk (MISCONF) or a replica after a failover
+        # (READONLY) will pass: callers get a retryable answer, not an internal error.
+        if isinstance(exc, _RETRYABLE_ERRORS) or str(exc).split(" ", 1)[0] in _RETRYABLE_REPLIES:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+_RETRYABLE_REPLIES = {"OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN"}
+# redis-py turns some replies into classes and drops their code from the message.
+_RETRYABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, BusyLoadingError)
+
+
+def sentinel_client(url: str, **options: Any) -> aioredis.Redis:
+    """`redis+sentinel://[:password@]host1:26379,host2:26379/service[/db]`: the primary
+    that the Sentinels name, followed across failovers."""
+    from urllib.parse import unquote
+
+    rest = url[len("redis+sentinel://") :]
+    auth, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError("a Sentinel URL needs hosts and a service name")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.partition(":")
+        sentinels.append((name, int(port or 26379)))
+    password = unquote(auth.partition(":")[2]) if auth else None
+    sentinel = Sentinel(sentinels, password=password, **options)
+    return sentinel.master_for(service, db=int(db or 0))
 
 
 
@@ -250,16 +282,19 @@ class RedisStore(Store):
     async def open(self) -> None:
         if self._client is not None:
             return
-        # URL query parameters override these defaults.
-        client = aioredis.Redis.from_url(
-            self._url,
-            decode_responses=True,
-            socket_connect_timeout=5.0,
-            socket_timeout=5.0,
-            socket_keepalive=True,
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 5.0,
+            "socket_timeout": 5.0,
+            "socket_keepalive": True,
             # Lets the otherwise idle pub/sub connection notice a dead server.
-            health_check_interval=30,
-        )
+            "health_check_interval": 30,
+        }
+        if self._url.startswith("redis+sentinel://"):
+            client = sentinel_client(self._url, **options)
+        else:
+            # URL query parameters override these defaults.
+            client = aioredis.Redis.from_url(self._url, **options)
         try:
             with _unavailable():
                 await client.ping()
