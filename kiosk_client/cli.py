@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,17 @@ from .call import CallClient
 from .media import open_audio, open_video
 
 
+def _restrict_media_addresses() -> None:
+    # Same switch as the server's `media_addresses` setting, e.g. to keep tests on loopback.
+    raw = os.environ.get("VERZILVERING_MEDIA_ADDRESSES")
+    if raw:
+        from server.rtphooks import restrict_host_addresses
+
+        restrict_host_addresses(list(json.loads(raw)))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _restrict_media_addresses()
     parser = argparse.ArgumentParser(prog="verzilvering-kiosk", description="Verzilvering kiosk")
     sub = parser.add_subparsers(dest="command", required=True)
     join = sub.add_parser("join", help="join a room, publish camera and microphone, report what arrives")

@@ -14,8 +14,9 @@ from signaling.tokens import TokenIssuer, load_or_create_secret
 from . import __version__
 from .config import Settings
 from .directory import Directory
+from .metrics import Metrics, metrics_endpoint
 from .router import Sfu
-from .rtphooks import check_aiortc_version
+from .rtphooks import check_aiortc_version, restrict_host_addresses
 from .store import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ SFU_KEY = web.AppKey("sfu", Sfu)
 SIGNALING_KEY = web.AppKey("signaling", SignalingService)
 STARTED_KEY = web.AppKey("started", float)
 DIRECTORY_KEY = web.AppKey("directory", Directory)
+METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
 def make_issuer(settings: Settings) -> TokenIssuer:
@@ -35,13 +37,17 @@ def make_issuer(settings: Settings) -> TokenIssuer:
 
 def create_app(settings: Settings) -> web.Application:
     check_aiortc_version()
+    if settings.media_addresses:
+        restrict_host_addresses(list(settings.media_addresses))
     app = web.Application(client_max_size=settings.max_message_bytes)
     app[SETTINGS_KEY] = settings
     app[ISSUER_KEY] = make_issuer(settings)
     app[STARTED_KEY] = time.monotonic()
     app[SFU_KEY] = Sfu(settings.ice_servers, settings.keyframe_request_interval_s)
     app.cleanup_ctx.append(_state)
+    app[METRICS_KEY] = Metrics()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/ws", websocket)
 
     from . import api
@@ -62,6 +68,8 @@ async def _state(app: web.Application):  # type: ignore[no-untyped-def]
     app[SIGNALING_KEY] = SignalingService(
         settings, store, app[ISSUER_KEY], app[SFU_KEY], app[DIRECTORY_KEY]
     )
+    app[SIGNALING_KEY].metrics = app[METRICS_KEY]
+    app[METRICS_KEY].watch(app[SFU_KEY], app[SIGNALING_KEY])
     await app[SIGNALING_KEY].start()
     yield
     await app[SIGNALING_KEY].close()

@@ -1,4 +1,4 @@
-"""The `verzilvering` command: serve, token."""
+"""The `verzilvering` command: serve, token, admin."""
 
 from __future__ import annotations
 
@@ -39,9 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token.add_argument("--data-dir", default=None)
 
+    admin = sub.add_parser("admin", help="manage staff accounts (coordinators, volunteers)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    create_user = admin_sub.add_parser("create-user", help="create a coordinator or volunteer account")
+    create_user.add_argument("--username", required=True, help="3 to 64 characters, used to log in")
+    create_user.add_argument("--name", required=True, help="the name shown on the pages")
+    create_user.add_argument("--role", required=True, choices=("coordinator", "volunteer"))
+    create_user.add_argument("--language", default="nl", choices=("nl", "en"))
+    create_user.add_argument(
+        "--password-stdin", action="store_true",
+        help="read the password from the first line of standard input instead of prompting",
+    )
+    create_user.add_argument("--data-dir", default=None)
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "admin":
+        return _admin(args)
     return _token(args)
 
 
@@ -57,6 +72,56 @@ def _token(args: argparse.Namespace) -> int:
         print(f"verzilvering token: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from web.auth import check_new_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            print("verzilvering admin: the passwords differ; nothing was created", file=sys.stderr)
+            return 2
+    problem = check_new_password(password)
+    if problem:
+        print(f"verzilvering admin: {problem}", file=sys.stderr)
+        return 2
+    try:
+        account = asyncio.run(_create_user(_settings(args), args, password))
+    except ValueError as exc:
+        print(f"verzilvering admin: {exc}", file=sys.stderr)
+        return 2
+    print(f"created {account.role} {account.username!r} ({account.name}, id {account.id})")
+    return 0
+
+
+async def _create_user(settings: Settings, args: argparse.Namespace, password: str) -> Any:
+    from web.auth import hash_password
+
+    from .directory import Account, Directory, DirectoryError, new_id
+    from .store import open_store
+
+    store = await open_store(settings, node_id="cli")
+    try:
+        directory = Directory(store)
+        account = Account(
+            id=new_id("staff"), name=args.name, username=args.username, role=args.role, language=args.language
+        )
+        try:
+            account.validate()
+        except DirectoryError as exc:
+            raise ValueError(exc.message) from None
+        if await directory.account_by_username(account.username) is not None:
+            raise ValueError(f"the username {account.username!r} is taken; nothing was created")
+        account.password_hash = await hash_password(password)
+        await directory.put(account, actor="cli")
+        return account
+    finally:
+        await store.close()
 
 
 def _serve(args: argparse.Namespace) -> int:

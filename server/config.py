@@ -63,6 +63,8 @@ class Settings:
     # ICE servers handed to aiortc and to clients; empty means host candidates only
     # (never aiortc's implicit public STUN default).
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # ICE host candidates only on these addresses (empty: every interface, as aioice does).
+    media_addresses: tuple[str, ...] = field(default_factory=tuple)
     # Request a keyframe from a producer at most this often, however many ask.
     keyframe_request_interval_s: float = 0.25
     negotiation_timeout_s: float = 15.0

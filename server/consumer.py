@@ -29,6 +29,7 @@ class Consumer:
         self.kind = producer.kind
         self.closed = False
         self.packets = 0
+        self.bytes = 0
         # A decoder cannot start on a delta frame: hold video back until a keyframe.
         self._waiting_for_keyframe = producer.kind == "video"
         self._seq_offset: int | None = None
@@ -77,6 +78,7 @@ class Consumer:
         except ConnectionError:
             return
         self.packets += 1
+        self.bytes += len(out.payload)
         self._last_seq = out.sequence_number
         self._last_ts = out.timestamp
         self._last_sent_at = time.monotonic()

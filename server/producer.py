@@ -35,6 +35,7 @@ class Producer:
         # A muted producer's packets stop at the server: nobody receives them.
         self.paused = False
         self.packets = 0
+        self.keyframe_requests = 0
         self._keyframe_interval = keyframe_request_interval_s
         self._last_keyframe_request = 0.0
         self._pending_keyframe: asyncio.TimerHandle | None = None
@@ -84,6 +85,7 @@ class Producer:
         if self.closed:
             return
         self._last_keyframe_request = time.monotonic()
+        self.keyframe_requests += 1
         task = asyncio.ensure_future(self.tap.request_keyframe())
         task.add_done_callback(_log_failure)
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .metrics import MediaTotals
 from .producer import Producer
 from .transport import OfferSender, WebRtcTransport
 
@@ -84,6 +85,7 @@ class Sfu:
 
     def __init__(self, ice_servers: tuple[dict[str, Any], ...], keyframe_request_interval_s: float) -> None:
         self.routers: dict[str, Router] = {}
+        self.totals = MediaTotals()
         self._ice_servers = ice_servers
         self._keyframe_interval = keyframe_request_interval_s
 
@@ -97,10 +99,31 @@ class Sfu:
         router = self.routers.get(room)
         if router is None:
             return []
+        transport = router.transports.get(participant_id)
+        if transport is not None:
+            self._account(transport)
         ended = await router.close_transport(participant_id)
         if router.empty:
             del self.routers[room]
         return ended
+
+    def _account(self, transport: WebRtcTransport) -> None:
+        """Keeps what a closing transport counted, for the metrics' running totals."""
+        t = self.totals
+        r = transport.retired
+        t.packets_in += r.packets_in
+        t.packets_out += r.packets_out
+        t.bytes_out += r.bytes_out
+        t.retransmits += r.retransmits
+        t.keyframe_requests += r.keyframe_requests
+        for producer in transport.producers:
+            t.packets_in += producer.packets
+            t.keyframe_requests += producer.keyframe_requests
+            t.packets_lost += producer.tap.packets_lost
+        for slot in transport.consumer_slots.values():
+            t.packets_out += slot.consumer.packets
+            t.bytes_out += slot.consumer.bytes
+            t.retransmits += slot.consumer.feed.retransmits
 
     async def close(self) -> None:
         for room in list(self.routers):

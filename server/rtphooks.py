@@ -49,6 +49,22 @@ SEND_HISTORY_SIZE = 512
 RtpHandler = Callable[[RtpPacket], Awaitable[None]]
 
 
+def restrict_host_addresses(addresses: list[str]) -> None:
+    """Gathers ICE host candidates only on these addresses (process-wide).
+
+    aioice offers every interface and never 127.0.0.1; a node with several networks should
+    offer only its media-facing address, and tests keep all media on loopback this way.
+    """
+    import aioice.ice
+
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
 def check_aiortc_version() -> None:
     if aiortc.__version__ != AIORTC_VERSION:
         raise RuntimeError(
@@ -150,6 +166,11 @@ class ReceiverTap:
         if self.on_rtp is not None:
             await self.on_rtp(packet)
 
+    @property
+    def packets_lost(self) -> int:
+        streams = self.receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        return sum(max(0, stats.packets_lost) for stats in streams.values() if stats.max_seq is not None)
+
     async def request_keyframe(self) -> None:
         if self.media_ssrc is not None:
             await self.receiver._send_rtcp_pli(self.media_ssrc)
@@ -185,6 +206,7 @@ class SenderFeed:
         self._rtx_sequence_number = 0
         self._extensions_map = HeaderExtensionsMap()
         self._history: dict[int, RtpPacket] = {}
+        self.retransmits = 0
         self._configured = asyncio.Event()
         self._stopped = False
         self._aiortc_send = sender.send
@@ -257,5 +279,6 @@ class SenderFeed:
             self._rtx_sequence_number = uint16_add(self._rtx_sequence_number, 1)
         try:
             await self.sender.transport._send_rtp(packet.serialize(self._extensions_map))
+            self.retransmits += 1
         except ConnectionError:
             pass

@@ -64,7 +64,9 @@ class WeeklySlot:
             if day.weekday() != self.weekday:
                 continue
             start = self.occurrence_on(day)
-            if start + dt.timedelta(minutes=self.duration_min) > after:
+            # Elapsed time, not wall-clock time: adding to an aware local datetime would
+            # add wall time, off by the hour the clock jumps during the activity.
+            if start.astimezone(dt.timezone.utc) + dt.timedelta(minutes=self.duration_min) > after:
                 return start
         raise AssertionError("a weekly slot always recurs within eight days")
 

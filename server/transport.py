@@ -24,6 +24,7 @@ from aiortc import (
 )
 
 from .consumer import Consumer
+from .metrics import MediaTotals
 from .producer import Producer
 from .rtphooks import ReceiverTap, SenderFeed
 
@@ -92,6 +93,8 @@ class WebRtcTransport:
         self.consumer_slots: dict[str, ConsumerSlot] = {}
         self.negotiation_id = 0
         self.closed = False
+        # Counts of producers and consumers that ended while the transport lived on.
+        self.retired = MediaTotals()
         self._send_offer = send_offer
         self._keyframe_interval = keyframe_request_interval_s
         self._in_flight: int | None = None
@@ -144,6 +147,8 @@ class WebRtcTransport:
                 stopped = slot.producer
                 slot.producer = None
                 stopped.close()
+                self.retired.packets_in += stopped.packets
+                self.retired.keyframe_requests += stopped.keyframe_requests
         self.request_negotiation()
         return stopped
 
@@ -170,6 +175,9 @@ class WebRtcTransport:
         if slot is None:
             return
         slot.consumer.close()
+        self.retired.packets_out += slot.consumer.packets
+        self.retired.bytes_out += slot.consumer.bytes
+        self.retired.retransmits += slot.consumer.feed.retransmits
         # aiortc cannot remove an m-line; an inactive one stays in later offers. Its
         # sender stops once the client has agreed (an answer to an older offer could
         # otherwise start it again).

@@ -183,6 +183,8 @@ class Cluster:
                 for dead in await self.store.dead_nodes():
                     await self._reap(dead)
             except StoreUnavailable as exc:
+                if self.service.metrics is not None:
+                    self.service.metrics.redis_errors.inc()
                 if not self.store_down:
                     logger.warning("store unreachable (%s); calls go on, joins wait", exc)
                 self.store_down = True

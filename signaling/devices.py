@@ -21,6 +21,7 @@ from server.config import Settings
 from server.directory import Activity, Contact, Directory, Kiosk, Senior
 from server.pairing import authenticate_kiosk
 from server.schedule import next_occurrence
+from server.turn import ice_servers_for
 from server.store import Store, Subscription
 
 from .protocol import VERSION, CloseCode, ProtocolError, error
@@ -133,7 +134,7 @@ class DeviceHub:
             ],
             "activities": activities,
             "ping_interval_ms": int(self.settings.ping_interval_s * 1000),
-            "ice_servers": [dict(server) for server in self.settings.ice_servers],
+            "ice_servers": ice_servers_for(self.settings, f"kiosk-{kiosk.id}"),
         }
 
     def _to_device(self, conn: Connection, event: dict[str, Any]) -> None:

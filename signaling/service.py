@@ -16,6 +16,8 @@ from aiohttp import WSMsgType, web
 
 from server.config import Settings
 from server.directory import Activity, Directory
+from server.metrics import Metrics
+from server.turn import ice_servers_for
 from server.producer import Producer
 from server.router import Sfu
 from server.store import ParticipantState, RoomFull, Store, StoreUnavailable, Subscription, TrackState
@@ -44,6 +46,7 @@ class SignalingService:
         self.directory = directory
         self.devices = DeviceHub(settings, store, directory, issuer)
         self.cluster = Cluster(self, settings, store)
+        self.metrics: Metrics | None = None
         self.sessions: dict[str, Session] = {}
         # (room, participant id) → the session holding that seat on this node.
         self.members: dict[tuple[str, str], Session] = {}
@@ -106,6 +109,8 @@ class SignalingService:
         except ProtocolError as exc:
             self._reply_error(conn, exc)
         except StoreUnavailable:
+            if self.metrics is not None:
+                self.metrics.redis_errors.inc()
             self._reply_error(
                 conn, ProtocolError("unavailable", "The service is busy; try again in a moment.")
             )
@@ -238,7 +243,7 @@ class SignalingService:
                 "ping_interval_ms": int(s.ping_interval_s * 1000),
                 "ping_timeout_ms": int(s.ping_timeout_s * 1000),
                 "resume_grace_ms": int(s.resume_grace_s * 1000),
-                "ice_servers": [dict(server) for server in s.ice_servers],
+                "ice_servers": ice_servers_for(s, grant.participant_id),
                 "limits": {
                     "max_message_bytes": s.max_message_bytes,
                     "messages_per_second": s.messages_per_second,
@@ -272,7 +277,17 @@ class SignalingService:
             session.grace_task = None
         conn.session = session
         session.connection = conn
-        conn.send({"type": "resumed", "ref": ref, "session_id": session.id, "seq": session.seq, "replayed": len(replay)})
+        conn.send(
+            {
+                "type": "resumed",
+                "ref": ref,
+                "session_id": session.id,
+                "seq": session.seq,
+                "replayed": len(replay),
+                # Fresh TURN credentials: the old ones may be near their expiry.
+                "ice_servers": ice_servers_for(self.settings, participant_id),
+            }
+        )
         for text in replay:
             conn.send_text(text)
         offer = session.transport.pending_offer if session.transport else None
@@ -400,6 +415,8 @@ class SignalingService:
         if grant.may("moderate"):
             joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
         session.send(joined)
+        if self.metrics is not None:
+            self.metrics.join_seconds.observe(time.monotonic() - session.started)
         me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
         if me is not None:
             await self._broadcast(room, {"type": "participant_joined", "participant": _participant(me)}, skip=grant.participant_id)

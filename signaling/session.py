@@ -158,6 +158,7 @@ class Session:
         # False while waiting in the lobby.
         self.admitted = False
         self.joined_at = 0.0
+        self.started = time.monotonic()
         self.seq = 0
         self._buffer: deque[tuple[int, str]] = deque(maxlen=buffer_size)
 

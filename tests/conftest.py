@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,16 @@ from aiohttp.test_utils import TestServer
 
 from server.app import ISSUER_KEY, create_app
 from server.config import Settings
+from server.rtphooks import restrict_host_addresses
 from signaling.tokens import TokenIssuer
 
 TEST_SECRET = "test-secret-" + "x" * 40
+
+# All media in the tests stays on loopback: in this process (clients and in-process
+# servers) and in server processes the tests start (they read the environment).
+LOOPBACK_MEDIA = ("127.0.0.1",)
+os.environ["VERZILVERING_MEDIA_ADDRESSES"] = json.dumps(list(LOOPBACK_MEDIA))
+restrict_host_addresses(list(LOOPBACK_MEDIA))
 
 
 @dataclass

@@ -228,3 +228,39 @@ async def test_twenty_join_leave_cycles_leave_nothing_behind(server: RunningServ
     await eventually(lambda: len(asyncio.all_tasks()) <= baseline["tasks"], what="tasks to end")
     await eventually(lambda: _threads() <= baseline["threads"], what="threads to end")
     await eventually(lambda: len(_peer_connections()) <= baseline["pcs"], what="peer connections freed")
+
+
+async def test_metrics_count_the_forwarding(server: RunningServer, call_client: ClientFactory) -> None:
+    import aiohttp
+
+    alice = await call_client("Alice")
+    bob = await call_client("Bob")
+    await eventually(lambda: receiving(alice, bob) and receiving(bob, alice), what="media")
+
+    async def scrape() -> tuple[str, dict[str, float]]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+        return text, {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith("verzilvering_")
+        }
+
+    _, before = await scrape()
+    video = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video")
+    video.request_keyframe()
+    video.request_keyframe()  # coalesced with the first
+    await asyncio.sleep(0.1)
+    text, values = await scrape()
+    assert values["verzilvering_pli_total"] == before["verzilvering_pli_total"] + 1
+    assert values["verzilvering_rooms"] == 1
+    assert values["verzilvering_participants"] == 2
+    assert values["verzilvering_forwarded_streams"] == 4
+    assert values["verzilvering_forwarded_packets_total"] > 100
+    assert values["verzilvering_received_packets_total"] >= values["verzilvering_forwarded_packets_total"] / 2
+    assert values["verzilvering_forwarded_bytes_total"] > 10_000
+    assert values["verzilvering_join_seconds_count"] == 2
+    assert "verzilvering_redis_errors_total" in values
+    assert "alice" not in text.lower() and "room-1" not in text

@@ -1,0 +1,99 @@
+"""`/metrics` in Prometheus format.
+
+The media hot path keeps plain integer counters on its objects (a Prometheus counter per
+packet would cost a lock each time); this collector sums them when Prometheus scrapes,
+plus what closed producers and consumers left behind. Labels never name a person or room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from signaling.service import SignalingService
+
+    from .router import Sfu
+
+
+class MediaTotals:
+    """Counts carried over from producers and consumers that have closed."""
+
+    def __init__(self) -> None:
+        self.packets_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.retransmits = 0
+        self.keyframe_requests = 0
+        self.packets_lost = 0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.join_seconds = Histogram(
+            "verzilvering_join_seconds",
+            "From hello to the room snapshot, on the node hosting the room.",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "verzilvering_redis_errors", "State-store operations that failed (store unreachable or refusing).",
+            registry=self.registry,
+        )
+
+    def watch(self, sfu: "Sfu", signaling: "SignalingService") -> None:
+        self.registry.register(_LiveCollector(sfu, signaling))
+
+
+class _LiveCollector(Collector):
+    def __init__(self, sfu: "Sfu", signaling: "SignalingService") -> None:
+        self.sfu = sfu
+        self.signaling = signaling
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        totals = self.sfu.totals
+        packets_in, packets_out, bytes_out = totals.packets_in, totals.packets_out, totals.bytes_out
+        retransmits, keyframes, lost = totals.retransmits, totals.keyframe_requests, totals.packets_lost
+        consumers = 0
+        for router in self.sfu.routers.values():
+            for transport in router.transports.values():
+                r = transport.retired
+                packets_in += r.packets_in
+                packets_out += r.packets_out
+                bytes_out += r.bytes_out
+                retransmits += r.retransmits
+                keyframes += r.keyframe_requests
+                for producer in transport.producers:
+                    packets_in += producer.packets
+                    keyframes += producer.keyframe_requests
+                    lost += producer.tap.packets_lost
+                for slot in transport.consumer_slots.values():
+                    consumers += 1
+                    packets_out += slot.consumer.packets
+                    bytes_out += slot.consumer.bytes
+                    retransmits += slot.consumer.feed.retransmits
+        yield GaugeMetricFamily("verzilvering_rooms", "Rooms whose media this node hosts.", len(self.sfu.routers))
+        yield GaugeMetricFamily(
+            "verzilvering_participants", "Participant sessions on this node.",
+            sum(1 for s in self.signaling.sessions.values() if s.joined),
+        )
+        yield GaugeMetricFamily("verzilvering_forwarded_streams", "Consumers: one track forwarded to one subscriber.", consumers)
+        yield CounterMetricFamily("verzilvering_received_packets", "RTP packets received from publishers.", packets_in)
+        yield CounterMetricFamily("verzilvering_forwarded_packets", "RTP packets forwarded to subscribers.", packets_out)
+        yield CounterMetricFamily("verzilvering_forwarded_bytes", "RTP payload bytes forwarded to subscribers.", bytes_out)
+        yield CounterMetricFamily("verzilvering_packets_lost", "Packets lost on the way from publishers.", lost)
+        yield CounterMetricFamily("verzilvering_nack", "Packets retransmitted after a subscriber's NACK.", retransmits)
+        yield CounterMetricFamily("verzilvering_pli", "Keyframe requests (PLI) sent to publishers.", keyframes)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    from .app import METRICS_KEY
+
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
