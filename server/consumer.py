@@ -38,18 +38,22 @@ class Consumer:
         self._last_ts = 0
         self._last_sent_at = 0.0
         self._rebase = False
+        self._payload_type: int | None = None
         feed.on_keyframe_request = producer.request_keyframe
         producer.consumers.add(self)
 
     async def forward(self, packet: RtpPacket) -> None:
-        if self.closed or not self.feed.ready:
+        if self.closed:
             return
-        mime_type = self.producer.mime_type
-        payload_type = self.feed.payload_type_for(mime_type) if mime_type else None
+        payload_type = self._payload_type
         if payload_type is None:
-            return
+            if not self.feed.ready or self.producer.mime_type is None:
+                return
+            payload_type = self._payload_type = self.feed.payload_type_for(self.producer.mime_type)
+            if payload_type is None:
+                return
         if self._waiting_for_keyframe:
-            if not is_keyframe_start(mime_type, packet.payload):
+            if not is_keyframe_start(self.producer.mime_type or "", packet.payload):
                 self.producer.request_keyframe()
                 return
             self._waiting_for_keyframe = False
@@ -64,23 +68,19 @@ class Consumer:
             self._seq_offset = (self._last_seq + 1 - packet.sequence_number) & 0xFFFF
             self._ts_offset = (self._last_ts + elapsed - packet.timestamp) & 0xFFFFFFFF
         self._rebase = False
-        out = RtpPacket(
-            payload_type=payload_type,
-            marker=packet.marker,
-            sequence_number=(packet.sequence_number + self._seq_offset) & 0xFFFF,
-            timestamp=(packet.timestamp + self._ts_offset) & 0xFFFFFFFF,
-            ssrc=self.feed.ssrc,
-            payload=packet.payload,
-        )
-        out.extensions.audio_level = packet.extensions.audio_level
+        sequence_number = (packet.sequence_number + self._seq_offset) & 0xFFFF
+        timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
         try:
-            await self.feed.send(out)
+            await self.feed.send(
+                payload_type, packet.marker, sequence_number, timestamp, packet.payload,
+                packet.extensions.audio_level,
+            )
         except ConnectionError:
             return
         self.packets += 1
-        self.bytes += len(out.payload)
-        self._last_seq = out.sequence_number
-        self._last_ts = out.timestamp
+        self.bytes += len(packet.payload)
+        self._last_seq = sequence_number
+        self._last_ts = timestamp
         self._last_sent_at = time.monotonic()
 
     def resync(self) -> None:

@@ -17,12 +17,13 @@ touch move.
 from __future__ import annotations
 
 import asyncio
+import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiortc
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
-from aiortc import clock
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import (
@@ -47,6 +48,14 @@ AIORTC_VERSION = "1.16.0"
 SEND_HISTORY_SIZE = 512
 
 RtpHandler = Callable[[RtpPacket], Awaitable[None]]
+
+_HEADER = struct.Struct("!BBHII")
+_EXTENSION_HEADER = struct.Struct("!HH")
+# Seconds between the NTP epoch (1900) and the Unix epoch (1970).
+NTP_EPOCH_OFFSET_S = 2208988800
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
 def restrict_host_addresses(addresses: list[str]) -> None:
@@ -205,7 +214,10 @@ class SenderFeed:
         self._rtx_payload_type: int | None = None
         self._rtx_sequence_number = 0
         self._extensions_map = HeaderExtensionsMap()
-        self._history: dict[int, RtpPacket] = {}
+        self._history: dict[int, bytes] = {}
+        self._mid_element = b""
+        self._abs_send_time_id = 0
+        self._audio_level_id = 0
         self.retransmits = 0
         self._configured = asyncio.Event()
         self._stopped = False
@@ -244,6 +256,14 @@ class SenderFeed:
             else:
                 self.payload_types.setdefault(codec.mimeType.lower(), codec.payloadType)
         self._extensions_map.configure(parameters)
+        for extension in parameters.headerExtensions:
+            if extension.uri == MID_URI and self.mid and 0 < extension.id < 15:
+                mid = self.mid.encode()
+                self._mid_element = bytes((extension.id << 4 | (len(mid) - 1),)) + mid
+            elif extension.uri == ABS_SEND_TIME_URI and 0 < extension.id < 15:
+                self._abs_send_time_id = extension.id
+            elif extension.uri == AUDIO_LEVEL_URI and 0 < extension.id < 15:
+                self._audio_level_id = extension.id
         await self._aiortc_send(parameters)
         self._configured.set()
 
@@ -251,24 +271,54 @@ class SenderFeed:
         if self.on_keyframe_request is not None:
             self.on_keyframe_request()
 
-    async def send(self, packet: RtpPacket) -> None:
-        """Sends one packet whose SSRC, sequence number and timestamp are already ours."""
-        packet.extensions.mid = self.mid
-        packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-        self._history[packet.sequence_number % SEND_HISTORY_SIZE] = packet
-        data = packet.serialize(self._extensions_map)
+    async def send(
+        self,
+        payload_type: int,
+        marker: int,
+        sequence_number: int,
+        timestamp: int,
+        payload: bytes,
+        audio_level: tuple[bool, int] | None = None,
+    ) -> None:
+        """Sends one packet under this sender's SSRC, with our own header extensions.
+
+        The header is packed directly: building and serialising an aiortc RtpPacket per
+        packet and subscriber cost about as much as the encryption.
+        """
+        now = time.time()
+        extensions = self._mid_element
+        if self._abs_send_time_id:
+            abs_send_time = int((now + NTP_EPOCH_OFFSET_S) * (1 << 18)) & 0xFFFFFF
+            extensions += bytes((self._abs_send_time_id << 4 | 2,)) + abs_send_time.to_bytes(3, "big")
+        if audio_level is not None and self._audio_level_id:
+            vad, level = audio_level
+            extensions += bytes((self._audio_level_id << 4, (0x80 if vad else 0) | (level & 0x7F)))
+        if extensions:
+            extensions += b"\x00" * (-len(extensions) % 4)
+            data = b"".join(
+                (
+                    _HEADER.pack(0x90, marker << 7 | payload_type, sequence_number, timestamp, self.sender._ssrc),
+                    _EXTENSION_HEADER.pack(0xBEDE, len(extensions) >> 2),
+                    extensions,
+                    payload,
+                )
+            )
+        else:
+            data = _HEADER.pack(0x80, marker << 7 | payload_type, sequence_number, timestamp, self.sender._ssrc) + payload
+        self._history[sequence_number % SEND_HISTORY_SIZE] = data
         await self.sender.transport._send_rtp(data)
         s = self.sender
         # aiortc's sender reports and getStats() read these counters.
-        s._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
-        s._RTCRtpSender__rtp_timestamp = packet.timestamp  # type: ignore[attr-defined]
-        s._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore[attr-defined]
+        s._RTCRtpSender__ntp_timestamp = int((now + NTP_EPOCH_OFFSET_S) * (1 << 32))  # type: ignore[attr-defined]
+        s._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        s._RTCRtpSender__octet_count += len(payload)  # type: ignore[attr-defined]
         s._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
 
     async def _retransmit(self, sequence_number: int) -> None:
-        packet = self._history.get(sequence_number % SEND_HISTORY_SIZE)
-        if packet is None or packet.sequence_number != sequence_number:
+        data = self._history.get(sequence_number % SEND_HISTORY_SIZE)
+        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
             return
+        packet = RtpPacket.parse(data, self._extensions_map)
         if self._rtx_payload_type is not None:
             packet = wrap_rtx(
                 packet,
