@@ -43,7 +43,12 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[ISSUER_KEY] = make_issuer(settings)
     app[STARTED_KEY] = time.monotonic()
-    app[SFU_KEY] = Sfu(settings.ice_servers, settings.keyframe_request_interval_s)
+    app[SFU_KEY] = Sfu(
+        settings.ice_servers,
+        settings.keyframe_request_interval_s,
+        settings.last_n_audio,
+        settings.speaker_interval_s,
+    )
     app.cleanup_ctx.append(_state)
     app[METRICS_KEY] = Metrics()
     app.router.add_get("/healthz", healthz)

@@ -68,6 +68,9 @@ class Settings:
     # Request a keyframe from a producer at most this often, however many ask.
     keyframe_request_interval_s: float = 0.25
     negotiation_timeout_s: float = 15.0
+    # Last-N audio: forward only the N loudest voices (plus the host) to everyone.
+    last_n_audio: int = 3
+    speaker_interval_s: float = 0.3
 
     # Web pages (web/): staff sessions, login throttling, invites and photos.
     # A staff session cookie is valid this long after login.

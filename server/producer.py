@@ -34,12 +34,18 @@ class Producer:
         self.closed = False
         # A muted producer's packets stop at the server: nobody receives them.
         self.paused = False
+        # Last-N audio: only audible producers are forwarded; hosts always are.
+        self.audible = True
+        self.always_audible = False
+        # Smoothed 127 - dBov from the publisher's RFC 6464 levels (0 = silence).
+        self.loudness = 0.0
         self.packets = 0
         self.keyframe_requests = 0
         self._keyframe_interval = keyframe_request_interval_s
         self._last_keyframe_request = 0.0
         self._pending_keyframe: asyncio.TimerHandle | None = None
         tap.on_rtp = self._on_rtp
+        tap.downstream_limit = self.downstream_limit
 
     @property
     def mime_type(self) -> str | None:
@@ -55,9 +61,23 @@ class Producer:
                 consumer.resync()
             self.request_keyframe()
 
+    def downstream_limit(self) -> int | None:
+        """The smallest bitrate any subscriber reported it can take (REMB), if any did."""
+        reported = [c.feed.remb_bps for c in self.consumers if c.feed.remb_bps]
+        return min(reported) if reported else None
+
+    def set_audible(self, audible: bool) -> None:
+        if audible and not self.audible:
+            for consumer in self.consumers:
+                consumer.resync()
+        self.audible = audible
+
     async def _on_rtp(self, packet: RtpPacket) -> None:
         self.packets += 1
-        if self.paused:
+        level = packet.extensions.audio_level
+        if level is not None:
+            self.loudness = 0.8 * self.loudness + 0.2 * (127 - level[1])
+        if self.paused or not self.audible:
             return
         for consumer in tuple(self.consumers):
             try:

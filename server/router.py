@@ -8,18 +8,27 @@ from typing import Any
 
 from .metrics import MediaTotals
 from .producer import Producer
+from .speakers import SpeakerSelector
 from .transport import OfferSender, WebRtcTransport
 
 logger = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, room: str, ice_servers: tuple[dict[str, Any], ...], keyframe_request_interval_s: float) -> None:
+    def __init__(
+        self,
+        room: str,
+        ice_servers: tuple[dict[str, Any], ...],
+        keyframe_request_interval_s: float,
+        last_n_audio: int = 3,
+        speaker_interval_s: float = 0.3,
+    ) -> None:
         self.room = room
         self.transports: dict[str, WebRtcTransport] = {}
         self.subscribers: set[str] = set()
         self._ice_servers = ice_servers
         self._keyframe_interval = keyframe_request_interval_s
+        self.speakers = SpeakerSelector(lambda: self.producers, last_n_audio, speaker_interval_s)
 
     def create_transport(
         self,
@@ -53,6 +62,10 @@ class Router:
         return next((p for p in self.producers if p.id == producer_id), None)
 
     def producer_started(self, producer: Producer) -> None:
+        if producer.kind == "audio":
+            self.speakers.start()
+            # Heard from the start; the next selection round decides whether it stays so.
+            producer.audible = True
         for participant_id in self.subscribers:
             if participant_id != producer.participant_id:
                 self.transports[participant_id].consume(producer)
@@ -83,17 +96,34 @@ class Router:
 class Sfu:
     """All routers on this node, one per room with media here."""
 
-    def __init__(self, ice_servers: tuple[dict[str, Any], ...], keyframe_request_interval_s: float) -> None:
+    def __init__(
+        self,
+        ice_servers: tuple[dict[str, Any], ...],
+        keyframe_request_interval_s: float,
+        last_n_audio: int = 3,
+        speaker_interval_s: float = 0.3,
+    ) -> None:
         self.routers: dict[str, Router] = {}
         self.totals = MediaTotals()
         self._ice_servers = ice_servers
         self._keyframe_interval = keyframe_request_interval_s
+        self._last_n_audio = last_n_audio
+        self._speaker_interval = speaker_interval_s
+        # Told (room, participant id) when a room's active speaker changes.
+        self.on_active_speaker: Callable[[str, str | None], None] | None = None
 
     def router(self, room: str) -> Router:
         router = self.routers.get(room)
         if router is None:
-            router = self.routers[room] = Router(room, self._ice_servers, self._keyframe_interval)
+            router = self.routers[room] = Router(
+                room, self._ice_servers, self._keyframe_interval, self._last_n_audio, self._speaker_interval
+            )
+            router.speakers.on_active_speaker = lambda speaker: self._speaker_changed(room, speaker)
         return router
+
+    def _speaker_changed(self, room: str, speaker: str | None) -> None:
+        if self.on_active_speaker is not None:
+            self.on_active_speaker(room, speaker)
 
     async def close_transport(self, room: str, participant_id: str) -> list[Producer]:
         router = self.routers.get(room)
@@ -104,6 +134,7 @@ class Sfu:
             self._account(transport)
         ended = await router.close_transport(participant_id)
         if router.empty:
+            router.speakers.stop()
             del self.routers[room]
         return ended
 

@@ -34,10 +34,12 @@ from aiortc.rtcrtpparameters import (
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
+    AnyRtcpPacket,
     RtcpPsfbPacket,
     RtpPacket,
     HeaderExtensionsMap,
     pack_remb_fci,
+    unpack_remb_fci,
     unwrap_rtx,
     wrap_rtx,
 )
@@ -89,6 +91,9 @@ class ReceiverTap:
         self.receiver = receiver
         self.kind = kind
         self.on_rtp: RtpHandler | None = None
+        # The lowest bitrate the subscribers' REMBs allow; the publisher is never asked to
+        # send more than its slowest subscriber can take.
+        self.downstream_limit: Callable[[], int | None] | None = None
         self.codecs: dict[int, RTCRtpCodecParameters] = {}
         self.media_ssrc: int | None = None
         self._rtx_ssrc: dict[int, int] = {}
@@ -145,9 +150,13 @@ class ReceiverTap:
                 ssrc=packet.ssrc,
             )
             if remb is not None and rtcp_ssrc is not None:
+                bitrate, ssrcs = remb
+                limit = self.downstream_limit() if self.downstream_limit else None
+                if limit is not None:
+                    bitrate = min(bitrate, limit)
                 await r._send_rtcp(
                     RtcpPsfbPacket(
-                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
                     )
                 )
 
@@ -221,8 +230,12 @@ class SenderFeed:
         self.retransmits = 0
         self._configured = asyncio.Event()
         self._stopped = False
+        # The subscriber's latest REMB: how much it can receive.
+        self.remb_bps: int | None = None
         self._aiortc_send = sender.send
         self._aiortc_stop = sender.stop
+        self._aiortc_handle_rtcp = sender._handle_rtcp_packet
+        sender._handle_rtcp_packet = self._handle_rtcp_packet  # type: ignore[method-assign]
         sender.replaceTrack(_ParkedTrack(kind))
         sender.send = self._send  # type: ignore[method-assign]
         sender.stop = self._stop  # type: ignore[method-assign]
@@ -266,6 +279,17 @@ class SenderFeed:
                 self._audio_level_id = extension.id
         await self._aiortc_send(parameters)
         self._configured.set()
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if self.sender._ssrc in ssrcs:
+                self.remb_bps = bitrate
+            return
+        await self._aiortc_handle_rtcp(packet)
 
     def _keyframe_requested(self) -> None:
         if self.on_keyframe_request is not None:

@@ -47,6 +47,7 @@ class SignalingService:
         self.devices = DeviceHub(settings, store, directory, issuer)
         self.cluster = Cluster(self, settings, store)
         self.metrics: Metrics | None = None
+        sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
         # (room, participant id) → the session holding that seat on this node.
         self.members: dict[tuple[str, str], Session] = {}
@@ -580,6 +581,7 @@ class SignalingService:
         for producer in started:
             muted = bool(state and getattr(state, f"{producer.kind}_muted"))
             producer.set_paused(muted)
+            producer.always_audible = session.grant.may("moderate")
             track = TrackState(
                 track_id=producer.id,
                 room=session.room,
@@ -626,6 +628,12 @@ class SignalingService:
             room, {"type": "mute_changed", "participant_id": target, "kind": kind, "muted": muted, "by": by}
         )
         return True
+
+    def _active_speaker(self, room: str, participant_id: str | None) -> None:
+        task = asyncio.ensure_future(
+            self._broadcast(room, {"type": "active_speaker", "participant_id": participant_id})
+        )
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _kick(self, session: Session, target_id: str, ref: str | None) -> None:
         assert session.room is not None
