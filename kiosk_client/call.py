@@ -19,6 +19,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
 from .signaling import SignalingClient
 
@@ -81,7 +82,9 @@ class CallClient:
         decoded frame; `configure_pc` each new peer connection before it is used;
         `heartbeat` (seconds) detects a dead signalling socket (None: rely on TCP)."""
         self.signaling = SignalingClient(server, token, self._on_message, heartbeat=heartbeat)
-        self.video = video
+        # Scaled to whatever height the server asks for this participant's tile.
+        self.video = ScaledVideoTrack(video) if video is not None else None
+        self.publishing = PublishControl(self.video)
         self.audio = audio
         self.on_event = on_event
         self.on_frame = on_frame
@@ -153,6 +156,8 @@ class CallClient:
             self.names[message["participant"]["participant_id"]] = message["participant"]["name"]
         elif kind == "offer":
             self._offers.put_nowait(message)
+        elif kind == "publish_quality":
+            self.publishing.quality(message.get("video", {}))
         elif kind == "error":
             logger.warning("server error %s: %s", message.get("code"), message.get("message"))
             self.errors.append(message)
@@ -193,6 +198,7 @@ class CallClient:
                 continue
             if transceiver.sender.track is not track:
                 transceiver.sender.replaceTrack(track)
+            self.publishing.hook_sender(transceiver.sender)
             transceiver.direction = "sendonly"
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
@@ -253,6 +259,7 @@ class CallClient:
         }
 
     async def close(self) -> None:
+        self.publishing.close()
         if self._negotiator is not None:
             self._negotiator.cancel()
         await self.signaling.close()

@@ -68,6 +68,14 @@ class Settings:
     # Request a keyframe from a producer at most this often, however many ask.
     keyframe_request_interval_s: float = 0.25
     negotiation_timeout_s: float = 15.0
+    # What publishers are asked to send: the host and the spotlit participant at full
+    # quality, everyone else as a small tile (family calls: everyone full).
+    main_video_bitrate_bps: int = 1_000_000
+    main_video_height: int = 720
+    tile_video_bitrate_bps: int = 150_000
+    tile_video_height: int = 240
+    # Music mode: Opus for choir and music (stereo, this bitrate, no DTX).
+    music_opus_bitrate_bps: int = 128_000
     # Last-N audio: forward only the N loudest voices (plus the host) to everyone.
     last_n_audio: int = 3
     speaker_interval_s: float = 0.3

@@ -61,6 +61,30 @@ def _set_codec_preferences(transceiver: RTCRtpTransceiver, kind: str) -> None:
     transceiver.setCodecPreferences(codecs)
 
 
+def music_sdp(sdp: str, bitrate_bps: int) -> str:
+    """Asks every Opus sender and receiver for music: stereo, a high bitrate, no DTX.
+
+    Only the SDP the client sees changes; the SFU forwards whatever arrives.
+    """
+    lines = sdp.split("\r\n")
+    opus = {
+        line.split(":", 1)[1].split(" ", 1)[0]
+        for line in lines
+        if line.startswith("a=rtpmap:") and " opus/48000" in line.lower()
+    }
+    music = f"stereo=1;sprop-stereo=1;maxaveragebitrate={bitrate_bps};usedtx=0"
+    out = []
+    for line in lines:
+        if line.startswith("a=fmtp:") and line[len("a=fmtp:"):].split(" ", 1)[0] in opus:
+            line = f"{line};{music}"
+        out.append(line)
+        if line.startswith("a=rtpmap:") and line.split(":", 1)[1].split(" ", 1)[0] in opus:
+            pt = line.split(":", 1)[1].split(" ", 1)[0]
+            if not any(l.startswith(f"a=fmtp:{pt} ") for l in lines):
+                out.append(f"a=fmtp:{pt} {music}")
+    return "\r\n".join(out)
+
+
 @dataclass
 class PublishSlot:
     transceiver: RTCRtpTransceiver
@@ -93,6 +117,8 @@ class WebRtcTransport:
         self.consumer_slots: dict[str, ConsumerSlot] = {}
         self.negotiation_id = 0
         self.closed = False
+        # Music mode: the Opus bitrate offered to clients, or 0 for speech defaults.
+        self.music_bitrate_bps = 0
         # Counts of producers and consumers that ended while the transport lived on.
         self.retired = MediaTotals()
         self._send_offer = send_offer
@@ -192,6 +218,11 @@ class WebRtcTransport:
 
     # --- negotiation -----------------------------------------------------------------
 
+    def set_music(self, bitrate_bps: int) -> None:
+        if bitrate_bps != self.music_bitrate_bps:
+            self.music_bitrate_bps = bitrate_bps
+            self.request_negotiation()
+
     def request_negotiation(self) -> None:
         if self.closed:
             return
@@ -235,8 +266,11 @@ class WebRtcTransport:
                         "kind": slot.consumer.kind,
                     }
                 )
+            sdp = self.pc.localDescription.sdp
+            if self.music_bitrate_bps:
+                sdp = music_sdp(sdp, self.music_bitrate_bps)
             self._pending_offer = {
-                "sdp": self.pc.localDescription.sdp,
+                "sdp": sdp,
                 "negotiation_id": self.negotiation_id,
                 "publish": publish,
                 "consumers": consumers,

@@ -416,6 +416,10 @@ class SignalingService:
         if grant.may("moderate"):
             joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
         session.send(joined)
+        if joined["room_state"].get("music_mode"):
+            session.transport.set_music(self.settings.music_opus_bitrate_bps)
+        if grant.may("publish"):
+            session.send({"type": "publish_quality", **self._quality(room, grant.participant_id, grant.role, joined["room_state"])})
         if self.metrics is not None:
             self.metrics.join_seconds.observe(time.monotonic() - session.started)
         me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
@@ -427,10 +431,30 @@ class SignalingService:
 
     async def _update_room(self, session: Session, **changes: Any) -> None:
         assert session.room is not None
-        state = await self._room_state(session.room)
+        room = session.room
+        state = await self._room_state(room)
         state.update(changes)
-        await self.store.set_room_state(session.room, state)
-        await self._broadcast(session.room, {"type": "room_updated", "room": state})
+        await self.store.set_room_state(room, state)
+        await self._broadcast(room, {"type": "room_updated", "room": state})
+        if "music_mode" in changes:
+            await self._broadcast(room, {"type": "_music", "enabled": state["music_mode"]})
+        if "spotlight" in changes:
+            for participant in await self.store.list_participants(room):
+                if participant.admitted:
+                    quality = self._quality(room, participant.participant_id, participant.role, state)
+                    await self._broadcast(room, {"type": "publish_quality", **quality, "_to": participant.participant_id})
+
+    def _quality(self, room: str, participant_id: str, role: str, state: dict[str, Any]) -> dict[str, Any]:
+        """Full quality for hosts, the spotlit and everyone in a family call; tiles otherwise."""
+        s = self.settings
+        main = (
+            room.startswith(CALL_ROOM_PREFIX)
+            or role in ("host", "admin")
+            or state.get("spotlight") == participant_id
+        )
+        if main:
+            return {"video": {"max_bitrate_bps": s.main_video_bitrate_bps, "max_height": s.main_video_height}}
+        return {"video": {"max_bitrate_bps": s.tile_video_bitrate_bps, "max_height": s.tile_video_height}}
 
     async def _admitted_target(self, session: Session, participant_id: str, ref: str | None) -> str:
         assert session.room is not None
@@ -546,6 +570,11 @@ class SignalingService:
             for producer in transport.producers if transport else []:
                 if producer.kind == event["kind"]:
                     producer.set_paused(event["muted"])
+        elif kind == "_music":
+            router = self.sfu.routers.get(room)
+            bitrate = self.settings.music_opus_bitrate_bps if event["enabled"] else 0
+            for transport in router.transports.values() if router else []:
+                transport.set_music(bitrate)
         elif kind == "_end":
             for (member_room, _), session in list(self.members.items()):
                 if member_room == room:

@@ -297,3 +297,22 @@ async def test_lost_packet_to_a_subscriber_is_retransmitted_from_history(
     # The subscriber's bandwidth estimate reaches the producer, which caps the publisher by it.
     video = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video")
     await eventually(lambda: video.downstream_limit() is not None, timeout=10, what="REMB from the subscriber")
+
+
+async def test_tiles_are_scaled_and_capped_and_spotlight_restores_full_quality(
+    server: RunningServer, call_client: ClientFactory
+) -> None:
+    host = await call_client("Host", role="host", participant_id="p-host")
+    senior = CallClient(
+        server.url, server.token(name="Senior", participant_id="p-senior"),
+        video=open_video("testsrc", width=640, height=480, fps=15).video, audio=open_audio("tone").audio,
+    )
+    try:
+        await senior.start()
+        await eventually(lambda: (m := media_from(host, senior)) is not None and m.video_frames > 5, what="video")
+        await eventually(lambda: media_from(host, senior).video_height == 240, what="a 240-line tile")  # type: ignore[union-attr]
+        assert senior.publishing.governor.target <= 150_000
+        await host.signaling.send({"type": "spotlight", "participant_id": "p-senior"})
+        await eventually(lambda: media_from(host, senior).video_height == 480, what="full picture when spotlit")  # type: ignore[union-attr]
+    finally:
+        await senior.close()

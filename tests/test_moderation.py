@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.app import DIRECTORY_KEY, STORE_KEY
+from server.app import DIRECTORY_KEY, SFU_KEY, STORE_KEY
 from server.directory import Activity, Senior
 from signaling.protocol import CloseCode
 
@@ -157,3 +157,46 @@ async def test_end_removes_everyone(server: RunningServer, connect: Any) -> None
         assert removed["reason"] == "ended"
         assert await client.closed() == CloseCode.REMOVED
     assert await server.app[STORE_KEY].list_rooms() == {}
+
+
+async def test_publish_quality_follows_role_and_spotlight(server: RunningServer, connect: Any) -> None:
+    host, senior = await connect(), await connect()
+    await join(host, server.token(role="host", name="Ans", participant_id="p-host"))
+    await join(senior, server.token(name="Jansen", participant_id="s-1"))
+    assert (await host.expect("publish_quality"))["video"] == {"max_bitrate_bps": 1_000_000, "max_height": 720}
+    assert (await senior.expect("publish_quality"))["video"] == {"max_bitrate_bps": 150_000, "max_height": 240}
+    await host.send({"type": "spotlight", "participant_id": "s-1"})
+    assert (await senior.expect("publish_quality"))["video"]["max_height"] == 720
+    await host.send({"type": "spotlight", "participant_id": None})
+    assert (await senior.expect("publish_quality"))["video"]["max_height"] == 240
+
+
+async def test_music_mode_reoffers_opus_for_music(server: RunningServer, connect: Any) -> None:
+    host = await connect()
+    await join(host, server.token(role="host", name="Ans"))
+    await host.send({"type": "publish", "audio": True, "video": False})
+    first = await host.expect("offer")
+    assert "stereo=1" not in first["sdp"]
+    await host.send({"type": "music_mode", "enabled": True})
+    # The first offer is still unanswered; a stale answer is refused and the music offer
+    # follows the next answer. Answering with the real SDP needs a peer, so check the
+    # transport's next offer directly.
+    transport = server.app[SFU_KEY].routers["room-1"].transports[next(iter(server.app[SFU_KEY].routers["room-1"].transports))]
+    await eventually_true(lambda: transport.music_bitrate_bps == 128_000)
+    from server.transport import music_sdp
+
+    munged = music_sdp(first["sdp"], 128_000)
+    opus_pt = next(l.split(":")[1].split(" ")[0] for l in munged.split("\r\n") if "opus/48000" in l)
+    fmtp = next(l for l in munged.split("\r\n") if l.startswith(f"a=fmtp:{opus_pt} "))
+    assert "stereo=1;sprop-stereo=1;maxaveragebitrate=128000;usedtx=0" in fmtp
+    assert munged.count("maxaveragebitrate") == first["sdp"].count("opus/48000")
+
+
+async def eventually_true(check: Any, timeout: float = 5.0) -> None:
+    import asyncio
+
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met")
