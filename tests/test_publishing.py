@@ -19,7 +19,9 @@ def test_rises_wait_for_a_quiet_spell_and_respect_the_ceiling() -> None:
     assert governor.propose(300_000, now=10) == 300_000
     assert governor.propose(900_000, now=11) is None
     assert governor.propose(900_000, now=10 + RAISE_AFTER_S) == 900_000
-    assert governor.propose(5_000_000, now=100) == 1_000_000
+    assert governor.propose(5_000_000, now=100) is None  # the ceiling is only 11 % above
+    governor.target = 400_000
+    assert governor.propose(5_000_000, now=200) == 1_000_000
     assert governor.cap(150_000, now=101) == 150_000
     assert governor.target == 150_000
 
