@@ -27,28 +27,9 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from server.rtppayload import is_h264_keyframe_start, is_vp8_keyframe_start
+from server.rtpseq import Unwrapper
 
 T = TypeVar("T")
-
-
-class Unwrapper:
-    """Extends a wrapping RTP counter (16-bit sequence number, 32-bit timestamp) to a plain int."""
-
-    def __init__(self, bits: int) -> None:
-        self._modulus = 1 << bits
-        self._half = self._modulus >> 1
-        self._highest: int | None = None
-
-    def unwrap(self, value: int) -> int:
-        if self._highest is None:
-            self._highest = value
-            return value
-        delta = (value - self._highest) % self._modulus
-        if delta >= self._half:
-            delta -= self._modulus
-        extended = self._highest + delta
-        self._highest = max(self._highest, extended)
-        return extended
 
 
 # --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     AnyRtcpPacket,
@@ -45,7 +45,12 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_add
 
+from .rtpseq import NackTracker
+
 AIORTC_VERSION = "1.16.0"
+# The publisher leg's loss recovery: NACK again every 30 ms until 200 ms have passed.
+NACK_RETRY_INTERVAL_S = 0.03
+NACK_DEADLINE_S = 0.2
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
 
@@ -97,7 +102,8 @@ class ReceiverTap:
         self.codecs: dict[int, RTCRtpCodecParameters] = {}
         self.media_ssrc: int | None = None
         self._rtx_ssrc: dict[int, int] = {}
-        self._nack = NackGenerator() if kind == "video" else None
+        self._nack = NackTracker(NACK_RETRY_INTERVAL_S, NACK_DEADLINE_S) if kind == "video" else None
+        self._nack_timer: asyncio.TimerHandle | None = None
         self._started = False
         self._stopped = False
         self._aiortc_stop = receiver.stop
@@ -116,6 +122,9 @@ class ReceiverTap:
 
     async def _stop(self) -> None:
         self._stopped = True
+        if self._nack_timer is not None:
+            self._nack_timer.cancel()
+            self._nack_timer = None
         await self._aiortc_stop()
 
     async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
@@ -175,14 +184,37 @@ class ReceiverTap:
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
 
         self.media_ssrc = packet.ssrc
-        if self._nack is not None and self._nack.add(packet):
-            await r._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))
+        if self._nack is not None:
+            lost = self._nack.add(packet.sequence_number, time.monotonic())
+            if lost:
+                await r._send_rtcp_nack(packet.ssrc, lost)
+                self._schedule_nack_retry()
 
         # Padding-only packets carry no media; forwarding them only costs bandwidth.
         if not packet.payload:
             return
         if self.on_rtp is not None:
             await self.on_rtp(packet)
+
+    def _schedule_nack_retry(self) -> None:
+        if self._nack is None or self._nack_timer is not None or self._stopped:
+            return
+        due = self._nack.next_due()
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            self._nack_timer = asyncio.get_running_loop().call_later(delay, self._retry_nacks)
+
+    def _retry_nacks(self) -> None:
+        # Publishers answer a NACK once; a retransmission lost too is asked for again
+        # until the deadline, when only a keyframe would help.
+        self._nack_timer = None
+        if self._nack is None or self._stopped or self.media_ssrc is None:
+            return
+        retries = self._nack.due(time.monotonic())
+        if retries:
+            task = asyncio.ensure_future(self.receiver._send_rtcp_nack(self.media_ssrc, retries))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._schedule_nack_retry()
 
     @property
     def packets_lost(self) -> int:

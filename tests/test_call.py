@@ -316,3 +316,39 @@ async def test_tiles_are_scaled_and_capped_and_spotlight_restores_full_quality(
         await eventually(lambda: media_from(host, senior).video_height == 480, what="full picture when spotlit")  # type: ignore[union-attr]
     finally:
         await senior.close()
+
+
+async def test_publisher_leg_loss_is_nacked_again_until_repaired(
+    server: RunningServer, call_client: ClientFactory
+) -> None:
+    alice = await call_client("Alice")
+    bob = await call_client("Bob", publish=False)
+    await eventually(lambda: (m := media_from(bob, alice)) is not None and m.video_frames > 10, what="video")
+    assert alice.pc is not None
+    sender = next(t.sender for t in alice.pc.getTransceivers() if t.sender.track is not None and t.sender.kind == "video")
+    dtls = sender.transport
+    original = dtls._send_rtp
+    dropped: list[str] = []
+
+    async def lossy(data: bytes) -> None:
+        if not 192 <= data[1] <= 223:
+            ssrc = int.from_bytes(data[8:12], "big")
+            # The first video packet, then the first retransmission of it.
+            if ssrc == sender._ssrc and not dropped:
+                dropped.append("original")
+                return
+            if ssrc == sender._rtx_ssrc and dropped == ["original"]:
+                dropped.append("retransmission")
+                return
+        await original(data)
+
+    tap = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video").tap
+    before = tap._nack.requests
+    dtls._send_rtp = lossy
+    try:
+        await eventually(lambda: dropped == ["original", "retransmission"], timeout=5, what="both drops")
+        frames = media_from(bob, alice).video_frames  # type: ignore[union-attr]
+        await eventually(lambda: tap._nack.requests >= before + 2, timeout=2, what="a second NACK")
+        await eventually(lambda: media_from(bob, alice).video_frames > frames + 5, timeout=5, what="video goes on")  # type: ignore[union-attr]
+    finally:
+        dtls._send_rtp = original
