@@ -17,7 +17,7 @@ from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
 from .router import Sfu
 from .rtphooks import check_aiortc_version, restrict_host_addresses
-from .store import Store, open_store
+from .store import Store, StoreUnavailable, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +82,29 @@ async def _state(app: web.Application):  # type: ignore[no-untyped-def]
     await store.close()
 
 
-async def websocket(request: web.Request) -> web.WebSocketResponse:
-    return await request.app[SIGNALING_KEY].handle_ws(request)
+async def websocket(request: web.Request) -> web.StreamResponse:
+    signaling = request.app[SIGNALING_KEY]
+    if signaling.cluster.draining:
+        # The load balancer tries another node.
+        return web.json_response({"status": "draining"}, status=503)
+    return await signaling.handle_ws(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while this node takes calls, also when the store is down (calls go on);
+    503 while it drains, so load balancers stop sending it clients."""
     app = request.app
-    body = {
-        "status": "ok",
+    signaling = app[SIGNALING_KEY]
+    body: dict[str, object] = {
+        "status": "draining" if signaling.cluster.draining else "ok",
         "version": __version__,
+        "node_id": signaling.cluster.node_id,
         "uptime_s": round(time.monotonic() - app[STARTED_KEY], 1),
-        **await app[SIGNALING_KEY].health(),
         "media": app[SFU_KEY].stats(),
     }
-    return web.json_response(body)
+    try:
+        body.update(await signaling.health())
+        body["store"] = "ok"
+    except StoreUnavailable:
+        body["store"] = "unavailable"
+    return web.json_response(body, status=503 if signaling.cluster.draining else 200)

@@ -258,6 +258,9 @@ async def test_redis_outage_media_keeps_flowing_and_state_recovers(
     redis_server.halt()
     try:
         await flowing(alice, bob, timeout=10)
+        # The node stays in the load balancer: its calls go on.
+        health = n1.health()
+        assert health["status"] == "ok" and health["store"] == "unavailable"
         # Carol leaves while the store is down: her seat must not come back as a ghost.
         await carol.close()
         # A join now fails plainly and can be retried.
