@@ -133,7 +133,8 @@ class Sfu:
         if transport is not None:
             self._account(transport)
         ended = await router.close_transport(participant_id)
-        if router.empty:
+        # Several sessions of one room can end at once (the host ends the activity).
+        if router.empty and self.routers.get(room) is router:
             router.speakers.stop()
             del self.routers[room]
         return ended

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# npm fetches axe-core for the accessibility tests (tests/test_web_a11y.py).
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if ((${#need_apt[@]})); then
     echo "tests/run.sh: installing ${need_apt[*]} from Debian packages"
     export DEBIAN_FRONTEND=noninteractive
@@ -15,6 +17,11 @@ if ((${#need_apt[@]})); then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# axe-core from the npm registry, at the version web/axe/package-lock.json pins.
+if [ ! -f web/axe/node_modules/axe-core/axe.min.js ]; then
+    npm ci --prefix web/axe --no-audit --no-fund --loglevel=error
+fi
 
 # Redis tests start their own redis-server on a free port; nothing shared is touched.
 exec python3 -m pytest -q -p no:cacheprovider "$@"

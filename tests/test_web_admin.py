@@ -1,0 +1,421 @@
+"""Coordinator pages: every page and form through the real app, good input and bad."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY, create_app
+from server.directory import Account, Activity, Contact, Directory, Kiosk, Senior
+from server.invites import verify_invite, named_secret
+
+from .conftest import make_settings
+from .web_helpers import Seed, Web, jpeg, seed, text_of
+
+
+@pytest.fixture
+async def admin(tmp_path: Path, aiohttp_client: Any) -> tuple[Web, Seed, Directory]:
+    app = create_app(make_settings(tmp_path))
+    client: TestClient = await aiohttp_client(app)
+    data = await seed(app)
+    web = Web(client)
+    assert (await web.login("carla")).status == 303
+    return web, data, app[DIRECTORY_KEY]
+
+
+def location(response: Any) -> str:
+    assert response.status == 303, response.status
+    return response.headers["Location"]
+
+
+async def test_dashboard_and_menu(admin: tuple[Web, Seed, Directory]) -> None:
+    web, _, _ = admin
+    page = text_of(await web.get("/admin"))
+    for words in ("Overzicht", "1 senioren", "0 van 0 kiosken online", "2 activiteiten", "3 vrijwilligers en coördinatoren"):
+        assert words in page
+    assert 'aria-current="page"' in await web.get("/admin/seniors")
+
+
+async def test_create_a_senior_with_a_photo_then_edit(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    page = await web.get("/admin/seniors/new")
+    assert 'enctype="multipart/form-data"' in page and 'for="f-name"' in page
+    response = await web.post(
+        "/admin/seniors/new", {"name": "  Meneer   de Vries ", "language": "en", "auto_join": "on"},
+        files={"photo": ("portret.jpg", jpeg(), "image/jpeg")},
+    )
+    target = location(response)
+    senior_id = target.rsplit("/", 1)[1]
+    senior = await directory.get(Senior, senior_id)
+    assert senior is not None and senior.name == "Meneer de Vries" and senior.language == "en" and senior.auto_join
+    assert re.fullmatch(r"/photos/photo-[\w-]+\.jpg", senior.photo_url)
+    page = await web.get(target)
+    assert "Opgeslagen." in text_of(page) and senior.photo_url in page
+    photo = await web.client.get(senior.photo_url)
+    assert photo.status == 200 and photo.content_type == "image/jpeg"
+    body = await photo.read()
+    assert body[:3] == b"\xff\xd8\xff" and b"Exif" not in body
+    # Edit: auto-join off, remove the photo; the old photo is gone.
+    response = await web.post(target, {"name": "Meneer de Vries", "language": "nl", "remove_photo": "on"},
+                              files={"photo": ("", b"", "application/octet-stream")})
+    location(response)
+    senior = await directory.get(Senior, senior_id)
+    assert senior is not None and not senior.auto_join and senior.photo_url == "" and senior.language == "nl"
+    assert (await web.client.get(photo.url.path)).status == 404
+    listing = text_of(await web.get("/admin/seniors"))
+    assert "Meneer de Vries" in listing and data.senior.name in listing
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "message"),
+    [
+        ({"name": "   ", "language": "nl"}, None, "Vul een naam in."),
+        ({"name": "x" * 81, "language": "nl"}, None, "Een naam heeft hoogstens 80 tekens."),
+        ({"name": "Opa", "language": "fr"}, None, "Kies Nederlands (nl) of English (en)."),
+        ({"name": "Opa", "language": "nl"}, {"photo": ("cv.txt", b"not a picture", "text/plain")},
+         "Dit is geen foto die we kunnen gebruiken"),
+        ({"name": "Opa", "language": "nl"}, {"photo": ("broken.jpg", b"\xff\xd8\xff" + b"\0" * 50, "image/jpeg")},
+         "Deze foto kon niet worden gelezen"),
+    ],
+)
+async def test_bad_senior_input_is_explained_and_changes_nothing(
+    admin: tuple[Web, Seed, Directory], fields: dict[str, str], files: Any, message: str
+) -> None:
+    web, data, directory = admin
+    await web.get("/admin/seniors/new")
+    response = await web.post("/admin/seniors/new", fields, files=files)
+    assert response.status == 400
+    page = await response.text()
+    assert message in text_of(page)
+    assert 'role="alert"' in page and 'aria-invalid="true"' in page
+    assert [s.id for s in await directory.list(Senior)] == [data.senior.id]
+    store = web.client.app[STORE_KEY]
+    assert not [r for r in await store.list_records("people") if r.get("kind") == "photo"]
+
+
+async def test_contacts_invite_links_and_their_rules(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    page = await web.get(f"/admin/seniors/{data.senior.id}")
+    assert "Sanne" in page and f"/admin/seniors/{data.senior.id}/contacts/new" in page
+    await web.get(f"/admin/seniors/{data.senior.id}/contacts/new")
+    # Auto-answer needs trust.
+    bad = await web.post(f"/admin/seniors/{data.senior.id}/contacts/new",
+                         {"name": "Buurman Henk", "relation": "buurman", "auto_answer": "on"})
+    assert bad.status == 400
+    assert "Alleen een vertrouwd contact mag automatisch worden opgenomen." in text_of(await bad.text())
+    assert len(await directory.contacts_of(data.senior.id)) == 1
+    good = await web.post(f"/admin/seniors/{data.senior.id}/contacts/new",
+                          {"name": "Buurman Henk", "relation": "buurman", "trusted": "on", "auto_answer": "on"})
+    contact_id = location(good).rsplit("/", 1)[1]
+    contact = await directory.get(Contact, contact_id)
+    assert contact is not None and contact.trusted and contact.auto_answer and contact.relation == "buurman"
+
+    page = await web.get(f"/admin/contacts/{contact_id}")
+    link = re.search(r'id="invite-link"[^>]*value="([^"]+)"', page).group(1)
+    assert link.startswith("http://127.0.0.1:") and "/family/" in link
+    invite = link.rsplit("/family/", 1)[1]
+    secret = named_secret(web.client.app[SETTINGS_KEY], "invite")
+    assert verify_invite(secret, invite) == (contact_id, 1)
+    family_page = text_of(await web.get(f"/family/{invite}"))
+    assert "Oma Riet" in family_page and "Bel Oma Riet" in family_page
+
+    # A new link turns the old one off.
+    location(await web.post(f"/admin/contacts/{contact_id}/new-invite"))
+    assert (await directory.get(Contact, contact_id)).invite_version == 2
+    page = await web.get(f"/admin/contacts/{contact_id}")
+    assert "Er is een nieuwe uitnodigingslink" in text_of(page)
+    gone = await web.get(f"/family/{invite}", status=410)
+    assert "Deze link werkt niet meer" in text_of(gone)
+    new_invite = re.search(r'id="invite-link"[^>]*value="[^"]+/family/([^"]+)"', page).group(1)
+    await web.get(f"/family/{new_invite}")
+
+    # Edit, then remove.
+    location(await web.post(f"/admin/contacts/{contact_id}", {"name": "Henk", "relation": "buurman"}))
+    contact = await directory.get(Contact, contact_id)
+    assert contact.name == "Henk" and not contact.trusted and not contact.auto_answer
+    assert "Henk verwijderen?" in await web.get(f"/admin/contacts/{contact_id}/delete")
+    assert location(await web.post(f"/admin/contacts/{contact_id}/delete")) == f"/admin/seniors/{data.senior.id}"
+    assert await directory.get(Contact, contact_id) is None
+    await web.get(f"/family/{new_invite}", status=410)
+
+
+async def _pair(web: Web, senior_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A kiosk starts pairing over HTTP, the coordinator types its code; returns both ends."""
+    started = await (await web.client.post("/api/kiosk/pair")).json()
+    await web.get("/admin/kiosks")
+    response = await web.post("/admin/kiosks/pair", {"code": started["code"], "senior_id": senior_id})
+    assert location(response) == "/admin/kiosks"
+    poll = await web.client.get(f"/api/kiosk/pair/{started['pairing_id']}",
+                                headers={"X-Pairing-Secret": started["secret"]})
+    assert poll.status == 200
+    return started, await poll.json()
+
+
+async def test_pairing_a_kiosk_by_its_code(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    started = await (await web.client.post("/api/kiosk/pair")).json()
+    page = await web.get(f"/admin/kiosks?senior={data.senior.id}")
+    assert f'<option value="{data.senior.id}" selected>' in page
+    # A wrong code, a missing senior: a clear message, and no kiosk.
+    wrong = "000000" if started["code"] != "000000" else "111111"
+    bad = await web.post("/admin/kiosks/pair", {"code": wrong, "senior_id": data.senior.id})
+    assert bad.status == 400 and "Geen enkele kiosk toont deze code" in text_of(await bad.text())
+    no_senior = await web.post("/admin/kiosks/pair", {"code": started["code"], "senior_id": ""})
+    assert no_senior.status == 400 and "Kies de senior bij wie deze kiosk hoort." in text_of(await no_senior.text())
+    assert await directory.list(Kiosk) == []
+    waiting = await web.client.get(f"/api/kiosk/pair/{started['pairing_id']}",
+                                   headers={"X-Pairing-Secret": started["secret"]})
+    assert waiting.status == 202
+
+    # The right code (typed with a space, as people do).
+    code = started["code"][:3] + " " + started["code"][3:]
+    location(await web.post("/admin/kiosks/pair", {"code": code, "senior_id": data.senior.id}))
+    kiosks = await directory.list(Kiosk)
+    assert len(kiosks) == 1 and kiosks[0].senior_id == data.senior.id
+    credentials = await (await web.client.get(f"/api/kiosk/pair/{started['pairing_id']}",
+                                              headers={"X-Pairing-Secret": started["secret"]})).json()
+    assert credentials["kiosk_id"] == kiosks[0].id
+    page = text_of(await web.get("/admin/kiosks"))
+    assert "De kiosk is gekoppeld." in page and "Oma Riet" in page and "offline" in page
+    assert "nog geen" in page  # no self-test yet
+
+
+async def test_kiosk_online_selftest_and_revoke(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    _, credentials = await _pair(web, data.senior.id)
+    kiosk_id = credentials["kiosk_id"]
+
+    # Offline: a self-test cannot be asked for.
+    location(await web.post(f"/admin/kiosks/{kiosk_id}/selftest"))
+    assert "De kiosk is offline" in text_of(await web.get("/admin/kiosks"))
+
+    # The kiosk connects as a device: online.
+    ws = await web.client.ws_connect("/ws")
+    await ws.send_json({"type": "hello", "v": 1, "device": credentials})
+    welcome = await ws.receive_json(timeout=5)
+    assert welcome["type"] == "device_welcome", welcome
+    page = await web.get("/admin/kiosks")
+    assert re.search(rf'data-kiosk-id="{kiosk_id}".*?<span class="state online">', page, re.S)
+
+    location(await web.post(f"/admin/kiosks/{kiosk_id}/selftest"))
+    assert "Zelftest gevraagd" in text_of(await web.get("/admin/kiosks"))
+    request = await _next_of(ws, "selftest_request")
+    assert request["type"] == "selftest_request"
+    result = {
+        "version": 1, "ok": False,
+        "checks": {
+            "camera": {"status": "ok", "message": {"nl": "Beeld is goed.", "en": "Picture is fine."}},
+            "microphone": {"status": "failed", "message": {"nl": "Geen geluid.", "en": "No sound."}},
+        },
+    }
+    await ws.send_json({"type": "selftest_result", "result": result})
+    await _next_of(ws, "selftest_saved")
+    page = text_of(await web.get("/admin/kiosks"))
+    assert "mislukt" in page and "Camera: in orde — Beeld is goed." in page
+    assert "Microfoon: werkt niet — Geen geluid." in page
+    english = text_of(await web.get("/admin/kiosks?lang=en"))
+    assert "failed" in english and "Microphone: not working — No sound." in english
+    await web.get("/admin/kiosks?lang=nl")
+
+    # Switching it off: confirmation, then the kiosk is told and disconnected.
+    assert "Ja, zet deze kiosk uit" in text_of(await web.get(f"/admin/kiosks/{kiosk_id}/revoke"))
+    location(await web.post(f"/admin/kiosks/{kiosk_id}/revoke"))
+    assert (await directory.get(Kiosk, kiosk_id)).revoked
+    assert (await _next_of(ws, "revoked"))["type"] == "revoked"
+    page = text_of(await web.get("/admin/kiosks"))
+    assert "uitgezet" in page
+    await ws.close()
+    # A switched-off kiosk cannot come back with its old credential.
+    again = await web.client.ws_connect("/ws")
+    await again.send_json({"type": "hello", "v": 1, "device": credentials})
+    refused = await again.receive_json(timeout=5)
+    assert refused["type"] == "error" and refused["code"] == "device_invalid"
+    await again.close()
+
+
+async def _next_of(ws: Any, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            message = await ws.receive()
+            if message.type.name != "TEXT":
+                raise AssertionError(f"socket {message.type.name} before {kind}")
+            data = json.loads(message.data)
+            if data.get("type") == kind:
+                return data
+
+
+async def test_staff_accounts(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    page = text_of(await web.get("/admin/accounts"))
+    assert "Victor Vrijwilliger" in page and "Vrijwilliger (begeleider)" in page
+    await web.get("/admin/accounts/new")
+    for fields, message in [
+        ({"name": "Ans", "username": "victor", "role": "volunteer", "language": "nl", "password": "x" * 12},
+         "Deze gebruikersnaam bestaat al."),
+        ({"name": "Ans", "username": "ans", "role": "volunteer", "language": "nl", "password": "short"},
+         "Een wachtwoord heeft minstens 10 tekens."),
+        ({"name": "Ans", "username": "a", "role": "volunteer", "language": "nl", "password": "x" * 12},
+         "Een gebruikersnaam heeft 3 tot 64 tekens."),
+        ({"name": "Ans", "username": "ans", "role": "king", "language": "nl", "password": "x" * 12},
+         "Kies coördinator of vrijwilliger."),
+    ]:
+        response = await web.post("/admin/accounts/new", fields)
+        assert response.status == 400, fields
+        assert message in text_of(await response.text())
+    assert await directory.account_by_username("ans") is None
+
+    created = await web.post("/admin/accounts/new", {"name": "Ans de Gastvrouw", "username": "Ans",
+                                                     "role": "volunteer", "language": "en", "password": "ans-password-1"})
+    assert location(created) == "/admin/accounts"
+    ans = await directory.account_by_username("ans")
+    assert ans is not None and ans.role == "volunteer" and ans.password_hash.startswith("$argon2id$")
+    assert "ans-password-1" not in json.dumps([e for e in await directory.audit_log()])
+    # Ans logs in, in English (her language).
+    other = Web(await _client_like(web))
+    assert (await other.login("ans", "ans-password-1")).headers["Location"] == "/host"
+    assert '<html lang="en">' in await other.get("/host")
+
+    # Editing without a password keeps it; a coordinator cannot demote themself.
+    location(await web.post(f"/admin/accounts/{ans.id}", {"name": "Ans", "role": "coordinator", "language": "nl"}))
+    updated = await directory.get(Account, ans.id)
+    assert updated.role == "coordinator" and updated.password_hash == ans.password_hash
+    demote = await web.post(f"/admin/accounts/{data.coordinator.id}",
+                            {"name": data.coordinator.name, "role": "volunteer", "language": "nl"})
+    assert demote.status == 400 and "U kunt uw eigen rol als coördinator niet afnemen." in text_of(await demote.text())
+    await web.get(f"/admin/accounts/{data.coordinator.id}/delete", status=400)
+
+    # Removing Victor also takes him off the activities he hosted.
+    assert "Victor Vrijwilliger verwijderen?" in await web.get(f"/admin/accounts/{data.volunteer.id}/delete")
+    location(await web.post(f"/admin/accounts/{data.volunteer.id}/delete"))
+    assert await directory.get(Account, data.volunteer.id) is None
+    assert (await directory.get(Activity, data.activity.id)).host_ids == []
+
+
+async def _client_like(web: Web) -> TestClient:
+    from aiohttp.test_utils import TestClient as Client
+
+    client = Client(web.client.server)
+    await client.start_server()
+    return client
+
+
+async def test_activities_with_weekly_times(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    page = await web.get("/admin/activities/new")
+    assert 'name="slot-0-weekday"' in page and 'name="slot-2-start"' in page and "Europe/Amsterdam" in page
+    fields = [
+        ("title", "Koor"), ("description", "Samen zingen."), ("capacity", "12"), ("guests_allowed", "on"),
+        ("slot_rows", "3"),
+        ("slot-0-weekday", "thursday"), ("slot-0-start", "14:30"), ("slot-0-duration", "90"),
+        ("slot-1-weekday", ""), ("slot-1-start", ""), ("slot-1-duration", ""),
+        ("slot-2-weekday", "monday"), ("slot-2-start", "09:15"), ("slot-2-duration", "45"),
+        ("host_ids", data.volunteer.id), ("host_ids", data.other_volunteer.id), ("enrolled", data.senior.id),
+    ]
+    assert location(await web.post("/admin/activities/new", fields)) == "/admin/activities"
+    koor = next(a for a in await directory.list(Activity) if a.title == "Koor")
+    assert koor.slots == [
+        {"weekday": "thursday", "start": "14:30", "duration_min": 90},
+        {"weekday": "monday", "start": "09:15", "duration_min": 45},
+    ]
+    assert koor.host_ids == [data.volunteer.id, data.other_volunteer.id] and koor.enrolled == [data.senior.id]
+    assert koor.guests_allowed and koor.capacity == 12
+    listing = text_of(await web.get("/admin/activities"))
+    assert "donderdag 14:30 (90 min.)" in listing and "maandag 09:15 (45 min.)" in listing
+    assert "Volgende keer:" in listing and "1 van 12 plaatsen bezet" in listing
+
+    edit = await web.get(f"/admin/activities/{koor.id}")
+    assert 'value="14:30"' in edit and f'value="{data.volunteer.id}" checked' in edit
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"slot-0-start": "25:00"}, "Vul een begintijd in, zoals 10:00."),
+        ({"slot-0-start": ""}, "Vul een begintijd in, zoals 10:00."),
+        ({"slot-0-weekday": "someday"}, "Kies een dag."),
+        ({"slot-0-duration": "600"}, "De duur moet tussen 5 en 480 minuten liggen."),
+        ({"capacity": "0"}, "Het aantal plaatsen moet tussen 1 en 100 liggen."),
+        ({"capacity": "lots"}, "Het aantal plaatsen moet tussen 1 en 100 liggen."),
+        ({"title": ""}, "Vul een naam in."),
+        ({"host_ids": "staff-nobody"}, "Kies begeleiders uit de lijst."),
+        ({"enrolled": "senior-nobody"}, "Kies senioren uit de lijst."),
+    ],
+)
+async def test_bad_activity_input_is_explained_and_changes_nothing(
+    admin: tuple[Web, Seed, Directory], changes: dict[str, str], message: str
+) -> None:
+    web, data, directory = admin
+    before = await directory.get(Activity, data.activity.id)
+    await web.get(f"/admin/activities/{data.activity.id}")
+    fields = {"title": "Stoelgym", "description": "", "capacity": "10", "slot_rows": "1",
+              "slot-0-weekday": "monday", "slot-0-start": "10:00", "slot-0-duration": "60",
+              "host_ids": data.volunteer.id, "enrolled": data.senior.id}
+    fields.update(changes)
+    response = await web.post(f"/admin/activities/{data.activity.id}", fields)
+    assert response.status == 400
+    page = await response.text()
+    assert message in text_of(page)
+    # The form keeps what was typed.
+    assert f'value="{fields["slot-0-start"]}"' in page
+    assert await directory.get(Activity, data.activity.id) == before
+
+
+async def test_capacity_below_enrolment_is_refused(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    second = Senior(id="senior-kees", name="Opa Kees")
+    await directory.put(second, actor="test")
+    await web.get(f"/admin/activities/{data.activity.id}")
+    response = await web.post(f"/admin/activities/{data.activity.id}", [
+        ("title", "Stoelgym"), ("capacity", "1"), ("slot_rows", "1"), ("slot-0-weekday", "monday"),
+        ("slot-0-start", "10:00"), ("slot-0-duration", "60"),
+        ("enrolled", data.senior.id), ("enrolled", second.id),
+    ])
+    assert response.status == 400
+    assert "Er doen meer senioren mee dan er plaatsen zijn." in text_of(await response.text())
+    assert (await directory.get(Activity, data.activity.id)).enrolled == [data.senior.id]
+
+
+async def test_removing_an_activity_and_a_senior(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    await _pair(web, data.senior.id)
+    assert "Bingo verwijderen?" in await web.get(f"/admin/activities/{data.closed_activity.id}/delete")
+    location(await web.post(f"/admin/activities/{data.closed_activity.id}/delete"))
+    assert await directory.get(Activity, data.closed_activity.id) is None
+
+    confirm = text_of(await web.get(f"/admin/seniors/{data.senior.id}/delete"))
+    assert "Oma Riet verwijderen?" in confirm and "Nee, ga terug" in confirm
+    location(await web.post(f"/admin/seniors/{data.senior.id}/delete"))
+    assert await directory.get(Senior, data.senior.id) is None
+    assert await directory.contacts_of(data.senior.id) == []
+    assert all(k.revoked for k in await directory.list(Kiosk))
+    assert (await directory.get(Activity, data.activity.id)).enrolled == []
+    await web.get(f"/admin/seniors/{data.senior.id}", status=404)
+
+
+async def test_audit_log_shows_who_changed_what(admin: tuple[Web, Seed, Directory]) -> None:
+    web, data, directory = admin
+    await web.get(f"/admin/seniors/{data.senior.id}")
+    location(await web.post(f"/admin/seniors/{data.senior.id}", {"name": "Oma Riet", "language": "en"}))
+    page = await web.get("/admin/audit")
+    rows = re.findall(r"<tr>(.*?)</tr>", page, re.S)
+    newest = text_of(rows[1])
+    assert "Carla Coördinator" in newest and "wijzigde persoon" in newest and "Oma Riet" in newest
+    assert "language" in newest
+    assert 'tabindex="0"' in page and "<caption" in page
+    # Secrets never appear: the seeded accounts' password hashes were audited as a field name only.
+    assert "$argon2" not in page
+
+
+async def test_unknown_records_give_404(admin: tuple[Web, Seed, Directory]) -> None:
+    web, _, _ = admin
+    for path in ("/admin/seniors/senior-nope", "/admin/contacts/contact-nope", "/admin/accounts/staff-nope",
+                 "/admin/activities/activity-nope", "/admin/kiosks/kiosk-nope/revoke"):
+        page = await web.get(path, status=404)
+        assert "Niet gevonden" in page
+    assert (await web.post("/admin/kiosks/kiosk-nope/selftest")).status == 404

@@ -1,0 +1,297 @@
+"""Logging in, sessions, CSRF, login throttling and who may open what — through the real app."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import DIRECTORY_KEY, SETTINGS_KEY, create_app
+from server.directory import Contact, Senior
+from server.invites import issue_invite, named_secret
+from web.auth import SESSION_COOKIE, encode_session
+
+from .conftest import make_settings
+from .web_helpers import PASSWORD, Seed, Web, seed, text_of
+
+
+@pytest.fixture
+def web_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def site(tmp_path: Path, aiohttp_client: Any, web_overrides: dict[str, Any]) -> tuple[TestClient, Seed]:
+    app = create_app(make_settings(tmp_path, **web_overrides))
+    client = await aiohttp_client(app)
+    return client, await seed(app)
+
+
+async def test_login_page_and_wrong_password(site: tuple[TestClient, Seed]) -> None:
+    client, _ = site
+    web = Web(client)
+    page = await web.get("/login")
+    assert '<html lang="nl">' in page and "Inloggen" in page
+    assert 'autocomplete="current-password"' in page
+    response = await web.post("/login", {"username": "carla", "password": "not the password"})
+    assert response.status == 401
+    assert "De gebruikersnaam of het wachtwoord klopt niet." in text_of(await response.text())
+    unknown = await web.post("/login", {"username": "nobody", "password": PASSWORD})
+    assert unknown.status == 401
+    # Still not logged in.
+    await web.get("/admin", status=303)
+
+
+async def test_login_sends_each_role_home_and_logout_ends_the_session(site: tuple[TestClient, Seed]) -> None:
+    client, _ = site
+    web = Web(client)
+    response = await web.login("CARLA")  # usernames are not case-sensitive
+    assert response.status == 303 and response.headers["Location"] == "/admin"
+    cookie = response.cookies[SESSION_COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+    page = await web.get("/admin")
+    assert "Carla Coördinator" not in page or "Uitloggen" in page
+    logout = await web.post("/logout")
+    assert logout.status == 303 and logout.headers["Location"] == "/login"
+    assert "U bent uitgelogd." in text_of(await web.get("/login"))
+    await web.get("/admin", status=303)
+
+    volunteer = Web(client)
+    client.session.cookie_jar.clear()
+    response = await volunteer.login("victor")
+    assert response.headers["Location"] == "/host"
+
+
+async def test_login_returns_to_the_page_asked_for_but_never_to_another_site(site: tuple[TestClient, Seed]) -> None:
+    client, _ = site
+    web = Web(client)
+    redirect = await client.get("/admin/kiosks", allow_redirects=False)
+    assert redirect.status == 303 and redirect.headers["Location"] == "/login?next=%2Fadmin%2Fkiosks"
+    page = await web.get("/login?next=/admin/kiosks")
+    assert 'name="next" value="/admin/kiosks"' in page
+    response = await web.post("/login", {"username": "carla", "password": PASSWORD, "next": "/admin/kiosks"})
+    assert response.headers["Location"] == "/admin/kiosks"
+    client.session.cookie_jar.clear()
+    web = Web(client)
+    await web.get("/login")
+    response = await web.post("/login", {"username": "carla", "password": PASSWORD, "next": "//evil.example/"})
+    assert response.headers["Location"] == "/admin"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/admin", "/admin/seniors", "/admin/seniors/new", "/admin/kiosks", "/admin/accounts", "/admin/activities",
+     "/admin/audit", "/admin/contacts/contact-sanne", "/host", "/host/activities/activity-stoelgym"],
+)
+async def test_without_a_session_every_staff_page_leads_to_login(site: tuple[TestClient, Seed], path: str) -> None:
+    client, _ = site
+    response = await client.get(path, allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"].startswith("/login?next=")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin"),
+        ("GET", "/admin/seniors"),
+        ("GET", "/admin/contacts/contact-sanne"),
+        ("GET", "/admin/seniors/senior-riet/contacts/new"),
+        ("GET", "/admin/kiosks"),
+        ("GET", "/admin/accounts"),
+        ("GET", "/admin/audit"),
+        ("POST", "/admin/contacts/contact-sanne"),
+        ("POST", "/admin/contacts/contact-sanne/new-invite"),
+        ("POST", "/admin/seniors/senior-riet/contacts/new"),
+        ("POST", "/admin/seniors/new"),
+        ("POST", "/admin/accounts/new"),
+    ],
+)
+async def test_a_volunteer_cannot_use_coordinator_pages(
+    site: tuple[TestClient, Seed], method: str, path: str
+) -> None:
+    client, data = site
+    web = Web(client)
+    await web.login("victor")
+    await web.get("/host")
+    if method == "GET":
+        page = await web.get(path, status=403)
+        assert "Niet voor uw account" in page
+    else:
+        response = await web.post(path, {"name": "Hacker", "trusted": "on", "auto_answer": "on",
+                                         "username": "mallory", "role": "coordinator", "password": "x" * 12,
+                                         "language": "nl"})
+        assert response.status == 403
+    # Nothing changed: the contact is as seeded, no new records.
+    directory = client.app[DIRECTORY_KEY]
+    contact = await directory.get(Contact, data.contact.id)
+    assert contact == data.contact
+    assert len(await directory.contacts_of(data.senior.id)) == 1
+    assert len(await directory.list(Senior)) == 1
+    assert await directory.account_by_username("mallory") is None
+
+
+async def test_a_family_invite_opens_no_staff_page(site: tuple[TestClient, Seed]) -> None:
+    client, data = site
+    settings = client.app[SETTINGS_KEY]
+    invite = issue_invite(named_secret(settings, "invite"), data.contact)
+    family = await client.get(f"/family/{invite}")
+    assert family.status == 200
+    # The family page sets no session (it has no form) …
+    assert SESSION_COOKIE not in family.cookies
+    for path in ("/admin", "/admin/contacts/contact-sanne", f"/admin?invite={invite}", "/host"):
+        response = await client.get(path, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"].startswith("/login"), path
+    # … and an invite is no session cookie either.
+    client.session.cookie_jar.update_cookies({SESSION_COOKIE: invite})
+    response = await client.get("/admin/kiosks", allow_redirects=False)
+    assert response.status == 303
+    # Nor is it a join token, nor a login.
+    web = Web(client)
+    response = await web.post("/login", {"username": "carla", "password": invite})
+    assert response.status == 401
+
+
+async def test_posts_without_the_right_csrf_token_change_nothing(site: tuple[TestClient, Seed]) -> None:
+    client, data = site
+    web = Web(client)
+    await web.login("carla")
+    await web.get("/admin/seniors/new")
+    directory = client.app[DIRECTORY_KEY]
+
+    missing = await web.post("/admin/seniors/new", {"name": "Opa Kees", "language": "nl"}, csrf=False)
+    assert missing.status == 403
+    assert "Deze pagina is verlopen" in text_of(await missing.text())
+    wrong = await web.post("/admin/seniors/new", {"name": "Opa Kees", "language": "nl", "csrf_token": "guess"},
+                           csrf=False)
+    assert wrong.status == 403
+    multipart = await web.post("/admin/seniors/new", {"name": "Opa Kees", "language": "nl"}, csrf=False,
+                               files={"photo": ("x.jpg", b"", "image/jpeg")})
+    assert multipart.status == 403
+    # Another site's form, even with a token it somehow got, is refused by its Origin.
+    cross = await web.post("/admin/seniors/new", {"name": "Opa Kees", "language": "nl"},
+                           headers={"Origin": "https://evil.example"})
+    assert cross.status == 403
+    assert [s.name for s in await directory.list(Senior)] == [data.senior.name]
+    # Logging out needs the token too.
+    assert (await web.post("/logout", csrf=False)).status == 403
+    await web.get("/admin")
+    # The same form with the token works.
+    ok = await web.post("/admin/seniors/new", {"name": "Opa Kees", "language": "nl"},
+                        headers={"Origin": str(client.make_url("")).rstrip("/")})
+    assert ok.status == 303
+    assert sorted(s.name for s in await directory.list(Senior)) == ["Oma Riet", "Opa Kees"]
+
+
+async def test_login_form_needs_csrf_too(site: tuple[TestClient, Seed]) -> None:
+    client, _ = site
+    response = await client.post("/login", data={"username": "carla", "password": PASSWORD}, allow_redirects=False)
+    assert response.status == 403
+    assert (await client.get("/admin", allow_redirects=False)).status == 303
+
+
+async def test_a_forged_or_tampered_session_cookie_is_no_session(site: tuple[TestClient, Seed]) -> None:
+    client, data = site
+    forged = encode_session("not the secret " * 4, {"uid": data.coordinator.id, "exp": 2**31, "csrf": "x"})
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies({SESSION_COOKIE: forged})
+    assert (await client.get("/admin", allow_redirects=False)).status == 303
+    client.session.cookie_jar.clear()
+    web = Web(client)
+    await web.login("carla")
+    cookie = next(c for c in client.session.cookie_jar if c.key == SESSION_COOKIE).value
+    payload, _, signature = cookie.partition(".")
+    tampered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + signature
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies({SESSION_COOKIE: tampered})
+    assert (await client.get("/admin", allow_redirects=False)).status == 303
+    # The genuine cookie, set the same way, is a session.
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies({SESSION_COOKIE: cookie})
+    assert (await client.get("/admin", allow_redirects=False)).status == 200
+
+
+async def test_changing_a_password_logs_out_other_sessions(site: tuple[TestClient, Seed], aiohttp_client: Any) -> None:
+    client, data = site
+    first = Web(client)
+    await first.login("victor")
+    await first.get("/host")
+    other_client = await aiohttp_client(client.server)
+    coordinator = Web(other_client)
+    await coordinator.login("carla")
+    await coordinator.get(f"/admin/accounts/{data.volunteer.id}")
+    response = await coordinator.post(
+        f"/admin/accounts/{data.volunteer.id}",
+        {"name": data.volunteer.name, "role": "volunteer", "language": "nl", "password": "a brand new password"},
+    )
+    assert response.status == 303
+    await first.get("/host", status=303)
+    assert (await Web(client).login("victor", "a brand new password")).status == 303
+
+
+@pytest.mark.parametrize("web_overrides", [{"login_max_failures": 3, "login_failure_window_s": 1.5}])
+async def test_login_is_throttled_after_repeated_failures(site: tuple[TestClient, Seed]) -> None:
+    client, _ = site
+    web = Web(client)
+    await web.get("/login")
+    for _ in range(3):
+        assert (await web.post("/login", {"username": "carla", "password": "wrong"})).status == 401
+    # Locked: even the right password is not checked now.
+    locked = await web.post("/login", {"username": "carla", "password": PASSWORD})
+    assert locked.status == 429
+    assert "Te veel pogingen" in text_of(await locked.text())
+    # The address is locked too, for any username.
+    assert (await web.post("/login", {"username": "victor", "password": PASSWORD})).status == 429
+    await asyncio.sleep(1.6)
+    assert (await web.post("/login", {"username": "carla", "password": PASSWORD})).status == 303
+
+
+async def test_pages_speak_dutch_and_english_and_remember_the_choice(site: tuple[TestClient, Seed]) -> None:
+    client, _ = site
+    web = Web(client)
+    page = await web.get("/login")
+    assert '<html lang="nl">' in page and 'href="/login?lang=en"' in page and ">English<" in page
+    english = await client.get("/login?lang=en")
+    body = await english.text()
+    assert '<html lang="en">' in body and "Log in" in body and ">Nederlands<" in body
+    # The choice sticks for the next pages (a cookie), until changed again.
+    assert '<html lang="en">' in await web.get("/")
+    assert '<html lang="nl">' in await web.get("/?lang=nl")
+    assert '<html lang="nl">' in await web.get("/")
+
+
+async def test_referrer_policy_keeps_tokens_private_and_lets_forms_show_their_origin(
+    site: tuple[TestClient, Seed]
+) -> None:
+    client, data = site
+    web = Web(client)
+    staff = await client.get("/login")
+    assert staff.headers["Referrer-Policy"] == "same-origin"
+    assert '<meta name="referrer" content="same-origin">' in await staff.text()
+    invite = issue_invite(named_secret(client.app[SETTINGS_KEY], "invite"), data.contact)
+    for path in (f"/family/{invite}", "/call?token=abc", f"/family/{invite}/activities"):
+        response = await client.get(path)
+        assert response.headers["Referrer-Policy"] == "no-referrer", path
+        assert '<meta name="referrer" content="no-referrer">' in await response.text()
+    # A browser that keeps its origin private ("null") still needs the token, and with it may post.
+    await web.get("/login")
+    assert (await web.post("/login", {"username": "carla", "password": PASSWORD}, csrf=False,
+                           headers={"Origin": "null"})).status == 403
+    ok = await web.post("/login", {"username": "carla", "password": PASSWORD}, headers={"Origin": "null"})
+    assert ok.status == 303
+
+
+@pytest.mark.parametrize("web_overrides", [{"photo_max_bytes": 20_000}])
+async def test_too_large_uploads_are_refused_plainly(site: tuple[TestClient, Seed]) -> None:
+    client, _ = site
+    web = Web(client)
+    await web.login("carla")
+    await web.get("/admin/seniors/new")
+    response = await web.post("/admin/seniors/new", {"name": "Opa Kees", "language": "nl"},
+                              files={"photo": ("big.jpg", b"\xff\xd8\xff" + b"\0" * 200_000, "image/jpeg")})
+    assert response.status == 413
+    assert "Het bestand is te groot. Kies een kleinere foto." in text_of(await response.text())
+    assert len(await client.app[DIRECTORY_KEY].list(Senior)) == 1

@@ -1,0 +1,951 @@
+"""Coordinator pages under /admin: seniors, contacts, kiosks, staff accounts, activities, audit.
+
+Every route is for coordinators only (`auth.require("coordinator")`); volunteers get 403
+and visitors without a session go to the login page. Forms post back to their own URL;
+bad input re-renders the form with a message per field (400) and writes nothing. Every
+write goes through `server.directory.Directory`, which validates and audits it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from server.app import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
+from server.directory import (
+    LANGUAGES,
+    Account,
+    Activity,
+    Contact,
+    Directory,
+    DirectoryError,
+    Kiosk,
+    Senior,
+    new_id,
+)
+from server.invites import issue_invite, named_secret
+from server.schedule import WEEKDAYS, next_occurrence
+
+from . import photos
+from .auth import check_new_password, current_account, form, hash_password, require
+from .i18n import N_, gettext_for, language_of
+from .rendering import error_page, redirect, render
+
+coordinator = require("coordinator")
+
+SLOT_ROWS = 3
+# Messages server/directory.py and server/schedule.py raise, so they can be translated.
+DIRECTORY_MESSAGES = (
+    N_("Fill in a name."),
+    N_("A name can be at most 80 characters."),
+    N_("At most 2000 characters."),
+    N_("Choose Nederlands (nl) or English (en)."),
+    N_("Must be yes or no."),
+    N_("Role must be coordinator or volunteer."),
+    N_("A username has 3 to 64 characters."),
+    N_("Only a trusted contact may be answered automatically."),
+    N_("Capacity must be between 1 and 100."),
+    N_("More seniors enrolled than the capacity allows."),
+    N_("Each time slot needs a weekday, a start and a duration."),
+    N_("Duration must be between 5 and 480 minutes."),
+)
+WEEKDAY_LABELS = {
+    "monday": N_("Monday"),
+    "tuesday": N_("Tuesday"),
+    "wednesday": N_("Wednesday"),
+    "thursday": N_("Thursday"),
+    "friday": N_("Friday"),
+    "saturday": N_("Saturday"),
+    "sunday": N_("Sunday"),
+}
+ROLE_LABELS = {"coordinator": N_("Coordinator"), "volunteer": N_("Volunteer (host)")}
+AUDIT_ACTIONS = {
+    "create": N_("created"),
+    "update": N_("changed"),
+    "delete": N_("deleted"),
+    "start": N_("started"),
+    "selftest": N_("asked for a self-test of"),
+}
+AUDIT_KINDS = {
+    "people": N_("person"),
+    "contacts": N_("contact"),
+    "kiosks": N_("kiosk"),
+    "activities": N_("activity"),
+}
+
+
+def _dir(request: web.Request) -> Directory:
+    return request.app[DIRECTORY_KEY]
+
+
+def _t(request: web.Request):  # type: ignore[no-untyped-def]
+    return gettext_for(language_of(request))
+
+
+def _actor(request: web.Request) -> str:
+    return current_account(request).id
+
+
+def _flash(request: web.Request, msgid: str) -> None:
+    request["session"]["flash"] = msgid
+
+
+def _checked(data: Any, name: str) -> bool:
+    return data.get(name) in ("on", "1", "yes", "true")
+
+
+def _field_error(request: web.Request, exc: DirectoryError) -> dict[str, str]:
+    return {exc.field: _t(request)(exc.message)}
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return error_page(
+        request, 404, N_("Not found"), N_("This page does not exist (any more). Go back to the overview.")
+    )
+
+
+def _public_base(request: web.Request) -> str:
+    settings = request.app[SETTINGS_KEY]
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    return f"{request.scheme}://{request.host}"
+
+
+# --- dashboard ------------------------------------------------------------------------------
+
+
+@coordinator
+async def dashboard(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    store = request.app[STORE_KEY]
+    kiosks = [k for k in await directory.list(Kiosk) if not k.revoked]
+    online = 0
+    for kiosk in kiosks:
+        online += await store.is_present(f"kiosk:{kiosk.id}")
+    return render(
+        request,
+        "admin/dashboard.html",
+        counts={
+            "seniors": len(await directory.list(Senior)),
+            "kiosks": len(kiosks),
+            "online": online,
+            "accounts": len(await directory.list(Account)),
+            "activities": len(await directory.list(Activity)),
+        },
+    )
+
+
+# --- seniors ---------------------------------------------------------------------------------
+
+
+@coordinator
+async def seniors(request: web.Request) -> web.Response:
+    people = sorted(await _dir(request).list(Senior), key=lambda s: s.name.lower())
+    return render(request, "admin/seniors.html", seniors=people)
+
+
+def _senior_form(request: web.Request, senior: Senior | None, *, errors: dict[str, str] | None = None,
+                 values: dict[str, Any] | None = None, status: int = 200, **extra: Any) -> web.Response:
+    current = values or (
+        {"name": senior.name, "language": senior.language, "auto_join": senior.auto_join}
+        if senior
+        else {"name": "", "language": "nl", "auto_join": False}
+    )
+    return render(
+        request,
+        "admin/senior.html",
+        status=status,
+        senior=senior,
+        values=current,
+        errors=errors or {},
+        languages=LANGUAGES,
+        **extra,
+    )
+
+
+@coordinator
+async def senior_new(request: web.Request) -> web.Response:
+    return _senior_form(request, None)
+
+
+async def _senior_details(request: web.Request, senior: Senior) -> dict[str, Any]:
+    directory = _dir(request)
+    store = request.app[STORE_KEY]
+    kiosks = []
+    for kiosk in await directory.kiosks_of(senior.id):
+        kiosks.append({"kiosk": kiosk, "online": await store.is_present(f"kiosk:{kiosk.id}")})
+    return {
+        "contacts": sorted(await directory.contacts_of(senior.id), key=lambda c: c.name.lower()),
+        "kiosks": kiosks,
+        "activities": await directory.activities_of(senior.id),
+    }
+
+
+@coordinator
+async def senior_page(request: web.Request) -> web.Response:
+    senior = await _dir(request).get(Senior, request.match_info["senior_id"])
+    if senior is None:
+        return await _not_found(request)
+    return _senior_form(request, senior, **await _senior_details(request, senior))
+
+
+@coordinator
+async def senior_save(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    senior_id = request.match_info.get("senior_id")
+    existing = await directory.get(Senior, senior_id) if senior_id else None
+    if senior_id and existing is None:
+        return await _not_found(request)
+    data = form(request)
+    values = {
+        "name": str(data.get("name", "")),
+        "language": str(data.get("language", "")),
+        "auto_join": _checked(data, "auto_join"),
+    }
+    senior = replace(existing) if existing else Senior(id=new_id("senior"), name="")
+    senior.name, senior.language, senior.auto_join = values["name"], values["language"], values["auto_join"]
+    old_photo = senior.photo_url
+    errors: dict[str, str] = {}
+    new_photo = None
+    try:
+        senior.validate()
+        new_photo = await _photo_from(request, data)
+    except DirectoryError as exc:
+        errors = _field_error(request, exc)
+    except photos.PhotoError as exc:
+        errors = {"photo": _t(request)(exc.message)}
+    if errors:
+        extra = await _senior_details(request, existing) if existing else {}
+        return _senior_form(request, existing, errors=errors, values=values, status=400, **extra)
+    if new_photo:
+        senior.photo_url = new_photo
+    elif _checked(data, "remove_photo"):
+        senior.photo_url = ""
+    await directory.put(senior, actor=_actor(request))
+    if old_photo and old_photo != senior.photo_url:
+        await photos.delete_photo(request.app[STORE_KEY], old_photo)
+    await _tell_kiosks(request, senior.id)
+    _flash(request, N_("Saved."))
+    return redirect(f"/admin/seniors/{senior.id}")
+
+
+async def _photo_from(request: web.Request, data: Any) -> str | None:
+    upload = data.get("photo")
+    if not isinstance(upload, tuple) or not upload[2]:
+        return None
+    return await photos.save_photo(request.app[STORE_KEY], upload, request.app[SETTINGS_KEY].photo_max_bytes)
+
+
+async def _tell_kiosks(request: web.Request, senior_id: str) -> None:
+    """Paired kiosks re-fetch their home screen after a change (best effort)."""
+    signaling = request.app.get(SIGNALING_KEY)
+    devices = getattr(signaling, "devices", None)
+    if devices is not None and hasattr(devices, "directory_changed"):
+        await devices.directory_changed(senior_id)
+
+
+@coordinator
+async def senior_delete_confirm(request: web.Request) -> web.Response:
+    senior = await _dir(request).get(Senior, request.match_info["senior_id"])
+    if senior is None:
+        return await _not_found(request)
+    _ = _t(request)
+    return render(
+        request,
+        "admin/confirm.html",
+        heading=_("Remove %(name)s?", name=senior.name),
+        body=_(
+            "This removes %(name)s, their family contacts and their place in activities, and switches off their kiosks. It cannot be undone.",  # noqa: E501
+            name=senior.name,
+        ),
+        action=f"/admin/seniors/{senior.id}/delete",
+        button=_("Yes, remove %(name)s", name=senior.name),
+        back=f"/admin/seniors/{senior.id}",
+    )
+
+
+@coordinator
+async def senior_delete(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    store = request.app[STORE_KEY]
+    actor = _actor(request)
+    senior = await directory.get(Senior, request.match_info["senior_id"])
+    if senior is None:
+        return await _not_found(request)
+    for kiosk in await directory.kiosks_of(senior.id):
+        kiosk.revoked = True
+        await directory.put(kiosk, actor=actor)
+        await request.app[SIGNALING_KEY].revoke_kiosk(kiosk.id)
+    for contact in await directory.contacts_of(senior.id):
+        await directory.delete(Contact, contact.id, actor=actor)
+        await photos.delete_photo(store, contact.photo_url)
+    for activity in await directory.activities_of(senior.id):
+        activity.enrolled = [s for s in activity.enrolled if s != senior.id]
+        await directory.put(activity, actor=actor)
+    await directory.delete(Senior, senior.id, actor=actor)
+    await photos.delete_photo(store, senior.photo_url)
+    _flash(request, N_("Removed."))
+    return redirect("/admin/seniors")
+
+
+# --- family contacts ------------------------------------------------------------------------
+
+
+def _contact_form(request: web.Request, senior: Senior, contact: Contact | None, *,
+                  errors: dict[str, str] | None = None, values: dict[str, Any] | None = None,
+                  status: int = 200) -> web.Response:
+    current = values or (
+        {"name": contact.name, "relation": contact.relation, "trusted": contact.trusted,
+         "auto_answer": contact.auto_answer}
+        if contact
+        else {"name": "", "relation": "", "trusted": False, "auto_answer": False}
+    )
+    invite_url = None
+    if contact is not None:
+        secret = named_secret(request.app[SETTINGS_KEY], "invite")
+        ttl = request.app[SETTINGS_KEY].invite_ttl_days * 24 * 3600
+        invite_url = f"{_public_base(request)}/family/{issue_invite(secret, contact, ttl_s=ttl)}"
+    return render(
+        request,
+        "admin/contact.html",
+        status=status,
+        senior=senior,
+        contact=contact,
+        values=current,
+        errors=errors or {},
+        invite_url=invite_url,
+        invite_days=request.app[SETTINGS_KEY].invite_ttl_days,
+    )
+
+
+@coordinator
+async def contact_new(request: web.Request) -> web.Response:
+    senior = await _dir(request).get(Senior, request.match_info["senior_id"])
+    if senior is None:
+        return await _not_found(request)
+    return _contact_form(request, senior, None)
+
+
+@coordinator
+async def contact_page(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    contact = await directory.get(Contact, request.match_info["contact_id"])
+    senior = await directory.get(Senior, contact.senior_id) if contact else None
+    if contact is None or senior is None:
+        return await _not_found(request)
+    return _contact_form(request, senior, contact)
+
+
+@coordinator
+async def contact_save(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    contact_id = request.match_info.get("contact_id")
+    if contact_id:
+        existing = await directory.get(Contact, contact_id)
+        senior = await directory.get(Senior, existing.senior_id) if existing else None
+    else:
+        existing = None
+        senior = await directory.get(Senior, request.match_info["senior_id"])
+    if senior is None or (contact_id and existing is None):
+        return await _not_found(request)
+    data = form(request)
+    values = {
+        "name": str(data.get("name", "")),
+        "relation": str(data.get("relation", "")),
+        "trusted": _checked(data, "trusted"),
+        "auto_answer": _checked(data, "auto_answer"),
+    }
+    contact = replace(existing) if existing else Contact(id=new_id("contact"), senior_id=senior.id, name="")
+    contact.name, contact.relation = values["name"], values["relation"]
+    contact.trusted, contact.auto_answer = values["trusted"], values["auto_answer"]
+    old_photo = contact.photo_url
+    errors: dict[str, str] = {}
+    new_photo = None
+    try:
+        contact.validate()
+        new_photo = await _photo_from(request, data)
+    except DirectoryError as exc:
+        errors = _field_error(request, exc)
+    except photos.PhotoError as exc:
+        errors = {"photo": _t(request)(exc.message)}
+    if errors:
+        return _contact_form(request, senior, existing, errors=errors, values=values, status=400)
+    if new_photo:
+        contact.photo_url = new_photo
+    elif _checked(data, "remove_photo"):
+        contact.photo_url = ""
+    await directory.put(contact, actor=_actor(request))
+    if old_photo and old_photo != contact.photo_url:
+        await photos.delete_photo(request.app[STORE_KEY], old_photo)
+    await _tell_kiosks(request, senior.id)
+    _flash(request, N_("Saved."))
+    return redirect(f"/admin/contacts/{contact.id}")
+
+
+@coordinator
+async def contact_new_invite(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    contact = await directory.get(Contact, request.match_info["contact_id"])
+    if contact is None:
+        return await _not_found(request)
+    contact.invite_version += 1
+    await directory.put(contact, actor=_actor(request))
+    _flash(request, N_("A new invite link is ready. The old link no longer works."))
+    return redirect(f"/admin/contacts/{contact.id}#invite")
+
+
+@coordinator
+async def contact_delete_confirm(request: web.Request) -> web.Response:
+    contact = await _dir(request).get(Contact, request.match_info["contact_id"])
+    if contact is None:
+        return await _not_found(request)
+    _ = _t(request)
+    return render(
+        request,
+        "admin/confirm.html",
+        heading=_("Remove %(name)s?", name=contact.name),
+        body=_("%(name)s can no longer call, and their invite link stops working.", name=contact.name),
+        action=f"/admin/contacts/{contact.id}/delete",
+        button=_("Yes, remove %(name)s", name=contact.name),
+        back=f"/admin/contacts/{contact.id}",
+    )
+
+
+@coordinator
+async def contact_delete(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    contact = await directory.get(Contact, request.match_info["contact_id"])
+    if contact is None:
+        return await _not_found(request)
+    await directory.delete(Contact, contact.id, actor=_actor(request))
+    await photos.delete_photo(request.app[STORE_KEY], contact.photo_url)
+    await _tell_kiosks(request, contact.senior_id)
+    _flash(request, N_("Removed."))
+    return redirect(f"/admin/seniors/{contact.senior_id}")
+
+
+# --- kiosks ---------------------------------------------------------------------------------
+
+
+SELFTEST_TITLES = {
+    "camera": N_("Camera"),
+    "microphone": N_("Microphone"),
+    "speaker": N_("Speaker"),
+    "echo_cancel": N_("Echo cancellation"),
+    "server": N_("Connection to Verzilvering"),
+    "turn": N_("Backup route for sound and picture (TURN)"),
+}
+SELFTEST_STATUS = {
+    "ok": N_("fine"),
+    "warning": N_("attention"),
+    "failed": N_("not working"),
+    "not_available": N_("cannot be checked"),
+    "skipped": N_("skipped"),
+}
+SELFTEST_ICONS = {"ok": "✔", "warning": "!", "failed": "✖"}
+
+
+def _selftest_summary(record: dict[str, Any] | None, lang: str) -> dict[str, Any] | None:
+    """What the kiosks page shows of the last self-test.
+
+    The kiosk stores {"at": unix time, "result": {...}} where the result is the object of
+    `verzilvering-kiosk selftest` (kiosk_client/selftest.py): `ok` and `checks` {name:
+    {status, message {nl, en}}}. Anything unexpected is shown as far as it makes sense.
+    """
+    if not isinstance(record, dict):
+        return None
+    result = record.get("result") if isinstance(record.get("result"), dict) else record
+    at = record.get("at")
+    ok = result.get("ok")
+    details = []
+    checks = result.get("checks")
+    if isinstance(checks, dict):
+        for name, check in list(checks.items())[:12]:
+            if not isinstance(check, dict):
+                continue
+            status = check.get("status")
+            message = check.get("message")
+            text = message.get(lang, "") if isinstance(message, dict) else str(message or "")
+            details.append(
+                {
+                    "title": SELFTEST_TITLES.get(name, str(name)),
+                    "status": SELFTEST_STATUS.get(status) if isinstance(status, str) else None,
+                    "icon": SELFTEST_ICONS.get(status, "–") if isinstance(status, str) else "–",
+                    "message": str(text)[:300],
+                }
+            )
+    return {
+        "ok": ok if isinstance(ok, bool) else None,
+        "at": at if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
+        "details": details,
+    }
+
+
+@coordinator
+async def kiosks(request: web.Request) -> web.Response:
+    return await _kiosks_page(request)
+
+
+async def _kiosks_page(request: web.Request, *, errors: dict[str, str] | None = None,
+                       values: dict[str, str] | None = None, status: int = 200) -> web.Response:
+    directory = _dir(request)
+    store = request.app[STORE_KEY]
+    people = {s.id: s for s in await directory.list(Senior)}
+    rows = []
+    for kiosk in sorted(await directory.list(Kiosk), key=lambda k: (k.revoked, -k.paired_at)):
+        rows.append(
+            {
+                "kiosk": kiosk,
+                "senior": people.get(kiosk.senior_id),
+                "online": (not kiosk.revoked) and await store.is_present(f"kiosk:{kiosk.id}"),
+                "selftest": _selftest_summary(kiosk.last_selftest, language_of(request)),
+            }
+        )
+    return render(
+        request,
+        "admin/kiosks.html",
+        status=status,
+        rows=rows,
+        seniors=sorted(people.values(), key=lambda s: s.name.lower()),
+        errors=errors or {},
+        values=values or {"code": "", "senior_id": request.query.get("senior", "")},
+    )
+
+
+@coordinator
+async def kiosk_pair(request: web.Request) -> web.Response:
+    from server.pairing import confirm_pairing
+
+    data = form(request)
+    values = {"code": str(data.get("code", "")).strip()[:20], "senior_id": str(data.get("senior_id", ""))}
+    try:
+        kiosk = await confirm_pairing(
+            request.app[STORE_KEY], _dir(request), values["code"], values["senior_id"], _actor(request)
+        )
+    except DirectoryError as exc:
+        if exc.field in ("senior_id", "senior"):
+            message = N_("Choose the senior this kiosk belongs to.")
+            field = "senior_id"
+        else:
+            message = N_("No kiosk shows this code. Check the 6 digits on the kiosk screen; after 15 minutes the kiosk shows a new code.")
+            field = "code"
+        return await _kiosks_page(request, errors={field: _t(request)(message)}, values=values, status=400)
+    await _tell_kiosks(request, kiosk.senior_id)
+    _flash(request, N_("The kiosk is paired. It connects within a few seconds."))
+    return redirect("/admin/kiosks")
+
+
+@coordinator
+async def kiosk_selftest(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    kiosk = await directory.get(Kiosk, request.match_info["kiosk_id"])
+    if kiosk is None or kiosk.revoked:
+        return await _not_found(request)
+    sent = await request.app[SIGNALING_KEY].request_selftest(kiosk.id)
+    if sent:
+        await directory.audit(_actor(request), "selftest", "kiosks", kiosk.id, [])
+        _flash(request, N_("Self-test requested. The result appears here within a minute; reload the page."))
+    else:
+        _flash(request, N_("The kiosk is offline, so it cannot run a self-test now."))
+    return redirect("/admin/kiosks")
+
+
+@coordinator
+async def kiosk_revoke_confirm(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    kiosk = await directory.get(Kiosk, request.match_info["kiosk_id"])
+    if kiosk is None or kiosk.revoked:
+        return await _not_found(request)
+    _ = _t(request)
+    return render(
+        request,
+        "admin/confirm.html",
+        heading=_("Switch off %(name)s?", name=kiosk.name or kiosk.id),
+        body=_(
+            "The kiosk disconnects at once and cannot connect again. To use it again, pair it anew with a new code."
+        ),
+        action=f"/admin/kiosks/{kiosk.id}/revoke",
+        button=_("Yes, switch this kiosk off"),
+        back="/admin/kiosks",
+    )
+
+
+@coordinator
+async def kiosk_revoke(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    kiosk = await directory.get(Kiosk, request.match_info["kiosk_id"])
+    if kiosk is None:
+        return await _not_found(request)
+    if not kiosk.revoked:
+        kiosk.revoked = True
+        await directory.put(kiosk, actor=_actor(request))
+        await request.app[SIGNALING_KEY].revoke_kiosk(kiosk.id)
+    _flash(request, N_("The kiosk is switched off."))
+    return redirect("/admin/kiosks")
+
+
+# --- staff accounts ---------------------------------------------------------------------------
+
+
+@coordinator
+async def accounts(request: web.Request) -> web.Response:
+    people = sorted(await _dir(request).list(Account), key=lambda a: (a.role, a.name.lower()))
+    return render(request, "admin/accounts.html", accounts=people, role_labels=ROLE_LABELS)
+
+
+def _account_form(request: web.Request, account: Account | None, *, errors: dict[str, str] | None = None,
+                  values: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    current = values or (
+        {"name": account.name, "username": account.username, "role": account.role, "language": account.language}
+        if account
+        else {"name": "", "username": "", "role": "volunteer", "language": "nl"}
+    )
+    return render(
+        request,
+        "admin/account.html",
+        status=status,
+        edited=account,
+        values=current,
+        errors=errors or {},
+        role_labels=ROLE_LABELS,
+        languages=LANGUAGES,
+    )
+
+
+@coordinator
+async def account_new(request: web.Request) -> web.Response:
+    return _account_form(request, None)
+
+
+@coordinator
+async def account_page(request: web.Request) -> web.Response:
+    account = await _dir(request).get(Account, request.match_info["account_id"])
+    if account is None:
+        return await _not_found(request)
+    return _account_form(request, account)
+
+
+@coordinator
+async def account_save(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    me = current_account(request)
+    account_id = request.match_info.get("account_id")
+    existing = await directory.get(Account, account_id) if account_id else None
+    if account_id and existing is None:
+        return await _not_found(request)
+    data = form(request)
+    values = {
+        "name": str(data.get("name", "")),
+        "username": str(data.get("username", "")) if existing is None else existing.username,
+        "role": str(data.get("role", "")),
+        "language": str(data.get("language", "")),
+    }
+    password = str(data.get("password", ""))
+    _ = _t(request)
+    account = replace(existing) if existing else Account(id=new_id("staff"), name="", username="", role="volunteer")
+    account.name, account.username = values["name"], values["username"]
+    account.role, account.language = values["role"], values["language"]
+    errors: dict[str, str] = {}
+    try:
+        account.validate()
+    except DirectoryError as exc:
+        errors = _field_error(request, exc)
+    if not errors and existing is None:
+        if await directory.account_by_username(account.username) is not None:
+            errors = {"username": _("This username is taken. Choose another.")}
+    if not errors and (existing is None or password):
+        problem = check_new_password(password)
+        if problem:
+            errors = {"password": _(problem)}
+    if not errors and existing is not None and existing.id == me.id and account.role != "coordinator":
+        errors = {"role": _("You cannot take away your own coordinator role.")}
+    if errors:
+        return _account_form(request, existing, errors=errors, values=values, status=400)
+    if password:
+        account.password_hash = await hash_password(password)
+    await directory.put(account, actor=me.id)
+    if existing is not None and existing.id == me.id and password:
+        # Changing one's own password ends other sessions, not this one.
+        from .auth import password_fingerprint
+
+        request["session"]["pv"] = password_fingerprint(account.password_hash)
+    _flash(request, N_("Saved."))
+    return redirect("/admin/accounts")
+
+
+@coordinator
+async def account_delete_confirm(request: web.Request) -> web.Response:
+    account = await _dir(request).get(Account, request.match_info["account_id"])
+    if account is None:
+        return await _not_found(request)
+    _ = _t(request)
+    if account.id == current_account(request).id:
+        return error_page(request, 400, N_("Not possible"), N_("You cannot remove your own account."))
+    return render(
+        request,
+        "admin/confirm.html",
+        heading=_("Remove %(name)s?", name=account.name),
+        body=_("%(name)s can no longer log in.", name=account.name),
+        action=f"/admin/accounts/{account.id}/delete",
+        button=_("Yes, remove %(name)s", name=account.name),
+        back=f"/admin/accounts/{account.id}",
+    )
+
+
+@coordinator
+async def account_delete(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    account = await directory.get(Account, request.match_info["account_id"])
+    if account is None:
+        return await _not_found(request)
+    if account.id == current_account(request).id:
+        return error_page(request, 400, N_("Not possible"), N_("You cannot remove your own account."))
+    for activity in await directory.list(Activity):
+        if account.id in activity.host_ids:
+            activity.host_ids = [h for h in activity.host_ids if h != account.id]
+            await directory.put(activity, actor=_actor(request))
+    await directory.delete(Account, account.id, actor=_actor(request))
+    _flash(request, N_("Removed."))
+    return redirect("/admin/accounts")
+
+
+# --- activities -----------------------------------------------------------------------------
+
+
+def _slot_rows(slots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [dict(s) for s in slots]
+    while len(rows) < max(SLOT_ROWS, len(slots) + 1):
+        rows.append({"weekday": "", "start": "", "duration_min": ""})
+    return rows
+
+
+async def _activity_form(request: web.Request, activity: Activity | None, *, errors: dict[str, str] | None = None,
+                         values: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    directory = _dir(request)
+    if values is None:
+        source = activity or Activity(id="", title="")
+        values = {
+            "title": source.title,
+            "description": source.description,
+            "host_ids": list(source.host_ids),
+            "enrolled": list(source.enrolled),
+            "capacity": source.capacity,
+            "guests_allowed": source.guests_allowed,
+            "slots": _slot_rows(source.slots),
+        }
+    return render(
+        request,
+        "admin/activity.html",
+        status=status,
+        activity=activity,
+        values=values,
+        errors=errors or {},
+        staff=sorted(await directory.list(Account), key=lambda a: a.name.lower()),
+        seniors=sorted(await directory.list(Senior), key=lambda s: s.name.lower()),
+        weekdays=WEEKDAYS,
+        weekday_labels=WEEKDAY_LABELS,
+    )
+
+
+@coordinator
+async def activities(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    staff = {a.id: a for a in await directory.list(Account)}
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for activity in sorted(await directory.list(Activity), key=lambda a: a.title.lower()):
+        upcoming = next_occurrence(activity.weekly_slots, now)
+        rows.append(
+            {
+                "activity": activity,
+                "next": upcoming[0] if upcoming else None,
+                "hosts": [staff[h].name for h in activity.host_ids if h in staff],
+            }
+        )
+    return render(request, "admin/activities.html", rows=rows, weekday_labels=WEEKDAY_LABELS)
+
+
+@coordinator
+async def activity_new(request: web.Request) -> web.Response:
+    return await _activity_form(request, None)
+
+
+@coordinator
+async def activity_page(request: web.Request) -> web.Response:
+    activity = await _dir(request).get(Activity, request.match_info["activity_id"])
+    if activity is None:
+        return await _not_found(request)
+    return await _activity_form(request, activity)
+
+
+@coordinator
+async def activity_save(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    _ = _t(request)
+    activity_id = request.match_info.get("activity_id")
+    existing = await directory.get(Activity, activity_id) if activity_id else None
+    if activity_id and existing is None:
+        return await _not_found(request)
+    data = form(request)
+    staff_ids = {a.id for a in await directory.list(Account)}
+    senior_ids = {s.id for s in await directory.list(Senior)}
+    slots_in = []
+    errors: dict[str, str] = {}
+    row_count = min(int(data.get("slot_rows", SLOT_ROWS)) if str(data.get("slot_rows", "")).isdigit() else SLOT_ROWS, 14)
+    for i in range(row_count):
+        weekday = str(data.get(f"slot-{i}-weekday", ""))
+        start = str(data.get(f"slot-{i}-start", "")).strip()
+        duration = str(data.get(f"slot-{i}-duration", "")).strip()
+        slots_in.append({"weekday": weekday, "start": start, "duration_min": duration})
+        if not weekday and not start:
+            continue
+        if weekday not in WEEKDAYS:
+            errors.setdefault(f"slot-{i}-weekday", _("Choose a day."))
+        if not _valid_time(start):
+            errors.setdefault(f"slot-{i}-start", _("Fill in a start time like 10:00."))
+        if not duration.isdigit() or not 5 <= int(duration) <= 480:
+            errors.setdefault(f"slot-{i}-duration", _("Duration must be between 5 and 480 minutes."))
+    capacity_raw = str(data.get("capacity", "")).strip()
+    values = {
+        "title": str(data.get("title", "")),
+        "description": str(data.get("description", "")),
+        "host_ids": [h for h in data.getall("host_ids", []) if isinstance(h, str)],
+        "enrolled": [s for s in data.getall("enrolled", []) if isinstance(s, str)],
+        "capacity": capacity_raw,
+        "guests_allowed": _checked(data, "guests_allowed"),
+        "slots": slots_in,
+    }
+    if not set(values["host_ids"]) <= staff_ids:
+        errors["host_ids"] = _("Choose hosts from the list.")
+    if not set(values["enrolled"]) <= senior_ids:
+        errors["enrolled"] = _("Choose seniors from the list.")
+    if not capacity_raw.isdigit():
+        errors["capacity"] = _("Capacity must be between 1 and 100.")
+    if not errors:
+        activity = replace(existing) if existing else Activity(id=new_id("activity"), title="")
+        activity.title = values["title"]
+        activity.description = values["description"]
+        activity.host_ids = list(dict.fromkeys(values["host_ids"]))
+        activity.enrolled = list(dict.fromkeys(values["enrolled"]))
+        activity.capacity = int(capacity_raw)
+        activity.guests_allowed = values["guests_allowed"]
+        activity.slots = [
+            {"weekday": s["weekday"], "start": s["start"], "duration_min": int(s["duration_min"])}
+            for s in slots_in
+            if s["weekday"]
+        ]
+        try:
+            activity.validate()
+        except DirectoryError as exc:
+            field = exc.field if not exc.field.startswith("slots") else "slots"
+            errors[field] = _(str(exc.message))
+    if errors:
+        return await _activity_form(request, existing, errors=errors, values=values, status=400)
+    await directory.put(activity, actor=_actor(request))
+    changed = set(activity.enrolled) | set(existing.enrolled if existing else [])
+    for senior_id in changed:
+        await _tell_kiosks(request, senior_id)
+    _flash(request, N_("Saved."))
+    return redirect("/admin/activities")
+
+
+def _valid_time(value: str) -> bool:
+    try:
+        hours, minutes = value.split(":")
+        return len(minutes) == 2 and 0 <= int(hours) <= 23 and 0 <= int(minutes) <= 59
+    except ValueError:
+        return False
+
+
+@coordinator
+async def activity_delete_confirm(request: web.Request) -> web.Response:
+    activity = await _dir(request).get(Activity, request.match_info["activity_id"])
+    if activity is None:
+        return await _not_found(request)
+    _ = _t(request)
+    return render(
+        request,
+        "admin/confirm.html",
+        heading=_("Remove %(name)s?", name=activity.title),
+        body=_("The activity disappears from every kiosk and from the hosts' lists."),
+        action=f"/admin/activities/{activity.id}/delete",
+        button=_("Yes, remove %(name)s", name=activity.title),
+        back=f"/admin/activities/{activity.id}",
+    )
+
+
+@coordinator
+async def activity_delete(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    activity = await directory.get(Activity, request.match_info["activity_id"])
+    if activity is None:
+        return await _not_found(request)
+    await directory.delete(Activity, activity.id, actor=_actor(request))
+    for senior_id in activity.enrolled:
+        await _tell_kiosks(request, senior_id)
+    _flash(request, N_("Removed."))
+    return redirect("/admin/activities")
+
+
+# --- audit log --------------------------------------------------------------------------------
+
+
+@coordinator
+async def audit(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    names: dict[str, str] = {a.id: a.name for a in await directory.list(Account)}
+    names.update({s.id: s.name for s in await directory.list(Senior)})
+    names.update({c.id: c.name for c in await directory.list(Contact)})
+    names.update({a.id: a.title for a in await directory.list(Activity)})
+    names.update({k.id: k.name or k.id for k in await directory.list(Kiosk)})
+    entries = await directory.audit_log(limit=300)
+    return render(
+        request,
+        "admin/audit.html",
+        entries=entries,
+        names=names,
+        actions=AUDIT_ACTIONS,
+        kinds=AUDIT_KINDS,
+    )
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/admin", dashboard)
+    r.add_get("/admin/seniors", seniors)
+    r.add_get("/admin/seniors/new", senior_new)
+    r.add_post("/admin/seniors/new", senior_save)
+    r.add_get("/admin/seniors/{senior_id}", senior_page)
+    r.add_post("/admin/seniors/{senior_id}", senior_save)
+    r.add_get("/admin/seniors/{senior_id}/delete", senior_delete_confirm)
+    r.add_post("/admin/seniors/{senior_id}/delete", senior_delete)
+    r.add_get("/admin/seniors/{senior_id}/contacts/new", contact_new)
+    r.add_post("/admin/seniors/{senior_id}/contacts/new", contact_save)
+    r.add_get("/admin/contacts/{contact_id}", contact_page)
+    r.add_post("/admin/contacts/{contact_id}", contact_save)
+    r.add_post("/admin/contacts/{contact_id}/new-invite", contact_new_invite)
+    r.add_get("/admin/contacts/{contact_id}/delete", contact_delete_confirm)
+    r.add_post("/admin/contacts/{contact_id}/delete", contact_delete)
+    r.add_get("/admin/kiosks", kiosks)
+    r.add_post("/admin/kiosks/pair", kiosk_pair)
+    r.add_post("/admin/kiosks/{kiosk_id}/selftest", kiosk_selftest)
+    r.add_get("/admin/kiosks/{kiosk_id}/revoke", kiosk_revoke_confirm)
+    r.add_post("/admin/kiosks/{kiosk_id}/revoke", kiosk_revoke)
+    r.add_get("/admin/accounts", accounts)
+    r.add_get("/admin/accounts/new", account_new)
+    r.add_post("/admin/accounts/new", account_save)
+    r.add_get("/admin/accounts/{account_id}", account_page)
+    r.add_post("/admin/accounts/{account_id}", account_save)
+    r.add_get("/admin/accounts/{account_id}/delete", account_delete_confirm)
+    r.add_post("/admin/accounts/{account_id}/delete", account_delete)
+    r.add_get("/admin/activities", activities)
+    r.add_get("/admin/activities/new", activity_new)
+    r.add_post("/admin/activities/new", activity_save)
+    r.add_get("/admin/activities/{activity_id}", activity_page)
+    r.add_post("/admin/activities/{activity_id}", activity_save)
+    r.add_get("/admin/activities/{activity_id}/delete", activity_delete_confirm)
+    r.add_post("/admin/activities/{activity_id}/delete", activity_delete)
+    r.add_get("/admin/audit", audit)

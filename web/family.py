@@ -1,0 +1,143 @@
+"""Family pages, reached only through an invite link (`/family/{invite}`); no account.
+
+- `/family/{invite}`: who they are about to call (name, photo) and one big call button.
+  The button posts the invite to `POST /api/calls` (server/api.py), joins the call room
+  with the token it returns, and says in plain words what the call does (`call_state`).
+- `/family/{invite}/activities`: the senior's activities that welcome guests.
+- `/family/{invite}/activities/{id}`: joins that activity with a family token; the server
+  puts a family member in the waiting room, which is the knock.
+
+An invite grants nothing else: no staff session, no admin page (those check the session
+cookie, which an invite never creates).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+
+from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
+from server.directory import Activity, Contact, Senior
+from server.invites import InviteError, named_secret, resolve_invite
+from server.schedule import next_occurrence
+
+from .i18n import N_
+from .rendering import error_page, render
+
+FAMILY_TOKEN_TTL_S = 8 * 3600
+
+FAMILY_STRINGS = {
+    "calling": N_("We are calling %(name)s…"),
+    "warning": N_("%(name)s will answer in 10 seconds"),
+    "accepted": N_("You are talking with %(name)s"),
+    "declined": N_("%(name)s cannot answer right now"),
+    "missed": N_("%(name)s did not answer. Try again later."),
+    "unavailable": N_("%(name)s cannot be reached"),
+    "call_failed": N_("Calling does not work right now. Please try again later."),
+    "hung_up": N_("The call has ended."),
+    "left": N_("You hung up."),
+    "link_invalid": N_("This link no longer works. Ask the coordinator for a new one."),
+}
+
+ACTIVITY_STRINGS = {
+    "left": N_("You have left the activity."),
+}
+
+
+async def _contact(request: web.Request) -> tuple[Contact, Senior] | web.Response:
+    secret = named_secret(request.app[SETTINGS_KEY], "invite")
+    directory = request.app[DIRECTORY_KEY]
+    try:
+        contact = await resolve_invite(directory, secret, request.match_info["invite"])
+    except InviteError as exc:
+        status = 404 if exc.code == "invalid" else 410
+        return error_page(
+            request, status, N_("This link no longer works"),
+            N_("Ask the coordinator or your family member for a new link."),
+        )
+    senior = await directory.get(Senior, contact.senior_id)
+    if senior is None:
+        return error_page(
+            request, 410, N_("This link no longer works"),
+            N_("Ask the coordinator or your family member for a new link."),
+        )
+    return contact, senior
+
+
+async def _guest_activities(request: web.Request, senior: Senior) -> list[Activity]:
+    activities = await request.app[DIRECTORY_KEY].activities_of(senior.id)
+    return sorted((a for a in activities if a.guests_allowed), key=lambda a: a.title.lower())
+
+
+async def call_page(request: web.Request) -> web.Response:
+    found = await _contact(request)
+    if isinstance(found, web.Response):
+        return found
+    contact, senior = found
+    from . import call_strings
+
+    return render(
+        request,
+        "family/call.html",
+        contact=contact,
+        senior=senior,
+        invite=request.match_info["invite"],
+        has_activities=bool(await _guest_activities(request, senior)),
+        js_strings=call_strings(request, FAMILY_STRINGS),
+    )
+
+
+async def activities_page(request: web.Request) -> web.Response:
+    found = await _contact(request)
+    if isinstance(found, web.Response):
+        return found
+    contact, senior = found
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for activity in await _guest_activities(request, senior):
+        upcoming = next_occurrence(activity.weekly_slots, now)
+        rows.append({"activity": activity, "next": upcoming[0] if upcoming else None})
+    return render(
+        request,
+        "family/activities.html",
+        contact=contact,
+        senior=senior,
+        invite=request.match_info["invite"],
+        rows=rows,
+    )
+
+
+async def activity_page(request: web.Request) -> web.Response:
+    found = await _contact(request)
+    if isinstance(found, web.Response):
+        return found
+    contact, senior = found
+    activity_id = request.match_info["activity_id"]
+    activity = next((a for a in await _guest_activities(request, senior) if a.id == activity_id), None)
+    if activity is None:
+        return error_page(
+            request, 404, N_("Not found"),
+            N_("This activity does not exist, or it does not welcome guests."),
+        )
+    token = request.app[ISSUER_KEY].issue(
+        role="family", room=activity.id, name=contact.name, participant_id=contact.id, ttl_s=FAMILY_TOKEN_TTL_S
+    )
+    from . import call_strings
+
+    return render(
+        request,
+        "family/activity.html",
+        contact=contact,
+        senior=senior,
+        activity=activity,
+        invite=request.match_info["invite"],
+        token=token,
+        js_strings=call_strings(request, ACTIVITY_STRINGS),
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/family/{invite}", call_page)
+    app.router.add_get("/family/{invite}/activities", activities_page)
+    app.router.add_get("/family/{invite}/activities/{activity_id}", activity_page)

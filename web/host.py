@@ -1,0 +1,153 @@
+"""The host console: today's activities for the logged-in volunteer, and running one.
+
+`/host` lists the activities the account hosts (coordinators see all of them), today's
+first. Starting one (a POST, so it is audited and CSRF-protected) opens the console at
+`/host/activities/{id}`, which carries a host join token for the activity's room; the
+console itself (`static/host.js`) speaks the signalling protocol through `callcore.js`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aiohttp import web
+
+from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
+from server.directory import Account, Activity
+from server.schedule import AMSTERDAM, next_occurrence
+
+from .auth import current_account, require
+from .i18n import N_
+from .rendering import error_page, redirect, render
+
+staff = require("volunteer", "coordinator")
+
+# Long enough for any activity: a resume after the token expired would be refused.
+HOST_TOKEN_TTL_S = 8 * 3600
+
+HOST_STRINGS = {
+    "knock": N_("%(name)s is waiting in the waiting room."),
+    "admit": N_("Let %(name)s in"),
+    "deny": N_("Do not let %(name)s in"),
+    "mute": N_("Turn off microphone of %(name)s"),
+    "ask_unmute": N_("Ask %(name)s to turn on their microphone"),
+    "asked_unmute": N_("We asked %(name)s to turn on their microphone."),
+    "spotlight": N_("Put %(name)s in the spotlight"),
+    "unspotlight": N_("Take %(name)s out of the spotlight"),
+    "remove": N_("Remove %(name)s"),
+    "remove_confirm": N_("Remove %(name)s from the activity?"),
+    "locked": N_("The room is locked: newcomers wait in the waiting room"),
+    "unlocked": N_("The room is open: seniors come in directly"),
+    "music_on": N_("Music mode is on"),
+    "music_off": N_("Music mode is off"),
+    "all_muted": N_("All microphones are off. Participants can turn theirs on again."),
+    "quality_good": N_("good"),
+    "quality_fair": N_("fair"),
+    "quality_poor": N_("poor"),
+    "quality_unknown": N_("no sound or picture yet"),
+    "quality_label": N_("Connection: %(quality)s"),
+    "quality_detail": N_("%(loss)s percent lost, %(jitter)s ms jitter, %(rtt)s ms round trip"),
+    "host_ended": N_("You ended the activity. Everyone has left."),
+    "not_in_lobby": N_("This person is no longer waiting."),
+    "end_confirm": N_("End the activity for everyone? Everyone leaves the room."),
+}
+
+
+def _may_host(account: Account, activity: Activity) -> bool:
+    return account.role == "coordinator" or account.id in activity.host_ids
+
+
+def _today(activities: list[Activity], now: dt.datetime) -> list[dict[str, Any]]:
+    today = now.astimezone(AMSTERDAM).date()
+    items = []
+    for activity in activities:
+        for slot in activity.weekly_slots:
+            if slot.weekday != today.weekday():
+                continue
+            start = slot.occurrence_on(today)
+            end = (start.astimezone(dt.timezone.utc) + dt.timedelta(minutes=slot.duration_min)).astimezone(AMSTERDAM)
+            items.append(
+                {
+                    "activity": activity,
+                    "start": start,
+                    "end": end,
+                    "running": start - dt.timedelta(minutes=15) <= now < end,
+                    "over": now >= end,
+                }
+            )
+    return sorted(items, key=lambda item: item["start"])
+
+
+@staff
+async def home(request: web.Request) -> web.Response:
+    account = current_account(request)
+    everything = await request.app[DIRECTORY_KEY].list(Activity)
+    mine = [a for a in everything if _may_host(account, a)]
+    now = dt.datetime.now(dt.timezone.utc)
+    today = _today(mine, now)
+    today_ids = {item["activity"].id for item in today}
+    later = []
+    for activity in sorted(mine, key=lambda a: a.title.lower()):
+        if activity.id in today_ids:
+            continue
+        upcoming = next_occurrence(activity.weekly_slots, now)
+        later.append({"activity": activity, "next": upcoming[0] if upcoming else None})
+    return render(
+        request,
+        "host/home.html",
+        today=today,
+        later=later,
+        today_date=now.astimezone(AMSTERDAM),
+    )
+
+
+async def _activity_for(request: web.Request) -> Activity | web.Response:
+    activity = await request.app[DIRECTORY_KEY].get(Activity, request.match_info["activity_id"])
+    if activity is None:
+        return error_page(request, 404, N_("Not found"), N_("This activity does not exist (any more)."))
+    if not _may_host(current_account(request), activity):
+        return error_page(
+            request, 403, N_("Not your activity"), N_("You are not a host of this activity. Ask a coordinator.")
+        )
+    return activity
+
+
+@staff
+async def start(request: web.Request) -> web.Response:
+    activity = await _activity_for(request)
+    if isinstance(activity, web.Response):
+        return activity
+    await request.app[DIRECTORY_KEY].audit(current_account(request).id, "start", "activities", activity.id, [])
+    return redirect(f"/host/activities/{activity.id}")
+
+
+@staff
+async def console(request: web.Request) -> web.Response:
+    activity = await _activity_for(request)
+    if isinstance(activity, web.Response):
+        return activity
+    account = current_account(request)
+    settings = request.app[SETTINGS_KEY]
+    token = request.app[ISSUER_KEY].issue(
+        role="host",
+        room=activity.id,
+        name=account.name,
+        participant_id=account.id,
+        ttl_s=max(settings.default_token_ttl_s, HOST_TOKEN_TTL_S),
+    )
+    from . import call_strings
+
+    return render(
+        request,
+        "host/console.html",
+        activity=activity,
+        token=token,
+        js_strings=call_strings(request, HOST_STRINGS),
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/host", home)
+    app.router.add_post("/host/activities/{activity_id}/start", start)
+    app.router.add_get("/host/activities/{activity_id}", console)
