@@ -117,6 +117,14 @@ class CallClient:
         self._negotiator = asyncio.ensure_future(self._negotiate())
         await self.signaling.send({"type": "join", "room": self.room})
 
+    def attach_media(self, video: MediaStreamTrack | None, audio: MediaStreamTrack | None) -> None:
+        """Sets camera and microphone after construction and before `publish` — the kiosk
+        opens them only once admitted to the room."""
+        self.publishing.close()
+        self.video = ScaledVideoTrack(video) if video is not None else None
+        self.publishing = PublishControl(self.video)
+        self.audio = audio
+
     async def publish(self) -> None:
         """Publishes whichever of `video` and `audio` is set."""
         if self.video is not None or self.audio is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .call import CallClient
 from .media import open_audio, open_video
+from .state import DEFAULT_STATE_DIR
 
 
 def _restrict_media_addresses() -> None:
@@ -35,12 +36,104 @@ def main(argv: list[str] | None = None) -> int:
     join.add_argument("--duration", type=float, default=0, help="seconds to stay (0: until Ctrl-C)")
     join.add_argument("--report", type=Path, help="write a JSON report of received media here")
     join.add_argument("--log-level", default="WARNING")
+
+    run = sub.add_parser("run", help="the appliance: pairing, home screen, activities, family calls")
+    run.add_argument("--server", default=os.environ.get("VERZILVERING_KIOSK_SERVER"), help="e.g. https://verzilvering.example.nl")
+    run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where the device credential is kept (0600)")
+    run.add_argument("--video", default="/dev/video0", help="'testsrc', a camera device, or 'none'")
+    run.add_argument("--audio", default="default", help="'tone', an ALSA device, or 'none'")
+    run.add_argument("--language", choices=("nl", "en"), help="default: the senior's language from the server, else nl")
+    screen = run.add_mutually_exclusive_group()
+    screen.add_argument("--fullscreen", dest="fullscreen", action="store_true", default=True)
+    screen.add_argument("--windowed", dest="fullscreen", action="store_false")
+    run.add_argument("--size", default="1280x800", help="window size with --windowed, WIDTHxHEIGHT")
+    run.add_argument("--dpi", type=float, default=96.0, help="the screen's pixel density, for 15 mm touch targets")
+    run.add_argument("--no-self-view", dest="self_view", action="store_false", help="do not show the kiosk's own camera")
+    run.add_argument("--log-level", default="WARNING")
+
+    selftest = sub.add_parser("selftest", help="check camera, microphone, speaker, echo cancellation, server and TURN")
+    selftest.add_argument("--server", default=os.environ.get("VERZILVERING_KIOSK_SERVER"))
+    selftest.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    selftest.add_argument("--video", default="/dev/video0", help="'testsrc', a camera device, or 'none'")
+    selftest.add_argument("--audio", default="default", help="'tone', an ALSA device, or 'none'")
+    selftest.add_argument("--language", choices=("nl", "en"), default="nl")
+    selftest.add_argument("--json", dest="json_path", help="write the JSON result to this file ('-': standard output)")
+    selftest.add_argument("--log-level", default="ERROR")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        return _run(args)
+    if args.command == "selftest":
+        return asyncio.run(_selftest(args))
     try:
         return asyncio.run(_join(args))
     except KeyboardInterrupt:
         return 0
+
+
+def _source(value: str) -> str | None:
+    return None if value == "none" else value
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.server:
+        print("verzilvering-kiosk run: --server (or VERZILVERING_KIOSK_SERVER) is needed", file=sys.stderr)
+        return 2
+    from .runner import KioskApp, KioskConfig
+
+    try:
+        width, height = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        print("verzilvering-kiosk run: --size is WIDTHxHEIGHT, e.g. 1280x800", file=sys.stderr)
+        return 2
+    config = KioskConfig(
+        server=args.server,
+        state_dir=args.state_dir,
+        video=_source(args.video),
+        audio=_source(args.audio),
+        language=args.language,
+        fullscreen=args.fullscreen,
+        window_size=(width, height),
+        dpi=args.dpi,
+        self_view=args.self_view,
+    )
+
+    async def main() -> None:
+        import signal
+
+        app = KioskApp(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.request_stop)
+        await app.run()
+
+    asyncio.run(main())
+    return 0
+
+
+async def _selftest(args: argparse.Namespace) -> int:
+    from .selftest import fetch_ice_servers, report_text, run_selftest
+    from .state import StateDir
+
+    credential = StateDir(args.state_dir).load_credential()
+    server = args.server or (credential.server if credential else None)
+    ice_servers = None
+    if server and credential is not None:
+        ice_servers = await fetch_ice_servers(server, credential.kiosk_id, credential.credential)
+    result = await run_selftest(
+        server=server,
+        video=_source(args.video),
+        audio=_source(args.audio),
+        ice_servers=ice_servers,
+        kiosk_id=credential.kiosk_id if credential else None,
+    )
+    print(report_text(result, args.language), flush=True)
+    if args.json_path == "-":
+        print(json.dumps(result, indent=2), flush=True)
+    elif args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+    return 0 if result["ok"] else 1
 
 
 async def _join(args: argparse.Namespace) -> int:

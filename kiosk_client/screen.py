@@ -1,0 +1,653 @@
+"""Draws the kiosk's screens with pygame-ce (SDL2) from the state machine in `appliance.py`.
+
+`Renderer.render(surface, kiosk)` draws one frame onto any surface and returns a `Layout`:
+the buttons it drew (id and rectangle, for touches) and every piece of text (size and
+colours), so tests can check the rules without looking at pixels:
+
+- text at least 32 px high, contrast at least 4.5:1 (WCAG AA for normal text);
+- touch targets at least 15 mm on each side at the screen's DPI (96 unless configured);
+- everything fits: no scrolling, nothing hidden behind a gesture.
+
+`Display` owns the window (full screen on KMS/DRM, X11 or Wayland; SDL's dummy driver in
+tests), turns presses into button ids, and saves screenshots.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pygame
+
+from .appliance import JOIN_LIT_BEFORE, Contact, Kiosk, Mode
+from .texts import Texts
+
+if TYPE_CHECKING:
+    from .video import VideoWall
+
+Color = tuple[int, int, int]
+
+MIN_TEXT_PX = 32
+MIN_TARGET_MM = 15.0
+DEFAULT_DPI = 96.0
+
+BACKGROUND: Color = (247, 243, 234)
+CARD: Color = (255, 255, 255)
+TEXT: Color = (26, 26, 26)
+SOFT_TEXT: Color = (68, 68, 68)
+WHITE: Color = (255, 255, 255)
+GREEN: Color = (27, 94, 32)
+RED: Color = (176, 26, 26)
+NAVY: Color = (31, 58, 95)
+DISABLED: Color = (222, 217, 205)
+NOTE: Color = (255, 240, 190)
+ALERT: Color = (255, 224, 178)
+DARK: Color = (20, 20, 20)
+TILE: Color = (45, 45, 45)
+VOLUME_ON: Color = (31, 58, 95)
+VOLUME_OFF: Color = (200, 194, 180)
+# Initials circles: each carries white text at well over 4.5:1.
+AVATAR_COLORS: tuple[Color, ...] = ((31, 58, 95), (106, 27, 154), (0, 105, 92), (142, 36, 48), (55, 71, 79), (27, 94, 32))
+
+
+def relative_luminance(color: Color) -> float:
+    def channel(c: int) -> float:
+        s = c / 255
+        return s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in color[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a: Color, b: Color) -> float:
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def mm_to_px(mm: float, dpi: float) -> int:
+    return math.ceil(mm * dpi / 25.4)
+
+
+@dataclass(frozen=True)
+class Button:
+    id: str
+    rect: pygame.Rect
+
+
+@dataclass(frozen=True)
+class TextItem:
+    text: str
+    size: int
+    fg: Color
+    bg: Color
+    rect: pygame.Rect
+
+
+@dataclass
+class Layout:
+    size: tuple[int, int]
+    buttons: list[Button] = field(default_factory=list)
+    texts: list[TextItem] = field(default_factory=list)
+
+    def hit(self, pos: tuple[int, int]) -> str | None:
+        for button in reversed(self.buttons):
+            if button.rect.collidepoint(pos):
+                return button.id
+        return None
+
+    def button(self, button_id: str) -> Button | None:
+        return next((b for b in self.buttons if b.id == button_id), None)
+
+    def text_shown(self, fragment: str) -> bool:
+        """Whether the words appear, also when wrapped over several lines."""
+        return any(fragment in t.text for t in self.texts) or fragment in " ".join(t.text for t in self.texts)
+
+
+def _font_path(bold: bool) -> str | None:
+    names = "dejavusans" if not bold else "dejavusansbold"
+    path = pygame.font.match_font(names, bold=bold)
+    if path is None:
+        path = pygame.font.match_font("liberationsans,freesans,arial", bold=bold)
+    return path
+
+
+class Fonts:
+    """Font objects and rendered text, cached (a frame redraws the same words many times)."""
+
+    def __init__(self) -> None:
+        if not pygame.font.get_init():
+            pygame.font.init()
+        self._paths = {False: _font_path(False), True: _font_path(True)}
+        self._fonts: dict[tuple[bool, int], pygame.font.Font] = {}
+        self._rendered: OrderedDict[tuple[str, int, bool, Color], pygame.Surface] = OrderedDict()
+
+    def font(self, size: int, bold: bool = False) -> pygame.font.Font:
+        key = (bold, size)
+        if key not in self._fonts:
+            self._fonts[key] = pygame.font.Font(self._paths[bold], size)
+        return self._fonts[key]
+
+    def render(self, text: str, size: int, color: Color, bold: bool = False) -> pygame.Surface:
+        key = (text, size, bold, color)
+        surface = self._rendered.get(key)
+        if surface is None:
+            surface = self.font(size, bold).render(text, True, color)
+            self._rendered[key] = surface
+            if len(self._rendered) > 400:
+                self._rendered.popitem(last=False)
+        else:
+            self._rendered.move_to_end(key)
+        return surface
+
+
+class Renderer:
+    def __init__(
+        self,
+        *,
+        dpi: float = DEFAULT_DPI,
+        photos: Callable[[Contact], pygame.Surface | None] | None = None,
+    ) -> None:
+        self.dpi = dpi
+        self.min_target = mm_to_px(MIN_TARGET_MM, dpi)
+        self.fonts = Fonts()
+        self.photos = photos or (lambda contact: None)
+        self._qr_cache: tuple[str, list[list[bool]]] | None = None
+
+    # --- primitives ---------------------------------------------------------------------
+
+    def _text(
+        self,
+        surface: pygame.Surface,
+        layout: Layout,
+        text: str,
+        size: int,
+        fg: Color,
+        bg: Color,
+        *,
+        center: tuple[int, int] | None = None,
+        topleft: tuple[int, int] | None = None,
+        midleft: tuple[int, int] | None = None,
+        max_width: int | None = None,
+        bold: bool = False,
+    ) -> pygame.Rect:
+        size = max(MIN_TEXT_PX, size)
+        if max_width is not None:
+            while size > MIN_TEXT_PX and self.fonts.font(size, bold).size(text)[0] > max_width:
+                size -= 2
+            size = max(MIN_TEXT_PX, size)
+            if self.fonts.font(size, bold).size(text)[0] > max_width:
+                while len(text) > 1 and self.fonts.font(size, bold).size(text + "…")[0] > max_width:
+                    text = text[:-1]
+                text = text.rstrip() + "…"
+        rendered = self.fonts.render(text, size, fg, bold)
+        rect = rendered.get_rect()
+        if center is not None:
+            rect.center = center
+        elif midleft is not None:
+            rect.midleft = midleft
+        elif topleft is not None:
+            rect.topleft = topleft
+        surface.blit(rendered, rect)
+        layout.texts.append(TextItem(text, size, fg, bg, rect))
+        return rect
+
+    def _wrapped(
+        self,
+        surface: pygame.Surface,
+        layout: Layout,
+        text: str,
+        size: int,
+        fg: Color,
+        bg: Color,
+        box: pygame.Rect,
+        *,
+        bold: bool = False,
+        align_center: bool = True,
+        middle: bool = False,
+    ) -> int:
+        """Draws text wrapped to the box width (vertically centred in the box with
+        `middle`); returns the bottom y."""
+        size = max(MIN_TEXT_PX, size)
+        font = self.fonts.font(size, bold)
+        lines: list[str] = []
+        for paragraph in text.split("\n"):
+            words, line = paragraph.split(), ""
+            for word in words:
+                candidate = f"{line} {word}".strip()
+                if font.size(candidate)[0] <= box.width or not line:
+                    line = candidate
+                else:
+                    lines.append(line)
+                    line = word
+            lines.append(line)
+        line_height = font.get_linesize()
+        y = box.top
+        if middle:
+            y = box.centery - len(lines) * line_height // 2
+        for line in lines:
+            if align_center:
+                self._text(surface, layout, line, size, fg, bg, center=(box.centerx, y + line_height // 2), max_width=box.width, bold=bold)
+            else:
+                self._text(surface, layout, line, size, fg, bg, topleft=(box.left, y), max_width=box.width, bold=bold)
+            y += line_height
+        return y
+
+    def _button(
+        self,
+        surface: pygame.Surface,
+        layout: Layout,
+        button_id: str,
+        rect: pygame.Rect,
+        label: str,
+        color: Color,
+        text_color: Color = WHITE,
+        size: int = 48,
+        enabled: bool = True,
+    ) -> None:
+        rect = pygame.Rect(rect)
+        if rect.width < self.min_target:
+            rect.inflate_ip(self.min_target - rect.width, 0)
+        if rect.height < self.min_target:
+            rect.inflate_ip(0, self.min_target - rect.height)
+        pygame.draw.rect(surface, color, rect, border_radius=min(24, rect.height // 4))
+        self._text(surface, layout, label, size, text_color, color, center=rect.center, max_width=rect.width - 24, bold=True)
+        if enabled:
+            layout.buttons.append(Button(button_id, rect))
+
+    def _avatar(self, surface: pygame.Surface, layout: Layout, contact: Contact, center: tuple[int, int], diameter: int) -> None:
+        photo = self.photos(contact)
+        rect = pygame.Rect(0, 0, diameter, diameter)
+        rect.center = center
+        if photo is not None:
+            square = _square(photo)
+            if square.get_bitsize() not in (24, 32):
+                converted = pygame.Surface(square.get_size(), pygame.SRCALPHA)
+                converted.blit(square, (0, 0))
+                square = converted
+            scaled = pygame.transform.smoothscale(square, (diameter, diameter))
+            round_photo = pygame.Surface((diameter, diameter), pygame.SRCALPHA)
+            round_photo.blit(scaled, (0, 0))
+            mask = pygame.Surface((diameter, diameter), pygame.SRCALPHA)
+            pygame.draw.circle(mask, (255, 255, 255, 255), (diameter // 2, diameter // 2), diameter // 2)
+            round_photo.blit(mask, (0, 0), special_flags=pygame.BLEND_RGBA_MIN)
+            surface.blit(round_photo, rect)
+            return
+        color = AVATAR_COLORS[sum(map(ord, contact.name)) % len(AVATAR_COLORS)]
+        pygame.draw.circle(surface, color, center, diameter // 2)
+        self._text(surface, layout, contact.initials, int(diameter * 0.42), WHITE, color, center=center, bold=True)
+
+    def _qr(self, surface: pygame.Surface, url: str, rect: pygame.Rect) -> None:
+        if self._qr_cache is None or self._qr_cache[0] != url:
+            import qrcode
+
+            qr = qrcode.QRCode(border=0, error_correction=qrcode.constants.ERROR_CORRECT_M)
+            qr.add_data(url)
+            qr.make(fit=True)
+            self._qr_cache = (url, qr.get_matrix())
+        matrix = self._qr_cache[1]
+        quiet = 4
+        modules = len(matrix) + 2 * quiet
+        cell = max(1, min(rect.width, rect.height) // modules)
+        side = cell * modules
+        box = pygame.Rect(0, 0, side, side)
+        box.center = rect.center
+        pygame.draw.rect(surface, WHITE, box)
+        for y, row in enumerate(matrix):
+            for x, dark in enumerate(row):
+                if dark:
+                    pygame.draw.rect(surface, (0, 0, 0), (box.left + (x + quiet) * cell, box.top + (y + quiet) * cell, cell, cell))
+
+    def _status_bar(self, surface: pygame.Surface, layout: Layout, text: str) -> pygame.Rect:
+        w, h = surface.get_size()
+        bar_h = max(int(h * 0.09), 64)
+        bar = pygame.Rect(0, h - bar_h, w, bar_h)
+        pygame.draw.rect(surface, ALERT, bar)
+        self._text(surface, layout, text, int(h * 0.05), TEXT, ALERT, center=bar.center, max_width=w - 40, bold=True)
+        return bar
+
+    def _volume(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, rect: pygame.Rect, bg: Color) -> None:
+        """Softer [bars] Louder: two big buttons with the level between them."""
+        gap = max(12, rect.height // 8)
+        button_w = max(self.min_target, int(rect.width * 0.36))
+        down = pygame.Rect(rect.left, rect.top, button_w, rect.height)
+        up = pygame.Rect(rect.right - button_w, rect.top, button_w, rect.height)
+        size = max(MIN_TEXT_PX, min(44, rect.height // 3))
+        self._button(surface, layout, "volume_down", down, f"− {t('volume_down')}", NAVY, size=size)
+        self._button(surface, layout, "volume_up", up, f"+ {t('volume_up')}", NAVY, size=size)
+        bars = pygame.Rect(down.right + gap, rect.top, up.left - down.right - 2 * gap, rect.height)
+        n = 10
+        bar_w = max(2, (bars.width - (n - 1) * 4) // n)
+        for i in range(n):
+            bar_h = int(bars.height * (0.3 + 0.7 * (i + 1) / n))
+            r = pygame.Rect(bars.left + i * (bar_w + 4), bars.bottom - bar_h, bar_w, bar_h)
+            pygame.draw.rect(surface, VOLUME_ON if i < kiosk.volume else VOLUME_OFF, r, border_radius=3)
+
+    # --- screens ------------------------------------------------------------------------
+
+    def render(self, surface: pygame.Surface, kiosk: Kiosk, video: "VideoWall | None" = None) -> Layout:
+        layout = Layout(surface.get_size())
+        t = Texts(kiosk.language)
+        mode = kiosk.mode
+        if mode is Mode.PAIRING:
+            self._pairing(surface, layout, kiosk, t)
+        elif mode in (Mode.HOME, Mode.OFFLINE):
+            self._home(surface, layout, kiosk, t)
+        elif mode is Mode.COUNTDOWN:
+            self._countdown(surface, layout, kiosk, t)
+        elif mode in (Mode.INCOMING, Mode.RINGING):
+            self._incoming(surface, layout, kiosk, t)
+        elif mode is Mode.IN_CALL:
+            self._in_call(surface, layout, kiosk, t, video)
+        return layout
+
+    def _pairing(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+        w, h = surface.get_size()
+        surface.fill(BACKGROUND)
+        m = int(h * 0.05)
+        self._text(surface, layout, t("pairing_title"), int(h * 0.075), TEXT, BACKGROUND, topleft=(m, m), max_width=w - 2 * m, bold=True)
+        pairing = kiosk.pairing
+        left = pygame.Rect(m, int(h * 0.2), int(w * 0.58) - m, int(h * 0.62))
+        if pairing.done:
+            self._wrapped(surface, layout, t("pairing_done"), int(h * 0.07), TEXT, BACKGROUND, left, bold=True)
+        elif pairing.code:
+            y = self._wrapped(surface, layout, t("pairing_body"), int(h * 0.05), TEXT, BACKGROUND, left, align_center=False)
+            code = f"{pairing.code[:3]} {pairing.code[3:]}"
+            code_box = pygame.Rect(left.left, y + int(h * 0.03), left.width, int(h * 0.26))
+            pygame.draw.rect(surface, CARD, code_box, border_radius=24)
+            self._text(surface, layout, code, int(h * 0.2), TEXT, CARD, center=code_box.center, max_width=code_box.width - 40, bold=True)
+            minutes = max(1, math.ceil((pairing.expires_at - kiosk.clock.monotonic()) / 60))
+            self._wrapped(
+                surface, layout, t("pairing_expires", minutes=minutes), int(h * 0.042), SOFT_TEXT, BACKGROUND,
+                pygame.Rect(left.left, code_box.bottom + int(h * 0.03), left.width, int(h * 0.15)), align_center=False,
+            )
+            qr_side = min(int(w * 0.34), int(h * 0.55))
+            qr_rect = pygame.Rect(0, 0, qr_side, qr_side)
+            qr_rect.topright = (w - m, int(h * 0.2))
+            self._qr(surface, pairing.url, qr_rect)
+            self._wrapped(
+                surface, layout, t("pairing_qr"), int(h * 0.042), SOFT_TEXT, BACKGROUND,
+                pygame.Rect(qr_rect.left - 20, qr_rect.bottom + 12, qr_rect.width + 40, int(h * 0.14)),
+            )
+        else:
+            self._wrapped(surface, layout, t("pairing_fetching"), int(h * 0.06), TEXT, BACKGROUND, left, align_center=False)
+        if pairing.problem:
+            self._status_bar(surface, layout, t("offline"))
+
+    def _home(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+        w, h = surface.get_size()
+        surface.fill(BACKGROUND)
+        m = max(16, int(h * 0.03))
+        now = kiosk.local_now()
+        # Clock and date, top left.
+        clock_rect = self._text(surface, layout, t.clock(now), int(h * 0.19), TEXT, BACKGROUND, topleft=(m, m // 2), bold=True)
+        self._text(surface, layout, t.date(now), int(h * 0.055), TEXT, BACKGROUND, topleft=(m + 6, clock_rect.bottom - int(h * 0.02)), max_width=int(w * 0.5))
+        # Volume, top right.
+        volume_rect = pygame.Rect(0, 0, int(w * 0.44), max(self.min_target, int(h * 0.14)))
+        volume_rect.topright = (w - m, m)
+        self._volume(surface, layout, kiosk, t, volume_rect, BACKGROUND)
+        top = int(h * 0.32)
+        bottom_limit = h
+        if kiosk.mode is Mode.OFFLINE:
+            bar = self._status_bar(surface, layout, t("offline") if kiosk.ever_online else t("connecting"))
+            bottom_limit = bar.top
+        # The next activity, with the Join button.
+        card = pygame.Rect(m, top, w - 2 * m, int(h * 0.27))
+        pygame.draw.rect(surface, CARD, card, border_radius=20)
+        activity = kiosk.next_activity()
+        pad = max(16, card.height // 10)
+        join_rect = pygame.Rect(0, 0, int(w * 0.3), card.height - 2 * pad)
+        join_rect.midright = (card.right - pad, card.centery)
+        text_w = join_rect.left - card.left - 3 * pad
+        if activity is None:
+            self._text(surface, layout, t("no_activity"), int(h * 0.05), SOFT_TEXT, CARD, midleft=(card.left + pad, card.centery), max_width=card.width - 2 * pad)
+        else:
+            start_local = kiosk.to_local(activity.start)
+            self._text(surface, layout, t("next_activity"), int(h * 0.042), SOFT_TEXT, CARD, topleft=(card.left + pad, card.top + pad // 2), max_width=text_w)
+            title = self._text(surface, layout, activity.title, int(h * 0.075), TEXT, CARD, topleft=(card.left + pad, card.top + pad // 2 + int(h * 0.05)), max_width=text_w, bold=True)
+            seconds = (activity.start - kiosk.clock.now()).total_seconds()
+            if seconds <= 0:
+                status = t("running")
+            elif seconds < 60:
+                status = t("starts_now")
+            else:
+                status = f"{t.when(start_local, now)} · {t('starts_in', duration=t.duration(seconds))}"
+            self._wrapped(surface, layout, status, int(h * 0.045), TEXT, CARD, pygame.Rect(card.left + pad, title.bottom + 4, text_w, card.bottom - title.bottom), align_center=False)
+            if kiosk.join_lit(activity) and kiosk.mode is Mode.HOME:
+                self._button(surface, layout, "join", join_rect, t("join"), GREEN, size=int(h * 0.075))
+            else:
+                lit_from = kiosk.to_local(activity.start - JOIN_LIT_BEFORE)
+                label = t("join_from", time=t.clock(lit_from)) if kiosk.mode is Mode.HOME else t("join")
+                pygame.draw.rect(surface, DISABLED, join_rect, border_radius=20)
+                self._wrapped(surface, layout, label, int(h * 0.042), TEXT, DISABLED, join_rect.inflate(-24, -24), bold=True, middle=True)
+        y = card.bottom + m
+        # The newest note (missed call, why something ended), with its buttons.
+        if kiosk.notes:
+            note = kiosk.notes[0]
+            note_rect = pygame.Rect(m, y, w - 2 * m, max(self.min_target + 16, int(h * 0.13)))
+            pygame.draw.rect(surface, NOTE, note_rect, border_radius=16)
+            bh = note_rect.height - 16
+            dismiss = pygame.Rect(0, 0, int(w * 0.15), bh)
+            dismiss.midright = (note_rect.right - 8, note_rect.centery)
+            right = dismiss.left
+            self._button(surface, layout, "dismiss", dismiss, t("dismiss"), NAVY, size=int(h * 0.045))
+            if note.contact_id and kiosk.mode is Mode.HOME:
+                back = pygame.Rect(0, 0, int(w * 0.2), bh)
+                back.midright = (dismiss.left - 16, note_rect.centery)
+                self._button(surface, layout, f"call_back:{note.contact_id}", back, t("call_back"), GREEN, size=int(h * 0.045))
+                right = back.left
+            text_box = pygame.Rect(note_rect.left + 20, note_rect.top + 4, right - note_rect.left - 40, note_rect.height - 8)
+            self._wrapped(surface, layout, t(note.key, **note.params), int(h * 0.045), TEXT, NOTE, text_box, bold=True, align_center=False, middle=True)
+            y = note_rect.bottom + m
+        # Trusted family, each with a call button.
+        contacts = kiosk.trusted_contacts
+        if contacts and kiosk.mode is Mode.HOME:
+            gap = m
+            per_row = max(1, min(4, (w - 2 * m + gap) // (300 + gap)))
+            shown = contacts[:per_row]
+            card_h = min(bottom_limit - y - m, int(h * 0.24))
+            if card_h >= self.min_target + 8:
+                card_w = (w - 2 * m - (len(shown) - 1) * gap) // len(shown) if len(shown) > 1 else min(w - 2 * m, int(w * 0.4))
+                for i, contact in enumerate(shown):
+                    c = pygame.Rect(m + i * (card_w + gap), y, card_w, card_h)
+                    pygame.draw.rect(surface, CARD, c, border_radius=20)
+                    d = min(c.height - 24, int(c.width * 0.4))
+                    self._avatar(surface, layout, contact, (c.left + 12 + d // 2, c.centery), d)
+                    inner_left = c.left + 24 + d
+                    inner_w = c.right - 12 - inner_left
+                    self._text(surface, layout, contact.name, int(h * 0.045), TEXT, CARD, topleft=(inner_left, c.top + 10), max_width=inner_w, bold=True)
+                    call = pygame.Rect(inner_left, c.bottom - 12 - max(self.min_target, int(c.height * 0.45)), inner_w, max(self.min_target, int(c.height * 0.45)))
+                    self._button(surface, layout, f"call:{contact.id}", call, t("call"), GREEN, size=int(h * 0.045))
+
+    def _countdown(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+        w, h = surface.get_size()
+        surface.fill(BACKGROUND)
+        assert kiosk.countdown is not None
+        seconds = kiosk.seconds_left()
+        self._wrapped(surface, layout, t("countdown_title", title=kiosk.countdown.activity.title), int(h * 0.08), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.06), w - 80, int(h * 0.2)), bold=True)
+        center = (w // 2, int(h * 0.44))
+        radius = int(h * 0.16)
+        pygame.draw.circle(surface, GREEN, center, radius)
+        self._text(surface, layout, str(seconds), int(h * 0.18), WHITE, GREEN, center=center, bold=True)
+        self._wrapped(surface, layout, t("countdown_body", seconds=seconds), int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, center[1] + radius + 16, w - 80, int(h * 0.1)))
+        button = pygame.Rect(0, 0, int(w * 0.5), int(h * 0.17))
+        button.midbottom = (w // 2, h - int(h * 0.04))
+        self._button(surface, layout, "not_now", button, t("not_now"), NAVY, size=int(h * 0.075))
+
+    def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+        w, h = surface.get_size()
+        surface.fill(BACKGROUND)
+        incoming = kiosk.incoming
+        assert incoming is not None
+        contact = incoming.contact
+        d = int(h * 0.3)
+        self._avatar(surface, layout, contact, (w // 2, int(h * 0.05) + d // 2), d)
+        y = self._wrapped(surface, layout, t("incoming_title", name=contact.name), int(h * 0.08), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.07) + d, w - 80, int(h * 0.12)), bold=True)
+        if kiosk.mode is Mode.INCOMING:
+            body = t("incoming_trusted_body", seconds=kiosk.seconds_left())
+        else:
+            body = t("incoming_body")
+        self._wrapped(surface, layout, body, int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, y + 8, w - 80, int(h * 0.1)))
+        # Two big buttons, far apart so a shaking hand does not hit the wrong one.
+        bh = int(h * 0.2)
+        bw = int(w * 0.38)
+        bottom = h - int(h * 0.05)
+        answer = pygame.Rect(0, 0, bw, bh)
+        answer.bottomleft = (int(w * 0.06), bottom)
+        other = pygame.Rect(0, 0, bw, bh)
+        other.bottomright = (w - int(w * 0.06), bottom)
+        self._button(surface, layout, "answer", answer, t("answer"), GREEN, size=int(h * 0.075))
+        if kiosk.mode is Mode.INCOMING:
+            self._button(surface, layout, "not_now", other, t("not_now"), NAVY, size=int(h * 0.075))
+        else:
+            self._button(surface, layout, "decline", other, t("decline"), RED, size=int(h * 0.07))
+
+    def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, video: "VideoWall | None") -> None:
+        w, h = surface.get_size()
+        surface.fill(DARK)
+        session = kiosk.session
+        assert session is not None
+        bar_h = max(self.min_target + 24, int(h * 0.16))
+        stage = pygame.Rect(0, 0, w, h - bar_h)
+        others = session.others
+        # The host large (in a call: the family member); everyone else as tiles on the right.
+        main = next((p for p in others if p.role in ("host", "admin")), others[0] if others else None)
+        tiles = [p for p in others if p is not main]
+        self_view = video is not None and video.has("self")
+        side_count = len(tiles) + (1 if self_view else 0)
+        main_rect = pygame.Rect(stage) if side_count == 0 else pygame.Rect(0, 0, int(w * 0.74), stage.height)
+        if main is not None:
+            self._tile(surface, layout, main.id, main.name, main_rect.inflate(-12, -12), video)
+        if side_count:
+            column = pygame.Rect(main_rect.right, 0, w - main_rect.width, stage.height)
+            rows = max(side_count, 3)
+            tile_h = (column.height - 8) // rows
+            entries = [(p.id, p.name) for p in tiles[: rows - (1 if self_view else 0)]]
+            if self_view:
+                entries.append(("self", t("you")))
+            for i, (pid, name) in enumerate(entries):
+                rect = pygame.Rect(column.left + 4, 4 + i * tile_h, column.width - 12, tile_h - 8)
+                self._tile(surface, layout, pid, name, rect, video)
+        # What is happening, in words, when there is no picture yet.
+        message = None
+        if session.phase == "requesting" or session.phase == "connecting":
+            message = t("calling_out", name=session.title) if session.outgoing else t("joining", title=session.title)
+        elif session.phase == "lobby":
+            message = t("lobby")
+        elif session.phase == "reconnecting":
+            message = t("reconnecting")
+        elif session.phase == "connected" and not others:
+            message = t("waiting_for", name=session.title) if session.kind == "call" else t("joining", title=session.title)
+        if message:
+            box = pygame.Rect(0, 0, int(w * 0.8), int(h * 0.22))
+            box.center = stage.center
+            pygame.draw.rect(surface, CARD, box, border_radius=24)
+            self._wrapped(surface, layout, message, int(h * 0.06), TEXT, CARD, box.inflate(-40, -24), bold=True, middle=True)
+        # The bar: what this is, the volume, and the way out.
+        bar = pygame.Rect(0, h - bar_h, w, bar_h)
+        pygame.draw.rect(surface, BACKGROUND, bar)
+        pad = 12
+        leave = pygame.Rect(0, 0, int(w * 0.2), bar_h - 2 * pad)
+        leave.midright = (w - pad, bar.centery)
+        label = t("leave") if session.kind == "activity" else t("hang_up")
+        self._button(surface, layout, "leave" if session.kind == "activity" else "hang_up", leave, label, RED, size=int(h * 0.06))
+        volume = pygame.Rect(0, 0, int(w * 0.46), bar_h - 2 * pad)
+        volume.midright = (leave.left - 3 * pad, bar.centery)
+        self._volume(surface, layout, kiosk, t, volume, BACKGROUND)
+        self._text(surface, layout, session.title, int(h * 0.05), TEXT, BACKGROUND, midleft=(pad * 2, bar.centery), max_width=volume.left - 5 * pad, bold=True)
+
+    def _tile(self, surface: pygame.Surface, layout: Layout, pid: str, name: str, rect: pygame.Rect, video: "VideoWall | None") -> None:
+        pygame.draw.rect(surface, TILE, rect, border_radius=12)
+        picture = video.surface(pid, rect.size) if video is not None else None
+        if picture is not None:
+            pr = picture.get_rect()
+            scale = min(rect.width / pr.width, rect.height / pr.height)
+            size = (max(1, int(pr.width * scale)), max(1, int(pr.height * scale)))
+            if size != pr.size:
+                picture = pygame.transform.scale(picture, size)
+            target = picture.get_rect(center=rect.center)
+            surface.blit(picture, target)
+        label_size = max(MIN_TEXT_PX, min(44, rect.height // 6))
+        text_w, text_h = self.fonts.font(label_size, True).size(name)
+        if picture is None and rect.height - text_h - 16 >= 2 * MIN_TEXT_PX:
+            # No picture (yet): initials in the space above the name.
+            initials = Contact(pid, name).initials
+            free = pygame.Rect(rect.left, rect.top, rect.width, rect.height - text_h - 16)
+            d = min(free.width, free.height) * 3 // 4
+            color = AVATAR_COLORS[sum(map(ord, name)) % len(AVATAR_COLORS)]
+            pygame.draw.circle(surface, color, free.center, d // 2)
+            if d >= 2 * MIN_TEXT_PX:
+                self._text(surface, layout, initials, int(d * 0.4), WHITE, color, center=free.center, bold=True)
+        # The name on a dark label, readable over any picture.
+        label = pygame.Rect(rect.left + 8, rect.bottom - text_h - 16, min(text_w + 24, rect.width - 16), text_h + 8)
+        pygame.draw.rect(surface, DARK, label, border_radius=8)
+        self._text(surface, layout, name, label_size, WHITE, DARK, midleft=(label.left + 12, label.centery), max_width=label.width - 24, bold=True)
+
+
+def _square(surface: pygame.Surface) -> pygame.Surface:
+    w, h = surface.get_size()
+    side = min(w, h)
+    return surface.subsurface(pygame.Rect((w - side) // 2, (h - side) // 2, side, side))
+
+
+class Display:
+    """The window: full screen on the kiosk, a window for development, dummy in tests."""
+
+    def __init__(self, size: tuple[int, int] = (1280, 800), fullscreen: bool = True, caption: str = "Verzilvering") -> None:
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        pygame.display.init()
+        pygame.font.init()
+        if fullscreen:
+            self.surface = pygame.display.set_mode((0, 0), pygame.FULLSCREEN)
+        else:
+            self.surface = pygame.display.set_mode(size)
+        pygame.display.set_caption(caption)
+        if fullscreen:
+            pygame.mouse.set_visible(False)
+        self.layout: Layout | None = None
+        self.quit_requested = False
+        # A shaking hand taps twice: the same button within this time counts once.
+        self.debounce_s = 0.6
+        self._pressed_at: dict[str, float] = {}
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.surface.get_size()
+
+    def presses(self) -> list[str]:
+        """Button ids pressed since the last call (a touch arrives as a mouse press in SDL)."""
+        pressed: list[str] = []
+        for event in pygame.event.get():
+            if event.type == pygame.QUIT:
+                self.quit_requested = True
+            elif event.type == pygame.MOUSEBUTTONDOWN and event.button == 1 and self.layout is not None:
+                button = self.layout.hit(event.pos)
+                now = time.monotonic()
+                if button is not None and now - self._pressed_at.get(button, -1e9) >= self.debounce_s:
+                    self._pressed_at[button] = now
+                    pressed.append(button)
+        return pressed
+
+    def show(self, layout: Layout) -> None:
+        self.layout = layout
+        pygame.display.flip()
+
+    def save(self, path: Path | str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pygame.image.save(self.surface, str(path))
+
+    def close(self) -> None:
+        pygame.display.quit()
+
+
+def describe(layout: Layout) -> dict[str, Any]:
+    """A plain summary of a frame (for logs and test failure messages)."""
+    return {
+        "buttons": [(b.id, tuple(b.rect)) for b in layout.buttons],
+        "texts": [(t.text, t.size) for t in layout.texts],
+    }

@@ -1,0 +1,423 @@
+"""The kiosk's state machine on its own: an injected clock, no screen, no network."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import stat
+from pathlib import Path
+
+import pytest
+
+from kiosk_client.appliance import (
+    AUTO_JOIN_COUNTDOWN_S,
+    NO_ANSWER_S,
+    REQUEST_TIMEOUT_S,
+    TRUSTED_WARNING_S,
+    JoinRoom,
+    Kiosk,
+    LeaveRoom,
+    Mode,
+    Participant,
+    PlaySound,
+    RefreshDirectory,
+    RunSelftest,
+    Send,
+    SetVolume,
+    Unpair,
+)
+from kiosk_client.backoff import Backoff
+from kiosk_client.clock import FakeClock
+from kiosk_client.state import Credential, StateDir
+from kiosk_client.texts import Texts
+
+START = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.timezone.utc)  # a Tuesday, 10:00 in Almere
+
+
+def welcome(auto_join: bool = True, language: str = "nl", start: dt.datetime = START) -> dict:
+    return {
+        "type": "device_welcome",
+        "kiosk_id": "kiosk-1",
+        "senior": {"id": "s-1", "name": "Mevrouw Jansen", "language": language, "auto_join": auto_join},
+        "contacts": [
+            {"id": "c-sanne", "name": "Sanne de Vries", "trusted": True, "auto_answer": True, "photo_url": ""},
+            {"id": "c-kees", "name": "Kees", "trusted": True, "auto_answer": False, "photo_url": ""},
+            {"id": "c-piet", "name": "Buurman Piet", "trusted": False, "auto_answer": False, "photo_url": ""},
+        ],
+        "activities": [
+            {"id": "a-gym", "title": "Stoelgym", "next_start": start.astimezone(dt.timezone(dt.timedelta(hours=1))).isoformat(), "duration_min": 45}
+        ],
+        "ping_interval_ms": 10000,
+        "ice_servers": [],
+    }
+
+
+def incoming(contact_id: str = "c-sanne", call_id: str = "call-1", ring_ms: int = 30000) -> dict:
+    contacts = {c["id"]: c for c in welcome()["contacts"]}
+    return {"type": "incoming_call", "call_id": call_id, "contact": contacts[contact_id], "ring_timeout_ms": ring_ms}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START - dt.timedelta(minutes=30))
+
+
+@pytest.fixture
+def kiosk(clock: FakeClock) -> Kiosk:
+    k = Kiosk(clock)
+    k.start(paired=True)
+    k.device_online(welcome())
+    assert k.mode is Mode.HOME
+    return k
+
+
+def sends(actions: list, type_: str) -> list[dict]:
+    return [a.message for a in actions if isinstance(a, Send) and a.message["type"] == type_]
+
+
+def joins(actions: list) -> list[JoinRoom]:
+    return [a for a in actions if isinstance(a, JoinRoom)]
+
+
+# --- home, the Join button, auto-join ---------------------------------------------------------
+
+
+def test_join_lights_up_ten_minutes_before_and_stays_lit_while_running(kiosk: Kiosk, clock: FakeClock) -> None:
+    assert not kiosk.join_lit()
+    assert kiosk.tap("join") == []  # unlit: nothing happens
+    clock.set(START - dt.timedelta(minutes=10, seconds=1))
+    assert not kiosk.join_lit()
+    clock.advance(1)
+    assert kiosk.join_lit()
+    clock.set(START + dt.timedelta(minutes=44))
+    assert kiosk.join_lit()
+    clock.set(START + dt.timedelta(minutes=45))
+    assert not kiosk.join_lit()
+
+
+def test_pressing_join_asks_for_a_token_and_joins_with_it(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START - dt.timedelta(minutes=5))
+    actions = kiosk.tap("join")
+    [request] = sends(actions, "activity_join")
+    assert request["activity_id"] == "a-gym" and kiosk.mode is Mode.IN_CALL
+    assert joins(actions) == []
+    # An answer for another activity is ignored; the right one joins.
+    assert kiosk.device_message({"type": "activity_token", "activity_id": "a-other", "room": "a-other", "token": "t"}) == []
+    actions = kiosk.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
+    assert joins(actions) == [JoinRoom("a-gym", "t", "activity")]
+    # Having joined by hand, the start does not bring a countdown.
+    clock.set(START + dt.timedelta(seconds=1))
+    assert kiosk.tick() == [] and kiosk.mode is Mode.IN_CALL
+
+
+def test_auto_join_counts_down_ten_seconds_then_joins(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START - dt.timedelta(seconds=1))
+    assert kiosk.tick() == [] and kiosk.mode is Mode.HOME
+    clock.advance(1)
+    assert kiosk.tick() == [PlaySound("chime")]
+    assert kiosk.mode is Mode.COUNTDOWN and kiosk.seconds_left() == 10
+    clock.advance(AUTO_JOIN_COUNTDOWN_S - 0.5)
+    assert kiosk.tick() == [] and kiosk.seconds_left() == 1
+    clock.advance(0.5)
+    actions = kiosk.tick()
+    assert PlaySound("none") in actions and sends(actions, "activity_join")
+    assert kiosk.mode is Mode.IN_CALL
+
+
+def test_not_now_cancels_auto_join_for_this_occurrence_only(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START)
+    kiosk.tick()
+    assert kiosk.tap("not_now") == [PlaySound("none")]
+    assert kiosk.mode is Mode.HOME
+    clock.advance(60)
+    assert kiosk.tick() == [] and kiosk.mode is Mode.HOME
+    # The Join button still works.
+    assert sends(kiosk.tap("join"), "activity_join")
+
+
+def test_no_auto_join_without_the_setting_or_long_after_the_start(clock: FakeClock) -> None:
+    k = Kiosk(clock)
+    k.start(paired=True)
+    k.device_online(welcome(auto_join=False))
+    clock.set(START)
+    assert k.tick() == [] and k.mode is Mode.HOME
+    late = Kiosk(clock)
+    late.start(paired=True)
+    clock.set(START + dt.timedelta(minutes=11))
+    late.device_online(welcome())
+    assert late.mode is Mode.HOME, "an occurrence well under way is not joined by itself"
+
+
+def test_after_an_activity_ends_the_kiosk_asks_for_the_next_times(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START + dt.timedelta(minutes=45))
+    assert RefreshDirectory() in kiosk.tick()
+    assert RefreshDirectory() not in kiosk.tick()
+
+
+def test_volume_buttons_stay_within_bounds(kiosk: Kiosk) -> None:
+    assert kiosk.tap("volume_up") == [SetVolume(7)]
+    for _ in range(10):
+        kiosk.tap("volume_up")
+    assert kiosk.volume == 10
+    for _ in range(20):
+        kiosk.tap("volume_down")
+    assert kiosk.volume == 1, "never silent: a call must be heard"
+
+
+# --- family drop-in ---------------------------------------------------------------------------
+
+
+def test_trusted_auto_answer_warns_ten_seconds_before_anything_is_sent(kiosk: Kiosk, clock: FakeClock) -> None:
+    assert kiosk.device_message(incoming("c-sanne")) == [PlaySound("chime")]
+    assert kiosk.mode is Mode.INCOMING and kiosk.seconds_left() == 10
+    clock.advance(TRUSTED_WARNING_S - 0.1)
+    assert kiosk.tick() == [] and kiosk.mode is Mode.INCOMING
+    clock.advance(0.1)
+    actions = kiosk.tick()
+    [answer] = sends(actions, "call_answer")
+    assert answer["accept"] is True and answer["call_id"] == "call-1"
+    assert joins(actions) == [], "no room (no camera) until the server sends call_join"
+    actions = kiosk.device_message({"type": "call_join", "call_id": "call-1", "room": "call-x", "token": "t"})
+    assert joins(actions) == [JoinRoom("call-x", "t", "call")]
+
+
+def test_trusted_warning_can_be_refused_or_answered_at_once(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-sanne"))
+    actions = kiosk.tap("not_now")
+    assert sends(actions, "call_answer")[0]["accept"] is False and kiosk.mode is Mode.HOME
+    kiosk.device_message(incoming("c-sanne", call_id="call-2"))
+    assert sends(kiosk.tap("answer"), "call_answer")[0]["accept"] is True
+
+
+def test_untrusted_caller_rings_until_answered(kiosk: Kiosk, clock: FakeClock) -> None:
+    assert kiosk.device_message(incoming("c-piet")) == [PlaySound("ring")]
+    assert kiosk.mode is Mode.RINGING
+    clock.advance(20)
+    assert kiosk.tick() == [], "ringing never answers by itself"
+    actions = kiosk.tap("answer")
+    assert PlaySound("none") in actions and sends(actions, "call_answer")[0]["accept"] is True
+
+
+def test_trusted_without_auto_answer_rings_too(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-kees"))
+    assert kiosk.mode is Mode.RINGING
+
+
+def test_auto_answer_is_ignored_for_a_contact_that_is_not_trusted(kiosk: Kiosk) -> None:
+    message = incoming("c-piet")
+    message["contact"] = {**message["contact"], "auto_answer": True}
+    kiosk.device_message(message)
+    assert kiosk.mode is Mode.RINGING
+
+
+def test_decline(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-piet"))
+    actions = kiosk.tap("decline")
+    assert sends(actions, "call_answer") == [{"type": "call_answer", "call_id": "call-1", "accept": False}]
+    assert kiosk.mode is Mode.HOME and kiosk.notes == []
+
+
+def test_unanswered_ring_becomes_a_missed_call_note_with_call_back(kiosk: Kiosk, clock: FakeClock) -> None:
+    kiosk.device_message(incoming("c-piet", ring_ms=30000))
+    clock.advance(30)
+    actions = kiosk.tick()
+    assert actions == [PlaySound("none")], "a missed call is not a decline"
+    assert kiosk.mode is Mode.HOME
+    [note] = kiosk.notes
+    assert note.key == "missed_call" and note.params == {"name": "Buurman Piet", "time": "09:30"}
+    assert note.contact_id == "c-piet"
+    actions = kiosk.tap("call_back:c-piet")
+    assert sends(actions, "call_contact") == [{"type": "call_contact", "id": actions[0].message["id"], "contact_id": "c-piet"}]
+    assert kiosk.notes == []
+
+
+def test_caller_hanging_up_while_ringing_is_a_missed_call(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-piet"))
+    kiosk.device_message({"type": "call_cancelled", "call_id": "call-1", "reason": "caller_left"})
+    assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "missed_call"
+
+
+def test_answered_on_another_kiosk_is_not_missed(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-piet"))
+    assert kiosk.device_message({"type": "call_cancelled", "call_id": "call-1", "reason": "answered_elsewhere"}) == [PlaySound("none")]
+    assert kiosk.mode is Mode.HOME and kiosk.notes == []
+
+
+def test_a_call_while_busy_is_declined_and_noted(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START - dt.timedelta(minutes=1))
+    kiosk.tap("join")
+    actions = kiosk.device_message(incoming("c-sanne"))
+    assert sends(actions, "call_answer") == [{"type": "call_answer", "call_id": "call-1", "accept": False, "reason": "busy"}]
+    assert kiosk.mode is Mode.IN_CALL and kiosk.notes[0].key == "missed_call_busy"
+
+
+def test_losing_the_connection_while_ringing_is_a_missed_call(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-piet"))
+    actions = kiosk.device_offline()
+    assert PlaySound("none") in actions and kiosk.mode is Mode.OFFLINE and kiosk.notes
+
+
+def test_call_ends_when_the_family_member_hangs_up(kiosk: Kiosk, clock: FakeClock) -> None:
+    kiosk.device_message(incoming("c-sanne"))
+    kiosk.tap("answer")
+    kiosk.device_message({"type": "call_join", "call_id": "call-1", "room": "call-x", "token": "t"})
+    me, sanne = Participant("s-1", "Mevrouw Jansen", "senior"), Participant("c-sanne", "Sanne de Vries", "family")
+    kiosk.room_event("joined", self_id="s-1", participants=[me, sanne])
+    assert kiosk.session is not None and kiosk.session.phase == "connected"
+    actions = kiosk.room_event("participant_left", participant_id="c-sanne")
+    assert actions == [LeaveRoom()] and kiosk.mode is Mode.HOME and kiosk.notes == []
+
+
+def test_hang_up_leaves_the_room(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-sanne"))
+    kiosk.tap("answer")
+    kiosk.device_message({"type": "call_join", "call_id": "call-1", "room": "call-x", "token": "t"})
+    assert kiosk.tap("hang_up") == [LeaveRoom()] and kiosk.mode is Mode.HOME
+
+
+def test_outgoing_call_nobody_answers(kiosk: Kiosk, clock: FakeClock) -> None:
+    actions = kiosk.tap("call:c-kees")
+    [request] = sends(actions, "call_contact")
+    assert request["contact_id"] == "c-kees" and kiosk.session is not None and kiosk.session.outgoing
+    actions = kiosk.device_message({"type": "call_join", "call_id": "call-9", "room": "call-9", "token": "t"})
+    assert joins(actions) == [JoinRoom("call-9", "t", "call")]
+    kiosk.room_event("joined", self_id="s-1", participants=[Participant("s-1", "Mevrouw Jansen", "senior")])
+    clock.advance(NO_ANSWER_S + 1)
+    assert kiosk.tick() == [LeaveRoom()]
+    assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "no_answer"
+
+
+def test_a_refused_request_goes_home_with_plain_words(kiosk: Kiosk) -> None:
+    actions = kiosk.tap("call:c-kees")
+    request_id = sends(actions, "call_contact")[0]["id"]
+    kiosk.device_message({"type": "error", "code": "forbidden", "message": "…", "ref": request_id})
+    assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "call_failed"
+
+
+def test_a_request_without_answer_times_out(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START - dt.timedelta(minutes=1))
+    assert sends(kiosk.tap("join"), "activity_join")
+    clock.advance(REQUEST_TIMEOUT_S - 1)
+    assert kiosk.tick() == [] and kiosk.mode is Mode.IN_CALL
+    clock.advance(2)
+    assert kiosk.tick() == [], "nothing to leave: the room was never joined"
+    assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "join_failed"
+
+
+# --- the room and the connection --------------------------------------------------------------
+
+
+def in_activity(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START - dt.timedelta(minutes=1))
+    kiosk.tap("join")
+    kiosk.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
+    kiosk.room_event("joined", self_id="s-1", participants=[Participant("s-1", "Mevrouw Jansen", "senior"), Participant("h", "Ingrid", "host")])
+
+
+def test_reconnecting_and_back_needs_no_touch(kiosk: Kiosk, clock: FakeClock) -> None:
+    in_activity(kiosk, clock)
+    kiosk.device_offline()
+    assert kiosk.room_event("reconnecting") == []
+    assert kiosk.mode is Mode.IN_CALL and kiosk.session is not None and kiosk.session.phase == "reconnecting"
+    kiosk.room_event("connecting")
+    assert kiosk.session.phase == "reconnecting"
+    kiosk.room_event("joined", self_id="s-1", participants=[])
+    assert kiosk.session.phase == "connected" and kiosk.mode is Mode.IN_CALL
+
+
+def test_an_expired_token_is_renewed_over_the_device_channel(kiosk: Kiosk, clock: FakeClock) -> None:
+    in_activity(kiosk, clock)
+    actions = kiosk.room_event("ended", reason="token")
+    assert sends(actions, "activity_join") and kiosk.mode is Mode.IN_CALL
+    actions = kiosk.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t2"})
+    assert joins(actions) == [JoinRoom("a-gym", "t2", "activity")]
+
+
+def test_a_request_lost_while_offline_is_asked_again(kiosk: Kiosk, clock: FakeClock) -> None:
+    clock.set(START - dt.timedelta(minutes=1))
+    kiosk.device_offline()
+    kiosk.mode = Mode.HOME  # the Join was pressed just before the connection went
+    kiosk.tap("join")
+    assert sends(kiosk.device_online(welcome()), "activity_join")
+
+
+@pytest.mark.parametrize(
+    ("reason", "note"),
+    [("ended", "activity_ended"), ("kicked", "removed"), ("denied", "denied"), ("room_full", "room_full"), ("replaced", "elsewhere")],
+)
+def test_why_an_activity_ended_is_said_in_plain_words(kiosk: Kiosk, clock: FakeClock, reason: str, note: str) -> None:
+    in_activity(kiosk, clock)
+    assert kiosk.room_event("ended", reason=reason) == []
+    assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == note
+    text = Texts("nl")(note)
+    assert not any(word in text.lower() for word in ("ice", "error", "server", "token", "4003", "websocket"))
+
+
+def test_offline_and_back(kiosk: Kiosk) -> None:
+    kiosk.device_offline()
+    assert kiosk.mode is Mode.OFFLINE
+    kiosk.device_online(welcome())
+    assert kiosk.mode is Mode.HOME
+
+
+def test_revocation_forgets_everything_and_pairs_again(kiosk: Kiosk, clock: FakeClock) -> None:
+    in_activity(kiosk, clock)
+    actions = kiosk.revoked()
+    assert LeaveRoom() in actions and Unpair() in actions
+    assert kiosk.mode is Mode.PAIRING and kiosk.contacts == [] and kiosk.senior == {}
+
+
+def test_selftest_request_and_directory_change(kiosk: Kiosk) -> None:
+    assert kiosk.device_message({"type": "selftest_request"}) == [RunSelftest()]
+    assert kiosk.device_message({"type": "directory_changed"}) == [RefreshDirectory()]
+
+
+def test_language_follows_the_senior_unless_chosen(clock: FakeClock) -> None:
+    k = Kiosk(clock)
+    k.device_online(welcome(language="en"))
+    assert k.language == "en"
+    chosen = Kiosk(clock, language="nl")
+    chosen.device_online(welcome(language="en"))
+    assert chosen.language == "nl"
+
+
+# --- words, storage, backoff --------------------------------------------------------------
+
+
+def test_dutch_and_english_dates_and_durations() -> None:
+    local = dt.datetime(2026, 11, 24, 10, 0)
+    assert Texts("nl").date(local) == "Dinsdag 24 november"
+    assert Texts("en").date(local) == "Tuesday 24 November"
+    nl, en = Texts("nl"), Texts("en")
+    assert nl.duration(8 * 60) == "8 minuten" and nl.duration(61) == "2 minuten"
+    assert nl.duration(3600 + 60) == "1 uur en 1 minuut"
+    assert en.duration(2 * 3600 + 5 * 60) == "2 hours and 5 minutes"
+    assert nl.when(dt.datetime(2026, 11, 25, 10, 0), local) == "Morgen om 10:00"
+    assert en.when(dt.datetime(2026, 11, 27, 10, 0), local) == "Friday at 10:00"
+
+
+def test_credential_is_private_and_atomic(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.save_credential(Credential("kiosk-1", "secret-credential", "http://x"))
+    path = state.credential_path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert state.load_credential() == Credential("kiosk-1", "secret-credential", "http://x")
+    assert "secret-credential" not in repr(state.load_credential())
+    assert not list(path.parent.glob(".*.tmp"))
+    path.write_text("{broken")
+    assert state.load_credential() is None and not path.exists()
+    state.save_credential(Credential("kiosk-1", "c"))
+    state.wipe_credential()
+    assert state.load_credential() is None
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(7))
+    waits = [backoff.next() for _ in range(8)]
+    for i, wait in enumerate(waits):
+        step = min(8.0, 2.0**i)
+        assert step / 2 <= wait <= step
+    assert len({round(w, 6) for w in waits[4:]}) > 1, "jitter: capped waits still differ"
+    backoff.reset()
+    assert backoff.next() <= 1.0

@@ -1,0 +1,160 @@
+"""Every kiosk screen keeps the rules: text ≥ 32 px, WCAG AA contrast, touch targets
+≥ 15 mm at the screen's DPI, everything on screen at once, and no technical words."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import pygame  # noqa: E402
+import pytest  # noqa: E402
+
+from kiosk_client.appliance import Kiosk, Mode, Participant  # noqa: E402
+from kiosk_client.clock import FakeClock  # noqa: E402
+from kiosk_client.screen import MIN_TEXT_PX, Layout, Renderer, contrast_ratio, mm_to_px  # noqa: E402
+
+from .test_kiosk_appliance import START, incoming, welcome  # noqa: E402
+
+JARGON = ("ice", "error", "server", "token", "websocket", "sdp", "peer", "4001", "timeout", "failed")
+
+
+def _states(language: str) -> dict[str, Kiosk]:
+    """One kiosk per screen, built through the state machine's own inputs."""
+    clock = FakeClock(START - dt.timedelta(minutes=8))
+    states: dict[str, Kiosk] = {}
+
+    def fresh() -> Kiosk:
+        k = Kiosk(clock, language=language)
+        k.start(paired=True)
+        return k
+
+    pairing = Kiosk(clock, language=language)
+    pairing.start(paired=False)
+    pairing.pairing_code("482913", "https://verzilvering.example.nl/admin/kiosks/pair?code=482913", 900)
+    states["pairing"] = pairing
+    states["connecting"] = fresh()
+    home = fresh()
+    home.device_online(welcome())
+    states["home"] = home
+    offline = fresh()
+    offline.device_online(welcome())
+    offline.device_offline()
+    states["offline"] = offline
+    missed = fresh()
+    missed.device_online(welcome())
+    missed.device_message(incoming("c-piet", ring_ms=1000))
+    clock.advance(2)
+    missed.tick()
+    states["missed"] = missed
+    trusted = fresh()
+    trusted.device_online(welcome())
+    trusted.device_message(incoming("c-sanne"))
+    states["incoming"] = trusted
+    ringing = fresh()
+    ringing.device_online(welcome())
+    ringing.device_message(incoming("c-piet"))
+    states["ringing"] = ringing
+    countdown = Kiosk(FakeClock(START), language=language)
+    countdown.start(paired=True)
+    countdown.device_online(welcome())
+    assert countdown.mode is Mode.COUNTDOWN
+    states["countdown"] = countdown
+    activity = fresh()
+    activity.device_online(welcome())
+    activity.tap("join")
+    activity.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
+    activity.room_event(
+        "joined",
+        self_id="s-1",
+        participants=[Participant("s-1", "Mevrouw Jansen", "senior"), Participant("h", "Ingrid (begeleider)", "host")]
+        + [Participant(f"p{i}", f"Deelnemer {i}", "senior") for i in range(5)],
+    )
+    states["in_activity"] = activity
+    lobby = fresh()
+    lobby.device_online(welcome())
+    lobby.tap("join")
+    lobby.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
+    lobby.room_event("lobby")
+    states["lobby"] = lobby
+    return states
+
+
+def _check(name: str, layout: Layout, size: tuple[int, int], dpi: float) -> None:
+    w, h = size
+    target = mm_to_px(15, dpi)
+    assert layout.texts, name
+    for item in layout.texts:
+        assert item.size >= MIN_TEXT_PX, (name, item.text, item.size)
+        assert contrast_ratio(item.fg, item.bg) >= 4.5, (name, item.text, item.fg, item.bg)
+        assert not any(word in item.text.lower().split() for word in JARGON), (name, item.text)
+        assert item.rect.right <= w + 1 and item.rect.bottom <= h + 1 and item.rect.left >= -1, (name, item.text, item.rect)
+    for button in layout.buttons:
+        r = button.rect
+        assert r.width >= target and r.height >= target, (name, button.id, r, target)
+        assert r.left >= 0 and r.top >= 0 and r.right <= w and r.bottom <= h, (name, button.id, r)
+    for i, a in enumerate(layout.buttons):
+        for b in layout.buttons[i + 1 :]:
+            assert not a.rect.colliderect(b.rect), (name, a.id, b.id)
+
+
+@pytest.mark.parametrize("language", ["nl", "en"])
+@pytest.mark.parametrize(("size", "dpi"), [((1280, 800), 96.0), ((1024, 600), 96.0), ((1920, 1080), 160.0)])
+def test_every_screen_keeps_the_rules(language: str, size: tuple[int, int], dpi: float) -> None:
+    pygame.display.init()
+    pygame.font.init()
+    renderer = Renderer(dpi=dpi)
+    surface = pygame.Surface(size)
+    for name, kiosk in _states(language).items():
+        layout = renderer.render(surface, kiosk)
+        _check(name, layout, size, dpi)
+
+
+def test_the_words_follow_the_language() -> None:
+    pygame.display.init()
+    renderer = Renderer()
+    surface = pygame.Surface((1280, 800))
+    nl = renderer.render(surface, _states("nl")["ringing"])
+    en = renderer.render(surface, _states("en")["ringing"])
+    assert nl.text_shown("Buurman Piet belt u") and nl.text_shown("Niet opnemen")
+    assert en.text_shown("Buurman Piet is calling you") and en.text_shown("Don't answer")
+    home = renderer.render(surface, _states("en")["home"])
+    assert home.text_shown("Louder") and home.text_shown("Starts in 8 minutes") and home.button("join")
+
+
+def test_home_shows_what_matters() -> None:
+    pygame.display.init()
+    renderer = Renderer()
+    surface = pygame.Surface((1280, 800))
+    states = _states("nl")
+    home = renderer.render(surface, states["home"])
+    clock_text = max(home.texts, key=lambda t: t.size)
+    assert clock_text.text == "09:52" and clock_text.size >= 120, "a large clock"
+    assert home.text_shown("Dinsdag 24 november")
+    assert home.text_shown("Begint over 8 minuten")
+    assert {b.id for b in home.buttons} == {"join", "volume_down", "volume_up", "call:c-sanne", "call:c-kees"}
+    offline = renderer.render(surface, states["offline"])
+    assert offline.text_shown("Geen verbinding — we proberen het opnieuw")
+    assert offline.button("join") is None and offline.button("call:c-sanne") is None
+    connecting = renderer.render(surface, states["connecting"])
+    assert connecting.text_shown("Verbinden…")
+    missed = renderer.render(surface, states["missed"])
+    assert missed.text_shown("Gemiste oproep van Buurman Piet om 09:52")
+    assert missed.button("call_back:c-piet") and missed.button("dismiss")
+    activity = renderer.render(surface, states["in_activity"])
+    assert activity.button("leave") and not activity.button("hang_up")
+    assert activity.text_shown("Ingrid (begeleider)") and activity.text_shown("Deelnemer 0")
+    lobby = renderer.render(surface, states["lobby"])
+    assert lobby.text_shown("De begeleider laat u zo binnen")
+
+
+def test_presses_become_button_ids() -> None:
+    pygame.display.init()
+    renderer = Renderer()
+    layout = renderer.render(pygame.Surface((1280, 800)), _states("nl")["ringing"])
+    answer = layout.button("answer")
+    assert answer is not None
+    assert layout.hit(answer.rect.center) == "answer"
+    assert layout.hit((2, 2)) is None
