@@ -59,6 +59,7 @@ class Call:
     senior_id: str
     kiosk_ids: list[str]
     state: str = "ringing"
+    incoming: dict[str, Any] | None = None
     timer: asyncio.TimerHandle | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
 
@@ -90,6 +91,10 @@ class DeviceHub:
         kiosk.last_seen = time.time()
         await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
         conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
+        # A call that rang while the kiosk was reconnecting is still ringing: ring again.
+        for call in self.calls.values():
+            if call.state in ("ringing", "warning") and kiosk.id in call.kiosk_ids and call.incoming:
+                conn.send(call.incoming)
 
     @property
     def _presence_ttl(self) -> float:
@@ -155,7 +160,12 @@ class DeviceHub:
         elif kind == "call_answer":
             await self.store.publish(
                 call_channel(message["call_id"]),
-                {"type": "_answer", "kiosk_id": kiosk_id, "accept": message["accept"]},
+                {
+                    "type": "_answer",
+                    "kiosk_id": kiosk_id,
+                    "accept": message["accept"],
+                    "busy": message.get("reason") == "busy",
+                },
             )
         elif kind == "activity_join":
             activity = await self.directory.get(Activity, message["activity_id"])
@@ -231,28 +241,28 @@ class DeviceHub:
         call.timer = asyncio.get_running_loop().call_later(
             ring_timeout, lambda: asyncio.ensure_future(self._finish(call, "missed", "timeout"))
         )
+        call.incoming = {
+            "type": "incoming_call",
+            "call_id": call_id,
+            "contact": {
+                "id": contact.id,
+                "name": contact.name,
+                "relation": contact.relation,
+                "trusted": contact.trusted,
+                "auto_answer": contact.auto_answer,
+                "photo_url": contact.photo_url,
+            },
+            "ring_timeout_ms": int(ring_timeout * 1000),
+        }
         for kiosk_id in online:
-            await self.store.publish(
-                device_channel(kiosk_id),
-                {
-                    "type": "incoming_call",
-                    "call_id": call_id,
-                    "contact": {
-                        "id": contact.id,
-                        "name": contact.name,
-                        "relation": contact.relation,
-                        "trusted": contact.trusted,
-                        "auto_answer": contact.auto_answer,
-                        "photo_url": contact.photo_url,
-                    },
-                    "ring_timeout_ms": int(ring_timeout * 1000),
-                },
-            )
+            await self.store.publish(device_channel(kiosk_id), dict(call.incoming))
         return {"call_id": call_id, "room": room, "token": token, "state": call.state}
 
     def _call_event(self, call: Call, event: dict[str, Any]) -> None:
         if event.get("type") == "_answer" and call.state in ("ringing", "warning"):
-            asyncio.ensure_future(self._answered(call, event["kiosk_id"], bool(event["accept"])))
+            asyncio.ensure_future(
+                self._answered(call, event["kiosk_id"], bool(event["accept"]), bool(event.get("busy")))
+            )
 
     def _call_room_event(self, call: Call, event: dict[str, Any]) -> None:
         if (
@@ -262,9 +272,9 @@ class DeviceHub:
         ):
             asyncio.ensure_future(self._finish(call, "cancelled", "caller_left"))
 
-    async def _answered(self, call: Call, kiosk_id: str, accept: bool) -> None:
+    async def _answered(self, call: Call, kiosk_id: str, accept: bool, busy: bool = False) -> None:
         if not accept:
-            await self._finish(call, "declined", "declined")
+            await self._finish(call, "busy" if busy else "declined", "declined")
             return
         senior = await self.directory.get(Senior, call.senior_id)
         token = self.issuer.issue(

@@ -56,7 +56,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
     "music_mode": {"enabled": (bool, True)},
     "end": {},
     # kiosk devices
-    "call_answer": {"call_id": (str, True), "accept": (bool, True)},
+    "call_answer": {"call_id": (str, True), "accept": (bool, True), "reason": (str, False)},
     "activity_join": {"activity_id": (str, True)},
     "selftest_result": {"result": (dict, True)},
 }

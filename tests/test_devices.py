@@ -234,3 +234,23 @@ async def test_remote_selftest(server: RunningServer, connect: Any, http: aiohtt
     await kiosk.ws.close()
     await asyncio.sleep(0.1)
     assert not await server.app[STORE_KEY].is_present(f"kiosk:{credential['kiosk_id']}")
+
+
+async def test_busy_kiosk_and_reconnect_while_ringing(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    await _directory(server)
+    credential = await _pair(server, http)
+    kiosk, _ = await _device(connect, credential)
+    call = await _call(server, http, "c-other")
+    first = await kiosk.expect("incoming_call")
+    # The kiosk's socket drops while it rings; on its return it rings again.
+    await kiosk.ws.close()
+    again, _ = await _device(connect, credential)
+    repeated = await again.expect("incoming_call")
+    assert repeated["call_id"] == first["call_id"] == call["call_id"]
+
+    family = await connect()
+    await hello(family, call["token"])
+    await family.send({"type": "join", "room": call["room"]})
+    await family.expect("joined")
+    await again.send({"type": "call_answer", "call_id": call["call_id"], "accept": False, "reason": "busy"})
+    assert (await family.expect("call_state"))["state"] == "busy"
