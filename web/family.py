@@ -32,6 +32,7 @@ FAMILY_STRINGS = {
     "warning": N_("%(name)s will answer in 10 seconds"),
     "accepted": N_("You are talking with %(name)s"),
     "declined": N_("%(name)s cannot answer right now"),
+    "busy": N_("%(name)s is already in a call. Try again in a little while."),
     "missed": N_("%(name)s did not answer. Try again later."),
     "unavailable": N_("%(name)s cannot be reached"),
     "call_failed": N_("Calling does not work right now. Please try again later."),

@@ -12,7 +12,7 @@ const name = section.dataset.seniorName;
 const text = readStrings();
 for (const key of Object.keys(text)) text[key] = format(text[key], { name });
 
-const ENDING_STATES = new Set(["declined", "missed", "unavailable"]);
+const ENDING_STATES = new Set(["declined", "busy", "missed", "unavailable"]);
 const STATE_TEXT = { ringing: "calling", warning: "warning", accepted: "accepted" };
 let callId = null;
 let callState = null;
