@@ -74,6 +74,9 @@ class Settings:
     main_video_height: int = 720
     tile_video_bitrate_bps: int = 150_000
     tile_video_height: int = 240
+    # Activities with more participants than this forward seniors' video (tiles) to hosts
+    # only; everyone still receives the host's and the spotlit participant's video.
+    tiles_to_everyone_up_to: int = 6
     # Music mode: Opus for choir and music (stereo, this bitrate, no DTX).
     music_opus_bitrate_bps: int = 128_000
     # Last-N audio: forward only the N loudest voices (plus the host) to everyone.
@@ -118,6 +121,13 @@ class Settings:
 def _parse(type_name: Any, raw: str, name: str) -> Any:
     type_name = str(type_name)
     try:
+        if type_name == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {raw!r}")
         if type_name == "int":
             return int(raw)
         if type_name == "float":

@@ -29,6 +29,13 @@ class Router:
         self._ice_servers = ice_servers
         self._keyframe_interval = keyframe_request_interval_s
         self.speakers = SpeakerSelector(lambda: self.producers, last_n_audio, speaker_interval_s)
+        # Large activities forward a participant's video only to those who show it: everyone
+        # sees the host and the spotlit participant; only hosts see every senior's tile.
+        # Up to `tiles_to_everyone_up_to` participants, everyone sees everyone.
+        self.activity = False
+        self.tiles_to_everyone_up_to = 6
+        self.moderators: set[str] = set()
+        self.spotlight: str | None = None
 
     def create_transport(
         self,
@@ -37,6 +44,7 @@ class Router:
         subscribe: bool,
         send_offer: OfferSender,
         on_failed: Callable[[], None] | None = None,
+        moderator: bool = False,
     ) -> WebRtcTransport:
         if participant_id in self.transports:
             raise ValueError(f"participant {participant_id} already has a transport")
@@ -47,12 +55,45 @@ class Router:
             self._keyframe_interval,
             on_failed=on_failed,
         )
+        selective = self.selective_video
         self.transports[participant_id] = transport
+        if moderator:
+            self.moderators.add(participant_id)
+        if selective != self.selective_video:
+            self.rebalance()
         if subscribe:
             self.subscribers.add(participant_id)
             for producer in self.producers:
-                transport.consume(producer)
+                if self.wants(participant_id, producer):
+                    transport.consume(producer)
         return transport
+
+    @property
+    def selective_video(self) -> bool:
+        return self.activity and len(self.transports) > self.tiles_to_everyone_up_to
+
+    def wants(self, subscriber: str, producer: Producer) -> bool:
+        if subscriber == producer.participant_id:
+            return False
+        if producer.kind == "audio" or not self.selective_video or subscriber in self.moderators:
+            return True
+        return producer.participant_id in self.moderators or producer.participant_id == self.spotlight
+
+    def set_spotlight(self, participant_id: str | None) -> None:
+        self.spotlight = participant_id
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        """Makes every subscriber's video consumers match `wants`."""
+        for subscriber in self.subscribers:
+            transport = self.transports[subscriber]
+            for producer in self.producers:
+                if producer.kind != "video":
+                    continue
+                if self.wants(subscriber, producer):
+                    transport.consume(producer)
+                else:
+                    transport.stop_consuming(producer.id)
 
     @property
     def producers(self) -> list[Producer]:
@@ -67,7 +108,7 @@ class Router:
             # Heard from the start; the next selection round decides whether it stays so.
             producer.audible = True
         for participant_id in self.subscribers:
-            if participant_id != producer.participant_id:
+            if self.wants(participant_id, producer):
                 self.transports[participant_id].consume(producer)
 
     def producer_stopped(self, producer: Producer) -> None:
@@ -75,13 +116,17 @@ class Router:
             transport.stop_consuming(producer.id)
 
     async def close_transport(self, participant_id: str) -> list[Producer]:
+        selective = self.selective_video
         transport = self.transports.pop(participant_id, None)
         self.subscribers.discard(participant_id)
+        self.moderators.discard(participant_id)
         if transport is None:
             return []
         ended = await transport.close()
         for producer in ended:
             self.producer_stopped(producer)
+        if selective != self.selective_video:
+            self.rebalance()
         return ended
 
     @property

@@ -393,9 +393,15 @@ class SignalingService:
         room = session.room
         grant = session.grant
         session.admitted = True
+        room_state = await self._room_state(room)
         router = self.sfu.router(room)
+        if not router.transports:
+            router.activity = await self.directory.get(Activity, room) is not None
+            router.tiles_to_everyone_up_to = self.settings.tiles_to_everyone_up_to
+            router.spotlight = room_state.get("spotlight")
         session.transport = router.create_transport(
             grant.participant_id,
+            moderator=grant.may("moderate"),
             subscribe=grant.may("subscribe"),
             send_offer=lambda offer: session.send({"type": "offer", **offer}),
             on_failed=lambda: asyncio.ensure_future(
@@ -439,6 +445,7 @@ class SignalingService:
         if "music_mode" in changes:
             await self._broadcast(room, {"type": "_music", "enabled": state["music_mode"]})
         if "spotlight" in changes:
+            await self._broadcast(room, {"type": "_spotlight", "participant_id": state["spotlight"]})
             for participant in await self.store.list_participants(room):
                 if participant.admitted:
                     quality = self._quality(room, participant.participant_id, participant.role, state)
@@ -570,6 +577,10 @@ class SignalingService:
             for producer in transport.producers if transport else []:
                 if producer.kind == event["kind"]:
                     producer.set_paused(event["muted"])
+        elif kind == "_spotlight":
+            router = self.sfu.routers.get(room)
+            if router is not None:
+                router.set_spotlight(event["participant_id"])
         elif kind == "_music":
             router = self.sfu.routers.get(room)
             bitrate = self.settings.music_opus_bitrate_bps if event["enabled"] else 0

@@ -352,3 +352,33 @@ async def test_publisher_leg_loss_is_nacked_again_until_repaired(
         await eventually(lambda: media_from(bob, alice).video_frames > frames + 5, timeout=5, what="video goes on")  # type: ignore[union-attr]
     finally:
         dtls._send_rtp = original
+
+
+@pytest.mark.parametrize("settings_overrides", [{"tiles_to_everyone_up_to": 2}])
+async def test_activity_tiles_go_to_hosts_and_the_spotlight_to_everyone(
+    server: RunningServer, call_client: ClientFactory
+) -> None:
+    from server.app import DIRECTORY_KEY
+    from server.directory import Activity
+
+    await server.app[DIRECTORY_KEY].put(Activity(id="room-1", title="Bingo"), actor="test")
+    host = await call_client("Host", role="host", participant_id="p-host")
+    anna = await call_client("Anna", participant_id="p-anna")
+    bram = await call_client("Bram", participant_id="p-bram")
+    router = server.app[SFU_KEY].routers["room-1"]
+
+    def consumed(subscriber: str) -> set[tuple[str, str]]:
+        return {
+            (s.consumer.producer.participant_id, s.consumer.kind)
+            for s in router.transports[subscriber].consumer_slots.values()
+        }
+
+    await eventually(lambda: len(consumed("p-host")) == 4, what="the host sees every tile")
+    assert consumed("p-anna") == {("p-host", "audio"), ("p-host", "video"), ("p-bram", "audio")}
+    await eventually(lambda: receiving(anna, host) and receiving(host, bram), what="media")
+
+    await host.signaling.send({"type": "spotlight", "participant_id": "p-bram"})
+    await eventually(lambda: ("p-bram", "video") in consumed("p-anna"), what="spotlight to everyone")
+    await eventually(lambda: (m := media_from(anna, bram)) is not None and m.video_frames > 5, what="Bram's video at Anna")
+    await host.signaling.send({"type": "spotlight", "participant_id": None})
+    await eventually(lambda: ("p-bram", "video") not in consumed("p-anna"), what="tile withdrawn")
