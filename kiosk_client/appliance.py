@@ -418,6 +418,9 @@ class Kiosk:
         contact_data = message.get("contact")
         if not isinstance(call_id, str) or not isinstance(contact_data, dict):
             return []
+        if self.incoming is not None and self.incoming.call_id == call_id and self.mode in (Mode.INCOMING, Mode.RINGING):
+            # The same call, rung again because the device channel reconnected meanwhile.
+            return []
         contact = Contact.from_message(contact_data)
         now = self.clock.now()
         if self.mode is not Mode.HOME:
