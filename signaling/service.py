@@ -52,6 +52,7 @@ class SignalingService:
         # (room, participant id) → the session holding that seat on this node.
         self.members: dict[tuple[str, str], Session] = {}
         self._room_subscriptions: dict[str, Subscription] = {}
+        self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
 
     # --- WebSocket endpoint ----------------------------------------------------------------
@@ -539,11 +540,16 @@ class SignalingService:
                 pass
 
     async def _subscribe_room(self, room: str) -> None:
-        if room in self._room_subscriptions:
-            return
-        self._room_subscriptions[room] = await self.store.subscribe(
-            room, lambda event: self._deliver(room, event)
-        )
+        # Joins into one room run concurrently: the first creates the subscription, the
+        # others wait for it; two subscriptions would deliver every event twice.
+        lock = self._subscribing.setdefault(room, asyncio.Lock())
+        async with lock:
+            if room not in self._room_subscriptions:
+                self._room_subscriptions[room] = await self.store.subscribe(
+                    room, lambda event: self._deliver(room, event)
+                )
+        if not lock.locked():
+            self._subscribing.pop(room, None)
 
     def _deliver(self, room: str, event: dict[str, Any]) -> None:
         kind = event.get("type", "")

@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
-from server.app import SIGNALING_KEY, STORE_KEY
+from server.app import ISSUER_KEY, SIGNALING_KEY, STORE_KEY
 from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
 
@@ -441,3 +441,43 @@ def test_every_documented_error_code_is_tested() -> None:
     source = "".join(p.read_text() for p in pathlib.Path(__file__).parent.glob("test_*.py"))
     untested = {code for code in codes if f'"{code}"' not in source}
     assert codes and not untested, f"error codes without a test: {sorted(untested)}"
+
+
+async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
+    """Joins racing into one room must not subscribe the node to it twice (Redis, where
+    subscribing waits for the server's confirmation)."""
+    import uuid
+
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from server.app import create_app
+
+    from .conftest import WsClient, make_settings
+    from .redis_server import RedisServer
+
+    with RedisServer() as redis:
+        settings = make_settings(tmp_path, redis_url=redis.url, redis_prefix=f"vztest:{uuid.uuid4().hex}:")
+        app = create_app(settings)
+        test_server = TestServer(app, host="127.0.0.1")
+        await test_server.start_server()
+        url = str(test_server.make_url("/ws"))
+        issuer = app[ISSUER_KEY]
+        try:
+            async with aiohttp.ClientSession() as http:
+                clients = [WsClient(await http.ws_connect(url)) for _ in range(8)]
+                for i, c in enumerate(clients):
+                    await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
+                await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
+                for c in clients:
+                    await c.expect("joined")
+                await clients[0].send({"type": "mute", "kind": "audio", "muted": True})
+                for c in clients:
+                    await c.expect("mute_changed", participant_id="p-0")
+                    await c.send({"type": "ping", "id": "after"})
+                    await c.expect("pong")
+                    assert sum(1 for m in c.received if m["type"] == "mute_changed") == 1
+                for c in clients:
+                    await c.ws.close()
+        finally:
+            await test_server.close()
