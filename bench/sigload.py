@@ -27,8 +27,12 @@ Commands (one JSON object per line on stdin; one reply line on stdout per comman
         "lag_p99_ms", "elapsed_s"}.
     {"cmd": "ping_burst", "tag": T, "count": N, "pings": K, "rate": R, "timeout_s": S}
         The first N sockets of tag T each send K extra pings, R per second per socket.
-    {"cmd": "stats"}  -> {"sockets", "pings", "pongs", "messages", "rtt_ms": [p50, p99],
+    {"cmd": "stats", "coverage": false}  -> {"sockets", "pings", "pongs", "messages", "rtt_ms": [p50, p99],
                           "closed_by_server", "types": {type: n after joined}, "lag_p99_ms"}
+        types also counts "participant_joined:duplicate" (the same participant announced
+        twice to one socket) and "participant_joined:already_in_snapshot" (announced
+        although the socket's `joined` snapshot already listed them: joins that overlapped).
+        With coverage: "coverage": [[room, participants known], ...] per open socket.
     {"cmd": "close", "tag": T, "leave": true, "concurrency": C, "timeout_s": S}
         Sends `leave` (or just closes) on every socket of tag T, at most C at a time.
     {"cmd": "exit"}
@@ -81,12 +85,16 @@ class JoinError(Exception):
 
 
 class Sock:
-    __slots__ = ("ws", "interval", "reader")
+    __slots__ = ("ws", "room", "interval", "reader", "snapshot", "announced")
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, room: str, interval: float, snapshot: set[str]) -> None:
         self.ws = ws
+        self.room = room
         self.interval = interval
         self.reader: asyncio.Task[None] | None = None
+        # Participants in the `joined` snapshot, and those announced by participant_joined since.
+        self.snapshot = snapshot
+        self.announced: set[str] = set()
 
 
 class LoopLag:
@@ -166,12 +174,13 @@ class Worker:
             t_welcome = time.monotonic()
             await ws.send_str(json.dumps({"type": "join", "room": room, "id": "j"}))
             t_join_sent = time.monotonic()
-            await self._recv(ws, "joined", deadline)
+            joined = await self._recv(ws, "joined", deadline)
             t_joined = time.monotonic()
         except BaseException:
             await ws.close()
             raise
-        sock = Sock(ws, welcome.get("ping_interval_ms", 10000) / 1000)
+        snapshot = {p.get("participant_id") for p in joined.get("participants", [])}
+        sock = Sock(ws, room, welcome.get("ping_interval_ms", 10000) / 1000, snapshot)
         sock.reader = asyncio.ensure_future(self._drain(sock))
         if ping:
             self._schedule(sock, t_welcome + sock.interval)
@@ -190,6 +199,13 @@ class Worker:
                     continue
                 kind = message.get("type")
                 self.types[kind] += 1
+                if kind == "participant_joined":
+                    pid = (message.get("participant") or {}).get("participant_id")
+                    if pid in sock.announced:
+                        self.types["participant_joined:duplicate"] += 1
+                    elif pid in sock.snapshot:
+                        self.types["participant_joined:already_in_snapshot"] += 1
+                    sock.announced.add(pid)
                 if kind == "pong":
                     self.pongs += 1
                     ts = message.get("ts")
@@ -320,7 +336,7 @@ class Worker:
         await asyncio.gather(*(one(s, (i % 100) / 100 / rate) for i, s in enumerate(socks)), return_exceptions=True)
         return {"sent": sent, "elapsed_s": round(time.monotonic() - started, 3)}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, coverage: bool = False) -> dict[str, Any]:
         rtt = self.rtt_ms
         out = {
             "sockets": sum(1 for socks in self.socks.values() for s in socks if not s.ws.closed),
@@ -333,6 +349,13 @@ class Worker:
             "types": dict(self.types),
             "lag_p99_ms": self.lag.take_p99(),
         }
+        if coverage:
+            # Per open socket: its room and how many of the room's participants it knows of
+            # (its snapshot, itself included, plus everyone announced since).
+            out["coverage"] = [
+                [sock.room, len(sock.snapshot | sock.announced)]
+                for socks in self.socks.values() for sock in socks if not sock.ws.closed
+            ]
         self.rtt_ms = []
         return out
 
@@ -418,7 +441,7 @@ async def worker_main(secret: str) -> int:
             elif kind == "ping_burst":
                 emit(await worker.ping_burst(cmd))
             elif kind == "stats":
-                emit(worker.stats())
+                emit(worker.stats(bool(cmd.get("coverage"))))
             elif kind == "close":
                 emit(await worker.close(cmd))
             else:

@@ -314,6 +314,22 @@ class Node:
             return json.loads(self.gc_log.read_text())
         return {}
 
+    def log_findings(self) -> str:
+        """Counts of the server log lines that matter under load (the log is INFO level)."""
+        patterns = {
+            "redis pool exhausted (Too many connections)": "MaxConnectionsError: Too many connections",
+            "writer tasks died (Connection._write)": "coro=<Connection._write()",
+            "store marked unreachable by the heartbeat loop": "store unreachable",
+            "sessions whose leave hit an unavailable store": "store unavailable while",
+            "requests failed in aiohttp": "Error handling request",
+        }
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        found = {label: text.count(needle) for label, needle in patterns.items()}
+        return ", ".join(f"{label}: {n}" for label, n in found.items() if n)
+
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -778,13 +794,9 @@ async def phase_joins(args: argparse.Namespace, plan: Plan, ctx: "Ctx") -> dict[
                   f"mean {1000 * total / count:.1f} ms, {100 * le20 / count:.0f} % within 20 ms")
     # Every participant should hear participant_joined once per later joiner of its room.
     await asyncio.sleep(1.0)
-    stats = await all_workers(ctx.workers, [{"cmd": "stats"}] * len(ctx.workers), 30)
-    got = sum(st["types"].get("participant_joined", 0) for st in stats)
+    stats = await all_workers(ctx.workers, [{"cmd": "stats", "coverage": True}] * len(ctx.workers), 30)
     per_room = Counter(v[1] for v in run.samples.values())
-    expected = sum(k * (k - 1) // 2 for k in per_room.values())
-    print(f"  participant_joined received: {got}, expected {expected} (one per later joiner of the room)"
-          + ("" if got == expected else f"  <-- {'DUPLICATES' if got > expected else 'MISSING'}"))
-    summary["participant_joined"] = {"received": got, "expected": expected}
+    summary["participant_joined"] = announcements(stats, per_room)
     summary["cpu"] = cpu_result
     summary["placement"] = dict(placed)
     return summary
@@ -959,6 +971,7 @@ async def phase_idle(args: argparse.Namespace, plan: Plan, ctx: "Ctx", compress:
     steps: list[tuple[int, int]] = [(0, rss0)]
     retried: Counter[str] = Counter()
     failures: Counter[str] = Counter()
+    joined_rooms: Counter[str] = Counter()
     connected = 0
     limited_by = ""
     started = time.monotonic()
@@ -980,6 +993,7 @@ async def phase_idle(args: argparse.Namespace, plan: Plan, ctx: "Ctx", compress:
                               timeout_s=budget, compress=compress, retries=3)
         retried.update(run.retried)
         connected += len(run.samples)
+        joined_rooms.update(v[1] for v in run.samples.values())
         await asyncio.sleep(2.0)
         rss = proc_status_kib(node.pid)
         steps.append((connected, rss))
@@ -1036,7 +1050,7 @@ async def phase_idle(args: argparse.Namespace, plan: Plan, ctx: "Ctx", compress:
     hold_cpu_result = hold_cpu.result()
     backlog_after_hold = await pubsub_backlog(ctx.redis)
     gc_hold = gc_window(gc0, node.gc_stats())
-    stats = await all_workers(workers, [{"cmd": "stats"}] * len(workers), 30)
+    stats = await all_workers(workers, [{"cmd": "stats", "coverage": True}] * len(workers), 30)
     alive = sum(s["sockets"] for s in stats)
     per_conn = (rss_hold - rss0) / connected if connected else None
     slope = _slope(steps)
@@ -1056,11 +1070,8 @@ async def phase_idle(args: argparse.Namespace, plan: Plan, ctx: "Ctx", compress:
         print(f"  profile of the server while holding {connected} idle kiosks:")
         for line in summarize_pyspy(spy_out):
             print("    " + line)
-    got = sum(st["types"].get("participant_joined", 0) for st in stats)
-    members = Counter(idle_room(i, target, per_room, args.idle_order) for i in range(connected))
-    expected = sum(k * (k - 1) // 2 for k in members.values())
-    print(f"  participant_joined received by the idle kiosks: {got}, expected {expected}"
-          + ("" if got == expected else f"  <-- {'DUPLICATES: every one is also kept in a resume buffer' if got > expected else 'MISSING'}"))
+    members = joined_rooms
+    announced = announcements(stats, members)
     info = await ctx.redis.info("memory")
     fill = None
     if do_fill and plan.fill_buffers and connected >= plan.fill_buffers and not args.tracemalloc:
@@ -1074,6 +1085,8 @@ async def phase_idle(args: argparse.Namespace, plan: Plan, ctx: "Ctx", compress:
         print(f"  joins refused after 3 retries during the ramp: {dict(failures)}; retried: {dict(retried)}")
     if limited_by:
         print(f"  TARGET NOT REACHED: {connected} of {target}; limited by {limited_by}")
+    findings = node.log_findings()
+    print(f"  server log: {findings or 'nothing notable'}")
     # Close: sockets go (no leave: 10,000 leaves would only time the shutdown), node stops.
     for w in workers:
         await w.stop()
@@ -1092,7 +1105,8 @@ async def phase_idle(args: argparse.Namespace, plan: Plan, ctx: "Ctx", compress:
         "limited_by": limited_by,
         "retried": dict(retried),
         "failed": dict(failures),
-        "participant_joined": {"received": got, "expected": expected},
+        "participant_joined": announced,
+        "log_findings": findings,
         "fill": fill,
         "compress": compress,
         "redis_used_memory_mib": round(info["used_memory"] / 1024**2, 1),
@@ -1123,6 +1137,27 @@ def gc_window(before: dict[str, Any], after: dict[str, Any]) -> str:
     total = sum(after["total_ms"][g] - before["total_ms"][g] for g in range(3))
     return (f"{total / dt / 10:.1f} % of the time over {dt:.1f} s (" + ", ".join(parts)
             + f"; longest gen2 pause so far {after['max_ms'][2]:.0f} ms)")
+
+
+def announcements(stats: list[dict[str, Any]], members: Counter[Any]) -> dict[str, int]:
+    """participant_joined delivery: every socket should know of every member of its room
+    (its `joined` snapshot plus one participant_joined per later joiner), each once."""
+    types: Counter[str] = Counter()
+    missing = 0
+    for st in stats:
+        types.update(st["types"])
+        for room, known in st.get("coverage", []):
+            missing += max(0, members.get(room, 0) - known)
+    received = types["participant_joined"]
+    duplicate = types["participant_joined:duplicate"]
+    overlap = types["participant_joined:already_in_snapshot"]
+    problems = [f"{duplicate} DUPLICATES"] if duplicate else []
+    if missing:
+        problems.append(f"{missing} MISSING (a member never announced to a socket of its room)")
+    print(f"  participant_joined: {received} received, of which {overlap} for someone already in the joiner's "
+          f"snapshot (joins that overlapped) and {duplicate} duplicates; {missing} missing: "
+          + (", ".join(problems) if problems else "ok"))
+    return {"received": received, "already_in_snapshot": overlap, "duplicates": duplicate, "missing": missing}
 
 
 def idle_room(i: int, target: int, per_room: int, order: str) -> int:
@@ -1259,6 +1294,9 @@ async def bench(args: argparse.Namespace) -> int:
                             result["join_p99_ms_by_concurrency"] = {str(x["concurrency"]): x["join_p99_ms"] for x in sweep}
                             result["join_p50_ms_by_concurrency"] = {str(x["concurrency"]): x["join_p50_ms"] for x in sweep}
                         await asyncio.wait_for(phase_profile(args, plan, ctx), args.phase_timeout + args.profile_seconds + 90)
+                    for nd in ctx.nodes:
+                        findings = nd.log_findings()
+                        print(f"\n  server log of {nd.name} so far: {findings or 'nothing notable'}")
                     if "redis" in phases:
                         batches = await asyncio.wait_for(phase_redis(args, plan, ctx), 300)
                     for w in ctx.workers:
