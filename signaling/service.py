@@ -58,7 +58,9 @@ class SignalingService:
     # --- WebSocket endpoint ----------------------------------------------------------------
 
     async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes)
+        # No per-message deflate: its zlib state costs 110–160 KiB per idle kiosk, and
+        # signalling messages are small.
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, compress=False)
         await ws.prepare(request)
         conn = WebSocketConnection(
             ws, RateLimiter(self.settings.messages_per_second, self.settings.message_burst)

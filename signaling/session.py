@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from server.store import StoreUnavailable
+
 from .tokens import Grant
 
 if TYPE_CHECKING:
@@ -77,8 +79,9 @@ class Connection:
                 continue
             try:
                 await self._deliver(text)
-            except (ConnectionError, RuntimeError):
-                # The reader notices the dead channel; the session buffer keeps the message.
+            except (ConnectionError, RuntimeError, StoreUnavailable):
+                # The reader notices the dead channel (or, relayed, the store comes back);
+                # the session buffer keeps the message for a resume.
                 continue
 
     async def _deliver(self, text: str) -> None:
