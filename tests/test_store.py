@@ -313,6 +313,49 @@ async def test_invalid_updates_change_nothing(store: Store) -> None:
     assert await store.list_rooms() == {"koffie": 1}
 
 
+# --- counters ------------------------------------------------------------------------------
+
+
+async def test_count_adds_up_within_its_window_and_resets_after_it(store: Store) -> None:
+    assert await store.counted("user:ann") == 0
+    assert [await store.count("user:ann", window_s=0.4) for _ in range(3)] == [1, 2, 3]
+    assert await store.count("user:bob", window_s=0.4) == 1
+    assert await store.counted("user:ann") == 3
+
+    await asyncio.sleep(0.2)
+    # A later count does not move the window's end: the limit is a fixed window.
+    assert await store.count("user:ann", window_s=0.4) == 4
+    await asyncio.sleep(0.3)
+    assert await store.counted("user:ann") == 0
+    assert await store.count("user:ann", window_s=0.4) == 1
+
+
+async def test_reset_count_forgets_one_counter(store: Store) -> None:
+    await store.count("user:ann", window_s=30)
+    await store.count("addr:10.0.0.1", window_s=30)
+
+    await store.reset_count("user:ann")
+    await store.reset_count("never-counted")
+
+    assert await store.counted("user:ann") == 0
+    assert await store.counted("addr:10.0.0.1") == 1
+
+
+async def test_counts_are_shared_by_every_node(redis_server: RedisServer) -> None:
+    prefix = f"vztest:{uuid4().hex}:"
+    nodes = [RedisStore(redis_server.url, node_id=name, prefix=prefix) for name in ("n1", "n2")]
+    for node in nodes:
+        await node.open()
+    try:
+        await nodes[0].count("user:ann", window_s=30)
+        assert await nodes[1].count("user:ann", window_s=30) == 2
+        await nodes[1].reset_count("user:ann")
+        assert await nodes[0].counted("user:ann") == 0
+    finally:
+        for node in nodes:
+            await node.close()
+        await _delete_prefix(redis_server.url, prefix)
+
 # --- presence ------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from server.invites import issue_invite, named_secret
 from web.auth import SESSION_COOKIE, encode_session
 
 from .conftest import make_settings
+from .redis_server import RedisServer
 from .web_helpers import PASSWORD, Seed, Web, seed, text_of
 
 
@@ -295,3 +297,55 @@ async def test_too_large_uploads_are_refused_plainly(site: tuple[TestClient, See
     assert response.status == 413
     assert "Het bestand is te groot. Kies een kleinere foto." in text_of(await response.text())
     assert len(await client.app[DIRECTORY_KEY].list(Senior)) == 1
+
+
+async def test_login_throttling_is_shared_by_every_node(tmp_path: Path, aiohttp_client: Any) -> None:
+    """Two nodes on one Redis: failures on one lock the name on the other, so spreading
+    guesses over the nodes behind the proxy gains nothing."""
+    with RedisServer() as redis:
+        prefix = f"vztest:{uuid.uuid4().hex}:"
+        nodes = []
+        for name in ("n1", "n2"):
+            settings = make_settings(tmp_path / name, redis_url=redis.url, redis_prefix=prefix, node_id=name,
+                                     login_max_failures=3, login_failure_window_s=60)
+            nodes.append(create_app(settings))
+        clients = [await aiohttp_client(app) for app in nodes]
+        first, second = Web(clients[0]), Web(clients[1])
+        await seed(nodes[0])
+        await first.get("/login")
+        await second.get("/login")
+        for _ in range(3):
+            assert (await first.post("/login", {"username": "carla", "password": "wrong"})).status == 401
+        locked = await second.post("/login", {"username": "carla", "password": PASSWORD})
+        assert locked.status == 429
+        # The address is locked on the other node too, for any username.
+        assert (await second.post("/login", {"username": "victor", "password": PASSWORD})).status == 429
+        for client in clients:
+            await client.close()
+
+
+async def test_pages_and_api_say_plainly_when_the_store_is_away(tmp_path: Path, aiohttp_client: Any) -> None:
+    with RedisServer() as redis:
+        settings = make_settings(tmp_path, redis_url=redis.url, redis_prefix=f"vztest:{uuid.uuid4().hex}:")
+        app = create_app(settings)
+        client = await aiohttp_client(app)
+        await seed(app)
+        web = Web(client)
+        await web.login("carla")
+        assert (await client.get("/admin")).status == 200
+
+        redis.halt()
+        page = await client.get("/admin")
+        assert page.status == 503 and page.headers["Retry-After"] == "30"
+        assert "Probeer het over een minuut opnieuw" in text_of(await page.text())
+        api = await client.post("/api/kiosk/pair")
+        assert api.status == 503 and (await api.json())["error"] == "unavailable"
+
+        redis.restart()
+        for _ in range(100):
+            if (await client.get("/admin")).status == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("/admin did not come back after Redis returned")
+        await client.close()

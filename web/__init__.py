@@ -20,9 +20,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from server.store import StoreUnavailable
+
 from . import admin, auth, family, host, photos
 from .i18n import N_, gettext_for, language_of, remember_language
-from .rendering import render
+from .rendering import error_page, render
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -65,7 +67,35 @@ def call_strings(request: web.Request, extra: dict[str, str] | None = None) -> d
     return {key: _(msgid) for key, msgid in table.items()}
 
 
+# Seconds a client is told to wait when the store (Redis) is briefly away.
+STORE_OUTAGE_RETRY_AFTER_S = 30
+
+
+@web.middleware
+async def store_outage(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """While the store is unreachable, pages and the API say so plainly (503, retry later)
+    instead of failing with an internal error; calls already running are not affected."""
+    try:
+        return await handler(request)
+    except StoreUnavailable:
+        if request.path == "/ws":
+            raise
+        headers = {"Retry-After": str(STORE_OUTAGE_RETRY_AFTER_S)}
+        if request.path.startswith("/api/"):
+            return web.json_response(
+                {"error": "unavailable", "message": "The service is briefly unavailable; try again shortly."},
+                status=503, headers=headers,
+            )
+        page = error_page(
+            request, 503, N_("One moment, please"),
+            N_("This page cannot be reached right now. Please try again in a minute."),
+        )
+        page.headers.update(headers)
+        return page
+
+
 def setup(app: web.Application) -> None:
+    app.middlewares.append(store_outage)
     app.middlewares.append(remember_language)
     auth.setup(app)
     app.router.add_get("/", landing_page)

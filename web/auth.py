@@ -11,14 +11,14 @@
 - Every visitor of a page gets a per-session CSRF token; every POST outside `/api/` must
   carry it as the form field `csrf_token`, else 403 and nothing happens.
 - Failed logins are counted per username and per address; `login_max_failures` within
-  `login_failure_window_s` locks that name or address until the window has passed.
+  `login_failure_window_s` (counted from the first failure) locks that name or address until
+  the window has passed; the counts live in the store, so with Redis every node shares them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import hashlib
 import hmac
 import json
@@ -32,10 +32,11 @@ import argon2
 from aiohttp import web
 from multidict import MultiDict
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY
+from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.config import Settings
 from server.directory import Account, Directory
 from server.invites import named_secret
+from server.store import Store
 
 from .i18n import N_, gettext_for, language_of
 from .rendering import error_page, redirect, render
@@ -154,41 +155,29 @@ def _fresh_session(settings: Settings) -> Session:
 
 
 class LoginThrottle:
-    """Failed login times per key ("user:…", "addr:…"), in this node's memory."""
+    """Failed logins per key ("user:…", "addr:…") in the store, so every node sees them."""
 
-    def __init__(self, max_failures: int, window_s: float) -> None:
+    def __init__(self, store: Store, max_failures: int, window_s: float) -> None:
+        self.store = store
         self.max_failures = max_failures
         self.window_s = window_s
-        self._failures: dict[str, collections.deque[float]] = {}
 
-    def _recent(self, key: str, now: float) -> collections.deque[float]:
-        times = self._failures.get(key)
-        if times is None:
-            return collections.deque()
-        while times and now - times[0] > self.window_s:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
+    @staticmethod
+    def _counter(key: str) -> str:
+        return f"login_failures:{key}"
 
-    def locked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        return any(len(self._recent(key, now)) >= self.max_failures for key in keys)
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
+    async def locked(self, *keys: str) -> bool:
         for key in keys:
-            times = self._failures.setdefault(key, collections.deque())
-            times.append(now)
-            # Bounded: older entries than the limit never matter.
-            while len(times) > self.max_failures:
-                times.popleft()
+            if await self.store.counted(self._counter(key)) >= self.max_failures:
+                return True
+        return False
 
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+    async def failed(self, *keys: str) -> None:
+        for key in keys:
+            await self.store.count(self._counter(key), self.window_s)
 
-
-THROTTLE_KEY = web.AppKey("login_throttle", LoginThrottle)
+    async def succeeded(self, key: str) -> None:
+        await self.store.reset_count(self._counter(key))
 
 
 # --- middleware ----------------------------------------------------------------------------
@@ -371,7 +360,8 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     app = request.app
-    throttle: LoginThrottle = app[THROTTLE_KEY]
+    settings = app[SETTINGS_KEY]
+    throttle = LoginThrottle(app[STORE_KEY], settings.login_max_failures, settings.login_failure_window_s)
     directory: Directory = app[DIRECTORY_KEY]
     data = form(request)
     username = str(data.get("username", "")).strip().lower()[:64]
@@ -379,7 +369,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     target = _safe_next(data.get("next"))
     keys = (f"user:{username}", f"addr:{request.remote}")
     _ = gettext_for(language_of(request))
-    if throttle.locked(*keys):
+    if await throttle.locked(*keys):
         minutes = max(1, round(throttle.window_s / 60))
         return render(
             request,
@@ -392,7 +382,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     account = await directory.account_by_username(username) if username else None
     ok = await verify_password(account.password_hash if account else "", password)
     if not ok or account is None:
-        throttle.failed(*keys)
+        await throttle.failed(*keys)
         return render(
             request,
             "login.html",
@@ -401,7 +391,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             next=target or "",
             username=username,
         )
-    throttle.succeeded(keys[0])
+    await throttle.succeeded(keys[0])
     if _hasher.check_needs_rehash(account.password_hash):
         account.password_hash = await hash_password(password)
         await directory.put(account, actor=account.id)
@@ -426,7 +416,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
 def setup(app: web.Application) -> None:
     settings = app[SETTINGS_KEY]
     app[SESSION_SECRET_KEY] = named_secret(settings, "session")
-    app[THROTTLE_KEY] = LoginThrottle(settings.login_max_failures, settings.login_failure_window_s)
     app.middlewares.append(session_middleware)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)

@@ -172,6 +172,23 @@ class Store(abc.ABC):
     async def acquire_lock(self, name: str, ttl_s: float) -> bool:
         """True for exactly one caller until the lock expires."""
 
+    # --- counters ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def count(self, name: str, window_s: float) -> int:
+        """Adds one to the counter and returns its value.
+
+        The counter's window starts at its first count and it disappears `window_s` later,
+        so a limit over it is a fixed window, shared by every node.
+        """
+
+    @abc.abstractmethod
+    async def counted(self, name: str) -> int:
+        """The counter's value, 0 when it expired or was never counted."""
+
+    @abc.abstractmethod
+    async def reset_count(self, name: str) -> None: ...
+
     # --- room event fan-out --------------------------------------------------------------
 
     @abc.abstractmethod

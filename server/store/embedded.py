@@ -30,6 +30,7 @@ from .base import (
 )
 
 DATABASE_FILE = "directory.sqlite3"
+_COUNTERS_BEFORE_PURGE = 10_000
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class EmbeddedStore(Store):
         self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._placements: dict[str, str] = {}
         self._locks: dict[str, float] = {}
+        self._counters: dict[str, tuple[int, float]] = {}
         self._handlers: dict[str, list[EventHandler]] = {}
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -236,6 +238,31 @@ class EmbeddedStore(Store):
             return False
         self._locks[name] = now + ttl_s
         return True
+
+    # --- counters ----------------------------------------------------------------------
+
+    def _live_counter(self, name: str, now: float) -> tuple[int, float] | None:
+        counter = self._counters.get(name)
+        if counter is not None and counter[1] <= now:
+            del self._counters[name]
+            return None
+        return counter
+
+    async def count(self, name: str, window_s: float) -> int:
+        now = time.monotonic()
+        if len(self._counters) >= _COUNTERS_BEFORE_PURGE:
+            # Counters nobody reads again (a sprayed username) must not pile up.
+            self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
+        value, expires = self._live_counter(name, now) or (0, now + window_s)
+        self._counters[name] = (value + 1, expires)
+        return value + 1
+
+    async def counted(self, name: str) -> int:
+        counter = self._live_counter(name, time.monotonic())
+        return counter[0] if counter else 0
+
+    async def reset_count(self, name: str) -> None:
+        self._counters.pop(name, None)
 
     # --- room event fan-out --------------------------------------------------------------
 

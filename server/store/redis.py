@@ -16,6 +16,8 @@ Key schema (every key starts with the store's prefix, ``vz:`` by default):
     Hash room → id of the node hosting the room's media (placement, LiveKit-style).
 ``{prefix}lock:{name}``
     SET NX PX locks, e.g. so only one node reaps a dead node's participants.
+``{prefix}count:{name}``
+    INCR counters (failed logins) whose PX expiry is set by the first count: fixed windows.
 ``{prefix}rooms``
     Hash room → participant count, for rooms with at least one participant. The Lua
     scripts that change a room's participants keep it in step with the participants hash.
@@ -26,8 +28,8 @@ Key schema (every key starts with the store's prefix, ``vz:`` by default):
 ``{prefix}events:{room}``
     Pub/sub channel; each message is one event as JSON.
 
-What expires: only the presence keys. Live room state stays until a node removes it, so a
-node that dies without cleaning up leaves its participants behind (their ``node_id`` says
+What expires: only the presence keys, locks and counters. Live room state stays until a
+node removes it, so a node that dies without cleaning up leaves its participants behind (their ``node_id`` says
 whose they were). The directory is as durable as the server's persistence settings (RDB or
 AOF) make it. Pub/sub is fire-and-forget: events published while a node's subscriber
 connection is down are lost to that node.
@@ -523,6 +525,27 @@ class RedisStore(Store):
             return bool(
                 await self._redis.set(f"{self._prefix}lock:{name}", self.node_id, nx=True, px=max(1, int(ttl_s * 1000)))
             )
+
+    # --- counters ----------------------------------------------------------------------
+
+    async def count(self, name: str, window_s: float) -> int:
+        key = f"{self._prefix}count:{name}"
+        with _unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                # NX: only the first count of a window sets when it ends.
+                pipe.pexpire(key, max(1, math.ceil(window_s * 1000)), nx=True)
+                value, _ = await pipe.execute()
+        return int(value)
+
+    async def counted(self, name: str) -> int:
+        with _unavailable():
+            value = await self._redis.get(f"{self._prefix}count:{name}")
+        return int(value) if value is not None else 0
+
+    async def reset_count(self, name: str) -> None:
+        with _unavailable():
+            await self._redis.delete(f"{self._prefix}count:{name}")
 
     # --- room event fan-out --------------------------------------------------------------
 
