@@ -19,7 +19,9 @@ from server.app import SETTINGS_KEY, SFU_KEY
 from server.directory import Contact, Senior
 from server.invites import issue_invite, named_secret
 
-from .browser_helpers import PHONE, launch, open_tab, start_site
+from playwright.async_api import async_playwright
+
+from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, PHONE, check_accessibility, ensure_axe, launch, open_tab, start_site
 from .kiosk_support import SENIOR, eventually, kiosk_config, provision, real_clock, running_kiosk
 
 RING_S = 6.0
@@ -36,6 +38,7 @@ def _kiosk_in_any_room(site) -> bool:  # type: ignore[no-untyped-def]
 
 
 async def test_senior_calls_family_page_rings_answer_decline_missed(browser: Browser, tmp_path: Path) -> None:
+    axe = ensure_axe()
     site, runner = await start_site(tmp_path / "data", ring_timeout_s=RING_S)
     try:
         async with asyncio.timeout(150):
@@ -72,6 +75,7 @@ async def test_senior_calls_family_page_rings_answer_decline_missed(browser: Bro
                 assert await page.value("window.verzilvering.sound") == "running"
                 await page.wait_for("window.verzilvering.ringsPlayed", until=lambda n: n >= 1, what="the ring sound")
                 await page.screenshot("family-incoming", full_page=False)
+                assert await check_accessibility(page, axe, "family: the senior calls") == {}
                 await eventually(lambda: kiosk.model.session is not None and kiosk.model.session.phase == "ringing", 10, "kiosk calling")
                 await asyncio.sleep(1.0)
                 assert kiosk.room is None and not _kiosk_in_any_room(site), "no camera before Sanne accepts"
@@ -122,6 +126,7 @@ async def test_senior_calls_family_page_rings_answer_decline_missed(browser: Bro
             line = await page.text("#missed-list li")
             assert any(line == f"Oma Riet belde om {t}" for t in times), line
             await page.screenshot("family-missed", full_page=False)
+            assert await check_accessibility(page, axe, "family: missed call") == {}
             await page.page.get_by_role("button", name="Gezien").click()
             assert await page.page.locator("#missed").is_hidden()
             await page.wait_for("window.verzilvering.missedCalls", until=lambda m: m == [], what="cleared")
@@ -133,4 +138,33 @@ async def test_senior_calls_family_page_rings_answer_decline_missed(browser: Bro
     finally:
         for context in browser.contexts:
             await context.close()
+        await runner.cleanup()
+
+
+async def test_the_page_asks_for_one_tap_when_the_browser_blocks_sound(tmp_path: Path) -> None:
+    """Without the test flag, Chromium's autoplay rule holds audio until the page is touched."""
+    site, runner = await start_site(tmp_path / "data")
+    args = [a for a in CHROMIUM_ARGS if not a.startswith("--autoplay-policy")]
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=args, timeout=30_000)
+            try:
+                await site.directory.put(Senior(id=SENIOR, name="Oma Riet"), actor="test")
+                sanne = Contact(id="c-sanne", senior_id=SENIOR, name="Sanne")
+                await site.directory.put(sanne, actor="test")
+                invite = issue_invite(named_secret(site.app[SETTINGS_KEY], "invite"), sanne)
+                context = await browser.new_context(locale="en-GB", viewport=PHONE, is_mobile=True, has_touch=True)
+                page = await open_tab(context, f"{site.url}/family/{invite}?lang=en")
+                await page.wait_for("window.verzilvering.listening", until=lambda s: s == "listening", what="listening")
+                assert await page.value("window.verzilvering.sound") == "suspended"
+                button = page.page.get_by_role("button", name="Turn sound on")
+                assert await button.is_visible()
+                assert "only plays the ring after you have tapped this page once" in await page.text("#sound-row")
+                await button.click()
+                await page.wait_for("window.verzilvering.sound", until=lambda s: s == "running", what="sound allowed")
+                assert await page.page.locator("#sound-row").is_hidden()
+                await page.wait_text("#listen-status", "Oma Riet can call you while this page is open.")
+            finally:
+                await browser.close()
+    finally:
         await runner.cleanup()
