@@ -491,3 +491,33 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert len({round(w, 6) for w in waits[4:]}) > 1, "jitter: capped waits still differ"
     backoff.reset()
     assert backoff.next() <= 1.0
+
+
+def test_missed_call_notes_survive_a_restart_privately(tmp_path: Path, clock: FakeClock) -> None:
+    from kiosk_client.runner import KioskApp, KioskConfig
+
+    state_dir = tmp_path / "state"
+
+    def app() -> KioskApp:
+        return KioskApp(KioskConfig(server="http://127.0.0.1:9", state_dir=state_dir, display=False, sound=False), clock=clock)
+
+    first = app()
+    first.execute(first.model.device_online(welcome()))
+    first.execute(first.model.device_message(incoming("c-piet", ring_ms=1000)))
+    clock.advance(2)
+    first.execute(first.model.tick())
+    first.execute(first.model.tap("call:c-kees"))  # passing news is not kept:
+    first.execute(first.model.device_message({"type": "call_cancelled", "ref": first.sent[-1]["id"], "call_id": "x", "reason": "unavailable"}))
+    assert [n.key for n in first.model.notes] == ["contact_unavailable", "missed_call"]
+    notes_file = state_dir / "notes.json"
+    assert stat.S_IMODE(notes_file.stat().st_mode) == 0o600
+    assert "Buurman Piet" in notes_file.read_text()
+
+    # The kiosk restarts (power cut, update): the missed call is still there, with Call back.
+    second = app()
+    [note] = second.model.notes
+    assert note.key == "missed_call" and note.params["name"] == "Buurman Piet" and note.contact_id == "c-piet"
+    second.execute(second.model.device_online(welcome()))
+    second.execute(second.model.tap("dismiss"))
+    assert second.model.notes == []
+    assert app().model.notes == []
