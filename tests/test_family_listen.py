@@ -248,3 +248,14 @@ async def test_page_opened_while_ringing_rings_too(server: RunningServer, connec
     call_id = (await kiosk.expect("call_ringing"))["call_id"]
     reloaded, _ = await _listen(server, connect, "c-piet")
     assert (await reloaded.expect("incoming_call"))["call_id"] == call_id
+
+
+async def test_deleting_a_contact_deletes_their_missed_calls(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    credential = await _setup(server, http)
+    kiosk = await _kiosk(connect, credential)
+    await kiosk.send({"type": "call_contact", "contact_id": "c-piet"})
+    assert (await kiosk.expect("call_cancelled"))["reason"] == "unavailable"
+    store = server.app[STORE_KEY]
+    assert await store.get_record("missed_calls", "c-piet") is not None
+    assert await server.app[DIRECTORY_KEY].delete(Contact, "c-piet", actor="test")
+    assert await store.get_record("missed_calls", "c-piet") is None
