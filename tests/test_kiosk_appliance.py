@@ -493,7 +493,7 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert backoff.next() <= 1.0
 
 
-def test_missed_call_notes_survive_a_restart_privately(tmp_path: Path, clock: FakeClock) -> None:
+async def test_missed_call_notes_survive_a_restart_privately(tmp_path: Path, clock: FakeClock) -> None:
     from kiosk_client.runner import KioskApp, KioskConfig
 
     state_dir = tmp_path / "state"
