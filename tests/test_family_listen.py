@@ -130,6 +130,8 @@ async def test_unknown_contact_and_unavailable_is_kept_as_missed(
     await kiosk.expect_error("unknown_contact")
     await kiosk.send({"type": "call_contact", "contact_id": 5})
     await kiosk.expect_error("bad_message")
+    await kiosk.send({"type": "missed_seen"})
+    await kiosk.expect_error("forbidden")
 
     # Piet's page is not open: the kiosk hears so at once, and Piet sees it later.
     before = int(time.time())

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser
 
@@ -21,7 +22,9 @@ from server.invites import issue_invite, named_secret
 
 from playwright.async_api import async_playwright
 
-from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, PHONE, check_accessibility, ensure_axe, launch, open_tab, start_site
+from .browser_helpers import (
+    CHROMIUM, CHROMIUM_ARGS, PHONE, check_accessibility, device_socket, ensure_axe, launch, next_message, open_tab, start_site,
+)
 from .kiosk_support import SENIOR, eventually, kiosk_config, provision, real_clock, running_kiosk
 
 RING_S = 6.0
@@ -141,29 +144,69 @@ async def test_senior_calls_family_page_rings_answer_decline_missed(browser: Bro
         await runner.cleanup()
 
 
-async def test_the_page_asks_for_one_tap_when_the_browser_blocks_sound(tmp_path: Path) -> None:
+# The tab is in the background (a test cannot minimise a headless window), and every
+# notification the page shows is counted on its way to Chromium's real Notification.
+BACKGROUND_TAB_JS = """
+Object.defineProperty(Document.prototype, "hidden", { get() { return true; }, configurable: true });
+const RealNotification = window.Notification;
+window.__notifications = [];
+window.Notification = class extends RealNotification {
+  constructor(title, options) {
+    super(title, options);
+    window.__notifications.push({ title, body: options?.body ?? "" });
+  }
+};
+"""
+
+
+async def test_sound_waits_for_one_tap_and_a_background_tab_gets_a_notification(tmp_path: Path) -> None:
     """Without the test flag, Chromium's autoplay rule holds audio until the page is touched."""
     site, runner = await start_site(tmp_path / "data")
     args = [a for a in CHROMIUM_ARGS if not a.startswith("--autoplay-policy")]
     try:
-        async with async_playwright() as playwright:
+        async with async_playwright() as playwright, aiohttp.ClientSession() as http:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=args, timeout=30_000)
             try:
                 await site.directory.put(Senior(id=SENIOR, name="Oma Riet"), actor="test")
-                sanne = Contact(id="c-sanne", senior_id=SENIOR, name="Sanne")
+                sanne = Contact(id="c-sanne", senior_id=SENIOR, name="Sanne", trusted=True)
                 await site.directory.put(sanne, actor="test")
                 invite = issue_invite(named_secret(site.app[SETTINGS_KEY], "invite"), sanne)
+                credential = await provision(site, tmp_path / "kiosk-state")  # type: ignore[arg-type]
+                device = await device_socket(http, site.url, {"kiosk_id": credential.kiosk_id, "credential": credential.credential})
                 context = await browser.new_context(locale="en-GB", viewport=PHONE, is_mobile=True, has_touch=True)
+                await context.grant_permissions(["notifications"], origin=site.url)
+                await context.add_init_script(BACKGROUND_TAB_JS)
                 page = await open_tab(context, f"{site.url}/family/{invite}?lang=en")
                 await page.wait_for("window.verzilvering.listening", until=lambda s: s == "listening", what="listening")
+                await page.wait_text("#listen-status", "Oma Riet can call you while this page is open.")
                 assert await page.value("window.verzilvering.sound") == "suspended"
                 button = page.page.get_by_role("button", name="Turn sound on")
                 assert await button.is_visible()
                 assert "only plays the ring after you have tapped this page once" in await page.text("#sound-row")
+                # Permission was given already: no button asking for it.
+                assert await page.page.locator("#notify-row").is_hidden()
+
+                # The senior calls: the page rings silently (not allowed yet) and notifies.
+                await device.send_json({"type": "call_contact", "contact_id": "c-sanne"})
+                await page.wait_for("window.verzilvering.ringing", what="ringing")
+                assert await page.value("window.__notifications") == [
+                    {"title": "Oma Riet is calling you", "body": "Open the page to answer."}
+                ]
+                await asyncio.sleep(0.5)
+                assert await page.value("window.verzilvering.ringsPlayed") == 0
+                # One tap (here on "Turn sound on"): the ring is heard from then on.
                 await button.click()
                 await page.wait_for("window.verzilvering.sound", until=lambda s: s == "running", what="sound allowed")
                 assert await page.page.locator("#sound-row").is_hidden()
-                await page.wait_text("#listen-status", "Oma Riet can call you while this page is open.")
+                await page.wait_for("window.verzilvering.ringsPlayed", until=lambda n: n >= 1, timeout_s=6, what="the ring")
+                # The senior hangs up: the ringing stops, the page says so and keeps the missed call.
+                ringing = await next_message(device, "call_ringing")
+                await device.send_json({"type": "call_hangup", "call_id": ringing["call_id"]})
+                await page.wait_for("window.verzilvering.ringing", until=lambda r: r is None, what="ringing to stop")
+                await page.wait_text("#listen-status", "Oma Riet hung up before you answered.")
+                assert len(await page.value("window.verzilvering.missedCalls")) == 1
+                assert await page.page.locator("#missed").is_visible()
+                await device.close()
             finally:
                 await browser.close()
     finally:
