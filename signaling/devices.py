@@ -102,6 +102,7 @@ class DeviceHub:
         self.issuer = issuer
         self.links: dict[Connection, DeviceLink] = {}
         self.listeners: dict[Connection, ContactLink] = {}
+        self._keepalive: asyncio.Task[None] | None = None
         self.calls: dict[str, Call] = {}
 
     # --- device connections ------------------------------------------------------------
@@ -268,6 +269,8 @@ class DeviceHub:
             contact_channel(contact.id), lambda event: self._to_listener(conn, event)
         )
         await self.store.touch_presence(contact_presence(contact.id), self._presence_ttl)
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.ensure_future(self._keep_listeners_alive())
         conn.send(
             {
                 "type": "contact_welcome",
@@ -283,6 +286,18 @@ class DeviceHub:
         for call in self.calls.values():
             if call.direction == "outgoing" and call.state == "ringing" and call.contact.id == contact.id and call.incoming:
                 conn.send(call.incoming)
+
+    async def _keep_listeners_alive(self) -> None:
+        """Asks every listening page for a `ping` each ping interval.
+
+        A browser throttles the timers of a tab in the background (Chrome: once a minute
+        after five minutes), so a page's own pings would stop keeping it present; message
+        events are not throttled, so the page answers this at once.
+        """
+        while self.listeners:
+            await asyncio.sleep(self.settings.ping_interval_s)
+            for conn in list(self.listeners):
+                conn.send({"type": "keepalive"})
 
     def _to_listener(self, conn: Connection, event: dict[str, Any]) -> None:
         if event.get("_to") not in (None, conn.id) or event.get("_skip") == conn.id:
@@ -547,6 +562,8 @@ class DeviceHub:
             await subscription.close()
 
     async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         for call in list(self.calls.values()):
             if call.direction == "outgoing":
                 await self._finish_outgoing(call, "missed")

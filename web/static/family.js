@@ -159,6 +159,9 @@ function onListenMessage(message) {
     clearInterval(listener.pinger);
     listener.pinger = setInterval(() => listenSend({ type: "ping", ts: Date.now() }), message.ping_interval_ms || 10000);
     showMissed(message.missed_calls || []);
+  } else if (message.type === "keepalive") {
+    // Answered from the message event: a background tab's timers may be throttled.
+    listenSend({ type: "ping", ts: Date.now() });
   } else if (message.type === "incoming_call") {
     ring(message);
   } else if (message.type === "call_cancelled") {
