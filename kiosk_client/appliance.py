@@ -16,6 +16,12 @@ Modes (what the screen shows):
                                                          │ Join / accepted / Call      │
                                                          └──▶ in_call ─── ended ───────┘
 
+Calling family (Call): in_call with an outgoing session, phase `requesting` until the
+server answers `call_ringing`, then `ringing` until the family member accepts (`call_join`:
+only now the room is joined), declines, misses it or is not reachable (`call_cancelled`),
+or the senior hangs up (`call_hangup`). The screen shows "calling Piet…" and one big
+Hang-up button meanwhile.
+
 Privacy rule held here: nothing that opens the camera (`JoinRoom`) is produced before the
 senior admitted the other side — by tapping, or by letting a trusted contact's ten-second
 warning run out.
@@ -211,7 +217,8 @@ class Session:
     call_id: str | None = None
     contact_id: str | None = None
     outgoing: bool = False
-    # requesting (waiting for a token) → connecting → lobby → connected ⇄ reconnecting
+    # requesting (waiting for a token) → [ringing: an outgoing call rings at the family] →
+    # connecting → lobby → connected ⇄ reconnecting
     phase: str = "requesting"
     request_id: str | None = None
     requested_at: float = 0.0
@@ -221,6 +228,7 @@ class Session:
     joined_at: float | None = None
     others_seen: bool = False
     renewals: int = 0
+    ring_deadline: float = 0.0  # monotonic: an outgoing call's ring timeout plus a margin
 
     @property
     def others(self) -> list[Participant]:
@@ -267,6 +275,8 @@ class Kiosk:
         self._handled: set[tuple[str, str]] = set()
         self._refreshed: set[tuple[str, str]] = set()
         self._request_counter = 0
+        # The senior hung up before the server said which call rang: hang that one up.
+        self._hangup_request: str | None = None
         self.taps = 0
 
     # --- derived state ----------------------------------------------------------------
@@ -403,6 +413,8 @@ class Kiosk:
             return self._call_cancelled(message)
         if kind == "call_join":
             return self._call_join(message)
+        if kind == "call_ringing":
+            return self._call_ringing(message)
         if kind == "activity_token":
             return self._activity_token(message)
         if kind == "selftest_request":
@@ -439,7 +451,46 @@ class Kiosk:
         self.incoming = Incoming(call_id, contact, self.clock.monotonic() + ring_s, now)
         return [PlaySound("ring")]
 
+    def _call_ringing(self, message: dict[str, Any]) -> list[Action]:
+        call_id = message.get("call_id")
+        if not isinstance(call_id, str):
+            return []
+        ref = message.get("ref")
+        if ref is not None and ref == self._hangup_request:
+            self._hangup_request = None
+            return [Send({"type": "call_hangup", "call_id": call_id})]
+        session = self.session
+        if session is None or not session.outgoing or session.phase != "requesting" or ref != session.request_id:
+            return []
+        ring_ms = message.get("ring_timeout_ms")
+        ring_s = ring_ms / 1000 if isinstance(ring_ms, (int, float)) and ring_ms > 0 else DEFAULT_RING_TIMEOUT_S
+        session.call_id = call_id
+        session.phase = "ringing"
+        session.ring_deadline = self.clock.monotonic() + ring_s + REQUEST_TIMEOUT_S
+        return []
+
+    def _outgoing_cancelled(self, session: Session, message: dict[str, Any]) -> list[Action]:
+        name = next((c.name for c in self.contacts if c.id == session.contact_id), session.title)
+        note = {
+            "unavailable": "contact_unavailable",
+            "declined": "contact_declined",
+            "missed": "no_answer",
+            "hung_up": None,
+        }.get(str(message.get("reason")), "call_failed")
+        return self._end_session(note, {"name": name})
+
     def _call_cancelled(self, message: dict[str, Any]) -> list[Action]:
+        session = self.session
+        if (
+            session is not None
+            and session.outgoing
+            and session.phase in ("requesting", "ringing")
+            and (
+                (session.call_id is not None and message.get("call_id") == session.call_id)
+                or (message.get("ref") is not None and message.get("ref") == session.request_id)
+            )
+        ):
+            return self._outgoing_cancelled(session, message)
         incoming = self.incoming
         if incoming is not None and message.get("call_id") == incoming.call_id and self.mode in (Mode.INCOMING, Mode.RINGING):
             if message.get("reason") in ("answered_elsewhere", "declined"):
@@ -459,7 +510,7 @@ class Kiosk:
         if (
             session is None
             or session.kind != "call"
-            or session.phase != "requesting"
+            or session.phase not in ("requesting", "ringing")
             or not isinstance(room, str)
             or not isinstance(token, str)
         ):
@@ -590,6 +641,12 @@ class Kiosk:
                 self.mode = Mode.HOME
                 return [PlaySound("none"), Send({"type": "call_answer", "call_id": incoming.call_id, "accept": False})]
         elif mode is Mode.IN_CALL and button in ("leave", "hang_up"):
+            session = self.session
+            if session is not None and session.outgoing and session.phase in ("requesting", "ringing"):
+                # Still ringing at the family: stop it there too.
+                if session.call_id is not None:
+                    return [*self._end_session(None), Send({"type": "call_hangup", "call_id": session.call_id})]
+                self._hangup_request = session.request_id
             return self._end_session(None)
         return []
 
@@ -616,6 +673,10 @@ class Kiosk:
         if self.mode is Mode.IN_CALL and session is not None:
             if session.phase == "requesting" and mono - session.requested_at > REQUEST_TIMEOUT_S:
                 actions += self._end_session("join_failed" if session.kind == "activity" else "call_failed")
+            elif session.phase == "ringing" and mono > session.ring_deadline:
+                # The server times the call out first; this covers a lost connection.
+                name = next((c.name for c in self.contacts if c.id == session.contact_id), session.title)
+                actions += self._end_session("no_answer", {"name": name})
             elif (
                 session.kind == "call"
                 and not session.others_seen
@@ -718,6 +779,6 @@ class Kiosk:
         if note:
             self._add_note(Note(note, params or {}))
         actions: list[Action] = []
-        if leave and session is not None and session.phase != "requesting":
+        if leave and session is not None and session.phase not in ("requesting", "ringing"):
             actions.append(LeaveRoom())
         return actions

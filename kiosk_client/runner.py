@@ -23,11 +23,13 @@ from urllib.parse import urljoin
 import aiohttp
 
 from .appliance import (
+    MAX_NOTES,
     Action,
     JoinRoom,
     Kiosk,
     LeaveRoom,
     Mode,
+    Note,
     PlaySound,
     RefreshDirectory,
     RunSelftest,
@@ -73,6 +75,25 @@ class KioskConfig:
     room_backoff_cap_s: float = 4.0
 
 
+# Notes worth keeping over a restart: a missed call (and a call back button), not passing news.
+KEPT_NOTES = ("missed_call", "missed_call_busy")
+
+
+def kept_notes(notes: list[Note]) -> list[dict[str, Any]]:
+    return [
+        {"key": n.key, "params": dict(n.params), "contact_id": n.contact_id} for n in notes if n.key in KEPT_NOTES
+    ]
+
+
+def restore_notes(stored: list[dict[str, Any]]) -> list[Note]:
+    notes = []
+    for entry in stored[:MAX_NOTES]:
+        key, params, contact_id = entry.get("key"), entry.get("params"), entry.get("contact_id")
+        if key in KEPT_NOTES and isinstance(params, dict) and (contact_id is None or isinstance(contact_id, str)):
+            notes.append(Note(key, {str(k): str(v) for k, v in params.items()}, contact_id))
+    return notes
+
+
 class KioskApp:
     def __init__(self, config: KioskConfig, clock: Clock | None = None) -> None:
         self.config = config
@@ -82,6 +103,8 @@ class KioskApp:
         preferences = self.state.load_preferences()
         volume = preferences.get("volume")
         self.model = Kiosk(self.clock, language=config.language, **({"volume": volume} if isinstance(volume, int) else {}))
+        self.model.notes = restore_notes(self.state.load_notes())
+        self._saved_notes = kept_notes(self.model.notes)
         self.credential: Credential | None = None
         self.device: DeviceClient | None = None
         self.room: RoomConnection | None = None
@@ -262,6 +285,13 @@ class KioskApp:
                 self.state.wipe_credential()
                 self.credential = None
                 self._unpaired.set()
+        notes = kept_notes(self.model.notes)
+        if notes != self._saved_notes:
+            try:
+                self.state.save_notes(notes)
+                self._saved_notes = notes
+            except OSError:
+                logger.warning("could not keep the missed-call notes on disk", exc_info=True)
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self.device is None or not await self.device.send(message):

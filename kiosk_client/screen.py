@@ -342,6 +342,8 @@ class Renderer:
             self._countdown(surface, layout, kiosk, t)
         elif mode in (Mode.INCOMING, Mode.RINGING):
             self._incoming(surface, layout, kiosk, t)
+        elif mode is Mode.IN_CALL and kiosk.session is not None and kiosk.session.outgoing and kiosk.session.phase in ("requesting", "ringing"):
+            self._calling(surface, layout, kiosk, t)
         elif mode is Mode.IN_CALL:
             self._in_call(surface, layout, kiosk, t, video)
         return layout
@@ -506,6 +508,30 @@ class Renderer:
             self._button(surface, layout, "not_now", other, t("not_now"), NAVY, size=int(h * 0.075))
         else:
             self._button(surface, layout, "decline", other, t("decline"), RED, size=int(h * 0.07))
+
+    def _calling(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+        """The senior calls family: who, that it rings, and one big way to stop. No camera yet."""
+        w, h = surface.get_size()
+        surface.fill(BACKGROUND)
+        session = kiosk.session
+        assert session is not None
+        contact = next((c for c in kiosk.contacts if c.id == session.contact_id), None) or Contact(
+            session.contact_id or "?", session.title
+        )
+        d = int(h * 0.3)
+        self._avatar(surface, layout, contact, (w // 2, int(h * 0.05) + d // 2), d)
+        y = self._wrapped(
+            surface, layout, t("calling_out", name=contact.name), int(h * 0.08), TEXT, BACKGROUND,
+            pygame.Rect(40, int(h * 0.07) + d, w - 80, int(h * 0.12)), bold=True,
+        )
+        if session.phase == "ringing":
+            self._wrapped(
+                surface, layout, t("calling_ringing", name=contact.name), int(h * 0.055), TEXT, BACKGROUND,
+                pygame.Rect(40, y + 8, w - 80, int(h * 0.1)),
+            )
+        hang_up = pygame.Rect(0, 0, int(w * 0.6), int(h * 0.2))
+        hang_up.midbottom = (w // 2, h - int(h * 0.05))
+        self._button(surface, layout, "hang_up", hang_up, t("hang_up"), RED, size=int(h * 0.08))
 
     def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, video: "VideoWall | None") -> None:
         w, h = surface.get_size()

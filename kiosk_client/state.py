@@ -1,4 +1,5 @@
-"""What the kiosk keeps on disk: its device credential (0600) and the senior's preferences.
+"""What the kiosk keeps on disk: its device credential (0600), the senior's preferences and
+the missed-call notes still on the home screen (so a restart does not lose "Kees belde").
 
 The state directory is private to the kiosk user (0700). The credential file is written
 atomically (temporary file with mode 0600, fsync, rename), so a power cut never leaves
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path("~/.local/state/verzilvering-kiosk")
 CREDENTIAL_FILE = "credential.json"
 PREFERENCES_FILE = "preferences.json"
+NOTES_FILE = "notes.json"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,17 @@ class StateDir:
 
     def save_preferences(self, preferences: dict[str, Any]) -> None:
         self._write_private(PREFERENCES_FILE, preferences)
+
+    def load_notes(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads((self.path / NOTES_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        notes = data.get("notes") if isinstance(data, dict) else None
+        return [n for n in notes if isinstance(n, dict)] if isinstance(notes, list) else []
+
+    def save_notes(self, notes: list[dict[str, Any]]) -> None:
+        self._write_private(NOTES_FILE, {"notes": notes})
 
     def _write_private(self, name: str, data: dict[str, Any]) -> None:
         self._ensure()

@@ -236,6 +236,9 @@ class Directory:
         kind = _COLLECTIONS[cls]
         existed = await self.store.delete_record(kind, record_id)
         if existed:
+            if cls is Contact:
+                # The senior's missed calls to them go with the person.
+                await self.store.delete_record("missed_calls", record_id)
             await self.audit(actor, "delete", kind, record_id, [])
         return existed
 

@@ -4,6 +4,12 @@ A kiosk is not a participant until it joins a room. While idle it holds one devi
 connection; everything addressed to it travels over the store's fan-out on channel
 `device:<kiosk_id>`, so whichever node holds the connection delivers it. A call's own
 events travel on `call:<call_id>` to the node that started the call, which owns its timer.
+
+The other direction mirrors it: a family member's open invite page holds a listening
+connection (`hello` with `contact` {`invite`}), present as `contact:<contact_id>` and
+reached over channel `contact:<contact_id>`. A kiosk's `call_contact` rings those pages;
+an unanswered call is kept as a missed call (record kind `missed_calls`, per contact)
+until the family page says it was seen.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 from server.config import Settings
 from server.directory import Activity, Contact, Directory, Kiosk, Senior
+from server.invites import InviteError, named_secret, resolve_invite
 from server.pairing import authenticate_kiosk
 from server.schedule import next_occurrence
 from server.turn import ice_servers_for
@@ -45,9 +52,30 @@ def kiosk_presence(kiosk_id: str) -> str:
     return f"kiosk:{kiosk_id}"
 
 
+def contact_channel(contact_id: str) -> str:
+    return f"contact:{contact_id}"
+
+
+def contact_presence(contact_id: str) -> str:
+    return f"contact:{contact_id}"
+
+
+MISSED_CALLS = "missed_calls"
+# A family member who never opens the page does not collect an endless list.
+MAX_MISSED_CALLS = 10
+
+
 @dataclass
 class DeviceLink:
     kiosk: Kiosk
+    subscription: Subscription | None = None
+
+
+@dataclass
+class ContactLink:
+    """A family member's invite page, listening for the senior's calls."""
+
+    contact: Contact
     subscription: Subscription | None = None
 
 
@@ -59,6 +87,8 @@ class Call:
     senior_id: str
     kiosk_ids: list[str]
     state: str = "ringing"
+    # "incoming": family → kiosk (POST /api/calls); "outgoing": kiosk → family (call_contact).
+    direction: str = "incoming"
     incoming: dict[str, Any] | None = None
     timer: asyncio.TimerHandle | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
@@ -71,6 +101,8 @@ class DeviceHub:
         self.directory = directory
         self.issuer = issuer
         self.links: dict[Connection, DeviceLink] = {}
+        self.listeners: dict[Connection, ContactLink] = {}
+        self._keepalive: asyncio.Task[None] | None = None
         self.calls: dict[str, Call] = {}
 
     # --- device connections ------------------------------------------------------------
@@ -93,7 +125,10 @@ class DeviceHub:
         conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
         # A call that rang while the kiosk was reconnecting is still ringing: ring again.
         for call in self.calls.values():
-            if call.state in ("ringing", "warning") and kiosk.id in call.kiosk_ids and call.incoming:
+            if (
+                call.direction == "incoming" and call.state in ("ringing", "warning")
+                and kiosk.id in call.kiosk_ids and call.incoming
+            ):
                 conn.send(call.incoming)
 
     @property
@@ -150,6 +185,9 @@ class DeviceHub:
         conn.send(event)
 
     async def dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
+        if conn in self.listeners:
+            await self._listener_dispatch(conn, self.listeners[conn], message)
+            return
         link = self.links[conn]
         kind = message["type"]
         ref = message.get("id")
@@ -157,6 +195,16 @@ class DeviceHub:
         if kind == "ping":
             await self.store.touch_presence(kiosk_presence(kiosk_id), self._presence_ttl)
             conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+        elif kind == "call_contact":
+            contact = await self.directory.get(Contact, message["contact_id"])
+            if contact is None or contact.senior_id != link.kiosk.senior_id:
+                raise ProtocolError("unknown_contact", "That person is not one of this senior's contacts.", ref)
+            await self.call_contact(conn, link.kiosk, contact, ref)
+        elif kind == "call_hangup":
+            call = await self._outgoing_call(message["call_id"])
+            if call is None or call.get("kiosk_id") != kiosk_id or call.get("state") != "ringing":
+                raise ProtocolError("unknown_call", "No call of this kiosk with that id is ringing.", ref)
+            await self.store.publish(call_channel(message["call_id"]), {"type": "_hangup", "ref": ref})
         elif kind == "call_answer":
             await self.store.publish(
                 call_channel(message["call_id"]),
@@ -187,6 +235,14 @@ class DeviceHub:
             raise ProtocolError("forbidden", f"A kiosk device cannot send '{kind}'.", ref)
 
     async def connection_lost(self, conn: Connection) -> None:
+        listener = self.listeners.pop(conn, None)
+        if listener is not None:
+            if listener.subscription is not None:
+                await listener.subscription.close()
+            contact_id = listener.contact.id
+            if not any(other.contact.id == contact_id for other in self.listeners.values()):
+                await self.store.clear_presence(contact_presence(contact_id))
+            return
         link = self.links.pop(conn, None)
         if link is None:
             return
@@ -194,6 +250,197 @@ class DeviceHub:
             await link.subscription.close()
         if not any(other.kiosk.id == link.kiosk.id for other in self.links.values()):
             await self.store.clear_presence(kiosk_presence(link.kiosk.id))
+
+    # --- family pages listening for the senior's calls ------------------------------------
+
+    async def contact_hello(self, conn: Connection, data: dict[str, Any], ref: str | None) -> None:
+        secret = named_secret(self.settings, "invite")
+        try:
+            contact = await resolve_invite(self.directory, secret, data["invite"])
+        except InviteError:
+            conn.send(error("invite_invalid", "This link no longer works. Ask for a new one.", ref))
+            await conn.close(CloseCode.AUTH_FAILED, "invite_invalid")
+            return
+        senior = await self.directory.get(Senior, contact.senior_id)
+        link = ContactLink(contact)
+        self.listeners[conn] = link
+        conn.device = contact_presence(contact.id)
+        link.subscription = await self.store.subscribe(
+            contact_channel(contact.id), lambda event: self._to_listener(conn, event)
+        )
+        await self.store.touch_presence(contact_presence(contact.id), self._presence_ttl)
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.ensure_future(self._keep_listeners_alive())
+        conn.send(
+            {
+                "type": "contact_welcome",
+                "ref": ref,
+                "v": VERSION,
+                "contact": {"id": contact.id, "name": contact.name},
+                "senior": {"id": contact.senior_id, "name": senior.name if senior else ""},
+                "missed_calls": await self.missed_calls(contact.id),
+                "ping_interval_ms": int(self.settings.ping_interval_s * 1000),
+            }
+        )
+        # The senior is calling right now (the page was reloading): ring again.
+        for call in self.calls.values():
+            if call.direction == "outgoing" and call.state == "ringing" and call.contact.id == contact.id and call.incoming:
+                conn.send(call.incoming)
+
+    async def _keep_listeners_alive(self) -> None:
+        """Asks every listening page for a `ping` each ping interval.
+
+        A browser throttles the timers of a tab in the background (Chrome: once a minute
+        after five minutes), so a page's own pings would stop keeping it present; message
+        events are not throttled, so the page answers this at once.
+        """
+        while self.listeners:
+            await asyncio.sleep(self.settings.ping_interval_s)
+            for conn in list(self.listeners):
+                conn.send({"type": "keepalive"})
+
+    def _to_listener(self, conn: Connection, event: dict[str, Any]) -> None:
+        if event.get("_to") not in (None, conn.id) or event.get("_skip") == conn.id:
+            return
+        conn.send({k: v for k, v in event.items() if k not in ("_to", "_skip")})
+
+    async def _listener_dispatch(self, conn: Connection, link: ContactLink, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        ref = message.get("id")
+        contact_id = link.contact.id
+        if kind == "ping":
+            await self.store.touch_presence(contact_presence(contact_id), self._presence_ttl)
+            conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+        elif kind == "call_answer":
+            call = await self._outgoing_call(message["call_id"])
+            if call is None or call.get("contact_id") != contact_id or call.get("state") != "ringing":
+                raise ProtocolError("unknown_call", "That call is not ringing (any more).", ref)
+            await self.store.publish(
+                call_channel(message["call_id"]),
+                {"type": "_family_answer", "accept": message["accept"], "conn": conn.id, "ref": ref},
+            )
+        elif kind == "missed_seen":
+            await self.store.delete_record(MISSED_CALLS, contact_id)
+            conn.send({"type": "missed_cleared", "ref": ref})
+        else:
+            raise ProtocolError("forbidden", f"A family page cannot send '{kind}'.", ref)
+
+    async def missed_calls(self, contact_id: str) -> list[dict[str, Any]]:
+        record = await self.store.get_record(MISSED_CALLS, contact_id)
+        return list(record.get("calls", [])) if record else []
+
+    async def _note_missed(self, contact_id: str) -> None:
+        calls = await self.missed_calls(contact_id)
+        calls.append({"at": int(time.time())})
+        await self.store.put_record(
+            MISSED_CALLS, contact_id, {"id": contact_id, "contact_id": contact_id, "calls": calls[-MAX_MISSED_CALLS:]}
+        )
+
+    async def _outgoing_call(self, call_id: str) -> dict[str, Any] | None:
+        """The call's shared state (any node can read it), when it is a senior's call."""
+        if not call_id or len(call_id) > 64:
+            return None
+        state = await self.store.get_room_state(f"{CALL_ROOM_PREFIX}{call_id}")
+        call = state.get("call") if isinstance(state, dict) else None
+        if not isinstance(call, dict) or call.get("direction") != "outgoing":
+            return None
+        return call
+
+    # --- the senior calls family -------------------------------------------------------------
+
+    async def call_contact(self, conn: Connection, kiosk: Kiosk, contact: Contact, ref: str | None) -> None:
+        """Rings the contact's open invite pages; the kiosk sends no media before one accepts."""
+        call_id = uuid.uuid4().hex[:16]
+        room = f"{CALL_ROOM_PREFIX}{call_id}"
+        if not await self.store.is_present(contact_presence(contact.id)):
+            await self._note_missed(contact.id)
+            conn.send(
+                {"type": "call_cancelled", "ref": ref, "call_id": call_id, "contact_id": contact.id, "reason": "unavailable"}
+            )
+            return
+        senior = await self.directory.get(Senior, kiosk.senior_id)
+        call = Call(call_id, room, contact, kiosk.senior_id, [kiosk.id], direction="outgoing")
+        self.calls[call_id] = call
+        await self.store.set_room_state(
+            room,
+            {"call": {"call_id": call_id, "state": "ringing", "direction": "outgoing", "kiosk_id": kiosk.id, "contact_id": contact.id}},
+        )
+        call.subscriptions.append(
+            await self.store.subscribe(call_channel(call_id), lambda e: self._call_event(call, e))
+        )
+        ring_timeout = self.settings.ring_timeout_s
+        call.timer = asyncio.get_running_loop().call_later(
+            ring_timeout, lambda: asyncio.ensure_future(self._finish_outgoing(call, "missed"))
+        )
+        call.incoming = {
+            "type": "incoming_call",
+            "call_id": call_id,
+            "senior": {
+                "id": kiosk.senior_id,
+                "name": senior.name if senior else "",
+                "photo_url": senior.photo_url if senior else "",
+            },
+            "ring_timeout_ms": int(ring_timeout * 1000),
+        }
+        conn.send(
+            {"type": "call_ringing", "ref": ref, "call_id": call_id, "contact_id": contact.id, "ring_timeout_ms": int(ring_timeout * 1000)}
+        )
+        await self.store.publish(contact_channel(contact.id), dict(call.incoming))
+
+    async def _family_answered(self, call: Call, accept: bool, conn_id: str, ref: str | None) -> None:
+        if call.state != "ringing":
+            return
+        if not accept:
+            await self._finish_outgoing(call, "declined")
+            return
+        # Settled first, so a second answer that crosses this one changes nothing.
+        await self._finish_outgoing(call, "accepted", skip_conn=conn_id)
+        contact = call.contact
+        senior = await self.directory.get(Senior, call.senior_id)
+        ttl = self.settings.default_token_ttl_s
+        family_token = self.issuer.issue(role="family", room=call.room, name=contact.name, participant_id=contact.id, ttl_s=ttl)
+        senior_token = self.issuer.issue(
+            role="senior", room=call.room, name=senior.name if senior else "", participant_id=call.senior_id, ttl_s=ttl
+        )
+        await self.store.publish(
+            contact_channel(contact.id),
+            {"type": "call_join", "ref": ref, "call_id": call.id, "room": call.room, "token": family_token, "_to": conn_id},
+        )
+        for kiosk_id in call.kiosk_ids:
+            await self.store.publish(
+                device_channel(kiosk_id), {"type": "call_join", "call_id": call.id, "room": call.room, "token": senior_token}
+            )
+
+    async def _finish_outgoing(
+        self, call: Call, state: str, *, ref: str | None = None, skip_conn: str | None = None
+    ) -> None:
+        """state: "accepted", "declined", "missed" (ring timeout) or "hung_up" (the senior)."""
+        if call.state != "ringing":
+            return
+        call.state = state
+        if call.timer is not None:
+            call.timer.cancel()
+        self.calls.pop(call.id, None)
+        # The shared state first: an answer or hang-up that crosses these messages is refused.
+        room_state = await self.store.get_room_state(call.room)
+        room_state["call"] = {**room_state.get("call", {}), "call_id": call.id, "state": state}
+        await self.store.set_room_state(call.room, room_state)
+        if state != "accepted":
+            for kiosk_id in call.kiosk_ids:
+                await self.store.publish(
+                    device_channel(kiosk_id),
+                    {"type": "call_cancelled", "call_id": call.id, "contact_id": call.contact.id, "reason": state, "ref": ref},
+                )
+        # Every other page of this family member stops ringing.
+        family_reason = "answered_elsewhere" if state == "accepted" else state
+        cancel: dict[str, Any] = {"type": "call_cancelled", "call_id": call.id, "reason": family_reason}
+        if skip_conn is not None:
+            cancel["_skip"] = skip_conn
+        await self.store.publish(contact_channel(call.contact.id), cancel)
+        if state in ("missed", "hung_up"):
+            await self._note_missed(call.contact.id)
+        for subscription in call.subscriptions:
+            await subscription.close()
 
     # --- what coordinators trigger -------------------------------------------------------
 
@@ -259,6 +506,14 @@ class DeviceHub:
         return {"call_id": call_id, "room": room, "token": token, "state": call.state}
 
     def _call_event(self, call: Call, event: dict[str, Any]) -> None:
+        if call.direction == "outgoing":
+            if event.get("type") == "_family_answer":
+                asyncio.ensure_future(
+                    self._family_answered(call, bool(event.get("accept")), str(event.get("conn")), event.get("ref"))
+                )
+            elif event.get("type") == "_hangup":
+                asyncio.ensure_future(self._finish_outgoing(call, "hung_up", ref=event.get("ref")))
+            return
         if event.get("type") == "_answer" and call.state in ("ringing", "warning"):
             asyncio.ensure_future(
                 self._answered(call, event["kiosk_id"], bool(event["accept"]), bool(event.get("busy")))
@@ -307,9 +562,14 @@ class DeviceHub:
             await subscription.close()
 
     async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         for call in list(self.calls.values()):
-            await self._finish(call, "missed", "timeout")
-        for conn in list(self.links):
+            if call.direction == "outgoing":
+                await self._finish_outgoing(call, "missed")
+            else:
+                await self._finish(call, "missed", "timeout")
+        for conn in [*self.links, *self.listeners]:
             await self.connection_lost(conn)
 
 

@@ -37,7 +37,10 @@ _OPTIONAL = object()
 
 # type → {field: (python type(s), required)}
 CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
-    "hello": {"v": (int, True), "token": (str, False), "device": (dict, False), "resume": (dict, False)},
+    "hello": {
+        "v": (int, True), "token": (str, False), "device": (dict, False), "contact": (dict, False),
+        "resume": (dict, False),
+    },
     "join": {"room": (str, True)},
     "publish": {"audio": (bool, True), "video": (bool, True)},
     "unpublish": {"kind": (str, True)},
@@ -59,11 +62,22 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
     "call_answer": {"call_id": (str, True), "accept": (bool, True), "reason": (str, False)},
     "activity_join": {"activity_id": (str, True)},
     "selftest_result": {"result": (dict, True)},
+    "call_contact": {"contact_id": (str, True)},
+    "call_hangup": {"call_id": (str, True)},
+    # family members listening on their invite page
+    "missed_seen": {},
 }
+
+# Messages only a kiosk device or a listening family page may send.
+DEVICE_ONLY = ("call_answer", "activity_join", "selftest_result", "call_contact", "call_hangup", "missed_seen")
 
 DEVICE_FIELDS: dict[str, tuple[Any, bool]] = {
     "kiosk_id": (str, True),
     "credential": (str, True),
+}
+
+CONTACT_FIELDS: dict[str, tuple[Any, bool]] = {
+    "invite": (str, True),
 }
 
 RESUME_FIELDS: dict[str, tuple[Any, bool]] = {
@@ -126,12 +140,14 @@ def parse_client_message(text: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise ProtocolError("unknown_type", f"Unknown message type '{kind[:40]}'.", ref)
     _check_fields(message, schema, kind, ref)
     if kind == "hello":
-        if ("token" in message) == ("device" in message):
-            raise ProtocolError("bad_message", "hello: send either 'token' or 'device'.", ref)
+        if sum(key in message for key in ("token", "device", "contact")) != 1:
+            raise ProtocolError("bad_message", "hello: send one of 'token', 'device' or 'contact'.", ref)
         if "resume" in message:
             _check_fields(message["resume"], RESUME_FIELDS, "hello.resume", ref)
         if "device" in message:
             _check_fields(message["device"], DEVICE_FIELDS, "hello.device", ref)
+        if "contact" in message:
+            _check_fields(message["contact"], CONTACT_FIELDS, "hello.contact", ref)
     if kind in ("unpublish", "mute", "mute_all", "ask_unmute") and message["kind"] not in KINDS:
         raise ProtocolError("bad_message", f"{kind}: field 'kind' must be 'audio' or 'video'.", ref)
     if kind == "join" and not (0 < len(message["room"]) <= MAX_ROOM_LENGTH):

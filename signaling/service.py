@@ -24,7 +24,7 @@ from server.store import ParticipantState, RoomFull, Store, StoreUnavailable, Su
 from server.transport import NegotiationError
 
 from .devices import CALL_ROOM_PREFIX, DeviceHub
-from .protocol import VERSION, CloseCode, ProtocolError, error, parse_client_message
+from .protocol import DEVICE_ONLY, VERSION, CloseCode, ProtocolError, error, parse_client_message
 from .cluster import SERVICE_RESTART, Cluster
 from .session import Connection, RateLimiter, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
@@ -160,7 +160,7 @@ class SignalingService:
             raise ProtocolError("forbidden", "Only a host may do that.", ref)
         if not session.admitted:
             raise ProtocolError("forbidden", "Wait until the host lets you in.", ref)
-        if kind in ("call_answer", "activity_join", "selftest_result"):
+        if kind in DEVICE_ONLY:
             raise ProtocolError("forbidden", f"Only a kiosk device can send '{kind}'.", ref)
         if kind == "publish":
             await self._publish(session, {"audio": message["audio"], "video": message["video"]}, ref)
@@ -206,10 +206,13 @@ class SignalingService:
             conn.send(error("unsupported_version", f"Only protocol version {VERSION} is spoken here.", ref))
             await conn.close(CloseCode.AUTH_FAILED, "unsupported version")
             return
-        if "device" in message:
+        if "device" in message or "contact" in message:
             if conn.device is not None:
                 raise ProtocolError("already_authenticated", "This connection already said hello.", ref)
-            await self.devices.hello(conn, message["device"], ref)
+            if "contact" in message:
+                await self.devices.contact_hello(conn, message["contact"], ref)
+            else:
+                await self.devices.hello(conn, message["device"], ref)
             return
         try:
             grant = self.issuer.verify(message["token"])

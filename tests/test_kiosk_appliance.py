@@ -287,6 +287,76 @@ def test_outgoing_call_nobody_answers(kiosk: Kiosk, clock: FakeClock) -> None:
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "no_answer"
 
 
+def _calling(kiosk: Kiosk, contact_id: str = "c-kees", call_id: str = "call-7") -> str:
+    [request] = sends(kiosk.tap(f"call:{contact_id}"), "call_contact")
+    assert kiosk.session is not None and kiosk.session.outgoing and kiosk.session.phase == "requesting"
+    assert kiosk.device_message({"type": "call_ringing", "ref": request["id"], "call_id": call_id, "ring_timeout_ms": 45000}) == []
+    assert kiosk.session.phase == "ringing" and kiosk.session.call_id == call_id
+    return request["id"]
+
+
+def test_calling_family_joins_only_once_accepted(kiosk: Kiosk, clock: FakeClock) -> None:
+    _calling(kiosk)
+    # Ringing for longer than a request may take: still calling, and no room, no camera.
+    clock.advance(REQUEST_TIMEOUT_S + 10)
+    assert kiosk.tick() == [] and kiosk.mode is Mode.IN_CALL and kiosk.session.phase == "ringing"
+    # A join for another call is ignored; the right one joins.
+    assert kiosk.device_message({"type": "call_join", "call_id": "other", "room": "call-other", "token": "t"}) == []
+    actions = kiosk.device_message({"type": "call_join", "call_id": "call-7", "room": "call-call-7", "token": "t"})
+    assert joins(actions) == [JoinRoom("call-call-7", "t", "call")]
+
+
+@pytest.mark.parametrize(
+    ("reason", "note", "text"),
+    [
+        ("unavailable", "contact_unavailable", "Kees is nu niet bereikbaar. Probeer het later nog eens."),
+        ("declined", "contact_declined", "Kees kan nu niet opnemen. Probeer het later nog eens."),
+        ("missed", "no_answer", "Kees neemt nu niet op. Probeer het later nog eens."),
+        ("something_new", "call_failed", "Het gesprek lukt nu niet. Probeer het straks nog eens."),
+    ],
+)
+def test_calling_family_that_does_not_connect_says_why(kiosk: Kiosk, reason: str, note: str, text: str) -> None:
+    from kiosk_client.texts import Texts
+
+    _calling(kiosk)
+    actions = kiosk.device_message({"type": "call_cancelled", "call_id": "call-7", "reason": reason})
+    assert joins(actions) == [] and LeaveRoom() not in actions
+    assert kiosk.mode is Mode.HOME and kiosk.session is None
+    assert kiosk.notes[0].key == note
+    assert Texts("nl")(note, **kiosk.notes[0].params) == text
+
+
+def test_unavailable_answer_to_the_request_itself(kiosk: Kiosk) -> None:
+    [request] = sends(kiosk.tap("call:c-kees"), "call_contact")
+    kiosk.device_message({"type": "call_cancelled", "ref": request["id"], "call_id": "c", "reason": "unavailable"})
+    assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "contact_unavailable"
+
+
+def test_hanging_up_while_it_rings_stops_the_ringing_there(kiosk: Kiosk) -> None:
+    _calling(kiosk)
+    actions = kiosk.tap("hang_up")
+    assert sends(actions, "call_hangup") == [{"type": "call_hangup", "call_id": "call-7"}]
+    assert LeaveRoom() not in actions and kiosk.mode is Mode.HOME and kiosk.notes == []
+    # The server's confirmation changes nothing.
+    assert kiosk.device_message({"type": "call_cancelled", "call_id": "call-7", "reason": "hung_up"}) == []
+    assert kiosk.notes == []
+
+
+def test_hanging_up_before_the_server_answered(kiosk: Kiosk) -> None:
+    [request] = sends(kiosk.tap("call:c-kees"), "call_contact")
+    assert kiosk.tap("hang_up") == [] and kiosk.mode is Mode.HOME
+    actions = kiosk.device_message({"type": "call_ringing", "ref": request["id"], "call_id": "call-8", "ring_timeout_ms": 45000})
+    assert sends(actions, "call_hangup") == [{"type": "call_hangup", "call_id": "call-8"}]
+    assert kiosk.mode is Mode.HOME and kiosk.session is None
+
+
+def test_ringing_out_without_word_from_the_server(kiosk: Kiosk, clock: FakeClock) -> None:
+    _calling(kiosk)
+    clock.advance(45 + REQUEST_TIMEOUT_S + 1)
+    assert kiosk.tick() == []
+    assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "no_answer"
+
+
 def test_a_refused_request_goes_home_with_plain_words(kiosk: Kiosk) -> None:
     actions = kiosk.tap("call:c-kees")
     request_id = sends(actions, "call_contact")[0]["id"]
@@ -421,3 +491,33 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert len({round(w, 6) for w in waits[4:]}) > 1, "jitter: capped waits still differ"
     backoff.reset()
     assert backoff.next() <= 1.0
+
+
+async def test_missed_call_notes_survive_a_restart_privately(tmp_path: Path, clock: FakeClock) -> None:
+    from kiosk_client.runner import KioskApp, KioskConfig
+
+    state_dir = tmp_path / "state"
+
+    def app() -> KioskApp:
+        return KioskApp(KioskConfig(server="http://127.0.0.1:9", state_dir=state_dir, display=False, sound=False), clock=clock)
+
+    first = app()
+    first.execute(first.model.device_online(welcome()))
+    first.execute(first.model.device_message(incoming("c-piet", ring_ms=1000)))
+    clock.advance(2)
+    first.execute(first.model.tick())
+    first.execute(first.model.tap("call:c-kees"))  # passing news is not kept:
+    first.execute(first.model.device_message({"type": "call_cancelled", "ref": first.sent[-1]["id"], "call_id": "x", "reason": "unavailable"}))
+    assert [n.key for n in first.model.notes] == ["contact_unavailable", "missed_call"]
+    notes_file = state_dir / "notes.json"
+    assert stat.S_IMODE(notes_file.stat().st_mode) == 0o600
+    assert "Buurman Piet" in notes_file.read_text()
+
+    # The kiosk restarts (power cut, update): the missed call is still there, with Call back.
+    second = app()
+    [note] = second.model.notes
+    assert note.key == "missed_call" and note.params["name"] == "Buurman Piet" and note.contact_id == "c-piet"
+    second.execute(second.model.device_online(welcome()))
+    second.execute(second.model.tap("dismiss"))
+    assert second.model.notes == []
+    assert app().model.notes == []

@@ -3,16 +3,20 @@ camera sent before it ends, ringing for anyone else, decline, and missed calls."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from kiosk_client.appliance import TRUSTED_WARNING_S, Mode
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
 from kiosk_client.runner import KioskApp
-from server.app import SFU_KEY
+from server.app import DIRECTORY_KEY, SETTINGS_KEY, SFU_KEY
+from server.directory import Contact
+from server.invites import issue_invite, named_secret
 
 from .conftest import RunningServer
 from .kiosk_support import (
@@ -158,3 +162,87 @@ async def test_accepting_an_untrusted_call_connects(server: RunningServer, kiosk
     kiosk.press("hang_up")
     assert kiosk.model.mode is Mode.HOME
     await eventually(lambda: SENIOR not in server.app[SFU_KEY].routers[call["room"]].transports, 10, "the kiosk left")
+
+
+# --- the senior calls family ------------------------------------------------------------------
+
+
+async def _listening_page(server: RunningServer, http: aiohttp.ClientSession, contact_id: str) -> aiohttp.ClientWebSocketResponse:
+    """What a family member's open invite page holds: a listening connection."""
+    contact = await server.app[DIRECTORY_KEY].get(Contact, contact_id)
+    assert contact is not None
+    invite = issue_invite(named_secret(server.app[SETTINGS_KEY], "invite"), contact)
+    ws = await http.ws_connect(server.url.replace("http", "ws") + "/ws")
+    await ws.send_json({"type": "hello", "v": 1, "contact": {"invite": invite}})
+    assert (await ws.receive_json(timeout=10))["type"] == "contact_welcome"
+    return ws
+
+
+async def _next(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 15) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.receive_json()
+            if message.get("type") == kind:
+                return message
+
+
+def _senior_anywhere(server: RunningServer) -> bool:
+    return any(SENIOR in router.transports for router in server.app[SFU_KEY].routers.values())
+
+
+async def test_senior_calls_family_and_nothing_is_sent_before_they_accept(
+    server: RunningServer, kiosk: KioskApp, family: list[CallClient]
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        page = await _listening_page(server, http, "c-kees")
+        kiosk.press("call:c-kees")
+        incoming = await _next(page, "incoming_call")
+        assert incoming["senior"]["name"] == "Mevrouw Jansen"
+        await eventually(lambda: kiosk.model.session is not None and kiosk.model.session.phase == "ringing", 10, "ringing at Kees")
+        layout = screenshot(kiosk, "calling")
+        assert layout.text_shown("U belt Kees…") and layout.text_shown("We wachten tot Kees opneemt.")
+        assert [b.id for b in layout.buttons] == ["hang_up"]
+        assert layout.button("hang_up").rect.height >= 0.18 * 800
+        # Ringing is no admission: no room, no peer connection, no camera at the server.
+        await asyncio.sleep(1.0)
+        assert kiosk.room is None and not _senior_anywhere(server)
+
+        await page.send_json({"type": "call_answer", "call_id": incoming["call_id"], "accept": True})
+        join = await _next(page, "call_join")
+        kees = CallClient(server.url, join["token"], video=open_video("testsrc", 320, 240, 15).video, audio=open_audio("tone").audio)
+        family.append(kees)
+        await kees.start()
+        await eventually(
+            lambda: (m := kees.remote.get(SENIOR)) is not None and m.video_frames >= 5 and m.audio_frames >= 5,
+            25, "Kees sees and hears the kiosk",
+        )
+        await eventually(lambda: kiosk.wall.frames_in.get("c-kees", 0) >= 5, 15, "the kiosk sees Kees")
+        assert kiosk.model.session is not None and kiosk.model.session.call_id == incoming["call_id"]
+        kiosk.press("hang_up")
+        await eventually(lambda: kiosk.room is None and not _senior_anywhere(server), 15, "the kiosk left")
+        await page.close()
+
+
+async def test_senior_calls_family_that_is_not_listening_or_declines(server: RunningServer, kiosk: KioskApp) -> None:
+    kiosk.press("call:c-kees")
+    await eventually(lambda: kiosk.model.mode is Mode.HOME and bool(kiosk.model.notes), 10, "home with a note")
+    assert kiosk.render().text_shown("Kees is nu niet bereikbaar. Probeer het later nog eens.")
+    kiosk.press("dismiss")
+    async with aiohttp.ClientSession() as http:
+        page = await _listening_page(server, http, "c-kees")
+        kiosk.press("call:c-kees")
+        incoming = await _next(page, "incoming_call")
+        await page.send_json({"type": "call_answer", "call_id": incoming["call_id"], "accept": False})
+        await eventually(lambda: kiosk.model.mode is Mode.HOME and bool(kiosk.model.notes), 10, "home after the decline")
+        assert kiosk.render().text_shown("Kees kan nu niet opnemen.")
+        assert kiosk.room is None and not _senior_anywhere(server)
+        # The senior hangs up while it rings: the page stops ringing.
+        kiosk.press("dismiss")
+        kiosk.press("call:c-kees")
+        incoming = await _next(page, "incoming_call")
+        await eventually(lambda: kiosk.model.session is not None and kiosk.model.session.phase == "ringing", 10, "ringing")
+        kiosk.press("hang_up")
+        cancelled = await _next(page, "call_cancelled")
+        assert cancelled == {"type": "call_cancelled", "call_id": incoming["call_id"], "reason": "hung_up"}
+        assert kiosk.model.mode is Mode.HOME and kiosk.model.notes == []
+        await page.close()

@@ -79,6 +79,15 @@ def _states(language: str) -> dict[str, Kiosk]:
     lobby.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
     lobby.room_event("lobby")
     states["lobby"] = lobby
+    calling = fresh()
+    calling.device_online(welcome())
+    calling.tap("call:c-kees")
+    states["calling"] = calling
+    calling_ringing = fresh()
+    calling_ringing.device_online(welcome())
+    request = calling_ringing.tap("call:c-kees")[0].message
+    calling_ringing.device_message({"type": "call_ringing", "ref": request["id"], "call_id": "x", "ring_timeout_ms": 45000})
+    states["calling_ringing"] = calling_ringing
     return states
 
 

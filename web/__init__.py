@@ -10,7 +10,7 @@ adds its own script). Every string goes through `web/i18n.py` (gettext catalogs 
 | `auth.py` | login/logout, signed-cookie sessions, CSRF, login throttling, roles |
 | `admin.py` | `/admin/…` for coordinators: seniors, contacts, kiosks, accounts, activities, audit |
 | `host.py` | `/host…` for volunteers: today's activities and the host console |
-| `family.py` | `/family/{invite}…`: call the senior, join an activity's lobby |
+| `family.py` | `/family/{invite}…`: call the senior, be called by the senior (while open), join an activity's lobby |
 | `photos.py` | photo uploads (re-encoded, no metadata) and `/photos/{id}` |
 """
 

@@ -3,6 +3,10 @@
 - `/family/{invite}`: who they are about to call (name, photo) and one big call button.
   The button posts the invite to `POST /api/calls` (server/api.py), joins the call room
   with the token it returns, and says in plain words what the call does (`call_state`).
+  While the page is open it also listens (`hello` with `contact`, docs/protocol.md): the
+  senior's kiosk can call it, the page rings (Answer / Do not answer), and calls missed
+  earlier are listed until the family member taps "Seen". A phone only rings while the
+  page is open: Web Push would need VAPID keys and a push service (not built).
 - `/family/{invite}/activities`: the senior's activities that welcome guests.
 - `/family/{invite}/activities/{id}`: joins that activity with a family token; the server
   puts a family member in the waiting room, which is the knock.
@@ -39,6 +43,15 @@ FAMILY_STRINGS = {
     "hung_up": N_("The call has ended."),
     "left": N_("You hung up."),
     "link_invalid": N_("This link no longer works. Ask the coordinator for a new one."),
+    # The senior calls: the page listens while it is open.
+    "incoming_title": N_("%(name)s is calling you"),
+    "notification_body": N_("Open the page to answer."),
+    "missed_at": N_("%(name)s called at %(time)s"),
+    "missed_on": N_("%(name)s called on %(day)s at %(time)s"),
+    "listening": N_("%(name)s can call you while this page is open."),
+    "listen_offline": N_("No connection: %(name)s cannot call you right now. We keep trying."),
+    "answered_elsewhere": N_("You answered on another device."),
+    "senior_hung_up": N_("%(name)s hung up before you answered."),
 }
 
 ACTIVITY_STRINGS = {
