@@ -14,7 +14,15 @@ Modes (what the screen shows):
                                                          ├──▶ incoming (trusted, 10 s) │
                                                          ├──▶ ringing (Accept/Decline) │
                                                          │ Join / accepted / Call      │
-                                                         └──▶ in_call ─── ended ───────┘
+                                                         ├──▶ in_call ─── ended ───────┘
+                                                         │ More family                 │
+                                                         └──▶ family ── Back, 60 s idle ┘
+
+More family: when more trusted contacts exist than fit on the home screen, the home screen
+offers "More family", a full-screen list of all of them in pages (Previous / Next, never
+scrolling). The family screen is a sub-screen of home: an incoming call or an activity's
+countdown takes over exactly as from home, and after `FAMILY_IDLE_S` without a touch the
+kiosk goes home by itself, so it never stays on a sub-screen.
 
 Calling family (Call): in_call with an outgoing session, phase `requesting` until the
 server answers `call_ringing`, then `ringing` until the family member accepts (`call_join`:
@@ -56,6 +64,10 @@ REQUEST_TIMEOUT_S = 20.0
 MAX_TOKEN_RENEWALS = 3
 VOLUME_MIN, VOLUME_MAX, VOLUME_DEFAULT = 1, 10, 6
 MAX_NOTES = 3
+# The family screen goes back home after this long without a touch.
+FAMILY_IDLE_S = 60.0
+# Contacts per family page until the runner tells the real number (`family_page_size`).
+DEFAULT_FAMILY_PAGE_SIZE = 4
 
 
 class Mode(str, enum.Enum):
@@ -66,6 +78,7 @@ class Mode(str, enum.Enum):
     INCOMING = "incoming"
     RINGING = "ringing"
     IN_CALL = "in_call"
+    FAMILY = "family"  # all trusted contacts, in pages (a sub-screen of home)
 
 
 # --- actions for the runner ----------------------------------------------------------------
@@ -130,15 +143,19 @@ class Contact:
     trusted: bool = False
     auto_answer: bool = False
     photo_url: str = ""
+    # The coordinator's order: lower first (then by name). Absent from older servers: 0.
+    position: int = 0
 
     @classmethod
     def from_message(cls, data: dict[str, Any]) -> "Contact":
+        position = data.get("position", 0)
         return cls(
             id=str(data.get("id", "")),
             name=str(data.get("name", "")) or "?",
             trusted=bool(data.get("trusted", False)),
             auto_answer=bool(data.get("auto_answer", False)) and bool(data.get("trusted", False)),
             photo_url=str(data.get("photo_url") or ""),
+            position=position if isinstance(position, int) and not isinstance(position, bool) else 0,
         )
 
     @property
@@ -278,6 +295,11 @@ class Kiosk:
         # The senior hung up before the server said which call rang: hang that one up.
         self._hangup_request: str | None = None
         self.taps = 0
+        # The family screen: which page, how many contacts a page holds on this screen
+        # (the runner sets it from the renderer), and when the senior last touched it.
+        self.family_page = 0
+        self.family_page_size = DEFAULT_FAMILY_PAGE_SIZE
+        self._family_touched = 0.0
 
     # --- derived state ----------------------------------------------------------------
 
@@ -300,8 +322,23 @@ class Kiosk:
 
     @property
     def trusted_contacts(self) -> list[Contact]:
-        """Alphabetical, so each face stays in the same place from day to day."""
-        return sorted((c for c in self.contacts if c.trusted), key=lambda c: (c.name.casefold(), c.id))
+        """In the coordinator's order (most important first), then alphabetical, so each
+        face stays in the same place from day to day."""
+        return sorted((c for c in self.contacts if c.trusted), key=lambda c: (c.position, c.name.casefold(), c.id))
+
+    @property
+    def family_pages(self) -> int:
+        """How many pages the family screen has (at least one)."""
+        size = max(1, self.family_page_size)
+        return max(1, -(-len(self.trusted_contacts) // size))
+
+    def family_page_contacts(self, page_size: int | None = None) -> tuple[int, int, list[Contact]]:
+        """(page, pages, contacts on it) for a page of `page_size` (default: the kiosk's)."""
+        size = max(1, page_size or self.family_page_size)
+        contacts = self.trusted_contacts
+        pages = max(1, -(-len(contacts) // size))
+        page = max(0, min(self.family_page, pages - 1))
+        return page, pages, contacts[page * size : (page + 1) * size]
 
     def next_activity(self) -> Activity | None:
         """The running activity, else the soonest one to come."""
@@ -401,7 +438,8 @@ class Kiosk:
         if self.mode in (Mode.INCOMING, Mode.RINGING) and self.incoming is not None:
             # Without the connection the call cannot be answered: it becomes a missed call.
             actions += self._missed(self.incoming.contact, self.incoming.received_at, busy=False)
-        if self.mode is Mode.HOME:
+        if self.mode in (Mode.HOME, Mode.FAMILY):
+            # Nobody can be called without the connection: home, which says so.
             self.mode = Mode.OFFLINE
         return actions
 
@@ -435,6 +473,9 @@ class Kiosk:
             return []
         contact = Contact.from_message(contact_data)
         now = self.clock.now()
+        if self.mode is Mode.FAMILY:
+            # Looking at the family list is not being busy: the call takes over the screen.
+            self.mode = Mode.HOME
         if self.mode is not Mode.HOME:
             # Busy (another call, an activity, a countdown): say no, and tell the senior later.
             return [
@@ -608,6 +649,7 @@ class Kiosk:
 
     def tap(self, button: str) -> list[Action]:
         self.taps += 1
+        self._family_touched = self.clock.monotonic()
         if button == "volume_down":
             return self._set_volume(self.volume - 1)
         if button == "volume_up":
@@ -628,6 +670,20 @@ class Kiosk:
                     return self._call_contact(contact)
             elif button == "dismiss" and self.notes:
                 self.notes.pop(0)
+            elif button == "more_family" and self.online and self.trusted_contacts:
+                self.family_page = 0
+                self.mode = Mode.FAMILY
+        elif mode is Mode.FAMILY:
+            if button == "family_next":
+                self.family_page = min(self.family_page + 1, self.family_pages - 1)
+            elif button == "family_prev":
+                self.family_page = max(0, min(self.family_page, self.family_pages - 1) - 1)
+            elif button == "back":
+                self.mode = Mode.HOME
+            elif button.startswith("call:"):
+                contact = next((c for c in self.trusted_contacts if c.id == button.split(":", 1)[1]), None)
+                if contact is not None:
+                    return self._call_contact(contact)
         elif mode is Mode.COUNTDOWN and button == "not_now":
             self.countdown = None
             self.mode = Mode.HOME
@@ -660,6 +716,9 @@ class Kiosk:
         now = self.clock.now()
         mono = self.clock.monotonic()
         actions: list[Action] = []
+        if self.mode is Mode.FAMILY and mono - self._family_touched >= FAMILY_IDLE_S:
+            # Nobody is looking: home, with the clock and the next activity.
+            self.mode = Mode.HOME
         if self.mode is Mode.COUNTDOWN and self.countdown is not None and mono >= self.countdown.deadline:
             activity = self.countdown.activity
             self.countdown = None
@@ -685,7 +744,7 @@ class Kiosk:
             ):
                 name = next((c.name for c in self.contacts if c.id == session.contact_id), session.title)
                 actions += self._end_session("no_answer", {"name": name})
-        if self.mode is Mode.HOME and self.online and self.auto_join:
+        if self.mode in (Mode.HOME, Mode.FAMILY) and self.online and self.auto_join:
             for activity in sorted(self.activities, key=lambda a: a.start):
                 if activity.key in self._handled:
                     continue

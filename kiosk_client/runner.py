@@ -395,6 +395,8 @@ class KioskApp:
         assert self.display is not None and self.renderer is not None
         if self.wall is not None:
             self.wall.update()
+        # Paging on the family screen follows what fits on this screen.
+        self.model.family_page_size = self.renderer.family_page_size(self.display.size)
         self.layout = self.renderer.render(self.display.surface, self.model, self.wall)
         self.display.show(self.layout)
         return self.layout

@@ -338,6 +338,8 @@ class Renderer:
             self._pairing(surface, layout, kiosk, t)
         elif mode in (Mode.HOME, Mode.OFFLINE):
             self._home(surface, layout, kiosk, t)
+        elif mode is Mode.FAMILY:
+            self._family(surface, layout, kiosk, t)
         elif mode is Mode.COUNTDOWN:
             self._countdown(surface, layout, kiosk, t)
         elif mode in (Mode.INCOMING, Mode.RINGING):
@@ -446,25 +448,101 @@ class Renderer:
             text_box = pygame.Rect(note_rect.left + 20, note_rect.top + 4, right - note_rect.left - 40, note_rect.height - 8)
             self._wrapped(surface, layout, t(note.key, **note.params), int(h * 0.045), TEXT, NOTE, text_box, bold=True, align_center=False, middle=True)
             y = note_rect.bottom + m
-        # Trusted family, each with a call button.
+        # Trusted family, each with a call button; the last place becomes "More family"
+        # when there are more than fit, so nobody is out of reach.
         contacts = kiosk.trusted_contacts
         if contacts and kiosk.mode is Mode.HOME:
             gap = m
             per_row = max(1, min(4, (w - 2 * m + gap) // (300 + gap)))
-            shown = contacts[:per_row]
+            more = len(contacts) > per_row
+            shown = contacts[: per_row - 1] if more else contacts
+            slots = len(shown) + (1 if more else 0)
             card_h = min(bottom_limit - y - m, int(h * 0.24))
             if card_h >= self.min_target + 8:
-                card_w = (w - 2 * m - (len(shown) - 1) * gap) // len(shown) if len(shown) > 1 else min(w - 2 * m, int(w * 0.4))
+                card_w = (w - 2 * m - (slots - 1) * gap) // slots if slots > 1 else min(w - 2 * m, int(w * 0.4))
                 for i, contact in enumerate(shown):
                     c = pygame.Rect(m + i * (card_w + gap), y, card_w, card_h)
-                    pygame.draw.rect(surface, CARD, c, border_radius=20)
-                    d = min(c.height - 24, int(c.width * 0.4))
-                    self._avatar(surface, layout, contact, (c.left + 12 + d // 2, c.centery), d)
-                    inner_left = c.left + 24 + d
-                    inner_w = c.right - 12 - inner_left
-                    self._text(surface, layout, contact.name, int(h * 0.045), TEXT, CARD, topleft=(inner_left, c.top + 10), max_width=inner_w, bold=True)
-                    call = pygame.Rect(inner_left, c.bottom - 12 - max(self.min_target, int(c.height * 0.45)), inner_w, max(self.min_target, int(c.height * 0.45)))
-                    self._button(surface, layout, f"call:{contact.id}", call, t("call"), GREEN, size=int(h * 0.045))
+                    self._contact_card(surface, layout, contact, c, t, int(h * 0.045))
+                if more:
+                    c = pygame.Rect(m + len(shown) * (card_w + gap), y, card_w, card_h)
+                    label = t("more_family", count=len(contacts) - len(shown))
+                    self._big_button(surface, layout, "more_family", c, label, NAVY, int(h * 0.045))
+
+    def _contact_card(self, surface: pygame.Surface, layout: Layout, contact: Contact, c: pygame.Rect, t: Texts, text_size: int) -> None:
+        """A white card: photo (or initials), the name, and a green Call button."""
+        pygame.draw.rect(surface, CARD, c, border_radius=20)
+        d = min(c.height - 24, int(c.width * 0.4))
+        self._avatar(surface, layout, contact, (c.left + 12 + d // 2, c.centery), d)
+        inner_left = c.left + 24 + d
+        inner_w = c.right - 12 - inner_left
+        self._text(surface, layout, contact.name, text_size, TEXT, CARD, topleft=(inner_left, c.top + 10), max_width=inner_w, bold=True)
+        call_h = max(self.min_target, int(c.height * 0.45))
+        call = pygame.Rect(inner_left, c.bottom - 12 - call_h, inner_w, call_h)
+        self._button(surface, layout, f"call:{contact.id}", call, t("call"), GREEN, size=text_size)
+
+    def _big_button(self, surface: pygame.Surface, layout: Layout, button_id: str, rect: pygame.Rect, label: str, color: Color, size: int) -> None:
+        """A button whose label may wrap over lines instead of being cut short."""
+        pygame.draw.rect(surface, color, rect, border_radius=min(24, rect.height // 4))
+        self._wrapped(surface, layout, label, size, WHITE, color, rect.inflate(-24, -16), bold=True, middle=True)
+        layout.buttons.append(Button(button_id, pygame.Rect(rect)))
+
+    # --- the family screen ----------------------------------------------------------------
+
+    def _family_frame(self, size: tuple[int, int]) -> tuple[int, int, pygame.Rect, int, int]:
+        """(margin, bar height, the grid's area, columns, rows) of the family screen."""
+        w, h = size
+        m = max(16, int(h * 0.03))
+        bar_h = max(self.min_target, int(h * 0.14))
+        grid = pygame.Rect(m, 2 * m + bar_h, w - 2 * m, h - 4 * m - 2 * bar_h)
+        gap = m
+        name_line = self.fonts.font(max(MIN_TEXT_PX, int(h * 0.045)), True).get_linesize()
+        min_card_h = max(int(h * 0.22), self.min_target + name_line + 40)
+        cols = max(1, min(3, (grid.width + gap) // (400 + gap)))
+        rows = max(1, (grid.height + gap) // (min_card_h + gap))
+        return m, bar_h, grid, cols, rows
+
+    def family_page_size(self, size: tuple[int, int]) -> int:
+        """How many contacts one page of the family screen holds at this screen size."""
+        _, _, _, cols, rows = self._family_frame(size)
+        return cols * rows
+
+    def _family(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+        """Every trusted contact as a big card with a Call button, in pages: Back at the
+        top, Previous / Next and "1 of 2" at the bottom. No scrolling, no swiping."""
+        w, h = surface.get_size()
+        surface.fill(BACKGROUND)
+        m, bar_h, grid, cols, rows = self._family_frame((w, h))
+        page, pages, contacts = kiosk.family_page_contacts(cols * rows)
+        back = pygame.Rect(m, m, max(self.min_target, int(w * 0.22)), bar_h)
+        self._button(surface, layout, "back", back, f"‹ {t('back')}", NAVY, size=int(h * 0.06))
+        self._text(
+            surface, layout, t("family_title"), int(h * 0.065), TEXT, BACKGROUND,
+            midleft=(back.right + 2 * m, back.centery), max_width=w - back.right - 3 * m, bold=True,
+        )
+        gap = m
+        card_w = (grid.width - (cols - 1) * gap) // cols
+        card_h = min((grid.height - (rows - 1) * gap) // rows, int(h * 0.34))
+        for i, contact in enumerate(contacts):
+            row, col = divmod(i, cols)
+            c = pygame.Rect(grid.left + col * (card_w + gap), grid.top + row * (card_h + gap), card_w, card_h)
+            self._contact_card(surface, layout, contact, c, t, int(h * 0.05))
+        if pages > 1:
+            nav_w = max(self.min_target, int(w * 0.3))
+            prev = pygame.Rect(m, h - m - bar_h, nav_w, bar_h)
+            nxt = pygame.Rect(w - m - nav_w, h - m - bar_h, nav_w, bar_h)
+            size = int(h * 0.06)
+            if page > 0:
+                self._button(surface, layout, "family_prev", prev, f"‹ {t('previous')}", NAVY, size=size)
+            else:
+                self._button(surface, layout, "family_prev", prev, f"‹ {t('previous')}", DISABLED, TEXT, size=size, enabled=False)
+            if page < pages - 1:
+                self._button(surface, layout, "family_next", nxt, f"{t('next')} ›", NAVY, size=size)
+            else:
+                self._button(surface, layout, "family_next", nxt, f"{t('next')} ›", DISABLED, TEXT, size=size, enabled=False)
+            self._text(
+                surface, layout, t("page_of", page=page + 1, pages=pages), int(h * 0.06), TEXT, BACKGROUND,
+                center=(w // 2, prev.centery), max_width=nxt.left - prev.right - 2 * m, bold=True,
+            )
 
     def _countdown(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
         w, h = surface.get_size()

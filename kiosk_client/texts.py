@@ -68,6 +68,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "room_full": "De groep is vol. Probeer het later nog eens.",
         "elsewhere": "U doet nu op een ander apparaat mee.",
         "call_ended": "Het gesprek is afgelopen.",
+        "more_family": "Meer familie ({count})",
+        "family_title": "Wie wilt u bellen?",
+        "back": "Terug",
+        "previous": "Vorige",
+        "next": "Volgende",
+        "page_of": "{page} van {pages}",
     },
     "en": {
         "pairing_title": "Welcome to Verzilvering",
@@ -125,6 +131,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "room_full": "The group is full. Please try again later.",
         "elsewhere": "You are now taking part on another device.",
         "call_ended": "The call has ended.",
+        "more_family": "More family ({count})",
+        "family_title": "Who would you like to call?",
+        "back": "Back",
+        "previous": "Previous",
+        "next": "Next",
+        "page_of": "{page} of {pages}",
     },
 }
 

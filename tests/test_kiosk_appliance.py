@@ -11,6 +11,7 @@ import pytest
 
 from kiosk_client.appliance import (
     AUTO_JOIN_COUNTDOWN_S,
+    FAMILY_IDLE_S,
     NO_ANSWER_S,
     REQUEST_TIMEOUT_S,
     TRUSTED_WARNING_S,
@@ -55,6 +56,20 @@ def welcome(auto_join: bool = True, language: str = "nl", start: dt.datetime = S
 def incoming(contact_id: str = "c-sanne", call_id: str = "call-1", ring_ms: int = 30000) -> dict:
     contacts = {c["id"]: c for c in welcome()["contacts"]}
     return {"type": "incoming_call", "call_id": call_id, "contact": contacts[contact_id], "ring_timeout_ms": ring_ms}
+
+
+def big_family(**kwargs: object) -> dict:
+    """A senior with seven trusted contacts (the coordinator put Emma and Lotte first) and
+    a neighbour who is not trusted."""
+    message = welcome(**kwargs)  # type: ignore[arg-type]
+    names = ["Sanne de Vries", "Kees", "Anna", "Bram", "Daan", "Emma", "Lotte"]
+    positions = {"Emma": 1, "Lotte": 2}
+    message["contacts"] = [
+        {"id": f"c-{name.split()[0].lower()}", "name": name, "trusted": True, "auto_answer": name == "Sanne de Vries",
+         "photo_url": "", "position": positions.get(name, 10)}
+        for name in names
+    ] + [{"id": "c-piet", "name": "Buurman Piet", "trusted": False, "auto_answer": False, "photo_url": "", "position": 0}]
+    return message
 
 
 @pytest.fixture
@@ -372,6 +387,129 @@ def test_a_request_without_answer_times_out(kiosk: Kiosk, clock: FakeClock) -> N
     clock.advance(2)
     assert kiosk.tick() == [], "nothing to leave: the room was never joined"
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "join_failed"
+
+
+# --- more family than fit on the home screen ---------------------------------------------------
+
+
+@pytest.fixture
+def family(clock: FakeClock) -> Kiosk:
+    k = Kiosk(clock)
+    k.start(paired=True)
+    k.device_online(big_family())
+    k.family_page_size = 3
+    return k
+
+
+def test_trusted_family_comes_in_the_coordinators_order(family: Kiosk) -> None:
+    names = [c.name for c in family.trusted_contacts]
+    assert names == ["Emma", "Lotte", "Anna", "Bram", "Daan", "Kees", "Sanne de Vries"]
+    # Without an order from the server (older servers): alphabetical, as before.
+    family.device_online(welcome())
+    assert [c.name for c in family.trusted_contacts] == ["Kees", "Sanne de Vries"]
+
+
+def test_more_family_opens_the_family_screen_and_pages_through_everyone(family: Kiosk) -> None:
+    assert family.tap("more_family") == [] and family.mode is Mode.FAMILY
+    assert family.family_pages == 3
+    page, pages, shown = family.family_page_contacts()
+    assert (page, pages, [c.name for c in shown]) == (0, 3, ["Emma", "Lotte", "Anna"])
+    assert family.tap("family_prev") == [] and family.family_page == 0  # nothing before the first
+    family.tap("family_next")
+    assert [c.name for c in family.family_page_contacts()[2]] == ["Bram", "Daan", "Kees"]
+    family.tap("family_next")
+    family.tap("family_next")  # a second tap on the last page stays there
+    page, pages, shown = family.family_page_contacts()
+    assert (page, [c.name for c in shown]) == (2, ["Sanne de Vries"])
+    family.tap("family_prev")
+    assert family.family_page == 1
+    # Back goes home; opening again starts at the first page.
+    assert family.tap("back") == [] and family.mode is Mode.HOME
+    family.tap("more_family")
+    assert family.family_page == 0
+    # A contact who is not trusted is never on it.
+    assert all(c.id != "c-piet" for c in family.trusted_contacts)
+
+
+def test_more_family_needs_the_connection(family: Kiosk) -> None:
+    family.device_offline()
+    assert family.mode is Mode.OFFLINE
+    assert family.tap("more_family") == [] and family.mode is Mode.OFFLINE
+
+
+def test_calling_from_the_family_screen(family: Kiosk) -> None:
+    family.tap("more_family")
+    family.tap("family_next")
+    family.tap("family_next")
+    actions = family.tap("call:c-sanne")
+    [request] = sends(actions, "call_contact")
+    assert request["contact_id"] == "c-sanne" and joins(actions) == []
+    assert family.mode is Mode.IN_CALL and family.session is not None and family.session.outgoing
+    # Not reachable: back home (not the family screen), with plain words.
+    family.device_message({"type": "call_cancelled", "ref": request["id"], "reason": "unavailable"})
+    assert family.mode is Mode.HOME and family.notes[0].key == "contact_unavailable"
+    # Only trusted contacts can be called from the family screen.
+    family.tap("more_family")
+    assert family.tap("call:c-piet") == [] and family.mode is Mode.FAMILY
+
+
+def test_the_family_screen_goes_home_after_a_minute_without_a_touch(family: Kiosk, clock: FakeClock) -> None:
+    family.tap("more_family")
+    clock.advance(FAMILY_IDLE_S - 1)
+    family.tick()
+    assert family.mode is Mode.FAMILY
+    family.tap("family_next")  # a touch starts the minute again
+    clock.advance(FAMILY_IDLE_S - 1)
+    family.tick()
+    assert family.mode is Mode.FAMILY and family.family_page == 1
+    family.tap("volume_up")  # so does the volume
+    clock.advance(FAMILY_IDLE_S - 1)
+    assert family.tick() == [] and family.mode is Mode.FAMILY
+    clock.advance(1)
+    assert family.tick() == [] and family.mode is Mode.HOME
+
+
+def test_an_incoming_call_takes_over_the_family_screen(family: Kiosk, clock: FakeClock) -> None:
+    family.tap("more_family")
+    actions = family.device_message(incoming("c-piet"))
+    assert actions == [PlaySound("ring")] and family.mode is Mode.RINGING
+    assert sends(actions, "call_answer") == []  # not refused as "busy"
+    family.tap("decline")
+    assert family.mode is Mode.HOME
+    # A trusted caller's warning, too: after it, the call is answered.
+    family.tap("more_family")
+    family.device_message(incoming("c-sanne", call_id="call-2"))
+    assert family.mode is Mode.INCOMING
+    clock.advance(TRUSTED_WARNING_S)
+    assert sends(family.tick(), "call_answer")[0]["accept"] is True and family.mode is Mode.IN_CALL
+
+
+def test_the_countdown_takes_over_the_family_screen(family: Kiosk, clock: FakeClock) -> None:
+    clock.set(START - dt.timedelta(seconds=5))
+    family.tap("more_family")
+    clock.advance(5)
+    assert family.tick() == [PlaySound("chime")] and family.mode is Mode.COUNTDOWN
+    family.tap("not_now")
+    assert family.mode is Mode.HOME
+
+
+def test_losing_the_connection_on_the_family_screen_goes_home(family: Kiosk) -> None:
+    family.tap("more_family")
+    family.device_offline()
+    assert family.mode is Mode.OFFLINE
+    family.device_online(big_family())
+    assert family.mode is Mode.HOME
+
+
+def test_a_shorter_family_list_keeps_the_page_in_range(family: Kiosk) -> None:
+    family.tap("more_family")
+    family.tap("family_next")
+    family.tap("family_next")
+    family.device_online(welcome())  # the coordinator removed five of them
+    page, pages, shown = family.family_page_contacts()
+    assert (page, pages, [c.name for c in shown]) == (0, 1, ["Kees", "Sanne de Vries"])
+    family.tap("family_prev")
+    assert family.family_page == 0
 
 
 # --- the room and the connection --------------------------------------------------------------

@@ -16,7 +16,7 @@ from kiosk_client.appliance import Kiosk, Mode, Participant  # noqa: E402
 from kiosk_client.clock import FakeClock  # noqa: E402
 from kiosk_client.screen import MIN_TEXT_PX, Layout, Renderer, contrast_ratio, mm_to_px  # noqa: E402
 
-from .test_kiosk_appliance import START, incoming, welcome  # noqa: E402
+from .test_kiosk_appliance import START, big_family, incoming, welcome  # noqa: E402
 
 JARGON = ("ice", "error", "server", "token", "websocket", "sdp", "peer", "4001", "timeout", "failed")
 
@@ -88,6 +88,19 @@ def _states(language: str) -> dict[str, Kiosk]:
     request = calling_ringing.tap("call:c-kees")[0].message
     calling_ringing.device_message({"type": "call_ringing", "ref": request["id"], "call_id": "x", "ring_timeout_ms": 45000})
     states["calling_ringing"] = calling_ringing
+    more = fresh()
+    more.device_online(big_family())
+    states["home_more_family"] = more
+    family = fresh()
+    family.device_online(big_family())
+    family.tap("more_family")
+    states["family"] = family
+    family_last = fresh()
+    family_last.device_online(big_family())
+    family_last.tap("more_family")
+    for _ in range(5):
+        family_last.tap("family_next")
+    states["family_last_page"] = family_last
     return states
 
 
@@ -167,3 +180,100 @@ def test_presses_become_button_ids() -> None:
     assert answer is not None
     assert layout.hit(answer.rect.center) == "answer"
     assert layout.hit((2, 2)) is None
+
+
+def _family_kiosk(size: tuple[int, int], renderer: Renderer) -> Kiosk:
+    kiosk = Kiosk(FakeClock(START - dt.timedelta(minutes=8)))
+    kiosk.start(paired=True)
+    kiosk.device_online(big_family())
+    kiosk.family_page_size = renderer.family_page_size(size)  # as the runner does
+    return kiosk
+
+
+@pytest.mark.parametrize(("size", "dpi"), [((1280, 800), 96.0), ((1024, 600), 96.0), ((1920, 1080), 160.0)])
+def test_more_family_than_fit_are_all_reachable(size: tuple[int, int], dpi: float) -> None:
+    """Home shows the first ones in the coordinator's order and "More family (n)" in the
+    last place; the family screen pages through all of them with big buttons."""
+    pygame.display.init()
+    pygame.font.init()
+    renderer = Renderer(dpi=dpi)
+    surface = pygame.Surface(size)
+    kiosk = _family_kiosk(size, renderer)
+    everyone = [c.id for c in kiosk.trusted_contacts]
+    assert len(everyone) == 7
+    home = renderer.render(surface, kiosk)
+    _check("home", home, size, dpi)
+    on_home = [b.id.split(":", 1)[1] for b in home.buttons if b.id.startswith("call:")]
+    assert on_home and on_home == everyone[: len(on_home)], "the most important people first"
+    more = home.button("more_family")
+    assert more is not None
+    assert home.text_shown(f"Meer familie ({len(everyone) - len(on_home)})")
+    cards = [b for b in home.buttons if b.id.startswith("call:")]
+    assert all(more.rect.top >= c.rect.top - more.rect.height for c in cards)  # on the same row
+    kiosk.tap(home.hit(more.rect.center) or "")
+    assert kiosk.mode is Mode.FAMILY
+    seen: list[str] = []
+    target = mm_to_px(15, dpi)
+    for page in range(kiosk.family_pages):
+        layout = renderer.render(surface, kiosk)
+        _check(f"family page {page + 1}", layout, size, dpi)
+        assert layout.button("back") is not None and layout.text_shown("Terug")
+        assert layout.text_shown("Wie wilt u bellen?")
+        assert layout.text_shown(f"{page + 1} van {kiosk.family_pages}")
+        calls = [b for b in layout.buttons if b.id.startswith("call:")]
+        assert calls and len(calls) <= kiosk.family_page_size
+        for call in calls:
+            assert call.rect.width >= target and call.rect.height >= target
+        seen += [b.id.split(":", 1)[1] for b in calls]
+        # Previous only from the second page, Next only before the last: dead ones are not targets.
+        assert (layout.button("family_prev") is not None) == (page > 0)
+        assert (layout.button("family_next") is not None) == (page < kiosk.family_pages - 1)
+        names = [t.text for t in layout.texts if t.size >= MIN_TEXT_PX]
+        assert all(c.name in names for c in kiosk.family_page_contacts()[2])
+        if page < kiosk.family_pages - 1:
+            nxt = layout.button("family_next")
+            assert nxt is not None
+            kiosk.tap(layout.hit(nxt.rect.center) or "")
+    assert seen == everyone, "every trusted contact once, in order"
+    back = renderer.render(surface, kiosk).button("back")
+    assert back is not None
+    kiosk.tap("back")
+    assert kiosk.mode is Mode.HOME
+
+
+def test_family_that_fits_needs_no_more_button() -> None:
+    pygame.display.init()
+    layout = Renderer().render(pygame.Surface((1280, 800)), _states("nl")["home"])
+    assert layout.button("more_family") is None and not layout.text_shown("Meer familie")
+
+
+def test_family_screen_in_english_on_one_page() -> None:
+    pygame.display.init()
+    renderer = Renderer()
+    kiosk = _family_kiosk((1920, 1080), Renderer(dpi=96.0))
+    kiosk.device_online(welcome(language="en"))
+    kiosk.tap("more_family")
+    layout = renderer.render(pygame.Surface((1280, 800)), kiosk)
+    assert layout.text_shown("Who would you like to call?") and layout.text_shown("Back")
+    # Everyone fits: no Previous / Next, no page indicator.
+    assert layout.button("family_prev") is None and layout.button("family_next") is None
+    assert not layout.text_shown("1 of 1") and not layout.text_shown("Previous")
+    assert {b.id for b in layout.buttons} == {"back", "call:c-kees", "call:c-sanne"}
+
+
+def test_family_screenshots() -> None:
+    """docs/screenshots/kiosk-home-more-family.png and kiosk-family.png."""
+    from .kiosk_support import SCREENSHOTS, check_screenshot
+
+    pygame.display.init()
+    renderer = Renderer()
+    surface = pygame.Surface((1280, 800))
+    kiosk = _family_kiosk((1280, 800), renderer)
+    renderer.render(surface, kiosk)
+    pygame.image.save(surface, str(SCREENSHOTS / "kiosk-home-more-family.png"))
+    check_screenshot(SCREENSHOTS / "kiosk-home-more-family.png")
+    kiosk.tap("more_family")
+    kiosk.tap("family_next")
+    renderer.render(surface, kiosk)
+    pygame.image.save(surface, str(SCREENSHOTS / "kiosk-family.png"))
+    check_screenshot(SCREENSHOTS / "kiosk-family.png")
