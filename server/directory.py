@@ -23,6 +23,8 @@ LANGUAGES = ("nl", "en")
 STAFF_ROLES = ("coordinator", "volunteer")
 MAX_NAME = 80
 MAX_TEXT = 2000
+# A contact's place in the senior's order (lower first); the same number: by name.
+MAX_POSITION = 999
 # Fields whose values never reach the audit log.
 SECRET_FIELDS = {"password_hash", "credential_hash"}
 
@@ -120,6 +122,8 @@ class Contact:
     photo_url: str = ""
     # Bumping this invalidates every invite link issued before.
     invite_version: int = 1
+    # The coordinator's order on the kiosk's home screen: lower first, then by name.
+    position: int = 0
 
     def validate(self) -> None:
         self.name = _name(self.name)
@@ -129,6 +133,12 @@ class Contact:
         if self.auto_answer and not self.trusted:
             raise DirectoryError("auto_answer", "Only a trusted contact may be answered automatically.")
         self.photo_url = _text(self.photo_url, "photo_url")
+        if isinstance(self.position, bool) or not isinstance(self.position, int) or not 0 <= self.position <= MAX_POSITION:
+            raise DirectoryError("position", f"The order is a whole number from 0 to {MAX_POSITION}.")
+
+    @property
+    def order_key(self) -> tuple[int, str, str]:
+        return (self.position, self.name.casefold(), self.id)
 
 
 @dataclass
@@ -266,7 +276,8 @@ class Directory:
     # --- lookups the service needs ----------------------------------------------------
 
     async def contacts_of(self, senior_id: str) -> list[Contact]:
-        return [c for c in await self.list(Contact) if c.senior_id == senior_id]
+        """In the coordinator's order: by position, then by name."""
+        return sorted((c for c in await self.list(Contact) if c.senior_id == senior_id), key=lambda c: c.order_key)
 
     async def kiosks_of(self, senior_id: str) -> list[Kiosk]:
         return [k for k in await self.list(Kiosk) if k.senior_id == senior_id and not k.revoked]

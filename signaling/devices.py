@@ -169,7 +169,9 @@ class DeviceHub:
                     "trusted": c.trusted,
                     "auto_answer": c.auto_answer,
                     "photo_url": c.photo_url,
+                    "position": c.position,
                 }
+                # Already in the coordinator's order (position, then name): most important first.
                 for c in contacts
             ],
             "activities": activities,

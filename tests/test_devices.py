@@ -91,6 +91,20 @@ async def test_device_welcome_carries_home_screen(server: RunningServer, connect
     assert await server.app[STORE_KEY].is_present(f"kiosk:{credential['kiosk_id']}")
 
 
+async def test_device_welcome_lists_contacts_in_the_coordinators_order(
+    server: RunningServer, connect: Any, http: aiohttp.ClientSession
+) -> None:
+    await _directory(server)
+    d = server.app[DIRECTORY_KEY]
+    await d.put(Contact(id="c-emma", senior_id="s-1", name="Emma", trusted=True, position=1), actor="test")
+    await d.put(Contact(id="c-anna", senior_id="s-1", name="Anna", trusted=True, position=2), actor="test")
+    credential = await _pair(server, http)
+    _, welcome = await _device(connect, credential)
+    assert [(c["name"], c["position"]) for c in welcome["contacts"]] == [
+        ("Buurman Piet", 0), ("Sanne", 0), ("Emma", 1), ("Anna", 2),
+    ]
+
+
 async def test_bad_and_revoked_credentials(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
     await _directory(server)
     credential = await _pair(server, http)

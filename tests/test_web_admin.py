@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY, create_app
-from server.directory import Account, Activity, Contact, Directory, Kiosk, Senior
+from server.directory import Account, Activity, Contact, Directory, DirectoryError, Kiosk, Senior
 from server.invites import verify_invite, named_secret
 
 from .conftest import make_settings
@@ -143,6 +143,44 @@ async def test_contacts_invite_links_and_their_rules(admin: tuple[Web, Seed, Dir
     assert location(await web.post(f"/admin/contacts/{contact_id}/delete")) == f"/admin/seniors/{data.senior.id}"
     assert await directory.get(Contact, contact_id) is None
     await web.get(f"/family/{new_invite}", status=410)
+
+
+async def test_the_coordinator_orders_family_for_the_kiosk(admin: tuple[Web, Seed, Directory]) -> None:
+    """"Order on the kiosk": lower first, then by name — on the senior's page, in the
+    directory's lookup and so in device_welcome; the kiosk's home screen shows them so."""
+    web, data, directory = admin
+    form_page = await web.get(f"/admin/seniors/{data.senior.id}/contacts/new")
+    assert 'name="position"' in form_page and 'type="number"' in form_page
+    assert "Volgorde op de kiosk" in text_of(form_page)
+    ids = {}
+    for name, position in (("Anna", "5"), ("Bram", ""), ("Emma", "1"), ("Lotte", "1")):
+        response = await web.post(f"/admin/seniors/{data.senior.id}/contacts/new",
+                                  {"name": name, "trusted": "on", "position": position})
+        ids[name] = location(response).rsplit("/", 1)[1]
+    assert (await directory.get(Contact, ids["Bram"])).position == 0  # left empty: no particular place
+    assert (await directory.get(Contact, ids["Anna"])).position == 5
+    order = [c.name for c in await directory.contacts_of(data.senior.id)]
+    assert order == ["Bram", "Sanne", "Emma", "Lotte", "Anna"]
+    page = text_of(await web.get(f"/admin/seniors/{data.senior.id}"))
+    assert [page.index(n) for n in order] == sorted(page.index(n) for n in order)
+    assert "volgorde 5 op de kiosk" in page
+    # The form shows the number again, and a change moves the person.
+    assert 'value="5"' in await web.get(f"/admin/contacts/{ids['Anna']}")
+    location(await web.post(f"/admin/contacts/{ids['Anna']}", {"name": "Anna", "trusted": "on", "position": "0"}))
+    assert [c.name for c in await directory.contacts_of(data.senior.id)][:2] == ["Anna", "Bram"]
+    # A form without the field (an older page) keeps the place.
+    location(await web.post(f"/admin/contacts/{ids['Emma']}", {"name": "Emma", "trusted": "on"}))
+    assert (await directory.get(Contact, ids["Emma"])).position == 1
+    # Not a whole number from 0 to 999: refused with plain words, nothing changes.
+    for bad in ("-1", "abc", "1.5", "1000", "²"):
+        response = await web.post(f"/admin/contacts/{ids['Emma']}", {"name": "Emma", "trusted": "on", "position": bad})
+        assert response.status == 400, bad
+        body = await response.text()
+        assert "De volgorde is een heel getal van 0 tot en met 999." in text_of(body)
+        assert 'aria-invalid="true"' in body and f'value="{bad}"' in body
+        assert (await directory.get(Contact, ids["Emma"])).position == 1
+    with pytest.raises(DirectoryError):
+        Contact(id="c", senior_id=data.senior.id, name="X", position=True).validate()  # type: ignore[arg-type]
 
 
 async def _pair(web: Web, senior_id: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -51,6 +51,7 @@ DIRECTORY_MESSAGES = (
     N_("More seniors enrolled than the capacity allows."),
     N_("Each time slot needs a weekday, a start and a duration."),
     N_("Duration must be between 5 and 480 minutes."),
+    N_("The order is a whole number from 0 to 999."),
 )
 WEEKDAY_LABELS = {
     "monday": N_("Monday"),
@@ -178,7 +179,8 @@ async def _senior_details(request: web.Request, senior: Senior) -> dict[str, Any
     for kiosk in await directory.kiosks_of(senior.id):
         kiosks.append({"kiosk": kiosk, "online": await store.is_present(f"kiosk:{kiosk.id}")})
     return {
-        "contacts": sorted(await directory.contacts_of(senior.id), key=lambda c: c.name.lower()),
+        # As the kiosk shows them: the coordinator's order, then by name.
+        "contacts": await directory.contacts_of(senior.id),
         "kiosks": kiosks,
         "activities": await directory.activities_of(senior.id),
     }
@@ -299,9 +301,9 @@ def _contact_form(request: web.Request, senior: Senior, contact: Contact | None,
                   status: int = 200) -> web.Response:
     current = values or (
         {"name": contact.name, "relation": contact.relation, "trusted": contact.trusted,
-         "auto_answer": contact.auto_answer}
+         "auto_answer": contact.auto_answer, "position": str(contact.position)}
         if contact
-        else {"name": "", "relation": "", "trusted": False, "auto_answer": False}
+        else {"name": "", "relation": "", "trusted": False, "auto_answer": False, "position": "0"}
     )
     invite_url = None
     if contact is not None:
@@ -357,14 +359,20 @@ async def contact_save(request: web.Request) -> web.Response:
         "relation": str(data.get("relation", "")),
         "trusted": _checked(data, "trusted"),
         "auto_answer": _checked(data, "auto_answer"),
+        # Not sent at all (an older form): keep what it was; left empty: no particular place.
+        "position": str(data["position"]).strip() if "position" in data else str(existing.position if existing else 0),
     }
     contact = replace(existing) if existing else Contact(id=new_id("contact"), senior_id=senior.id, name="")
     contact.name, contact.relation = values["name"], values["relation"]
     contact.trusted, contact.auto_answer = values["trusted"], values["auto_answer"]
+    position_raw = values["position"] or "0"
     old_photo = contact.photo_url
     errors: dict[str, str] = {}
     new_photo = None
     try:
+        if not (position_raw.isascii() and position_raw.isdigit()):
+            raise DirectoryError("position", "The order is a whole number from 0 to 999.")
+        contact.position = int(position_raw)
         contact.validate()
         new_photo = await _photo_from(request, data)
     except DirectoryError as exc:
