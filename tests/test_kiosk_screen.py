@@ -91,6 +91,12 @@ def _states(language: str) -> dict[str, Kiosk]:
     more = fresh()
     more.device_online(big_family())
     states["home_more_family"] = more
+    more_missed = fresh()
+    more_missed.device_online(big_family())
+    more_missed.device_message(incoming("c-piet", ring_ms=1000))
+    clock.advance(2)
+    more_missed.tick()
+    states["home_more_family_missed"] = more_missed
     family = fresh()
     family.device_online(big_family())
     family.tap("more_family")
