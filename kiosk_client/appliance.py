@@ -66,6 +66,9 @@ VOLUME_MIN, VOLUME_MAX, VOLUME_DEFAULT = 1, 10, 6
 MAX_NOTES = 3
 # The family screen goes back home after this long without a touch.
 FAMILY_IDLE_S = 60.0
+# A shaking hand's second tap on "More family" lands on the family screen: a Call button may
+# be right there. Taps on it this soon after it opened do nothing.
+FAMILY_TAP_GUARD_S = 0.6
 # Contacts per family page until the runner tells the real number (`family_page_size`).
 DEFAULT_FAMILY_PAGE_SIZE = 4
 
@@ -300,6 +303,7 @@ class Kiosk:
         self.family_page = 0
         self.family_page_size = DEFAULT_FAMILY_PAGE_SIZE
         self._family_touched = 0.0
+        self._family_opened = 0.0
 
     # --- derived state ----------------------------------------------------------------
 
@@ -673,6 +677,9 @@ class Kiosk:
             elif button == "more_family" and self.online and self.trusted_contacts:
                 self.family_page = 0
                 self.mode = Mode.FAMILY
+                self._family_opened = self.clock.monotonic()
+        elif mode is Mode.FAMILY and self.clock.monotonic() - self._family_opened < FAMILY_TAP_GUARD_S:
+            pass
         elif mode is Mode.FAMILY:
             if button == "family_next":
                 self.family_page = min(self.family_page + 1, self.family_pages - 1)

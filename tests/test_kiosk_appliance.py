@@ -12,6 +12,7 @@ import pytest
 from kiosk_client.appliance import (
     AUTO_JOIN_COUNTDOWN_S,
     FAMILY_IDLE_S,
+    FAMILY_TAP_GUARD_S,
     NO_ANSWER_S,
     REQUEST_TIMEOUT_S,
     TRUSTED_WARNING_S,
@@ -401,6 +402,14 @@ def family(clock: FakeClock) -> Kiosk:
     return k
 
 
+def open_family(kiosk: Kiosk) -> list:
+    """Taps "More family" and waits out the guard against a double tap."""
+    actions = kiosk.tap("more_family")
+    assert isinstance(kiosk.clock, FakeClock)
+    kiosk.clock.advance(FAMILY_TAP_GUARD_S)
+    return actions
+
+
 def test_trusted_family_comes_in_the_coordinators_order(family: Kiosk) -> None:
     names = [c.name for c in family.trusted_contacts]
     assert names == ["Emma", "Lotte", "Anna", "Bram", "Daan", "Kees", "Sanne de Vries"]
@@ -410,7 +419,7 @@ def test_trusted_family_comes_in_the_coordinators_order(family: Kiosk) -> None:
 
 
 def test_more_family_opens_the_family_screen_and_pages_through_everyone(family: Kiosk) -> None:
-    assert family.tap("more_family") == [] and family.mode is Mode.FAMILY
+    assert open_family(family) == [] and family.mode is Mode.FAMILY
     assert family.family_pages == 3
     page, pages, shown = family.family_page_contacts()
     assert (page, pages, [c.name for c in shown]) == (0, 3, ["Emma", "Lotte", "Anna"])
@@ -425,7 +434,7 @@ def test_more_family_opens_the_family_screen_and_pages_through_everyone(family: 
     assert family.family_page == 1
     # Back goes home; opening again starts at the first page.
     assert family.tap("back") == [] and family.mode is Mode.HOME
-    family.tap("more_family")
+    open_family(family)
     assert family.family_page == 0
     # A contact who is not trusted is never on it.
     assert all(c.id != "c-piet" for c in family.trusted_contacts)
@@ -434,11 +443,11 @@ def test_more_family_opens_the_family_screen_and_pages_through_everyone(family: 
 def test_more_family_needs_the_connection(family: Kiosk) -> None:
     family.device_offline()
     assert family.mode is Mode.OFFLINE
-    assert family.tap("more_family") == [] and family.mode is Mode.OFFLINE
+    assert open_family(family) == [] and family.mode is Mode.OFFLINE
 
 
 def test_calling_from_the_family_screen(family: Kiosk) -> None:
-    family.tap("more_family")
+    open_family(family)
     family.tap("family_next")
     family.tap("family_next")
     actions = family.tap("call:c-sanne")
@@ -449,13 +458,13 @@ def test_calling_from_the_family_screen(family: Kiosk) -> None:
     family.device_message({"type": "call_cancelled", "ref": request["id"], "reason": "unavailable"})
     assert family.mode is Mode.HOME and family.notes[0].key == "contact_unavailable"
     # Only trusted contacts can be called from the family screen.
-    family.tap("more_family")
+    open_family(family)
     assert family.tap("call:c-piet") == [] and family.mode is Mode.FAMILY
 
 
 def test_the_family_screen_goes_home_after_a_minute_without_a_touch(family: Kiosk, clock: FakeClock) -> None:
-    family.tap("more_family")
-    clock.advance(FAMILY_IDLE_S - 1)
+    open_family(family)
+    clock.advance(FAMILY_IDLE_S - 1 - FAMILY_TAP_GUARD_S)
     family.tick()
     assert family.mode is Mode.FAMILY
     family.tap("family_next")  # a touch starts the minute again
@@ -470,14 +479,14 @@ def test_the_family_screen_goes_home_after_a_minute_without_a_touch(family: Kios
 
 
 def test_an_incoming_call_takes_over_the_family_screen(family: Kiosk, clock: FakeClock) -> None:
-    family.tap("more_family")
+    open_family(family)
     actions = family.device_message(incoming("c-piet"))
     assert actions == [PlaySound("ring")] and family.mode is Mode.RINGING
     assert sends(actions, "call_answer") == []  # not refused as "busy"
     family.tap("decline")
     assert family.mode is Mode.HOME
     # A trusted caller's warning, too: after it, the call is answered.
-    family.tap("more_family")
+    open_family(family)
     family.device_message(incoming("c-sanne", call_id="call-2"))
     assert family.mode is Mode.INCOMING
     clock.advance(TRUSTED_WARNING_S)
@@ -486,15 +495,15 @@ def test_an_incoming_call_takes_over_the_family_screen(family: Kiosk, clock: Fak
 
 def test_the_countdown_takes_over_the_family_screen(family: Kiosk, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(seconds=5))
-    family.tap("more_family")
-    clock.advance(5)
+    open_family(family)
+    clock.advance(5 - FAMILY_TAP_GUARD_S)
     assert family.tick() == [PlaySound("chime")] and family.mode is Mode.COUNTDOWN
     family.tap("not_now")
     assert family.mode is Mode.HOME
 
 
 def test_losing_the_connection_on_the_family_screen_goes_home(family: Kiosk) -> None:
-    family.tap("more_family")
+    open_family(family)
     family.device_offline()
     assert family.mode is Mode.OFFLINE
     family.device_online(big_family())
@@ -502,7 +511,7 @@ def test_losing_the_connection_on_the_family_screen_goes_home(family: Kiosk) -> 
 
 
 def test_a_shorter_family_list_keeps_the_page_in_range(family: Kiosk) -> None:
-    family.tap("more_family")
+    open_family(family)
     family.tap("family_next")
     family.tap("family_next")
     family.device_online(welcome())  # the coordinator removed five of them
@@ -510,6 +519,15 @@ def test_a_shorter_family_list_keeps_the_page_in_range(family: Kiosk) -> None:
     assert (page, pages, [c.name for c in shown]) == (0, 1, ["Kees", "Sanne de Vries"])
     family.tap("family_prev")
     assert family.family_page == 0
+
+
+def test_a_double_tap_on_more_family_does_not_call_whoever_is_underneath(family: Kiosk, clock: FakeClock) -> None:
+    family.tap("more_family")
+    clock.advance(FAMILY_TAP_GUARD_S - 0.1)
+    assert family.tap("call:c-emma") == [] and family.tap("family_next") == []
+    assert family.mode is Mode.FAMILY and family.family_page == 0 and family.session is None
+    clock.advance(0.1)
+    assert sends(family.tap("call:c-emma"), "call_contact") and family.mode is Mode.IN_CALL
 
 
 # --- the room and the connection --------------------------------------------------------------
