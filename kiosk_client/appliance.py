@@ -14,9 +14,9 @@ Modes (what the screen shows):
                                                          ├──▶ incoming (trusted, 10 s) │
                                                          ├──▶ ringing (Accept/Decline) │
                                                          │ Join / accepted / Call      │
-                                                         ├──▶ in_call ─── ended ───────┘
+                                                         ├──▶ in_call ─── ended ───────┤
                                                          │ More family                 │
-                                                         └──▶ family ── Back, 60 s idle ┘
+                                                         └──▶ family ─ Back, 60 s idle ┘
 
 More family: when more trusted contacts exist than fit on the home screen, the home screen
 offers "More family", a full-screen list of all of them in pages (Previous / Next, never
