@@ -314,12 +314,16 @@ class Renderer:
     def _volume(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, rect: pygame.Rect, bg: Color) -> None:
         """Softer [bars] Louder: two big buttons with the level between them."""
         gap = max(12, rect.height // 8)
-        button_w = max(self.min_target, int(rect.width * 0.36))
+        size = max(MIN_TEXT_PX, min(44, rect.height // 3))
+        labels = (f"− {t('volume_down')}", f"+ {t('volume_up')}")
+        # Wide enough for the words at the smallest readable size ("Lou…" helps nobody);
+        # the level bars between the buttons give way first.
+        widest = max(self.fonts.font(MIN_TEXT_PX, True).size(label)[0] for label in labels) + 32
+        button_w = max(self.min_target, int(rect.width * 0.36), min(widest, int(rect.width * 0.45)))
         down = pygame.Rect(rect.left, rect.top, button_w, rect.height)
         up = pygame.Rect(rect.right - button_w, rect.top, button_w, rect.height)
-        size = max(MIN_TEXT_PX, min(44, rect.height // 3))
-        self._button(surface, layout, "volume_down", down, f"− {t('volume_down')}", NAVY, size=size)
-        self._button(surface, layout, "volume_up", up, f"+ {t('volume_up')}", NAVY, size=size)
+        self._button(surface, layout, "volume_down", down, labels[0], NAVY, size=size)
+        self._button(surface, layout, "volume_up", up, labels[1], NAVY, size=size)
         bars = pygame.Rect(down.right + gap, rect.top, up.left - down.right - 2 * gap, rect.height)
         n = 10
         bar_w = max(2, (bars.width - (n - 1) * 4) // n)

@@ -141,6 +141,18 @@ def test_every_screen_keeps_the_rules(language: str, size: tuple[int, int], dpi:
         _check(name, layout, size, dpi)
 
 
+@pytest.mark.parametrize(("language", "words"), [("nl", ("− Zachter", "+ Harder")), ("en", ("− Softer", "+ Louder"))])
+@pytest.mark.parametrize(("size", "dpi"), [((1280, 800), 96.0), ((1024, 600), 96.0), ((1920, 1080), 160.0)])
+def test_volume_buttons_say_their_whole_word(
+    language: str, words: tuple[str, str], size: tuple[int, int], dpi: float
+) -> None:
+    pygame.display.init()
+    pygame.font.init()
+    home = Renderer(dpi=dpi).render(pygame.Surface(size), _states(language)["home"])
+    shown = {t.text for t in home.texts}
+    assert set(words) <= shown, (size, sorted(shown))
+
+
 def test_the_words_follow_the_language() -> None:
     pygame.display.init()
     renderer = Renderer()
