@@ -34,6 +34,9 @@ class Settings:
     node_heartbeat_s: float = 1.0
     # A node silent this long is dead: its rooms move and its participants are removed.
     node_timeout_s: float = 5.0
+    # Room placement: nodes whose load (sessions + forwarded streams) differs by less than
+    # this count as equally loaded, and a hash of the room picks among them.
+    placement_load_bucket: int = 50
     # On SIGTERM, how long to wait for clients to move elsewhere before exiting.
     drain_timeout_s: float = 30.0
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from server.config import Settings
@@ -45,7 +47,12 @@ class Cluster:
         self.relayed: dict[str, Connection] = {}
         # Owner side: clients whose WebSocket lives on another node.
         self.remote: dict[tuple[str, str], RelayedConnection] = {}
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Relayed frames wait here per (origin node, connection): one client's frames are
+        # handled in the order sent, while different clients' frames run concurrently
+        # (a relayed join waits on ~10 store round trips; one global queue made every
+        # relayed client wait for all the others).
+        self._lanes: dict[tuple[str, str], deque[dict[str, Any]]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
 
@@ -53,13 +60,15 @@ class Cluster:
         if not self.multi_node:
             return
         await self._heartbeat()
-        self._subscription = await self.store.subscribe(node_channel(self.node_id), self._inbox.put_nowait)
-        self._tasks = [asyncio.ensure_future(self._process()), asyncio.ensure_future(self._maintain())]
+        self._subscription = await self.store.subscribe(node_channel(self.node_id), self._enqueue)
+        self._tasks = [asyncio.ensure_future(self._maintain())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._lane_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._lanes.clear()
         if self._subscription is not None:
             try:
                 await self._subscription.close()
@@ -74,7 +83,9 @@ class Cluster:
     def _info(self) -> dict[str, Any]:
         stats = self.service.sfu.stats()
         return {
-            "load": stats["consumers"] + stats["producers"],
+            # Sessions count too: without media every node had load 0 and every room
+            # went to the same node, so a second node added no signalling capacity.
+            "load": len(self.service.sessions) + stats["consumers"] + stats["producers"],
             "rooms": stats["routers"],
             "draining": self.draining,
         }
@@ -94,10 +105,20 @@ class Cluster:
             return owner
         candidates = {n: info for n, info in live.items() if not info.get("draining")}
         if not self.draining:
-            candidates.setdefault(self.node_id, self._info())
+            # Our own figure is current; the others' are up to a heartbeat old.
+            candidates[self.node_id] = self._info()
         if not candidates:
             raise StoreUnavailable("no live node can take the room")
-        pick = min(candidates, key=lambda n: (candidates[n].get("load", 0), n))
+        bucket = max(1, self.settings.placement_load_bucket)
+
+        def rank(node: str) -> tuple[int, int]:
+            # Loads within one bucket count as equal: rooms placed in a burst (between
+            # heartbeats, with stale loads) then spread by a per-room hash (rendezvous
+            # hashing) instead of all landing on the node that looked least loaded.
+            load = int(candidates[node].get("load", 0))
+            return load // bucket, zlib.crc32(f"{room}\0{node}".encode())
+
+        pick = min(candidates, key=rank)
         return await self.store.place_room(room, pick, sorted(set(live) | {pick}))
 
     async def room_empty(self, room: str) -> None:
@@ -128,14 +149,41 @@ class Cluster:
             except StoreUnavailable:
                 pass
 
-    async def _process(self) -> None:
-        # One task handles the inbox so a client's frames are handled in the order sent.
-        while True:
-            message = await self._inbox.get()
-            try:
-                await self._handle(message)
-            except Exception:
-                logger.exception("relay message %s failed", message.get("type"))
+    def _enqueue(self, message: dict[str, Any]) -> None:
+        """Store fan-out handler for this node's channel (called in arrival order)."""
+        kind = message.get("type")
+        if kind == "_out":
+            # Edge side, synchronous: the connection's writer queue keeps the order.
+            edge = self.relayed.get(message.get("conn", ""))
+            if edge is not None:
+                edge.send_text(message["text"])
+            return
+        # `_in`/`_gone` come from an edge (origin), `_close` from an owner; either way
+        # the lane is one client's connection on one peer node.
+        key = (str(message.get("origin", "")), str(message.get("conn", "")))
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(message)
+            return
+        self._lanes[key] = deque([message])
+        task = asyncio.ensure_future(self._drain_lane(key))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _drain_lane(self, key: tuple[str, str]) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane:
+                message = lane[0]
+                try:
+                    await self._handle(message)
+                except Exception:
+                    logger.exception("relay message %s failed", message.get("type"))
+                lane.popleft()
+        finally:
+            # A lane exists only while it has a task draining it.
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -157,10 +205,6 @@ class Cluster:
                 conn.mark_gone()
                 conn.abandon()
                 await self.service.connection_lost(conn)
-        elif kind == "_out":
-            edge = self.relayed.get(message["conn"])
-            if edge is not None:
-                edge.send_text(message["text"])
         elif kind == "_close":
             edge = self.relayed.pop(message["conn"], None)
             if edge is not None:
