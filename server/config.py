@@ -56,6 +56,9 @@ class Settings:
     hello_timeout_s: float = 10.0
     resume_grace_s: float = 20.0
     resume_buffer_messages: int = 256
+    # The same buffer is also capped by size (JSON characters): a few large offers or
+    # snapshots must not pin much memory per connection.
+    resume_buffer_bytes: int = 64 * 1024
 
     # Room limits.
     max_participants_per_room: int = 30

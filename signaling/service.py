@@ -142,7 +142,9 @@ class SignalingService:
         if session is None:
             raise ProtocolError("not_authenticated", "Send 'hello' with a token first.", ref)
         if kind == "ping":
-            session.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+            # Not sequenced and not kept for resume: a replayed pong means nothing, and
+            # kept pongs filled an idle kiosk's resume buffer (+60 KiB per connection).
+            conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
             if session.joined:
                 await self.store.touch_presence(session.participant_id, self.presence_ttl)
             return
@@ -225,7 +227,7 @@ class SignalingService:
         if resume is not None:
             await self._resume(conn, grant.participant_id, resume, ref)
             return
-        session = Session(grant, self.settings.resume_buffer_messages)
+        session = Session(grant, self.settings.resume_buffer_messages, self.settings.resume_buffer_bytes)
         self.sessions[session.id] = session
         conn.session = session
         session.connection = conn

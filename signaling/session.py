@@ -149,7 +149,13 @@ class RelayedConnection(Connection):
 
 
 class Session:
-    def __init__(self, grant: Grant, buffer_size: int) -> None:
+    __slots__ = (
+        "id", "resume_key", "grant", "room", "connection", "transport", "grace_task", "ended",
+        "admitted", "joined_at", "started", "seq", "presence_touched", "_buffer", "_buffer_bytes",
+        "_buffer_max_bytes",
+    )
+
+    def __init__(self, grant: Grant, buffer_size: int, buffer_bytes: int) -> None:
         self.id = f"s-{uuid.uuid4().hex}"
         self.resume_key = secrets.token_urlsafe(24)
         self.grant = grant
@@ -163,7 +169,14 @@ class Session:
         self.joined_at = 0.0
         self.started = time.monotonic()
         self.seq = 0
+        # When this session's presence key was last written (monotonic), 0 for never.
+        self.presence_touched = 0.0
+        # Sent messages kept for a resume, bounded by count and by total characters (the
+        # messages are ASCII JSON, so characters are bytes): a long-lived kiosk must not
+        # grow without bound.
         self._buffer: deque[tuple[int, str]] = deque(maxlen=buffer_size)
+        self._buffer_bytes = 0
+        self._buffer_max_bytes = buffer_bytes
 
     @property
     def participant_id(self) -> str:
@@ -178,9 +191,26 @@ class Session:
         self.seq += 1
         message["seq"] = self.seq
         text = json.dumps(message)
-        self._buffer.append((self.seq, text))
+        self._keep(self.seq, text)
         if self.connection is not None:
             self.connection.send_text(text)
+
+    def _keep(self, seq: int, text: str) -> None:
+        buffer = self._buffer
+        if buffer.maxlen == 0:
+            return
+        if len(buffer) == buffer.maxlen:
+            self._buffer_bytes -= len(buffer[0][1])
+        buffer.append((seq, text))
+        self._buffer_bytes += len(text)
+        # The newest message always stays, even alone over the byte cap.
+        while self._buffer_bytes > self._buffer_max_bytes and len(buffer) > 1:
+            self._buffer_bytes -= len(buffer.popleft()[1])
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """(messages, characters) kept for a resume."""
+        return len(self._buffer), self._buffer_bytes
 
     def check_resume_key(self, key: str) -> bool:
         return hmac.compare_digest(self.resume_key.encode(), key.encode())

@@ -339,6 +339,33 @@ async def test_resume_replays_missed_messages(server: RunningServer, connect: An
     assert len(await server.app[STORE_KEY].list_participants("room-1")) == 2
 
 
+@pytest.mark.parametrize("settings_overrides", [{"resume_buffer_messages": 4}])
+async def test_pongs_are_not_sequenced_nor_kept_for_resume(server: RunningServer, connect: Any) -> None:
+    a = await connect()
+    token = server.token(participant_id="p-a")
+    welcome = await hello(a, token)
+    # More pings than the resume buffer holds: kept pongs would push out everything else.
+    for i in range(10):
+        await a.send({"type": "ping", "id": f"p{i}"})
+        pong = await a.expect("pong")
+        assert "seq" not in pong and pong["ref"] == f"p{i}"
+    session = server.app[SIGNALING_KEY].sessions[welcome["session_id"]]
+    assert session.seq == welcome["seq"] and session.buffered[0] == 1
+    await a.send({"type": "join", "room": "room-1"})
+    joined = await a.expect("joined")
+    # The next sequenced message follows the welcome directly.
+    assert joined["seq"] == welcome["seq"] + 1
+    await a.ws.close()
+
+    a2 = await connect()
+    await a2.send({"type": "hello", "v": 1, "token": token,
+                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
+                              "last_seq": welcome["seq"]}})
+    resumed = await a2.expect("resumed")
+    assert resumed["replayed"] >= 1
+    assert (await a2.expect("joined"))["seq"] == joined["seq"]
+
+
 async def test_resume_resends_an_unanswered_offer(server: RunningServer, connect: Any) -> None:
     a = await connect()
     token = server.token(participant_id="p-a")
