@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
-from server.app import ISSUER_KEY, SIGNALING_KEY, STORE_KEY
+from server.app import ISSUER_KEY, SFU_KEY, SIGNALING_KEY, STORE_KEY
 from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
 
@@ -508,3 +508,23 @@ async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
                     await c.ws.close()
         finally:
             await test_server.close()
+
+
+async def test_join_makes_no_peer_connection_until_there_is_media(server: RunningServer, connect: Any) -> None:
+    """The peer connection (and its DTLS certificate) costs CPU and memory: an idle
+    participant with nothing to send or receive gets none, and nothing changes on the wire."""
+    a, b = await connect(), await connect()
+    await join(a, server.token(participant_id="p-a"))
+    await join(b, server.token(participant_id="p-b"))
+    transports = server.app[SFU_KEY].routers["room-1"].transports
+    assert not transports["p-a"].has_peer_connection
+    assert not transports["p-b"].has_peer_connection
+    await a.send({"type": "publish", "audio": True, "video": False})
+    offer = await a.expect("offer")
+    assert offer["negotiation_id"] == 1 and list(offer["publish"]) == ["audio"]
+    assert transports["p-a"].has_peer_connection
+    assert not transports["p-b"].has_peer_connection
+    await a.send({"type": "leave"})
+    await a.expect("left")
+    await b.send({"type": "leave"})
+    await b.expect("left")
