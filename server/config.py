@@ -55,6 +55,9 @@ class Settings:
     ping_timeout_s: float = 30.0
     hello_timeout_s: float = 10.0
     resume_grace_s: float = 20.0
+    # Presence keys (participants, kiosks) are rewritten on a ping only when this
+    # fraction of their TTL has passed since the last write, not on every ping.
+    presence_refresh_fraction: float = 1 / 3
     resume_buffer_messages: int = 256
     # The same buffer is also capped by size (JSON characters): a few large offers or
     # snapshots must not pin much memory per connection.

@@ -49,6 +49,8 @@ def kiosk_presence(kiosk_id: str) -> str:
 class DeviceLink:
     kiosk: Kiosk
     subscription: Subscription | None = None
+    # When the kiosk's presence key was last written (monotonic).
+    presence_touched: float = 0.0
 
 
 @dataclass
@@ -88,6 +90,7 @@ class DeviceHub:
             device_channel(kiosk.id), lambda event: self._to_device(conn, event)
         )
         await self.store.touch_presence(kiosk_presence(kiosk.id), self._presence_ttl)
+        link.presence_touched = time.monotonic()
         kiosk.last_seen = time.time()
         await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
         conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
@@ -155,8 +158,13 @@ class DeviceHub:
         ref = message.get("id")
         kiosk_id = link.kiosk.id
         if kind == "ping":
-            await self.store.touch_presence(kiosk_presence(kiosk_id), self._presence_ttl)
             conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+            # Rewritten at most every fraction of its TTL, not on every ping: a store
+            # write per ping was most of an idle kiosk's cost.
+            now = time.monotonic()
+            if now - link.presence_touched >= self._presence_ttl * self.settings.presence_refresh_fraction:
+                await self.store.touch_presence(kiosk_presence(kiosk_id), self._presence_ttl)
+                link.presence_touched = now
         elif kind == "call_answer":
             await self.store.publish(
                 call_channel(message["call_id"]),

@@ -57,6 +57,8 @@ class Connection:
         self.relay_to: str | None = None
         self.last_seen = time.monotonic()
         self.opened = time.monotonic()
+        # Set once the timeout sweep has started closing it.
+        self.closing = False
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer = asyncio.ensure_future(self._write())
 

@@ -528,3 +528,37 @@ async def test_join_makes_no_peer_connection_until_there_is_media(server: Runnin
     await a.expect("left")
     await b.send({"type": "leave"})
     await b.expect("left")
+
+
+async def test_presence_refreshed_at_most_every_third_of_its_ttl(server: RunningServer, connect: Any) -> None:
+    """A store write per ping was most of an idle connection's cost; presence is rewritten
+    only once a third of its TTL has passed."""
+    store = server.app[STORE_KEY]
+    touched: list[str] = []
+    original = store.touch_presence
+
+    async def counting(participant_id: str, ttl_s: float) -> None:
+        touched.append(participant_id)
+        await original(participant_id, ttl_s)
+
+    store.touch_presence = counting  # type: ignore[method-assign]
+    c = await connect()
+    welcome = await hello(c, server.token(participant_id="p-a"))
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect("joined")
+    assert touched == ["p-a"]
+    for i in range(5):
+        await c.send({"type": "ping", "id": f"p{i}"})
+        await c.expect("pong")
+    assert touched == ["p-a"]
+    assert await store.is_present("p-a")
+    # As if a third of the TTL had passed since the last write.
+    signaling = server.app[SIGNALING_KEY]
+    session = signaling.sessions[welcome["session_id"]]
+    session.presence_touched -= signaling.presence_ttl / 3
+    await c.send({"type": "ping", "id": "late"})
+    await c.expect("pong")
+    # Frames of one connection are handled in order: the refresh is done by the next pong.
+    await c.send({"type": "ping", "id": "after"})
+    await c.expect("pong")
+    assert touched == ["p-a", "p-a"]
