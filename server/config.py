@@ -27,6 +27,10 @@ class Settings:
 
     # Several nodes: state in Redis when set (redis://, rediss://, unix://).
     redis_url: str = ""
+    # Redis connections per node (commands wait for a free one rather than failing), and
+    # how long a command waits for one before the caller gets "unavailable".
+    redis_max_connections: int = 100
+    redis_pool_timeout_s: float = 2.0
     # Every key and channel starts with this, so several deployments can share a Redis.
     redis_prefix: str = "vz:"
     # This node's name in the cluster; a random one when empty.
@@ -62,6 +66,11 @@ class Settings:
     # The same buffer is also capped by size (JSON characters): a few large offers or
     # snapshots must not pin much memory per connection.
     resume_buffer_bytes: int = 64 * 1024
+
+    # A room's activity record (guests allowed, large-room video rules) is cached this
+    # long per node: every join needs it. Staff edits reach joins within this time.
+    activity_cache_s: float = 5.0
+    activity_cache_entries: int = 10_000
 
     # Room limits.
     max_participants_per_room: int = 30

@@ -55,11 +55,15 @@ class Cluster:
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
+        # Live nodes as the maintenance loop last read them (every heartbeat): a hello into
+        # a placed room checks its owner against this instead of reading the nodes again.
+        self._live: dict[str, dict[str, Any]] | None = None
 
     async def start(self) -> None:
         if not self.multi_node:
             return
         await self._heartbeat()
+        self._live = await self.store.live_nodes()
         self._subscription = await self.store.subscribe(node_channel(self.node_id), self._enqueue)
         self._tasks = [asyncio.ensure_future(self._maintain())]
 
@@ -99,8 +103,14 @@ class Cluster:
         """The node hosting the room's media, placing the room when nobody live has it."""
         if not self.multi_node:
             return self.node_id
-        live = await self.store.live_nodes()
         owner = await self.store.room_owner(room)
+        if owner is not None and self._live is not None and owner in self._live:
+            # The common case: the maintenance loop's view (at most a heartbeat old) says
+            # the owner lives; no two more round trips per hello.
+            return owner
+        # Placing (or re-placing) a room: the current view, so a node that just started
+        # takes rooms at once.
+        live = await self.store.live_nodes()
         if owner is not None and owner in live:
             return owner
         candidates = {n: info for n, info in live.items() if not info.get("draining")}
@@ -222,7 +232,7 @@ class Cluster:
                     self.store_down = False
                     logger.warning("store reachable again; re-publishing this node's live state")
                     await self.resync()
-                live = await self.store.live_nodes()
+                live = self._live = await self.store.live_nodes()
                 await self._drop_links_to_dead_nodes(live)
                 for dead in await self.store.dead_nodes():
                     await self._reap(dead)

@@ -20,7 +20,18 @@ from server.metrics import Metrics
 from server.turn import ice_servers_for
 from server.producer import Producer
 from server.router import Sfu
-from server.store import ParticipantState, RoomFull, Store, StoreUnavailable, Subscription, TrackState
+from server.store import (
+    ADMIT,
+    ADMIT_UNLESS_LOCKED,
+    LOBBY,
+    JoinResult,
+    ParticipantState,
+    RoomFull,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    TrackState,
+)
 from server.transport import NegotiationError
 
 from .devices import CALL_ROOM_PREFIX, DeviceHub
@@ -56,6 +67,8 @@ class SignalingService:
         self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # room → (expires at, activity or None): see _activity.
+        self._activities: dict[str, tuple[float, Activity | None]] = {}
 
     @property
     def members(self) -> dict[tuple[str, str], Session]:
@@ -374,7 +387,7 @@ class SignalingService:
         if room != session.grant.room:
             raise ProtocolError("token_wrong_room", "The token is for another room.", ref)
         grant = session.grant
-        admitted = await self._admitted_on_arrival(session, room, ref)
+        admission = await self._admission(session, room, ref)
         stale = self._member(room, grant.participant_id)
         if stale is not None and stale is not session:
             # The same person joined again (new device or lost session): the newest wins.
@@ -386,51 +399,106 @@ class SignalingService:
             role=grant.role,
             node_id=self.store.node_id,
             joined_at=time.time(),
-            admitted=admitted,
         )
+        # Seated before the store step: this holds the room's subscription on this node,
+        # and room events from now on reach `early` (the snapshot below may predate them).
+        self.rooms.setdefault(room, {})[grant.participant_id] = session
+        subscribed = room in self._room_subscriptions
+        session.early = []
         try:
-            await self.store.add_participant(state, self.settings.max_participants_per_room)
-        except RoomFull:
-            raise ProtocolError("room_full", "This activity is full.", ref) from None
+            result = await self.store.join_room(
+                state, admission, self.settings.max_participants_per_room, self.presence_ttl
+            )
+        except BaseException as exc:
+            session.early = None
+            self._free_seat(session, room)
+            await self._release_if_empty(room)
+            if isinstance(exc, RoomFull):
+                raise ProtocolError("room_full", "This activity is full.", ref) from None
+            raise
+        session.presence_touched = time.monotonic()
         session.room = room
         session.joined_at = state.joined_at
-        self.rooms.setdefault(room, {})[grant.participant_id] = session
-        await self._refresh_presence(session, force=True)
         await self._subscribe_room(room)
-        if admitted:
-            await self._enter(session, ref)
+        if result.admitted:
+            # A fresh subscription may have missed events since the snapshot: read again.
+            await self._enter(session, ref, result if subscribed else None)
         else:
+            session.early = None
             # Knocking is automatic: waiting in the lobby is the knock.
             session.send({"type": "lobby", "ref": ref, "room": room})
-            await self._broadcast(room, {"type": "knock", "participant": _participant(state), "_to": "moderators"})
+            await self._broadcast(room, {"type": "knock", "participant": _participant(result.state), "_to": "moderators"})
 
-    async def _admitted_on_arrival(self, session: Session, room: str, ref: str | None) -> bool:
-        """Whether a joiner enters directly (True) or waits in the lobby (False)."""
+    def _free_seat(self, session: Session, room: str) -> None:
+        seats = self.rooms.get(room)
+        if seats is not None and seats.get(session.participant_id) is session:
+            del seats[session.participant_id]
+
+    async def _release_if_empty(self, room: str) -> None:
+        """The room's last seat on this node takes the room's subscription (and this
+        node's placement) with it."""
+        seats = self.rooms.get(room)
+        if seats is not None and not seats:
+            del self.rooms[room]
+        if room not in self.rooms:
+            subscription = self._room_subscriptions.pop(room, None)
+            try:
+                if subscription is not None:
+                    await subscription.close()
+                await self.cluster.room_empty(room)
+            except StoreUnavailable:
+                pass
+
+    async def _activity(self, room: str) -> Activity | None:
+        """The room's activity record, cached briefly: every join needs it."""
+        now = time.monotonic()
+        cached = self._activities.get(room)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        activity = await self.directory.get(Activity, room)
+        if len(self._activities) >= self.settings.activity_cache_entries:
+            self._activities.clear()
+        self._activities[room] = (now + self.settings.activity_cache_s, activity)
+        return activity
+
+    async def _admission(self, session: Session, room: str, ref: str | None) -> str:
+        """Whether a joiner enters directly or waits in the lobby (Store.join_room)."""
         grant = session.grant
         if grant.may("moderate"):
-            return True
+            return ADMIT
         if room.startswith(CALL_ROOM_PREFIX):
-            return True
-        activity = await self.directory.get(Activity, room)
-        if grant.role == "family" and activity is not None:
-            if not activity.guests_allowed:
-                raise ProtocolError("forbidden", "This activity does not take guests.", ref)
-            return False
-        state = await self.store.get_room_state(room)
-        return not state.get("locked", False)
+            return ADMIT
+        if grant.role == "family":
+            activity = await self._activity(room)
+            if activity is not None:
+                if not activity.guests_allowed:
+                    raise ProtocolError("forbidden", "This activity does not take guests.", ref)
+                return LOBBY
+        # Decided in the store, against the room's lock, in the same step as the join.
+        return ADMIT_UNLESS_LOCKED
 
-    async def _enter(self, session: Session, ref: str | None) -> None:
-        """Gives an admitted participant media and the room snapshot, and tells the others."""
+    async def _enter(self, session: Session, ref: str | None, snapshot: JoinResult | None = None) -> None:
+        """Gives an admitted participant media and the room snapshot, and tells the others.
+
+        `snapshot`: the room as the join read it; without one (admitted from the lobby,
+        or a new room subscription) the room is read here.
+        """
         assert session.room is not None
         room = session.room
         grant = session.grant
         session.admitted = True
-        room_state = await self._room_state(room)
+        if snapshot is not None:
+            room_state = {**ROOM_STATE_DEFAULTS, **snapshot.room_state}
+            everyone, tracks = snapshot.participants, snapshot.tracks
+        else:
+            room_state = await self._room_state(room)
         router = self.sfu.router(room)
         if not router.transports:
-            router.activity = await self.directory.get(Activity, room) is not None
+            router.activity = await self._activity(room) is not None
             router.tiles_to_everyone_up_to = self.settings.tiles_to_everyone_up_to
             router.spotlight = room_state.get("spotlight")
+        if session.ended or session.room is None:
+            return
         session.transport = router.create_transport(
             grant.participant_id,
             moderator=grant.may("moderate"),
@@ -440,8 +508,9 @@ class SignalingService:
                 self._end(session, "media_failed", close_code=CloseCode.MEDIA_FAILED)
             ),
         )
-        everyone = await self.store.list_participants(room)
-        tracks = await self.store.list_tracks(room)
+        if snapshot is None:
+            everyone = await self.store.list_participants(room)
+            tracks = await self.store.list_tracks(room)
         joined: dict[str, Any] = {
             "type": "joined",
             "ref": ref,
@@ -449,15 +518,18 @@ class SignalingService:
             "self_id": grant.participant_id,
             "participants": [_participant(p) for p in everyone if p.admitted],
             "tracks": [t.to_dict() for t in tracks],
-            "room_state": await self._room_state(room),
+            "room_state": room_state,
         }
         if grant.may("moderate"):
             joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
         session.send(joined)
-        if joined["room_state"].get("music_mode"):
+        early, session.early = session.early, None
+        for event in early or ():
+            session.send(event)
+        if room_state.get("music_mode"):
             session.transport.set_music(self.settings.music_opus_bitrate_bps)
         if grant.may("publish"):
-            session.send({"type": "publish_quality", **self._quality(room, grant.participant_id, grant.role, joined["room_state"])})
+            session.send({"type": "publish_quality", **self._quality(room, grant.participant_id, grant.role, room_state)})
         if self.metrics is not None:
             self.metrics.join_seconds.observe(time.monotonic() - session.started)
         me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
@@ -542,9 +614,7 @@ class SignalingService:
         room = session.room
         if room is None:
             return
-        seats = self.rooms.get(room)
-        if seats is not None and seats.get(session.participant_id) is session:
-            del seats[session.participant_id]
+        self._free_seat(session, room)
         ended = await self.sfu.close_transport(room, session.participant_id)
         session.transport = None
         try:
@@ -562,17 +632,7 @@ class SignalingService:
                 )
         except StoreUnavailable:
             logger.warning("store unavailable while %s left %s", session.participant_id, room)
-        seats = self.rooms.get(room)
-        if seats is not None and not seats:
-            del self.rooms[room]
-        if room not in self.rooms:
-            subscription = self._room_subscriptions.pop(room, None)
-            try:
-                if subscription is not None:
-                    await subscription.close()
-                await self.cluster.room_empty(room)
-            except StoreUnavailable:
-                pass
+        await self._release_if_empty(room)
 
     async def _subscribe_room(self, room: str) -> None:
         # Joins into one room run concurrently: the first creates the subscription, the
@@ -601,13 +661,16 @@ class SignalingService:
             target = seats.get(to)
             seats = {to: target} if target is not None else {}
         for participant_id, session in list(seats.items()):
-            if participant_id == skip or session.ended or not session.admitted:
+            if participant_id == skip or session.ended:
                 continue
             if to == "moderators" and not session.grant.may("moderate"):
                 continue
             if to not in (None, "moderators") and to != participant_id:
                 continue
-            session.send(dict(event))
+            if session.admitted:
+                session.send(dict(event))
+            elif session.early is not None:
+                session.early.append(dict(event))
 
     def _act(self, room: str, event: dict[str, Any]) -> None:
         """Room-wide effects that the node holding the affected sessions carries out."""

@@ -153,7 +153,7 @@ class RelayedConnection(Connection):
 class Session:
     __slots__ = (
         "id", "resume_key", "grant", "room", "connection", "transport", "grace_task", "ended",
-        "admitted", "joined_at", "started", "seq", "presence_touched", "_buffer", "_buffer_bytes",
+        "admitted", "joined_at", "started", "seq", "presence_touched", "early", "_buffer", "_buffer_bytes",
         "_buffer_max_bytes",
     )
 
@@ -173,6 +173,9 @@ class Session:
         self.seq = 0
         # When this session's presence key was last written (monotonic), 0 for never.
         self.presence_touched = 0.0
+        # While joining: room events that arrive before `joined` is sent, sent after it
+        # (the snapshot is read in the same store step that adds the participant).
+        self.early: list[dict[str, Any]] | None = None
         # Sent messages kept for a resume, bounded by count and by total characters (the
         # messages are ASCII JSON, so characters are bytes): a long-lived kiosk must not
         # grow without bound.

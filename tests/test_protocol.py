@@ -510,6 +510,58 @@ async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
             await test_server.close()
 
 
+async def test_racing_joins_each_learn_of_every_other(tmp_path: Any) -> None:
+    """The join snapshot is read in the store step that adds the participant; room events
+    that arrive before `joined` is sent follow it. Every joiner must learn of every other
+    one, by snapshot or by `participant_joined` (Redis: events and replies on two sockets)."""
+    import uuid
+
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from server.app import create_app
+
+    from .conftest import WsClient, make_settings
+    from .redis_server import RedisServer
+
+    with RedisServer() as redis:
+        settings = make_settings(tmp_path, redis_url=redis.url, redis_prefix=f"vztest:{uuid.uuid4().hex}:")
+        app = create_app(settings)
+        test_server = TestServer(app, host="127.0.0.1")
+        await test_server.start_server()
+        url = str(test_server.make_url("/ws"))
+        issuer = app[ISSUER_KEY]
+        try:
+            async with aiohttp.ClientSession() as http:
+                first = WsClient(await http.ws_connect(url))
+                # The room is placed and subscribed first, so the racing joins use their snapshot.
+                await join(first, issuer.issue(role="senior", room="room-1", name="First", participant_id="p-first"))
+                clients = [WsClient(await http.ws_connect(url)) for _ in range(12)]
+                for i, c in enumerate(clients):
+                    await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
+                await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
+                everyone = {"p-first"} | {f"p-{i}" for i in range(len(clients))}
+                snapshots = [await c.expect("joined") for c in clients]
+                for _ in clients:
+                    await first.expect("participant_joined")
+                # One node delivers each event to all its sessions at once: once the first
+                # participant has every announcement, the others' are queued before a pong.
+                for i, c in enumerate(clients):
+                    joined = snapshots[i]
+                    await c.send({"type": "ping", "id": "settle"})
+                    await c.expect("pong")
+                    seen = {p["participant_id"] for p in joined["participants"]}
+                    seen |= {m["participant"]["participant_id"] for m in c.received if m["type"] == "participant_joined"}
+                    assert seen == everyone, (i, everyone - seen)
+                    # Whatever came early is sent after `joined`, in sequence.
+                    seqs = [m["seq"] for m in c.received if "seq" in m]
+                    assert seqs == sorted(seqs)
+                for c in [first, *clients]:
+                    await c.ws.close()
+        finally:
+            await test_server.close()
+
+
 async def test_join_makes_no_peer_connection_until_there_is_media(server: RunningServer, connect: Any) -> None:
     """The peer connection (and its DTLS certificate) costs CPU and memory: an idle
     participant with nothing to send or receive gets none, and nothing changes on the wire."""
