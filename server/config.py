@@ -101,6 +101,12 @@ class Settings:
     last_n_audio: int = 3
     speaker_interval_s: float = 0.3
 
+    # `verzilvering serve` only: garbage collector tuning (see server/cli.py _tune_gc).
+    gc_freeze_after_start: bool = True
+    # Allocations between first-generation collections (Python's default is 700); 0 keeps
+    # the interpreter's setting.
+    gc_gen0_threshold: int = 10_000
+
     # Web pages (web/): staff sessions, login throttling, invites and photos.
     # A staff session cookie is valid this long after login.
     session_ttl_s: int = 12 * 3600

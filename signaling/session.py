@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 class RateLimiter:
     """Token bucket: `rate` messages per second with bursts up to `burst`."""
 
+    __slots__ = ("_rate", "_burst", "_tokens", "_updated")
+
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(burst)
@@ -45,7 +47,17 @@ class RateLimiter:
 
 
 class Connection:
-    """One client's signalling channel. Writes go through a queue so messages leave in order."""
+    """One client's signalling channel. Messages leave in the order sent.
+
+    A writer task runs only while there is something to send: an idle kiosk holds no task
+    and no queue (with 10,000 connections, a task and an asyncio.Queue each were a good
+    part of the memory per connection).
+    """
+
+    __slots__ = (
+        "id", "limiter", "session", "device", "relay_to", "last_seen", "opened", "closing",
+        "_pending", "_writer", "_stopped", "__weakref__",
+    )
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.id = uuid.uuid4().hex
@@ -56,26 +68,39 @@ class Connection:
         # The node this connection's frames are relayed to, when another node owns its room.
         self.relay_to: str | None = None
         self.last_seen = time.monotonic()
-        self.opened = time.monotonic()
+        self.opened = self.last_seen
         # Set once the timeout sweep has started closing it.
         self.closing = False
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._writer = asyncio.ensure_future(self._write())
+        # Texts to send; None marks the end (close or abandon): nothing after it is sent.
+        self._pending: deque[str | None] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def closed(self) -> bool:
         raise NotImplementedError
 
     def send_text(self, text: str) -> None:
-        self._queue.put_nowait(text)
+        self._push(text)
 
     def send(self, message: dict[str, Any]) -> None:
         self.send_text(json.dumps(message))
 
+    def _push(self, item: str | None) -> asyncio.Task[None] | None:
+        if self._stopped:
+            return self._writer
+        self._pending.append(item)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write())
+        return self._writer
+
     async def _write(self) -> None:
-        while True:
-            text = await self._queue.get()
+        pending = self._pending
+        while pending:
+            text = pending.popleft()
             if text is None:
+                self._stopped = True
+                pending.clear()
                 return
             if self.closed:
                 continue
@@ -94,19 +119,22 @@ class Connection:
 
     async def close(self, code: int, reason: str = "") -> None:
         """Flushes what is queued, then closes the channel."""
-        self._queue.put_nowait(None)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
-        except asyncio.TimeoutError:
-            self._writer.cancel()
+        writer = self._push(None)
+        if writer is not None and not writer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
+            except asyncio.TimeoutError:
+                writer.cancel()
         if not self.closed:
             await self._shut(code, reason)
 
     def abandon(self) -> None:
-        self._queue.put_nowait(None)
+        self._push(None)
 
 
 class WebSocketConnection(Connection):
+    __slots__ = ("ws",)
+
     def __init__(self, ws: web.WebSocketResponse, limiter: RateLimiter) -> None:
         self.ws = ws
         super().__init__(limiter)
@@ -127,6 +155,8 @@ RelaySend = Callable[[dict[str, Any]], Awaitable[None]]
 
 class RelayedConnection(Connection):
     """A client whose WebSocket lives on another node (the edge); frames cross via the store."""
+
+    __slots__ = ("origin", "_relay", "_closed")
 
     def __init__(self, conn_id: str, origin: str, relay: RelaySend, limiter: RateLimiter) -> None:
         self.origin = origin
