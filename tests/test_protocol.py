@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
@@ -12,6 +14,7 @@ import pytest
 from server.app import ISSUER_KEY, SFU_KEY, SIGNALING_KEY, STORE_KEY
 from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
+from signaling.tokens import TokenIssuer
 
 from .conftest import TEST_SECRET, RunningServer, WsClient, hello, join
 
@@ -470,17 +473,16 @@ def test_every_documented_error_code_is_tested() -> None:
     assert codes and not untested, f"error codes without a test: {sorted(untested)}"
 
 
-async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
-    """Joins racing into one room must not subscribe the node to it twice (Redis, where
-    subscribing waits for the server's confirmation)."""
+@contextlib.asynccontextmanager
+async def redis_node(tmp_path: Any) -> AsyncIterator[tuple[str, TokenIssuer]]:
+    """One in-process node on its own redis-server: (WebSocket URL, token issuer)."""
     import uuid
 
-    import aiohttp
     from aiohttp.test_utils import TestServer
 
     from server.app import create_app
 
-    from .conftest import WsClient, make_settings
+    from .conftest import make_settings
     from .redis_server import RedisServer
 
     with RedisServer() as redis:
@@ -488,78 +490,68 @@ async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
         app = create_app(settings)
         test_server = TestServer(app, host="127.0.0.1")
         await test_server.start_server()
-        url = str(test_server.make_url("/ws"))
-        issuer = app[ISSUER_KEY]
         try:
-            async with aiohttp.ClientSession() as http:
-                clients = [WsClient(await http.ws_connect(url)) for _ in range(8)]
-                for i, c in enumerate(clients):
-                    await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
-                await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
-                for c in clients:
-                    await c.expect("joined")
-                await clients[0].send({"type": "mute", "kind": "audio", "muted": True})
-                for c in clients:
-                    await c.expect("mute_changed", participant_id="p-0")
-                    await c.send({"type": "ping", "id": "after"})
-                    await c.expect("pong")
-                    assert sum(1 for m in c.received if m["type"] == "mute_changed") == 1
-                for c in clients:
-                    await c.ws.close()
+            yield str(test_server.make_url("/ws")), app[ISSUER_KEY]
         finally:
             await test_server.close()
+
+
+async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
+    """Joins racing into one room must not subscribe the node to it twice (Redis, where
+    subscribing waits for the server's confirmation)."""
+    import aiohttp
+
+    async with redis_node(tmp_path) as (url, issuer):
+        async with aiohttp.ClientSession() as http:
+            clients = [WsClient(await http.ws_connect(url)) for _ in range(8)]
+            for i, c in enumerate(clients):
+                await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
+            await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
+            for c in clients:
+                await c.expect("joined")
+            await clients[0].send({"type": "mute", "kind": "audio", "muted": True})
+            for c in clients:
+                await c.expect("mute_changed", participant_id="p-0")
+                await c.send({"type": "ping", "id": "after"})
+                await c.expect("pong")
+                assert sum(1 for m in c.received if m["type"] == "mute_changed") == 1
+            for c in clients:
+                await c.ws.close()
 
 
 async def test_racing_joins_each_learn_of_every_other(tmp_path: Any) -> None:
     """The join snapshot is read in the store step that adds the participant; room events
     that arrive before `joined` is sent follow it. Every joiner must learn of every other
     one, by snapshot or by `participant_joined` (Redis: events and replies on two sockets)."""
-    import uuid
-
     import aiohttp
-    from aiohttp.test_utils import TestServer
 
-    from server.app import create_app
-
-    from .conftest import WsClient, make_settings
-    from .redis_server import RedisServer
-
-    with RedisServer() as redis:
-        settings = make_settings(tmp_path, redis_url=redis.url, redis_prefix=f"vztest:{uuid.uuid4().hex}:")
-        app = create_app(settings)
-        test_server = TestServer(app, host="127.0.0.1")
-        await test_server.start_server()
-        url = str(test_server.make_url("/ws"))
-        issuer = app[ISSUER_KEY]
-        try:
-            async with aiohttp.ClientSession() as http:
-                first = WsClient(await http.ws_connect(url))
-                # The room is placed and subscribed first, so the racing joins use their snapshot.
-                await join(first, issuer.issue(role="senior", room="room-1", name="First", participant_id="p-first"))
-                clients = [WsClient(await http.ws_connect(url)) for _ in range(12)]
-                for i, c in enumerate(clients):
-                    await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
-                await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
-                everyone = {"p-first"} | {f"p-{i}" for i in range(len(clients))}
-                snapshots = [await c.expect("joined") for c in clients]
-                for _ in clients:
-                    await first.expect("participant_joined")
-                # One node delivers each event to all its sessions at once: once the first
-                # participant has every announcement, the others' are queued before a pong.
-                for i, c in enumerate(clients):
-                    joined = snapshots[i]
-                    await c.send({"type": "ping", "id": "settle"})
-                    await c.expect("pong")
-                    seen = {p["participant_id"] for p in joined["participants"]}
-                    seen |= {m["participant"]["participant_id"] for m in c.received if m["type"] == "participant_joined"}
-                    assert seen == everyone, (i, everyone - seen)
-                    # Whatever came early is sent after `joined`, in sequence.
-                    seqs = [m["seq"] for m in c.received if "seq" in m]
-                    assert seqs == sorted(seqs)
-                for c in [first, *clients]:
-                    await c.ws.close()
-        finally:
-            await test_server.close()
+    async with redis_node(tmp_path) as (url, issuer):
+        async with aiohttp.ClientSession() as http:
+            first = WsClient(await http.ws_connect(url))
+            # The room is placed and subscribed first, so the racing joins use their snapshot.
+            await join(first, issuer.issue(role="senior", room="room-1", name="First", participant_id="p-first"))
+            clients = [WsClient(await http.ws_connect(url)) for _ in range(12)]
+            for i, c in enumerate(clients):
+                await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
+            await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
+            everyone = {"p-first"} | {f"p-{i}" for i in range(len(clients))}
+            snapshots = [await c.expect("joined") for c in clients]
+            for _ in clients:
+                await first.expect("participant_joined")
+            # One node delivers each event to all its sessions at once: once the first
+            # participant has every announcement, the others' are queued before a pong.
+            for i, c in enumerate(clients):
+                joined = snapshots[i]
+                await c.send({"type": "ping", "id": "settle"})
+                await c.expect("pong")
+                seen = {p["participant_id"] for p in joined["participants"]}
+                seen |= {m["participant"]["participant_id"] for m in c.received if m["type"] == "participant_joined"}
+                assert seen == everyone, (i, everyone - seen)
+                # Whatever came early is sent after `joined`, in sequence.
+                seqs = [m["seq"] for m in c.received if "seq" in m]
+                assert seqs == sorted(seqs)
+            for c in [first, *clients]:
+                await c.ws.close()
 
 
 async def test_join_makes_no_peer_connection_until_there_is_media(server: RunningServer, connect: Any) -> None:
