@@ -858,7 +858,7 @@ async def phase_open(args: argparse.Namespace, plan: Plan, ctx: "Ctx") -> list[d
     if not rates:
         return []
     print(f"\n== 1c. open loop: joins arrive at a fixed rate (Poisson), {plan.participants} participants over "
-          f"{plan.rooms} rooms per rate (fewer when the rate x {args.open_max_s:.0f} s is smaller), 2 nodes, fresh rooms, "
+          f"{plan.rooms} rooms per rate (fewer when the rate x {args.open_max_s:g} s is smaller), 2 nodes, fresh rooms, "
           f"{plan.workers} load processes ==", flush=True)
     print(f"  {'rate/s':>7} {'joins':>6} {'achieved/s':>10} {'join p50':>9} {'p90':>7} {'p99':>7} {'max':>7} "
           f"{'local p99':>9} {'relayed p99':>11} {'conn->joined p99':>16} {'cpu n1+n2':>9} {'other':>6}")
