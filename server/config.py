@@ -59,6 +59,10 @@ class Settings:
     ping_timeout_s: float = 30.0
     hello_timeout_s: float = 10.0
     resume_grace_s: float = 20.0
+    # New sessions are refused (`unavailable`, the client retries) while the event loop
+    # runs this many seconds behind; well under node_timeout_s, so an overloaded node
+    # sheds load instead of missing its heartbeat and being reaped. 0 disables.
+    overload_lag_s: float = 2.0
     # Presence keys (participants, kiosks) are rewritten on a ping only when this
     # fraction of their TTL has passed since the last write, not on every ping.
     presence_refresh_fraction: float = 1 / 3

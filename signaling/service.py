@@ -67,6 +67,8 @@ class SignalingService:
         self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # Seconds the event loop ran behind at the last sweep (see _sweep).
+        self.loop_lag = 0.0
         # room → (expires at, activity or None): see _activity.
         self._activities: dict[str, tuple[float, Activity | None]] = {}
 
@@ -119,8 +121,13 @@ class SignalingService:
         kiosks were 10,000 tasks waking every second (memory and CPU per connection).
         """
         s = self.settings
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, s.ping_interval_s / 2)
         while True:
-            await asyncio.sleep(min(1.0, s.ping_interval_s / 2))
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            # How late this timer ran: the event loop's backlog, the node's overload signal.
+            self.loop_lag = max(0.0, loop.time() - due)
             now = time.monotonic()
             for conn in list(self._connections):
                 if conn.closing or conn.closed:
@@ -254,6 +261,15 @@ class SignalingService:
                 raise ProtocolError("already_authenticated", "This connection already said hello.", ref)
             await self.devices.hello(conn, message["device"], ref)
             return
+        if (
+            message.get("resume") is None
+            and self.settings.overload_lag_s > 0
+            and self.loop_lag > self.settings.overload_lag_s
+        ):
+            # Shed new sessions while the loop runs behind: taking more only grows the
+            # backlog until the heartbeat misses and the other nodes reap this one.
+            # Sessions in progress and resumes go on; the client retries `unavailable`.
+            raise ProtocolError("unavailable", "The service is busy; try again in a moment.", ref)
         try:
             grant = self.issuer.verify(message["token"])
         except TokenError as exc:

@@ -606,3 +606,27 @@ async def test_presence_refreshed_at_most_every_third_of_its_ttl(server: Running
     await c.send({"type": "ping", "id": "after"})
     await c.expect("pong")
     assert touched == ["p-a", "p-a"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"overload_lag_s": 0.3}])
+async def test_new_sessions_shed_while_the_event_loop_runs_behind(server: RunningServer, connect: Any) -> None:
+    """An overloaded node refuses new sessions with `unavailable` instead of growing its
+    backlog until it misses its heartbeat; it takes them again once it has caught up."""
+    kept = await connect()
+    welcome = await hello(kept, server.token(participant_id="p-kept"))
+    c = await connect()
+    # Block the (shared, in-process) event loop well past the sweep's 1 s timer.
+    time.sleep(1.6)
+    await asyncio.sleep(0.05)
+    assert server.app[SIGNALING_KEY].loop_lag > 0.3
+    await c.send({"type": "hello", "v": 1, "token": server.token(participant_id="p-new"), "id": "h"})
+    refused = await c.expect_error("unavailable")
+    assert refused["ref"] == "h"
+    # A session in progress goes on.
+    await kept.send({"type": "ping", "id": "alive"})
+    assert (await kept.expect("pong"))["ref"] == "alive"
+    # Caught up at the next sweep: the same socket may say hello again.
+    await asyncio.sleep(1.2)
+    assert server.app[SIGNALING_KEY].loop_lag < 0.3
+    await hello(c, server.token(participant_id="p-new"))
+    assert welcome["session_id"] in server.app[SIGNALING_KEY].sessions
