@@ -53,6 +53,10 @@ class Cluster:
         # relayed client wait for all the others).
         self._lanes: dict[tuple[str, str], deque[dict[str, Any]]] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
+        # Owner side: per edge node, `_out`/`_close` messages waiting for one publish, and
+        # the edges that said they take such batches.
+        self._outbox: dict[str, list[dict[str, Any]]] = {}
+        self._batching: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
         # Live nodes as the maintenance loop last read them (every heartbeat): a hello into
@@ -73,6 +77,7 @@ class Cluster:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._lanes.clear()
+        self._outbox.clear()
         if self._subscription is not None:
             try:
                 await self._subscription.close()
@@ -145,8 +150,11 @@ class Cluster:
 
     async def forward(self, conn: Connection, text: str) -> None:
         assert conn.relay_to is not None
+        # "batch": this edge understands `_batch` replies (older nodes, during a rolling
+        # upgrade, get one message per publish).
         await self.store.publish(
-            node_channel(conn.relay_to), {"type": "_in", "conn": conn.id, "origin": self.node_id, "text": text}
+            node_channel(conn.relay_to),
+            {"type": "_in", "conn": conn.id, "origin": self.node_id, "text": text, "batch": True},
         )
 
     async def relay_closed(self, conn: Connection) -> None:
@@ -159,9 +167,47 @@ class Cluster:
             except StoreUnavailable:
                 pass
 
+    async def _to_edge(self, origin: str, message: dict[str, Any]) -> None:
+        """Owner: queues an `_out`/`_close` for an edge. What is queued for one edge within
+        one turn of the event loop leaves in one publish (a join's replies, and a room
+        event for every member relayed from that edge), in order."""
+        if origin not in self._batching:
+            await self.store.publish(node_channel(origin), message)
+            return
+        outbox = self._outbox.get(origin)
+        if outbox is not None:
+            outbox.append(message)
+            return
+        self._outbox[origin] = [message]
+        task = asyncio.ensure_future(self._flush(origin))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _flush(self, origin: str) -> None:
+        try:
+            await asyncio.sleep(0)
+            while self._outbox.get(origin):
+                messages = self._outbox[origin]
+                self._outbox[origin] = []
+                payload = messages[0] if len(messages) == 1 else {"type": "_batch", "messages": messages}
+                try:
+                    await self.store.publish(node_channel(origin), payload)
+                except StoreUnavailable:
+                    # As a relayed connection's writer always did: the session's resume
+                    # buffer keeps what was lost.
+                    pass
+        finally:
+            self._outbox.pop(origin, None)
+
     def _enqueue(self, message: dict[str, Any]) -> None:
         """Store fan-out handler for this node's channel (called in arrival order)."""
         kind = message.get("type")
+        if kind == "_batch":
+            for item in message.get("messages", ()):
+                self._enqueue(item)
+            return
+        if kind == "_in" and message.get("batch"):
+            self._batching.add(str(message.get("origin", "")))
         if kind == "_out":
             # Edge side, synchronous: the connection's writer queue keeps the order.
             edge = self.relayed.get(message.get("conn", ""))
@@ -205,7 +251,7 @@ class Cluster:
                 conn = self.remote[key] = RelayedConnection(
                     message["conn"],
                     origin,
-                    lambda m, origin=origin: self.store.publish(node_channel(origin), m),
+                    lambda m, origin=origin: self._to_edge(origin, m),
                     RateLimiter(self.settings.messages_per_second * 2, self.settings.message_burst * 2),
                 )
             await self.service.receive(conn, message["text"])

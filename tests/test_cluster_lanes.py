@@ -7,14 +7,17 @@ from typing import Any
 
 from server.config import Settings
 from signaling.cluster import Cluster
-from signaling.session import Connection
+from signaling.session import Connection, RateLimiter
 
 
 class _Store:
     node_id = "n1"
 
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
-        pass
+        self.published.append((channel, message))
 
 
 class _Service:
@@ -61,3 +64,53 @@ async def test_relayed_frames_concurrent_across_connections_ordered_within_one()
     assert cluster._lanes == {}
     for conn in cluster.remote.values():
         conn.abandon()
+
+
+async def test_owner_batches_replies_per_edge_that_takes_batches() -> None:
+    store = _Store()
+    cluster = Cluster(_Service(), Settings(), store)  # type: ignore[arg-type]
+    outs = [{"type": "_out", "conn": f"c{i % 2}", "text": f"t{i}"} for i in range(3)]
+    # An edge that never said it takes batches (an older node) gets one publish each.
+    for m in outs:
+        await cluster._to_edge("old", m)
+    assert [m for _, m in store.published] == outs
+    store.published.clear()
+    cluster._enqueue({"type": "_in", "origin": "n2", "conn": "c0", "text": "x", "batch": True})
+    for m in [*outs, {"type": "_close", "conn": "c0", "code": 1000, "reason": ""}]:
+        await cluster._to_edge("n2", m)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # One publish, everything in order (the close after the texts).
+    assert store.published == [
+        ("node:n2", {"type": "_batch", "messages": [*outs, {"type": "_close", "conn": "c0", "code": 1000, "reason": ""}]})
+    ]
+    assert cluster._outbox == {}
+    for conn in cluster.remote.values():
+        conn.abandon()
+
+
+class _Edge(Connection):
+    def __init__(self) -> None:
+        super().__init__(RateLimiter(10, 10))
+        self.texts: list[str] = []
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    async def _deliver(self, text: str) -> None:
+        self.texts.append(text)
+
+
+async def test_edge_unpacks_a_batch_in_order() -> None:
+    cluster = Cluster(_Service(), Settings(), _Store())  # type: ignore[arg-type]
+    a, b = _Edge(), _Edge()
+    cluster.relayed = {a.id: a, b.id: b}
+    cluster._enqueue({"type": "_batch", "messages": [
+        {"type": "_out", "conn": a.id, "text": "a1"},
+        {"type": "_out", "conn": b.id, "text": "b1"},
+        {"type": "_out", "conn": a.id, "text": "a2"},
+    ]})
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert a.texts == ["a1", "a2"] and b.texts == ["b1"]
