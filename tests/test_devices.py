@@ -15,7 +15,7 @@ from server.invites import issue_invite, named_secret
 from server.pairing import confirm_pairing
 from signaling.protocol import CloseCode
 
-from .conftest import RunningServer, WsClient, hello
+from .conftest import RunningServer, WsClient, count_presence_writes, hello
 
 
 async def _directory(server: RunningServer) -> None:
@@ -263,14 +263,7 @@ async def test_kiosk_presence_refreshed_at_most_every_third_of_its_ttl(
     await _directory(server)
     credential = await _pair(server, http)
     store = server.app[STORE_KEY]
-    touched: list[str] = []
-    original = store.touch_presence
-
-    async def counting(key: str, ttl_s: float) -> None:
-        touched.append(key)
-        await original(key, ttl_s)
-
-    store.touch_presence = counting  # type: ignore[method-assign]
+    touched = count_presence_writes(store)
     kiosk, _ = await _device(connect, credential)
     assert len(touched) == 1  # the hello
     for i in range(5):

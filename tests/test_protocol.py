@@ -16,7 +16,7 @@ from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
 from signaling.tokens import TokenIssuer
 
-from .conftest import TEST_SECRET, RunningServer, WsClient, hello, join
+from .conftest import TEST_SECRET, RunningServer, WsClient, count_presence_writes, hello, join
 
 
 async def test_hello_welcome_carries_session_and_limits(server: RunningServer, connect: Any) -> None:
@@ -578,14 +578,7 @@ async def test_presence_refreshed_at_most_every_third_of_its_ttl(server: Running
     """A store write per ping was most of an idle connection's cost; presence is rewritten
     only once a third of its TTL has passed."""
     store = server.app[STORE_KEY]
-    touched: list[str] = []
-    original = store.touch_presence
-
-    async def counting(participant_id: str, ttl_s: float) -> None:
-        touched.append(participant_id)
-        await original(participant_id, ttl_s)
-
-    store.touch_presence = counting  # type: ignore[method-assign]
+    touched = count_presence_writes(store)
     c = await connect()
     welcome = await hello(c, server.token(participant_id="p-a"))
     await c.send({"type": "join", "room": "room-1"})
