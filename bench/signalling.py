@@ -55,11 +55,11 @@ WebSocket clients, no media, see there). This process only orchestrates and read
    the server; if the target is not reached the largest count measured is reported with
    what stopped it. A join refused with `unavailable` is retried (at most 3 times, as a
    kiosk would) and counted. The full run measures twice: (a) 10,000 kiosks that offer
-   permessage-deflate, as aiohttp (kiosk_client) and browsers do, and the server accepts;
-   (b) 2,500 (--idle-plain) without deflate, i.e. what the server would hold with
-   compression off. Run (b) then makes --fill-buffers sockets send 260 pings each (8/s,
-   under the rate limit) to measure the growth until each session's resume buffer (256
-   messages, pongs included) is full. The servers' garbage-collector pauses are logged by
+   permessage-deflate, as aiohttp (kiosk_client) and browsers do (the server declines it
+   since b4830e6); (b) 2,500 (--idle-plain) without deflate. The last run then makes
+   --fill-buffers sockets send 260 pings each (8/s, under the rate limit): before 9f1348a
+   that filled each session's resume buffer (256 messages, pongs included); now pongs are
+   not kept, and what it shows is the RSS high-water mark of such a burst. The servers' garbage-collector pauses are logged by
    bench/sigprobe (sitecustomize on the servers' PYTHONPATH; the server code is untouched).
    --tracemalloc (diagnostic) runs the node under tracemalloc and prints which source
    lines hold the memory per connection.
@@ -1243,7 +1243,7 @@ async def _fill_buffers(plan: Plan, node: Node, workers: list[LoadWorker], conne
     per = n // len(workers)
     pings, rate = 260, 8.0
     print(f"  filling resume buffers: {per * len(workers)} sockets send {pings} pings each at {rate:.0f}/s "
-          f"(the buffer keeps the last 256 sequenced messages, pongs included) ...", flush=True)
+          f"(pongs are not kept for resume since 9f1348a: what grows here is not session state) ...", flush=True)
     before = proc_status_kib(node.pid)
     replies = await all_workers(workers, [{"cmd": "ping_burst", "tag": "idle", "count": per, "pings": pings, "rate": rate, "timeout_s": 120}] * len(workers), 180)
     await asyncio.sleep(3.0)
