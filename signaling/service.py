@@ -435,7 +435,13 @@ class SignalingService:
         session.presence_touched = time.monotonic()
         session.room = room
         session.joined_at = state.joined_at
-        await self._subscribe_room(room)
+        try:
+            await self._subscribe_room(room)
+        except BaseException:
+            # The client hears `unavailable` and may join again: leave nothing behind (a
+            # seat in the store that nobody was told of, a session collecting events).
+            await self._undo_join(session, room)
+            raise
         if result.admitted:
             # A fresh subscription may have missed events since the snapshot: read again.
             await self._enter(session, ref, result if subscribed else None)
@@ -444,6 +450,18 @@ class SignalingService:
             # Knocking is automatic: waiting in the lobby is the knock.
             session.send({"type": "lobby", "ref": ref, "room": room})
             await self._broadcast(room, {"type": "knock", "participant": _participant(result.state), "_to": "moderators"})
+
+    async def _undo_join(self, session: Session, room: str) -> None:
+        session.early = None
+        session.room = None
+        self._free_seat(session, room)
+        try:
+            await self.store.remove_participant(room, session.participant_id)
+            await self.store.clear_presence(session.participant_id)
+        except StoreUnavailable:
+            # Presence expires; a seat left behind is the reaper's or the next join's.
+            pass
+        await self._release_if_empty(room)
 
     def _free_seat(self, session: Session, room: str) -> None:
         seats = self.rooms.get(room)

@@ -623,3 +623,38 @@ async def test_new_sessions_shed_while_the_event_loop_runs_behind(server: Runnin
     assert server.app[SIGNALING_KEY].loop_lag < 0.3
     await hello(c, server.token(participant_id="p-new"))
     assert welcome["session_id"] in server.app[SIGNALING_KEY].sessions
+
+
+async def test_join_that_fails_after_the_store_step_leaves_nothing_behind(server: RunningServer, connect: Any) -> None:
+    """A join answered `unavailable` must not keep a seat nobody was told of (a retry would
+    then replace it: `participant_left` and a second `participant_joined` for the others)."""
+    signaling = server.app[SIGNALING_KEY]
+    store = server.app[STORE_KEY]
+    watcher = await connect()
+    await join(watcher, server.token(participant_id="p-w", name="W"))
+    original = signaling._subscribe_room
+    calls = 0
+
+    async def failing_once(room: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreUnavailable("subscribe timed out")
+        await original(room)
+
+    signaling._subscribe_room = failing_once  # type: ignore[method-assign]
+    c = await connect()
+    welcome = await hello(c, server.token(participant_id="p-a", name="A"))
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect_error("unavailable")
+    assert [p.participant_id for p in await store.list_participants("room-1")] == ["p-w"]
+    assert not await store.is_present("p-a")
+    session = signaling.sessions[welcome["session_id"]]
+    assert session.early is None and not session.joined
+    # The same session joins again, and the others hear of it once.
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect("joined")
+    await watcher.send({"type": "ping", "id": "settle"})
+    await watcher.expect("pong")
+    announced = [m for m in watcher.received if m["type"] in ("participant_joined", "participant_left")]
+    assert [(m["type"], m.get("participant", {}).get("participant_id")) for m in announced] == [("participant_joined", "p-a")]
