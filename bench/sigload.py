@@ -20,6 +20,8 @@ Commands (one JSON object per line on stdin; one reply line on stdout per comman
     {"cmd": "join", "tag": T, "clients": [[url, room, participant_id], ...],
      "concurrency": C, "timeout_s": S, "ping": true, "compress": true, "retries": 0}
         Joins every client, at most C at a time, in the order given; keeps them connected.
+        With "arrivals": [offset_s, ...] and "start_at" (CLOCK_MONOTONIC s) instead, client k
+        starts at start_at + arrivals[k] however many are in flight (an open loop).
         A client refused with `unavailable` starts over up to `retries` times (a retry's
         samples time the successful attempt only).
         Reply: {"ok", "failed", "errors": {code: n}, "retried": {code: n}, "samples": [[index, t_start,
@@ -270,38 +272,61 @@ class Worker:
         for i in range(len(clients)):
             queue.put_nowait(i)
 
+        async def one(i: int) -> None:
+            url, room, _ = clients[i]
+            try:
+                for attempt in range(retries + 1):
+                    try:
+                        sock, times = await self._join_one(url, tokens[i], room, deadline, ping, compress)
+                        break
+                    except JoinError as exc:
+                        # `unavailable` is retryable (docs/protocol.md); a kiosk tries again.
+                        if exc.code != "unavailable" or attempt == retries:
+                            raise
+                        retried[exc.code] += 1
+                        await asyncio.sleep(0.2 * (attempt + 1))
+            except JoinError as exc:
+                errors[exc.code] += 1
+                return
+            except (asyncio.TimeoutError, TimeoutError):
+                errors["timeout"] += 1
+                return
+            except (aiohttp.ClientError, OSError) as exc:
+                errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+                return
+            held.append(sock)
+            samples.append([i, *times])
+
         async def runner() -> None:
+            # Closed loop: each runner starts the next join when its last one is done.
             while time.monotonic() < deadline:
                 try:
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                url, room, _ = clients[i]
-                try:
-                    for attempt in range(retries + 1):
-                        try:
-                            sock, times = await self._join_one(url, tokens[i], room, deadline, ping, compress)
-                            break
-                        except JoinError as exc:
-                            # `unavailable` is retryable (docs/protocol.md); a kiosk tries again.
-                            if exc.code != "unavailable" or attempt == retries:
-                                raise
-                            retried[exc.code] += 1
-                            await asyncio.sleep(0.2 * (attempt + 1))
-                except JoinError as exc:
-                    errors[exc.code] += 1
-                    continue
-                except (asyncio.TimeoutError, TimeoutError):
-                    errors["timeout"] += 1
-                    continue
-                except (aiohttp.ClientError, OSError) as exc:
-                    errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
-                    continue
-                held.append(sock)
-                samples.append([i, *times])
+                await one(i)
+
+        arrivals = cmd.get("arrivals")
+
+        async def arrive(i: int) -> None:
+            # Open loop: client i starts at its own time whatever the others are doing.
+            delay = start_at + float(arrivals[i]) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.monotonic() >= deadline:
+                errors["not_started_before_deadline"] += 1
+                return
+            await one(i)
 
         self.lag.take_p99()
-        await asyncio.gather(*(runner() for _ in range(max(1, int(cmd["concurrency"])))))
+        if arrivals is not None:
+            # CLOCK_MONOTONIC is shared by every process: all workers follow one schedule.
+            start_at = float(cmd.get("start_at", started))
+            while not queue.empty():
+                queue.get_nowait()
+            await asyncio.gather(*(arrive(i) for i in range(len(clients))))
+        else:
+            await asyncio.gather(*(runner() for _ in range(max(1, int(cmd["concurrency"])))))
         not_started = queue.qsize()
         if not_started:
             errors["not_started_before_deadline"] += not_started

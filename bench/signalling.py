@@ -55,11 +55,11 @@ WebSocket clients, no media, see there). This process only orchestrates and read
    the server; if the target is not reached the largest count measured is reported with
    what stopped it. A join refused with `unavailable` is retried (at most 3 times, as a
    kiosk would) and counted. The full run measures twice: (a) 10,000 kiosks that offer
-   permessage-deflate, as aiohttp (kiosk_client) and browsers do, and the server accepts;
-   (b) 2,500 (--idle-plain) without deflate, i.e. what the server would hold with
-   compression off. Run (b) then makes --fill-buffers sockets send 260 pings each (8/s,
-   under the rate limit) to measure the growth until each session's resume buffer (256
-   messages, pongs included) is full. The servers' garbage-collector pauses are logged by
+   permessage-deflate, as aiohttp (kiosk_client) and browsers do (the server declines it
+   since b4830e6); (b) 2,500 (--idle-plain) without deflate. The last run then makes
+   --fill-buffers sockets send 260 pings each (8/s, under the rate limit): before 9f1348a
+   that filled each session's resume buffer (256 messages, pongs included); now pongs are
+   not kept, and what it shows is the RSS high-water mark of such a burst. The servers' garbage-collector pauses are logged by
    bench/sigprobe (sitecustomize on the servers' PYTHONPATH; the server code is untouched).
    --tracemalloc (diagnostic) runs the node under tracemalloc and prints which source
    lines hold the memory per connection.
@@ -79,6 +79,7 @@ import json
 import logging
 import os
 import platform
+import random
 import re
 import resource
 import secrets
@@ -839,6 +840,77 @@ async def phase_sweep(args: argparse.Namespace, plan: Plan, ctx: "Ctx") -> list[
     return out
 
 
+def poisson_offsets(n: int, rate: float, seed: int) -> list[float]:
+    """Arrival times (s from the start) of n joins arriving at `rate` per second, Poisson."""
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
+
+
+async def phase_open(args: argparse.Namespace, plan: Plan, ctx: "Ctx") -> list[dict[str, Any]]:
+    """Open loop: joins arrive at a fixed rate whatever the server does (Poisson arrivals),
+    the way kiosks auto-joining an activity arrive. Latency at a given offered rate is the
+    figure for the target; phase 1's closed loop measures saturation instead."""
+    rates = [float(x) for x in args.open_rates.split(",") if x.strip()]
+    if not rates:
+        return []
+    print(f"\n== 1c. open loop: joins arrive at a fixed rate (Poisson), {plan.participants} participants over "
+          f"{plan.rooms} rooms per rate (fewer when the rate x {args.open_max_s:g} s is smaller), 2 nodes, fresh rooms, "
+          f"{plan.workers} load processes ==", flush=True)
+    print(f"  {'rate/s':>7} {'joins':>6} {'achieved/s':>10} {'join p50':>9} {'p90':>7} {'p99':>7} {'max':>7} "
+          f"{'local p99':>9} {'relayed p99':>11} {'conn->joined p99':>16} {'cpu n1+n2':>9} {'other':>6}")
+    out = []
+    names = [nd.name for nd in ctx.nodes]
+    for k, rate in enumerate(rates):
+        n = max(10, min(plan.participants, int(rate * args.open_max_s)))
+        rooms = max(1, min(plan.rooms, n // 10))
+        room_names = [f"bench-o{k}-{r:04d}" for r in range(rooms)]
+        clients = spread_clients(1_000_000 * (k + 1), n, room_names, ctx.nodes, mixed_node, f"o{k}")
+        offsets = poisson_offsets(n, rate, seed=k + 1)
+        per_worker: list[list[int]] = [[] for _ in ctx.workers]
+        for j in range(n):
+            per_worker[j % len(ctx.workers)].append(j)
+        start_at = time.monotonic() + 0.5
+        timeout_s = offsets[-1] + 30.0
+        cmds = [{
+            "cmd": "join", "tag": f"o{k}", "clients": [[clients[j][1], clients[j][2], clients[j][3]] for j in chunk],
+            "arrivals": [offsets[j] for j in chunk], "start_at": start_at, "concurrency": 1,
+            "timeout_s": timeout_s + 0.5, "compress": not args.no_compress,
+        } for chunk in per_worker]
+        cpu = CpuWindow({"nodes": [nd.pid for nd in ctx.nodes]})
+        replies = await all_workers(ctx.workers, cmds, timeout=timeout_s + 30)
+        c = cpu.result()
+        run = JoinRun()
+        node_urls = [nd.ws_url for nd in ctx.nodes]
+        for chunk, reply in zip(per_worker, replies):
+            for local_index, *times in reply["samples"]:
+                i, url, room, _ = clients[chunk[int(local_index)]]
+                run.samples[i] = (node_urls.index(url), room, *times)  # type: ignore[assignment]
+            run.errors.update(reply["errors"])
+            run.lag_p99_ms.append(reply["lag_p99_ms"])
+        summary = summarize_joins(run, await room_owners(ctx.redis, ctx.prefix), names)
+        rows = summary["rows"]
+        span = offsets[-1]
+        achieved = round(n / span, 1) if span > 0 else None
+        print(f"  {rate:>7.0f} {summary['ok']:>6} {achieved or 0:>10.1f} {rows['join']['p50'] or 0:>9.1f} "
+              f"{rows['join']['p90'] or 0:>7.1f} {rows['join']['p99'] or 0:>7.1f} {rows['join']['max'] or 0:>7.1f} "
+              f"{rows['join local']['p99'] or 0:>9.1f} {rows['join relayed']['p99'] or 0:>11.1f} "
+              f"{rows['connect->joined']['p99'] or 0:>16.1f} {c['nodes']:>8.0f}% {c['other']:>5.0f}%"
+              + (f"  failed {summary['errors']}" if summary["failed"] else ""), flush=True)
+        out.append({"rate": rate, "joins": summary["ok"], "failed": summary["failed"], "offered_per_s": achieved,
+                    "join_p50_ms": rows["join"]["p50"], "join_p90_ms": rows["join"]["p90"], "join_p99_ms": rows["join"]["p99"],
+                    "join_p99_local_ms": rows["join local"]["p99"], "join_p99_relayed_ms": rows["join relayed"]["p99"],
+                    "connect_to_joined_p99_ms": rows["connect->joined"]["p99"], "node_cpu_pct": c["nodes"], "other_cpu_pct": c["other"]})
+        await all_workers(ctx.workers, [{"cmd": "close", "tag": f"o{k}", "leave": True, "concurrency": 20, "timeout_s": 30}] * len(ctx.workers), 60)
+    ok = [x["rate"] for x in out if x["join_p99_ms"] is not None and x["join_p99_ms"] <= TARGET_JOIN_P99_MS and not x["failed"]]
+    print(f"  highest offered rate with join p99 <= {TARGET_JOIN_P99_MS:.0f} ms: {max(ok) if ok else 'none'} joins/s "
+          f"(a realistic surge: 1,000 kiosks auto-joining one 10:00 activity within a minute = 17 joins/s)")
+    return out
+
+
 async def phase_profile(args: argparse.Namespace, plan: Plan, ctx: "Ctx") -> list[str]:
     if args.profile_seconds <= 0:
         return []
@@ -1171,7 +1243,7 @@ async def _fill_buffers(plan: Plan, node: Node, workers: list[LoadWorker], conne
     per = n // len(workers)
     pings, rate = 260, 8.0
     print(f"  filling resume buffers: {per * len(workers)} sockets send {pings} pings each at {rate:.0f}/s "
-          f"(the buffer keeps the last 256 sequenced messages, pongs included) ...", flush=True)
+          f"(pongs are not kept for resume since 9f1348a: what grows here is not session state) ...", flush=True)
     before = proc_status_kib(node.pid)
     replies = await all_workers(workers, [{"cmd": "ping_burst", "tag": "idle", "count": per, "pings": pings, "rate": rate, "timeout_s": 120}] * len(workers), 180)
     await asyncio.sleep(3.0)
@@ -1258,6 +1330,11 @@ async def bench(args: argparse.Namespace) -> int:
     phases = set(args.phases.split(","))
     if args.bg_seconds is None:
         args.bg_seconds = 1.0 if args.quick else 1.5
+    if args.open_max_s is None:
+        args.open_max_s = 1.5 if args.quick else 40.0
+    if args.open_rates is None:
+        # Quick: the rates around the knee only, to stay near a minute.
+        args.open_rates = "50,100,200" if args.quick else "25,50,100,200,400"
     started = time.monotonic()
     command = "python -m bench.signalling" + ("" if len(sys.argv) <= 1 else " " + shlex.join(sys.argv[1:]))
     nofile = raise_nofile()
@@ -1293,6 +1370,13 @@ async def bench(args: argparse.Namespace) -> int:
                         if sweep:
                             result["join_p99_ms_by_concurrency"] = {str(x["concurrency"]): x["join_p99_ms"] for x in sweep}
                             result["join_p50_ms_by_concurrency"] = {str(x["concurrency"]): x["join_p50_ms"] for x in sweep}
+                        open_loop = await asyncio.wait_for(phase_open(args, plan, ctx), 6 * (args.open_max_s + 60))
+                        if open_loop:
+                            result["open_loop"] = {str(int(x["rate"])): {k: x[k] for k in ("joins", "failed", "join_p50_ms", "join_p99_ms")}
+                                                   for x in open_loop}
+                            ok = [x["rate"] for x in open_loop if x["join_p99_ms"] is not None
+                                  and x["join_p99_ms"] <= TARGET_JOIN_P99_MS and not x["failed"]]
+                            result["open_loop_max_rate_p99_within_target"] = max(ok) if ok else None
                         await asyncio.wait_for(phase_profile(args, plan, ctx), args.phase_timeout + args.profile_seconds + 90)
                     for nd in ctx.nodes:
                         findings = nd.log_findings()
@@ -1369,7 +1453,12 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"  {kib} KiB per idle connection at {idle['connections']} connections "
               f"({'deflate offered' if idle['compress'] else 'no deflate'}): target <= {TARGET_KIB_PER_IDLE:.0f} KiB "
               f"{'MET' if met else 'NOT MET'}")
+    if "open_loop" in result:
+        print(f"  open loop (Poisson arrivals), join p99 by offered rate: "
+              + ", ".join(f"{r}/s {v['join_p99_ms']} ms" for r, v in result["open_loop"].items())
+              + f"; highest rate within {TARGET_JOIN_P99_MS:.0f} ms: {result['open_loop_max_rate_p99_within_target']}")
     print(f"\ntotal {time.monotonic() - started:.0f} s; command: {command}")
+    result["command"] = command
     print(json.dumps(result))
     return 0
 
@@ -1391,6 +1480,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="idle kiosk i joins room i mod rooms (interleaved: no two joins into one room at once) "
                              "or room i div per-room (room-major: a room's kiosks join together, as at an activity's start)")
     parser.add_argument("--sweep", help="comma-separated lower concurrencies to run after phase 1 (full: 1,5,10,25; quick: none)")
+    parser.add_argument("--open-rates",
+                        help="open-loop phase: offered join rates per second, Poisson arrivals (full 25,50,100,200,400; "
+                             "quick 50,100,200; '' = skip)")
+    parser.add_argument("--open-max-s", type=float, default=None,
+                        help="open-loop phase: at most rate x this many joins per rate (full 40 s: 1,000 joins from 25/s up; quick 1.5 s)")
     parser.add_argument("--no-compress", action="store_true", help="clients never offer permessage-deflate (all phases)")
     parser.add_argument("--idle-plain", type=int, help="idle kiosks of the second idle run, without deflate (full: 2500; 0 = skip)")
     parser.add_argument("--profile-seconds", type=float, default=0.0, help="py-spy both nodes during a repeat of phase 1")

@@ -27,6 +27,10 @@ class Settings:
 
     # Several nodes: state in Redis when set (redis://, rediss://, unix://).
     redis_url: str = ""
+    # Redis connections per node (commands wait for a free one rather than failing), and
+    # how long a command waits for one before the caller gets "unavailable".
+    redis_max_connections: int = 100
+    redis_pool_timeout_s: float = 2.0
     # Every key and channel starts with this, so several deployments can share a Redis.
     redis_prefix: str = "vz:"
     # This node's name in the cluster; a random one when empty.
@@ -34,6 +38,9 @@ class Settings:
     node_heartbeat_s: float = 1.0
     # A node silent this long is dead: its rooms move and its participants are removed.
     node_timeout_s: float = 5.0
+    # Room placement: nodes whose load (sessions + forwarded streams) differs by less than
+    # this count as equally loaded, and a hash of the room picks among them.
+    placement_load_bucket: int = 50
     # On SIGTERM, how long to wait for clients to move elsewhere before exiting.
     drain_timeout_s: float = 30.0
 
@@ -52,7 +59,22 @@ class Settings:
     ping_timeout_s: float = 30.0
     hello_timeout_s: float = 10.0
     resume_grace_s: float = 20.0
+    # New sessions are refused (`unavailable`, the client retries) while the event loop
+    # runs this many seconds behind; well under node_timeout_s, so an overloaded node
+    # sheds load instead of missing its heartbeat and being reaped. 0 disables.
+    overload_lag_s: float = 2.0
+    # Presence keys (participants, kiosks) are rewritten on a ping only when this
+    # fraction of their TTL has passed since the last write, not on every ping.
+    presence_refresh_fraction: float = 1 / 3
     resume_buffer_messages: int = 256
+    # The same buffer is also capped by size (JSON characters): a few large offers or
+    # snapshots must not pin much memory per connection.
+    resume_buffer_bytes: int = 64 * 1024
+
+    # A room's activity record (guests allowed, large-room video rules) is cached this
+    # long per node: every join needs it. Staff edits reach joins within this time.
+    activity_cache_s: float = 5.0
+    activity_cache_entries: int = 10_000
 
     # Room limits.
     max_participants_per_room: int = 30
@@ -82,6 +104,12 @@ class Settings:
     # Last-N audio: forward only the N loudest voices (plus the host) to everyone.
     last_n_audio: int = 3
     speaker_interval_s: float = 0.3
+
+    # `verzilvering serve` only: garbage collector tuning (see server/cli.py _tune_gc).
+    gc_freeze_after_start: bool = True
+    # Allocations between first-generation collections (Python's default is 700); 0 keeps
+    # the interpreter's setting.
+    gc_gen0_threshold: int = 10_000
 
     # Web pages (web/): staff sessions, login throttling, invites and photos.
     # A staff session cookie is valid this long after login.

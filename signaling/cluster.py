@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from server.config import Settings
@@ -45,21 +47,37 @@ class Cluster:
         self.relayed: dict[str, Connection] = {}
         # Owner side: clients whose WebSocket lives on another node.
         self.remote: dict[tuple[str, str], RelayedConnection] = {}
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Relayed frames wait here per (origin node, connection): one client's frames are
+        # handled in the order sent, while different clients' frames run concurrently
+        # (a relayed join waits on ~10 store round trips; one global queue made every
+        # relayed client wait for all the others).
+        self._lanes: dict[tuple[str, str], deque[dict[str, Any]]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        # Owner side: per edge node, `_out`/`_close` messages waiting for one publish, and
+        # the edges that said they take such batches.
+        self._outbox: dict[str, list[dict[str, Any]]] = {}
+        self._batching: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
+        # Live nodes as the maintenance loop last read them (every heartbeat): a hello into
+        # a placed room checks its owner against this instead of reading the nodes again.
+        self._live: dict[str, dict[str, Any]] | None = None
 
     async def start(self) -> None:
         if not self.multi_node:
             return
         await self._heartbeat()
-        self._subscription = await self.store.subscribe(node_channel(self.node_id), self._inbox.put_nowait)
-        self._tasks = [asyncio.ensure_future(self._process()), asyncio.ensure_future(self._maintain())]
+        self._live = await self.store.live_nodes()
+        self._subscription = await self.store.subscribe(node_channel(self.node_id), self._enqueue)
+        self._tasks = [asyncio.ensure_future(self._maintain())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._lane_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._lanes.clear()
+        self._outbox.clear()
         if self._subscription is not None:
             try:
                 await self._subscription.close()
@@ -74,7 +92,9 @@ class Cluster:
     def _info(self) -> dict[str, Any]:
         stats = self.service.sfu.stats()
         return {
-            "load": stats["consumers"] + stats["producers"],
+            # Sessions count too: without media every node had load 0 and every room
+            # went to the same node, so a second node added no signalling capacity.
+            "load": len(self.service.sessions) + stats["consumers"] + stats["producers"],
             "rooms": stats["routers"],
             "draining": self.draining,
         }
@@ -88,16 +108,32 @@ class Cluster:
         """The node hosting the room's media, placing the room when nobody live has it."""
         if not self.multi_node:
             return self.node_id
-        live = await self.store.live_nodes()
         owner = await self.store.room_owner(room)
+        if owner is not None and self._live is not None and owner in self._live:
+            # The common case: the maintenance loop's view (at most a heartbeat old) says
+            # the owner lives; no two more round trips per hello.
+            return owner
+        # Placing (or re-placing) a room: the current view, so a node that just started
+        # takes rooms at once.
+        live = await self.store.live_nodes()
         if owner is not None and owner in live:
             return owner
         candidates = {n: info for n, info in live.items() if not info.get("draining")}
         if not self.draining:
-            candidates.setdefault(self.node_id, self._info())
+            # Our own figure is current; the others' are up to a heartbeat old.
+            candidates[self.node_id] = self._info()
         if not candidates:
             raise StoreUnavailable("no live node can take the room")
-        pick = min(candidates, key=lambda n: (candidates[n].get("load", 0), n))
+        bucket = max(1, self.settings.placement_load_bucket)
+
+        def rank(node: str) -> tuple[int, int]:
+            # Loads within one bucket count as equal: rooms placed in a burst (between
+            # heartbeats, with stale loads) then spread by a per-room hash (rendezvous
+            # hashing) instead of all landing on the node that looked least loaded.
+            load = int(candidates[node].get("load", 0))
+            return load // bucket, zlib.crc32(f"{room}\0{node}".encode())
+
+        pick = min(candidates, key=rank)
         return await self.store.place_room(room, pick, sorted(set(live) | {pick}))
 
     async def room_empty(self, room: str) -> None:
@@ -114,8 +150,11 @@ class Cluster:
 
     async def forward(self, conn: Connection, text: str) -> None:
         assert conn.relay_to is not None
+        # "batch": this edge understands `_batch` replies (older nodes, during a rolling
+        # upgrade, get one message per publish).
         await self.store.publish(
-            node_channel(conn.relay_to), {"type": "_in", "conn": conn.id, "origin": self.node_id, "text": text}
+            node_channel(conn.relay_to),
+            {"type": "_in", "conn": conn.id, "origin": self.node_id, "text": text, "batch": True},
         )
 
     async def relay_closed(self, conn: Connection) -> None:
@@ -128,14 +167,79 @@ class Cluster:
             except StoreUnavailable:
                 pass
 
-    async def _process(self) -> None:
-        # One task handles the inbox so a client's frames are handled in the order sent.
-        while True:
-            message = await self._inbox.get()
-            try:
-                await self._handle(message)
-            except Exception:
-                logger.exception("relay message %s failed", message.get("type"))
+    async def _to_edge(self, origin: str, message: dict[str, Any]) -> None:
+        """Owner: queues an `_out`/`_close` for an edge. What is queued for one edge within
+        one turn of the event loop leaves in one publish (a join's replies, and a room
+        event for every member relayed from that edge), in order."""
+        if origin not in self._batching:
+            await self.store.publish(node_channel(origin), message)
+            return
+        outbox = self._outbox.get(origin)
+        if outbox is not None:
+            outbox.append(message)
+            return
+        self._outbox[origin] = [message]
+        task = asyncio.ensure_future(self._flush(origin))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _flush(self, origin: str) -> None:
+        try:
+            await asyncio.sleep(0)
+            while self._outbox.get(origin):
+                messages = self._outbox[origin]
+                self._outbox[origin] = []
+                payload = messages[0] if len(messages) == 1 else {"type": "_batch", "messages": messages}
+                try:
+                    await self.store.publish(node_channel(origin), payload)
+                except StoreUnavailable:
+                    # As a relayed connection's writer always did: the session's resume
+                    # buffer keeps what was lost.
+                    pass
+        finally:
+            self._outbox.pop(origin, None)
+
+    def _enqueue(self, message: dict[str, Any]) -> None:
+        """Store fan-out handler for this node's channel (called in arrival order)."""
+        kind = message.get("type")
+        if kind == "_batch":
+            for item in message.get("messages", ()):
+                self._enqueue(item)
+            return
+        if kind == "_in" and message.get("batch"):
+            self._batching.add(str(message.get("origin", "")))
+        if kind == "_out":
+            # Edge side, synchronous: the connection's writer queue keeps the order.
+            edge = self.relayed.get(message.get("conn", ""))
+            if edge is not None:
+                edge.send_text(message["text"])
+            return
+        # `_in`/`_gone` come from an edge (origin), `_close` from an owner; either way
+        # the lane is one client's connection on one peer node.
+        key = (str(message.get("origin", "")), str(message.get("conn", "")))
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(message)
+            return
+        self._lanes[key] = deque([message])
+        task = asyncio.ensure_future(self._drain_lane(key))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _drain_lane(self, key: tuple[str, str]) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane:
+                message = lane[0]
+                try:
+                    await self._handle(message)
+                except Exception:
+                    logger.exception("relay message %s failed", message.get("type"))
+                lane.popleft()
+        finally:
+            # A lane exists only while it has a task draining it.
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -147,7 +251,7 @@ class Cluster:
                 conn = self.remote[key] = RelayedConnection(
                     message["conn"],
                     origin,
-                    lambda m, origin=origin: self.store.publish(node_channel(origin), m),
+                    lambda m, origin=origin: self._to_edge(origin, m),
                     RateLimiter(self.settings.messages_per_second * 2, self.settings.message_burst * 2),
                 )
             await self.service.receive(conn, message["text"])
@@ -157,10 +261,6 @@ class Cluster:
                 conn.mark_gone()
                 conn.abandon()
                 await self.service.connection_lost(conn)
-        elif kind == "_out":
-            edge = self.relayed.get(message["conn"])
-            if edge is not None:
-                edge.send_text(message["text"])
         elif kind == "_close":
             edge = self.relayed.pop(message["conn"], None)
             if edge is not None:
@@ -178,7 +278,7 @@ class Cluster:
                     self.store_down = False
                     logger.warning("store reachable again; re-publishing this node's live state")
                     await self.resync()
-                live = await self.store.live_nodes()
+                live = self._live = await self.store.live_nodes()
                 await self._drop_links_to_dead_nodes(live)
                 for dead in await self.store.dead_nodes():
                     await self._reap(dead)

@@ -69,6 +69,8 @@ MAX_MISSED_CALLS = 10
 class DeviceLink:
     kiosk: Kiosk
     subscription: Subscription | None = None
+    # When the kiosk's presence key was last written (monotonic).
+    presence_touched: float = 0.0
 
 
 @dataclass
@@ -77,6 +79,7 @@ class ContactLink:
 
     contact: Contact
     subscription: Subscription | None = None
+    presence_touched: float = 0.0
 
 
 @dataclass
@@ -120,6 +123,7 @@ class DeviceHub:
             device_channel(kiosk.id), lambda event: self._to_device(conn, event)
         )
         await self.store.touch_presence(kiosk_presence(kiosk.id), self._presence_ttl)
+        link.presence_touched = time.monotonic()
         kiosk.last_seen = time.time()
         await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
         conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
@@ -195,8 +199,13 @@ class DeviceHub:
         ref = message.get("id")
         kiosk_id = link.kiosk.id
         if kind == "ping":
-            await self.store.touch_presence(kiosk_presence(kiosk_id), self._presence_ttl)
             conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+            # Rewritten at most every fraction of its TTL, not on every ping: a store
+            # write per ping was most of an idle kiosk's cost.
+            now = time.monotonic()
+            if now - link.presence_touched >= self._presence_ttl * self.settings.presence_refresh_fraction:
+                await self.store.touch_presence(kiosk_presence(kiosk_id), self._presence_ttl)
+                link.presence_touched = now
         elif kind == "call_contact":
             contact = await self.directory.get(Contact, message["contact_id"])
             if contact is None or contact.senior_id != link.kiosk.senior_id:
@@ -271,6 +280,7 @@ class DeviceHub:
             contact_channel(contact.id), lambda event: self._to_listener(conn, event)
         )
         await self.store.touch_presence(contact_presence(contact.id), self._presence_ttl)
+        link.presence_touched = time.monotonic()
         if self._keepalive is None or self._keepalive.done():
             self._keepalive = asyncio.ensure_future(self._keep_listeners_alive())
         conn.send(
@@ -311,8 +321,11 @@ class DeviceHub:
         ref = message.get("id")
         contact_id = link.contact.id
         if kind == "ping":
-            await self.store.touch_presence(contact_presence(contact_id), self._presence_ttl)
             conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+            now = time.monotonic()
+            if now - link.presence_touched >= self._presence_ttl * self.settings.presence_refresh_fraction:
+                await self.store.touch_presence(contact_presence(contact_id), self._presence_ttl)
+                link.presence_touched = now
         elif kind == "call_answer":
             call = await self._outgoing_call(message["call_id"])
             if call is None or call.get("contact_id") != contact_id or call.get("state") != "ringing":

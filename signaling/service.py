@@ -20,7 +20,18 @@ from server.metrics import Metrics
 from server.turn import ice_servers_for
 from server.producer import Producer
 from server.router import Sfu
-from server.store import ParticipantState, RoomFull, Store, StoreUnavailable, Subscription, TrackState
+from server.store import (
+    ADMIT,
+    ADMIT_UNLESS_LOCKED,
+    LOBBY,
+    JoinResult,
+    ParticipantState,
+    RoomFull,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    TrackState,
+)
 from server.transport import NegotiationError
 
 from .devices import CALL_ROOM_PREFIX, DeviceHub
@@ -49,11 +60,26 @@ class SignalingService:
         self.metrics: Metrics | None = None
         sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
-        # (room, participant id) → the session holding that seat on this node.
-        self.members: dict[tuple[str, str], Session] = {}
+        # room → participant id → the session holding that seat on this node. Indexed by
+        # room so delivering a room event costs O(room), not O(sessions on the node).
+        self.rooms: dict[str, dict[str, Session]] = {}
         self._room_subscriptions: dict[str, Subscription] = {}
         self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        # Seconds the event loop ran behind at the last sweep (see _sweep).
+        self.loop_lag = 0.0
+        # room → (expires at, activity or None): see _activity.
+        self._activities: dict[str, tuple[float, Activity | None]] = {}
+
+    @property
+    def members(self) -> dict[tuple[str, str], Session]:
+        """(room, participant id) → session, for whole-node walks (resync)."""
+        return {(room, pid): session for room, seats in self.rooms.items() for pid, session in seats.items()}
+
+    def _member(self, room: str, participant_id: str) -> Session | None:
+        seats = self.rooms.get(room)
+        return seats.get(participant_id) if seats is not None else None
 
     # --- WebSocket endpoint ----------------------------------------------------------------
 
@@ -66,7 +92,8 @@ class SignalingService:
             ws, RateLimiter(self.settings.messages_per_second, self.settings.message_burst)
         )
         self._connections.add(conn)
-        watchdog = asyncio.ensure_future(self._watch(conn))
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
         try:
             async for msg in ws:
                 conn.last_seen = time.monotonic()
@@ -77,7 +104,6 @@ class SignalingService:
                 if ws.closed:
                     break
         finally:
-            watchdog.cancel()
             self._connections.discard(conn)
             conn.abandon()
             if conn.relay_to is not None:
@@ -88,17 +114,31 @@ class SignalingService:
                 await self.connection_lost(conn)
         return ws
 
-    async def _watch(self, conn: Connection) -> None:
+    async def _sweep(self) -> None:
+        """Closes connections that never said hello or stopped pinging.
+
+        One task for the whole node, not a watchdog task per connection: 10,000 idle
+        kiosks were 10,000 tasks waking every second (memory and CPU per connection).
+        """
         s = self.settings
-        while not conn.closed:
-            await asyncio.sleep(min(1.0, s.ping_interval_s / 2))
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, s.ping_interval_s / 2)
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            # How late this timer ran: the event loop's backlog, the node's overload signal.
+            self.loop_lag = max(0.0, loop.time() - due)
             now = time.monotonic()
-            if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
-                await conn.close(CloseCode.HELLO_TIMEOUT, "no hello")
-                return
-            if now - conn.last_seen > s.ping_timeout_s:
-                await conn.close(CloseCode.PING_TIMEOUT, "ping timeout")
-                return
+            for conn in list(self._connections):
+                if conn.closing or conn.closed:
+                    continue
+                if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
+                    conn.closing = True
+                    # Its own task: a close flushes the writer and may wait; the sweep must not.
+                    asyncio.ensure_future(conn.close(CloseCode.HELLO_TIMEOUT, "no hello"))
+                elif now - conn.last_seen > s.ping_timeout_s:
+                    conn.closing = True
+                    asyncio.ensure_future(conn.close(CloseCode.PING_TIMEOUT, "ping timeout"))
 
     async def receive(self, conn: Connection, text: str) -> None:
         if not conn.limiter.allow():
@@ -142,9 +182,11 @@ class SignalingService:
         if session is None:
             raise ProtocolError("not_authenticated", "Send 'hello' with a token first.", ref)
         if kind == "ping":
-            session.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
+            # Not sequenced and not kept for resume: a replayed pong means nothing, and
+            # kept pongs filled an idle kiosk's resume buffer (+60 KiB per connection).
+            conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
             if session.joined:
-                await self.store.touch_presence(session.participant_id, self.presence_ttl)
+                await self._refresh_presence(session)
             return
         if kind == "join":
             await self._join(session, message["room"], ref)
@@ -197,6 +239,14 @@ class SignalingService:
     def presence_ttl(self) -> float:
         return self.settings.ping_timeout_s + self.settings.resume_grace_s
 
+    async def _refresh_presence(self, session: Session, *, force: bool = False) -> None:
+        # A store write on every ping was the largest cost of an idle connection; the key
+        # only needs rewriting well before it expires.
+        now = time.monotonic()
+        if force or now - session.presence_touched >= self.presence_ttl * self.settings.presence_refresh_fraction:
+            await self.store.touch_presence(session.participant_id, self.presence_ttl)
+            session.presence_touched = now
+
     # --- hello / resume ------------------------------------------------------------------
 
     async def _hello(self, conn: Connection, message: dict[str, Any], ref: str | None) -> None:
@@ -214,6 +264,15 @@ class SignalingService:
             else:
                 await self.devices.hello(conn, message["device"], ref)
             return
+        if (
+            message.get("resume") is None
+            and self.settings.overload_lag_s > 0
+            and self.loop_lag > self.settings.overload_lag_s
+        ):
+            # Shed new sessions while the loop runs behind: taking more only grows the
+            # backlog until the heartbeat misses and the other nodes reap this one.
+            # Sessions in progress and resumes go on; the client retries `unavailable`.
+            raise ProtocolError("unavailable", "The service is busy; try again in a moment.", ref)
         try:
             grant = self.issuer.verify(message["token"])
         except TokenError as exc:
@@ -228,7 +287,7 @@ class SignalingService:
         if resume is not None:
             await self._resume(conn, grant.participant_id, resume, ref)
             return
-        session = Session(grant, self.settings.resume_buffer_messages)
+        session = Session(grant, self.settings.resume_buffer_messages, self.settings.resume_buffer_bytes)
         self.sessions[session.id] = session
         conn.session = session
         session.connection = conn
@@ -303,7 +362,7 @@ class SignalingService:
             session.send({"type": "offer", **offer})
         if session.joined:
             assert session.room is not None
-            await self.store.touch_presence(session.participant_id, self.presence_ttl)
+            await self._refresh_presence(session, force=True)
             updated = await self.store.update_participant(
                 session.room, session.participant_id, connected=True
             )
@@ -347,9 +406,8 @@ class SignalingService:
         if room != session.grant.room:
             raise ProtocolError("token_wrong_room", "The token is for another room.", ref)
         grant = session.grant
-        admitted = await self._admitted_on_arrival(session, room, ref)
-        key = (room, grant.participant_id)
-        stale = self.members.get(key)
+        admission = await self._admission(session, room, ref)
+        stale = self._member(room, grant.participant_id)
         if stale is not None and stale is not session:
             # The same person joined again (new device or lost session): the newest wins.
             await self._end(stale, "replaced", close_code=CloseCode.REPLACED)
@@ -360,51 +418,124 @@ class SignalingService:
             role=grant.role,
             node_id=self.store.node_id,
             joined_at=time.time(),
-            admitted=admitted,
         )
+        # Seated before the store step: this holds the room's subscription on this node,
+        # and room events from now on reach `early` (the snapshot below may predate them).
+        self.rooms.setdefault(room, {})[grant.participant_id] = session
+        subscribed = room in self._room_subscriptions
+        session.early = []
         try:
-            await self.store.add_participant(state, self.settings.max_participants_per_room)
-        except RoomFull:
-            raise ProtocolError("room_full", "This activity is full.", ref) from None
+            result = await self.store.join_room(
+                state, admission, self.settings.max_participants_per_room, self.presence_ttl
+            )
+        except BaseException as exc:
+            session.early = None
+            self._free_seat(session, room)
+            await self._release_if_empty(room)
+            if isinstance(exc, RoomFull):
+                raise ProtocolError("room_full", "This activity is full.", ref) from None
+            raise
+        session.presence_touched = time.monotonic()
         session.room = room
         session.joined_at = state.joined_at
-        self.members[key] = session
-        await self.store.touch_presence(grant.participant_id, self.presence_ttl)
-        await self._subscribe_room(room)
-        if admitted:
-            await self._enter(session, ref)
+        try:
+            await self._subscribe_room(room)
+        except BaseException:
+            # The client hears `unavailable` and may join again: leave nothing behind (a
+            # seat in the store that nobody was told of, a session collecting events).
+            await self._undo_join(session, room)
+            raise
+        if result.admitted:
+            # A fresh subscription may have missed events since the snapshot: read again.
+            await self._enter(session, ref, result if subscribed else None)
         else:
+            session.early = None
             # Knocking is automatic: waiting in the lobby is the knock.
             session.send({"type": "lobby", "ref": ref, "room": room})
-            await self._broadcast(room, {"type": "knock", "participant": _participant(state), "_to": "moderators"})
+            await self._broadcast(room, {"type": "knock", "participant": _participant(result.state), "_to": "moderators"})
 
-    async def _admitted_on_arrival(self, session: Session, room: str, ref: str | None) -> bool:
-        """Whether a joiner enters directly (True) or waits in the lobby (False)."""
+    async def _undo_join(self, session: Session, room: str) -> None:
+        session.early = None
+        session.room = None
+        self._free_seat(session, room)
+        try:
+            await self.store.remove_participant(room, session.participant_id)
+            await self.store.clear_presence(session.participant_id)
+        except StoreUnavailable:
+            # Presence expires; a seat left behind is the reaper's or the next join's.
+            pass
+        await self._release_if_empty(room)
+
+    def _free_seat(self, session: Session, room: str) -> None:
+        seats = self.rooms.get(room)
+        if seats is not None and seats.get(session.participant_id) is session:
+            del seats[session.participant_id]
+
+    async def _release_if_empty(self, room: str) -> None:
+        """The room's last seat on this node takes the room's subscription (and this
+        node's placement) with it."""
+        seats = self.rooms.get(room)
+        if seats is not None and not seats:
+            del self.rooms[room]
+        if room not in self.rooms:
+            subscription = self._room_subscriptions.pop(room, None)
+            try:
+                if subscription is not None:
+                    await subscription.close()
+                await self.cluster.room_empty(room)
+            except StoreUnavailable:
+                pass
+
+    async def _activity(self, room: str) -> Activity | None:
+        """The room's activity record, cached briefly: every join needs it."""
+        now = time.monotonic()
+        cached = self._activities.get(room)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        activity = await self.directory.get(Activity, room)
+        if len(self._activities) >= self.settings.activity_cache_entries:
+            self._activities.clear()
+        self._activities[room] = (now + self.settings.activity_cache_s, activity)
+        return activity
+
+    async def _admission(self, session: Session, room: str, ref: str | None) -> str:
+        """Whether a joiner enters directly or waits in the lobby (Store.join_room)."""
         grant = session.grant
         if grant.may("moderate"):
-            return True
+            return ADMIT
         if room.startswith(CALL_ROOM_PREFIX):
-            return True
-        activity = await self.directory.get(Activity, room)
-        if grant.role == "family" and activity is not None:
-            if not activity.guests_allowed:
-                raise ProtocolError("forbidden", "This activity does not take guests.", ref)
-            return False
-        state = await self.store.get_room_state(room)
-        return not state.get("locked", False)
+            return ADMIT
+        if grant.role == "family":
+            activity = await self._activity(room)
+            if activity is not None:
+                if not activity.guests_allowed:
+                    raise ProtocolError("forbidden", "This activity does not take guests.", ref)
+                return LOBBY
+        # Decided in the store, against the room's lock, in the same step as the join.
+        return ADMIT_UNLESS_LOCKED
 
-    async def _enter(self, session: Session, ref: str | None) -> None:
-        """Gives an admitted participant media and the room snapshot, and tells the others."""
+    async def _enter(self, session: Session, ref: str | None, snapshot: JoinResult | None = None) -> None:
+        """Gives an admitted participant media and the room snapshot, and tells the others.
+
+        `snapshot`: the room as the join read it; without one (admitted from the lobby,
+        or a new room subscription) the room is read here.
+        """
         assert session.room is not None
         room = session.room
         grant = session.grant
         session.admitted = True
-        room_state = await self._room_state(room)
+        if snapshot is not None:
+            room_state = {**ROOM_STATE_DEFAULTS, **snapshot.room_state}
+            everyone, tracks = snapshot.participants, snapshot.tracks
+        else:
+            room_state = await self._room_state(room)
         router = self.sfu.router(room)
         if not router.transports:
-            router.activity = await self.directory.get(Activity, room) is not None
+            router.activity = await self._activity(room) is not None
             router.tiles_to_everyone_up_to = self.settings.tiles_to_everyone_up_to
             router.spotlight = room_state.get("spotlight")
+        if session.ended or session.room is None:
+            return
         session.transport = router.create_transport(
             grant.participant_id,
             moderator=grant.may("moderate"),
@@ -414,8 +545,9 @@ class SignalingService:
                 self._end(session, "media_failed", close_code=CloseCode.MEDIA_FAILED)
             ),
         )
-        everyone = await self.store.list_participants(room)
-        tracks = await self.store.list_tracks(room)
+        if snapshot is None:
+            everyone = await self.store.list_participants(room)
+            tracks = await self.store.list_tracks(room)
         joined: dict[str, Any] = {
             "type": "joined",
             "ref": ref,
@@ -423,15 +555,18 @@ class SignalingService:
             "self_id": grant.participant_id,
             "participants": [_participant(p) for p in everyone if p.admitted],
             "tracks": [t.to_dict() for t in tracks],
-            "room_state": await self._room_state(room),
+            "room_state": room_state,
         }
         if grant.may("moderate"):
             joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
         session.send(joined)
-        if joined["room_state"].get("music_mode"):
+        early, session.early = session.early, None
+        for event in early or ():
+            session.send(event)
+        if room_state.get("music_mode"):
             session.transport.set_music(self.settings.music_opus_bitrate_bps)
         if grant.may("publish"):
-            session.send({"type": "publish_quality", **self._quality(room, grant.participant_id, grant.role, joined["room_state"])})
+            session.send({"type": "publish_quality", **self._quality(room, grant.participant_id, grant.role, room_state)})
         if self.metrics is not None:
             self.metrics.join_seconds.observe(time.monotonic() - session.started)
         me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
@@ -516,8 +651,7 @@ class SignalingService:
         room = session.room
         if room is None:
             return
-        if self.members.get((room, session.participant_id)) is session:
-            del self.members[(room, session.participant_id)]
+        self._free_seat(session, room)
         ended = await self.sfu.close_transport(room, session.participant_id)
         session.transport = None
         try:
@@ -535,14 +669,7 @@ class SignalingService:
                 )
         except StoreUnavailable:
             logger.warning("store unavailable while %s left %s", session.participant_id, room)
-        if not any(r == room for r, _ in self.members):
-            subscription = self._room_subscriptions.pop(room, None)
-            try:
-                if subscription is not None:
-                    await subscription.close()
-                await self.cluster.room_empty(room)
-            except StoreUnavailable:
-                pass
+        await self._release_if_empty(room)
 
     async def _subscribe_room(self, room: str) -> None:
         # Joins into one room run concurrently: the first creates the subscription, the
@@ -563,19 +690,29 @@ class SignalingService:
             return
         skip = event.pop("_skip", None)
         to = event.pop("_to", None)
-        for (member_room, participant_id), session in list(self.members.items()):
-            if member_room != room or participant_id == skip or session.ended or not session.admitted:
+        seats = self.rooms.get(room)
+        if not seats:
+            return
+        if to not in (None, "moderators"):
+            # Addressed to one participant: no walk over the room.
+            target = seats.get(to)
+            seats = {to: target} if target is not None else {}
+        for participant_id, session in list(seats.items()):
+            if participant_id == skip or session.ended:
                 continue
             if to == "moderators" and not session.grant.may("moderate"):
                 continue
             if to not in (None, "moderators") and to != participant_id:
                 continue
-            session.send(dict(event))
+            if session.admitted:
+                session.send(dict(event))
+            elif session.early is not None:
+                session.early.append(dict(event))
 
     def _act(self, room: str, event: dict[str, Any]) -> None:
         """Room-wide effects that the node holding the affected sessions carries out."""
         kind = event["type"]
-        target = self.members.get((room, event.get("participant_id", "")))
+        target = self._member(room, event.get("participant_id", ""))
         if kind == "_admit" and target is not None and not target.admitted:
             asyncio.ensure_future(self._enter(target, None))
         elif kind == "_deny" and target is not None and not target.admitted:
@@ -598,9 +735,8 @@ class SignalingService:
             for transport in router.transports.values() if router else []:
                 transport.set_music(bitrate)
         elif kind == "_end":
-            for (member_room, _), session in list(self.members.items()):
-                if member_room == room:
-                    asyncio.ensure_future(self._end(session, "ended", close_code=CloseCode.REMOVED))
+            for session in list(self.rooms.get(room, {}).values()):
+                asyncio.ensure_future(self._end(session, "ended", close_code=CloseCode.REMOVED))
 
     async def _broadcast(self, room: str, event: dict[str, Any], skip: str | None = None) -> None:
         if skip is not None:
@@ -716,6 +852,10 @@ class SignalingService:
             await self._end(session, "moved", close_code=SERVICE_RESTART)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         await self.cluster.stop()
         for conn in list(self._connections):
             await conn.close(1001, "server stopping")

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 class RateLimiter:
     """Token bucket: `rate` messages per second with bursts up to `burst`."""
 
+    __slots__ = ("_rate", "_burst", "_tokens", "_updated")
+
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(burst)
@@ -45,7 +47,17 @@ class RateLimiter:
 
 
 class Connection:
-    """One client's signalling channel. Writes go through a queue so messages leave in order."""
+    """One client's signalling channel. Messages leave in the order sent.
+
+    A writer task runs only while there is something to send: an idle kiosk holds no task
+    and no queue (with 10,000 connections, a task and an asyncio.Queue each were a good
+    part of the memory per connection).
+    """
+
+    __slots__ = (
+        "id", "limiter", "session", "device", "relay_to", "last_seen", "opened", "closing",
+        "_pending", "_writer", "_stopped", "__weakref__",
+    )
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.id = uuid.uuid4().hex
@@ -56,24 +68,39 @@ class Connection:
         # The node this connection's frames are relayed to, when another node owns its room.
         self.relay_to: str | None = None
         self.last_seen = time.monotonic()
-        self.opened = time.monotonic()
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._writer = asyncio.ensure_future(self._write())
+        self.opened = self.last_seen
+        # Set once the timeout sweep has started closing it.
+        self.closing = False
+        # Texts to send; None marks the end (close or abandon): nothing after it is sent.
+        self._pending: deque[str | None] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def closed(self) -> bool:
         raise NotImplementedError
 
     def send_text(self, text: str) -> None:
-        self._queue.put_nowait(text)
+        self._push(text)
 
     def send(self, message: dict[str, Any]) -> None:
         self.send_text(json.dumps(message))
 
+    def _push(self, item: str | None) -> asyncio.Task[None] | None:
+        if self._stopped:
+            return self._writer
+        self._pending.append(item)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write())
+        return self._writer
+
     async def _write(self) -> None:
-        while True:
-            text = await self._queue.get()
+        pending = self._pending
+        while pending:
+            text = pending.popleft()
             if text is None:
+                self._stopped = True
+                pending.clear()
                 return
             if self.closed:
                 continue
@@ -92,19 +119,22 @@ class Connection:
 
     async def close(self, code: int, reason: str = "") -> None:
         """Flushes what is queued, then closes the channel."""
-        self._queue.put_nowait(None)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
-        except asyncio.TimeoutError:
-            self._writer.cancel()
+        writer = self._push(None)
+        if writer is not None and not writer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
+            except asyncio.TimeoutError:
+                writer.cancel()
         if not self.closed:
             await self._shut(code, reason)
 
     def abandon(self) -> None:
-        self._queue.put_nowait(None)
+        self._push(None)
 
 
 class WebSocketConnection(Connection):
+    __slots__ = ("ws",)
+
     def __init__(self, ws: web.WebSocketResponse, limiter: RateLimiter) -> None:
         self.ws = ws
         super().__init__(limiter)
@@ -125,6 +155,8 @@ RelaySend = Callable[[dict[str, Any]], Awaitable[None]]
 
 class RelayedConnection(Connection):
     """A client whose WebSocket lives on another node (the edge); frames cross via the store."""
+
+    __slots__ = ("origin", "_relay", "_closed")
 
     def __init__(self, conn_id: str, origin: str, relay: RelaySend, limiter: RateLimiter) -> None:
         self.origin = origin
@@ -149,7 +181,13 @@ class RelayedConnection(Connection):
 
 
 class Session:
-    def __init__(self, grant: Grant, buffer_size: int) -> None:
+    __slots__ = (
+        "id", "resume_key", "grant", "room", "connection", "transport", "grace_task", "ended",
+        "admitted", "joined_at", "started", "seq", "presence_touched", "early", "_buffer", "_buffer_bytes",
+        "_buffer_max_bytes",
+    )
+
+    def __init__(self, grant: Grant, buffer_size: int, buffer_bytes: int) -> None:
         self.id = f"s-{uuid.uuid4().hex}"
         self.resume_key = secrets.token_urlsafe(24)
         self.grant = grant
@@ -163,7 +201,17 @@ class Session:
         self.joined_at = 0.0
         self.started = time.monotonic()
         self.seq = 0
+        # When this session's presence key was last written (monotonic), 0 for never.
+        self.presence_touched = 0.0
+        # While joining: room events that arrive before `joined` is sent, sent after it
+        # (the snapshot is read in the same store step that adds the participant).
+        self.early: list[dict[str, Any]] | None = None
+        # Sent messages kept for a resume, bounded by count and by total characters (the
+        # messages are ASCII JSON, so characters are bytes): a long-lived kiosk must not
+        # grow without bound.
         self._buffer: deque[tuple[int, str]] = deque(maxlen=buffer_size)
+        self._buffer_bytes = 0
+        self._buffer_max_bytes = buffer_bytes
 
     @property
     def participant_id(self) -> str:
@@ -178,9 +226,26 @@ class Session:
         self.seq += 1
         message["seq"] = self.seq
         text = json.dumps(message)
-        self._buffer.append((self.seq, text))
+        self._keep(self.seq, text)
         if self.connection is not None:
             self.connection.send_text(text)
+
+    def _keep(self, seq: int, text: str) -> None:
+        buffer = self._buffer
+        if buffer.maxlen == 0:
+            return
+        if len(buffer) == buffer.maxlen:
+            self._buffer_bytes -= len(buffer[0][1])
+        buffer.append((seq, text))
+        self._buffer_bytes += len(text)
+        # The newest message always stays, even alone over the byte cap.
+        while self._buffer_bytes > self._buffer_max_bytes and len(buffer) > 1:
+            self._buffer_bytes -= len(buffer.popleft()[1])
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """(messages, characters) kept for a resume."""
+        return len(self._buffer), self._buffer_bytes
 
     def check_resume_key(self, key: str) -> bool:
         return hmac.compare_digest(self.resume_key.encode(), key.encode())

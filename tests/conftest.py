@@ -140,3 +140,16 @@ async def join(client: WsClient, token: str, room: str = "room-1") -> dict[str, 
     await hello(client, token)
     await client.send({"type": "join", "room": room})
     return await client.expect("joined")
+
+
+def count_presence_writes(store: Any) -> list[str]:
+    """Wraps the store's touch_presence; the returned list gets each key written."""
+    touched: list[str] = []
+    original = store.touch_presence
+
+    async def counting(key: str, ttl_s: float) -> None:
+        touched.append(key)
+        await original(key, ttl_s)
+
+    store.touch_presence = counting
+    return touched

@@ -298,3 +298,39 @@ async def test_graceful_drain_moves_clients(cluster: tuple[list[Node], str], peo
     assert n1.process.wait(timeout=20) == 0
     assert n2.health()["media"]["transports"] == 2
     assert await _participants(redis_server.url, prefix) == [("p-alice", "n2"), ("p-bob", "n2")]
+
+
+async def test_rooms_spread_over_both_nodes_without_media(cluster: tuple[list[Node], str], redis_server: RedisServer) -> None:
+    """Without media every node's forwarding load is 0; rooms must still spread over the
+    nodes (they all went to the alphabetically first one, so a second node added nothing)."""
+    import aiohttp
+
+    (n1, n2), prefix = cluster
+    issuer = TokenIssuer(TEST_SECRET)
+    rooms = [f"spread-{i}" for i in range(12)]
+    async with aiohttp.ClientSession() as http:
+        sockets = []
+        try:
+            for i, room in enumerate(rooms):
+                # Every client enters through n1: placement, not the entry node, decides.
+                ws = await http.ws_connect(n1.url + "/ws")
+                sockets.append(ws)
+                token = issuer.issue(role="senior", room=room, name=f"S{i}", participant_id=f"p-s{i}")
+                await ws.send_json({"type": "hello", "v": 1, "token": token})
+                assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+                await ws.send_json({"type": "join", "room": room})
+                while (reply := await ws.receive_json(timeout=10))["type"] != "joined":
+                    assert reply["type"] != "error", reply
+            store = RedisStore(redis_server.url, node_id="probe", prefix=prefix)
+            await store.open()
+            try:
+                owners = {room: await store.room_owner(room) for room in rooms}
+            finally:
+                await store.close()
+        finally:
+            for ws in sockets:
+                await ws.close()
+    counts = {node: list(owners.values()).count(node) for node in ("n1", "n2")}
+    assert sum(counts.values()) == len(rooms), owners
+    # A hash of 12 rooms over 2 nodes: neither node is left (nearly) idle.
+    assert counts["n1"] >= 3 and counts["n2"] >= 3, counts

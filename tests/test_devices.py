@@ -15,7 +15,7 @@ from server.invites import issue_invite, named_secret
 from server.pairing import confirm_pairing
 from signaling.protocol import CloseCode
 
-from .conftest import RunningServer, WsClient, hello
+from .conftest import RunningServer, WsClient, count_presence_writes, hello
 
 
 async def _directory(server: RunningServer) -> None:
@@ -268,3 +268,29 @@ async def test_busy_kiosk_and_reconnect_while_ringing(server: RunningServer, con
     await family.expect("joined")
     await again.send({"type": "call_answer", "call_id": call["call_id"], "accept": False, "reason": "busy"})
     assert (await family.expect("call_state"))["state"] == "busy"
+
+
+async def test_kiosk_presence_refreshed_at_most_every_third_of_its_ttl(
+    server: RunningServer, connect: Any, http: aiohttp.ClientSession
+) -> None:
+    """Every kiosk pings every 10 s; a store write per ping was most of an idle kiosk's cost."""
+    await _directory(server)
+    credential = await _pair(server, http)
+    store = server.app[STORE_KEY]
+    touched = count_presence_writes(store)
+    kiosk, _ = await _device(connect, credential)
+    assert len(touched) == 1  # the hello
+    for i in range(5):
+        await kiosk.send({"type": "ping", "id": f"p{i}"})
+        await kiosk.expect("pong")
+    assert len(touched) == 1
+    # As if a third of the TTL had passed since the last write.
+    hub = server.app[SIGNALING_KEY].devices
+    (link,) = hub.links.values()
+    link.presence_touched -= server.app[SETTINGS_KEY].ping_timeout_s / 3
+    await kiosk.send({"type": "ping", "id": "late"})
+    await kiosk.expect("pong")
+    await kiosk.send({"type": "ping", "id": "after"})
+    await kiosk.expect("pong")
+    assert touched == [touched[0]] * 2
+    assert await store.is_present(touched[0])

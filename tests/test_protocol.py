@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
 import pytest
 
-from server.app import ISSUER_KEY, SIGNALING_KEY, STORE_KEY
+from server.app import ISSUER_KEY, SFU_KEY, SIGNALING_KEY, STORE_KEY
 from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
+from signaling.tokens import TokenIssuer
 
-from .conftest import TEST_SECRET, RunningServer, WsClient, hello, join
+from .conftest import TEST_SECRET, RunningServer, WsClient, count_presence_writes, hello, join
 
 
 async def test_hello_welcome_carries_session_and_limits(server: RunningServer, connect: Any) -> None:
@@ -339,6 +342,33 @@ async def test_resume_replays_missed_messages(server: RunningServer, connect: An
     assert len(await server.app[STORE_KEY].list_participants("room-1")) == 2
 
 
+@pytest.mark.parametrize("settings_overrides", [{"resume_buffer_messages": 4}])
+async def test_pongs_are_not_sequenced_nor_kept_for_resume(server: RunningServer, connect: Any) -> None:
+    a = await connect()
+    token = server.token(participant_id="p-a")
+    welcome = await hello(a, token)
+    # More pings than the resume buffer holds: kept pongs would push out everything else.
+    for i in range(10):
+        await a.send({"type": "ping", "id": f"p{i}"})
+        pong = await a.expect("pong")
+        assert "seq" not in pong and pong["ref"] == f"p{i}"
+    session = server.app[SIGNALING_KEY].sessions[welcome["session_id"]]
+    assert session.seq == welcome["seq"] and session.buffered[0] == 1
+    await a.send({"type": "join", "room": "room-1"})
+    joined = await a.expect("joined")
+    # The next sequenced message follows the welcome directly.
+    assert joined["seq"] == welcome["seq"] + 1
+    await a.ws.close()
+
+    a2 = await connect()
+    await a2.send({"type": "hello", "v": 1, "token": token,
+                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
+                              "last_seq": welcome["seq"]}})
+    resumed = await a2.expect("resumed")
+    assert resumed["replayed"] >= 1
+    assert (await a2.expect("joined"))["seq"] == joined["seq"]
+
+
 async def test_resume_resends_an_unanswered_offer(server: RunningServer, connect: Any) -> None:
     a = await connect()
     token = server.token(participant_id="p-a")
@@ -443,17 +473,16 @@ def test_every_documented_error_code_is_tested() -> None:
     assert codes and not untested, f"error codes without a test: {sorted(untested)}"
 
 
-async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
-    """Joins racing into one room must not subscribe the node to it twice (Redis, where
-    subscribing waits for the server's confirmation)."""
+@contextlib.asynccontextmanager
+async def redis_node(tmp_path: Any) -> AsyncIterator[tuple[str, TokenIssuer]]:
+    """One in-process node on its own redis-server: (WebSocket URL, token issuer)."""
     import uuid
 
-    import aiohttp
     from aiohttp.test_utils import TestServer
 
     from server.app import create_app
 
-    from .conftest import WsClient, make_settings
+    from .conftest import make_settings
     from .redis_server import RedisServer
 
     with RedisServer() as redis:
@@ -461,23 +490,171 @@ async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
         app = create_app(settings)
         test_server = TestServer(app, host="127.0.0.1")
         await test_server.start_server()
-        url = str(test_server.make_url("/ws"))
-        issuer = app[ISSUER_KEY]
         try:
-            async with aiohttp.ClientSession() as http:
-                clients = [WsClient(await http.ws_connect(url)) for _ in range(8)]
-                for i, c in enumerate(clients):
-                    await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
-                await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
-                for c in clients:
-                    await c.expect("joined")
-                await clients[0].send({"type": "mute", "kind": "audio", "muted": True})
-                for c in clients:
-                    await c.expect("mute_changed", participant_id="p-0")
-                    await c.send({"type": "ping", "id": "after"})
-                    await c.expect("pong")
-                    assert sum(1 for m in c.received if m["type"] == "mute_changed") == 1
-                for c in clients:
-                    await c.ws.close()
+            yield str(test_server.make_url("/ws")), app[ISSUER_KEY]
         finally:
             await test_server.close()
+
+
+async def test_concurrent_joins_deliver_each_event_once(tmp_path: Any) -> None:
+    """Joins racing into one room must not subscribe the node to it twice (Redis, where
+    subscribing waits for the server's confirmation)."""
+    import aiohttp
+
+    async with redis_node(tmp_path) as (url, issuer):
+        async with aiohttp.ClientSession() as http:
+            clients = [WsClient(await http.ws_connect(url)) for _ in range(8)]
+            for i, c in enumerate(clients):
+                await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
+            await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
+            for c in clients:
+                await c.expect("joined")
+            await clients[0].send({"type": "mute", "kind": "audio", "muted": True})
+            for c in clients:
+                await c.expect("mute_changed", participant_id="p-0")
+                await c.send({"type": "ping", "id": "after"})
+                await c.expect("pong")
+                assert sum(1 for m in c.received if m["type"] == "mute_changed") == 1
+            for c in clients:
+                await c.ws.close()
+
+
+async def test_racing_joins_each_learn_of_every_other(tmp_path: Any) -> None:
+    """The join snapshot is read in the store step that adds the participant; room events
+    that arrive before `joined` is sent follow it. Every joiner must learn of every other
+    one, by snapshot or by `participant_joined` (Redis: events and replies on two sockets)."""
+    import aiohttp
+
+    async with redis_node(tmp_path) as (url, issuer):
+        async with aiohttp.ClientSession() as http:
+            first = WsClient(await http.ws_connect(url))
+            # The room is placed and subscribed first, so the racing joins use their snapshot.
+            await join(first, issuer.issue(role="senior", room="room-1", name="First", participant_id="p-first"))
+            clients = [WsClient(await http.ws_connect(url)) for _ in range(12)]
+            for i, c in enumerate(clients):
+                await hello(c, issuer.issue(role="senior", room="room-1", name=f"P{i}", participant_id=f"p-{i}"))
+            await asyncio.gather(*(c.send({"type": "join", "room": "room-1"}) for c in clients))
+            everyone = {"p-first"} | {f"p-{i}" for i in range(len(clients))}
+            snapshots = [await c.expect("joined") for c in clients]
+            for _ in clients:
+                await first.expect("participant_joined")
+            # One node delivers each event to all its sessions at once: once the first
+            # participant has every announcement, the others' are queued before a pong.
+            for i, c in enumerate(clients):
+                joined = snapshots[i]
+                await c.send({"type": "ping", "id": "settle"})
+                await c.expect("pong")
+                seen = {p["participant_id"] for p in joined["participants"]}
+                seen |= {m["participant"]["participant_id"] for m in c.received if m["type"] == "participant_joined"}
+                assert seen == everyone, (i, everyone - seen)
+                # Whatever came early is sent after `joined`, in sequence.
+                seqs = [m["seq"] for m in c.received if "seq" in m]
+                assert seqs == sorted(seqs)
+            for c in [first, *clients]:
+                await c.ws.close()
+
+
+async def test_join_makes_no_peer_connection_until_there_is_media(server: RunningServer, connect: Any) -> None:
+    """The peer connection (and its DTLS certificate) costs CPU and memory: an idle
+    participant with nothing to send or receive gets none, and nothing changes on the wire."""
+    a, b = await connect(), await connect()
+    await join(a, server.token(participant_id="p-a"))
+    await join(b, server.token(participant_id="p-b"))
+    transports = server.app[SFU_KEY].routers["room-1"].transports
+    assert not transports["p-a"].has_peer_connection
+    assert not transports["p-b"].has_peer_connection
+    await a.send({"type": "publish", "audio": True, "video": False})
+    offer = await a.expect("offer")
+    assert offer["negotiation_id"] == 1 and list(offer["publish"]) == ["audio"]
+    assert transports["p-a"].has_peer_connection
+    assert not transports["p-b"].has_peer_connection
+    await a.send({"type": "leave"})
+    await a.expect("left")
+    await b.send({"type": "leave"})
+    await b.expect("left")
+
+
+async def test_presence_refreshed_at_most_every_third_of_its_ttl(server: RunningServer, connect: Any) -> None:
+    """A store write per ping was most of an idle connection's cost; presence is rewritten
+    only once a third of its TTL has passed."""
+    store = server.app[STORE_KEY]
+    touched = count_presence_writes(store)
+    c = await connect()
+    welcome = await hello(c, server.token(participant_id="p-a"))
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect("joined")
+    assert touched == ["p-a"]
+    for i in range(5):
+        await c.send({"type": "ping", "id": f"p{i}"})
+        await c.expect("pong")
+    assert touched == ["p-a"]
+    assert await store.is_present("p-a")
+    # As if a third of the TTL had passed since the last write.
+    signaling = server.app[SIGNALING_KEY]
+    session = signaling.sessions[welcome["session_id"]]
+    session.presence_touched -= signaling.presence_ttl / 3
+    await c.send({"type": "ping", "id": "late"})
+    await c.expect("pong")
+    # Frames of one connection are handled in order: the refresh is done by the next pong.
+    await c.send({"type": "ping", "id": "after"})
+    await c.expect("pong")
+    assert touched == ["p-a", "p-a"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"overload_lag_s": 0.3}])
+async def test_new_sessions_shed_while_the_event_loop_runs_behind(server: RunningServer, connect: Any) -> None:
+    """An overloaded node refuses new sessions with `unavailable` instead of growing its
+    backlog until it misses its heartbeat; it takes them again once it has caught up."""
+    kept = await connect()
+    welcome = await hello(kept, server.token(participant_id="p-kept"))
+    c = await connect()
+    # Block the (shared, in-process) event loop well past the sweep's 1 s timer.
+    time.sleep(1.6)
+    await asyncio.sleep(0.05)
+    assert server.app[SIGNALING_KEY].loop_lag > 0.3
+    await c.send({"type": "hello", "v": 1, "token": server.token(participant_id="p-new"), "id": "h"})
+    refused = await c.expect_error("unavailable")
+    assert refused["ref"] == "h"
+    # A session in progress goes on.
+    await kept.send({"type": "ping", "id": "alive"})
+    assert (await kept.expect("pong"))["ref"] == "alive"
+    # Caught up at the next sweep: the same socket may say hello again.
+    await asyncio.sleep(1.2)
+    assert server.app[SIGNALING_KEY].loop_lag < 0.3
+    await hello(c, server.token(participant_id="p-new"))
+    assert welcome["session_id"] in server.app[SIGNALING_KEY].sessions
+
+
+async def test_join_that_fails_after_the_store_step_leaves_nothing_behind(server: RunningServer, connect: Any) -> None:
+    """A join answered `unavailable` must not keep a seat nobody was told of (a retry would
+    then replace it: `participant_left` and a second `participant_joined` for the others)."""
+    signaling = server.app[SIGNALING_KEY]
+    store = server.app[STORE_KEY]
+    watcher = await connect()
+    await join(watcher, server.token(participant_id="p-w", name="W"))
+    original = signaling._subscribe_room
+    calls = 0
+
+    async def failing_once(room: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreUnavailable("subscribe timed out")
+        await original(room)
+
+    signaling._subscribe_room = failing_once  # type: ignore[method-assign]
+    c = await connect()
+    welcome = await hello(c, server.token(participant_id="p-a", name="A"))
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect_error("unavailable")
+    assert [p.participant_id for p in await store.list_participants("room-1")] == ["p-w"]
+    assert not await store.is_present("p-a")
+    session = signaling.sessions[welcome["session_id"]]
+    assert session.early is None and not session.joined
+    # The same session joins again, and the others hear of it once.
+    await c.send({"type": "join", "room": "room-1"})
+    await c.expect("joined")
+    await watcher.send({"type": "ping", "id": "settle"})
+    await watcher.expect("pong")
+    announced = [m for m in watcher.received if m["type"] in ("participant_joined", "participant_left")]
+    assert [(m["type"], m.get("participant", {}).get("participant_id")) for m in announced] == [("participant_joined", "p-a")]

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 # name under both `pytest` and `python -m pytest`.
 from tests.redis_server import RedisServer
 
-from server.store import ParticipantState, RoomFull, Store, StoreUnavailable, TrackState
+from server.store import ADMIT, ADMIT_UNLESS_LOCKED, LOBBY, ParticipantState, RoomFull, Store, StoreUnavailable, TrackState
 from server.store.embedded import EmbeddedStore
 from server.store.redis import RedisStore
 
@@ -125,6 +125,50 @@ async def test_join_and_leave(store: Store) -> None:
     assert await store.list_participants("koffie") == []
     assert await store.list_rooms() == {}
     assert await store.remove_participant("koffie", "alice") is None
+
+
+async def test_join_room_adds_sets_presence_and_returns_the_room(store: Store) -> None:
+    alice = participant("alice", joined_at=1.0)
+    await store.add_participant(alice, max_participants=5)
+    await store.add_track(track("t-a", "alice"))
+    await store.set_room_state("koffie", {"spotlight": "alice"})
+
+    result = await store.join_room(participant("bob", joined_at=2.0), ADMIT, 5, 30.0)
+    bob = participant("bob", joined_at=2.0)
+    assert result.admitted and result.state == bob
+    assert result.participants == [alice, bob]
+    assert result.tracks == [track("t-a", "alice")]
+    assert result.room_state == {"spotlight": "alice"}
+    assert await store.get_participant("koffie", "bob") == bob
+    assert await store.is_present("bob")
+    assert await store.list_rooms() == {"koffie": 2}
+
+    lobby = await store.join_room(participant("carol", joined_at=3.0), LOBBY, 5, 30.0)
+    assert not lobby.admitted
+    assert (await store.get_participant("koffie", "carol")) == participant("carol", joined_at=3.0, admitted=False)
+
+
+async def test_join_room_admission_follows_the_lock(store: Store) -> None:
+    first = await store.join_room(participant("alice"), ADMIT_UNLESS_LOCKED, 5, 30.0)
+    assert first.admitted and first.room_state == {}
+    await store.set_room_state("koffie", {"locked": True, "spotlight": None})
+    locked = await store.join_room(participant("bob", joined_at=2.0), ADMIT_UNLESS_LOCKED, 5, 30.0)
+    assert not locked.admitted and locked.room_state["locked"] is True
+    assert not (await store.get_participant("koffie", "bob")).admitted  # type: ignore[union-attr]
+    await store.set_room_state("koffie", {"locked": False})
+    assert (await store.join_room(participant("carol", joined_at=3.0), ADMIT_UNLESS_LOCKED, 5, 30.0)).admitted
+
+
+async def test_join_room_full(store: Store) -> None:
+    await store.join_room(participant("alice"), ADMIT, 1, 30.0)
+    with pytest.raises(RoomFull):
+        await store.join_room(participant("bob"), ADMIT, 1, 30.0)
+    assert not await store.is_present("bob")
+    assert [p.participant_id for p in await store.list_participants("koffie")] == ["alice"]
+    # Joining again is a replace and never hits the limit.
+    assert (await store.join_room(participant("alice", joined_at=5.0), ADMIT, 1, 30.0)).participants == [
+        participant("alice", joined_at=5.0)
+    ]
 
 
 async def test_returned_states_are_copies(store: Store) -> None:
@@ -700,3 +744,43 @@ async def test_redis_through_sentinel(tmp_path: Path) -> None:
         finally:
             sentinel.terminate()
             sentinel.wait(timeout=10)
+
+
+async def test_redis_busy_pool_waits_and_heartbeat_has_its_own_connection(redis_server: RedisServer) -> None:
+    """A burst that takes every pooled connection makes commands wait, not fail, and the
+    node's heartbeat still gets through at once (a busy pool must not look like an outage)."""
+    prefix = f"vzpool:{uuid4().hex}:"
+    store = RedisStore(redis_server.url, node_id="n1", prefix=prefix, max_connections=3, pool_timeout_s=5.0)
+    await store.open()
+    try:
+        # The control connection is one of the 3; these two blocking pops hold the rest.
+        hold = [asyncio.ensure_future(store._redis.blpop(f"{prefix}nothing", timeout=1)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(store.get_room_state("r"))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        started = asyncio.get_running_loop().time()
+        await store.heartbeat_node("n1", {"load": 0}, 5.0)
+        assert "n1" in await store.live_nodes()
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert not waiting.done()
+        assert await waiting == {}
+        await asyncio.gather(*hold)
+    finally:
+        await store.forget_node("n1")
+        await store.close()
+        await _delete_prefix(redis_server.url, prefix)
+
+
+async def test_redis_pool_wait_is_bounded(redis_server: RedisServer) -> None:
+    prefix = f"vzpool:{uuid4().hex}:"
+    store = RedisStore(redis_server.url, node_id="n1", prefix=prefix, max_connections=2, pool_timeout_s=0.2)
+    await store.open()
+    try:
+        hold = asyncio.ensure_future(store._redis.blpop(f"{prefix}nothing", timeout=1))
+        await asyncio.sleep(0.1)
+        with pytest.raises(StoreUnavailable):
+            await store.get_room_state("r")
+        await hold
+    finally:
+        await store.close()

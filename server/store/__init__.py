@@ -1,7 +1,11 @@
 """State behind one interface: the embedded backend (default) and Redis."""
 
 from .base import (
+    ADMIT,
+    ADMIT_UNLESS_LOCKED,
     DIRECTORY_KINDS,
+    LOBBY,
+    JoinResult,
     ParticipantState,
     RoomFull,
     Store,
@@ -11,7 +15,11 @@ from .base import (
 )
 
 __all__ = [
+    "ADMIT",
+    "ADMIT_UNLESS_LOCKED",
     "DIRECTORY_KINDS",
+    "LOBBY",
+    "JoinResult",
     "ParticipantState",
     "RoomFull",
     "Store",
@@ -28,7 +36,13 @@ async def open_store(settings: "object", node_id: str) -> Store:
     if redis_url:
         from .redis import RedisStore
 
-        store: Store = RedisStore(redis_url, node_id=node_id, prefix=getattr(settings, "redis_prefix", "vz:"))
+        store: Store = RedisStore(
+            redis_url,
+            node_id=node_id,
+            prefix=getattr(settings, "redis_prefix", "vz:"),
+            max_connections=getattr(settings, "redis_max_connections", 100),
+            pool_timeout_s=getattr(settings, "redis_pool_timeout_s", 2.0),
+        )
     else:
         from .embedded import EmbeddedStore
 

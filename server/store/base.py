@@ -68,6 +68,36 @@ class TrackState:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# How a joiner is admitted (Store.join_room): straight in, to the lobby, or straight in
+# unless the room is locked (decided atomically with the room's state).
+ADMIT = "admit"
+LOBBY = "lobby"
+ADMIT_UNLESS_LOCKED = "unless_locked"
+
+
+@dataclass
+class JoinResult:
+    """What a join needs from the store, read in the same step that adds the participant."""
+
+    state: ParticipantState
+    room_state: dict[str, Any]
+    participants: list[ParticipantState]
+    tracks: list[TrackState]
+
+    @property
+    def admitted(self) -> bool:
+        return self.state.admitted
+
+
+def sort_participants(states: Any) -> list[ParticipantState]:
+    return sorted(states, key=lambda p: (p.joined_at, p.participant_id))
+
+
+def sort_tracks(tracks: Any) -> list[TrackState]:
+    # Hash order is not dependable; sorted so every backend and call agrees.
+    return sorted(tracks, key=lambda t: (t.participant_id, t.track_id))
+
+
 class Subscription(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -87,6 +117,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def add_participant(self, state: ParticipantState, max_participants: int) -> None:
         """Adds or replaces a participant atomically; raises RoomFull at the limit."""
+
+    async def join_room(
+        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float
+    ) -> JoinResult:
+        """Adds the participant (admitted per `admission`), refreshes its presence and
+        returns the room as it is right after: one step for the caller, and for Redis one
+        round trip instead of six. Raises RoomFull at the limit.
+
+        This default runs the single steps; a backend may do it atomically.
+        """
+        room_state = await self.get_room_state(state.room)
+        if admission == ADMIT_UNLESS_LOCKED:
+            admitted = not room_state.get("locked", False)
+        else:
+            admitted = admission == ADMIT
+        state = dataclasses.replace(state, admitted=admitted)
+        await self.add_participant(state, max_participants)
+        await self.touch_presence(state.participant_id, presence_ttl_s)
+        return JoinResult(
+            state, room_state, await self.list_participants(state.room), await self.list_tracks(state.room)
+        )
 
     @abc.abstractmethod
     async def remove_participant(self, room: str, participant_id: str) -> ParticipantState | None:

@@ -59,6 +59,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
     EventHandler,
+    JoinResult,
     ParticipantState,
     RoomFull,
     Store,
@@ -68,6 +69,8 @@ from .base import (
     check_changes,
     check_kind,
     check_record_id,
+    sort_participants,
+    sort_tracks,
 )
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,44 @@ end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], redis.call('HLEN', KEYS[1]))
 return 1
+"""
+
+# KEYS: participants, rooms, room state, tracks, presence.
+# ARGV: room, participant_id, state json if admitted, state json if in the lobby,
+#       max participants, admission ("admit" | "lobby" | "unless_locked"), presence value,
+#       presence expiry in ms.
+# A join in one round trip: admission decided against the room's lock, the participant
+# added (as _ADD_PARTICIPANT), presence set, and the room read back for the snapshot.
+# Returns {0} when the room is full, else {1, admitted 0/1, room state json or '',
+# participants' json..., '--', tracks' json...}.
+_JOIN_ROOM = """
+local room_state = redis.call('GET', KEYS[3])
+local admitted = ARGV[6] == 'admit'
+if ARGV[6] == 'unless_locked' then
+  admitted = true
+  if room_state then
+    local ok, decoded = pcall(cjson.decode, room_state)
+    if ok and type(decoded) == 'table' and decoded.locked == true then
+      admitted = false
+    end
+  end
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0
+   and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
+  return {0}
+end
+redis.call('HSET', KEYS[1], ARGV[2], admitted and ARGV[3] or ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], redis.call('HLEN', KEYS[1]))
+redis.call('SET', KEYS[5], ARGV[7], 'PX', tonumber(ARGV[8]))
+local reply = {1, admitted and 1 or 0, room_state or ''}
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+  reply[#reply + 1] = value
+end
+reply[#reply + 1] = '--'
+for _, value in ipairs(redis.call('HVALS', KEYS[4])) do
+  reply[#reply + 1] = value
+end
+return reply
 """
 
 # KEYS: participants, tracks, rooms, room state. ARGV: room, participant_id.
@@ -227,11 +268,25 @@ class _RedisSubscription(Subscription):
 
 
 class RedisStore(Store):
-    def __init__(self, url: str, node_id: str, *, prefix: str = "vz:") -> None:
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        *,
+        prefix: str = "vz:",
+        max_connections: int = 100,
+        pool_timeout_s: float = 2.0,
+    ) -> None:
         self.node_id = node_id
         self._url = url
         self._prefix = prefix
+        self._max_connections = max_connections
+        self._pool_timeout_s = pool_timeout_s
         self._client: aioredis.Redis | None = None
+        # One connection of the pool kept for node liveness (heartbeat, live and dead
+        # nodes): a pool busy with joins must never make this node look dead or make it
+        # think Redis is down.
+        self._control: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         # Each subscription is its own entry, so closing one never drops another that
@@ -241,6 +296,7 @@ class RedisStore(Store):
         # Serialises SUBSCRIBE/UNSUBSCRIBE so the registry and the server agree.
         self._subscribe_lock = asyncio.Lock()
         self._add_participant: AsyncScript | None = None
+        self._join_room: AsyncScript | None = None
         self._remove_participant: AsyncScript | None = None
         self._add_track: AsyncScript | None = None
         self._compare_and_set: AsyncScript | None = None
@@ -295,17 +351,31 @@ class RedisStore(Store):
         if self._url.startswith("redis+sentinel://"):
             client = sentinel_client(self._url, **options)
         else:
-            # URL query parameters override these defaults.
-            client = aioredis.Redis.from_url(self._url, **options)
+            # URL query parameters override these defaults. A blocking pool: above
+            # max_connections a command waits (up to the pool timeout) instead of failing
+            # at once, which under a burst of joins looked like a Redis outage.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=self._max_connections,
+                timeout=self._pool_timeout_s,
+                **options,
+            )
+            client = aioredis.Redis.from_pool(pool)
+        control = client.client()
         try:
             with _unavailable():
                 await client.ping()
+                # Takes the control connection out of the pool now, for good.
+                await control.ping()
         except BaseException:
+            await control.aclose()
             await client.aclose()
             raise
         self._client = client
+        self._control = control
         self._pubsub = client.pubsub()
         self._add_participant = client.register_script(_ADD_PARTICIPANT)
+        self._join_room = client.register_script(_JOIN_ROOM)
         self._remove_participant = client.register_script(_REMOVE_PARTICIPANT)
         self._add_track = client.register_script(_ADD_TRACK)
         self._compare_and_set = client.register_script(_COMPARE_AND_SET)
@@ -313,10 +383,10 @@ class RedisStore(Store):
         self._release_room = client.register_script(_RELEASE_ROOM)
 
     async def close(self) -> None:
-        client, pubsub, reader = self._client, self._pubsub, self._reader
+        client, pubsub, reader, control = self._client, self._pubsub, self._reader, self._control
         if client is None:
             return
-        self._client = self._pubsub = self._reader = None
+        self._client = self._pubsub = self._reader = self._control = None
         self._subscriptions.clear()
         for confirmed in self._confirmations.values():
             if not confirmed.done():
@@ -328,6 +398,8 @@ class RedisStore(Store):
             await asyncio.gather(reader, return_exceptions=True)
         if pubsub is not None:
             await pubsub.aclose()
+        if control is not None:
+            await control.aclose()
         await client.aclose()
 
     @property
@@ -335,6 +407,12 @@ class RedisStore(Store):
         if self._client is None:
             raise RuntimeError("store is not open")
         return self._client
+
+    @property
+    def _liveness(self) -> aioredis.Redis:
+        if self._control is None:
+            raise RuntimeError("store is not open")
+        return self._control
 
     @staticmethod
     def _script(script: AsyncScript | None) -> AsyncScript:
@@ -353,6 +431,46 @@ class RedisStore(Store):
             )
         if not added:
             raise RoomFull(state.room)
+
+    async def join_room(
+        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float
+    ) -> JoinResult:
+        if presence_ttl_s <= 0:
+            # Redis refuses a zero expiry; the single steps handle that case.
+            return await super().join_room(state, admission, max_participants, presence_ttl_s)
+        script = self._script(self._join_room)
+        room = state.room
+        admitted_state = dataclasses.replace(state, admitted=True)
+        lobby_state = dataclasses.replace(state, admitted=False)
+        with _unavailable():
+            reply = await script(
+                keys=[
+                    self._participants_key(room),
+                    self._rooms_key(),
+                    self._room_state_key(room),
+                    self._tracks_key(room),
+                    self._presence_key(state.participant_id),
+                ],
+                args=[
+                    room,
+                    state.participant_id,
+                    _encode(admitted_state),
+                    _encode(lobby_state),
+                    max_participants,
+                    admission,
+                    self.node_id,
+                    max(1, math.ceil(presence_ttl_s * 1000)),
+                ],
+            )
+        if not reply[0]:
+            raise RoomFull(room)
+        split = reply.index("--", 3)
+        return JoinResult(
+            admitted_state if reply[1] else lobby_state,
+            json.loads(reply[2]) if reply[2] else {},
+            sort_participants(ParticipantState.from_dict(json.loads(v)) for v in reply[3:split]),
+            sort_tracks(TrackState.from_dict(json.loads(v)) for v in reply[split + 1 :]),
+        )
 
     async def remove_participant(self, room: str, participant_id: str) -> ParticipantState | None:
         script = self._script(self._remove_participant)
@@ -376,10 +494,7 @@ class RedisStore(Store):
     async def list_participants(self, room: str) -> list[ParticipantState]:
         with _unavailable():
             values = await self._redis.hvals(self._participants_key(room))
-        return sorted(
-            (ParticipantState.from_dict(json.loads(v)) for v in values),
-            key=lambda p: (p.joined_at, p.participant_id),
-        )
+        return sort_participants(ParticipantState.from_dict(json.loads(v)) for v in values)
 
     async def update_participant(
         self, room: str, participant_id: str, /, **changes: Any
@@ -413,11 +528,7 @@ class RedisStore(Store):
     async def list_tracks(self, room: str) -> list[TrackState]:
         with _unavailable():
             values = await self._redis.hvals(self._tracks_key(room))
-        # Redis hashes have no dependable order; sort so every call agrees.
-        return sorted(
-            (TrackState.from_dict(json.loads(v)) for v in values),
-            key=lambda t: (t.participant_id, t.track_id),
-        )
+        return sort_tracks(TrackState.from_dict(json.loads(v)) for v in values)
 
     async def list_rooms(self) -> dict[str, int]:
         with _unavailable():
@@ -471,15 +582,15 @@ class RedisStore(Store):
 
     async def heartbeat_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
         with _unavailable():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(f"{self._prefix}nodes", node_id)
-                pipe.set(self._node_key(node_id), json.dumps(info), px=max(1, int(ttl_s * 1000)))
-                await pipe.execute()
+            # Two commands on the control connection (a pipeline would take a pooled
+            # connection). The key first: a member without its key counts as dead.
+            await self._liveness.set(self._node_key(node_id), json.dumps(info), px=max(1, int(ttl_s * 1000)))
+            await self._liveness.sadd(f"{self._prefix}nodes", node_id)
 
     async def _registered(self) -> tuple[list[str], list[Any]]:
         with _unavailable():
-            members = sorted(await self._redis.smembers(f"{self._prefix}nodes"))
-            values = await self._redis.mget([self._node_key(n) for n in members]) if members else []
+            members = sorted(await self._liveness.smembers(f"{self._prefix}nodes"))
+            values = await self._liveness.mget([self._node_key(n) for n in members]) if members else []
         return members, values
 
     async def live_nodes(self) -> dict[str, dict[str, Any]]:
