@@ -982,12 +982,13 @@ async def _watch_collapse(rig: Rig, since: float, seconds: float) -> str:
         states = Counter(p["pc_state"] for p in parts)
         if first_flowing is None:
             first_flowing = flowing
+        errors = Counter(e for p in parts for e in p.get("errors", []))
         if flowing == 0:
             return (f"kept watching: NO stream flowing {time.monotonic() - since:.0f} s after media started "
-                    f"(client peer connections: {dict(states)})")
+                    f"(client peer connections: {dict(states)}; client errors: {dict(errors)})")
         if time.monotonic() > deadline:
             return (f"kept watching {seconds:.0f} s more: {flowing} streams still flowing (at the window's end "
-                    f"{first_flowing}); client peer connections: {dict(states)}")
+                    f"{first_flowing}); client peer connections: {dict(states)}; client errors: {dict(errors)}")
         await asyncio.sleep(2)
 
 
