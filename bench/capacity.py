@@ -113,6 +113,9 @@ class Plan:
     loop_s: float  # seconds of pre-encoded media
     profile_s: float
     activity_window_s: float
+    # How long the activity scenario waits for all its media to flow before measuring anyway
+    # (a busy machine can take long; --quick must stay under a minute).
+    media_wait_s: float = 60.0
 
 
 # Full: each window starts 10 s after its joins, once every new consumer's NACK history
@@ -121,7 +124,7 @@ class Plan:
 FULL = Plan(steps=(10, 25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 400), warmup_s=10.0, window_s=8.0,
             budget_s=270.0, loop_s=10.0, profile_s=8.0, activity_window_s=8.0)
 QUICK = Plan(steps=(10, 40, 80), warmup_s=1.0, window_s=3.0, budget_s=30.0, loop_s=4.0, profile_s=3.0,
-             activity_window_s=3.0)
+             activity_window_s=3.0, media_wait_s=12.0)
 
 
 # --- /proc -------------------------------------------------------------------------------------
@@ -947,7 +950,7 @@ async def _run_activity(ctx: Ctx, directory: bool) -> Window:
         # each (18 seniors + host). Audio: host, senior-1, senior-2 -> 19 each.
         video = 19 + 19 if directory else 19 + 19 * 19
         audio = 3 * 19
-        ok, lagging = await rig.wait_media(60, audio_total=audio)
+        ok, lagging = await rig.wait_media(ctx.plan.media_wait_s, audio_total=audio)
         media_at = time.monotonic()
         if directory:
             # Steady state, as the fan-out steps: the joins' renegotiations (20 peer connections,
