@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from asyncio.selector_events import _SelectorDatagramTransport
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,6 +61,8 @@ NACK_RETRY_INTERVAL_S = 0.03
 NACK_DEADLINE_S = 0.2
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
+# Datagrams read from one ICE socket per event-loop pass (Settings.ice_read_batch).
+ICE_READ_BATCH = 64
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,60 @@ def restrict_host_addresses(addresses: list[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+def set_ice_read_batch(datagrams: int) -> None:
+    """How many datagrams one ICE socket may deliver per event-loop pass (process-wide)."""
+    global ICE_READ_BATCH
+    ICE_READ_BATCH = max(1, datagrams)
+
+
+def drain_ice_sockets(dtls: RTCDtlsTransport) -> None:
+    """Makes the ICE sockets under a DTLS transport read every waiting datagram per pass.
+
+    asyncio's datagram transport reads ONE datagram per socket per event-loop pass. A
+    publisher's socket carries 70-110 packets/s, so one slow pass (a big fan-out, a
+    renegotiation, a CPU shared with other processes) lets its kernel queue grow: seconds
+    of latency, then drops, and ICE consent answers wait or drop with the media until aioice
+    gives the connection up (measured in BENCHMARKS.md, 2026-11-26 second pass). Reading up
+    to ICE_READ_BATCH datagrams per readiness callback removes that ceiling. Idempotent;
+    sockets that are not asyncio selector datagram transports (TURN) are left alone.
+    """
+    try:
+        protocols = dtls.transport._connection._protocols
+    except AttributeError:
+        return
+    for protocol in protocols:
+        transport = getattr(protocol, "transport", None)
+        if not isinstance(transport, _SelectorDatagramTransport) or getattr(transport, "_vz_draining", False):
+            continue
+        if transport._conn_lost or transport._sock is None:
+            continue
+        loop = transport._loop
+        loop._remove_reader(transport._sock_fd)
+        loop._add_reader(transport._sock_fd, _read_waiting_datagrams, transport)
+        transport._vz_draining = True  # type: ignore[attr-defined]
+
+
+def _read_waiting_datagrams(transport: Any) -> None:
+    # asyncio's _SelectorDatagramTransport._read_ready, in a bounded loop.
+    sock, protocol = transport._sock, transport._protocol
+    for _ in range(ICE_READ_BATCH):
+        if transport._conn_lost:
+            return
+        try:
+            data, addr = sock.recvfrom(transport.max_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            protocol.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        protocol.datagram_received(data, addr)
 
 
 def check_aiortc_version() -> None:
@@ -148,6 +205,7 @@ class ReceiverTap:
             if encoding.rtx:
                 self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
         r.transport._register_rtp_receiver(r, parameters)
+        drain_ice_sockets(r.transport)
         r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())  # type: ignore[attr-defined]
         r._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
         self._started = True
@@ -284,6 +342,7 @@ class DirectWire:
 
     def _bind(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
+        drain_ice_sockets(dtls)
         self._pair = self._addr = None
         try:
             nominated = dtls.transport._connection._nominated

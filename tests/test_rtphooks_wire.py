@@ -134,3 +134,20 @@ async def test_a_closed_transport_refuses_with_connection_error(connect: Any) ->
     await eventually(lambda: feed.sender.transport.state == "closed", what="DTLS closed")
     with pytest.raises(ConnectionError):
         feed.send_now(pt, 0, 2, 1920, b"x" * 10, PacketStamp())
+
+
+async def test_a_burst_is_read_in_a_few_loop_passes_not_one_datagram_per_pass(connect: Any) -> None:
+    feed, tap, received = await connect("audio")
+    pt = feed.payload_type_for("audio/opus")
+    assert pt is not None
+    # Both ends' ICE sockets drain (the tap's side was set up when its receiver started).
+    receiving_socket = tap.receiver.transport.transport._connection._protocols[0].transport
+    assert receiving_socket._vz_draining
+    # 100 packets land in the receiver's socket at once (loopback delivers inside sendto).
+    for i in range(100):
+        feed.send_now(pt, 0, 3000 + i, 960 * i, bytes([i]) * 40, PacketStamp())
+    # asyncio alone reads one datagram per socket per pass: 100 passes. Drained: the reader
+    # callback takes the whole burst, the DTLS task handles it on the next pass.
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert [p.sequence_number for p in received] == list(range(3000, 3100))
