@@ -33,13 +33,17 @@ Scenarios
              or audio). The ramp stops at the first failing step or when the time budget ends.
              streams per core = forwarded video streams / (server CPU / 100 %) at the last
              passing step.
-    activity-now     the issue's 20-participant activity on today's server: the host publishes
-             640x480 video + audio, 19 seniors publish 320x240@15 tiles (~150 kbps) + audio
-             (RFC 6464 levels: host loudest, then senior-1, senior-2). The server forwards the
-             loudest voices only (last-N audio, default 3, the host always heard: 3 x 19 audio
-             streams) but every video to everyone: 19 host + 361 tile streams. (A server
-             without last-N forwards all 380 audio streams; the table then shows that.)
-    activity-target  the activity's *target* forwarding (host video to all, last-3 audio, the
+    activity-now     the issue's 20-participant activity as production runs it: the room is a
+             directory Activity (seeded into the server's data dir before it starts, the way
+             the admin pages create one). The host publishes 640x480 video + audio, 19 seniors
+             publish 320x240@15 tiles (~150 kbps) + audio (RFC 6464 levels: host loudest, then
+             senior-1, senior-2). The server forwards the loudest voices only (last-N audio,
+             default 3, the host always heard: 3 x 19 audio streams), the host's video to
+             everyone and the tiles to the host only (selective video above
+             `tiles_to_everyone_up_to` participants): 19 + 19 video streams.
+    activity-adhoc   (not run by default) the same 20 participants in an ad-hoc room, where
+             every video goes to everyone: 19 host + 361 tile streams.
+    activity-target  (not run by default; superseded by activity-now) the target forwarding (host video to all, last-3 audio, the
              19 tiles only to the host), emulated with today's server: room "stage" has the
              host (video + audio) and 19 seniors, two of whom publish audio (host + 2 = the 3
              voices); room "tiles" has the 19 seniors' tile publishers (tokens without
@@ -109,6 +113,9 @@ class Plan:
     loop_s: float  # seconds of pre-encoded media
     profile_s: float
     activity_window_s: float
+    # How long the activity scenario waits for all its media to flow before measuring anyway
+    # (a busy machine can take long; --quick must stay under a minute).
+    media_wait_s: float = 60.0
 
 
 # Full: each window starts 10 s after its joins, once every new consumer's NACK history
@@ -117,7 +124,7 @@ class Plan:
 FULL = Plan(steps=(10, 25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 400), warmup_s=10.0, window_s=8.0,
             budget_s=270.0, loop_s=10.0, profile_s=8.0, activity_window_s=8.0)
 QUICK = Plan(steps=(10, 40, 80), warmup_s=1.0, window_s=3.0, budget_s=30.0, loop_s=4.0, profile_s=3.0,
-             activity_window_s=3.0)
+             activity_window_s=3.0, media_wait_s=12.0)
 
 
 # --- /proc -------------------------------------------------------------------------------------
@@ -216,6 +223,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+async def seed_activities(data_dir: Path, rooms: tuple[str, ...]) -> None:
+    """Creates directory Activities (room id = activity id) in a data dir before its server
+    starts, through the same store and directory the server opens: a room with an Activity
+    is what production runs, with the router's selective video for large activities."""
+    from server.directory import Activity, Directory
+    from server.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(data_dir)
+    await store.open()
+    try:
+        directory = Directory(store)
+        for room in rooms:
+            await directory.put(Activity(id=room, title=f"Bench {room}", capacity=20), actor="bench")
+    finally:
+        await store.close()
+
+
 class Server:
     """`python -m server.cli serve` in a subprocess."""
 
@@ -230,9 +254,12 @@ class Server:
     code_dir: Path = REPO
 
     @classmethod
-    async def start(cls, workdir: Path, secret: str, extra_env: dict[str, str]) -> "Server":
+    async def start(cls, workdir: Path, secret: str, extra_env: dict[str, str],
+                    activities: tuple[str, ...] = ()) -> "Server":
         port = _free_port()
         data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
+        if activities:
+            await seed_activities(data_dir, activities)
         log_path = workdir / f"server-{port}.log"
         gc_path = workdir / f"server-gc-{port}.json"
         # bench/serverprobe/sitecustomize.py records GC pauses (and applies --server-gc-threshold).
@@ -527,8 +554,10 @@ class Rig:
     # Server experiments from the command line (bench/serverprobe/sitecustomize.py applies them).
     experiment_env: dict[str, str] = {}
 
-    def __init__(self, workdir: Path, media_path: Path, n_workers: int, server_env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, media_path: Path, n_workers: int, server_env: dict[str, str],
+                 activities: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.activities = activities
         self.media_path = media_path
         self.n_workers = n_workers
         self.server_env = {**server_env, **self.experiment_env}
@@ -544,7 +573,7 @@ class Rig:
         self.issuer = TokenIssuer(self.secret)
         self.code = server_code(Server.code_dir)
         self.server, *workers = await asyncio.gather(
-            Server.start(self.workdir, self.secret, self.server_env),
+            Server.start(self.workdir, self.secret, self.server_env, self.activities),
             *(WorkerHandle.start(self.media_path, self.workdir / "loadgen.log") for _ in range(self.n_workers)),
         )
         self.workers = list(workers)
@@ -891,10 +920,22 @@ async def run_fanout(ctx: Ctx, profile: "Profiler | None", windows_direct: list[
 
 
 async def run_activity_now(ctx: Ctx) -> Window:
-    """20 participants, all publishing; today's server picks the audio (last-N) but sends every
-    video to everyone."""
-    async with Rig(ctx.workdir, ctx.media_path, ctx.workers, {}) as rig:
-        room = "activity-now"
+    """The issue's 20-participant activity as production runs it: a directory Activity."""
+    return await _run_activity(ctx, directory=True)
+
+
+async def run_activity_adhoc(ctx: Ctx) -> Window:
+    """The same 20 participants in an ad-hoc room (no Activity): every video to everyone."""
+    return await _run_activity(ctx, directory=False)
+
+
+async def _run_activity(ctx: Ctx, directory: bool) -> Window:
+    """20 participants, all publishing video and audio. In a directory Activity with more than
+    `tiles_to_everyone_up_to` participants the server forwards the host's video to everyone and
+    the seniors' tiles to the host only; in an ad-hoc room every video goes to everyone. Audio
+    is last-N (3, the host always heard) in both."""
+    room = "activity-now" if directory else "activity-adhoc"
+    async with Rig(ctx.workdir, ctx.media_path, ctx.workers, {}, activities=(room,) if directory else ()) as rig:
         # RFC 6464 levels (0 = loudest): the host, then senior-1 and senior-2 are the loudest voices.
         host = rig.spec(room, "host", "host", {"video": "video", "audio": "audio"}, audio_level=10)
         failures, _ = await rig.join([(0, host)])
@@ -905,16 +946,26 @@ async def run_activity_now(ctx: Ctx) -> Window:
         ]
         f2, join_s = await rig.join(seniors, concurrency=3, timeout=180)
         failures += f2
-        # Video: host -> 19 and 19 tiles -> 19 each (18 seniors + host). Audio: the server's last-N
-        # (default 3, host always heard): host, senior-1, senior-2 -> 19 each.
+        # Video, Activity: host -> 19 seniors, 19 tiles -> host. Ad hoc: host -> 19 and 19 tiles -> 19
+        # each (18 seniors + host). Audio: host, senior-1, senior-2 -> 19 each.
+        video = 19 + 19 if directory else 19 + 19 * 19
         audio = 3 * 19
-        ok, lagging = await rig.wait_media(60, audio_total=audio)
+        ok, lagging = await rig.wait_media(ctx.plan.media_wait_s, audio_total=audio)
         media_at = time.monotonic()
-        # Measured soon after media flows, without waiting for a quiet machine: an overloaded
-        # server's connections die within a minute (watched below).
-        await asyncio.sleep(min(ctx.plan.warmup_s, 3.0))
-        win = await rig.measure("activity-now", 19 + 19 * 19, audio, ctx.plan.activity_window_s, quiet=False)
-        win.notes.insert(0, f"19 seniors joined in {join_s:.1f} s (each join renegotiates everyone)")
+        if directory:
+            # Steady state, as the fan-out steps: the joins' renegotiations (20 peer connections,
+            # ~40 m-lines each) leave a backlog that is not the activity's running cost.
+            await asyncio.sleep(ctx.plan.warmup_s)
+            win = await rig.measure(room, video, audio, ctx.plan.activity_window_s)
+        else:
+            # Measured soon after media flows, without waiting for a quiet machine: an overloaded
+            # server's connections die within a minute (watched below).
+            await asyncio.sleep(min(ctx.plan.warmup_s, 3.0))
+            win = await rig.measure(room, video, audio, ctx.plan.activity_window_s, quiet=False)
+        flowing = sum(p["receiving_video"] for p in await rig.status())
+        win.notes.insert(0, f"19 seniors joined in {join_s:.1f} s (each join renegotiates everyone); "
+                            f"{'directory Activity' if directory else 'ad-hoc room'}: {flowing} video streams flowing "
+                            f"after the window (expected {video})")
         if failures:
             win.notes.append(f"{len(failures)} joins failed: {failures[:3]}")
         if not ok:
@@ -934,12 +985,13 @@ async def _watch_collapse(rig: Rig, since: float, seconds: float) -> str:
         states = Counter(p["pc_state"] for p in parts)
         if first_flowing is None:
             first_flowing = flowing
+        errors = Counter(e for p in parts for e in p.get("errors", []))
         if flowing == 0:
             return (f"kept watching: NO stream flowing {time.monotonic() - since:.0f} s after media started "
-                    f"(client peer connections: {dict(states)})")
+                    f"(client peer connections: {dict(states)}; client errors: {dict(errors)})")
         if time.monotonic() > deadline:
             return (f"kept watching {seconds:.0f} s more: {flowing} streams still flowing (at the window's end "
-                    f"{first_flowing}); client peer connections: {dict(states)}")
+                    f"{first_flowing}); client peer connections: {dict(states)}; client errors: {dict(errors)}")
         await asyncio.sleep(2)
 
 
@@ -1201,7 +1253,8 @@ async def bench(args: argparse.Namespace) -> int:
                 stop_reason = f"FAILED: {exc!r}"
                 print(f"  fanout FAILED: {exc!r}\n{_tails(workdir)}", flush=True)
             print(f"  ramp ended: {stop_reason}")
-        for name, runner in (("activity-now", run_activity_now), ("activity-target", run_activity_target)):
+        for name, runner in (("activity-now", run_activity_now), ("activity-adhoc", run_activity_adhoc),
+                             ("activity-target", run_activity_target)):
             if name not in scenarios:
                 continue
             if time.monotonic() + 8 + plan.warmup_s + plan.activity_window_s > ctx.deadline:
@@ -1302,8 +1355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="seconds between media flowing and the window")
     parser.add_argument("--budget", type=float, help="seconds for the fan-out ramp")
     parser.add_argument("--deadline", type=float, help="seconds for the whole run (default 55 quick, 600 full)")
-    parser.add_argument("--scenarios", default="fanout,activity-now,activity-target",
-                        help="comma-separated: fanout, activity-now, activity-target")
+    parser.add_argument("--scenarios", default="fanout,activity-now",
+                        help="comma-separated: fanout, activity-now, activity-adhoc, activity-target")
     parser.add_argument("--profile-seconds", type=float, help="py-spy the server this long after the ramp (0: no)")
     parser.add_argument("--profile-dir", default=tempfile.gettempdir(), help="where the raw profile goes")
     parser.add_argument("--quiet-wait", type=float,

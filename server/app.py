@@ -16,7 +16,7 @@ from .config import Settings
 from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
 from .router import Sfu
-from .rtphooks import check_aiortc_version, restrict_host_addresses
+from .rtphooks import check_aiortc_version, restrict_host_addresses, set_ice_read_batch
 from .store import Store, StoreUnavailable, open_store
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def make_issuer(settings: Settings) -> TokenIssuer:
 
 def create_app(settings: Settings) -> web.Application:
     check_aiortc_version()
+    set_ice_read_batch(settings.ice_read_batch)
     if settings.media_addresses:
         restrict_host_addresses(list(settings.media_addresses))
     app = web.Application(client_max_size=settings.max_message_bytes)

@@ -90,6 +90,9 @@ class Settings:
     # Request a keyframe from a producer at most this often, however many ask.
     keyframe_request_interval_s: float = 0.25
     negotiation_timeout_s: float = 15.0
+    # Datagrams read from one ICE socket per event-loop pass (asyncio reads one): a busy
+    # publisher's socket must not fall behind when a pass is slow (see server/rtphooks.py).
+    ice_read_batch: int = 64
     # What publishers are asked to send: the host and the spotlit participant at full
     # quality, everyone else as a small tile (family calls: everyone full).
     main_video_bitrate_bps: int = 1_000_000

@@ -14,7 +14,7 @@ import uuid
 from aiortc.rtp import RtpPacket
 
 from .producer import Producer
-from .rtphooks import SenderFeed
+from .rtphooks import PacketStamp, SenderFeed
 from .rtppayload import is_keyframe_start
 
 logger = logging.getLogger(__name__)
@@ -39,23 +39,50 @@ class Consumer:
         self._last_sent_at = 0.0
         self._rebase = False
         self._payload_type: int | None = None
+        # True once offsets and payload type are known and no keyframe or rebase is
+        # pending: forward() then skips straight to the rewrite.
+        self._steady = False
         feed.on_keyframe_request = producer.request_keyframe
         producer.consumers.add(self)
 
-    async def forward(self, packet: RtpPacket) -> None:
-        if self.closed:
+    def forward(self, packet: RtpPacket, stamp: PacketStamp) -> None:
+        """Sends the subscriber its copy of one packet, now (no coroutine: see SenderFeed.send_now)."""
+        if self._steady:
+            # The common case, kept short: it runs once per packet and subscriber.
+            sequence_number = (packet.sequence_number + self._seq_offset) & 0xFFFF
+            timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+            payload_type = self._payload_type
+        else:
+            prepared = self._prepare(packet)
+            if prepared is None:
+                return
+            payload_type, sequence_number, timestamp = prepared
+        payload = packet.payload
+        try:
+            self.feed.send_now(payload_type, packet.marker, sequence_number, timestamp, payload, stamp)  # type: ignore[arg-type]
+        except ConnectionError:
             return
+        self.packets += 1
+        self.bytes += len(payload)
+        self._last_seq = sequence_number
+        self._last_ts = timestamp
+        self._last_sent_at = stamp.monotonic
+
+    def _prepare(self, packet: RtpPacket) -> tuple[int, int, int] | None:
+        """The first packets, keyframe waits and rebases: everything but steady forwarding."""
+        if self.closed:
+            return None
         payload_type = self._payload_type
         if payload_type is None:
             if not self.feed.ready or self.producer.mime_type is None:
-                return
+                return None
             payload_type = self._payload_type = self.feed.payload_type_for(self.producer.mime_type)
             if payload_type is None:
-                return
+                return None
         if self._waiting_for_keyframe:
             if not is_keyframe_start(self.producer.mime_type or "", packet.payload):
                 self.producer.request_keyframe()
-                return
+                return None
             self._waiting_for_keyframe = False
         if self._seq_offset is None or self._ts_offset is None:
             self._seq_offset = (random.randrange(1 << 15) - packet.sequence_number) & 0xFFFF
@@ -68,24 +95,17 @@ class Consumer:
             self._seq_offset = (self._last_seq + 1 - packet.sequence_number) & 0xFFFF
             self._ts_offset = (self._last_ts + elapsed - packet.timestamp) & 0xFFFFFFFF
         self._rebase = False
-        sequence_number = (packet.sequence_number + self._seq_offset) & 0xFFFF
-        timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        try:
-            await self.feed.send(
-                payload_type, packet.marker, sequence_number, timestamp, packet.payload,
-                packet.extensions.audio_level,
-            )
-        except ConnectionError:
-            return
-        self.packets += 1
-        self.bytes += len(packet.payload)
-        self._last_seq = sequence_number
-        self._last_ts = timestamp
-        self._last_sent_at = time.monotonic()
+        self._steady = True
+        return (
+            payload_type,
+            (packet.sequence_number + self._seq_offset) & 0xFFFF,
+            (packet.timestamp + self._ts_offset) & 0xFFFFFFFF,
+        )
 
     def resync(self) -> None:
         """After a gap upstream, video restarts at the next keyframe."""
         self._rebase = True
+        self._steady = False
         if self.kind == "video":
             self._waiting_for_keyframe = True
 
@@ -93,5 +113,6 @@ class Consumer:
         if self.closed:
             return
         self.closed = True
+        self._steady = False
         self.feed.on_keyframe_request = None
         self.producer.consumers.discard(self)

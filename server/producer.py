@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiortc.rtp import RtpPacket
 
-from .rtphooks import ReceiverTap
+from .rtphooks import PacketStamp, ReceiverTap
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -79,9 +79,11 @@ class Producer:
             self.loudness = 0.8 * self.loudness + 0.2 * (127 - level[1])
         if self.paused or not self.audible:
             return
+        # Time and level bytes once per incoming packet, shared by every subscriber's copy.
+        stamp = PacketStamp(level)
         for consumer in tuple(self.consumers):
             try:
-                await consumer.forward(packet)
+                consumer.forward(packet, stamp)
             except Exception:
                 # One broken subscriber must not stop the others' media.
                 logger.exception("consumer %s failed; closing it", consumer.id)

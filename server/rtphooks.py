@@ -10,14 +10,20 @@ touch move.
   jitter buffer; every RTP packet goes straight to a callback. Receiver reports, NACKs and
   REMB towards the publisher still flow, through aiortc's own RTCP code.
 - `SenderFeed` turns an `RTCRtpSender` into a pipe for ready-made RTP packets: it parks
-  the sender's encoder loop on a silent track and writes packets to the DTLS transport
-  itself, keeping the counters aiortc's sender reports read and a history for NACKs.
+  the sender's encoder loop on a silent track and sends packets itself, keeping the
+  counters aiortc's sender reports read and a history for NACKs.
+- `DirectWire` is how `SenderFeed` sends: SRTP-protect with the DTLS transport's session,
+  then the selected ICE pair's datagram transport, in one synchronous call (aioice and
+  aiortc's send coroutines bypassed; RTCP and retransmissions still use aiortc's path).
+  `tests/test_rtphooks_pin.py` also pins the aioice internals this reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+from asyncio.selector_events import _SelectorDatagramTransport
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +37,8 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -53,6 +61,10 @@ NACK_RETRY_INTERVAL_S = 0.03
 NACK_DEADLINE_S = 0.2
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
+# Datagrams read from one ICE socket per event-loop pass (Settings.ice_read_batch).
+ICE_READ_BATCH = 64
+
+logger = logging.getLogger(__name__)
 
 RtpHandler = Callable[[RtpPacket], Awaitable[None]]
 
@@ -79,6 +91,60 @@ def restrict_host_addresses(addresses: list[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+def set_ice_read_batch(datagrams: int) -> None:
+    """How many datagrams one ICE socket may deliver per event-loop pass (process-wide)."""
+    global ICE_READ_BATCH
+    ICE_READ_BATCH = max(1, datagrams)
+
+
+def drain_ice_sockets(dtls: RTCDtlsTransport) -> None:
+    """Makes the ICE sockets under a DTLS transport read every waiting datagram per pass.
+
+    asyncio's datagram transport reads ONE datagram per socket per event-loop pass. A
+    publisher's socket carries 70-110 packets/s, so one slow pass (a big fan-out, a
+    renegotiation, a CPU shared with other processes) lets its kernel queue grow: seconds
+    of latency, then drops, and ICE consent answers wait or drop with the media until aioice
+    gives the connection up (measured in BENCHMARKS.md, 2026-11-26 second pass). Reading up
+    to ICE_READ_BATCH datagrams per readiness callback removes that ceiling. Idempotent;
+    sockets that are not asyncio selector datagram transports (TURN) are left alone.
+    """
+    try:
+        protocols = dtls.transport._connection._protocols
+    except AttributeError:
+        return
+    for protocol in protocols:
+        transport = getattr(protocol, "transport", None)
+        if not isinstance(transport, _SelectorDatagramTransport) or getattr(transport, "_vz_draining", False):
+            continue
+        if transport._conn_lost or transport._sock is None:
+            continue
+        loop = transport._loop
+        loop._remove_reader(transport._sock_fd)
+        loop._add_reader(transport._sock_fd, _read_waiting_datagrams, transport)
+        transport._vz_draining = True  # type: ignore[attr-defined]
+
+
+def _read_waiting_datagrams(transport: Any) -> None:
+    # asyncio's _SelectorDatagramTransport._read_ready, in a bounded loop.
+    sock, protocol = transport._sock, transport._protocol
+    for _ in range(ICE_READ_BATCH):
+        if transport._conn_lost:
+            return
+        try:
+            data, addr = sock.recvfrom(transport.max_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            protocol.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        protocol.datagram_received(data, addr)
 
 
 def check_aiortc_version() -> None:
@@ -139,6 +205,7 @@ class ReceiverTap:
             if encoding.rtx:
                 self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
         r.transport._register_rtp_receiver(r, parameters)
+        drain_ice_sockets(r.transport)
         r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())  # type: ignore[attr-defined]
         r._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
         self._started = True
@@ -226,6 +293,103 @@ class ReceiverTap:
             await self.receiver._send_rtcp_pli(self.media_ssrc)
 
 
+class PacketStamp:
+    """What every forwarded copy of one incoming packet shares, computed once per packet
+    rather than once per subscriber: the send time (abs-send-time, the NTP time aiortc's
+    sender reports pair with the RTP timestamp) and the RFC 6464 audio level byte.
+
+    Copies sent later in one fan-out carry the same abs-send-time; the few milliseconds a
+    fan-out takes then look like network delay to the subscriber's bandwidth estimator,
+    constant per subscriber (its place in the loop), so its delay gradient is unaffected.
+    """
+
+    __slots__ = ("monotonic", "abs_send_time", "ntp_timestamp", "level_byte")
+
+    def __init__(self, audio_level: tuple[bool, int] | None = None) -> None:
+        self.monotonic = time.monotonic()
+        ntp = time.time() + NTP_EPOCH_OFFSET_S
+        # abs-send-time is 6.18 fixed-point seconds, 24 bits.
+        self.abs_send_time = (int(ntp * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
+        self.ntp_timestamp = int(ntp * (1 << 32))
+        self.level_byte = -1 if audio_level is None else (0x80 if audio_level[0] else 0) | (audio_level[1] & 0x7F)
+
+
+class DirectWire:
+    """Writes RTP from an SFU consumer to the subscriber's socket in one synchronous step.
+
+    aiortc's path is `RTCDtlsTransport._send_rtp` -> `RTCIceTransport._send` -> aioice
+    `Connection.send` -> `Connection.sendto` -> `StunProtocol.send_data` -> the datagram
+    transport's `sendto`: four coroutine layers per packet and subscriber, ~15 % of the
+    SFU's CPU. This does the same work (state check, SRTP protect with the DTLS
+    transport's own session, the selected pair's socket, the transport's byte counters)
+    without them. The selected pair is looked up per packet (one dict get), so a
+    re-nomination is followed at once. If aiortc or aioice internals have moved, it falls
+    back to aiortc's coroutine path and logs once; tests/test_rtphooks_pin.py fails then.
+    """
+
+    __slots__ = ("_dtls", "_nominated", "_pair", "_addr")
+
+    def __init__(self) -> None:
+        self._dtls: RTCDtlsTransport | None = None
+        self._nominated: dict[int, Any] | None = None
+        self._pair: Any = None
+        self._addr: tuple[str, int] | None = None
+
+    @property
+    def direct(self) -> bool:
+        """Whether packets bypass aiortc's send coroutines (False before the first send)."""
+        return self._nominated is not None
+
+    def _bind(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        drain_ice_sockets(dtls)
+        self._pair = self._addr = None
+        try:
+            nominated = dtls.transport._connection._nominated
+            usable = (
+                isinstance(nominated, dict)
+                and hasattr(dtls, "_tx_srtp")
+                and hasattr(dtls, "_RTCDtlsTransport__tx_bytes")
+                and hasattr(dtls, "_RTCDtlsTransport__tx_packets")
+            )
+        except AttributeError:
+            usable = False
+        if usable:
+            self._nominated = nominated
+        else:
+            self._nominated = None
+            logger.warning("aiortc/aioice internals moved: forwarding through aiortc's slower send path")
+
+    def send(self, dtls: RTCDtlsTransport, data: bytes) -> None:
+        if dtls is not self._dtls:
+            self._bind(dtls)
+        nominated = self._nominated
+        if nominated is None:
+            # Tasks start in creation order and aiortc's path has no await before the
+            # socket, so packets still leave in order.
+            asyncio.ensure_future(dtls._send_rtp(data)).add_done_callback(_ignore_connection_error)
+            return
+        if dtls._state is not DtlsState.CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        pair = nominated.get(1)  # bundle + rtcp-mux: everything on component 1
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        if pair is not self._pair:
+            self._pair = pair
+            self._addr = pair.remote_addr
+        protected = dtls._tx_srtp.protect(data)
+        # A host/srflx pair's asyncio transport or a relayed pair's TurnTransport; both
+        # queue internally when the socket would block.
+        pair.protocol.transport.sendto(protected, self._addr)
+        dtls._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+
+
+def _ignore_connection_error(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), ConnectionError):
+        logger.warning("sending RTP failed: %r", task.exception())
+
+
 class _ParkedTrack(MediaStreamTrack):
     """Keeps aiortc's sender loop asleep: it never yields a frame until stopped."""
 
@@ -259,6 +423,10 @@ class SenderFeed:
         self._mid_element = b""
         self._abs_send_time_id = 0
         self._audio_level_id = 0
+        self._ssrc: int = sender._ssrc
+        # Header extension templates (see _build_templates); none until configured.
+        self._prefix = self._pad = self._prefix_level = self._pad_level = b""
+        self._wire = DirectWire()
         self.retransmits = 0
         self._configured = asyncio.Event()
         self._stopped = False
@@ -309,6 +477,7 @@ class SenderFeed:
                 self._abs_send_time_id = extension.id
             elif extension.uri == AUDIO_LEVEL_URI and 0 < extension.id < 15:
                 self._audio_level_id = extension.id
+        self._build_templates()
         await self._aiortc_send(parameters)
         self._configured.set()
 
@@ -336,39 +505,68 @@ class SenderFeed:
         payload: bytes,
         audio_level: tuple[bool, int] | None = None,
     ) -> None:
+        """Sends one packet now (see `send_now`); kept as a coroutine for callers that await."""
+        self.send_now(payload_type, marker, sequence_number, timestamp, payload, PacketStamp(audio_level))
+
+    def send_now(
+        self,
+        payload_type: int,
+        marker: int,
+        sequence_number: int,
+        timestamp: int,
+        payload: bytes,
+        stamp: PacketStamp,
+    ) -> None:
         """Sends one packet under this sender's SSRC, with our own header extensions.
 
-        The header is packed directly: building and serialising an aiortc RtpPacket per
-        packet and subscriber cost about as much as the encryption.
+        Synchronous on purpose: it is called once per packet *and* subscriber, and every
+        coroutine layer aiortc and aioice put between here and the socket cost more than
+        the header work. The header is packed directly (an aiortc RtpPacket per copy cost
+        about as much as the encryption); the time fields come precomputed in `stamp`,
+        shared by every copy of one incoming packet. Raises ConnectionError when the
+        subscriber's transport is not connected.
         """
-        now = time.time()
-        extensions = self._mid_element
-        if self._abs_send_time_id:
-            abs_send_time = int((now + NTP_EPOCH_OFFSET_S) * (1 << 18)) & 0xFFFFFF
-            extensions += bytes((self._abs_send_time_id << 4 | 2,)) + abs_send_time.to_bytes(3, "big")
-        if audio_level is not None and self._audio_level_id:
-            vad, level = audio_level
-            extensions += bytes((self._audio_level_id << 4, (0x80 if vad else 0) | (level & 0x7F)))
-        if extensions:
-            extensions += b"\x00" * (-len(extensions) % 4)
-            data = b"".join(
-                (
-                    _HEADER.pack(0x90, marker << 7 | payload_type, sequence_number, timestamp, self.sender._ssrc),
-                    _EXTENSION_HEADER.pack(0xBEDE, len(extensions) >> 2),
-                    extensions,
-                    payload,
-                )
-            )
+        if stamp.level_byte >= 0 and self._audio_level_id:
+            prefix, pad = self._prefix_level, self._pad_level
+            level = bytes((self._audio_level_id << 4, stamp.level_byte))
         else:
-            data = _HEADER.pack(0x80, marker << 7 | payload_type, sequence_number, timestamp, self.sender._ssrc) + payload
+            prefix, pad = self._prefix, self._pad
+            level = b""
+        if prefix:
+            data = b"".join((
+                _HEADER.pack(0x90, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc),
+                prefix,
+                stamp.abs_send_time if self._abs_send_time_id else b"",
+                level,
+                pad,
+                payload,
+            ))
+        else:
+            data = _HEADER.pack(0x80, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc) + payload
         self._history[sequence_number % SEND_HISTORY_SIZE] = data
-        await self.sender.transport._send_rtp(data)
+        self._wire.send(self.sender.transport, data)
         s = self.sender
         # aiortc's sender reports and getStats() read these counters.
-        s._RTCRtpSender__ntp_timestamp = int((now + NTP_EPOCH_OFFSET_S) * (1 << 32))  # type: ignore[attr-defined]
+        s._RTCRtpSender__ntp_timestamp = stamp.ntp_timestamp  # type: ignore[attr-defined]
         s._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
         s._RTCRtpSender__octet_count += len(payload)  # type: ignore[attr-defined]
         s._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+    def _build_templates(self) -> None:
+        """The header extension block around the per-packet bytes, for packets with and
+        without an audio level: [BEDE, length] mid, abs-send-time id | time | level | padding."""
+        head = self._mid_element
+        if self._abs_send_time_id:
+            head += bytes((self._abs_send_time_id << 4 | 2,))
+        body = len(head) + (3 if self._abs_send_time_id else 0)
+        for with_level in (False, True):
+            size = body + (2 if with_level and self._audio_level_id else 0)
+            pad = -size % 4
+            prefix = _EXTENSION_HEADER.pack(0xBEDE, (size + pad) >> 2) + head if size else b""
+            if with_level:
+                self._prefix_level, self._pad_level = prefix, b"\x00" * pad
+            else:
+                self._prefix, self._pad = prefix, b"\x00" * pad
 
     async def _retransmit(self, sequence_number: int) -> None:
         data = self._history.get(sequence_number % SEND_HISTORY_SIZE)

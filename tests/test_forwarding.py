@@ -28,7 +28,7 @@ class RecordingFeed:
     def payload_type_for(self, mime_type: str) -> int | None:
         return 111 if mime_type.lower() == "audio/opus" else None
 
-    async def send(self, payload_type: int, marker: int, seq: int, ts: int, payload: bytes, level: Any = None) -> None:
+    def send_now(self, payload_type: int, marker: int, seq: int, ts: int, payload: bytes, stamp: Any) -> None:
         self.sent.append((payload_type, seq, ts))
 
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from asyncio.selector_events import _SelectorDatagramTransport
+
+import aioice.ice
 import aiortc
+from aioice.ice import CandidatePair, StunProtocol
+from aioice.turn import TurnTransport
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
 from server.rtphooks import AIORTC_VERSION, ReceiverTap, SenderFeed, check_aiortc_version
@@ -40,6 +49,29 @@ async def test_private_attributes_and_methods_exist() -> None:
             assert callable(getattr(RTCRtpSender, name)), name
         assert hasattr(receiver.transport, "_register_rtp_receiver")
         assert hasattr(receiver.transport, "_send_rtp")
+
+        # DirectWire (the forwarding path straight to the socket) reads these.
+        dtls = sender.transport
+        for name in ("_state", "_tx_srtp", "_RTCDtlsTransport__tx_bytes", "_RTCDtlsTransport__tx_packets"):
+            assert hasattr(dtls, name), name
+        assert DtlsState.CONNECTED.name == "CONNECTED"
+        assert isinstance(dtls.transport._connection._nominated, dict)
+        assert isinstance(CandidatePair.remote_addr, property)
+        assert "transport" in StunProtocol.__annotations__
+        assert callable(TurnTransport.sendto)
+        source = inspect.getsource(aioice.ice.Connection.sendto)
+        assert "self._nominated.get(component)" in source and "send_data(data, active_pair.remote_addr)" in source
+        assert "self.transport.sendto(data, addr)" in inspect.getsource(StunProtocol.send_data)
+        assert "self._tx_srtp.protect(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+
+        # drain_ice_sockets re-registers asyncio's datagram reader with a bounded loop.
+        read_ready = inspect.getsource(_SelectorDatagramTransport._read_ready)
+        assert "self._sock.recvfrom(self.max_size)" in read_ready
+        assert "self._protocol.datagram_received(data, addr)" in read_ready
+        assert "self._sock_fd, self._read_ready" in inspect.getsource(_SelectorDatagramTransport.__init__)
+        loop = asyncio.get_running_loop()
+        assert callable(loop._add_reader) and callable(loop._remove_reader)  # type: ignore[attr-defined]
+        assert isinstance(dtls.transport._connection._protocols, list)
 
         # The hooks install as instance attributes that aiortc then calls.
         tap = ReceiverTap(receiver, "video")

@@ -1,0 +1,153 @@
+"""SenderFeed's direct path to the socket (server.rtphooks.DirectWire) between two real
+aiortc peers on loopback: what arrives, what aiortc still sees (stats, RTCP), NACK repair."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtp import RtpPacket
+
+from server.rtphooks import PacketStamp, ReceiverTap, SenderFeed
+
+Pair = tuple[SenderFeed, ReceiverTap, list[RtpPacket]]
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[str], Awaitable[Pair]]]:
+    pcs: list[RTCPeerConnection] = []
+
+    async def _connect(kind: str) -> Pair:
+        offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.extend([offerer, answerer])
+        feed = SenderFeed(offerer.addTransceiver(kind, direction="sendonly").sender, kind)
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        # Before the answer: the tap must replace the receiver before aiortc starts it.
+        tap = ReceiverTap(answerer.getTransceivers()[0].receiver, kind)
+        received: list[RtpPacket] = []
+
+        async def on_rtp(packet: RtpPacket) -> None:
+            received.append(packet)
+
+        tap.on_rtp = on_rtp
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await eventually(lambda: feed.ready and tap.codecs != {}, what="both ends connected")
+        return feed, tap, received
+
+    yield _connect
+    for pc in pcs:
+        await pc.close()
+
+
+def _count_aiortc_sends(feed: SenderFeed) -> list[bytes]:
+    """Records what still goes through aiortc's own (coroutine) send path."""
+    dtls = feed.sender.transport
+    original = dtls._send_rtp
+    through_aiortc: list[bytes] = []
+
+    async def recording(data: bytes) -> None:
+        through_aiortc.append(data)
+        await original(data)
+
+    dtls._send_rtp = recording  # type: ignore[method-assign]
+    return through_aiortc
+
+
+async def test_packets_go_straight_to_the_socket_complete_and_in_order(connect: Any) -> None:
+    feed, tap, received = await connect("audio")
+    through_aiortc = _count_aiortc_sends(feed)
+    pt = feed.payload_type_for("audio/opus")
+    assert pt is not None
+    for i in range(50):
+        feed.send_now(pt, 1 if i == 0 else 0, 1000 + i, 960 * i, bytes([i]) * 40, PacketStamp((True, 30 + i % 10)))
+    await eventually(lambda: len(received) == 50, what="50 packets")
+    assert [p.sequence_number for p in received] == list(range(1000, 1050))
+    assert [p.payload for p in received] == [bytes([i]) * 40 for i in range(50)]
+    assert [p.timestamp for p in received] == [960 * i for i in range(50)]
+    assert received[0].marker == 1 and all(p.marker == 0 for p in received[1:])
+    assert all(p.ssrc == feed.ssrc for p in received)
+    assert [p.extensions.audio_level for p in received] == [(True, 30 + i % 10) for i in range(50)]
+    assert all(p.extensions.mid == feed.mid for p in received)
+    assert feed._wire.direct
+    # No RTP media went through aiortc's send coroutines (only RTCP may).
+    assert not [d for d in through_aiortc if not 192 <= d[1] <= 223]
+    # aiortc's statistics (and so its sender reports) still count every packet.
+    stats = await feed.sender.getStats()
+    outbound = next(s for s in stats.values() if s.type == "outbound-rtp")
+    assert outbound.packetsSent == 50
+    assert outbound.bytesSent == 50 * 40
+    transport_stats = next(s for s in feed.sender.transport._get_stats().values() if s.type == "transport")
+    assert transport_stats.packetsSent >= 50
+
+
+async def test_video_carries_abs_send_time_and_a_lost_packet_is_repaired_over_rtx(connect: Any) -> None:
+    feed, tap, received = await connect("video")
+    pt = feed.payload_type_for("video/vp8")
+    assert pt is not None and feed._rtx_payload_type is not None
+    wire = feed.sender.transport.transport._connection._nominated[1].protocol.transport
+    lost: list[int] = []
+
+    def lossy(data: bytes, addr: Any = None) -> None:
+        # Lose seq 2010 on the wire, once; SRTP leaves the RTP header in the clear.
+        if not lost and not 192 <= data[1] <= 223 and int.from_bytes(data[2:4], "big") == 2010:
+            lost.append(2010)
+            return
+        type(wire).sendto(wire, data, addr)
+
+    wire.sendto = lossy
+    try:
+        for i in range(30):
+            feed.send_now(pt, 0, 2000 + i, 3000 * i, b"\x90\x80" + bytes([i]) * 100, PacketStamp())
+            await asyncio.sleep(0.002)
+        await eventually(lambda: 2010 in [p.sequence_number for p in received], what="seq 2010 repaired")
+    finally:
+        del wire.sendto
+    assert lost == [2010]
+    assert feed.retransmits == 1
+    assert sorted(p.sequence_number for p in received) == list(range(2000, 2030))
+    repaired = next(p for p in received if p.sequence_number == 2010)
+    assert repaired.payload == b"\x90\x80" + bytes([10]) * 100
+    assert all(p.extensions.abs_send_time is not None for p in received if p.sequence_number != 2010)
+
+
+async def test_a_closed_transport_refuses_with_connection_error(connect: Any) -> None:
+    feed, tap, received = await connect("audio")
+    pt = feed.payload_type_for("audio/opus")
+    assert pt is not None
+    feed.send_now(pt, 0, 1, 960, b"x" * 10, PacketStamp())
+    await feed.sender.transport.stop()
+    # aiortc marks the transport closed when its receive task has ended.
+    await eventually(lambda: feed.sender.transport.state == "closed", what="DTLS closed")
+    with pytest.raises(ConnectionError):
+        feed.send_now(pt, 0, 2, 1920, b"x" * 10, PacketStamp())
+
+
+async def test_a_burst_is_read_in_a_few_loop_passes_not_one_datagram_per_pass(connect: Any) -> None:
+    feed, tap, received = await connect("audio")
+    pt = feed.payload_type_for("audio/opus")
+    assert pt is not None
+    # Both ends' ICE sockets drain (the tap's side was set up when its receiver started).
+    receiving_socket = tap.receiver.transport.transport._connection._protocols[0].transport
+    assert receiving_socket._vz_draining
+    # 100 packets land in the receiver's socket at once (loopback delivers inside sendto).
+    for i in range(100):
+        feed.send_now(pt, 0, 3000 + i, 960 * i, bytes([i]) * 40, PacketStamp())
+    # asyncio alone reads one datagram per socket per pass: 100 passes. Drained: the reader
+    # callback takes the whole burst, the DTLS task handles it on the next pass.
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert [p.sequence_number for p in received] == list(range(3000, 3100))
