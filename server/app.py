@@ -78,6 +78,7 @@ async def _state(app: web.Application):  # type: ignore[no-untyped-def]
     app[METRICS_KEY].watch(app[SFU_KEY], app[SIGNALING_KEY])
     await app[SIGNALING_KEY].start()
     yield
+    app[METRICS_KEY].close()
     await app[SIGNALING_KEY].close()
     await app[SFU_KEY].close()
     await store.close()

@@ -7,8 +7,10 @@ plus what closed producers and consumers left behind. Labels never name a person
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -47,8 +49,30 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Media and signalling share one event loop, so a long collection freezes every
+        # call on the node for its duration: the operator should see it.
+        self.gc_pause_seconds = Histogram(
+            "verzilvering_gc_pause_seconds",
+            "Garbage-collector pauses of this node's process, by generation.",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self._gc_started = 0.0
+
     def watch(self, sfu: "Sfu", signaling: "SignalingService") -> None:
         self.registry.register(_LiveCollector(sfu, signaling))
+        gc.callbacks.append(self._on_gc)
+
+    def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause_seconds.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
 
 
 class _LiveCollector(Collector):

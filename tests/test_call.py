@@ -265,6 +265,13 @@ async def test_metrics_count_the_forwarding(server: RunningServer, call_client: 
     assert "verzilvering_redis_errors_total" in values
     assert "alice" not in text.lower() and "room-1" not in text
 
+    # A full collection (the server runs in this process) shows as a pause of generation 2.
+    pauses = 'verzilvering_gc_pause_seconds_count{generation="2"}'
+    gc.collect()
+    _, after_gc = await scrape()
+    assert after_gc[pauses] >= values.get(pauses, 0) + 1
+    assert after_gc['verzilvering_gc_pause_seconds_sum{generation="2"}'] > 0
+
 
 async def test_lost_packet_to_a_subscriber_is_retransmitted_from_history(
     server: RunningServer, call_client: ClientFactory
