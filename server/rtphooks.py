@@ -66,6 +66,8 @@ NACK_RETRY_INTERVAL_S = 0.03
 NACK_DEADLINE_S = 0.2
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
+# An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
+_DTLS_CONNECTED = DtlsState.CONNECTED
 # pylibsrtp's own buffer size (an Ethernet MTU); DirectWire's protect buffer matches it.
 SRTP_BUFFER_BYTES = 1500
 # Datagrams read from one ICE socket per event-loop pass (Settings.ice_read_batch).
@@ -397,7 +399,7 @@ class DirectWire:
             # socket, so packets still leave in order.
             asyncio.ensure_future(dtls._send_rtp(data)).add_done_callback(_ignore_connection_error)
             return
-        if dtls._state is not DtlsState.CONNECTED:
+        if dtls._state is not _DTLS_CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
         pair = nominated.get(1)  # bundle + rtcp-mux: everything on component 1
         if pair is None:
@@ -466,7 +468,9 @@ class SenderFeed:
         self._rtx_payload_type: int | None = None
         self._rtx_sequence_number = 0
         self._extensions_map = HeaderExtensionsMap()
-        self._history: dict[int, bytes] = {}
+        # Per slot: this copy's header (with extensions) and the payload, which is the
+        # producer's bytes object, shared by every subscriber's history rather than copied.
+        self._history: dict[int, tuple[bytes, bytes]] = {}
         self._mid_element = b""
         self._abs_send_time_id = 0
         self._audio_level_id = 0
@@ -581,17 +585,21 @@ class SenderFeed:
             prefix, pad = self._prefix, self._pad
             level = b""
         if prefix:
-            data = b"".join((
+            header = b"".join((
                 _HEADER.pack(0x90, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc),
                 prefix,
                 stamp.abs_send_time if self._abs_send_time_id else b"",
                 level,
                 pad,
-                payload,
             ))
         else:
-            data = _HEADER.pack(0x80, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc) + payload
-        self._history[sequence_number % SEND_HISTORY_SIZE] = data
+            header = _HEADER.pack(0x80, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc)
+        # The history keeps the header and the shared payload, not the joined packet: one
+        # ~1.2 kB packet per subscriber and slot was ~180 MB at 300 subscribers, and each
+        # new copy was written into memory last touched 512 packets ago. The joined packet
+        # now lives only until the socket has it.
+        self._history[sequence_number % SEND_HISTORY_SIZE] = (header, payload)
+        data = header + payload
         s = self.sender
         # The private attribute behind RTCRtpSender.transport (a property call per copy);
         # read per copy, not cached, because aiortc swaps it when bundling transports.
@@ -619,9 +627,10 @@ class SenderFeed:
                 self._prefix, self._pad = prefix, b"\x00" * pad
 
     async def _retransmit(self, sequence_number: int) -> None:
-        data = self._history.get(sequence_number % SEND_HISTORY_SIZE)
-        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
+        kept = self._history.get(sequence_number % SEND_HISTORY_SIZE)
+        if kept is None or int.from_bytes(kept[0][2:4], "big") != sequence_number:
             return
+        data = kept[0] + kept[1]
         packet = RtpPacket.parse(data, self._extensions_map)
         if self._rtx_payload_type is not None:
             packet = wrap_rtx(
