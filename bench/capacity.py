@@ -31,6 +31,7 @@ Scenarios
              the room limit is raised for this run with VERZILVERING_MAX_PARTICIPANTS_PER_ROOM).
              A step fails when loss > 0.5 % or the p99 of send->receive latency > 20 ms (video
              or audio). The ramp stops at the first failing step or when the time budget ends.
+             --video-only: the publishers send no audio, so every forwarded stream is video.
              streams per core = forwarded video streams / (server CPU / 100 %) at the last
              passing step.
     activity-now     the issue's 20-participant activity as production runs it: the room is a
@@ -826,6 +827,9 @@ class Ctx:
     retry_busy: bool = True
     direct: bool = True
     watch_s: float = 0.0  # after a failing activity-now window, keep watching this long
+    # Fan-out publishers send video only, so every forwarded stream is a ~500 kbps video
+    # stream: issue 3's "video streams per core" measured, not extrapolated from pairs.
+    video_only: bool = False
 
 
 async def run_fanout(ctx: Ctx, profile: "Profiler | None", windows_direct: list[Window]
@@ -853,8 +857,9 @@ async def run_fanout(ctx: Ctx, profile: "Profiler | None", windows_direct: list[
             print(row(win), flush=True)
             for note in row_notes(win):
                 print(f"    {note}", flush=True)
-        pubs = [(i % ctx.workers, rig.spec(room, f"pub-{room}", "host", {"video": "video", "audio": "audio"}))
-                for i, room in enumerate(rooms)]
+        publish = {"video": "video"} if ctx.video_only else {"video": "video", "audio": "audio"}
+        pubs = [(i % ctx.workers, rig.spec(room, f"pub-{room}", "host", publish)) for i, room in enumerate(rooms)]
+        audio_per_sub = 0 if ctx.video_only else 1
         failures, _ = await rig.join(pubs)
         if failures:
             raise RuntimeError(f"publisher join failed: {failures}")
@@ -880,12 +885,12 @@ async def run_fanout(ctx: Ctx, profile: "Profiler | None", windows_direct: list[
             current = k
             ok, lagging = await rig.wait_media(10 + 0.1 * len(new))
             await asyncio.sleep(plan.warmup_s)
-            win = await rig.measure(f"{total} subs", total, total, plan.window_s)
+            win = await rig.measure(f"{total} subs", total, total * audio_per_sub, plan.window_s)
             if not win.passed and _machine_busy(win) and ctx.retry_busy:
                 # The machine is shared: a window spoiled by other people's jobs gets one more try.
                 first = win.summary()
                 print(row(win) + "  (machine busy: measuring this step again)", flush=True)
-                win = await rig.measure(f"{total} subs", total, total, plan.window_s)
+                win = await rig.measure(f"{total} subs", total, total * audio_per_sub, plan.window_s)
                 win.notes.insert(0, f"second window; the first failed while the machine was busy (other "
                                     f"{first['other_cpu_pct']} %, server waited for a CPU {first['server_wait_pct']} %"
                                     f" of the time): loss {first['loss_pct']} %, p99 {first['p99_ms']} ms")
@@ -1235,7 +1240,7 @@ async def bench(args: argparse.Namespace) -> int:
             print(f"  {stream.describe()}")
         ctx = Ctx(workdir, media_path, plan, args.workers, args.rooms, started, started + total_budget,
                   retry_busy=not args.quick and not args.no_retry, direct=not args.no_direct,
-                  watch_s=0.0 if args.quick else 60.0)
+                  watch_s=0.0 if args.quick else 60.0, video_only=args.video_only)
         profiler = Profiler(plan.profile_s, Path(args.profile_dir)) if plan.profile_s > 0 else None
 
         fanout: list[Window] = []
@@ -1244,7 +1249,8 @@ async def bench(args: argparse.Namespace) -> int:
         prof: dict[str, Any] | None = None
         extra: dict[str, Window] = {}
         if "fanout" in scenarios:
-            print(f"\n== fanout: 1 publisher (video+audio) per room, growing subscribers ==")
+            published = "video only" if args.video_only else "video+audio"
+            print(f"\n== fanout: 1 publisher ({published}) per room, growing subscribers ==")
             print(HEADER, flush=True)
             try:
                 fanout, stop_reason, prof = await run_fanout(ctx, profiler, direct_windows)
@@ -1307,6 +1313,7 @@ async def bench(args: argparse.Namespace) -> int:
         "server_cpu_pct": best.server_cpu_pct if best else None,
         "us_per_forwarded_packet": best.us_per_packet if best else None,
         "video_only_streams_per_core_est": video_only,
+        "fanout_video_only": bool(args.video_only),
         "first_failing_subscribers": last.video_streams if last is not None and not last.passed else None,
         "first_failing_loss_pct": last.loss_pct() if last is not None and not last.passed else None,
         "first_failing_p99_ms": last.p99_ms if last is not None and not last.passed else None,
@@ -1365,6 +1372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-dir", type=Path,
                         help="run `python -m server.cli serve` from this directory (e.g. `git archive HEAD` "
                              "unpacked there, with the commit id in a file COMMIT); default: this repo")
+    parser.add_argument("--video-only", action="store_true",
+                        help="fan-out publishers send video only: subscribers receive only ~500 kbps video streams")
     parser.add_argument("--no-direct", action="store_true", help="skip the no-server floor measurement")
     parser.add_argument("--no-retry", action="store_true",
                         help="do not re-measure a failing step when the machine was busy (full runs retry once)")

@@ -25,6 +25,9 @@ class Consumer:
         self.id = f"c-{uuid.uuid4().hex[:12]}"
         self.producer = producer
         self.feed = feed
+        # Bound once: forward() runs once per packet and subscriber, and a consumer's
+        # feed never changes.
+        self._send_now = feed.send_now
         self.mid = mid
         self.kind = producer.kind
         self.closed = False
@@ -59,7 +62,7 @@ class Consumer:
             payload_type, sequence_number, timestamp = prepared
         payload = packet.payload
         try:
-            self.feed.send_now(payload_type, packet.marker, sequence_number, timestamp, payload, stamp)  # type: ignore[arg-type]
+            self._send_now(payload_type, packet.marker, sequence_number, timestamp, payload, stamp)  # type: ignore[arg-type]
         except ConnectionError:
             return
         self.packets += 1

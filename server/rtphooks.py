@@ -52,6 +52,11 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 from aiortc.utils import uint16_add
+from pylibsrtp import SRTP_MAX_TRAILER_LEN
+from pylibsrtp import _srtp_assert
+from pylibsrtp import Session as SrtpSession
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from .rtpseq import NackTracker
 
@@ -61,6 +66,10 @@ NACK_RETRY_INTERVAL_S = 0.03
 NACK_DEADLINE_S = 0.2
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
+# An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
+_DTLS_CONNECTED = DtlsState.CONNECTED
+# pylibsrtp's own buffer size (an Ethernet MTU); DirectWire's protect buffer matches it.
+SRTP_BUFFER_BYTES = 1500
 # Datagrams read from one ICE socket per event-loop pass (Settings.ice_read_batch).
 ICE_READ_BATCH = 64
 
@@ -325,15 +334,29 @@ class DirectWire:
     without them. The selected pair is looked up per packet (one dict get), so a
     re-nomination is followed at once. If aiortc or aioice internals have moved, it falls
     back to aiortc's coroutine path and logs once; tests/test_rtphooks_pin.py fails then.
+
+    SRTP: `pylibsrtp.Session.protect` is a Python wrapper that per call type-checks,
+    allocates a cffi `int *`, and asserts the result through another call: ~2 µs of a
+    ~6 µs protect. `send` calls `srtp_protect` on the same libsrtp session (so the
+    same keys, rollover counter and replay state as aiortc's own RTP sends) with a length
+    cell and buffer allocated once per wire. The pin test checks the pylibsrtp internals.
     """
 
-    __slots__ = ("_dtls", "_nominated", "_pair", "_addr")
+    __slots__ = ("_dtls", "_nominated", "_pair", "_addr", "_transport", "_srtp", "_srtp_t", "_cdata", "_buffer", "_len")
 
     def __init__(self) -> None:
         self._dtls: RTCDtlsTransport | None = None
         self._nominated: dict[int, Any] | None = None
         self._pair: Any = None
         self._addr: tuple[str, int] | None = None
+        # The selected pair's datagram transport, looked up once per pair, not per copy.
+        self._transport: Any = None
+        # The session whose libsrtp handle `_srtp_t` is; re-read if DTLS installs another.
+        self._srtp: SrtpSession | None = None
+        self._srtp_t: Any = None
+        self._cdata: Any = None
+        self._buffer: Any = None
+        self._len: Any = None
 
     @property
     def direct(self) -> bool:
@@ -343,7 +366,8 @@ class DirectWire:
     def _bind(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         drain_ice_sockets(dtls)
-        self._pair = self._addr = None
+        self._pair = self._addr = self._transport = None
+        self._srtp = self._srtp_t = None
         try:
             nominated = dtls.transport._connection._nominated
             usable = (
@@ -351,11 +375,17 @@ class DirectWire:
                 and hasattr(dtls, "_tx_srtp")
                 and hasattr(dtls, "_RTCDtlsTransport__tx_bytes")
                 and hasattr(dtls, "_RTCDtlsTransport__tx_packets")
+                and hasattr(_srtp_lib, "srtp_protect")
             )
         except AttributeError:
             usable = False
         if usable:
             self._nominated = nominated
+            if self._cdata is None:
+                # Same size as pylibsrtp's own buffer: an Ethernet MTU.
+                self._cdata = _srtp_ffi.new("char[]", SRTP_BUFFER_BYTES)
+                self._buffer = _srtp_ffi.buffer(self._cdata)
+                self._len = _srtp_ffi.new("int *")
         else:
             self._nominated = None
             logger.warning("aiortc/aioice internals moved: forwarding through aiortc's slower send path")
@@ -369,7 +399,7 @@ class DirectWire:
             # socket, so packets still leave in order.
             asyncio.ensure_future(dtls._send_rtp(data)).add_done_callback(_ignore_connection_error)
             return
-        if dtls._state is not DtlsState.CONNECTED:
+        if dtls._state is not _DTLS_CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
         pair = nominated.get(1)  # bundle + rtcp-mux: everything on component 1
         if pair is None:
@@ -377,10 +407,29 @@ class DirectWire:
         if pair is not self._pair:
             self._pair = pair
             self._addr = pair.remote_addr
-        protected = dtls._tx_srtp.protect(data)
-        # A host/srflx pair's asyncio transport or a relayed pair's TurnTransport; both
-        # queue internally when the socket would block.
-        pair.protocol.transport.sendto(protected, self._addr)
+            # A host/srflx pair's asyncio transport or a relayed pair's TurnTransport; both
+            # queue internally when the socket would block. A pair's protocol gets its
+            # transport once (connection_made), before the pair can be nominated.
+            self._transport = pair.protocol.transport
+        # dtls._tx_srtp.protect(data) without pylibsrtp's wrapper (see the class docstring).
+        srtp = dtls._tx_srtp
+        if srtp is not self._srtp:
+            self._srtp_t = srtp._srtp[0]
+            self._srtp = srtp
+        size = len(data)
+        if size > SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_LEN:
+            raise ValueError("packet is too long")
+        length = self._len
+        length[0] = size
+        buffer = self._buffer
+        buffer[0:size] = data
+        status = _srtp_lib.srtp_protect(self._srtp_t, self._cdata, length)
+        if status:
+            _srtp_assert(status)  # raises pylibsrtp.Error, as protect() would
+        protected = buffer[0 : length[0]]
+        # sendto is looked up on the transport per copy, so a wrapper installed on it (the
+        # loss test in tests/test_call.py does) still sees every packet.
+        self._transport.sendto(protected, self._addr)
         dtls._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
         dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
 
@@ -419,7 +468,9 @@ class SenderFeed:
         self._rtx_payload_type: int | None = None
         self._rtx_sequence_number = 0
         self._extensions_map = HeaderExtensionsMap()
-        self._history: dict[int, bytes] = {}
+        # Per slot: this copy's header (with extensions) and the payload, which is the
+        # producer's bytes object, shared by every subscriber's history rather than copied.
+        self._history: dict[int, tuple[bytes, bytes]] = {}
         self._mid_element = b""
         self._abs_send_time_id = 0
         self._audio_level_id = 0
@@ -427,6 +478,7 @@ class SenderFeed:
         # Header extension templates (see _build_templates); none until configured.
         self._prefix = self._pad = self._prefix_level = self._pad_level = b""
         self._wire = DirectWire()
+        self._wire_send = self._wire.send  # bound once: send_now runs per packet and subscriber
         self.retransmits = 0
         self._configured = asyncio.Event()
         self._stopped = False
@@ -533,19 +585,25 @@ class SenderFeed:
             prefix, pad = self._prefix, self._pad
             level = b""
         if prefix:
-            data = b"".join((
+            header = b"".join((
                 _HEADER.pack(0x90, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc),
                 prefix,
                 stamp.abs_send_time if self._abs_send_time_id else b"",
                 level,
                 pad,
-                payload,
             ))
         else:
-            data = _HEADER.pack(0x80, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc) + payload
-        self._history[sequence_number % SEND_HISTORY_SIZE] = data
-        self._wire.send(self.sender.transport, data)
+            header = _HEADER.pack(0x80, marker << 7 | payload_type, sequence_number, timestamp, self._ssrc)
+        # The history keeps the header and the shared payload, not the joined packet: one
+        # ~1.2 kB packet per subscriber and slot was ~180 MB at 300 subscribers, and each
+        # new copy was written into memory last touched 512 packets ago. The joined packet
+        # now lives only until the socket has it.
+        self._history[sequence_number % SEND_HISTORY_SIZE] = (header, payload)
+        data = header + payload
         s = self.sender
+        # The private attribute behind RTCRtpSender.transport (a property call per copy);
+        # read per copy, not cached, because aiortc swaps it when bundling transports.
+        self._wire_send(s._RTCRtpSender__transport, data)  # type: ignore[attr-defined]
         # aiortc's sender reports and getStats() read these counters.
         s._RTCRtpSender__ntp_timestamp = stamp.ntp_timestamp  # type: ignore[attr-defined]
         s._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
@@ -569,9 +627,10 @@ class SenderFeed:
                 self._prefix, self._pad = prefix, b"\x00" * pad
 
     async def _retransmit(self, sequence_number: int) -> None:
-        data = self._history.get(sequence_number % SEND_HISTORY_SIZE)
-        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
+        kept = self._history.get(sequence_number % SEND_HISTORY_SIZE)
+        if kept is None or int.from_bytes(kept[0][2:4], "big") != sequence_number:
             return
+        data = kept[0] + kept[1]
         packet = RtpPacket.parse(data, self._extensions_map)
         if self._rtx_payload_type is not None:
             packet = wrap_rtx(

@@ -7,6 +7,7 @@ import inspect
 from asyncio.selector_events import _SelectorDatagramTransport
 
 import aioice.ice
+import pylibsrtp
 import aiortc
 from aioice.ice import CandidatePair, StunProtocol
 from aioice.turn import TurnTransport
@@ -43,6 +44,7 @@ async def test_private_attributes_and_methods_exist() -> None:
             "_RTCRtpSender__rtp_timestamp",
             "_RTCRtpSender__octet_count",
             "_RTCRtpSender__packet_count",
+            "_RTCRtpSender__transport",
         ):
             assert hasattr(sender, name), name
         for name in ("_send_keyframe", "_retransmit", "_handle_rtcp_packet", "send", "stop"):
@@ -63,6 +65,15 @@ async def test_private_attributes_and_methods_exist() -> None:
         assert "self._nominated.get(component)" in source and "send_data(data, active_pair.remote_addr)" in source
         assert "self.transport.sendto(data, addr)" in inspect.getsource(StunProtocol.send_data)
         assert "self._tx_srtp.protect(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+        assert sender._RTCRtpSender__transport is sender.transport  # type: ignore[attr-defined]
+
+        # DirectWire calls libsrtp's srtp_protect on the session pylibsrtp wraps.
+        assert pylibsrtp.__version__ == "1.0.0"
+        protect = inspect.getsource(pylibsrtp.Session.protect)
+        assert "lib.srtp_protect, SRTP_MAX_TRAILER_LEN" in protect
+        process = inspect.getsource(pylibsrtp.Session._Session__process)  # type: ignore[attr-defined]
+        assert "func(self._srtp[0], self._cdata, len_p)" in process
+        assert 'ffi.new("char[]", 1500)' in inspect.getsource(pylibsrtp.Session.__init__)
 
         # drain_ice_sockets re-registers asyncio's datagram reader with a bounded loop.
         read_ready = inspect.getsource(_SelectorDatagramTransport._read_ready)
