@@ -91,6 +91,7 @@ from typing import Any
 import aiohttp
 
 from .loadgen import bin_ms, encode_media, save_media
+from .machine import describe
 
 logger = logging.getLogger("bench.capacity")
 
@@ -197,22 +198,10 @@ def loadavg() -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     import aiortc
     import av
 
-    return {"nproc": os.cpu_count(), "cpu": model, "mem_gb": mem_gb, "kernel": platform.release(),
-            "python": platform.python_version(), "aiortc": aiortc.__version__, "av": av.__version__}
+    return {**describe(), "kernel": platform.release(), "aiortc": aiortc.__version__, "av": av.__version__}
 
 
 # --- processes -----------------------------------------------------------------------------------

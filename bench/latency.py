@@ -67,7 +67,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import secrets
 import shlex
 import signal
@@ -89,6 +88,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from kiosk_client.call import CallClient
 
+from .machine import describe
 from .stamp import ReceiveLog, SendLog, StampedAudioTrack, StampedVideoTrack
 
 logger = logging.getLogger("bench.latency")
@@ -967,28 +967,10 @@ class BenchContext:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     import aiortc
     import av
 
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "mem_gb": mem_gb,
-        "python": platform.python_version(),
-        "aiortc": aiortc.__version__,
-        "av": av.__version__,
-    }
+    return {**describe(), "aiortc": aiortc.__version__, "av": av.__version__}
 
 
 def _fmt(value: Any, unit: str = "") -> str:

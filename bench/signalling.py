@@ -78,7 +78,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import random
 import re
 import resource
@@ -91,7 +90,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +100,7 @@ import redis.asyncio as aioredis
 
 from tests.redis_server import RedisServer
 
+from .machine import describe
 from .sigload import pct, raise_nofile
 
 logger = logging.getLogger("bench.signalling")
@@ -215,25 +215,11 @@ def fmt_cpu(cpu: dict[str, float]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gib = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 1024**2, 1)
     redis_version = ""
     with contextlib.suppress(Exception):
         redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=5).stdout.split()[2]
     return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "mem_gib": mem_gib,
-        "python": platform.python_version(),
+        **describe(),
         "aiohttp": aiohttp.__version__,
         "redis_py": __import__("redis").__version__,
         "redis_server": redis_version.removeprefix("v="),
