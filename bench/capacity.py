@@ -91,12 +91,11 @@ from typing import Any
 import aiohttp
 
 from .loadgen import bin_ms, encode_media, save_media
-from .machine import describe
+from .machine import describe, machine_busy_s, process_cpu_s
 
 logger = logging.getLogger("bench.capacity")
 
 REPO = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 LOSS_LIMIT_PCT = 0.5
@@ -132,17 +131,6 @@ QUICK = Plan(steps=(10, 40, 80), warmup_s=1.0, window_s=3.0, budget_s=30.0, loop
 # --- /proc -------------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
 def proc_wait_s(pid: int | None) -> float:
     """Seconds the process was runnable but waiting for a CPU (/proc/<pid>/schedstat, field 2)."""
     if pid is None:
@@ -162,12 +150,6 @@ def proc_rss_mb(pid: int | None) -> float:
             return int(f.read().split()[1]) * PAGE / 2**20
     except OSError:
         return 0.0
-
-
-def machine_busy_s() -> float:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
 def server_code(directory: Path) -> str:
@@ -632,9 +614,9 @@ class Rig:
         ours = [self.server.pid, os.getpid(), *pids]
         started = time.monotonic()
         while True:
-            b0, o0, t0 = machine_busy_s(), sum(proc_cpu_s(p) for p in ours), time.monotonic()
+            b0, o0, t0 = machine_busy_s(), sum(process_cpu_s(p) for p in ours), time.monotonic()
             await asyncio.sleep(1.0)
-            other = (machine_busy_s() - b0 - (sum(proc_cpu_s(p) for p in ours) - o0)) / (time.monotonic() - t0)
+            other = (machine_busy_s() - b0 - (sum(process_cpu_s(p) for p in ours) - o0)) / (time.monotonic() - t0)
             if other * 100 <= BUSY_OTHER_PCT or time.monotonic() - started >= self.quiet_wait_s:
                 return time.monotonic() - started - 1.0
 
@@ -646,7 +628,7 @@ class Rig:
         pids = [w.pid for w in self.workers]
 
         def cpu() -> tuple[float, list[float], float, float]:
-            return proc_cpu_s(self.server.pid), [proc_cpu_s(p) for p in pids], proc_cpu_s(os.getpid()), machine_busy_s()
+            return process_cpu_s(self.server.pid), [process_cpu_s(p) for p in pids], process_cpu_s(os.getpid()), machine_busy_s()
 
         def waits() -> tuple[float, list[float]]:
             return proc_wait_s(self.server.pid), [proc_wait_s(p) for p in pids]
@@ -1054,14 +1036,14 @@ class Profiler:
             return {"error": "py-spy not installed (pip install py-spy)"}
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         raw = self.out_dir / f"capacity-profile-{stamp}.txt"
-        cpu0, t0 = proc_cpu_s(pid), time.monotonic()
+        cpu0, t0 = process_cpu_s(pid), time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             self.exe, "record", "--pid", str(pid), "--duration", str(int(max(1, self.seconds))), "--rate", "200",
             "--nonblocking", "--format", "raw", "--output", str(raw),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await proc.communicate()
-        cpu_pct = round(100 * (proc_cpu_s(pid) - cpu0) / (time.monotonic() - t0), 1)
+        cpu_pct = round(100 * (process_cpu_s(pid) - cpu0) / (time.monotonic() - t0), 1)
         if proc.returncode != 0 or not raw.exists():
             return {"error": f"py-spy failed ({proc.returncode}): {out.decode(errors='replace')[-500:]}"}
         result = summarize_folded(raw.read_text())

@@ -88,13 +88,12 @@ from aiortc.mediastreams import MediaStreamError
 
 from kiosk_client.call import CallClient
 
-from .machine import describe
+from .machine import describe, machine_busy_s, process_cpu_s
 from .stamp import ReceiveLog, SendLog, StampedAudioTrack, StampedVideoTrack
 
 logger = logging.getLogger("bench.latency")
 
 REPO = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # Stop a window early when the bench and server together hold more than this.
 RSS_LIMIT_BYTES = 6 * 1024**3
@@ -118,28 +117,12 @@ QUICK = Timing(warmup_s=1.0, window_s=4.0)
 # --- process accounting ------------------------------------------------------------------------
 
 
-def _proc_cpu_s(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
 def _proc_rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * PAGE
     except OSError:
         return 0
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
 class LoopLag:
@@ -613,9 +596,9 @@ async def measure(
     pids = [os.getpid(), *client_pids]
 
     def cpu() -> tuple[float, float | None, float]:
-        clients = sum(_proc_cpu_s(p) or 0.0 for p in pids)
-        server = _proc_cpu_s(server_pid) if server_pid else None
-        return clients, server, _machine_busy_s()
+        clients = sum(process_cpu_s(p) for p in pids)
+        server = process_cpu_s(server_pid) if server_pid else None
+        return clients, server, machine_busy_s()
 
     before = cpu()
     bytes0 = await _video_bytes_sent(publisher_pc())

@@ -100,13 +100,12 @@ import redis.asyncio as aioredis
 
 from tests.redis_server import RedisServer
 
-from .machine import describe
+from .machine import describe, machine_busy_s, process_cpu_s
 from .sigload import pct, raise_nofile
 
 logger = logging.getLogger("bench.signalling")
 
 REPO = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_JOIN_P99_MS = 20.0
 TARGET_KIB_PER_IDLE = 30.0
 # Above this much CPU used by processes outside the bench (100 = one core), say so.
@@ -145,15 +144,6 @@ QUICK = Plan(400, 40, 50, 2, 10, 1_000, 2, 10, 50, 3.0, 0, 0)
 # --- /proc ---------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
 def proc_status_kib(pid: int, key: str = "VmRSS") -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -183,12 +173,6 @@ def proc_nofile(pid: int) -> str:
     return "?"
 
 
-def machine_busy_s() -> float:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
 class CpuWindow:
     """CPU % (100 = one core) of named process groups over a window, and of everything else."""
 
@@ -196,12 +180,12 @@ class CpuWindow:
         self.groups = {**groups, "bench": [os.getpid()]}
         self.t0 = time.monotonic()
         self.busy0 = machine_busy_s()
-        self.cpu0 = {name: sum(proc_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
+        self.cpu0 = {name: sum(process_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
 
     def result(self) -> dict[str, float]:
         dt = max(1e-3, time.monotonic() - self.t0)
         out = {
-            name: round((sum(proc_cpu_s(p) for p in pids) - self.cpu0[name]) / dt * 100, 1)
+            name: round((sum(process_cpu_s(p) for p in pids) - self.cpu0[name]) / dt * 100, 1)
             for name, pids in self.groups.items()
         }
         ours = sum(out.values())
@@ -1080,9 +1064,9 @@ async def phase_idle(args: argparse.Namespace, plan: Plan, ctx: "Ctx", compress:
     settle_started = time.monotonic()
     settle_deadline = settle_started + args.settle_timeout
     while time.monotonic() < settle_deadline:
-        t0, c0 = time.monotonic(), proc_cpu_s(node.pid)
+        t0, c0 = time.monotonic(), process_cpu_s(node.pid)
         await asyncio.sleep(2.0)
-        busy = (proc_cpu_s(node.pid) - c0) / (time.monotonic() - t0) * 100
+        busy = (process_cpu_s(node.pid) - c0) / (time.monotonic() - t0) * 100
         if busy < SETTLED_CPU_PCT:
             break
     settle_s = time.monotonic() - settle_started
