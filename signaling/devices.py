@@ -122,8 +122,7 @@ class DeviceHub:
         link.subscription = await self.store.subscribe(
             device_channel(kiosk.id), lambda event: self._to_device(conn, event)
         )
-        await self.store.touch_presence(kiosk_presence(kiosk.id), self._presence_ttl)
-        link.presence_touched = time.monotonic()
+        await self._refresh_presence(link, kiosk_presence(kiosk.id), force=True)
         kiosk.last_seen = time.time()
         await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
         conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
@@ -138,6 +137,14 @@ class DeviceHub:
     @property
     def _presence_ttl(self) -> float:
         return self.settings.ping_timeout_s
+
+    async def _refresh_presence(self, link: DeviceLink | ContactLink, key: str, *, force: bool = False) -> None:
+        # Rewritten at most every fraction of its TTL, not on every ping: a store write
+        # per ping was most of an idle kiosk's cost.
+        now = time.monotonic()
+        if force or now - link.presence_touched >= self._presence_ttl * self.settings.presence_refresh_fraction:
+            await self.store.touch_presence(key, self._presence_ttl)
+            link.presence_touched = now
 
     async def _home(self, kiosk: Kiosk) -> dict[str, Any]:
         senior = await self.directory.get(Senior, kiosk.senior_id)
@@ -200,12 +207,7 @@ class DeviceHub:
         kiosk_id = link.kiosk.id
         if kind == "ping":
             conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
-            # Rewritten at most every fraction of its TTL, not on every ping: a store
-            # write per ping was most of an idle kiosk's cost.
-            now = time.monotonic()
-            if now - link.presence_touched >= self._presence_ttl * self.settings.presence_refresh_fraction:
-                await self.store.touch_presence(kiosk_presence(kiosk_id), self._presence_ttl)
-                link.presence_touched = now
+            await self._refresh_presence(link, kiosk_presence(kiosk_id))
         elif kind == "call_contact":
             contact = await self.directory.get(Contact, message["contact_id"])
             if contact is None or contact.senior_id != link.kiosk.senior_id:
@@ -279,8 +281,7 @@ class DeviceHub:
         link.subscription = await self.store.subscribe(
             contact_channel(contact.id), lambda event: self._to_listener(conn, event)
         )
-        await self.store.touch_presence(contact_presence(contact.id), self._presence_ttl)
-        link.presence_touched = time.monotonic()
+        await self._refresh_presence(link, contact_presence(contact.id), force=True)
         if self._keepalive is None or self._keepalive.done():
             self._keepalive = asyncio.ensure_future(self._keep_listeners_alive())
         conn.send(
@@ -322,10 +323,7 @@ class DeviceHub:
         contact_id = link.contact.id
         if kind == "ping":
             conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
-            now = time.monotonic()
-            if now - link.presence_touched >= self._presence_ttl * self.settings.presence_refresh_fraction:
-                await self.store.touch_presence(contact_presence(contact_id), self._presence_ttl)
-                link.presence_touched = now
+            await self._refresh_presence(link, contact_presence(contact_id))
         elif kind == "call_answer":
             call = await self._outgoing_call(message["call_id"])
             if call is None or call.get("contact_id") != contact_id or call.get("state") != "ringing":
