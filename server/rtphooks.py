@@ -52,12 +52,11 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 from aiortc.utils import uint16_add
-from pylibsrtp import SRTP_MAX_TRAILER_LEN
-from pylibsrtp import _srtp_assert
 from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from . import _srtpsend
 from .rtpseq import NackTracker
 
 AIORTC_VERSION = "1.16.0"
@@ -68,8 +67,8 @@ NACK_DEADLINE_S = 0.2
 SEND_HISTORY_SIZE = 512
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
 _DTLS_CONNECTED = DtlsState.CONNECTED
-# pylibsrtp's own buffer size (an Ethernet MTU); DirectWire's protect buffer matches it.
-SRTP_BUFFER_BYTES = 1500
+# libsrtp's srtp_protect, which server/_srtpsend.c calls per forwarded copy.
+_SRTP_PROTECT = int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
 # Datagrams read from one ICE socket per event-loop pass (Settings.ice_read_batch).
 ICE_READ_BATCH = 64
 
@@ -335,14 +334,17 @@ class DirectWire:
     re-nomination is followed at once. If aiortc or aioice internals have moved, it falls
     back to aiortc's coroutine path and logs once; tests/test_rtphooks_pin.py fails then.
 
-    SRTP: `pylibsrtp.Session.protect` is a Python wrapper that per call type-checks,
-    allocates a cffi `int *`, and asserts the result through another call: ~2 µs of a
-    ~6 µs protect. `send` calls `srtp_protect` on the same libsrtp session (so the
-    same keys, rollover counter and replay state as aiortc's own RTP sends) with a length
-    cell and buffer allocated once per wire. The pin test checks the pylibsrtp internals.
+    The copy itself (header and payload joined, SRTP-protected, sent) is one C call,
+    `server._srtpsend.protect_sendto`: libsrtp's `srtp_protect` on the same libsrtp session
+    pylibsrtp wraps for aiortc (so the same keys, rollover counter and replay state as
+    aiortc's own RTP sends), then `sendto` on the pair's socket. In Python that was a join,
+    two buffer copies, pylibsrtp's wrapper and asyncio's transport checks: ~25 % of the
+    fan-out's CPU. A socket that refuses (its buffer full) loses the copy, as a full network
+    queue would; `refused` counts them. A relayed (TURN) pair has no socket of its own: its
+    copy is protected in C and handed to aioice's `TurnTransport.sendto`.
     """
 
-    __slots__ = ("_dtls", "_nominated", "_pair", "_addr", "_transport", "_srtp", "_srtp_t", "_cdata", "_buffer", "_len")
+    __slots__ = ("_dtls", "_nominated", "_pair", "_addr", "_transport", "_fd", "_address", "_srtp", "_session", "refused")
 
     def __init__(self) -> None:
         self._dtls: RTCDtlsTransport | None = None
@@ -351,12 +353,13 @@ class DirectWire:
         self._addr: tuple[str, int] | None = None
         # The selected pair's datagram transport, looked up once per pair, not per copy.
         self._transport: Any = None
-        # The session whose libsrtp handle `_srtp_t` is; re-read if DTLS installs another.
+        # Its socket and the packed remote address; no socket (-1) for a relayed pair.
+        self._fd = -1
+        self._address = b""
+        # The session whose libsrtp handle `_session` is; re-read if DTLS installs another.
         self._srtp: SrtpSession | None = None
-        self._srtp_t: Any = None
-        self._cdata: Any = None
-        self._buffer: Any = None
-        self._len: Any = None
+        self._session = 0
+        self.refused = 0
 
     @property
     def direct(self) -> bool:
@@ -367,7 +370,7 @@ class DirectWire:
         self._dtls = dtls
         drain_ice_sockets(dtls)
         self._pair = self._addr = self._transport = None
-        self._srtp = self._srtp_t = None
+        self._srtp = None
         try:
             nominated = dtls.transport._connection._nominated
             usable = (
@@ -375,29 +378,36 @@ class DirectWire:
                 and hasattr(dtls, "_tx_srtp")
                 and hasattr(dtls, "_RTCDtlsTransport__tx_bytes")
                 and hasattr(dtls, "_RTCDtlsTransport__tx_packets")
-                and hasattr(_srtp_lib, "srtp_protect")
             )
         except AttributeError:
             usable = False
         if usable:
             self._nominated = nominated
-            if self._cdata is None:
-                # Same size as pylibsrtp's own buffer: an Ethernet MTU.
-                self._cdata = _srtp_ffi.new("char[]", SRTP_BUFFER_BYTES)
-                self._buffer = _srtp_ffi.buffer(self._cdata)
-                self._len = _srtp_ffi.new("int *")
         else:
             self._nominated = None
             logger.warning("aiortc/aioice internals moved: forwarding through aiortc's slower send path")
 
-    def send(self, dtls: RTCDtlsTransport, data: bytes) -> None:
+    def _bind_pair(self, pair: Any) -> None:
+        self._pair = pair
+        self._addr = pair.remote_addr
+        # A host/srflx pair's asyncio transport or a relayed pair's TurnTransport. A pair's
+        # protocol gets its transport once (connection_made), before it can be nominated.
+        self._transport = transport = pair.protocol.transport
+        sock = transport.get_extra_info("socket") if isinstance(transport, _SelectorDatagramTransport) else None
+        if sock is None:
+            self._fd, self._address = -1, b""
+        else:
+            self._fd = sock.fileno()
+            self._address = _srtpsend.pack_address(self._addr[0], self._addr[1])
+
+    def send(self, dtls: RTCDtlsTransport, header: bytes, payload: bytes) -> None:
         if dtls is not self._dtls:
             self._bind(dtls)
         nominated = self._nominated
         if nominated is None:
             # Tasks start in creation order and aiortc's path has no await before the
             # socket, so packets still leave in order.
-            asyncio.ensure_future(dtls._send_rtp(data)).add_done_callback(_ignore_connection_error)
+            asyncio.ensure_future(dtls._send_rtp(header + payload)).add_done_callback(_ignore_connection_error)
             return
         if dtls._state is not _DTLS_CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
@@ -405,32 +415,28 @@ class DirectWire:
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         if pair is not self._pair:
-            self._pair = pair
-            self._addr = pair.remote_addr
-            # A host/srflx pair's asyncio transport or a relayed pair's TurnTransport; both
-            # queue internally when the socket would block. A pair's protocol gets its
-            # transport once (connection_made), before the pair can be nominated.
-            self._transport = pair.protocol.transport
-        # dtls._tx_srtp.protect(data) without pylibsrtp's wrapper (see the class docstring).
+            self._bind_pair(pair)
         srtp = dtls._tx_srtp
         if srtp is not self._srtp:
-            self._srtp_t = srtp._srtp[0]
+            self._session = int(_srtp_ffi.cast("uintptr_t", srtp._srtp[0]))
             self._srtp = srtp
-        size = len(data)
-        if size > SRTP_BUFFER_BYTES - SRTP_MAX_TRAILER_LEN:
-            raise ValueError("packet is too long")
-        length = self._len
-        length[0] = size
-        buffer = self._buffer
-        buffer[0:size] = data
-        status = _srtp_lib.srtp_protect(self._srtp_t, self._cdata, length)
-        if status:
-            _srtp_assert(status)  # raises pylibsrtp.Error, as protect() would
-        protected = buffer[0 : length[0]]
-        # sendto is looked up on the transport per copy, so a wrapper installed on it (the
-        # loss test in tests/test_call.py does) still sees every packet.
-        self._transport.sendto(protected, self._addr)
-        dtls._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+        transport = self._transport
+        if transport._closing:
+            # Its socket is closed, or about to be: the number may already name another.
+            raise ConnectionError("Cannot send data, the ICE socket is closed")
+        if self._fd < 0:
+            protected = _srtpsend.protect(_SRTP_PROTECT, self._session, header, payload)
+            transport.sendto(protected, self._addr)
+            sent = len(protected)
+        else:
+            sent = _srtpsend.protect_sendto(_SRTP_PROTECT, self._session, header, payload, self._fd, self._address)
+            if sent < 0:
+                # The socket refused: a full buffer loses the copy (asyncio would queue it,
+                # adding latency to every later packet); other errors are the ones asyncio
+                # hands to the protocol's error_received, which aioice ignores.
+                self.refused += 1
+                return
+        dtls._RTCDtlsTransport__tx_bytes += sent  # type: ignore[attr-defined]
         dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
 
 
@@ -599,11 +605,10 @@ class SenderFeed:
         # new copy was written into memory last touched 512 packets ago. The joined packet
         # now lives only until the socket has it.
         self._history[sequence_number % SEND_HISTORY_SIZE] = (header, payload)
-        data = header + payload
         s = self.sender
         # The private attribute behind RTCRtpSender.transport (a property call per copy);
         # read per copy, not cached, because aiortc swaps it when bundling transports.
-        self._wire_send(s._RTCRtpSender__transport, data)  # type: ignore[attr-defined]
+        self._wire_send(s._RTCRtpSender__transport, header, payload)  # type: ignore[attr-defined]
         # aiortc's sender reports and getStats() read these counters.
         s._RTCRtpSender__ntp_timestamp = stamp.ntp_timestamp  # type: ignore[attr-defined]
         s._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]

@@ -281,28 +281,30 @@ async def test_lost_packet_to_a_subscriber_is_retransmitted_from_history(
     await eventually(lambda: (m := media_from(bob, alice)) is not None and m.video_frames > 10, what="video")
     transport = server.app[SFU_KEY].routers["room-1"].transports[bob.self_id]
     feed = next(s.consumer.feed for s in transport.consumer_slots.values() if s.consumer.kind == "video")
-    # Lose the packet on the wire: forwarding writes straight to the selected ICE pair's
-    # socket (server.rtphooks.DirectWire), retransmissions go through aiortc's own path.
-    wire = feed.sender.transport.transport._connection._nominated[1].protocol.transport
+    # Lose the packet on the wire: Bob's socket's protocol never sees it. (Forwarding writes
+    # from C straight to the server's socket, server/_srtpsend.c; retransmissions go
+    # through aiortc's own path.)
+    bob_dtls = next(t.receiver.transport for t in bob.pc.getTransceivers() if t.receiver.transport)  # type: ignore[union-attr]
+    inbound = bob_dtls.transport._connection._nominated[1].protocol
     dropped: list[int] = []
 
-    def lossy(data: bytes, addr: Any = None) -> None:
+    def lossy(data: bytes, addr: Any) -> None:
         # Drop exactly one of this consumer's video packets (not RTCP, not a retransmission);
         # SRTP leaves the RTP header in the clear.
         is_rtcp = 192 <= data[1] <= 223  # RFC 5761 demultiplexing
         if not dropped and not is_rtcp and int.from_bytes(data[8:12], "big") == feed.ssrc:
             dropped.append(int.from_bytes(data[2:4], "big"))
             return
-        type(wire).sendto(wire, data, addr)
+        type(inbound).datagram_received(inbound, data, addr)
 
-    wire.sendto = lossy
+    inbound.datagram_received = lossy
     try:
         await eventually(lambda: bool(dropped), what="a packet dropped")
         frames = media_from(bob, alice).video_frames  # type: ignore[union-attr]
         await eventually(lambda: feed.retransmits >= 1, timeout=5, what="retransmission on NACK")
         await eventually(lambda: media_from(bob, alice).video_frames > frames + 5, timeout=5, what="video after loss")  # type: ignore[union-attr]
     finally:
-        del wire.sendto
+        del inbound.datagram_received
     # The subscriber's bandwidth estimate reaches the producer, which caps the publisher by it.
     video = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video")
     await eventually(lambda: video.downstream_limit() is not None, timeout=10, what="REMB from the subscriber")

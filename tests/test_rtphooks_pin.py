@@ -8,6 +8,7 @@ from asyncio.selector_events import _SelectorDatagramTransport
 
 import aioice.ice
 import pylibsrtp
+import pylibsrtp._binding
 import aiortc
 from aioice.ice import CandidatePair, StunProtocol
 from aioice.turn import TurnTransport
@@ -15,6 +16,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
+from server import _srtpsend
 from server.rtphooks import AIORTC_VERSION, ReceiverTap, SenderFeed, check_aiortc_version
 
 
@@ -67,13 +69,23 @@ async def test_private_attributes_and_methods_exist() -> None:
         assert "self._tx_srtp.protect(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
         assert sender._RTCRtpSender__transport is sender.transport  # type: ignore[attr-defined]
 
-        # DirectWire calls libsrtp's srtp_protect on the session pylibsrtp wraps.
+        # server/_srtpsend.c calls libsrtp 2's srtp_protect on the session pylibsrtp wraps,
+        # with pylibsrtp's buffer and trailer limits.
         assert pylibsrtp.__version__ == "1.0.0"
+        assert pylibsrtp._binding.ffi.getctype(pylibsrtp._binding.ffi.typeof(pylibsrtp._binding.lib.srtp_protect)) == (
+            "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+        )
+        assert pylibsrtp._binding.ffi.sizeof("srtp_err_status_t") == 4
         protect = inspect.getsource(pylibsrtp.Session.protect)
         assert "lib.srtp_protect, SRTP_MAX_TRAILER_LEN" in protect
         process = inspect.getsource(pylibsrtp.Session._Session__process)  # type: ignore[attr-defined]
         assert "func(self._srtp[0], self._cdata, len_p)" in process
         assert 'ffi.new("char[]", 1500)' in inspect.getsource(pylibsrtp.Session.__init__)
+        assert _srtpsend.SRTP_MAX_TRAILER_BYTES == pylibsrtp.SRTP_MAX_TRAILER_LEN
+        assert _srtpsend.MAX_PLAIN_BYTES == 1500 - pylibsrtp.SRTP_MAX_TRAILER_LEN
+        assert callable(pylibsrtp._srtp_assert)
+        # The socket DirectWire writes to is the asyncio transport's, and it checks _closing.
+        assert "self._closing = True" in inspect.getsource(asyncio.selector_events._SelectorTransport.close)
 
         # drain_ice_sockets re-registers asyncio's datagram reader with a bounded loop.
         read_ready = inspect.getsource(_SelectorDatagramTransport._read_ready)

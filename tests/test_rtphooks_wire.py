@@ -98,24 +98,25 @@ async def test_video_carries_abs_send_time_and_a_lost_packet_is_repaired_over_rt
     feed, tap, received = await connect("video")
     pt = feed.payload_type_for("video/vp8")
     assert pt is not None and feed._rtx_payload_type is not None
-    wire = feed.sender.transport.transport._connection._nominated[1].protocol.transport
+    # Lose seq 2010 on the wire, once: the receiving socket's protocol never sees it (the
+    # sender's copy leaves from C straight to the socket). SRTP leaves the RTP header clear.
+    inbound = tap.receiver.transport.transport._connection._nominated[1].protocol
     lost: list[int] = []
 
-    def lossy(data: bytes, addr: Any = None) -> None:
-        # Lose seq 2010 on the wire, once; SRTP leaves the RTP header in the clear.
+    def lossy(data: bytes, addr: Any) -> None:
         if not lost and not 192 <= data[1] <= 223 and int.from_bytes(data[2:4], "big") == 2010:
             lost.append(2010)
             return
-        type(wire).sendto(wire, data, addr)
+        type(inbound).datagram_received(inbound, data, addr)
 
-    wire.sendto = lossy
+    inbound.datagram_received = lossy
     try:
         for i in range(30):
             feed.send_now(pt, 0, 2000 + i, 3000 * i, b"\x90\x80" + bytes([i]) * 100, PacketStamp())
             await asyncio.sleep(0.002)
         await eventually(lambda: 2010 in [p.sequence_number for p in received], what="seq 2010 repaired")
     finally:
-        del wire.sendto
+        del inbound.datagram_received
     assert lost == [2010]
     assert feed.retransmits == 1
     assert sorted(p.sequence_number for p in received) == list(range(2000, 2030))
