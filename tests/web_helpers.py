@@ -45,7 +45,10 @@ async def seed(app: web.Application) -> Seed:
     other = Account(id="staff-wim", name="Wim", username="wim", role="volunteer", password_hash=password_hash)
     senior = Senior(id="senior-riet", name="Oma Riet", language="nl")
     contact = Contact(id="contact-sanne", senior_id=senior.id, name="Sanne", relation="kleindochter", trusted=True)
-    today = WEEKDAYS[dt.datetime.now(AMSTERDAM).weekday()]
+    weekday = dt.datetime.now(AMSTERDAM).weekday()
+    today = WEEKDAYS[weekday]
+    # Bingo is never today, whatever day the tests run: pages list it under "later".
+    not_today = WEEKDAYS[(weekday + 3) % 7]
     activity = Activity(
         id="activity-stoelgym", title="Stoelgym", description="Bewegen op een stoel.",
         host_ids=[volunteer.id], enrolled=[senior.id], capacity=10, guests_allowed=True,
@@ -53,7 +56,7 @@ async def seed(app: web.Application) -> Seed:
     )
     closed = Activity(
         id="activity-bingo", title="Bingo", host_ids=[other.id], enrolled=[senior.id],
-        guests_allowed=False, slots=[{"weekday": "friday", "start": "14:00", "duration_min": 90}],
+        guests_allowed=False, slots=[{"weekday": not_today, "start": "14:00", "duration_min": 90}],
     )
     for record in (coordinator, volunteer, other, senior, contact, activity, closed):
         await directory.put(record, actor="test")
