@@ -10,8 +10,10 @@ a keyframe): libvpx would force one on a resize anyway, and cannot grow past its
 
 The settings are aiortc 1.16's (what its PyAV options amount to in libvpx): realtime
 deadline, CBR with a 1 s buffer, lag 0, cpu-used -6, quantizer 2–56, undershoot 100 %,
-overshoot 15 %, keyframes only every 3000 frames or on request, one token partition. The
-RTP payloads come from aiortc's own VP8 packetizer, so receivers see exactly what aiortc's
+overshoot 15 %, noise sensitivity 4, static threshold 1, keyframes only every 3000 frames
+or on request, one token partition, error resilience off. Fed FFmpeg's timestamps, the
+output is byte-identical to aiortc's; fed real frame durations (as here), libvpx's
+frame-rate estimate and so the frame sizes differ slightly (BENCHMARKS.md). The RTP payloads come from aiortc's own VP8 packetizer, so receivers see exactly what aiortc's
 encoder would send. `encode` is called in an executor by aiortc's `RTCRtpSender`; ctypes
 releases the GIL while libvpx works.
 """
@@ -135,7 +137,8 @@ class Vp8Encoder(Encoder):
         config.rc_target_bitrate = self._target_kbps()
         config.rc_min_quantizer, config.rc_max_quantizer = MIN_QUANTIZER, MAX_QUANTIZER
         config.rc_undershoot_pct, config.rc_overshoot_pct = UNDERSHOOT_PCT, OVERSHOOT_PCT
-        # FFmpeg turns aiortc's bufsize into these: a 1 s buffer, kept 5/6 full.
+        # What FFmpeg makes of aiortc's bufsize: a 1 s buffer, starting 3/4 full (FFmpeg's
+        # default initial occupancy), kept 5/6 full.
         config.rc_buf_sz = BUFFER_MS
         config.rc_buf_initial_sz = BUFFER_MS * 3 // 4
         config.rc_buf_optimal_sz = BUFFER_MS * 5 // 6
