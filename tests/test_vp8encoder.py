@@ -12,6 +12,7 @@ import pytest
 
 from bench.vp8_retarget import is_keyframe, pattern_frame, vp8_frame
 from kiosk_client.libvpx import LibvpxError
+from kiosk_client import vp8encoder
 from kiosk_client.vp8encoder import Vp8Encoder
 
 FPS = 30
@@ -130,3 +131,18 @@ def test_close_frees_the_encoder_and_a_later_frame_opens_a_new_one() -> None:
     assert encoder._ctx is None
     frames += encode(encoder, range(3, 5))
     assert [i for i, f in enumerate(frames) if is_keyframe(f)] == [0, 3]
+
+
+def test_settings_are_aiortcs_byte_for_byte_given_ffmpegs_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PyAV runs aiortc's libvpx encoder with a 1 µs time base and 1 µs frame durations; fed
+    # the same, ours produces the very same frames: its settings are aiortc's, as far as
+    # this picture exercises them (the denoiser's, for one, from the second frame on).
+    monkeypatch.setattr(vp8encoder, "TIMEBASE_HZ", 1_000_000)
+    theirs = vpx.Vp8Encoder()
+    theirs.target_bitrate = 800_000
+    ours = Vp8Encoder(800_000)
+    for i in range(40):
+        frame = pattern_frame(i)
+        if i == 0:
+            ours._open(frame.width, frame.height)
+        assert ours._encode(frame, i * 33_333, 1, False) == vp8_frame(theirs.encode(frame)[0]), f"frame {i}"
