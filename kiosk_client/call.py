@@ -120,7 +120,6 @@ class CallClient:
     def attach_media(self, video: MediaStreamTrack | None, audio: MediaStreamTrack | None) -> None:
         """Sets camera and microphone after construction and before `publish` — the kiosk
         opens them only once admitted to the room."""
-        self.publishing.close()
         self.video = ScaledVideoTrack(video) if video is not None else None
         self.publishing = PublishControl(self.video)
         self.audio = audio
@@ -267,7 +266,6 @@ class CallClient:
         }
 
     async def close(self) -> None:
-        self.publishing.close()
         if self._negotiator is not None:
             self._negotiator.cancel()
         await self.signaling.close()

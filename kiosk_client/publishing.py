@@ -1,53 +1,61 @@
 """How the kiosk publishes: resolution and bitrate as the server asks, without keyframe storms.
 
-aiortc rebuilds its VP8 encoder — and so sends a keyframe — on every REMB that moves the
-target by more than 10 %; PyAV cannot retarget libvpx in place. So REMB goes through a
-governor here: a drop of a quarter or more (congestion) applies at once; a rise applies
-only after a quiet spell; small wiggles never do. The server's `publish_quality` caps both
-bitrate and picture height (a senior's tile needs far less than the host's main picture).
+aiortc's own VP8 encoder rebuilds itself — and so sends a keyframe — on every REMB that
+moves the target by more than 10 % (PyAV cannot retarget an open libvpx encoder). The
+kiosk's video senders therefore get `kiosk_client.vp8encoder.Vp8Encoder`, which retargets
+libvpx in place: a bitrate change costs no keyframe, so REMB is followed closely, in both
+directions, as soon as it arrives. Only estimates within a small deadband of the current
+target are ignored, so report-to-report wiggles do not reconfigure the encoder on every
+RTCP packet. The server's `publish_quality` caps both bitrate and picture height (a
+senior's tile needs far less than the host's main picture).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fractions
-import time
+import logging
 from typing import Any
 
 import aiortc.codecs.vpx as vpx
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCRtpSender
+from aiortc.codecs import get_encoder
+from aiortc.codecs.base import Encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 from av import VideoFrame
+
+from .libvpx import LibvpxError
+from .vp8encoder import Vp8Encoder
 
 # A tile at 240 lines looks fine at 150 kbps; aiortc's floor (250 kbps) is for 480 lines.
 vpx.MIN_BITRATE = 100_000
 
-SIGNIFICANT_CHANGE = 0.25
-RAISE_AFTER_S = 10.0
+# An estimate within 5 % of the current target is noise between reports, not news.
+DEADBAND = 0.05
+
+logger = logging.getLogger(__name__)
 
 
 class BitrateGovernor:
+    """The encoder target: the receivers' estimate (REMB) within a deadband, under the server's ceiling."""
+
     def __init__(self, ceiling: int = vpx.MAX_BITRATE) -> None:
         self.ceiling = ceiling
         self.target = min(vpx.DEFAULT_BITRATE, ceiling)
-        self._changed_at = 0.0
 
-    def propose(self, estimate: int, now: float | None = None) -> int | None:
+    def propose(self, estimate: int) -> int | None:
         """The new encoder target for a receiver estimate, or None to keep the current one."""
-        now = time.monotonic() if now is None else now
         wanted = max(vpx.MIN_BITRATE, min(estimate, self.ceiling))
-        change = (wanted - self.target) / self.target
-        if change <= -SIGNIFICANT_CHANGE or (change >= SIGNIFICANT_CHANGE and now - self._changed_at >= RAISE_AFTER_S):
-            self.target = wanted
-            self._changed_at = now
-            return wanted
-        return None
+        if abs(wanted - self.target) <= DEADBAND * self.target:
+            return None
+        self.target = wanted
+        return wanted
 
-    def cap(self, ceiling: int, now: float | None = None) -> int | None:
+    def cap(self, ceiling: int) -> int | None:
         self.ceiling = max(vpx.MIN_BITRATE, ceiling)
         if self.target > self.ceiling:
             self.target = self.ceiling
-            self._changed_at = time.monotonic() if now is None else now
             return self.target
         return None
 
@@ -80,18 +88,47 @@ class ScaledVideoTrack(MediaStreamTrack):
 
 
 class PublishControl:
-    """Applies the governor and the server's quality requests to a call's video sender."""
+    """Gives a call's video senders our VP8 encoder, and applies the governor and the server's quality requests."""
 
     def __init__(self, track: ScaledVideoTrack | None) -> None:
         self.track = track
         self.governor = BitrateGovernor()
         self._senders: list[RTCRtpSender] = []
-        self._pending: asyncio.Task[None] | None = None
 
     def hook_sender(self, sender: RTCRtpSender) -> None:
         if sender.kind != "video" or sender in self._senders:
             return
         self._senders.append(sender)
+        self._hook_encoder(sender)
+        self._hook_remb(sender)
+
+    def _hook_encoder(self, sender: RTCRtpSender) -> None:
+        # aiortc creates a sender's encoder with its first frame, in `_next_encoded_frame`
+        # (`get_encoder(codec)` when none is set); setting ours just before keeps aiortc's
+        # loop, including encoding in its executor. The negotiated codec decides.
+        next_encoded_frame = sender._next_encoded_frame
+
+        async def with_our_encoder(codec: RTCRtpCodecParameters) -> Any:
+            if sender._RTCRtpSender__encoder is None:  # type: ignore[attr-defined]
+                sender._RTCRtpSender__encoder = self._new_encoder(codec)  # type: ignore[attr-defined]
+            return await next_encoded_frame(codec)
+
+        sender._next_encoded_frame = with_our_encoder  # type: ignore[method-assign]
+
+    def _new_encoder(self, codec: RTCRtpCodecParameters) -> Encoder:
+        encoder = get_encoder(codec)
+        if codec.mimeType.lower() == "video/vp8":
+            try:
+                encoder = Vp8Encoder()
+            except LibvpxError:
+                # A PyAV built against another libvpx: video with keyframes per change
+                # beats no video at all.
+                logger.warning("kiosk VP8 encoder unavailable; using aiortc's", exc_info=True)
+        if hasattr(encoder, "target_bitrate"):
+            encoder.target_bitrate = self.governor.target
+        return encoder
+
+    def _hook_remb(self, sender: RTCRtpSender) -> None:
         original = sender._handle_rtcp_packet
 
         async def handle(packet: Any) -> None:
@@ -100,34 +137,19 @@ class PublishControl:
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
                 except ValueError:
                     return
-                if sender._ssrc in ssrcs:
-                    target = self.governor.propose(bitrate)
-                    if target is not None:
-                        self._apply()
+                if sender._ssrc in ssrcs and self.governor.propose(bitrate) is not None:
+                    self._apply()
                 return
             await original(packet)
 
         sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
-        self._apply()
 
     def _apply(self) -> None:
-        waiting = False
+        # A sender without an encoder yet gets the target when its encoder is made.
         for sender in self._senders:
             encoder = sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
             if encoder is not None and hasattr(encoder, "target_bitrate"):
                 encoder.target_bitrate = self.governor.target
-            else:
-                waiting = True
-        if waiting and (self._pending is None or self._pending.done()):
-            # aiortc creates the encoder with the first frame; set the target then.
-            self._pending = asyncio.ensure_future(self._apply_later())
-
-    async def _apply_later(self) -> None:
-        for _ in range(40):
-            await asyncio.sleep(0.25)
-            if all(s._RTCRtpSender__encoder is not None for s in self._senders):  # type: ignore[attr-defined]
-                self._apply()
-                return
 
     def quality(self, video: dict[str, Any]) -> None:
         """The server's `publish_quality.video`: {max_bitrate_bps, max_height}."""
@@ -139,7 +161,3 @@ class PublishControl:
             # Asked for more (spotlit): take it now; REMB lowers it again if the path is full.
             self.governor.target = self.governor.ceiling
             self._apply()
-
-    def close(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()

@@ -1,0 +1,113 @@
+"""A real call through the SFU: a REMB to the kiosk lowers its VP8 bitrate and sends no keyframe."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiortc import VideoStreamTrack
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+from aiortc.rtp import RtpPacket
+from av import VideoFrame
+
+from bench.vp8_retarget import is_keyframe, pattern_frame
+from kiosk_client.call import CallClient
+from kiosk_client.media import open_audio
+from kiosk_client.vp8encoder import Vp8Encoder
+from server.app import SFU_KEY
+
+from .conftest import RunningServer
+from .test_call import eventually, media_from
+
+LOW_BPS = 200_000
+MEASURE_S = 3.0
+
+
+class PatternTrack(VideoStreamTrack):
+    """A camera-like 640x480 picture at 30 fps that fits in 200 kbps (bench.vp8_retarget)."""
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = pattern_frame(pts // 3000)
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+@dataclass
+class SentVideo:
+    """The kiosk's video RTP as it leaves the sender (before SRTP): bytes and keyframes, timed."""
+
+    ssrc: int
+    packets: list[tuple[float, int, bool]] = field(default_factory=list)
+
+    def add(self, data: bytes) -> None:
+        if 192 <= data[1] <= 223:  # RTCP (RFC 5761)
+            return
+        packet = RtpPacket.parse(data)
+        if packet.ssrc != self.ssrc:
+            return
+        descriptor, frame = VpxPayloadDescriptor.parse(packet.payload)
+        keyframe = descriptor.partition_start == 1 and descriptor.partition_id == 0 and is_keyframe(frame)
+        self.packets.append((asyncio.get_running_loop().time(), len(packet.payload), keyframe))
+
+    def kbps(self, start: float, end: float) -> float:
+        return sum(size for t, size, _ in self.packets if start <= t < end) * 8 / (end - start) / 1000
+
+    def keyframes(self, start: float) -> int:
+        return sum(key for t, _, key in self.packets if t >= start)
+
+
+async def test_a_remb_lowers_the_kiosks_bitrate_without_a_keyframe(server: RunningServer) -> None:
+    # A host publishes at the main picture's ceiling (1 Mbps), so the drop is a real one.
+    kiosk = CallClient(
+        server.url, server.token(role="host", name="Kiosk"), video=PatternTrack(), audio=open_audio("tone").audio
+    )
+    viewer = CallClient(server.url, server.token(name="Viewer"))
+    try:
+        await kiosk.start()
+        await viewer.start()
+        await eventually(lambda: (m := media_from(viewer, kiosk)) is not None and m.video_frames > 30, what="video")
+        assert kiosk.pc is not None
+        sender = next(t.sender for t in kiosk.pc.getTransceivers() if t.sender.kind == "video" and t.sender.track)
+        assert isinstance(sender._RTCRtpSender__encoder, Vp8Encoder)  # type: ignore[attr-defined]
+        sent = SentVideo(sender._ssrc)
+        dtls = sender.transport
+        send_rtp = dtls._send_rtp
+
+        async def recording(data: bytes) -> None:
+            sent.add(data)
+            await send_rtp(data)
+
+        requests: list[float] = []
+        send_keyframe = sender._send_keyframe
+
+        def keyframe_requested() -> None:
+            requests.append(asyncio.get_running_loop().time())
+            send_keyframe()
+
+        dtls._send_rtp = recording  # type: ignore[method-assign]
+        sender._send_keyframe = keyframe_requested  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(2.0)
+        before = sent.kbps(started + 1.0, loop.time())
+        assert before > 2 * LOW_BPS / 1000, f"{before:.0f} kbps before the REMB: no drop to measure"
+
+        # A subscriber that can only take 200 kbps: the SFU's next REMB to the kiosk says so.
+        producer = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video" and p.participant_id == kiosk.self_id)
+        producer.tap.downstream_limit = lambda: LOW_BPS
+        await eventually(lambda: kiosk.publishing.governor.target == LOW_BPS, timeout=10, what="the REMB at the kiosk")
+        changed = loop.time()
+        frames = media_from(viewer, kiosk).video_frames  # type: ignore[union-attr]
+        await asyncio.sleep(MEASURE_S)
+        after = sent.kbps(changed, loop.time())
+
+        assert sender._RTCRtpSender__encoder.target_bitrate == LOW_BPS  # type: ignore[attr-defined]
+        assert after <= 1.6 * LOW_BPS / 1000, f"{after:.0f} kbps in the {MEASURE_S} s after the REMB ({before:.0f} before)"
+        assert not requests, "a keyframe was requested meanwhile: the test cannot tell whose keyframe it would be"
+        assert sent.keyframes(started) == 0
+        # The viewer kept decoding throughout.
+        assert media_from(viewer, kiosk).video_frames >= frames + 60  # type: ignore[union-attr]
+    finally:
+        await viewer.close()
+        await kiosk.close()
