@@ -1004,6 +1004,9 @@ async def run_activity_target(ctx: Ctx) -> Window:
 
 # Which layer a frame belongs to, by a piece of its "function (path)" text (first match wins).
 LAYERS = (
+    # py-spy has no frame for a C function: the C call's time (libsrtp and the kernel's
+    # sendto, loopback delivery included) is DirectWire.send's own time.
+    ("DirectWire.send", "server: DirectWire.send + its C call (SRTP protect, kernel sendto)"),
     ("_SelectorDatagramTransport.sendto", "kernel: UDP sendto syscall (loopback delivery included)"),
     ("pylibsrtp/", "libsrtp: SRTP protect/unprotect (C)"),
     ("aiortc/clock.py", "aiortc: clock (NTP time via datetime)"),
@@ -1108,6 +1111,9 @@ def summarize_folded(text: str, top: int = 15) -> dict[str, Any]:
 # What to do about a layer that takes a visible share of the server's time (printed after
 # the profile for each layer above 4 %).
 ADVICE = {
+    "server: DirectWire.send + its C call (SRTP protect, kernel sendto)":
+        "mostly the kernel's sendto (on loopback it also pays the receiver's path) and libsrtp, one each per "
+        "packet per consumer; only fewer syscalls (sendmmsg on one shared socket) or more SFU processes move it",
     "kernel: UDP sendto syscall (loopback delivery included)":
         "one sendto per packet per consumer; on loopback it also pays the receiver's kernel path. Only fewer "
         "syscalls (sendmmsg batching, not offered by asyncio) or more SFU processes (rooms sharded, one "
@@ -1125,7 +1131,8 @@ ADVICE = {
     "server: Consumer.forward (seq/ts rewrite)":
         "per packet and consumer: keep it to offset arithmetic with everything else cached",
     "server: rtphooks (ReceiverTap, SenderFeed.send)":
-        "per-packet Python in the tap and the feed (header packing, history, counters)",
+        "per-packet Python in the tap and the feed (header packing, history, counters): the next candidate "
+        "for C, with the consumer's rewrite",
     "aiortc: DTLS transport (_send_rtp, _recv_next)": "state check, is_rtcp(), SRTP call and counters per packet",
     "server: Producer fan-out loop": "tuple(consumers) copy and one await per consumer per packet",
     "asyncio event loop (select, callbacks, reads)": "reading datagrams and scheduling: per incoming packet",
