@@ -31,6 +31,7 @@ class MediaTotals:
         self.packets_out = 0
         self.bytes_out = 0
         self.retransmits = 0
+        self.send_refused = 0
         self.keyframe_requests = 0
         self.packets_lost = 0
 
@@ -84,6 +85,7 @@ class _LiveCollector(Collector):
         totals = self.sfu.totals
         packets_in, packets_out, bytes_out = totals.packets_in, totals.packets_out, totals.bytes_out
         retransmits, keyframes, lost = totals.retransmits, totals.keyframe_requests, totals.packets_lost
+        refused = totals.send_refused
         consumers = 0
         for router in self.sfu.routers.values():
             for transport in router.transports.values():
@@ -92,6 +94,7 @@ class _LiveCollector(Collector):
                 packets_out += r.packets_out
                 bytes_out += r.bytes_out
                 retransmits += r.retransmits
+                refused += r.send_refused
                 keyframes += r.keyframe_requests
                 for producer in transport.producers:
                     packets_in += producer.packets
@@ -102,6 +105,7 @@ class _LiveCollector(Collector):
                     packets_out += slot.consumer.packets
                     bytes_out += slot.consumer.bytes
                     retransmits += slot.consumer.feed.retransmits
+                    refused += slot.consumer.feed.refused
         yield GaugeMetricFamily("verzilvering_rooms", "Rooms whose media this node hosts.", len(self.sfu.routers))
         yield GaugeMetricFamily(
             "verzilvering_participants", "Participant sessions on this node.",
@@ -113,6 +117,9 @@ class _LiveCollector(Collector):
         yield CounterMetricFamily("verzilvering_forwarded_bytes", "RTP payload bytes forwarded to subscribers.", bytes_out)
         yield CounterMetricFamily("verzilvering_packets_lost", "Packets lost on the way from publishers.", lost)
         yield CounterMetricFamily("verzilvering_nack", "Packets retransmitted after a subscriber's NACK.", retransmits)
+        yield CounterMetricFamily(
+            "verzilvering_send_refused", "Forwarded packets this node's own socket refused (send buffer full).", refused
+        )
         yield CounterMetricFamily("verzilvering_pli", "Keyframe requests (PLI) sent to publishers.", keyframes)
 
 

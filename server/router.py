@@ -192,6 +192,7 @@ class Sfu:
         t.packets_out += r.packets_out
         t.bytes_out += r.bytes_out
         t.retransmits += r.retransmits
+        t.send_refused += r.send_refused
         t.keyframe_requests += r.keyframe_requests
         for producer in transport.producers:
             t.packets_in += producer.packets
@@ -201,6 +202,7 @@ class Sfu:
             t.packets_out += slot.consumer.packets
             t.bytes_out += slot.consumer.bytes
             t.retransmits += slot.consumer.feed.retransmits
+            t.send_refused += slot.consumer.feed.refused
 
     async def close(self) -> None:
         for room in list(self.routers):

@@ -421,14 +421,15 @@ class DirectWire:
             self._session = int(_srtp_ffi.cast("uintptr_t", srtp._srtp[0]))
             self._srtp = srtp
         transport = self._transport
-        if transport._closing:
-            # Its socket is closed, or about to be: the number may already name another.
-            raise ConnectionError("Cannot send data, the ICE socket is closed")
         if self._fd < 0:
+            # A relayed pair: aioice's TurnTransport ignores data once it is closed.
             protected = _srtpsend.protect(_SRTP_PROTECT, self._session, header, payload)
             transport.sendto(protected, self._addr)
             sent = len(protected)
         else:
+            if transport._closing:
+                # Its socket is closed, or about to be: the number may already name another.
+                raise ConnectionError("Cannot send data, the ICE socket is closed")
             sent = _srtpsend.protect_sendto(_SRTP_PROTECT, self._session, header, payload, self._fd, self._address)
             if sent < 0:
                 # The socket refused: a full buffer loses the copy (asyncio would queue it,
@@ -507,6 +508,11 @@ class SenderFeed:
     @property
     def ready(self) -> bool:
         return self._configured.is_set()
+
+    @property
+    def refused(self) -> int:
+        """Copies the subscriber's socket refused (its send buffer full): lost before the wire."""
+        return self._wire.refused
 
     def payload_type_for(self, mime_type: str) -> int | None:
         return self.payload_types.get(mime_type.lower())

@@ -221,6 +221,7 @@ class WebRtcTransport:
         self.retired.packets_out += slot.consumer.packets
         self.retired.bytes_out += slot.consumer.bytes
         self.retired.retransmits += slot.consumer.feed.retransmits
+        self.retired.send_refused += slot.consumer.feed.refused
         # aiortc cannot remove an m-line; an inactive one stays in later offers. Its
         # sender stops once the client has agreed (an answer to an older offer could
         # otherwise start it again).

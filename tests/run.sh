@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# A private coturn relays the SFU's media in tests/test_rtphooks_wire.py.
+command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
+# pip install compiles server/_srtpsend.c: a C compiler and this Python's headers.
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need_apt+=(python3-dev)
 # npm fetches axe-core for the accessibility tests (tests/test_web_a11y.py).
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if ((${#need_apt[@]})); then

@@ -4,16 +4,26 @@ aiortc peers on loopback: what arrives, what aiortc still sees (stats, RTCP), NA
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aioice.turn import TurnTransport
 from aiortc.rtp import RtpPacket
 
+from server import _srtpsend
 from server.rtphooks import PacketStamp, ReceiverTap, SenderFeed
+from tests.turn_server import TurnServer
 
 Pair = tuple[SenderFeed, ReceiverTap, list[RtpPacket]]
+
+
+@pytest.fixture(scope="module")
+def turn() -> Iterator[TurnServer]:
+    with TurnServer() as server:
+        yield server
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
@@ -28,8 +38,8 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str 
 async def connect() -> AsyncIterator[Callable[[str], Awaitable[Pair]]]:
     pcs: list[RTCPeerConnection] = []
 
-    async def _connect(kind: str) -> Pair:
-        offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    async def _connect(kind: str, sender_config: RTCConfiguration | None = None) -> Pair:
+        offerer = RTCPeerConnection(sender_config or RTCConfiguration(iceServers=[]))
         answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pcs.extend([offerer, answerer])
         feed = SenderFeed(offerer.addTransceiver(kind, direction="sendonly").sender, kind)
@@ -135,6 +145,49 @@ async def test_a_closed_transport_refuses_with_connection_error(connect: Any) ->
     await eventually(lambda: feed.sender.transport.state == "closed", what="DTLS closed")
     with pytest.raises(ConnectionError):
         feed.send_now(pt, 0, 2, 1920, b"x" * 10, PacketStamp())
+
+
+async def test_a_copy_the_socket_refuses_is_counted_lost_and_the_next_one_goes_out(connect: Any) -> None:
+    feed, tap, received = await connect("audio")
+    pt = feed.payload_type_for("audio/opus")
+    assert pt is not None
+    feed.send_now(pt, 0, 4000, 0, b"a" * 20, PacketStamp())
+    await eventually(lambda: len(received) == 1, what="the first packet")
+    wire = feed._wire
+    address = wire._address
+    # An IPv6 destination on the pair's IPv4 socket: the kernel refuses the sendto, as it
+    # would with a full send buffer. Nothing raises; the copy is counted lost, not sent.
+    wire._address = _srtpsend.pack_address("::1", 9)
+    dtls = feed.sender.transport
+    sent_before = dtls._RTCDtlsTransport__tx_packets
+    feed.send_now(pt, 0, 4001, 960, b"b" * 20, PacketStamp())
+    assert feed.refused == 1
+    assert dtls._RTCDtlsTransport__tx_packets == sent_before
+    wire._address = address
+    feed.send_now(pt, 0, 4002, 1920, b"c" * 20, PacketStamp())
+    await eventually(lambda: len(received) == 2, what="the packet after the refused one")
+    assert [p.sequence_number for p in received] == [4000, 4002]
+    assert dtls._RTCDtlsTransport__tx_packets >= sent_before + 1  # (+ any RTCP sent meanwhile)
+    assert feed.refused == 1
+
+
+async def test_a_relayed_pair_goes_through_turn_complete_and_in_order(connect: Any, turn: TurnServer) -> None:
+    # The sender may only use its TURN allocation (a real coturn on loopback): its pair's
+    # transport is aioice's TurnTransport, which has no socket of its own.
+    relay_only = RTCConfiguration(
+        iceServers=[RTCIceServer(turn.url, turn.username, turn.password)],
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+    )
+    feed, tap, received = await connect("audio", relay_only)
+    pt = feed.payload_type_for("audio/opus")
+    assert pt is not None
+    for i in range(30):
+        feed.send_now(pt, 0, 5000 + i, 960 * i, bytes([i]) * 30, PacketStamp((False, 40)))
+    await eventually(lambda: len(received) == 30, what="30 packets through TURN")
+    assert isinstance(feed._wire._transport, TurnTransport)
+    assert [p.sequence_number for p in received] == list(range(5000, 5030))
+    assert [p.payload for p in received] == [bytes([i]) * 30 for i in range(30)]
+    assert feed.refused == 0
 
 
 async def test_a_burst_is_read_in_a_few_loop_passes_not_one_datagram_per_pass(connect: Any) -> None:
