@@ -116,7 +116,7 @@ class PublishControl:
         sender._next_encoded_frame = with_our_encoder  # type: ignore[method-assign]
 
     def _new_encoder(self, codec: RTCRtpCodecParameters) -> Encoder:
-        encoder = get_encoder(codec)
+        encoder: Encoder | None = None
         if codec.mimeType.lower() == "video/vp8":
             try:
                 encoder = Vp8Encoder()
@@ -124,6 +124,8 @@ class PublishControl:
                 # A PyAV built against another libvpx: video with keyframes per change
                 # beats no video at all.
                 logger.warning("kiosk VP8 encoder unavailable; using aiortc's", exc_info=True)
+        if encoder is None:
+            encoder = get_encoder(codec)
         if hasattr(encoder, "target_bitrate"):
             encoder.target_bitrate = self.governor.target
         return encoder

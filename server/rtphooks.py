@@ -69,6 +69,9 @@ SEND_HISTORY_SIZE = 512
 _DTLS_CONNECTED = DtlsState.CONNECTED
 # libsrtp's srtp_protect, which server/_srtpsend.c calls per forwarded copy.
 _SRTP_PROTECT = int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
+# Bound once: DirectWire.send calls one of them per forwarded copy.
+_protect = _srtpsend.protect
+_protect_sendto = _srtpsend.protect_sendto
 # Datagrams read from one ICE socket per event-loop pass (Settings.ice_read_batch).
 ICE_READ_BATCH = 64
 
@@ -423,14 +426,14 @@ class DirectWire:
         transport = self._transport
         if self._fd < 0:
             # A relayed pair: aioice's TurnTransport ignores data once it is closed.
-            protected = _srtpsend.protect(_SRTP_PROTECT, self._session, header, payload)
+            protected = _protect(_SRTP_PROTECT, self._session, header, payload)
             transport.sendto(protected, self._addr)
             sent = len(protected)
         else:
             if transport._closing:
                 # Its socket is closed, or about to be: the number may already name another.
                 raise ConnectionError("Cannot send data, the ICE socket is closed")
-            sent = _srtpsend.protect_sendto(_SRTP_PROTECT, self._session, header, payload, self._fd, self._address)
+            sent = _protect_sendto(_SRTP_PROTECT, self._session, header, payload, self._fd, self._address)
             if sent < 0:
                 # The socket refused: a full buffer loses the copy (asyncio would queue it,
                 # adding latency to every later packet); other errors are the ones asyncio
