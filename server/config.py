@@ -114,6 +114,11 @@ class Settings:
     # the interpreter's setting.
     gc_gen0_threshold: int = 10_000
 
+    # Reverse proxies (nginx) whose X-Forwarded-For / X-Real-IP / X-Forwarded-Proto headers
+    # are believed: addresses or networks (CIDR). A request from anywhere else is taken at
+    # its socket address, so a client cannot pose as another by sending those headers.
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
+
     # Web pages (web/): staff sessions, login throttling, invites and photos.
     # A staff session cookie is valid this long after login.
     session_ttl_s: int = 12 * 3600
