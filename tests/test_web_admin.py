@@ -277,6 +277,45 @@ async def test_kiosk_online_selftest_and_revoke(admin: tuple[Web, Seed, Director
     await again.close()
 
 
+async def test_a_kiosks_selftest_cannot_put_markup_on_the_kiosks_page(admin: tuple[Web, Seed, Directory]) -> None:
+    """Check names and statuses come from the kiosk: unknown ones are shown as escaped text,
+    never translated (the translation's output is trusted markup) and never %-formatted."""
+    web, data, _ = admin
+    _, credentials = await _pair(web, data.senior.id)
+    ws = await web.client.ws_connect("/ws")
+    await ws.send_json({"type": "hello", "v": 1, "device": credentials})
+    assert (await ws.receive_json(timeout=5))["type"] == "device_welcome"
+    hostile = {
+        "version": 1, "ok": False,
+        "checks": {
+            "<b>x</b>": {"status": "<i>ok</i>", "message": {"nl": "<script>alert(1)</script>", "en": "x"}},
+            "100% %(name)s %s": {"status": "failed", "message": "plain"},
+            "camera": {"status": "ok", "message": {"nl": "Beeld is goed.", "en": "Picture is fine."}},
+        },
+    }
+    await ws.send_json({"type": "selftest_result", "result": hostile})
+    await _next_of(ws, "selftest_saved")
+    await ws.close()
+    for lang in ("nl", "en"):
+        page = await web.get(f"/admin/kiosks?lang={lang}")
+        assert "<b>x</b>" not in page and "<i>ok</i>" not in page and "<script>alert(1)" not in page
+        assert "&lt;b&gt;x&lt;/b&gt;" in page
+        assert "100% %(name)s %s" in text_of(page)
+    page = text_of(await web.get("/admin/kiosks?lang=nl"))
+    # Known names and statuses are still translated.
+    assert "Camera: in orde — Beeld is goed." in page and "100% %(name)s %s: werkt niet — plain" in page
+
+
+async def test_templates_translate_only_their_own_message_ids() -> None:
+    """Every template's `_()`: a value that is not a message id comes back escaped."""
+    from web.rendering import environment
+
+    for lang, kiosks in (("nl", "Kiosken"), ("en", "Kiosks")):
+        template = environment(lang).from_string('{{ _(value) }}|{{ _("Kiosks") }}|{{ _("Start %(title)s", title=t) }}')
+        rendered = template.render(value="<b>x</b> 100% %(y)s", t="<i>")
+        assert rendered.split("|") == ["&lt;b&gt;x&lt;/b&gt; 100% %(y)s", kiosks, "Start &lt;i&gt;"]
+
+
 async def _next_of(ws: Any, kind: str) -> dict[str, Any]:
     async with asyncio.timeout(5):
         while True:

@@ -465,6 +465,9 @@ def _selftest_summary(record: dict[str, Any] | None, lang: str) -> dict[str, Any
     """
     if not isinstance(record, dict):
         return None
+    # Names and statuses come from the kiosk: only known ones are translated, anything else
+    # is shown as plain (escaped) text and never reaches the translation function.
+    _ = gettext_for(lang)
     result = record.get("result") if isinstance(record.get("result"), dict) else record
     at = record.get("at")
     ok = result.get("ok")
@@ -477,10 +480,12 @@ def _selftest_summary(record: dict[str, Any] | None, lang: str) -> dict[str, Any
             status = check.get("status")
             message = check.get("message")
             text = message.get(lang, "") if isinstance(message, dict) else str(message or "")
+            title = SELFTEST_TITLES.get(name)
+            status_text = SELFTEST_STATUS.get(status) if isinstance(status, str) else None
             details.append(
                 {
-                    "title": SELFTEST_TITLES.get(name, str(name)),
-                    "status": SELFTEST_STATUS.get(status) if isinstance(status, str) else None,
+                    "title": _(title) if title else str(name)[:80],
+                    "status": _(status_text) if status_text else None,
                     "icon": SELFTEST_ICONS.get(status, "–") if isinstance(status, str) else "–",
                     "message": str(text)[:300],
                 }

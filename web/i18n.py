@@ -16,6 +16,7 @@ from functools import cache
 from urllib.parse import urlencode
 
 from aiohttp import web
+from markupsafe import escape
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,29 @@ def translations(lang: str) -> gettext.GNUTranslations:
     else:
         data = catalogs.compile_mo(catalogs.load_catalog(lang))
     return gettext.GNUTranslations(io.BytesIO(data))
+
+
+@cache
+def known_messages(lang: str) -> frozenset[str]:
+    """The message ids `lang`'s catalog translates: the only strings worth translating."""
+    from . import catalogs
+
+    return frozenset(m.msgid for m in catalogs.load_catalog(lang).values() if m.msgid and m.msgstr)
+
+
+def template_gettext(lang: str) -> Callable[[str], str]:
+    """`_()` for templates. Jinja2 marks what it returns as safe HTML and %-formats it, so a
+    string that is not one of our message ids (a value that slipped in from outside: a
+    kiosk's check name, a stored field) comes back escaped, with its `%` kept literal."""
+    table = translations(lang)
+    known = known_messages(lang)
+
+    def gettext(message: str) -> str:
+        if isinstance(message, str) and message in known:
+            return table.gettext(message)
+        return escape(message).replace("%", "%%")
+
+    return gettext
 
 
 def gettext_for(lang: str) -> Callable[..., str]:

@@ -12,7 +12,15 @@ from aiohttp import web
 
 from server.schedule import AMSTERDAM
 
-from .i18n import LANGUAGE_NAMES, gettext_for, language_of, other_language, switch_language_url, translations
+from .i18n import (
+    LANGUAGE_NAMES,
+    gettext_for,
+    language_of,
+    other_language,
+    switch_language_url,
+    template_gettext,
+    translations,
+)
 
 # Pages can carry tokens or personal data: no leaking via Referer, no framing, no caching.
 # Pages whose URL holds a join token or an invite send no Referer at all; the others send
@@ -38,7 +46,9 @@ def environment(lang: str) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        template_gettext(lang), translations(lang).ngettext, newstyle=True
+    )
     env.filters["local_time"] = _local_time
     env.filters["local_date"] = _local_date
     return env
