@@ -83,6 +83,31 @@ async def test_login_returns_to_the_page_asked_for_but_never_to_another_site(sit
     assert response.headers["Location"] == "/admin"
 
 
+HOSTILE_NEXT = ["/%09/evil.example/", "/%0d%0aSet-Cookie:%20x=1", "/%0a/evil.example/", "/%5C/evil.example/",
+                "//evil.example/", "/%2F/evil.example/", "https://evil.example/", "/ /evil.example/",
+                "/%E2%80%8B/evil.example/", "javascript:alert(1)"]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_NEXT)
+async def test_next_never_leaves_the_site(site: tuple[TestClient, Seed], hostile: str) -> None:
+    """Only a plain local path is followed after login, on GET and on POST alike; anything
+    else (tabs and newlines included, which browsers drop or which split the header)
+    goes to the account's home page, with no error."""
+    client, _ = site
+    web = Web(client)
+    page = await web.get(f"/login?next={hostile}")
+    assert 'name="next" value=""' in page
+    from urllib.parse import unquote
+
+    response = await web.post("/login", {"username": "carla", "password": PASSWORD, "next": unquote(hostile)})
+    assert response.status == 303 and response.headers["Location"] == "/admin"
+    # Logged in: the login page sends on at once, to the home page.
+    again = await client.get(f"/login?next={hostile}", allow_redirects=False)
+    assert again.status == 303 and again.headers["Location"] == "/admin"
+    kept = await client.get("/login?next=/admin/kiosks%3Fsenior%3Dsenior-riet", allow_redirects=False)
+    assert kept.headers["Location"] == "/admin/kiosks?senior=senior-riet"
+
+
 @pytest.mark.parametrize(
     "path",
     ["/admin", "/admin/seniors", "/admin/seniors/new", "/admin/kiosks", "/admin/accounts", "/admin/activities",

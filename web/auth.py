@@ -22,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -338,8 +339,17 @@ def form(request: web.Request) -> MultiDict[Any]:
     return request["form"]
 
 
-def _safe_next(target: str | None) -> str | None:
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+# Where a login may send the browser on: a path of this site, in plain characters. Anything
+# else (another site, a scheme, a backslash, "//", spaces or control characters that a
+# browser drops or that would split the header) goes to the account's home page instead.
+_LOCAL_PATH = re.compile(r"/(?!/)[A-Za-z0-9_.~/-]*(?:\?[A-Za-z0-9_.~/=&%+-]*)?")
+_MAX_NEXT = 512
+
+
+def _safe_next(target: object) -> str | None:
+    if not isinstance(target, str) or len(target) > _MAX_NEXT or not _LOCAL_PATH.fullmatch(target):
+        return None
+    if "//" in target.partition("?")[0]:
         return None
     return target
 
