@@ -122,9 +122,11 @@ class Settings:
     # Web pages (web/): staff sessions, login throttling, invites and photos.
     # A staff session cookie is valid this long after login.
     session_ttl_s: int = 12 * 3600
-    # This many failed logins for one username, or from one address, within the window
-    # lock further attempts for that username or address until the window has passed.
+    # This many failed logins for one username within the window lock further attempts for
+    # that username until the window has passed; an address (behind a trusted proxy: the
+    # client's own) is locked after login_max_failures_per_address, for any names.
     login_max_failures: int = 5
+    login_max_failures_per_address: int = 20
     login_failure_window_s: float = 15 * 60.0
     # Family invite links stay valid this long (a new link can be made at any time).
     invite_ttl_days: int = 180

@@ -385,6 +385,24 @@ async def test_reset_count_forgets_one_counter(store: Store) -> None:
     assert await store.counted("addr:10.0.0.1") == 1
 
 
+async def test_uncount_takes_one_back_but_never_starts_a_window(store: Store) -> None:
+    for _ in range(3):
+        await store.count("addr:10.0.0.1", window_s=0.4)
+    await store.uncount("addr:10.0.0.1")
+    assert await store.counted("addr:10.0.0.1") == 2
+    await store.uncount("addr:10.0.0.1")
+    await store.uncount("addr:10.0.0.1")
+    await store.uncount("addr:10.0.0.1")
+    assert await store.counted("addr:10.0.0.1") == 0
+    # Never counted, or the window is over: nothing happens, and no counter appears.
+    await store.uncount("never-counted")
+    assert await store.counted("never-counted") == 0
+    assert await store.count("never-counted", window_s=0.4) == 1
+    await asyncio.sleep(0.5)
+    await store.uncount("addr:10.0.0.1")
+    assert await store.count("addr:10.0.0.1", window_s=0.4) == 1
+
+
 async def test_counts_are_shared_by_every_node(redis_server: RedisServer) -> None:
     prefix = f"vztest:{uuid4().hex}:"
     nodes = [RedisStore(redis_server.url, node_id=name, prefix=prefix) for name in ("n1", "n2")]

@@ -259,7 +259,8 @@ async def test_changing_a_password_logs_out_other_sessions(site: tuple[TestClien
     assert (await Web(client).login("victor", "a brand new password")).status == 303
 
 
-@pytest.mark.parametrize("web_overrides", [{"login_max_failures": 3, "login_failure_window_s": 1.5}])
+@pytest.mark.parametrize("web_overrides", [{"login_max_failures": 3, "login_failure_window_s": 1.5,
+                                             "login_max_failures_per_address": 3}])
 async def test_login_is_throttled_after_repeated_failures(site: tuple[TestClient, Seed]) -> None:
     client, _ = site
     web = Web(client)
@@ -274,6 +275,82 @@ async def test_login_is_throttled_after_repeated_failures(site: tuple[TestClient
     assert (await web.post("/login", {"username": "victor", "password": PASSWORD})).status == 429
     await asyncio.sleep(1.6)
     assert (await web.post("/login", {"username": "carla", "password": PASSWORD})).status == 303
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def backend_site(request: Any, tmp_path: Path, aiohttp_client: Any,
+                       web_overrides: dict[str, Any]) -> Any:
+    """The site on either store backend (Redis: a real redis-server)."""
+    if request.param == "redis":
+        redis = RedisServer()
+        redis.__enter__()
+        request.addfinalizer(lambda: redis.__exit__(None, None, None))
+        web_overrides = {**web_overrides, "redis_url": redis.url, "redis_prefix": f"vztest:{uuid.uuid4().hex}:"}
+    app = create_app(make_settings(tmp_path, **web_overrides))
+    client = await aiohttp_client(app)
+    return client, await seed(app)
+
+
+async def test_forty_concurrent_logins_get_no_more_guesses_than_the_limit(backend_site: Any) -> None:
+    """39 wrong passwords and the right one at once, for one username: attempts are counted
+    before any password is checked, so at most login_max_failures (5) are checked at all,
+    and the right one gets in only if it was one of them."""
+    client, _ = backend_site
+    web = Web(client)
+    await web.get("/login")
+    token = await web.csrf()
+    passwords = [f"wrong guess {i}" for i in range(39)] + [PASSWORD]
+
+    async def attempt(password: str) -> int:
+        response = await client.post("/login", data={"username": "carla", "password": password,
+                                                     "csrf_token": token}, allow_redirects=False)
+        await response.read()
+        return response.status
+
+    statuses = await asyncio.gather(*(attempt(p) for p in passwords))
+    checked = statuses.count(401) + statuses.count(303)
+    assert set(statuses) <= {401, 303, 429}, statuses
+    assert checked <= 5 and statuses.count(429) >= 35, statuses
+    if statuses[-1] == 303:
+        assert statuses.count(401) <= 4
+    else:
+        assert statuses[-1] == 429
+        # Still locked afterwards, also for the right password.
+        assert await attempt(PASSWORD) == 429
+
+
+@pytest.mark.parametrize("web_overrides", [{"trusted_proxies": ("127.0.0.1", "::1")}])
+async def test_failures_of_others_behind_the_proxy_do_not_lock_out_staff(backend_site: Any) -> None:
+    """Behind nginx every request comes from the proxy's address; with the proxy trusted,
+    the client's own address is what is counted, so an attacker spraying names locks out
+    only their own address, and a staff member logs in as usual."""
+    client, _ = backend_site
+    web = Web(client)
+    await web.get("/login")
+    attacker = {"X-Forwarded-For": "198.51.100.66", "X-Real-IP": "198.51.100.66"}
+    for i in range(25):
+        response = await web.post("/login", {"username": f"guess{i % 7}", "password": "wrong"}, headers=attacker)
+        assert response.status in (401, 429)
+        assert response.status == 401 or i >= 20
+    # The attacker's address is locked, whatever the name and even with a right password.
+    assert (await web.post("/login", {"username": "wim", "password": PASSWORD}, headers=attacker)).status == 429
+    staff = await web.post("/login", {"username": "carla", "password": PASSWORD},
+                           headers={"X-Forwarded-For": "203.0.113.5", "X-Real-IP": "203.0.113.5"})
+    assert staff.status == 303 and staff.headers["Location"] == "/admin"
+
+
+@pytest.mark.parametrize("web_overrides", [{"login_max_failures_per_address": 4}])
+async def test_forwarded_headers_from_an_untrusted_peer_do_not_dodge_the_address_lock(
+    site: tuple[TestClient, Seed]
+) -> None:
+    client, _ = site
+    web = Web(client)
+    await web.get("/login")
+    for i in range(4):
+        forged = {"X-Forwarded-For": f"198.51.100.{i}"}
+        assert (await web.post("/login", {"username": f"name{i}", "password": "x"}, headers=forged)).status == 401
+    forged = {"X-Forwarded-For": "198.51.100.200"}
+    assert (await web.post("/login", {"username": "carla", "password": PASSWORD}, headers=forged)).status == 429
 
 
 async def test_pages_speak_dutch_and_english_and_remember_the_choice(site: tuple[TestClient, Seed]) -> None:
@@ -332,7 +409,8 @@ async def test_login_throttling_is_shared_by_every_node(tmp_path: Path, aiohttp_
         nodes = []
         for name in ("n1", "n2"):
             settings = make_settings(tmp_path / name, redis_url=redis.url, redis_prefix=prefix, node_id=name,
-                                     login_max_failures=3, login_failure_window_s=60)
+                                     login_max_failures=3, login_failure_window_s=60,
+                                     login_max_failures_per_address=3)
             nodes.append(create_app(settings))
         clients = [await aiohttp_client(app) for app in nodes]
         first, second = Web(clients[0]), Web(clients[1])

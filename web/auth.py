@@ -10,9 +10,12 @@
   other session.
 - Every visitor of a page gets a per-session CSRF token; every POST outside `/api/` must
   carry it as the form field `csrf_token`, else 403 and nothing happens.
-- Failed logins are counted per username and per address; `login_max_failures` within
-  `login_failure_window_s` (counted from the first failure) locks that name or address until
-  the window has passed; the counts live in the store, so with Redis every node shares them.
+- Login attempts are counted per username and per client address (the proxy's word for it
+  only from a trusted proxy, `server/forwarded.py`) before the password is checked; more
+  than `login_max_failures` for a name, or `login_max_failures_per_address` for an address,
+  within `login_failure_window_s` (from the first) locks that name or address until the
+  window has passed. A good password clears the name's count. The counts live in the store,
+  so with Redis every node shares them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from multidict import MultiDict
 from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.config import Settings
 from server.directory import Account, Directory
+from server.forwarded import TrustedProxies
 from server.invites import named_secret
 from server.store import Store
 
@@ -156,29 +160,35 @@ def _fresh_session(settings: Settings) -> Session:
 
 
 class LoginThrottle:
-    """Failed logins per key ("user:…", "addr:…") in the store, so every node sees them."""
+    """Login attempts per username and per client address, counted in the store (every
+    node sees them) BEFORE the password is checked: the count is one atomic increment, so
+    concurrent attempts cannot all slip under the limit while the first ones are verified.
 
-    def __init__(self, store: Store, max_failures: int, window_s: float) -> None:
+    An address gets a larger budget than a username: many people can share one (an office,
+    a care home), and an address is locked only by many failures, for any names.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
-        self.max_failures = max_failures
-        self.window_s = window_s
+        self.max_per_user = settings.login_max_failures
+        self.max_per_address = settings.login_max_failures_per_address
+        self.window_s = settings.login_failure_window_s
 
     @staticmethod
     def _counter(key: str) -> str:
         return f"login_failures:{key}"
 
-    async def locked(self, *keys: str) -> bool:
-        for key in keys:
-            if await self.store.counted(self._counter(key)) >= self.max_failures:
-                return True
-        return False
+    async def attempt(self, user_key: str, address_key: str) -> bool:
+        """Counts one attempt against both; False when either is over its limit."""
+        user = await self.store.count(self._counter(user_key), self.window_s)
+        address = await self.store.count(self._counter(address_key), self.window_s)
+        return user <= self.max_per_user and address <= self.max_per_address
 
-    async def failed(self, *keys: str) -> None:
-        for key in keys:
-            await self.store.count(self._counter(key), self.window_s)
-
-    async def succeeded(self, key: str) -> None:
-        await self.store.reset_count(self._counter(key))
+    async def succeeded(self, user_key: str, address_key: str) -> None:
+        """A good password: the name's failures are forgotten, and the address gets this
+        attempt back (it was no failure)."""
+        await self.store.reset_count(self._counter(user_key))
+        await self.store.uncount(self._counter(address_key))
 
 
 # --- middleware ----------------------------------------------------------------------------
@@ -371,15 +381,16 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 async def login_submit(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS_KEY]
-    throttle = LoginThrottle(app[STORE_KEY], settings.login_max_failures, settings.login_failure_window_s)
+    throttle = LoginThrottle(app[STORE_KEY], settings)
     directory: Directory = app[DIRECTORY_KEY]
     data = form(request)
     username = str(data.get("username", "")).strip().lower()[:64]
     password = str(data.get("password", ""))[:MAX_PASSWORD]
     target = _safe_next(data.get("next"))
-    keys = (f"user:{username}", f"addr:{request.remote}")
+    user_key = f"user:{username}"
+    address_key = f"addr:{TrustedProxies(settings.trusted_proxies).client_address(request)}"
     _ = gettext_for(language_of(request))
-    if await throttle.locked(*keys):
+    if not await throttle.attempt(user_key, address_key):
         minutes = max(1, round(throttle.window_s / 60))
         return render(
             request,
@@ -392,7 +403,6 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     account = await directory.account_by_username(username) if username else None
     ok = await verify_password(account.password_hash if account else "", password)
     if not ok or account is None:
-        await throttle.failed(*keys)
         return render(
             request,
             "login.html",
@@ -401,7 +411,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             next=target or "",
             username=username,
         )
-    await throttle.succeeded(keys[0])
+    await throttle.succeeded(user_key, address_key)
     if _hasher.check_needs_rehash(account.password_hash):
         account.password_hash = await hash_password(password)
         await directory.put(account, actor=account.id)

@@ -238,6 +238,11 @@ class Store(abc.ABC):
         """The counter's value, 0 when it expired or was never counted."""
 
     @abc.abstractmethod
+    async def uncount(self, name: str) -> None:
+        """Takes one back from a live counter (never below 0, never starting a window): for
+        an attempt counted before it was checked that turned out fine."""
+
+    @abc.abstractmethod
     async def reset_count(self, name: str) -> None: ...
 
     # --- room event fan-out --------------------------------------------------------------

@@ -261,6 +261,11 @@ class EmbeddedStore(Store):
         counter = self._live_counter(name, time.monotonic())
         return counter[0] if counter else 0
 
+    async def uncount(self, name: str) -> None:
+        counter = self._live_counter(name, time.monotonic())
+        if counter is not None and counter[0] > 0:
+            self._counters[name] = (counter[0] - 1, counter[1])
+
     async def reset_count(self, name: str) -> None:
         self._counters.pop(name, None)
 

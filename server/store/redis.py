@@ -209,6 +209,16 @@ end
 return 0
 """
 
+# KEYS: counter. Takes one back only from a live, positive counter: DECR alone would
+# create a key of -1 without an expiry when the window has just ended.
+_UNCOUNT = """
+local value = tonumber(redis.call('GET', KEYS[1]) or '0')
+if value and value > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
 _State = TypeVar("_State", ParticipantState, TrackState)
 
 
@@ -302,6 +312,7 @@ class RedisStore(Store):
         self._compare_and_set: AsyncScript | None = None
         self._place_room: AsyncScript | None = None
         self._release_room: AsyncScript | None = None
+        self._uncount: AsyncScript | None = None
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -381,6 +392,7 @@ class RedisStore(Store):
         self._compare_and_set = client.register_script(_COMPARE_AND_SET)
         self._place_room = client.register_script(_PLACE_ROOM)
         self._release_room = client.register_script(_RELEASE_ROOM)
+        self._uncount = client.register_script(_UNCOUNT)
 
     async def close(self) -> None:
         client, pubsub, reader, control = self._client, self._pubsub, self._reader, self._control
@@ -653,6 +665,10 @@ class RedisStore(Store):
         with _unavailable():
             value = await self._redis.get(f"{self._prefix}count:{name}")
         return int(value) if value is not None else 0
+
+    async def uncount(self, name: str) -> None:
+        with _unavailable():
+            await self._script(self._uncount)(keys=[f"{self._prefix}count:{name}"])
 
     async def reset_count(self, name: str) -> None:
         with _unavailable():
