@@ -130,8 +130,11 @@ class Settings:
     login_failure_window_s: float = 15 * 60.0
     # Family invite links stay valid this long (a new link can be made at any time).
     invite_ttl_days: int = 180
-    # Largest photo upload accepted; photos are re-encoded to a small JPEG.
+    # Largest photo upload accepted; photos are re-encoded to a small JPEG. Only logged-in
+    # staff may send a body this large; anyone else's form is at most form_max_bytes, and
+    # nobody's body is read before the origin, session and size are checked.
     photo_max_bytes: int = 8 * 1024 * 1024
+    form_max_bytes: int = 64 * 1024
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

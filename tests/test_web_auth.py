@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -399,6 +400,62 @@ async def test_too_large_uploads_are_refused_plainly(site: tuple[TestClient, See
     assert response.status == 413
     assert "Het bestand is te groot. Kies een kleinere foto." in text_of(await response.text())
     assert len(await client.app[DIRECTORY_KEY].list(Senior)) == 1
+
+
+async def _post_without_finishing(client: TestClient, path: str, headers: dict[str, str], declared: int) -> str:
+    """Sends a POST's headers and 64 KiB of a body that claims `declared` bytes, then waits
+    for the answer without sending the rest: the status line, or "" if none comes."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {client.server.host}\r\nContent-Length: {declared}\r\n{head}\r\n"
+                     .encode() + b"x" * 65536)
+        await writer.drain()
+        try:
+            return (await asyncio.wait_for(reader.readline(), 3)).decode().strip()
+        except asyncio.TimeoutError:
+            return ""
+    finally:
+        writer.close()
+
+
+async def test_bodies_are_not_read_before_origin_session_and_size_are_checked(site: tuple[TestClient, Seed]) -> None:
+    """An anonymous 8 MiB upload to /login is answered before its body is sent: no session
+    (so no CSRF token can match) means 403, and with a session a visitor's body may only be
+    form_max_bytes, so 413; neither is read into memory."""
+    client, _ = site
+    multipart = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    eight_mib = 8 * 1024 * 1024
+    assert (await _post_without_finishing(client, "/login", multipart, eight_mib)).startswith("HTTP/1.1 403")
+    web = Web(client)
+    await web.get("/login")
+    cookie = "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)
+    with_session = {**multipart, "Cookie": cookie}
+    assert (await _post_without_finishing(client, "/login", with_session, eight_mib)).startswith("HTTP/1.1 413")
+    urlencoded = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}
+    assert (await _post_without_finishing(client, "/login", urlencoded, eight_mib)).startswith("HTTP/1.1 413")
+    # A chunked body (no length declared) is cut off at the limit too.
+    chunked = await client.post("/login", data=_chunks(b"username=carla&password=" + b"x" * 200_000),
+                                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                allow_redirects=False)
+    assert chunked.status == 413
+    # A file before the CSRF token is refused before the file is read.
+    await web.login("carla")
+    await web.get("/admin/seniors/new")
+    form = aiohttp.FormData()
+    form.add_field("photo", b"\xff\xd8\xff" + b"\0" * 1000, filename="a.jpg", content_type="image/jpeg")
+    form.add_field("name", "Opa Kees")
+    form.add_field("csrf_token", await web.csrf())
+    refused = await client.post("/admin/seniors/new", data=form, allow_redirects=False)
+    assert refused.status == 403
+    assert len(await client.app[DIRECTORY_KEY].list(Senior)) == 1
+    # The service still answers the next form as usual.
+    assert (await web.post("/logout")).status == 303
+
+
+async def _chunks(body: bytes) -> Any:
+    for start in range(0, len(body), 16384):
+        yield body[start:start + 16384]
 
 
 async def test_login_throttling_is_shared_by_every_node(tmp_path: Path, aiohttp_client: Any) -> None:

@@ -30,10 +30,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import argon2
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from multidict import MultiDict
 
 from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
@@ -198,31 +198,76 @@ def _is_page(request: web.Request) -> bool:
     return not request.path.startswith(_NOT_PAGES)
 
 
-async def read_form(request: web.Request, max_bytes: int) -> MultiDict[Any] | None:
-    """The posted form; files come as (filename, content type, bytes). None when too large."""
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_CHUNK = 64 * 1024
+_MAX_FIELDS = 200
+
+
+class FormTooLarge(Exception):
+    """The body is larger than the request may send."""
+
+
+class FormForged(Exception):
+    """The body lacks the session's CSRF token before its first file, or has a wrong one."""
+
+
+def _check_csrf(token: object, expected: str) -> None:
+    if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise FormForged()
+
+
+async def read_form(request: web.Request, max_bytes: int, csrf: str) -> MultiDict[Any]:
+    """The posted form, streamed, never more than `max_bytes` read; files come as
+    (filename, content type, bytes). The CSRF token is compared as soon as it arrives and
+    must come before any file part, so a forged upload is refused before its file is read.
+    Raises FormTooLarge or FormForged."""
     if request.content_type == "multipart/form-data":
-        form: MultiDict[Any] = MultiDict()
-        reader = await request.multipart()
-        total = 0
-        while (part := await reader.next()) is not None:
-            if part.name is None:
-                continue
-            chunks = []
-            while chunk := await part.read_chunk(64 * 1024):
-                total += len(chunk)
-                if total > max_bytes:
-                    return None
-                chunks.append(chunk)
-            data = b"".join(chunks)
-            if part.filename is not None:
-                form.add(part.name, (part.filename, part.headers.get("Content-Type", ""), data))
-            else:
-                form.add(part.name, data.decode("utf-8", errors="replace"))
-        return form
+        return await _read_multipart(request, max_bytes, csrf)
+    body = bytearray()
+    while chunk := await request.content.read(_CHUNK):
+        body += chunk
+        if len(body) > max_bytes:
+            raise FormTooLarge()
     try:
-        return MultiDict(await request.post())
-    except web.HTTPRequestEntityTooLarge:
-        return None
+        pairs = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True,
+                          errors="replace", max_num_fields=_MAX_FIELDS)
+    except ValueError:
+        raise FormTooLarge() from None
+    form: MultiDict[Any] = MultiDict(pairs)
+    _check_csrf(form.get(CSRF_FIELD), csrf)
+    return form
+
+
+async def _read_multipart(request: web.Request, max_bytes: int, csrf: str) -> MultiDict[Any]:
+    form: MultiDict[Any] = MultiDict()
+    reader = await request.multipart()
+    total = 0
+    checked = False
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or len(form) >= _MAX_FIELDS:
+            raise FormForged()
+        if part.filename is not None and not checked:
+            raise FormForged()
+        chunks = []
+        while chunk := await part.read_chunk(_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                raise FormTooLarge()
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if part.name is None:
+            continue
+        if part.filename is not None:
+            form.add(part.name, (part.filename, part.headers.get("Content-Type", ""), data))
+            continue
+        text = data.decode("utf-8", errors="replace")
+        if part.name == CSRF_FIELD:
+            _check_csrf(text, csrf)
+            checked = True
+        form.add(part.name, text)
+    if not checked:
+        raise FormForged()
+    return form
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -281,22 +326,33 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def _check_post(request: web.Request, session: Session, settings: Settings) -> web.Response | None:
-    """Reads the form into request["form"] and checks CSRF; a response when refused."""
-    if not _same_origin(request):
-        return _expired(request)
-    form = await read_form(request, settings.photo_max_bytes + 64 * 1024)
-    if form is None:
-        return error_page(
-            request, 413, N_("That is too large"), N_("The file is too large. Choose a smaller photo.")
-        )
-    token = form.get(CSRF_FIELD)
+    """Reads the form into request["form"] and checks CSRF; a response when refused.
+
+    Everything that needs no body is checked before a byte of it is read: the origin, a
+    session that was shown a form (else no token can match), the content type and the
+    declared size. Only staff may send a photo's worth; anyone else a small form.
+    """
     expected = session.get("csrf")
-    if not isinstance(token, str) or not isinstance(expected, str) or not expected or not hmac.compare_digest(
-        token.encode(), expected.encode()
-    ):
+    if not _same_origin(request) or not isinstance(expected, str) or not expected:
         return _expired(request)
-    request["form"] = form
+    if request.content_type not in _FORM_TYPES:
+        return _expired(request)
+    max_bytes = settings.form_max_bytes
+    if request.get("account") is not None:
+        max_bytes += settings.photo_max_bytes
+    if request.content_length is not None and request.content_length > max_bytes:
+        return _too_large(request)
+    try:
+        request["form"] = await read_form(request, max_bytes, expected)
+    except FormTooLarge:
+        return _too_large(request)
+    except FormForged:
+        return _expired(request)
     return None
+
+
+def _too_large(request: web.Request) -> web.Response:
+    return error_page(request, 413, N_("That is too large"), N_("The file is too large. Choose a smaller photo."))
 
 
 def _expired(request: web.Request) -> web.Response:
