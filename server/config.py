@@ -128,6 +128,12 @@ class Settings:
     login_max_failures: int = 5
     login_max_failures_per_address: int = 20
     login_failure_window_s: float = 15 * 60.0
+    # Anonymous JSON endpoints: kiosk pairing starts per client address, and family calls
+    # started per invite (contact), each within its window (store counters, all nodes).
+    pairing_start_limit: int = 20
+    pairing_start_window_s: float = 600.0
+    call_start_limit: int = 10
+    call_start_window_s: float = 600.0
     # Family invite links stay valid this long (a new link can be made at any time).
     invite_ttl_days: int = 180
     # Largest photo upload accepted; photos are re-encoded to a small JPEG. Only logged-in

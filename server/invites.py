@@ -91,7 +91,7 @@ def verify_invite(secret: str, token: str) -> tuple[str, int]:
     The caller still compares the version with the contact's current `invite_version`
     (`resolve_invite` does both).
     """
-    if not isinstance(token, str) or not token or len(token) > 2048:
+    if not isinstance(token, str) or not token or len(token) > 2048 or not token.isascii():
         raise InviteError("invalid", "The invite is missing or malformed.")
     try:
         claims = jwt.decode(

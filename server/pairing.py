@@ -17,6 +17,10 @@ from .store import Store
 
 PAIRING_TTL_S = 15 * 60
 CODE_DIGITS = 6
+# Random codes tried before giving up; with a million codes, only a flood fills them.
+_CODE_TRIES = 20
+# Expired pairings are swept at most this often (one node does it, under a store lock).
+SWEEP_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -31,13 +35,31 @@ def _code() -> str:
     return "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
 
 
+def _code_record(code: str) -> str:
+    return f"code-{code}"
+
+
+class PairingBusy(Exception):
+    """No free code was found (nearly every code is showing on some kiosk)."""
+
+
 async def start_pairing(store: Store) -> PairingStart:
-    pending = {p["code"] for p in await _live_pairings(store)}
-    code = _code()
-    while code in pending:
+    """A new pairing with a code no other live pairing shows.
+
+    A code is claimed with one atomic store lock for the pairing's lifetime, and found
+    again through a small index record ("code-<digits>"): starting or confirming a
+    pairing never lists the others.
+    """
+    await _sweep_expired(store)
+    for _ in range(_CODE_TRIES):
         code = _code()
+        if await store.acquire_lock(f"pairing-code:{code}", PAIRING_TTL_S):
+            break
+    else:
+        raise PairingBusy()
     pairing_id = f"pair-{uuid.uuid4().hex}"
     secret = secrets.token_urlsafe(24)
+    expires_at = time.time() + PAIRING_TTL_S
     await store.put_record(
         "pairings",
         pairing_id,
@@ -45,23 +67,33 @@ async def start_pairing(store: Store) -> PairingStart:
             "id": pairing_id,
             "code": code,
             "secret_hash": hash_secret(secret),
-            "expires_at": time.time() + PAIRING_TTL_S,
+            "expires_at": expires_at,
             "kiosk_id": None,
             "credential": None,
         },
     )
+    await store.put_record(
+        "pairings", _code_record(code), {"id": _code_record(code), "pairing_id": pairing_id, "expires_at": expires_at}
+    )
     return PairingStart(pairing_id, code, secret, PAIRING_TTL_S)
 
 
-async def _live_pairings(store: Store) -> list[dict[str, Any]]:
+async def _sweep_expired(store: Store) -> None:
+    """Deletes expired pairings (and their code records), at most once per interval for
+    all nodes together: pairings a kiosk never came back for must not pile up."""
+    if not await store.acquire_lock("pairings-sweep", SWEEP_INTERVAL_S):
+        return
     now = time.time()
-    live = []
     for record in await store.list_records("pairings"):
-        if record["expires_at"] < now:
+        if record.get("expires_at", 0) < now:
             await store.delete_record("pairings", record["id"])
-        else:
-            live.append(record)
-    return live
+
+
+async def _live(store: Store, record_id: str) -> dict[str, Any] | None:
+    record = await store.get_record("pairings", record_id)
+    if record is None or record["expires_at"] < time.time():
+        return None
+    return record
 
 
 async def confirm_pairing(store: Store, directory: Directory, code: str, senior_id: str, actor: str) -> Kiosk:
@@ -72,8 +104,9 @@ async def confirm_pairing(store: Store, directory: Directory, code: str, senior_
     senior = await directory.get(Senior, senior_id)
     if senior is None:
         raise DirectoryError("senior_id", "Choose a senior.")
-    pairing = next((p for p in await _live_pairings(store) if p["code"] == code and not p["kiosk_id"]), None)
-    if pairing is None:
+    index = await _live(store, _code_record(code))
+    pairing = await _live(store, index["pairing_id"]) if index is not None else None
+    if pairing is None or pairing["code"] != code or pairing["kiosk_id"]:
         raise DirectoryError("code", "No kiosk shows this code. Check the digits, or restart the kiosk for a new code.")
     credential = secrets.token_urlsafe(32)
     kiosk = Kiosk(
@@ -87,6 +120,7 @@ async def confirm_pairing(store: Store, directory: Directory, code: str, senior_
     # The plain credential waits here until the kiosk's next poll takes it, then goes.
     pairing.update(kiosk_id=kiosk.id, credential=credential)
     await store.put_record("pairings", pairing["id"], pairing)
+    await store.delete_record("pairings", _code_record(code))
     return kiosk
 
 

@@ -234,6 +234,9 @@ class EmbeddedStore(Store):
 
     async def acquire_lock(self, name: str, ttl_s: float) -> bool:
         now = time.monotonic()
+        if len(self._locks) >= _COUNTERS_BEFORE_PURGE:
+            # Locks taken once (a pairing code) must not pile up either.
+            self._locks = {k: v for k, v in self._locks.items() if v > now}
         if self._locks.get(name, 0.0) > now:
             return False
         self._locks[name] = now + ttl_s
