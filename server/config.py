@@ -114,6 +114,10 @@ class Settings:
     # the interpreter's setting.
     gc_gen0_threshold: int = 10_000
 
+    # When set, /metrics answers only requests with "Authorization: Bearer <token>" (for a
+    # Prometheus that is not on nginx's allow-list of addresses); empty: nginx decides.
+    metrics_token: str = ""
+
     # Reverse proxies (nginx) whose X-Forwarded-For / X-Real-IP / X-Forwarded-Proto headers
     # are believed: addresses or networks (CIDR). A request from anywhere else is taken at
     # its socket address, so a client cannot pose as another by sending those headers.

@@ -20,6 +20,7 @@ from pathlib import Path
 import jwt
 
 from .config import Settings
+from .datadir import private_dir
 from .directory import Contact, Directory
 
 ALGORITHM = "HS256"
@@ -55,7 +56,7 @@ def named_secret(settings: Settings, purpose: str) -> str:
 
 
 def _load_or_create(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         return path.read_text().strip()
     except FileNotFoundError:

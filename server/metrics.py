@@ -8,6 +8,7 @@ plus what closed producers and consumers left behind. Labels never name a person
 from __future__ import annotations
 
 import gc
+import hmac
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,18 @@ class _LiveCollector(Collector):
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    from .app import METRICS_KEY
+    from .app import METRICS_KEY, SETTINGS_KEY
 
+    token = request.app[SETTINGS_KEY].metrics_token
+    if token and not _bearer_matches(request.headers.get("Authorization", ""), token):
+        return web.Response(
+            status=401, text="A bearer token is needed for /metrics.\n",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     body = generate_latest(request.app[METRICS_KEY].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _bearer_matches(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import jwt
 
+from server.datadir import private_dir
+
 ROLES = ("senior", "host", "family", "admin")
 PERMISSIONS = ("publish", "subscribe", "moderate")
 DEFAULT_PERMISSIONS: dict[str, tuple[str, ...]] = {
@@ -48,7 +50,7 @@ class Grant:
 
 def load_or_create_secret(data_dir: Path) -> str:
     """Returns the signing secret kept in the data dir, creating it (mode 0600) once."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     path = data_dir / SECRET_FILE
     try:
         return path.read_text().strip()

@@ -354,6 +354,27 @@ async def test_forwarded_headers_from_an_untrusted_peer_do_not_dodge_the_address
     assert (await web.post("/login", {"username": "carla", "password": PASSWORD}, headers=forged)).status == 429
 
 
+@pytest.mark.parametrize(
+    ("web_overrides", "headers", "secure"),
+    [
+        ({"trusted_proxies": ("127.0.0.1", "::1")}, {"X-Forwarded-Proto": "https"}, True),
+        ({"trusted_proxies": ("127.0.0.1", "::1")}, {"X-Forwarded-Proto": "http"}, False),
+        ({"trusted_proxies": ("127.0.0.1", "::1")}, {}, False),
+        # From a peer that is not a trusted proxy the header means nothing.
+        ({"trusted_proxies": ("192.0.2.1",)}, {"X-Forwarded-Proto": "https"}, False),
+        ({"public_url": "https://verzilvering.example.nl"}, {}, True),
+    ],
+)
+async def test_the_session_cookie_is_secure_when_the_browser_uses_https(
+    site: tuple[TestClient, Seed], headers: dict[str, str], secure: bool
+) -> None:
+    client, _ = site
+    page = await client.get("/login", headers=headers)
+    cookie = page.cookies[SESSION_COOKIE]
+    assert bool(cookie["secure"]) is secure
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+
+
 async def test_pages_speak_dutch_and_english_and_remember_the_choice(site: tuple[TestClient, Seed]) -> None:
     client, _ = site
     web = Web(client)

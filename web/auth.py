@@ -319,7 +319,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
             max_age=settings.session_ttl_s,
             httponly=True,
             samesite="Lax",
-            secure=request.secure or settings.public_url.startswith("https:"),
+            secure=served_over_https(request, settings),
             path="/",
         )
     return response
@@ -362,6 +362,15 @@ def _expired(request: web.Request) -> web.Response:
         N_("This page has expired"),
         N_("For your safety this form can no longer be sent. Go back, reload the page and try again."),
     )
+
+
+def served_over_https(request: web.Request, settings: Settings) -> bool:
+    """Whether the browser reached us over https: the public URL says so, or the request
+    came over TLS, or a trusted proxy says it did (X-Forwarded-Proto); cookies are then
+    sent with Secure, so a browser never gives them away over plain http."""
+    if settings.public_url.startswith("https:") or request.secure:
+        return True
+    return TrustedProxies(settings.trusted_proxies).scheme(request) == "https"
 
 
 # --- who may do what -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..datadir import private_dir, private_file, restrict_existing
 from .base import (
     DIRECTORY_KINDS,
     EventHandler,
@@ -66,11 +67,15 @@ class EmbeddedStore(Store):
         self._executor: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self._path.parent)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         await self._run(self._open_db)
 
     def _open_db(self) -> None:
+        # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
+        private_file(self._path)
+        for suffix in ("-wal", "-shm"):
+            restrict_existing(self._path.with_name(self._path.name + suffix))
         db = sqlite3.connect(self._path, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
