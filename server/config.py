@@ -145,6 +145,10 @@ class Settings:
     # nobody's body is read before the origin, session and size are checked.
     photo_max_bytes: int = 8 * 1024 * 1024
     form_max_bytes: int = 64 * 1024
+    # A photo's pixels (width × height, read from its header before it is decoded) at most:
+    # decoding costs memory per pixel, whatever the file's size. 25 MP takes a phone's
+    # default photo (12–24 MP); 48/50 MP modes are refused with a message.
+    photo_max_pixels: int = 25_000_000
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

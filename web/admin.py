@@ -238,7 +238,8 @@ async def _photo_from(request: web.Request, data: Any) -> str | None:
     upload = data.get("photo")
     if not isinstance(upload, tuple) or not upload[2]:
         return None
-    return await photos.save_photo(request.app[STORE_KEY], upload, request.app[SETTINGS_KEY].photo_max_bytes)
+    settings = request.app[SETTINGS_KEY]
+    return await photos.save_photo(request.app[STORE_KEY], upload, settings.photo_max_bytes, settings.photo_max_pixels)
 
 
 async def _tell_kiosks(request: web.Request, senior_id: str) -> None:

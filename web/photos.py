@@ -1,6 +1,7 @@
 """Photos of seniors and contacts: uploaded once, re-encoded small, served by an unguessable id.
 
-An upload (JPEG, PNG or WebP) is decoded with PyAV (already a dependency for media),
+An upload (JPEG, PNG or WebP) with at most `photo_max_pixels` pixels (read from its header,
+`web/image_header.py`, before anything is decoded) is decoded with PyAV (already a dependency for media),
 turned upright, scaled to fit `MAX_SIDE` and encoded again as JPEG. Re-encoding drops
 every bit of metadata a phone puts in (location, device, time). The result is a directory
 record in the "people" collection with `kind` "photo" (so it travels with the directory
@@ -28,6 +29,7 @@ from server.app import STORE_KEY
 from server.store import Store
 
 from .i18n import N_
+from .image_header import dimensions
 
 MAX_SIDE = 480
 COLLECTION = "people"
@@ -53,9 +55,18 @@ def _format_of(data: bytes) -> str:
     raise PhotoError(N_("This is not a photo we can use. Choose a JPEG, PNG or WebP picture."))
 
 
-def reencode(data: bytes) -> bytes:
-    """A small upright JPEG from an uploaded picture, without any metadata."""
+def reencode(data: bytes, max_pixels: int) -> bytes:
+    """A small upright JPEG from an uploaded picture, without any metadata.
+
+    The picture's size is read from its header first: one with more than `max_pixels`
+    (a decompression bomb, or simply too large) is refused before it is decoded.
+    """
     fmt = _format_of(data)
+    size = dimensions(data)
+    if size is None or 0 in size:
+        raise PhotoError(N_("This photo could not be read. Try another picture."))
+    if size[0] * size[1] > max_pixels:
+        raise PhotoError(N_("This photo has too many pixels. Choose a smaller photo, or one taken at a lower resolution."))
     try:
         with av.open(io.BytesIO(data), format=fmt) as container:
             frame = next(container.decode(video=0))
@@ -100,7 +111,7 @@ def _upright(frame: av.VideoFrame) -> av.VideoFrame:
     return graph.pull()
 
 
-async def save_photo(store: Store, upload: Any, max_bytes: int) -> str:
+async def save_photo(store: Store, upload: Any, max_bytes: int, max_pixels: int) -> str:
     """Stores an upload (filename, content type, bytes); returns its URL path."""
     if not isinstance(upload, tuple) or len(upload) != 3:
         raise PhotoError(N_("Choose a photo to upload."))
@@ -109,7 +120,7 @@ async def save_photo(store: Store, upload: Any, max_bytes: int) -> str:
         raise PhotoError(N_("Choose a photo to upload."))
     if len(data) > max_bytes:
         raise PhotoError(N_("The file is too large. Choose a smaller photo."))
-    jpeg = await asyncio.to_thread(reencode, data)
+    jpeg = await asyncio.to_thread(reencode, data, max_pixels)
     photo_id = f"photo-{secrets.token_urlsafe(16)}"
     await store.put_record(
         COLLECTION,
