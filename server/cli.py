@@ -76,7 +76,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from web.auth import check_new_password
+    from web.password_policy import check_new_password
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -87,9 +87,12 @@ def _admin(args: argparse.Namespace) -> int:
         if getpass.getpass("Password again: ") != password:
             print("verzilvering admin: the passwords differ; nothing was created", file=sys.stderr)
             return 2
-    problem = check_new_password(password)
+    problem = check_new_password(password, username=args.username, name=args.name)
     if problem:
-        print(f"verzilvering admin: {problem}", file=sys.stderr)
+        from web.i18n import gettext_for
+
+        # The operator may read either language: both, English first.
+        print(f"verzilvering admin: {problem} / {gettext_for('nl')(problem)}", file=sys.stderr)
         return 2
     try:
         account = asyncio.run(_create_user(_settings(args), args, password))

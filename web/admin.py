@@ -30,8 +30,9 @@ from server.invites import issue_invite, named_secret
 from server.schedule import WEEKDAYS, next_occurrence
 
 from . import photos
-from .auth import check_new_password, current_account, form, hash_password, require
+from .auth import current_account, form, hash_password, require
 from .i18n import N_, gettext_for, language_of
+from .password_policy import check_new_password
 from .rendering import error_page, redirect, render
 
 coordinator = require("coordinator")
@@ -671,7 +672,7 @@ async def account_save(request: web.Request) -> web.Response:
         if await directory.account_by_username(account.username) is not None:
             errors = {"username": _("This username is taken. Choose another.")}
     if not errors and (existing is None or password):
-        problem = check_new_password(password)
+        problem = check_new_password(password, username=account.username, name=account.name)
         if problem:
             errors = {"password": _(problem)}
     if not errors and existing is not None and existing.id == me.id and account.role != "coordinator":

@@ -44,13 +44,12 @@ from server.invites import named_secret
 from server.store import Store
 
 from .i18n import N_, gettext_for, language_of
+from .password_policy import MAX_PASSWORD
 from .rendering import error_page, redirect, render
 
 SESSION_COOKIE = "vz_session"
 CSRF_FIELD = "csrf_token"
 SESSION_SECRET_KEY = web.AppKey("session_secret", str)
-MIN_PASSWORD = 10
-MAX_PASSWORD = 256
 # Paths the web layer leaves alone: signalling, the JSON API, files, health.
 _NOT_PAGES = ("/ws", "/api/", "/static/", "/healthz")
 
@@ -62,15 +61,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --- passwords ---------------------------------------------------------------------------
-
-
-def check_new_password(password: str) -> str | None:
-    """A msgid explaining what is wrong with a new password, or None."""
-    if len(password) < MIN_PASSWORD:
-        return N_("A password needs at least 10 characters.")
-    if len(password) > MAX_PASSWORD:
-        return N_("A password can be at most 256 characters.")
-    return None
 
 
 async def hash_password(password: str) -> str:
