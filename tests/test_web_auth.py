@@ -476,6 +476,25 @@ async def test_bodies_are_not_read_before_origin_session_and_size_are_checked(si
     assert (await web.post("/logout")).status == 303
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"x" * 30000, b"--xyz\r\n" + b"a" * 20000 + b"\r\n",
+     b'--xyz\r\nContent-Disposition: form-data; name="csrf_token"\r\n' + b"X" * 9000 + b"\r\n\r\nv\r\n--xyz--\r\n",
+     b'--xyz\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\nTOKEN',
+     b"--xyz\r\nContent-Type: multipart/mixed; boundary=abc\r\n\r\n--abc\r\n\r\nx\r\n--abc--\r\n--xyz--\r\n"],
+    ids=["no-boundary", "endless-line", "endless-header", "cut-short", "nested"],
+)
+async def test_a_broken_multipart_form_is_refused_plainly(site: tuple[TestClient, Seed], body: bytes) -> None:
+    client, _ = site
+    web = Web(client)
+    await web.get("/login")
+    body = body.replace(b"TOKEN", (await web.csrf()).encode())
+    response = await client.post("/login", data=body, allow_redirects=False,
+                                 headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert response.status == 403
+    assert "Deze pagina is verlopen" in text_of(await response.text())
+
+
 async def _chunks(body: bytes) -> Any:
     for start in range(0, len(body), 16384):
         yield body[start:start + 16384]

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import argon2
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict
 
 from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
@@ -212,7 +213,12 @@ async def read_form(request: web.Request, max_bytes: int, csrf: str) -> MultiDic
     must come before any file part, so a forged upload is refused before its file is read.
     Raises FormTooLarge or FormForged."""
     if request.content_type == "multipart/form-data":
-        return await _read_multipart(request, max_bytes, csrf)
+        try:
+            return await _read_multipart(request, max_bytes, csrf)
+        except (ValueError, HttpProcessingError):
+            # Not multipart as it says (no boundary, endless lines, cut short): there is
+            # no token to trust in it.
+            raise FormForged() from None
     body = bytearray()
     while chunk := await request.content.read(_CHUNK):
         body += chunk
