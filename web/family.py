@@ -40,6 +40,7 @@ FAMILY_STRINGS = {
     "missed": N_("%(name)s did not answer. Try again later."),
     "unavailable": N_("%(name)s cannot be reached"),
     "call_failed": N_("Calling does not work right now. Please try again later."),
+    "too_many_calls": N_("You have called several times in a short while. Please try again in a few minutes."),
     "hung_up": N_("The call has ended."),
     "left": N_("You hung up."),
     "link_invalid": N_("This link no longer works. Ask the coordinator for a new one."),

@@ -77,7 +77,8 @@ callButton.addEventListener("click", async () => {
     console.warn("verzilvering: could not start the call", error);
   }
   if (!response?.ok) {
-    showEnded(response?.status === 403 ? "link_invalid" : "call_failed");
+    const reason = { 403: "link_invalid", 429: "too_many_calls" }[response?.status] || "call_failed";
+    showEnded(reason);
     return;
   }
   callId = body.call_id;
