@@ -410,6 +410,23 @@ async def test_activities_with_weekly_times(admin: tuple[Web, Seed, Directory]) 
     assert 'value="14:30"' in edit and f'value="{data.volunteer.id}" checked' in edit
 
 
+async def test_a_large_activity_form_goes_through(admin: tuple[Web, Seed, Directory]) -> None:
+    """Forms are parsed with a cap on fields; an activity with every senior and host ticked
+    in a large municipality stays well under it."""
+    web, data, directory = admin
+    hosts = [Account(id=f"staff-h{i}", name=f"Host {i}", username=f"host{i}", role="volunteer") for i in range(200)]
+    seniors = [Senior(id=f"senior-s{i}", name=f"Senior {i}") for i in range(100)]
+    for record in (*hosts, *seniors):
+        await directory.put(record, actor="test")
+    await web.get("/admin/activities/new")
+    fields = [("title", "Groot koor"), ("capacity", "100"), ("slot_rows", "1"),
+              ("slot-0-weekday", "friday"), ("slot-0-start", "10:00"), ("slot-0-duration", "60"),
+              *(("host_ids", h.id) for h in hosts), *(("enrolled", s.id) for s in seniors)]
+    assert location(await web.post("/admin/activities/new", fields)) == "/admin/activities"
+    koor = next(a for a in await directory.list(Activity) if a.title == "Groot koor")
+    assert len(koor.host_ids) == 200 and len(koor.enrolled) == 100
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

@@ -191,7 +191,8 @@ def _is_page(request: web.Request) -> bool:
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _CHUNK = 64 * 1024
-_MAX_FIELDS = 200
+# Fields in one form at most: well above an activity form ticking every senior and host.
+_MAX_FIELDS = 10_000
 
 
 class FormTooLarge(Exception):
