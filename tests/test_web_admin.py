@@ -145,6 +145,19 @@ async def test_contacts_invite_links_and_their_rules(admin: tuple[Web, Seed, Dir
     await web.get(f"/family/{new_invite}", status=410)
 
 
+async def test_invite_links_use_https_when_the_trusted_proxy_says_so(tmp_path: Path, aiohttp_client: Any) -> None:
+    """Without a public URL, the link's scheme is the browser's: https behind nginx."""
+    app = create_app(make_settings(tmp_path, trusted_proxies=("127.0.0.1", "::1")))
+    client: TestClient = await aiohttp_client(app)
+    data = await seed(app)
+    web = Web(client)
+    assert (await web.login("carla")).status == 303
+    for headers, scheme in (({"X-Forwarded-Proto": "https"}, "https://"), ({}, "http://")):
+        page = await web.get(f"/admin/contacts/{data.contact.id}", headers=headers)
+        link = re.search(r'id="invite-link"[^>]*value="([^"]+)"', page).group(1)
+        assert link.startswith(scheme + "127.0.0.1:") and "/family/" in link
+
+
 async def test_the_coordinator_orders_family_for_the_kiosk(admin: tuple[Web, Seed, Directory]) -> None:
     """"Order on the kiosk": lower first, then by name — on the senior's page, in the
     directory's lookup and so in device_welcome; the kiosk's home screen shows them so."""

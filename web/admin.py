@@ -26,6 +26,7 @@ from server.directory import (
     Senior,
     new_id,
 )
+from server.forwarded import TrustedProxies
 from server.invites import issue_invite, named_secret
 from server.schedule import WEEKDAYS, next_occurrence
 
@@ -113,7 +114,8 @@ def _public_base(request: web.Request) -> str:
     settings = request.app[SETTINGS_KEY]
     if settings.public_url:
         return settings.public_url.rstrip("/")
-    return f"{request.scheme}://{request.host}"
+    # Behind nginx without a public URL: the scheme the browser used, as the trusted proxy says.
+    return f"{TrustedProxies(settings.trusted_proxies).scheme(request)}://{request.host}"
 
 
 # --- dashboard ------------------------------------------------------------------------------
