@@ -342,6 +342,18 @@ async def test_failures_of_others_behind_the_proxy_do_not_lock_out_staff(backend
     assert staff.status == 303 and staff.headers["Location"] == "/admin"
 
 
+@pytest.mark.parametrize("web_overrides", [{"login_max_failures": 2, "login_max_failures_per_address": 4}])
+async def test_retrying_a_locked_name_does_not_lock_the_address(site: tuple[TestClient, Seed]) -> None:
+    """Attempts refused because the name is locked check no password: they do not use up the
+    address's budget, so colleagues at the same address can still log in."""
+    client, _ = site
+    web = Web(client)
+    await web.get("/login")
+    statuses = [(await web.post("/login", {"username": "wim", "password": "wrong"})).status for _ in range(10)]
+    assert statuses == [401, 401] + [429] * 8
+    assert (await web.post("/login", {"username": "carla", "password": PASSWORD})).status == 303
+
+
 @pytest.mark.parametrize("web_overrides", [{"login_max_failures_per_address": 4}])
 async def test_forwarded_headers_from_an_untrusted_peer_do_not_dodge_the_address_lock(
     site: tuple[TestClient, Seed]

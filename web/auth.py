@@ -173,7 +173,14 @@ class LoginThrottle:
         """Counts one attempt against both; False when either is over its limit."""
         user = await self.store.count(self._counter(user_key), self.window_s)
         address = await self.store.count(self._counter(address_key), self.window_s)
-        return user <= self.max_per_user and address <= self.max_per_address
+        if address > self.max_per_address:
+            return False
+        if user > self.max_per_user:
+            # Refused for the name alone, no password checked: the address (an office
+            # where someone keeps retrying a locked name) gets the attempt back.
+            await self.store.uncount(self._counter(address_key))
+            return False
+        return True
 
     async def succeeded(self, user_key: str, address_key: str) -> None:
         """A good password: the name's failures are forgotten, and the address gets this
