@@ -17,6 +17,8 @@ const ui = {
   lobbyList: el("lobby-list"),
   lobbyEmpty: el("lobby-empty"),
   lobbyCount: el("lobby-count"),
+  banned: el("banned"),
+  bannedList: el("banned-list"),
   participantCount: el("participant-count"),
   announcer: el("knock-announcer"),
   afterEnd: el("after-end"),
@@ -25,6 +27,8 @@ const ui = {
 };
 const quality = {};
 let knockSounds = 0;
+// Removed participants kept out of the room until the host lets them back.
+let banned = [];
 
 const call = createCall({
   token: root.dataset.token,
@@ -98,6 +102,45 @@ function renderLobby() {
   });
   ui.lobbyList.replaceChildren(...items);
 }
+
+function renderBanned() {
+  ui.banned.hidden = banned.length === 0 || call.state === "ended";
+  const items = banned.map((person) => {
+    const li = document.createElement("li");
+    li.className = "lobby-person";
+    li.dataset.participantId = person.participant_id;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = person.name;
+    const allow = button(format(text.unban, { name: person.name }), "button secondary", () =>
+      call.send({ type: "unban", participant_id: person.participant_id }),
+    );
+    allow.dataset.action = "unban";
+    li.append(name, allow);
+    return li;
+  });
+  ui.bannedList.replaceChildren(...items);
+}
+
+// ---- A short-lived token, renewed while the console is open ----
+// The console's token lives minutes (host_token_ttl_s); the page fetches a fresh one
+// from the logged-in session, so a logged-out or removed account cannot come back with it.
+
+async function refreshToken() {
+  if (call.state === "ended") return;
+  try {
+    const response = await fetch(`/host/activities/${encodeURIComponent(root.dataset.activity)}/token`, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+      redirect: "error",
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    call.setToken((await response.json()).token);
+  } catch (error) {
+    console.warn("verzilvering: could not renew the host token", error.message);
+  }
+}
+setInterval(refreshToken, Number(root.dataset.tokenRefreshMs) || 300000);
 
 // ---- Room controls ----
 
@@ -247,12 +290,16 @@ function onMessage(message) {
     ui.announcer.textContent = format(text.knock, { name: message.participant.name });
   } else if (message.type === "error" && message.code === "not_in_lobby") {
     call.showNotice(text.not_in_lobby);
+  } else if (message.type === "joined" || message.type === "ban_list") {
+    banned = message.banned ?? [];
+    renderBanned();
   }
   renderLobby();
   renderRoom();
 }
 
 function onEnd(reason) {
+  renderBanned();
   renderLobby();
   renderRoom();
   if (reason === "ended") el("status").textContent = text.host_ended;
@@ -270,6 +317,10 @@ window.verzilvering = {
   get knockSounds() {
     return knockSounds;
   },
+  get banned() {
+    return banned.map((person) => ({ ...person }));
+  },
+  refreshToken,
   get quality() {
     return { ...quality };
   },
