@@ -8,6 +8,7 @@ is worth nothing after logout, a password change, removal, or idle/absolute time
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -24,7 +26,9 @@ from aiohttp.test_utils import TestClient
 from server.app import ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY, create_app
 from server.config import Settings
 from server.invites import issue_invite, named_secret
+from server.store.redis import RedisStore
 from signaling.protocol import CloseCode
+from signaling.revocation import Revocations
 from signaling.tokens import TokenIssuer
 from web.auth import SESSION_COOKIE, STAFF_SESSIONS_KEY
 
@@ -387,3 +391,83 @@ def _data_token(page: str) -> str:
     match = re.search(r'data-token="([^"]+)"', page)
     assert match, "the page carries no join token"
     return match.group(1)
+
+
+# --- two real nodes sharing one Redis ----------------------------------------------------------
+
+
+async def test_a_kick_on_one_node_refuses_the_token_on_the_other(tmp_path: Path, redis_server: RedisServer) -> None:
+    from .test_cluster import Node
+
+    prefix = f"vztest:{uuid.uuid4().hex}:"
+    nodes = [Node(name, redis_server.url, prefix, tmp_path) for name in ("a", "b")]
+    issuer = TokenIssuer(TEST_SECRET)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ws(node: Node) -> WsClient:
+                return WsClient(await http.ws_connect(node.url + "/ws"))
+
+            host, senior = await ws(nodes[0]), await ws(nodes[0])
+            await joined(host, issuer.issue(role="host", room="gym", name="Ans", participant_id="h-1"), room="gym")
+            token = issuer.issue(role="senior", room="gym", name="Riet", participant_id="s-1")
+            await joined(senior, token, room="gym")
+            await host.send({"type": "kick", "participant_id": "s-1"})
+            await host.expect("ban_list")
+            assert await senior.closed() == CloseCode.REMOVED
+            await refused(await ws(nodes[1]), token, "banned")
+            # A participant revoked on node B is closed where it sits (node A) and refused there.
+            family_token = issuer.issue(role="family", room="gym", name="Sanne", participant_id="c-1")
+            family = await ws(nodes[0])
+            await joined(family, family_token, room="gym")
+            revoker = RedisStore(redis_server.url, node_id="admin", prefix=prefix)
+            await revoker.open()
+            try:
+                await Revocations(revoker, keep_s=60).revoke_participant("c-1")
+            finally:
+                await revoker.close()
+            assert (await family.expect("removed"))["reason"] == "revoked"
+            assert await family.closed() == CloseCode.REVOKED
+            await refused(await ws(nodes[1]), family_token, "token_revoked")
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+# --- the kiosk does not loop on a refused token -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "refusal,outcome", [("banned", "kicked"), ("activity_ended", "ended"), ("token_revoked", "token")]
+)
+async def test_a_kiosk_stops_at_a_refused_token_instead_of_reconnecting(
+    site: Site, refusal: str, outcome: str
+) -> None:
+    from kiosk_client.room import RoomConnection, Sources
+
+    token = site.token("senior", "Riet", "senior-riet")
+    host = await site.ws()
+    await joined(host, site.token("host", "Ans", "staff-victor"))
+    if refusal == "banned":
+        await joined(await site.ws(), token)
+        await host.send({"type": "kick", "participant_id": "senior-riet"})
+        await host.expect("ban_list")
+    elif refusal == "activity_ended":
+        await host.send({"type": "end"})
+        await host.closed()
+    else:
+        await site.app[SIGNALING_KEY].revoke_participant("senior-riet")
+    events: list[tuple[str, dict[str, Any]]] = []
+    room = RoomConnection(
+        str(site.client.server.make_url("")).rstrip("/"), token,
+        sources=Sources(None, None), on_event=lambda event, **data: events.append((event, data)),
+    )
+    room.start()
+    try:
+        async with asyncio.timeout(10):
+            while not room.done:
+                await asyncio.sleep(0.05)
+    finally:
+        await room.stop()
+    assert room.outcome == outcome and room.attempts == 1 and room.rebuilds == []
+    assert ("ended", {"reason": outcome}) in events
