@@ -471,3 +471,15 @@ async def test_a_kiosk_stops_at_a_refused_token_instead_of_reconnecting(
         await room.stop()
     assert room.outcome == outcome and room.attempts == 1 and room.rebuilds == []
     assert ("ended", {"reason": outcome}) in events
+
+
+async def test_removing_an_activity_ends_it_and_spends_its_tokens(site: Site, aiohttp_client: Any) -> None:
+    senior = await site.ws()
+    token = site.token("senior", "Riet", "senior-riet")
+    await joined(senior, token)
+    coordinator = await _coordinator(site, aiohttp_client)
+    await coordinator.get(f"/admin/activities/{ROOM}/delete")
+    assert (await coordinator.post(f"/admin/activities/{ROOM}/delete")).status == 303
+    assert (await senior.expect("removed"))["reason"] == "ended"
+    assert await senior.closed() == CloseCode.REMOVED
+    await refused(await site.ws(), token, "activity_ended")
