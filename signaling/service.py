@@ -38,7 +38,7 @@ from .devices import CALL_ROOM_PREFIX, DeviceHub
 from .protocol import DEVICE_ONLY, VERSION, CloseCode, ProtocolError, error, parse_client_message
 from .cluster import SERVICE_RESTART, Cluster
 from .revocation import Revocations
-from .session import Connection, RateLimiter, Session, WebSocketConnection
+from .session import Connection, RateLimiter, RelayedConnection, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
 
 MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban")
@@ -280,7 +280,9 @@ class SignalingService:
             raise ProtocolError("unavailable", "The service is busy; try again in a moment.", ref)
         try:
             grant = self.issuer.verify(message["token"])
-            await self.revocations.check(grant)
+            if not isinstance(conn, RelayedConnection):
+                # A relayed hello was checked by its edge node a moment ago.
+                await self.revocations.check(grant)
         except TokenError as exc:
             conn.send(error(exc.code, exc.message, ref))
             await conn.close(CloseCode.AUTH_FAILED, exc.code)

@@ -133,6 +133,7 @@ async def test_a_ban_made_after_hello_is_checked_again_at_join(site: Site) -> No
     await waiting.send({"type": "join", "room": ROOM, "id": "join"})
     await waiting.expect_error("banned")
     assert await waiting.closed() == CloseCode.AUTH_FAILED
+    await host.expect("participant_left", participant_id="senior-riet")
     assert [p.participant_id for p in await site.app[STORE_KEY].list_participants(ROOM)] == ["staff-victor"]
 
 
