@@ -20,8 +20,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from server.store import Store, Subscription
-from server.store.base import EventHandler
+from server.store import AccessCheck, AccessRefused, Store, Subscription
+from server.store.base import EventHandler, check_access
 
 from .tokens import Grant, TokenError
 
@@ -41,17 +41,29 @@ class Revocations:
         self.store = store
         self.keep_s = keep_s
 
+    @staticmethod
+    def access_check(grant: Grant) -> AccessCheck:
+        """What the store checks for this token, at hello and in the join step itself."""
+        return AccessCheck(grant.issued_at, (room_subject(grant.room), participant_subject(grant.participant_id)))
+
     async def check(self, grant: Grant) -> None:
         """Raises TokenError (`activity_ended`, `token_revoked`, `banned`) for a token that
         was taken back; one store round trip."""
-        room_key, person_key = room_subject(grant.room), participant_subject(grant.participant_id)
-        revoked, ban = await self.store.access([room_key, person_key], grant.room, grant.participant_id)
-        if grant.issued_at < revoked.get(room_key, 0.0):
-            raise TokenError("activity_ended", "This activity has ended; ask for a new link.")
-        if grant.issued_at < revoked.get(person_key, 0.0):
-            raise TokenError("token_revoked", "This link has been withdrawn; ask for a new one.")
-        if ban is not None:
-            raise TokenError("banned", "A host removed you from this activity.")
+        access = self.access_check(grant)
+        revoked, ban = await self.store.access(list(access.subjects), grant.room, grant.participant_id)
+        try:
+            check_access(access, revoked, ban is not None)
+        except AccessRefused as exc:
+            raise self.refusal(exc) from None
+
+    @staticmethod
+    def refusal(exc: AccessRefused) -> TokenError:
+        """The protocol error for a refused token (a failed check, or a refused join)."""
+        if exc.subject is None:
+            return TokenError("banned", "A host removed you from this activity.")
+        if exc.subject.startswith("room:"):
+            return TokenError("activity_ended", "This activity has ended; ask for a new link.")
+        return TokenError("token_revoked", "This link has been withdrawn; ask for a new one.")
 
     async def revoke_participant(self, participant_id: str) -> None:
         """Refuses every token issued so far to the participant and closes their sessions."""

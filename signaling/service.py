@@ -22,6 +22,7 @@ from server.producer import Producer
 from server.router import Sfu
 from server.store import (
     ADMIT,
+    AccessRefused,
     ADMIT_UNLESS_LOCKED,
     LOBBY,
     JoinResult,
@@ -414,15 +415,6 @@ class SignalingService:
         if room != session.grant.room:
             raise ProtocolError("token_wrong_room", "The token is for another room.", ref)
         grant = session.grant
-        try:
-            # Again at join: the token may have been taken back since hello.
-            await self.revocations.check(grant)
-        except TokenError as exc:
-            session.send(error(exc.code, exc.message, ref))
-            await self._end(session, "revoked")
-            if session.connection is not None:
-                await session.connection.close(CloseCode.AUTH_FAILED, exc.code)
-            return
         admission = await self._admission(session, room, ref)
         stale = self._member(room, grant.participant_id)
         if stale is not None and stale is not session:
@@ -443,8 +435,10 @@ class SignalingService:
         subscribed = room in self._room_subscriptions
         session.early = []
         try:
+            # Checked again in the join step itself: the token may have been taken back since hello.
             result = await self.store.join_room(
-                state, admission, self.settings.max_participants_per_room, self.presence_ttl
+                state, admission, self.settings.max_participants_per_room, self.presence_ttl,
+                self.revocations.access_check(grant),
             )
         except BaseException as exc:
             session.early = None
@@ -452,6 +446,9 @@ class SignalingService:
             await self._release_if_empty(room)
             if isinstance(exc, RoomFull):
                 raise ProtocolError("room_full", "This activity is full.", ref) from None
+            if isinstance(exc, AccessRefused):
+                await self._refuse(session, self.revocations.refusal(exc), ref)
+                return
             raise
         session.presence_touched = time.monotonic()
         session.room = room
@@ -471,6 +468,14 @@ class SignalingService:
             # Knocking is automatic: waiting in the lobby is the knock.
             session.send({"type": "lobby", "ref": ref, "room": room})
             await self._broadcast(room, {"type": "knock", "participant": _participant(result.state), "_to": "moderators"})
+
+    async def _refuse(self, session: Session, exc: TokenError, ref: str | None) -> None:
+        """A join refused because the token was taken back: told, and closed as at hello."""
+        conn = session.connection
+        session.send(error(exc.code, exc.message, ref))
+        await self._end(session, "revoked")
+        if conn is not None:
+            await conn.close(CloseCode.AUTH_FAILED, exc.code)
 
     async def _undo_join(self, session: Session, room: str) -> None:
         session.early = None

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 # name under both `pytest` and `python -m pytest`.
 from tests.redis_server import RedisServer
 
-from server.store import ADMIT, ADMIT_UNLESS_LOCKED, LOBBY, ParticipantState, RoomFull, Store, StoreUnavailable, TrackState
+from server.store import ADMIT, ADMIT_UNLESS_LOCKED, AccessCheck, AccessRefused, LOBBY, ParticipantState, RoomFull, Store, StoreUnavailable, TrackState
 from server.store.embedded import EmbeddedStore
 from server.store.redis import RedisStore
 
@@ -657,6 +657,30 @@ async def test_bans_until_their_time_or_unban_and_survive_reopening(make_store: 
     assert await second.bans("bingo") == {"p-3": {"name": "Ans"}}
     await second.revoke("room:gym", 5.0, keep_s=60)
     assert await second.access(["participant:p-1", "room:gym"], "gym", "p-1") == ({"room:gym": 5.0}, None)
+
+
+async def test_join_room_refuses_a_revoked_or_banned_joiner_and_writes_nothing(store: Store) -> None:
+    def joiner(pid: str) -> ParticipantState:
+        return ParticipantState(participant_id=pid, room="gym", name=pid, role="senior", node_id="n", joined_at=1.0)
+
+    check = AccessCheck(issued_at=100.0, subjects=("room:gym", "participant:p-1"))
+    await store.revoke("participant:p-1", 100.5, keep_s=60)
+    with pytest.raises(AccessRefused) as refused:
+        await store.join_room(joiner("p-1"), ADMIT, 10, 5.0, check)
+    assert refused.value.subject == "participant:p-1"
+    await store.revoke("room:gym", 101.0, keep_s=60)
+    with pytest.raises(AccessRefused) as refused:
+        await store.join_room(joiner("p-1"), ADMIT, 10, 5.0, check)
+    assert refused.value.subject == "room:gym"
+    # Issued after both: in, unless banned.
+    later = AccessCheck(issued_at=200.0, subjects=check.subjects)
+    await store.ban("gym", "p-2", {"name": "p-2"}, until=time.time() + 60)
+    with pytest.raises(AccessRefused) as refused:
+        await store.join_room(joiner("p-2"), ADMIT, 10, 5.0, AccessCheck(200.0, ("room:gym", "participant:p-2")))
+    assert refused.value.subject is None
+    assert await store.list_participants("gym") == [] and not await store.is_present("p-2")
+    result = await store.join_room(joiner("p-1"), ADMIT, 10, 5.0, later)
+    assert result.admitted and [p.participant_id for p in result.participants] == ["p-1"]
 
 
 async def test_staff_sessions_end_one_by_one_or_per_account(make_store: StoreFactory) -> None:

@@ -23,6 +23,23 @@ class RoomFull(Exception):
     """The room already holds its maximum number of participants."""
 
 
+class AccessRefused(Exception):
+    """A join refused by `AccessCheck`: `subject` is the revoked subject, None for a ban."""
+
+    def __init__(self, subject: str | None) -> None:
+        super().__init__(subject or "banned")
+        self.subject = subject
+
+
+@dataclass(frozen=True)
+class AccessCheck:
+    """What `Store.join_room` checks in the same step as the join (signaling/revocation.py):
+    none of `subjects` revoked after `issued_at`, and the joiner not banned from the room."""
+
+    issued_at: float
+    subjects: tuple[str, ...]
+
+
 class StoreUnavailable(Exception):
     """The backend cannot be reached; the caller may retry later."""
 
@@ -122,14 +139,19 @@ class Store(abc.ABC):
         """Adds or replaces a participant atomically; raises RoomFull at the limit."""
 
     async def join_room(
-        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float
+        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float,
+        access: AccessCheck | None = None,
     ) -> JoinResult:
         """Adds the participant (admitted per `admission`), refreshes its presence and
         returns the room as it is right after: one step for the caller, and for Redis one
-        round trip instead of six. Raises RoomFull at the limit.
+        round trip instead of six. Raises RoomFull at the limit, AccessRefused (nothing
+        written) when `access` fails.
 
         This default runs the single steps; a backend may do it atomically.
         """
+        if access is not None:
+            revoked, ban = await self.access(list(access.subjects), state.room, state.participant_id)
+            check_access(access, revoked, ban is not None)
         room_state = await self.get_room_state(state.room)
         if admission == ADMIT_UNLESS_LOCKED:
             admitted = not room_state.get("locked", False)
@@ -323,6 +345,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_record(self, kind: str, record_id: str) -> bool: ...
+
+
+def check_access(access: AccessCheck, revoked: dict[str, float], banned: bool) -> None:
+    """Raises AccessRefused for the first subject revoked after the token, then for a ban."""
+    for subject in access.subjects:
+        if access.issued_at < revoked.get(subject, 0.0):
+            raise AccessRefused(subject)
+    if banned:
+        raise AccessRefused(None)
 
 
 def check_kind(kind: str) -> None:

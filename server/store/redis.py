@@ -67,6 +67,8 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
+    AccessCheck,
+    AccessRefused,
     EventHandler,
     JoinResult,
     ParticipantState,
@@ -102,15 +104,34 @@ redis.call('HSET', KEYS[2], ARGV[1], redis.call('HLEN', KEYS[1]))
 return 1
 """
 
-# KEYS: participants, rooms, room state, tracks, presence.
+# KEYS: participants, rooms, room state, tracks, presence[, bans, revoked:<subject>...].
 # ARGV: room, participant_id, state json if admitted, state json if in the lobby,
 #       max participants, admission ("admit" | "lobby" | "unless_locked"), presence value,
-#       presence expiry in ms.
-# A join in one round trip: admission decided against the room's lock, the participant
-# added (as _ADD_PARTICIPANT), presence set, and the room read back for the snapshot.
-# Returns {0} when the room is full, else {1, admitted 0/1, room state json or '',
+#       presence expiry in ms[, token issued at, now] (both Unix seconds; with the
+#       access keys).
+# A join in one round trip: access checked (no subject revoked after the token, no ban),
+# admission decided against the room's lock, the participant added (as _ADD_PARTICIPANT),
+# presence set, and the room read back for the snapshot.
+# Returns {-1, n} when the n-th revoked subject refuses the token, {-1, 0} when banned,
+# {0} when the room is full, else {1, admitted 0/1, room state json or '',
 # participants' json..., '--', tracks' json...}.
 _JOIN_ROOM = """
+if #KEYS > 5 then
+  local issued = tonumber(ARGV[9])
+  for i = 7, #KEYS do
+    local at = redis.call('GET', KEYS[i])
+    if at and issued < tonumber(at) then
+      return {-1, i - 6}
+    end
+  end
+  local ban = redis.call('HGET', KEYS[6], ARGV[2])
+  if ban then
+    local ok, entry = pcall(cjson.decode, ban)
+    if ok and type(entry) == 'table' and tonumber(entry['until']) and tonumber(entry['until']) > tonumber(ARGV[10]) then
+      return {-1, 0}
+    end
+  end
+end
 local room_state = redis.call('GET', KEYS[3])
 local admitted = ARGV[6] == 'admit'
 if ARGV[6] == 'unless_locked' then
@@ -480,11 +501,17 @@ class RedisStore(Store):
             raise RoomFull(state.room)
 
     async def join_room(
-        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float
+        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float,
+        access: AccessCheck | None = None,
     ) -> JoinResult:
         if presence_ttl_s <= 0:
             # Redis refuses a zero expiry; the single steps handle that case.
-            return await super().join_room(state, admission, max_participants, presence_ttl_s)
+            return await super().join_room(state, admission, max_participants, presence_ttl_s, access)
+        access_keys: list[str] = []
+        access_args: list[Any] = []
+        if access is not None:
+            access_keys = [self._bans_key(state.room), *(self._revoked_key(s) for s in access.subjects)]
+            access_args = [repr(float(access.issued_at)), repr(time.time())]
         script = self._script(self._join_room)
         room = state.room
         admitted_state = dataclasses.replace(state, admitted=True)
@@ -497,6 +524,7 @@ class RedisStore(Store):
                     self._room_state_key(room),
                     self._tracks_key(room),
                     self._presence_key(state.participant_id),
+                    *access_keys,
                 ],
                 args=[
                     room,
@@ -507,8 +535,12 @@ class RedisStore(Store):
                     admission,
                     self.node_id,
                     max(1, math.ceil(presence_ttl_s * 1000)),
+                    *access_args,
                 ],
             )
+        if reply[0] == -1:
+            assert access is not None
+            raise AccessRefused(access.subjects[reply[1] - 1] if reply[1] else None)
         if not reply[0]:
             raise RoomFull(room)
         split = reply.index("--", 3)
