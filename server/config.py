@@ -28,9 +28,10 @@ class Settings:
     # account, a replaced invite, an ended activity) is kept this long, until every token
     # issued before it has expired.
     max_token_ttl_s: int = 12 * 3600
-    # Host tokens, minted by the logged-in /host console, live this long; the console
-    # fetches a fresh one well before (a logged-out or removed account gets none).
-    host_token_ttl_s: int = 15 * 60
+    # Join tokens minted for an open page (the /host console, a family member's activity
+    # page) live this long; the page fetches a fresh one well before, from its staff
+    # session or invite (a logged-out or removed account, a replaced invite gets none).
+    page_token_ttl_s: int = 15 * 60
 
     # Several nodes: state in Redis when set (redis://, rediss://, unix://).
     redis_url: str = ""

@@ -260,13 +260,13 @@ async def test_the_console_token_is_short_and_renewed_from_the_session(site: Sit
     settings = site.app[SETTINGS_KEY]
     volunteer, token = await _host_console_token(site, aiohttp_client)
     claims = jwt.decode(token, options={"verify_signature": False})
-    assert claims["exp"] - claims["iat"] <= settings.host_token_ttl_s
+    assert claims["exp"] - claims["iat"] <= settings.page_token_ttl_s
     page = await volunteer.get(f"/host/activities/{ROOM}")
-    assert f'data-token-refresh-ms="{settings.host_token_ttl_s * 1000 // 3}"' in page
+    assert f'data-token-refresh-ms="{settings.page_token_ttl_s * 1000 // 3}"' in page
     response = await volunteer.client.get(f"/host/activities/{ROOM}/token")
     assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
     fresh = await response.json()
-    assert fresh["expires_in_s"] == settings.host_token_ttl_s
+    assert fresh["expires_in_s"] == settings.page_token_ttl_s
     await joined(await site.ws(), fresh["token"])
     # Not a host of this activity: no token.
     other = Web(await aiohttp_client(site.client.server))
@@ -484,3 +484,27 @@ async def test_removing_an_activity_ends_it_and_spends_its_tokens(site: Site, ai
     assert (await senior.expect("removed"))["reason"] == "ended"
     assert await senior.closed() == CloseCode.REMOVED
     await refused(await site.ws(), token, "activity_ended")
+
+
+async def test_the_family_activity_token_is_short_and_renewed_with_the_invite(site: Site, aiohttp_client: Any) -> None:
+    settings = site.app[SETTINGS_KEY]
+    invite = issue_invite(named_secret(settings, "invite"), site.seed.contact)
+    page = await site.client.get(f"/family/{invite}/activities/{ROOM}")
+    text = await page.text()
+    claims = jwt.decode(_data_token(text), options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] <= settings.page_token_ttl_s
+    assert f'data-token-refresh-ms="{settings.page_token_ttl_s * 1000 // 3}"' in text
+    response = await site.client.get(f"/family/{invite}/activities/{ROOM}/token")
+    assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+    fresh = await response.json()
+    assert fresh["expires_in_s"] == settings.page_token_ttl_s
+    family = await site.ws()
+    await hello(family, fresh["token"])
+    await family.send({"type": "join", "room": ROOM})
+    await family.expect("lobby")
+    # A closed activity or a replaced invite gives no new token.
+    assert (await site.client.get(f"/family/{invite}/activities/activity-bingo/token")).status == 404
+    coordinator = await _coordinator(site, aiohttp_client)
+    await coordinator.get(f"/admin/contacts/{site.seed.contact.id}")
+    await coordinator.post(f"/admin/contacts/{site.seed.contact.id}/new-invite")
+    assert (await site.client.get(f"/family/{invite}/activities/{ROOM}/token")).status == 410

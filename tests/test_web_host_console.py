@@ -87,6 +87,11 @@ async def test_host_moderates_from_the_console(browser: Browser, tmp_path: Path)
             assert await piet.value("window.verzilvering.state") == "ended"
             await lobby.get_by_role("button", name="Sanne binnenlaten").click()
             await sanne.wait_for("window.verzilvering.state", until=lambda s: s == "connected", what="Sanne let in")
+            # Both pages renew their short-lived token (page_token_ttl_s) from session or invite.
+            for page, api in ((host, "window.verzilvering.call"), (sanne, "window.verzilvering")):
+                before = await page.value(f"{api}.token")
+                await page.value(f"{api}.renewToken()")
+                assert await page.value(f"{api}.token") not in (None, before)
             await host.wait_text(f"{tile(sanne_contact.id)} .name", "Sanne")
             assert await host.text("#lobby-empty") == "Er wacht niemand."
 

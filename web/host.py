@@ -134,20 +134,20 @@ async def console(request: web.Request) -> web.Response:
         activity=activity,
         token=_host_token(request, activity),
         # A third of the lifetime: two refreshes may fail before a reconnect would.
-        token_refresh_ms=request.app[SETTINGS_KEY].host_token_ttl_s * 1000 // 3,
+        token_refresh_ms=request.app[SETTINGS_KEY].page_token_ttl_s * 1000 // 3,
         js_strings=call_strings(request, HOST_STRINGS),
     )
 
 
 def _host_token(request: web.Request, activity: Activity) -> str:
-    """Short-lived (host_token_ttl_s): the console renews it from the logged-in session."""
+    """Short-lived (page_token_ttl_s): the console renews it from the logged-in session."""
     account = current_account(request)
     return request.app[ISSUER_KEY].issue(
         role="host",
         room=activity.id,
         name=account.name,
         participant_id=account.id,
-        ttl_s=request.app[SETTINGS_KEY].host_token_ttl_s,
+        ttl_s=request.app[SETTINGS_KEY].page_token_ttl_s,
     )
 
 
@@ -157,7 +157,7 @@ async def token(request: web.Request) -> web.Response:
     activity = await _activity_for(request)
     if isinstance(activity, web.Response):
         return activity
-    ttl = request.app[SETTINGS_KEY].host_token_ttl_s
+    ttl = request.app[SETTINGS_KEY].page_token_ttl_s
     return web.json_response(
         {"token": _host_token(request, activity), "expires_in_s": ttl}, headers={"Cache-Control": "no-store"}
     )

@@ -1031,10 +1031,8 @@ export function createCall(options) {
     participant(participantId) {
       return call.participants.get(participantId) ?? null;
     },
-    // A fresh token for the next hello (resume or reconnect); the host console refreshes
-    // its short-lived token this way.
-    setToken(token) {
-      call.token = token;
+    get token() {
+      return call.token;
     },
     send,
     start,
@@ -1050,6 +1048,26 @@ export function createCall(options) {
     // Simulates a network drop: the socket goes away without a `leave`.
     dropConnection: abandonSocket,
   };
+
+  // A short-lived token, renewed while the page is open (docs/protocol.md, "Revocation"):
+  // `tokenUrl` answers {token, expires_in_s} to the page's own session or invite; a
+  // withdrawn one answers an error, and the next reconnect is refused.
+  async function renewToken() {
+    if (call.state === "ended") return;
+    try {
+      const response = await fetch(options.tokenUrl, {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+        redirect: "error",
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      call.token = (await response.json()).token;
+    } catch (error) {
+      console.warn("verzilvering: could not renew the token", error.message);
+    }
+  }
+  if (options.tokenUrl) setInterval(renewToken, options.tokenRefreshMs || 300000);
+  api.renewToken = renewToken;
 
   updateStatus();
   if (options.autoStart !== false && call.token) start();

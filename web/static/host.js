@@ -32,6 +32,8 @@ let banned = [];
 
 const call = createCall({
   token: root.dataset.token,
+  tokenUrl: `/host/activities/${encodeURIComponent(root.dataset.activity)}/token`,
+  tokenRefreshMs: Number(root.dataset.tokenRefreshMs),
   text,
   ui: standardUi(),
   tilesForAll: true,
@@ -121,26 +123,6 @@ function renderBanned() {
   });
   ui.bannedList.replaceChildren(...items);
 }
-
-// ---- A short-lived token, renewed while the console is open ----
-// The console's token lives minutes (host_token_ttl_s); the page fetches a fresh one
-// from the logged-in session, so a logged-out or removed account cannot come back with it.
-
-async function refreshToken() {
-  if (call.state === "ended") return;
-  try {
-    const response = await fetch(`/host/activities/${encodeURIComponent(root.dataset.activity)}/token`, {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-      redirect: "error",
-    });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    call.setToken((await response.json()).token);
-  } catch (error) {
-    console.warn("verzilvering: could not renew the host token", error.message);
-  }
-}
-setInterval(refreshToken, Number(root.dataset.tokenRefreshMs) || 300000);
 
 // ---- Room controls ----
 
@@ -320,7 +302,6 @@ window.verzilvering = {
   get banned() {
     return banned.map((person) => ({ ...person }));
   },
-  refreshToken,
   get quality() {
     return { ...quality };
   },
