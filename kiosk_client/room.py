@@ -11,9 +11,10 @@ the same token. Reasons to rebuild:
   (a hung decoder or a one-way dead path that ICE consent has not noticed yet).
 
 Between attempts: exponential backoff with jitter, capped at a few seconds so the kiosk is
-back soon after the network is. Reasons that end the stay instead: `kicked`, `ended`,
-`denied`, `replaced`, `room_full`, `forbidden`, `token` (token refused or expired — the
-owner fetches a new one), or `stop()`.
+back soon after the network is. Reasons that end the stay instead: `kicked` (also a
+`banned` refusal: a host keeps the senior out), `ended` (also `activity_ended`), `denied`,
+`replaced`, `room_full`, `forbidden`, `token` (token refused, expired or revoked — the
+owner fetches a new one), or `stop()`. A refused token never loops reconnecting.
 
 Privacy: camera and microphone are opened only after `joined` — that is, after admission
 (a locked room's lobby never sees them) — and closed again when the attempt ends.
@@ -42,6 +43,18 @@ from .signaling import SignalingError
 logger = logging.getLogger(__name__)
 
 TERMINAL = {"kicked", "ended", "denied", "replaced", "room_full", "forbidden", "token", "stopped"}
+# Error codes (at hello or join) that end the stay, and as what.
+REFUSALS = {
+    "token_invalid": "token",
+    "token_expired": "token",
+    "token_wrong_room": "token",
+    "token_revoked": "token",
+    "unsupported_version": "token",
+    "banned": "kicked",
+    "activity_ended": "ended",
+    "room_full": "room_full",
+    "forbidden": "forbidden",
+}
 JOIN_TIMEOUT_S = 20.0
 CONNECT_TIMEOUT_S = 20.0
 SETTLE_GRACE_S = 15.0
@@ -224,9 +237,7 @@ class RoomConnection:
             try:
                 await asyncio.wait_for(client.connect(), timeout=CONNECT_TIMEOUT_S)
             except SignalingError as exc:
-                if exc.code in ("token_invalid", "token_expired", "unsupported_version"):
-                    return "token"
-                return "network"
+                return REFUSALS.get(exc.code, "network")
             except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
                 return "network"
             self.room = client.room
@@ -269,17 +280,15 @@ class RoomConnection:
             return "denied"
         if kind == "removed":
             reason = message.get("reason")
+            if reason == "revoked":
+                return "token"
             return "media" if reason == "media_failed" else str(reason or "kicked")
         if kind == "connection_lost":
             return "network"
         if kind == "left":
             return "stopped"
         if kind == "error":
-            code = message.get("code")
-            if code in ("room_full", "forbidden"):
-                return code
-            if code in ("token_invalid", "token_expired", "token_wrong_room"):
-                return "token"
+            return REFUSALS.get(str(message.get("code")))
         return None
 
     def _admitted(self, client: CallClient) -> None:

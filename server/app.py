@@ -32,7 +32,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
 def make_issuer(settings: Settings) -> TokenIssuer:
-    return TokenIssuer(settings.token_secret or load_or_create_secret(settings.data_dir))
+    return TokenIssuer(settings.token_secret or load_or_create_secret(settings.data_dir), settings.max_token_ttl_s)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -24,6 +24,14 @@ class Settings:
     # HS256 signing secret for join tokens; generated into data_dir when empty.
     token_secret: str = ""
     default_token_ttl_s: int = 3600
+    # No join token lives longer (the CLI's --ttl included); a revocation (a removed
+    # account, a replaced invite, an ended activity) is kept this long, until every token
+    # issued before it has expired.
+    max_token_ttl_s: int = 12 * 3600
+    # Join tokens minted for an open page (the /host console, a family member's activity
+    # page) live this long; the page fetches a fresh one well before, from its staff
+    # session or invite (a logged-out or removed account, a replaced invite gets none).
+    page_token_ttl_s: int = 15 * 60
 
     # Several nodes: state in Redis when set (redis://, rediss://, unix://).
     redis_url: str = ""
@@ -124,8 +132,11 @@ class Settings:
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
 
     # Web pages (web/): staff sessions, login throttling, invites and photos.
-    # A staff session cookie is valid this long after login.
+    # A staff session (a store record the login cookie names) ends this long after login
+    # however busy, and after session_idle_s without a request (an open host console
+    # renews its token, and so the session, every few minutes).
     session_ttl_s: int = 12 * 3600
+    session_idle_s: int = 30 * 60
     # This many failed logins for one username within the window lock further attempts for
     # that username until the window has passed; an address (behind a trusted proxy: the
     # client's own) is locked after login_max_failures_per_address, for any names.

@@ -98,9 +98,12 @@ class Account:
     password_hash: str = ""
     language: str = "nl"
     kind: str = "staff"
+    # Switched off: cannot log in, and every session and token of the account ends.
+    disabled: bool = False
 
     def validate(self) -> None:
         self.name = _name(self.name)
+        self.disabled = _bool(self.disabled, "disabled")
         if self.role not in STAFF_ROLES:
             raise DirectoryError("role", "Role must be coordinator or volunteer.")
         if not isinstance(self.username, str) or not 3 <= len(self.username.strip()) <= 64:

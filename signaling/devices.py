@@ -266,6 +266,15 @@ class DeviceHub:
 
     # --- family pages listening for the senior's calls ------------------------------------
 
+    def access_revoked(self, contact_id: str) -> None:
+        """The contact's invite was replaced or the contact removed: their open pages stop
+        listening, as a page with a stale invite would at hello."""
+        for conn, link in list(self.listeners.items()):
+            if link.contact.id == contact_id and not conn.closing:
+                conn.closing = True
+                conn.send(error("invite_invalid", "This link no longer works. Ask for a new one."))
+                asyncio.ensure_future(conn.close(CloseCode.AUTH_FAILED, "invite_invalid"))
+
     async def contact_hello(self, conn: Connection, data: dict[str, Any], ref: str | None) -> None:
         secret = named_secret(self.settings, "invite")
         try:

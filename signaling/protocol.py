@@ -31,6 +31,8 @@ class CloseCode:
     REPLACED = 4004
     MEDIA_FAILED = 4005
     DENIED = 4006
+    # The participant's access was revoked (account removed, invite replaced) while connected.
+    REVOKED = 4007
 
 
 _OPTIONAL = object()
@@ -58,6 +60,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
     "spotlight": {"participant_id": ((str, type(None)), True)},
     "music_mode": {"enabled": (bool, True)},
     "end": {},
+    "unban": {"participant_id": (str, True)},
     # kiosk devices
     "call_answer": {"call_id": (str, True), "accept": (bool, True), "reason": (str, False)},
     "activity_join": {"activity_id": (str, True)},

@@ -22,6 +22,7 @@ from server.producer import Producer
 from server.router import Sfu
 from server.store import (
     ADMIT,
+    AccessRefused,
     ADMIT_UNLESS_LOCKED,
     LOBBY,
     JoinResult,
@@ -37,10 +38,11 @@ from server.transport import NegotiationError
 from .devices import CALL_ROOM_PREFIX, DeviceHub
 from .protocol import DEVICE_ONLY, VERSION, CloseCode, ProtocolError, error, parse_client_message
 from .cluster import SERVICE_RESTART, Cluster
-from .session import Connection, RateLimiter, Session, WebSocketConnection
+from .revocation import Revocations
+from .session import Connection, RateLimiter, RelayedConnection, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
 
-MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick")
+MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban")
 ROOM_STATE_DEFAULTS: dict[str, Any] = {"locked": False, "spotlight": None, "music_mode": False}
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class SignalingService:
         self.directory = directory
         self.devices = DeviceHub(settings, store, directory, issuer)
         self.cluster = Cluster(self, settings, store)
+        self.revocations = Revocations(store, settings.max_token_ttl_s)
+        self._revocation_subscription: Subscription | None = None
         self.metrics: Metrics | None = None
         sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
@@ -233,7 +237,9 @@ class SignalingService:
         elif kind == "music_mode":
             await self._update_room(session, music_mode=message["enabled"])
         elif kind == "end":
-            await self._broadcast(session.room, {"type": "_end", "by": session.participant_id})
+            await self.end_room(session.room, by=session.participant_id)
+        elif kind == "unban":
+            await self._unban(session, message["participant_id"], ref)
 
     @property
     def presence_ttl(self) -> float:
@@ -275,6 +281,9 @@ class SignalingService:
             raise ProtocolError("unavailable", "The service is busy; try again in a moment.", ref)
         try:
             grant = self.issuer.verify(message["token"])
+            if not isinstance(conn, RelayedConnection):
+                # A relayed hello was checked by its edge node a moment ago.
+                await self.revocations.check(grant)
         except TokenError as exc:
             conn.send(error(exc.code, exc.message, ref))
             await conn.close(CloseCode.AUTH_FAILED, exc.code)
@@ -418,6 +427,7 @@ class SignalingService:
             role=grant.role,
             node_id=self.store.node_id,
             joined_at=time.time(),
+            token_expires_at=grant.expires_at,
         )
         # Seated before the store step: this holds the room's subscription on this node,
         # and room events from now on reach `early` (the snapshot below may predate them).
@@ -425,8 +435,10 @@ class SignalingService:
         subscribed = room in self._room_subscriptions
         session.early = []
         try:
+            # Checked again in the join step itself: the token may have been taken back since hello.
             result = await self.store.join_room(
-                state, admission, self.settings.max_participants_per_room, self.presence_ttl
+                state, admission, self.settings.max_participants_per_room, self.presence_ttl,
+                self.revocations.access_check(grant),
             )
         except BaseException as exc:
             session.early = None
@@ -434,6 +446,9 @@ class SignalingService:
             await self._release_if_empty(room)
             if isinstance(exc, RoomFull):
                 raise ProtocolError("room_full", "This activity is full.", ref) from None
+            if isinstance(exc, AccessRefused):
+                await self._refuse(session, self.revocations.refusal(exc), ref)
+                return
             raise
         session.presence_touched = time.monotonic()
         session.room = room
@@ -453,6 +468,14 @@ class SignalingService:
             # Knocking is automatic: waiting in the lobby is the knock.
             session.send({"type": "lobby", "ref": ref, "room": room})
             await self._broadcast(room, {"type": "knock", "participant": _participant(result.state), "_to": "moderators"})
+
+    async def _refuse(self, session: Session, exc: TokenError, ref: str | None) -> None:
+        """A join refused because the token was taken back: told, and closed as at hello."""
+        conn = session.connection
+        session.send(error(exc.code, exc.message, ref))
+        await self._end(session, "revoked")
+        if conn is not None:
+            await conn.close(CloseCode.AUTH_FAILED, exc.code)
 
     async def _undo_join(self, session: Session, room: str) -> None:
         session.early = None
@@ -559,6 +582,7 @@ class SignalingService:
         }
         if grant.may("moderate"):
             joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
+            joined["banned"] = await self.revocations.banned(room)
         session.send(joined)
         early, session.early = session.early, None
         for event in early or ():
@@ -827,7 +851,43 @@ class SignalingService:
         target = await self.store.get_participant(session.room, target_id)
         if target is None:
             raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
+        # Banned before the removal: the kicked client cannot be back in between. Until its
+        # token expires (any token of theirs, so a fresh link does not help either).
+        until = target.token_expires_at or time.time() + self.settings.max_token_ttl_s
+        await self.revocations.ban(session.room, target_id, target.name, until)
         await self._broadcast(session.room, {"type": "_kick", "participant_id": target_id})
+        await self._send_ban_list(session.room)
+
+    async def _unban(self, session: Session, target_id: str, ref: str | None) -> None:
+        assert session.room is not None
+        if not await self.revocations.unban(session.room, target_id):
+            raise ProtocolError("not_banned", "That participant is not kept out of this room.", ref)
+        await self._send_ban_list(session.room)
+
+    async def _send_ban_list(self, room: str) -> None:
+        banned = await self.revocations.banned(room)
+        await self._broadcast(room, {"type": "ban_list", "banned": banned, "_to": "moderators"})
+
+    def _access_revoked(self, event: dict[str, Any]) -> None:
+        """Closes this node's sessions whose access was revoked (Revocations.revoke_participant)."""
+        participant_id, before = event.get("participant_id"), event.get("before")
+        if not isinstance(participant_id, str) or not isinstance(before, (int, float)):
+            return
+        for session in list(self.sessions.values()):
+            if session.participant_id == participant_id and session.grant.issued_at < before:
+                asyncio.ensure_future(self._end(session, "revoked", close_code=CloseCode.REVOKED))
+        self.devices.access_revoked(participant_id)
+
+    async def end_room(self, room: str, by: str | None = None) -> None:
+        """Ends the room for everyone (a host's `end`, or the activity was removed)."""
+        # Spent first: nobody rejoins with a token of the activity just ended.
+        await self.revocations.end_room(room)
+        await self._broadcast(room, {"type": "_end", "by": by})
+
+    async def revoke_participant(self, participant_id: str) -> None:
+        """A staff account, family contact or senior lost their access: every token issued
+        to them so far is refused, on every node, and their open sessions are closed."""
+        await self.revocations.revoke_participant(participant_id)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -845,6 +905,7 @@ class SignalingService:
         return {"rooms": len(rooms), "participants": sum(rooms.values()), "sessions": len(self.sessions)}
 
     async def start(self) -> None:
+        self._revocation_subscription = await self.revocations.subscribe(self._access_revoked)
         await self.cluster.start()
 
     async def send_everyone_elsewhere(self) -> None:
@@ -857,6 +918,9 @@ class SignalingService:
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
         await self.cluster.stop()
+        if self._revocation_subscription is not None:
+            await self._revocation_subscription.close()
+            self._revocation_subscription = None
         for conn in list(self._connections):
             await conn.close(1001, "server stopping")
         await self.devices.close()
@@ -871,6 +935,7 @@ def _participant(state: ParticipantState) -> dict[str, Any]:
     data = state.to_dict()
     data.pop("room", None)
     data.pop("node_id", None)
+    data.pop("token_expires_at", None)
     return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
@@ -22,6 +23,9 @@ DEFAULT_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "admin": ("publish", "subscribe", "moderate"),
 }
 ALGORITHM = "HS256"
+# The longest a join token may live unless the issuer is told otherwise (Settings.max_token_ttl_s):
+# revocations are kept this long, until every token issued before them has expired.
+MAX_TTL_S = 12 * 3600
 ISSUER = "verzilvering"
 SECRET_FILE = "token_secret"
 
@@ -43,6 +47,9 @@ class Grant:
     room: str
     permissions: frozenset[str]
     expires_at: int
+    # When the token was issued (Unix seconds, millisecond resolution); revocations refuse
+    # tokens issued before them. 0 for a token without `iat`: any revocation refuses it.
+    issued_at: float = 0.0
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
@@ -64,10 +71,11 @@ def load_or_create_secret(data_dir: Path) -> str:
 
 
 class TokenIssuer:
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, max_ttl_s: int = MAX_TTL_S) -> None:
         if len(secret) < 32:
             raise ValueError("token secret must be at least 32 characters")
         self._secret = secret
+        self.max_ttl_s = max_ttl_s
 
     def issue(
         self,
@@ -87,11 +95,14 @@ class TokenIssuer:
             raise ValueError("name must not be empty")
         if ttl_s <= 0:
             raise ValueError("ttl must be positive")
+        if ttl_s > self.max_ttl_s:
+            raise ValueError(f"ttl must be at most {self.max_ttl_s} s (max_token_ttl_s)")
         perms = DEFAULT_PERMISSIONS[role] if permissions is None else permissions
         unknown = set(perms) - set(PERMISSIONS)
         if unknown:
             raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))}")
-        now = int(time.time())
+        # Milliseconds, rounded down: a token made just before a revocation is older than it.
+        now = math.floor(time.time() * 1000) / 1000
         claims = {
             "iss": ISSUER,
             "sub": participant_id or f"p-{uuid.uuid4().hex[:12]}",
@@ -100,7 +111,7 @@ class TokenIssuer:
             "room": room,
             "perms": list(perms),
             "iat": now,
-            "exp": now + ttl_s,
+            "exp": int(now) + ttl_s,
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
@@ -139,4 +150,11 @@ class TokenIssuer:
             room=claims["room"],
             permissions=frozenset(perms),
             expires_at=int(claims["exp"]),
+            issued_at=_issued_at(claims.get("iat")),
         )
+
+
+def _issued_at(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import redis.asyncio as aioredis
 # name under both `pytest` and `python -m pytest`.
 from tests.redis_server import RedisServer
 
-from server.store import ADMIT, ADMIT_UNLESS_LOCKED, LOBBY, ParticipantState, RoomFull, Store, StoreUnavailable, TrackState
+from server.store import ADMIT, ADMIT_UNLESS_LOCKED, AccessCheck, AccessRefused, LOBBY, ParticipantState, RoomFull, Store, StoreUnavailable, TrackState
 from server.store.embedded import EmbeddedStore
 from server.store.redis import RedisStore
 
@@ -625,6 +626,106 @@ async def test_directory_survives_reopening(make_store: StoreFactory) -> None:
     assert await second.get_record("people", "p1") == {"name": "Annie"}
     assert await second.list_records("people") == [{"name": "Annie"}]
     assert await second.list_records("kiosks") == [{"location": "Buiten"}]
+
+
+# --- revocations, bans and staff sessions --------------------------------------------------
+
+
+async def test_revocation_keeps_the_later_time_and_survives_reopening(make_store: StoreFactory) -> None:
+    first = await make_store()
+    assert await first.revocations(["participant:a", "room:r"]) == {}
+    await first.revoke("participant:a", 1000.5, keep_s=60)
+    await first.revoke("participant:a", 900.0, keep_s=60)  # earlier: changes nothing
+    await first.revoke("room:r", 2000.25, keep_s=60)
+    assert await first.revocations(["participant:a", "room:r", "participant:b"]) == {
+        "participant:a": 1000.5,
+        "room:r": 2000.25,
+    }
+    await first.revoke("participant:a", 1500.0, keep_s=60)
+    await first.close()
+    second = await make_store()
+    assert await second.revocations(["participant:a", "room:r"]) == {"participant:a": 1500.0, "room:r": 2000.25}
+
+
+async def test_revocation_is_forgotten_after_keep(store: Store) -> None:
+    await store.revoke("participant:a", 1000.0, keep_s=0.3)
+    assert await store.revocations(["participant:a"]) == {"participant:a": 1000.0}
+    await asyncio.sleep(0.5)
+    assert await store.revocations(["participant:a"]) == {}
+
+
+async def test_bans_until_their_time_or_unban_and_survive_reopening(make_store: StoreFactory) -> None:
+    first = await make_store()
+    now = time.time()
+    await first.ban("gym", "p-1", {"name": "Piet"}, until=now + 60)
+    await first.ban("gym", "p-2", {"name": "Kees"}, until=now + 0.3)
+    await first.ban("bingo", "p-3", {"name": "Ans"}, until=now + 60)
+    assert await first.bans("gym") == {"p-1": {"name": "Piet"}, "p-2": {"name": "Kees"}}
+    assert await first.access(["participant:p-1"], "gym", "p-1") == ({}, {"name": "Piet"})
+    assert await first.access(["participant:p-3"], "gym", "p-3") == ({}, None)
+    await asyncio.sleep(0.5)
+    assert await first.bans("gym") == {"p-1": {"name": "Piet"}}
+    assert await first.access([], "gym", "p-2") == ({}, None)
+    await first.close()
+    second = await make_store()
+    assert await second.bans("gym") == {"p-1": {"name": "Piet"}}
+    assert await second.unban("gym", "p-1") is True
+    assert await second.unban("gym", "p-1") is False
+    assert await second.bans("gym") == {}
+    assert await second.bans("bingo") == {"p-3": {"name": "Ans"}}
+    await second.revoke("room:gym", 5.0, keep_s=60)
+    assert await second.access(["participant:p-1", "room:gym"], "gym", "p-1") == ({"room:gym": 5.0}, None)
+
+
+async def test_join_room_refuses_a_revoked_or_banned_joiner_and_writes_nothing(store: Store) -> None:
+    def joiner(pid: str) -> ParticipantState:
+        return ParticipantState(participant_id=pid, room="gym", name=pid, role="senior", node_id="n", joined_at=1.0)
+
+    check = AccessCheck(issued_at=100.0, subjects=("room:gym", "participant:p-1"))
+    await store.revoke("participant:p-1", 100.5, keep_s=60)
+    with pytest.raises(AccessRefused) as refused:
+        await store.join_room(joiner("p-1"), ADMIT, 10, 5.0, check)
+    assert refused.value.subject == "participant:p-1"
+    await store.revoke("room:gym", 101.0, keep_s=60)
+    with pytest.raises(AccessRefused) as refused:
+        await store.join_room(joiner("p-1"), ADMIT, 10, 5.0, check)
+    assert refused.value.subject == "room:gym"
+    # Issued after both: in, unless banned.
+    later = AccessCheck(issued_at=200.0, subjects=check.subjects)
+    await store.ban("gym", "p-2", {"name": "p-2"}, until=time.time() + 60)
+    with pytest.raises(AccessRefused) as refused:
+        await store.join_room(joiner("p-2"), ADMIT, 10, 5.0, AccessCheck(200.0, ("room:gym", "participant:p-2")))
+    assert refused.value.subject is None
+    assert await store.list_participants("gym") == [] and not await store.is_present("p-2")
+    result = await store.join_room(joiner("p-1"), ADMIT, 10, 5.0, later)
+    assert result.admitted and [p.participant_id for p in result.participants] == ["p-1"]
+
+
+async def test_staff_sessions_end_one_by_one_or_per_account(make_store: StoreFactory) -> None:
+    first = await make_store()
+    for key, account in (("k1", "staff-a"), ("k2", "staff-a"), ("k3", "staff-a"), ("k4", "staff-b")):
+        await first.put_staff_session(key, {"account": account, "created": 1.0, "seen": 1.0}, ttl_s=60)
+    assert await first.get_staff_session("k1") == {"account": "staff-a", "created": 1.0, "seen": 1.0}
+    await first.put_staff_session("k1", {"account": "staff-a", "created": 1.0, "seen": 5.0}, ttl_s=60)
+    assert (await first.get_staff_session("k1") or {})["seen"] == 5.0
+    await first.delete_staff_session("k2")
+    assert await first.get_staff_session("k2") is None
+    await first.close()
+    second = await make_store()
+    assert await second.get_staff_session("k3") is not None
+    assert await second.delete_staff_sessions("staff-a", keep="k1") == 1
+    assert await second.get_staff_session("k3") is None
+    assert await second.get_staff_session("k1") is not None
+    assert await second.get_staff_session("k4") is not None
+    assert await second.delete_staff_sessions("staff-a") == 1
+    assert await second.get_staff_session("k1") is None
+    assert await second.delete_staff_sessions("nobody") == 0
+
+
+async def test_staff_session_expires(store: Store) -> None:
+    await store.put_staff_session("k1", {"account": "staff-a"}, ttl_s=0.3)
+    await asyncio.sleep(0.5)
+    assert await store.get_staff_session("k1") is None
 
 
 # --- Redis only ----------------------------------------------------------------------------

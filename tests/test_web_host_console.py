@@ -1,5 +1,5 @@
 """The host console's moderation in headless Chromium: waiting room (admit, deny), lock,
-mute one, ask to unmute, spotlight, music mode and remove — each seen from both sides."""
+mute one, ask to unmute, spotlight, music mode, remove and let back — each seen from both sides."""
 
 from __future__ import annotations
 
@@ -87,6 +87,11 @@ async def test_host_moderates_from_the_console(browser: Browser, tmp_path: Path)
             assert await piet.value("window.verzilvering.state") == "ended"
             await lobby.get_by_role("button", name="Sanne binnenlaten").click()
             await sanne.wait_for("window.verzilvering.state", until=lambda s: s == "connected", what="Sanne let in")
+            # Both pages renew their short-lived token (page_token_ttl_s) from session or invite.
+            for page, api in ((host, "window.verzilvering.call"), (sanne, "window.verzilvering")):
+                before = await page.value(f"{api}.token")
+                await page.value(f"{api}.renewToken()")
+                assert await page.value(f"{api}.token") not in (None, before)
             await host.wait_text(f"{tile(sanne_contact.id)} .name", "Sanne")
             assert await host.text("#lobby-empty") == "Er wacht niemand."
 
@@ -172,6 +177,20 @@ async def test_host_moderates_from_the_console(browser: Browser, tmp_path: Path)
             await host.wait_for(f"document.querySelector(\"{tile(sanne_contact.id)}\")", until=lambda t: t is None,
                                 what="Sanne's tile to go")
             assert "(1)" in await host.text("#participant-count")
+
+            # Removed means kept out: her page offers no way back, a reload is refused,
+            # and the console lists her until the host lets her back.
+            assert await sanne.value("document.getElementById('rejoin').hidden")
+            banned = host.page.locator("#banned")
+            await banned.get_by_text("Sanne", exact=True).wait_for()
+            assert await banned.is_visible() and "Verwijderd uit deze activiteit" in await banned.inner_text()
+            await sanne.page.reload()
+            await sanne.wait_text("#status", "De begeleider heeft u uit de groep gehaald.")
+            assert await sanne.value("window.verzilvering.state") == "ended"
+            await banned.get_by_role("button", name="Laat Sanne weer toe").click()
+            await host.wait_for("document.getElementById('banned').hidden", what="the list of removed people to go")
+            await sanne.page.reload()
+            await sanne.wait_for("window.verzilvering.state", until=lambda s: s == "lobby", what="Sanne back in the lobby")
     finally:
         # Pages still in a call hold WebSockets that the server would wait for.
         for context in browser.contexts:

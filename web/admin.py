@@ -31,7 +31,7 @@ from server.invites import issue_invite, named_secret
 from server.schedule import WEEKDAYS, next_occurrence
 
 from . import photos
-from .auth import current_account, form, hash_password, require
+from .auth import STAFF_SESSIONS_KEY, current_account, form, hash_password, require
 from .i18n import N_, gettext_for, language_of
 from .password_policy import check_new_password
 from .rendering import error_page, redirect, render
@@ -253,6 +253,12 @@ async def _tell_kiosks(request: web.Request, senior_id: str) -> None:
         await devices.directory_changed(senior_id)
 
 
+async def _revoke(request: web.Request, participant_id: str) -> None:
+    """Every join token issued so far to this person (staff account, contact, senior) is
+    refused, on every node, and their open sessions are closed (signaling/revocation.py)."""
+    await request.app[SIGNALING_KEY].revoke_participant(participant_id)
+
+
 @coordinator
 async def senior_delete_confirm(request: web.Request) -> web.Response:
     senior = await _dir(request).get(Senior, request.match_info["senior_id"])
@@ -288,11 +294,13 @@ async def senior_delete(request: web.Request) -> web.Response:
     for contact in await directory.contacts_of(senior.id):
         await directory.delete(Contact, contact.id, actor=actor)
         await photos.delete_photo(store, contact.photo_url)
+        await _revoke(request, contact.id)
     for activity in await directory.activities_of(senior.id):
         activity.enrolled = [s for s in activity.enrolled if s != senior.id]
         await directory.put(activity, actor=actor)
     await directory.delete(Senior, senior.id, actor=actor)
     await photos.delete_photo(store, senior.photo_url)
+    await _revoke(request, senior.id)
     _flash(request, N_("Removed."))
     return redirect("/admin/seniors")
 
@@ -405,6 +413,8 @@ async def contact_new_invite(request: web.Request) -> web.Response:
         return await _not_found(request)
     contact.invite_version += 1
     await directory.put(contact, actor=_actor(request))
+    # The old link's activity and call tokens go with it.
+    await _revoke(request, contact.id)
     _flash(request, N_("A new invite link is ready. The old link no longer works."))
     return redirect(f"/admin/contacts/{contact.id}#invite")
 
@@ -434,6 +444,7 @@ async def contact_delete(request: web.Request) -> web.Response:
         return await _not_found(request)
     await directory.delete(Contact, contact.id, actor=_actor(request))
     await photos.delete_photo(request.app[STORE_KEY], contact.photo_url)
+    await _revoke(request, contact.id)
     await _tell_kiosks(request, contact.senior_id)
     _flash(request, N_("Removed."))
     return redirect(f"/admin/seniors/{contact.senior_id}")
@@ -616,9 +627,10 @@ async def accounts(request: web.Request) -> web.Response:
 def _account_form(request: web.Request, account: Account | None, *, errors: dict[str, str] | None = None,
                   values: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     current = values or (
-        {"name": account.name, "username": account.username, "role": account.role, "language": account.language}
+        {"name": account.name, "username": account.username, "role": account.role, "language": account.language,
+         "disabled": account.disabled}
         if account
-        else {"name": "", "username": "", "role": "volunteer", "language": "nl"}
+        else {"name": "", "username": "", "role": "volunteer", "language": "nl", "disabled": False}
     )
     return render(
         request,
@@ -659,12 +671,14 @@ async def account_save(request: web.Request) -> web.Response:
         "username": str(data.get("username", "")) if existing is None else existing.username,
         "role": str(data.get("role", "")),
         "language": str(data.get("language", "")),
+        "disabled": _checked(data, "disabled"),
     }
     password = str(data.get("password", ""))
     _ = _t(request)
     account = replace(existing) if existing else Account(id=new_id("staff"), name="", username="", role="volunteer")
     account.name, account.username = values["name"], values["username"]
     account.role, account.language = values["role"], values["language"]
+    account.disabled = values["disabled"]
     errors: dict[str, str] = {}
     try:
         account.validate()
@@ -679,16 +693,20 @@ async def account_save(request: web.Request) -> web.Response:
             errors = {"password": _(problem)}
     if not errors and existing is not None and existing.id == me.id and account.role != "coordinator":
         errors = {"role": _("You cannot take away your own coordinator role.")}
+    if not errors and existing is not None and existing.id == me.id and account.disabled:
+        errors = {"disabled": _("You cannot switch off your own account.")}
     if errors:
         return _account_form(request, existing, errors=errors, values=values, status=400)
     if password:
         account.password_hash = await hash_password(password)
     await directory.put(account, actor=me.id)
-    if existing is not None and existing.id == me.id and password:
-        # Changing one's own password ends other sessions, not this one.
-        from .auth import password_fingerprint
-
-        request["session"]["pv"] = password_fingerprint(account.password_hash)
+    sessions = request.app[STAFF_SESSIONS_KEY]
+    if account.disabled and (existing is None or not existing.disabled):
+        await sessions.end_all(account.id)
+        await _revoke(request, account.id)
+    elif password and existing is not None:
+        # A new password ends the account's other sessions; one's own stays.
+        await sessions.end_all(account.id, keep=request["session"].get("sid") if existing.id == me.id else None)
     _flash(request, N_("Saved."))
     return redirect("/admin/accounts")
 
@@ -725,6 +743,8 @@ async def account_delete(request: web.Request) -> web.Response:
             activity.host_ids = [h for h in activity.host_ids if h != account.id]
             await directory.put(activity, actor=_actor(request))
     await directory.delete(Account, account.id, actor=_actor(request))
+    await request.app[STAFF_SESSIONS_KEY].end_all(account.id)
+    await _revoke(request, account.id)
     _flash(request, N_("Removed."))
     return redirect("/admin/accounts")
 
@@ -901,6 +921,8 @@ async def activity_delete(request: web.Request) -> web.Response:
     if activity is None:
         return await _not_found(request)
     await directory.delete(Activity, activity.id, actor=_actor(request))
+    # Its join tokens are spent, and its sessions closed.
+    await request.app[SIGNALING_KEY].end_room(activity.id)
     for senior_id in activity.enrolled:
         await _tell_kiosks(request, senior_id)
     _flash(request, N_("Removed."))

@@ -2,12 +2,12 @@
 
 - Passwords are hashed with argon2id (argon2-cffi's RFC 9106 defaults); hashing runs in a
   worker thread so a login never stalls the event loop (and with it everyone's calls).
-- The session lives in one cookie: base64url(JSON) "." base64url(HMAC-SHA256). The secret
+- The cookie is base64url(JSON) "." base64url(HMAC-SHA256). The secret
   is `server.invites.named_secret(settings, "session")` (a 0600 file in the data dir, or
-  derived from the operator's token secret). The account is loaded from the directory on
-  every request, so a changed role or a deleted account takes effect at once; the cookie
-  also carries a fingerprint of the password hash, so changing a password logs out every
-  other session.
+  derived from the operator's token secret). Logged in, it names a staff session kept in
+  the store (web/sessions.py): logout, a password change, removing or switching off the
+  account end it for every copy of the cookie. The account is loaded from the directory on
+  every request, so a changed role takes effect at once.
 - Every visitor of a page gets a per-session CSRF token; every POST outside `/api/` must
   carry it as the form field `csrf_token`, else 403 and nothing happens.
 - Login attempts are counted per username and per client address (the proxy's word for it
@@ -47,10 +47,12 @@ from server.store import Store
 from .i18n import N_, gettext_for, language_of
 from .password_policy import MAX_PASSWORD
 from .rendering import error_page, redirect, render
+from .sessions import StaffSessions
 
 SESSION_COOKIE = "vz_session"
 CSRF_FIELD = "csrf_token"
 SESSION_SECRET_KEY = web.AppKey("session_secret", str)
+STAFF_SESSIONS_KEY = web.AppKey("staff_sessions", StaffSessions)
 # Paths the web layer leaves alone: signalling, the JSON API, files, health.
 _NOT_PAGES = ("/ws", "/api/", "/static/", "/healthz")
 
@@ -76,10 +78,6 @@ async def verify_password(password_hash: str, password: str) -> bool:
             return False
 
     return await asyncio.to_thread(check)
-
-
-def password_fingerprint(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 # --- signed cookie sessions ------------------------------------------------------------------
@@ -298,13 +296,13 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     session = Session(data) if data is not None else _fresh_session(settings)
     request["session"] = session
     request["account"] = None
-    uid = session.get("uid")
-    if uid:
-        account = await app[DIRECTORY_KEY].get(Account, uid)
-        if account is not None and session.get("pv") == password_fingerprint(account.password_hash):
+    staff_session = session.get("sid")
+    if staff_session:
+        account = await app[STAFF_SESSIONS_KEY].account(staff_session)
+        if account is not None:
             request["account"] = account
         else:
-            # Deleted account or changed password: this session is over.
+            # Logged out elsewhere, timed out, password changed, account gone: over.
             session.clear()
             session.update(_fresh_session(settings))
             session.modified = True
@@ -471,7 +469,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         )
     account = await directory.account_by_username(username) if username else None
     ok = await verify_password(account.password_hash if account else "", password)
-    if not ok or account is None:
+    if not ok or account is None or account.disabled:
         return render(
             request,
             "login.html",
@@ -486,25 +484,35 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         await directory.put(account, actor=account.id)
     # A new session on login: a token planted before login is worth nothing after it.
     session: Session = request["session"]
+    await app[STAFF_SESSIONS_KEY].end(session.get("sid"))
     session.clear()
     session.update(_fresh_session(app[SETTINGS_KEY]))
     session["csrf"] = secrets.token_urlsafe(24)
-    session["uid"] = account.id
-    session["pv"] = password_fingerprint(account.password_hash)
+    session["sid"] = await app[STAFF_SESSIONS_KEY].start(account.id)
     return redirect(target or home_of(account))
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     session: Session = request["session"]
+    await request.app[STAFF_SESSIONS_KEY].end(session.get("sid"))
     session.clear()
     session.update(_fresh_session(request.app[SETTINGS_KEY]))
     session["flash"] = N_("You are logged out.")
     return redirect("/login")
 
 
+async def _open_staff_sessions(app: web.Application) -> None:
+    # After the store opened (server.app's cleanup context runs first).
+    settings = app[SETTINGS_KEY]
+    app[STAFF_SESSIONS_KEY] = StaffSessions(
+        app[STORE_KEY], app[DIRECTORY_KEY], idle_s=settings.session_idle_s, absolute_s=settings.session_ttl_s
+    )
+
+
 def setup(app: web.Application) -> None:
     settings = app[SETTINGS_KEY]
     app[SESSION_SECRET_KEY] = named_secret(settings, "session")
+    app.on_startup.append(_open_staff_sessions)
     app.middlewares.append(session_middleware)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login_submit)

@@ -10,6 +10,8 @@
 - `/family/{invite}/activities`: the senior's activities that welcome guests.
 - `/family/{invite}/activities/{id}`: joins that activity with a family token; the server
   puts a family member in the waiting room, which is the knock.
+  The token is short-lived (`page_token_ttl_s`); the open page renews it at
+  `/family/{invite}/activities/{id}/token`, which a replaced invite no longer answers.
 
 An invite grants nothing else: no staff session, no admin page (those check the session
 cookie, which an invite never creates).
@@ -28,8 +30,6 @@ from server.schedule import next_occurrence
 
 from .i18n import N_
 from .rendering import error_page, render
-
-FAMILY_TOKEN_TTL_S = 8 * 3600
 
 FAMILY_STRINGS = {
     "calling": N_("We are calling %(name)s…"),
@@ -123,7 +123,7 @@ async def activities_page(request: web.Request) -> web.Response:
     )
 
 
-async def activity_page(request: web.Request) -> web.Response:
+async def _guest_activity(request: web.Request) -> tuple[Contact, Senior, Activity] | web.Response:
     found = await _contact(request)
     if isinstance(found, web.Response):
         return found
@@ -135,9 +135,22 @@ async def activity_page(request: web.Request) -> web.Response:
             request, 404, N_("Not found"),
             N_("This activity does not exist, or it does not welcome guests."),
         )
-    token = request.app[ISSUER_KEY].issue(
-        role="family", room=activity.id, name=contact.name, participant_id=contact.id, ttl_s=FAMILY_TOKEN_TTL_S
+    return contact, senior, activity
+
+
+def _activity_token(request: web.Request, contact: Contact, activity: Activity) -> str:
+    """Short-lived (page_token_ttl_s): the open page renews it with its invite."""
+    return request.app[ISSUER_KEY].issue(
+        role="family", room=activity.id, name=contact.name, participant_id=contact.id,
+        ttl_s=request.app[SETTINGS_KEY].page_token_ttl_s,
     )
+
+
+async def activity_page(request: web.Request) -> web.Response:
+    found = await _guest_activity(request)
+    if isinstance(found, web.Response):
+        return found
+    contact, senior, activity = found
     from . import call_strings
 
     return render(
@@ -147,8 +160,23 @@ async def activity_page(request: web.Request) -> web.Response:
         senior=senior,
         activity=activity,
         invite=request.match_info["invite"],
-        token=token,
+        token=_activity_token(request, contact, activity),
+        # A third of the lifetime: two renewals may fail before a reconnect would.
+        token_refresh_ms=request.app[SETTINGS_KEY].page_token_ttl_s * 1000 // 3,
         js_strings=call_strings(request, ACTIVITY_STRINGS),
+    )
+
+
+async def activity_token(request: web.Request) -> web.Response:
+    """A fresh family token for the open activity page: {token, expires_in_s}."""
+    found = await _guest_activity(request)
+    if isinstance(found, web.Response):
+        return found
+    contact, _, activity = found
+    ttl = request.app[SETTINGS_KEY].page_token_ttl_s
+    return web.json_response(
+        {"token": _activity_token(request, contact, activity), "expires_in_s": ttl},
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -156,3 +184,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/family/{invite}", call_page)
     app.router.add_get("/family/{invite}/activities", activities_page)
     app.router.add_get("/family/{invite}/activities/{activity_id}", activity_page)
+    app.router.add_get("/family/{invite}/activities/{activity_id}/token", activity_token)

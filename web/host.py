@@ -23,8 +23,6 @@ from .rendering import error_page, redirect, render
 
 staff = require("volunteer", "coordinator")
 
-# Long enough for any activity: a resume after the token expired would be refused.
-HOST_TOKEN_TTL_S = 8 * 3600
 
 HOST_STRINGS = {
     "knock": N_("%(name)s is waiting in the waiting room."),
@@ -51,6 +49,7 @@ HOST_STRINGS = {
     "host_ended": N_("You ended the activity. Everyone has left."),
     "not_in_lobby": N_("This person is no longer waiting."),
     "end_confirm": N_("End the activity for everyone? Everyone leaves the room."),
+    "unban": N_("Let %(name)s back in"),
 }
 
 
@@ -127,23 +126,40 @@ async def console(request: web.Request) -> web.Response:
     activity = await _activity_for(request)
     if isinstance(activity, web.Response):
         return activity
-    account = current_account(request)
-    settings = request.app[SETTINGS_KEY]
-    token = request.app[ISSUER_KEY].issue(
-        role="host",
-        room=activity.id,
-        name=account.name,
-        participant_id=account.id,
-        ttl_s=max(settings.default_token_ttl_s, HOST_TOKEN_TTL_S),
-    )
     from . import call_strings
 
     return render(
         request,
         "host/console.html",
         activity=activity,
-        token=token,
+        token=_host_token(request, activity),
+        # A third of the lifetime: two refreshes may fail before a reconnect would.
+        token_refresh_ms=request.app[SETTINGS_KEY].page_token_ttl_s * 1000 // 3,
         js_strings=call_strings(request, HOST_STRINGS),
+    )
+
+
+def _host_token(request: web.Request, activity: Activity) -> str:
+    """Short-lived (page_token_ttl_s): the console renews it from the logged-in session."""
+    account = current_account(request)
+    return request.app[ISSUER_KEY].issue(
+        role="host",
+        room=activity.id,
+        name=account.name,
+        participant_id=account.id,
+        ttl_s=request.app[SETTINGS_KEY].page_token_ttl_s,
+    )
+
+
+@staff
+async def token(request: web.Request) -> web.Response:
+    """A fresh host token for the open console: {token, expires_in_s}."""
+    activity = await _activity_for(request)
+    if isinstance(activity, web.Response):
+        return activity
+    ttl = request.app[SETTINGS_KEY].page_token_ttl_s
+    return web.json_response(
+        {"token": _host_token(request, activity), "expires_in_s": ttl}, headers={"Cache-Control": "no-store"}
     )
 
 
@@ -151,3 +167,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/host", home)
     app.router.add_post("/host/activities/{activity_id}/start", start)
     app.router.add_get("/host/activities/{activity_id}", console)
+    app.router.add_get("/host/activities/{activity_id}/token", token)

@@ -2,6 +2,8 @@
 
 from .base import (
     ADMIT,
+    AccessCheck,
+    AccessRefused,
     ADMIT_UNLESS_LOCKED,
     DIRECTORY_KINDS,
     LOBBY,
@@ -16,6 +18,8 @@ from .base import (
 
 __all__ = [
     "ADMIT",
+    "AccessCheck",
+    "AccessRefused",
     "ADMIT_UNLESS_LOCKED",
     "DIRECTORY_KINDS",
     "LOBBY",

@@ -23,6 +23,23 @@ class RoomFull(Exception):
     """The room already holds its maximum number of participants."""
 
 
+class AccessRefused(Exception):
+    """A join refused by `AccessCheck`: `subject` is the revoked subject, None for a ban."""
+
+    def __init__(self, subject: str | None) -> None:
+        super().__init__(subject or "banned")
+        self.subject = subject
+
+
+@dataclass(frozen=True)
+class AccessCheck:
+    """What `Store.join_room` checks in the same step as the join (signaling/revocation.py):
+    none of `subjects` revoked after `issued_at`, and the joiner not banned from the room."""
+
+    issued_at: float
+    subjects: tuple[str, ...]
+
+
 class StoreUnavailable(Exception):
     """The backend cannot be reached; the caller may retry later."""
 
@@ -41,6 +58,9 @@ class ParticipantState:
     connected: bool = True
     # False while waiting in the lobby for a moderator to admit them.
     admitted: bool = True
+    # When the participant's token expires (Unix seconds; 0 unknown): a kick bans them
+    # from the room until then. Never sent to clients.
+    token_expires_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,14 +139,19 @@ class Store(abc.ABC):
         """Adds or replaces a participant atomically; raises RoomFull at the limit."""
 
     async def join_room(
-        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float
+        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float,
+        access: AccessCheck | None = None,
     ) -> JoinResult:
         """Adds the participant (admitted per `admission`), refreshes its presence and
         returns the room as it is right after: one step for the caller, and for Redis one
-        round trip instead of six. Raises RoomFull at the limit.
+        round trip instead of six. Raises RoomFull at the limit, AccessRefused (nothing
+        written) when `access` fails.
 
         This default runs the single steps; a backend may do it atomically.
         """
+        if access is not None:
+            revoked, ban = await self.access(list(access.subjects), state.room, state.participant_id)
+            check_access(access, revoked, ban is not None)
         room_state = await self.get_room_state(state.room)
         if admission == ADMIT_UNLESS_LOCKED:
             admitted = not room_state.get("locked", False)
@@ -245,6 +270,59 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def reset_count(self, name: str) -> None: ...
 
+    # --- access revocation ---------------------------------------------------------------
+    # Tokens are signed and live until they expire; these records are what a node checks
+    # besides the signature, shared by every node and kept across restarts.
+
+    @abc.abstractmethod
+    async def revoke(self, subject: str, at: float, keep_s: float) -> None:
+        """Tokens for `subject` issued before `at` (Unix seconds) are refused from now on.
+
+        Kept `keep_s` (the longest a token lives); a later revocation of the same subject
+        replaces an earlier one, an earlier one changes nothing.
+        """
+
+    @abc.abstractmethod
+    async def revocations(self, subjects: list[str]) -> dict[str, float]:
+        """Subject → revocation time, for those of `subjects` that are revoked."""
+
+    @abc.abstractmethod
+    async def ban(self, room: str, participant_id: str, info: dict[str, Any], until: float) -> None:
+        """Keeps the participant out of the room until `until` (Unix seconds) or `unban`."""
+
+    @abc.abstractmethod
+    async def unban(self, room: str, participant_id: str) -> bool:
+        """Lifts a ban; False when the participant was not banned."""
+
+    @abc.abstractmethod
+    async def bans(self, room: str) -> dict[str, dict[str, Any]]:
+        """Participant id → the info given to `ban`, for the room's bans in force."""
+
+    async def access(
+        self, subjects: list[str], room: str, participant_id: str
+    ) -> tuple[dict[str, float], dict[str, Any] | None]:
+        """What a hello or join checks: the subjects' revocations and the participant's ban
+        in the room (None when not banned). A backend may read both in one round trip."""
+        return await self.revocations(subjects), (await self.bans(room)).get(participant_id)
+
+    # --- staff sessions ----------------------------------------------------------------
+    # A logged-in staff member's session: the cookie holds a random id, the store a record
+    # under a hash of it, so logging out (or losing the account) ends every copy of the cookie.
+
+    @abc.abstractmethod
+    async def put_staff_session(self, key: str, record: dict[str, Any], ttl_s: float) -> None:
+        """Creates or replaces the record (which names its `account`); gone after `ttl_s`."""
+
+    @abc.abstractmethod
+    async def get_staff_session(self, key: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def delete_staff_session(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_staff_sessions(self, account_id: str, keep: str | None = None) -> int:
+        """Ends every session of the account but `keep`; returns how many ended."""
+
     # --- room event fan-out --------------------------------------------------------------
 
     @abc.abstractmethod
@@ -272,6 +350,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_record(self, kind: str, record_id: str) -> bool: ...
+
+
+def check_access(access: AccessCheck, revoked: dict[str, float], banned: bool) -> None:
+    """Raises AccessRefused for the first subject revoked after the token, then for a ban."""
+    for subject in access.subjects:
+        if access.issued_at < revoked.get(subject, 0.0):
+            raise AccessRefused(subject)
+    if banned:
+        raise AccessRefused(None)
 
 
 def check_kind(kind: str) -> None:

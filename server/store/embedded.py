@@ -1,7 +1,9 @@
 """Embedded backend: live state in this process, the durable directory in SQLite.
 
 Needs no external service. SQLite runs on one worker thread so the event loop never
-waits on disk.
+waits on disk. Revocations, bans and staff sessions are kept in SQLite too (tables
+`revocations`, `bans`, `staff_sessions`), so a restart forgets none of them; revocations
+and bans are also held in memory, as every hello reads them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class EmbeddedStore(Store):
         self._locks: dict[str, float] = {}
         self._counters: dict[str, tuple[int, float]] = {}
         self._handlers: dict[str, list[EventHandler]] = {}
+        # subject → (revoked at, kept until); room → participant → (info, until).
+        self._revoked: dict[str, tuple[float, float]] = {}
+        self._bans: dict[str, dict[str, tuple[dict[str, Any], float]]] = {}
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -83,7 +88,24 @@ class EmbeddedStore(Store):
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {kind} (id TEXT PRIMARY KEY, data TEXT NOT NULL)"
             )
+        db.execute("CREATE TABLE IF NOT EXISTS revocations (subject TEXT PRIMARY KEY, at REAL NOT NULL, expires REAL NOT NULL)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS bans (room TEXT NOT NULL, participant TEXT NOT NULL, info TEXT NOT NULL,"
+            " until REAL NOT NULL, PRIMARY KEY (room, participant))"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS staff_sessions (key TEXT PRIMARY KEY, account TEXT NOT NULL,"
+            " record TEXT NOT NULL, expires REAL NOT NULL)"
+        )
+        db.execute("CREATE INDEX IF NOT EXISTS staff_sessions_account ON staff_sessions (account)")
+        now = time.time()
+        for table, column in (("revocations", "expires"), ("bans", "until"), ("staff_sessions", "expires")):
+            db.execute(f"DELETE FROM {table} WHERE {column} <= ?", (now,))
         db.commit()
+        for subject, at, expires in db.execute("SELECT subject, at, expires FROM revocations"):
+            self._revoked[subject] = (at, expires)
+        for room, participant, info, until in db.execute("SELECT room, participant, info, until FROM bans"):
+            self._bans.setdefault(room, {})[participant] = (json.loads(info), until)
         self._db = db
 
     async def close(self) -> None:
@@ -276,6 +298,92 @@ class EmbeddedStore(Store):
 
     async def reset_count(self, name: str) -> None:
         self._counters.pop(name, None)
+
+    # --- access revocation ---------------------------------------------------------------
+
+    def _write(self, sql: str, *params: Any) -> int:
+        assert self._db is not None
+        with self._db:
+            return self._db.execute(sql, params).rowcount
+
+    async def revoke(self, subject: str, at: float, keep_s: float) -> None:
+        now = time.time()
+        self._revoked = {k: v for k, v in self._revoked.items() if v[1] > now}
+        current = self._revoked.get(subject)
+        if current is not None and current[0] >= at:
+            return
+        self._revoked[subject] = (at, now + keep_s)
+        await self._run(
+            self._write,
+            "INSERT INTO revocations (subject, at, expires) VALUES (?, ?, ?) ON CONFLICT(subject) DO UPDATE"
+            " SET at = excluded.at, expires = excluded.expires",
+            subject, at, now + keep_s,
+        )
+
+    async def revocations(self, subjects: list[str]) -> dict[str, float]:
+        now = time.time()
+        found = {}
+        for subject in subjects:
+            entry = self._revoked.get(subject)
+            if entry is not None and entry[1] > now:
+                found[subject] = entry[0]
+        return found
+
+    async def ban(self, room: str, participant_id: str, info: dict[str, Any], until: float) -> None:
+        info = json.loads(json.dumps(info))
+        self._bans.setdefault(room, {})[participant_id] = (info, until)
+        await self._run(
+            self._write,
+            "INSERT INTO bans (room, participant, info, until) VALUES (?, ?, ?, ?) ON CONFLICT(room, participant)"
+            " DO UPDATE SET info = excluded.info, until = excluded.until",
+            room, participant_id, json.dumps(info), until,
+        )
+
+    async def unban(self, room: str, participant_id: str) -> bool:
+        banned = participant_id in await self.bans(room)
+        room_bans = self._bans.get(room, {})
+        room_bans.pop(participant_id, None)
+        if not room_bans:
+            self._bans.pop(room, None)
+        await self._run(self._write, "DELETE FROM bans WHERE room = ? AND participant = ?", room, participant_id)
+        return banned
+
+    async def bans(self, room: str) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        room_bans = self._bans.get(room, {})
+        for participant_id in [p for p, (_, until) in room_bans.items() if until <= now]:
+            del room_bans[participant_id]
+        if not room_bans:
+            self._bans.pop(room, None)
+        return {p: json.loads(json.dumps(info)) for p, (info, _) in room_bans.items()}
+
+    # --- staff sessions ----------------------------------------------------------------
+
+    async def put_staff_session(self, key: str, record: dict[str, Any], ttl_s: float) -> None:
+        now = time.time()
+        await self._run(self._write, "DELETE FROM staff_sessions WHERE expires <= ?", now)
+        await self._run(
+            self._write,
+            "INSERT INTO staff_sessions (key, account, record, expires) VALUES (?, ?, ?, ?) ON CONFLICT(key)"
+            " DO UPDATE SET account = excluded.account, record = excluded.record, expires = excluded.expires",
+            key, record["account"], json.dumps(record, sort_keys=True), now + ttl_s,
+        )
+
+    async def get_staff_session(self, key: str) -> dict[str, Any] | None:
+        row = await self._run(self._staff_session, key)
+        return json.loads(row[0]) if row is not None and row[1] > time.time() else None
+
+    def _staff_session(self, key: str) -> tuple[str, float] | None:
+        assert self._db is not None
+        return self._db.execute("SELECT record, expires FROM staff_sessions WHERE key = ?", (key,)).fetchone()
+
+    async def delete_staff_session(self, key: str) -> None:
+        await self._run(self._write, "DELETE FROM staff_sessions WHERE key = ?", key)
+
+    async def delete_staff_sessions(self, account_id: str, keep: str | None = None) -> int:
+        return await self._run(
+            self._write, "DELETE FROM staff_sessions WHERE account = ? AND key != ?", account_id, keep or ""
+        )
 
     # --- room event fan-out --------------------------------------------------------------
 

@@ -27,8 +27,16 @@ Key schema (every key starts with the store's prefix, ``vz:`` by default):
     Hash record_id → record as JSON, one per directory kind.
 ``{prefix}events:{room}``
     Pub/sub channel; each message is one event as JSON.
+``{prefix}revoked:{subject}``
+    String: when the subject's tokens were revoked (Unix seconds); expires when every token
+    issued before it has.
+``{prefix}bans:{room}``
+    Hash participant_id → {"info", "until"} as JSON: kicked participants kept out of the
+    room; the hash expires with its last ban, entries past their `until` are ignored.
+``{prefix}staff_session:{hash}`` and ``{prefix}staff_sessions:{account_id}``
+    A logged-in staff session (JSON, PX expiry), and per account the set of its session keys.
 
-What expires: only the presence keys, locks and counters. Live room state stays until a
+What expires: only the presence keys, locks, counters, revocations, bans and staff sessions. Live room state stays until a
 node removes it, so a node that dies without cleaning up leaves its participants behind (their ``node_id`` says
 whose they were). The directory is as durable as the server's persistence settings (RDB or
 AOF) make it. Pub/sub is fire-and-forget: events published while a node's subscriber
@@ -45,6 +53,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -58,6 +67,8 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
+    AccessCheck,
+    AccessRefused,
     EventHandler,
     JoinResult,
     ParticipantState,
@@ -93,15 +104,34 @@ redis.call('HSET', KEYS[2], ARGV[1], redis.call('HLEN', KEYS[1]))
 return 1
 """
 
-# KEYS: participants, rooms, room state, tracks, presence.
+# KEYS: participants, rooms, room state, tracks, presence[, bans, revoked:<subject>...].
 # ARGV: room, participant_id, state json if admitted, state json if in the lobby,
 #       max participants, admission ("admit" | "lobby" | "unless_locked"), presence value,
-#       presence expiry in ms.
-# A join in one round trip: admission decided against the room's lock, the participant
-# added (as _ADD_PARTICIPANT), presence set, and the room read back for the snapshot.
-# Returns {0} when the room is full, else {1, admitted 0/1, room state json or '',
+#       presence expiry in ms[, token issued at, now] (both Unix seconds; with the
+#       access keys).
+# A join in one round trip: access checked (no subject revoked after the token, no ban),
+# admission decided against the room's lock, the participant added (as _ADD_PARTICIPANT),
+# presence set, and the room read back for the snapshot.
+# Returns {-1, n} when the n-th revoked subject refuses the token, {-1, 0} when banned,
+# {0} when the room is full, else {1, admitted 0/1, room state json or '',
 # participants' json..., '--', tracks' json...}.
 _JOIN_ROOM = """
+if #KEYS > 5 then
+  local issued = tonumber(ARGV[9])
+  for i = 7, #KEYS do
+    local at = redis.call('GET', KEYS[i])
+    if at and issued < tonumber(at) then
+      return {-1, i - 6}
+    end
+  end
+  local ban = redis.call('HGET', KEYS[6], ARGV[2])
+  if ban then
+    local ok, entry = pcall(cjson.decode, ban)
+    if ok and type(entry) == 'table' and tonumber(entry['until']) and tonumber(entry['until']) > tonumber(ARGV[10]) then
+      return {-1, 0}
+    end
+  end
+end
 local room_state = redis.call('GET', KEYS[3])
 local admitted = ARGV[6] == 'admit'
 if ARGV[6] == 'unless_locked' then
@@ -219,6 +249,30 @@ end
 return 0
 """
 
+# KEYS: revoked:<subject>. ARGV: at, keep ms. Keeps the later revocation.
+_REVOKE = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: a hash or set. ARGV: field, value (hash) or member (set, value ""), ms to keep.
+# Adds the entry and makes the key live at least that long (never shortens it).
+_ADD_KEEPING = """
+if ARGV[2] == '' then
+  redis.call('SADD', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
+
 _State = TypeVar("_State", ParticipantState, TrackState)
 
 
@@ -267,6 +321,16 @@ def _encode(state: ParticipantState | TrackState) -> str:
     return json.dumps(state.to_dict(), sort_keys=True)
 
 
+def _live_bans(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
+    now = time.time()
+    bans = {}
+    for participant_id, text in raw.items():
+        entry = json.loads(text)
+        if entry["until"] > now:
+            bans[participant_id] = entry["info"]
+    return bans
+
+
 class _RedisSubscription(Subscription):
     def __init__(self, store: "RedisStore", room: str, handler: EventHandler) -> None:
         self.store = store
@@ -313,6 +377,8 @@ class RedisStore(Store):
         self._place_room: AsyncScript | None = None
         self._release_room: AsyncScript | None = None
         self._uncount: AsyncScript | None = None
+        self._revoke: AsyncScript | None = None
+        self._add_keeping: AsyncScript | None = None
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -393,6 +459,8 @@ class RedisStore(Store):
         self._place_room = client.register_script(_PLACE_ROOM)
         self._release_room = client.register_script(_RELEASE_ROOM)
         self._uncount = client.register_script(_UNCOUNT)
+        self._revoke = client.register_script(_REVOKE)
+        self._add_keeping = client.register_script(_ADD_KEEPING)
 
     async def close(self) -> None:
         client, pubsub, reader, control = self._client, self._pubsub, self._reader, self._control
@@ -445,11 +513,17 @@ class RedisStore(Store):
             raise RoomFull(state.room)
 
     async def join_room(
-        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float
+        self, state: ParticipantState, admission: str, max_participants: int, presence_ttl_s: float,
+        access: AccessCheck | None = None,
     ) -> JoinResult:
         if presence_ttl_s <= 0:
             # Redis refuses a zero expiry; the single steps handle that case.
-            return await super().join_room(state, admission, max_participants, presence_ttl_s)
+            return await super().join_room(state, admission, max_participants, presence_ttl_s, access)
+        access_keys: list[str] = []
+        access_args: list[Any] = []
+        if access is not None:
+            access_keys = [self._bans_key(state.room), *(self._revoked_key(s) for s in access.subjects)]
+            access_args = [repr(float(access.issued_at)), repr(time.time())]
         script = self._script(self._join_room)
         room = state.room
         admitted_state = dataclasses.replace(state, admitted=True)
@@ -462,6 +536,7 @@ class RedisStore(Store):
                     self._room_state_key(room),
                     self._tracks_key(room),
                     self._presence_key(state.participant_id),
+                    *access_keys,
                 ],
                 args=[
                     room,
@@ -472,8 +547,12 @@ class RedisStore(Store):
                     admission,
                     self.node_id,
                     max(1, math.ceil(presence_ttl_s * 1000)),
+                    *access_args,
                 ],
             )
+        if reply[0] == -1:
+            assert access is not None
+            raise AccessRefused(access.subjects[reply[1] - 1] if reply[1] else None)
         if not reply[0]:
             raise RoomFull(room)
         split = reply.index("--", 3)
@@ -673,6 +752,91 @@ class RedisStore(Store):
     async def reset_count(self, name: str) -> None:
         with _unavailable():
             await self._redis.delete(f"{self._prefix}count:{name}")
+
+    # --- access revocation ---------------------------------------------------------------
+
+    def _revoked_key(self, subject: str) -> str:
+        return f"{self._prefix}revoked:{subject}"
+
+    def _bans_key(self, room: str) -> str:
+        return f"{self._prefix}bans:{room}"
+
+    async def revoke(self, subject: str, at: float, keep_s: float) -> None:
+        script = self._script(self._revoke)
+        with _unavailable():
+            await script(keys=[self._revoked_key(subject)], args=[repr(float(at)), max(1, math.ceil(keep_s * 1000))])
+
+    async def revocations(self, subjects: list[str]) -> dict[str, float]:
+        if not subjects:
+            return {}
+        with _unavailable():
+            values = await self._redis.mget([self._revoked_key(s) for s in subjects])
+        return {s: float(v) for s, v in zip(subjects, values) if v is not None}
+
+    async def ban(self, room: str, participant_id: str, info: dict[str, Any], until: float) -> None:
+        script = self._script(self._add_keeping)
+        keep_ms = max(1, math.ceil((until - time.time()) * 1000))
+        with _unavailable():
+            await script(
+                keys=[self._bans_key(room)],
+                args=[participant_id, json.dumps({"info": info, "until": until}, sort_keys=True), keep_ms],
+            )
+
+    async def unban(self, room: str, participant_id: str) -> bool:
+        banned = participant_id in await self.bans(room)
+        with _unavailable():
+            await self._redis.hdel(self._bans_key(room), participant_id)
+        return banned
+
+    async def bans(self, room: str) -> dict[str, dict[str, Any]]:
+        with _unavailable():
+            raw = await self._redis.hgetall(self._bans_key(room))
+        return _live_bans(raw)
+
+    async def access(
+        self, subjects: list[str], room: str, participant_id: str
+    ) -> tuple[dict[str, float], dict[str, Any] | None]:
+        with _unavailable():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.mget([self._revoked_key(s) for s in subjects])
+                pipe.hget(self._bans_key(room), participant_id)
+                values, ban = await pipe.execute()
+        revoked = {s: float(v) for s, v in zip(subjects, values) if v is not None}
+        return revoked, _live_bans({participant_id: ban} if ban is not None else {}).get(participant_id)
+
+    # --- staff sessions ----------------------------------------------------------------
+
+    def _staff_session_key(self, key: str) -> str:
+        return f"{self._prefix}staff_session:{key}"
+
+    def _staff_sessions_key(self, account_id: str) -> str:
+        return f"{self._prefix}staff_sessions:{account_id}"
+
+    async def put_staff_session(self, key: str, record: dict[str, Any], ttl_s: float) -> None:
+        script = self._script(self._add_keeping)
+        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        with _unavailable():
+            await self._redis.set(self._staff_session_key(key), json.dumps(record, sort_keys=True), px=ttl_ms)
+            await script(keys=[self._staff_sessions_key(record["account"])], args=[key, "", ttl_ms])
+
+    async def get_staff_session(self, key: str) -> dict[str, Any] | None:
+        with _unavailable():
+            raw = await self._redis.get(self._staff_session_key(key))
+        return json.loads(raw) if raw is not None else None
+
+    async def delete_staff_session(self, key: str) -> None:
+        with _unavailable():
+            await self._redis.delete(self._staff_session_key(key))
+
+    async def delete_staff_sessions(self, account_id: str, keep: str | None = None) -> int:
+        index = self._staff_sessions_key(account_id)
+        with _unavailable():
+            keys = [k for k in await self._redis.smembers(index) if k != keep]
+            if not keys:
+                return 0
+            ended = await self._redis.delete(*(self._staff_session_key(k) for k in keys))
+            await self._redis.srem(index, *keys)
+        return int(ended)
 
     # --- room event fan-out --------------------------------------------------------------
 

@@ -17,8 +17,11 @@ const CLOSE_ENDS_CALL = {
   4003: "removed",
   4004: "replaced",
   4006: "denied",
+  4007: "link_invalid",
 };
-const LINK_ERRORS = new Set(["token_invalid", "token_expired", "token_wrong_room", "unsupported_version"]);
+const LINK_ERRORS = new Set(["token_invalid", "token_expired", "token_wrong_room", "token_revoked", "unsupported_version"]);
+// Access taken back (docs/protocol.md, "Revocation"): the call ends; retrying cannot help.
+const ACCESS_ERRORS = { banned: "removed", activity_ended: "ended" };
 const JOIN_REF = "join";
 // Opus settings for music (docs/protocol.md, music_mode).
 const MUSIC_BITRATE = 128000;
@@ -371,7 +374,7 @@ export function createCall(options) {
         restartSession();
         return;
       }
-      const reasons = { ended: "ended", replaced: "replaced" };
+      const reasons = { ended: "ended", replaced: "replaced", revoked: "link_invalid" };
       endCall(reasons[message.reason] ?? "removed");
     },
 
@@ -410,6 +413,8 @@ export function createCall(options) {
         startOver();
       } else if (LINK_ERRORS.has(code)) {
         endCall("link_invalid");
+      } else if (code in ACCESS_ERRORS) {
+        endCall(ACCESS_ERRORS[code]);
       } else if (code === "room_full") {
         endCall("room_full");
       } else if (code === "forbidden" && message.ref === JOIN_REF) {
@@ -855,8 +860,9 @@ export function createCall(options) {
     ui.playSound.hidden = true;
     hideNotice();
     ui.status.textContent = text[reason] ?? text.left;
-    // A new link is needed when this one is refused; anything else can simply retry.
-    ui.rejoin.hidden = reason === "link_invalid" || reason === "ended" || reason === "denied";
+    // A new link is needed when this one is refused, and a removed participant is kept out
+    // until the host lets them back; anything else can simply retry.
+    ui.rejoin.hidden = ["link_invalid", "ended", "denied", "removed"].includes(reason);
     ui.rejoin.href = location.href;
     hooks.onEnd(reason);
   }
@@ -1025,6 +1031,9 @@ export function createCall(options) {
     participant(participantId) {
       return call.participants.get(participantId) ?? null;
     },
+    get token() {
+      return call.token;
+    },
     send,
     start,
     stats,
@@ -1039,6 +1048,26 @@ export function createCall(options) {
     // Simulates a network drop: the socket goes away without a `leave`.
     dropConnection: abandonSocket,
   };
+
+  // A short-lived token, renewed while the page is open (docs/protocol.md, "Revocation"):
+  // `tokenUrl` answers {token, expires_in_s} to the page's own session or invite; a
+  // withdrawn one answers an error, and the next reconnect is refused.
+  async function renewToken() {
+    if (call.state === "ended") return;
+    try {
+      const response = await fetch(options.tokenUrl, {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+        redirect: "error",
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      call.token = (await response.json()).token;
+    } catch (error) {
+      console.warn("verzilvering: could not renew the token", error.message);
+    }
+  }
+  if (options.tokenUrl) setInterval(renewToken, options.tokenRefreshMs || 300000);
+  api.renewToken = renewToken;
 
   updateStatus();
   if (options.autoStart !== false && call.token) start();

@@ -5,6 +5,8 @@ import { createCall, readStrings, standardUi } from "./callcore.js";
 const root = document.getElementById("call");
 const call = createCall({
   token: root.dataset.token,
+  tokenUrl: `${location.pathname}/token`,
+  tokenRefreshMs: Number(root.dataset.tokenRefreshMs),
   text: readStrings(),
   ui: standardUi(),
   onEnd() {

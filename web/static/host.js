@@ -17,6 +17,8 @@ const ui = {
   lobbyList: el("lobby-list"),
   lobbyEmpty: el("lobby-empty"),
   lobbyCount: el("lobby-count"),
+  banned: el("banned"),
+  bannedList: el("banned-list"),
   participantCount: el("participant-count"),
   announcer: el("knock-announcer"),
   afterEnd: el("after-end"),
@@ -25,9 +27,13 @@ const ui = {
 };
 const quality = {};
 let knockSounds = 0;
+// Removed participants kept out of the room until the host lets them back.
+let banned = [];
 
 const call = createCall({
   token: root.dataset.token,
+  tokenUrl: `/host/activities/${encodeURIComponent(root.dataset.activity)}/token`,
+  tokenRefreshMs: Number(root.dataset.tokenRefreshMs),
   text,
   ui: standardUi(),
   tilesForAll: true,
@@ -97,6 +103,25 @@ function renderLobby() {
     return li;
   });
   ui.lobbyList.replaceChildren(...items);
+}
+
+function renderBanned() {
+  ui.banned.hidden = banned.length === 0 || call.state === "ended";
+  const items = banned.map((person) => {
+    const li = document.createElement("li");
+    li.className = "lobby-person";
+    li.dataset.participantId = person.participant_id;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = person.name;
+    const allow = button(format(text.unban, { name: person.name }), "button secondary", () =>
+      call.send({ type: "unban", participant_id: person.participant_id }),
+    );
+    allow.dataset.action = "unban";
+    li.append(name, allow);
+    return li;
+  });
+  ui.bannedList.replaceChildren(...items);
 }
 
 // ---- Room controls ----
@@ -247,12 +272,16 @@ function onMessage(message) {
     ui.announcer.textContent = format(text.knock, { name: message.participant.name });
   } else if (message.type === "error" && message.code === "not_in_lobby") {
     call.showNotice(text.not_in_lobby);
+  } else if (message.type === "joined" || message.type === "ban_list") {
+    banned = message.banned ?? [];
+    renderBanned();
   }
   renderLobby();
   renderRoom();
 }
 
 function onEnd(reason) {
+  renderBanned();
   renderLobby();
   renderRoom();
   if (reason === "ended") el("status").textContent = text.host_ended;
@@ -269,6 +298,9 @@ window.verzilvering = {
   },
   get knockSounds() {
     return knockSounds;
+  },
+  get banned() {
+    return banned.map((person) => ({ ...person }));
   },
   get quality() {
     return { ...quality };
