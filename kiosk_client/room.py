@@ -5,7 +5,8 @@ aiortc has no ICE restart, so when the media path is lost the kiosk builds every
 the same token. Reasons to rebuild:
 
 - the signalling session could not be resumed (`connection_lost`; the socket itself is
-  watched with WebSocket heartbeats, so a silently cut network is noticed within seconds);
+  watched with WebSocket heartbeats, so a silently cut network is noticed within seconds),
+  or the server said `reconnect` (its node drains, or the room's node is gone);
 - the peer connection failed or closed, or the server said `removed` `media_failed`;
 - the watchdog: others are publishing, yet nothing was decoded for `watchdog_s` seconds
   (a hung decoder or a one-way dead path that ICE consent has not noticed yet).
@@ -108,7 +109,7 @@ class RemoteTrack:
 class RoomConnection:
     def __init__(
         self,
-        server: str,
+        server: str | list[str],
         token: str,
         *,
         sources: Sources,
@@ -272,6 +273,10 @@ class RoomConnection:
             return "media" if reason == "media_failed" else str(reason or "kicked")
         if kind == "connection_lost":
             return "network"
+        if kind == "reconnect":
+            # The session's node is going (draining) or gone: a resume cannot succeed,
+            # so build again now rather than after a refused resume.
+            return "network"
         if kind == "left":
             return "stopped"
         if kind == "error":
@@ -373,6 +378,9 @@ class RoomConnection:
             self.on_event("participant_updated", participant=participant)
         elif kind == "participant_left":
             pid = message.get("participant_id", "")
+            if pid == self.self_id:
+                # An earlier session of ours, replaced by this one: we are still here.
+                return
             self.participants.pop(pid, None)
             self.tracks = {k: t for k, t in self.tracks.items() if t.participant_id != pid}
             self.on_event("participant_left", participant_id=pid)

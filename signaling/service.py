@@ -132,7 +132,13 @@ class SignalingService:
             for conn in list(self._connections):
                 if conn.closing or conn.closed:
                     continue
-                if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
+                if (
+                    conn.session is None
+                    and conn.device is None
+                    # A relayed connection's session lives on its room's node.
+                    and conn.relay_to is None
+                    and now - conn.opened > s.hello_timeout_s
+                ):
                     conn.closing = True
                     # Its own task: a close flushes the writer and may wait; the sweep must not.
                     asyncio.ensure_future(conn.close(CloseCode.HELLO_TIMEOUT, "no hello"))
@@ -661,7 +667,12 @@ class SignalingService:
             await self.store.remove_participant(room, session.participant_id)
             await self.store.clear_presence(session.participant_id)
             if session.admitted:
-                await self._broadcast(room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason})
+                # "replaced": the same participant is joining again; its new session must
+                # not hear that it left.
+                skip = session.participant_id if reason == "replaced" else None
+                await self._broadcast(
+                    room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason}, skip
+                )
             elif reason != "denied":
                 await self._broadcast(
                     room,
@@ -841,8 +852,9 @@ class SignalingService:
         await self.devices.directory_changed(senior_id)
 
     async def health(self) -> dict[str, Any]:
+        """Cluster-wide figures (from the store); per-node ones are in `node`."""
         rooms = await self.store.list_rooms()
-        return {"rooms": len(rooms), "participants": sum(rooms.values()), "sessions": len(self.sessions)}
+        return {"rooms": len(rooms), "participants": sum(rooms.values())}
 
     async def start(self) -> None:
         await self.cluster.start()

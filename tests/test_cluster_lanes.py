@@ -16,8 +16,9 @@ class _Store:
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
 
-    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+    async def publish(self, channel: str, message: dict[str, Any]) -> int:
         self.published.append((channel, message))
+        return 1
 
 
 class _Service:
