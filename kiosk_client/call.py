@@ -41,6 +41,7 @@ class RemoteMedia:
     audio_last_pts: int | None = None
     first_video_frame_ms: float | None = None
     first_audio_frame_ms: float | None = None
+    last_video_frame_ms: float | None = None
 
     @property
     def video_advancing(self) -> bool:
@@ -67,6 +68,7 @@ class RemoteMedia:
                 self.video_first_pts = frame.pts
                 self.first_video_frame_ms = round(elapsed_ms, 1)
             self.video_last_pts = frame.pts
+            self.last_video_frame_ms = round(elapsed_ms, 1)
         else:
             self.audio_frames += 1
             if self.audio_first_pts is None:

@@ -39,7 +39,9 @@ def _free_port() -> int:
 class Node:
     """One `verzilvering serve` process of the cluster."""
 
-    def __init__(self, name: str, redis_url: str, prefix: str, data_dir: Path) -> None:
+    def __init__(
+        self, name: str, redis_url: str, prefix: str, data_dir: Path, settings: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,6 +54,7 @@ class Node:
             VERZILVERING_NODE_TIMEOUT_S=str(NODE_TIMEOUT_S),
             VERZILVERING_DRAIN_TIMEOUT_S="10",
         )
+        env.update({f"VERZILVERING_{k.upper()}": v for k, v in (settings or {}).items()})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir / name),
              "--redis-url", redis_url, "--node-id", name],
