@@ -17,6 +17,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 
 from .publishing import PublishControl, ScaledVideoTrack
@@ -42,6 +43,8 @@ class RemoteMedia:
     first_video_frame_ms: float | None = None
     first_audio_frame_ms: float | None = None
     last_video_frame_ms: float | None = None
+    # The longest wait between two video frames: how long the picture froze at worst.
+    longest_video_gap_ms: float = 0.0
 
     @property
     def video_advancing(self) -> bool:
@@ -68,6 +71,8 @@ class RemoteMedia:
                 self.video_first_pts = frame.pts
                 self.first_video_frame_ms = round(elapsed_ms, 1)
             self.video_last_pts = frame.pts
+            if self.last_video_frame_ms is not None:
+                self.longest_video_gap_ms = max(self.longest_video_gap_ms, round(elapsed_ms - self.last_video_frame_ms, 1))
             self.last_video_frame_ms = round(elapsed_ms, 1)
         else:
             self.audio_frames += 1
@@ -201,6 +206,9 @@ class CallClient:
                 offer = self._offers.get_nowait()
             try:
                 await self._answer(offer)
+            except InvalidStateError:
+                # The call is being closed (or rebuilt) under this negotiation.
+                logger.debug("negotiation %s: peer connection closed", offer.get("negotiation_id"))
             except Exception:
                 logger.exception("negotiation %s failed", offer.get("negotiation_id"))
 

@@ -127,6 +127,7 @@ class Cluster:
         """The node hosting the room's media, placing the room when nobody live has it."""
         if not self.multi_node:
             return self.node_id
+        await self._settle_after_outage()
         owner = await self.store.room_owner(room)
         if owner is not None and self._live is not None and owner in self._live:
             # The common case: the maintenance loop's view (at most a heartbeat old) says
@@ -137,6 +138,11 @@ class Cluster:
         live = {n: info for n, info in (await self.store.live_nodes()).items() if n not in self.unreachable}
         if owner is not None and owner in live:
             return owner
+        if not self._judging() and self._live is not None:
+            # Right after an outage (see _maintain): nodes live before it count as live.
+            live = {**self._live, **live}
+            if owner is not None and owner in live:
+                return owner
         candidates = {n: info for n, info in live.items() if not info.get("draining")}
         if not self.draining:
             # Our own figure is current; the others' are up to a heartbeat old.
@@ -154,6 +160,18 @@ class Cluster:
 
         pick = min(candidates, key=rank)
         return await self.store.place_room(room, pick, sorted(set(live) | {pick}))
+
+    async def _settle_after_outage(self) -> None:
+        """Right after a store outage, waits until every node had a heartbeat to write its
+        placements again (resync): a Redis restarted without persistence has none, and a
+        room placed meanwhile would land beside its media instead of with it."""
+        since = max(self._store_back_at, self.store.disrupted_at)
+        if since:
+            # Every node notices the store's return within a quarter heartbeat (_maintain)
+            # and resyncs right then.
+            wait = since + self.settings.node_heartbeat_s / 2 - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     async def room_empty(self, room: str) -> None:
         if self.multi_node:
@@ -349,7 +367,9 @@ class Cluster:
 
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.node_heartbeat_s)
+            # While the store is down, look for its return four times as often: every
+            # node re-publishes its state (resync) within a quarter heartbeat of it.
+            await asyncio.sleep(self.settings.node_heartbeat_s / (4 if self.store_down else 1))
             try:
                 await self._heartbeat()
                 if self.store_down:
@@ -359,13 +379,17 @@ class Cluster:
                     await self.resync()
                 live = await self.store.live_nodes()
                 await self._listen_for(live)
+                if not self._judging():
+                    # Right after an outage the other nodes' heartbeat keys may have
+                    # expired (or gone with a Redis restarted without persistence), and
+                    # they had no chance yet to write them again: nodes live before it
+                    # still count as live, and nobody is reaped.
+                    self._live = {**(self._live or {}), **live}
+                    continue
                 live = self._live = {n: info for n, info in live.items() if n not in self.unreachable}
                 await self._drop_links_to_dead_nodes(live)
-                if self._judging():
-                    # Not right after an outage: the other nodes' heartbeat keys may have
-                    # expired meanwhile, and they had no chance yet to write them again.
-                    for dead in await self.store.dead_nodes():
-                        await self._reap(dead)
+                for dead in await self.store.dead_nodes():
+                    await self._reap(dead)
             except StoreUnavailable as exc:
                 if self.service.metrics is not None:
                     self.service.metrics.redis_errors.inc()
