@@ -63,6 +63,8 @@ from tests.redis_server import RedisServer
 REPO = Path(__file__).resolve().parent.parent
 ROOM = "gym"  # placed on n1 by the placement hash when both nodes are equally loaded
 LOOPBACK = ["127.0.0.1"]
+# Video gaps after a node is killed or drained are measured over this many seconds.
+RECOVERY_WINDOW_S = 10.0
 
 
 class WrongMeasurement(Exception):
@@ -369,19 +371,15 @@ async def owner_kill(tree: Path, workdir: Path, ghost_wait_s: float) -> dict[str
         reference = max(host.gap("p-senior", killed - 2.0, killed), senior.gap("p-host", killed - 2.0, killed))
         scenario.nodes[0].process.send_signal(signal.SIGKILL)
         scenario.nodes[0].process.wait()
-        try:
-            await _until(
-                lambda: host.frames_since("p-senior", killed) > 0 and senior.frames_since("p-host", killed) > 0,
-                60, "video again after the kill",
-            )
-        except WrongMeasurement:
-            pass  # reported as the gap up to now
-        recovered = time.monotonic()
+        # Frames in flight at the kill still arrive after it: the gap is the longest wait
+        # between frames over a window well past any recovery.
+        window = killed + RECOVERY_WINDOW_S
+        await asyncio.sleep(RECOVERY_WINDOW_S)
         gaps = {
-            "host ← senior": host.gap("p-senior", killed, recovered),
-            "senior ← host": senior.gap("p-host", killed, recovered),
+            "host ← senior": host.gap("p-senior", killed, window),
+            "senior ← host": senior.gap("p-host", killed, window),
         }
-        await asyncio.sleep(ghost_wait_s)
+        await asyncio.sleep(max(0.0, ghost_wait_s - RECOVERY_WINDOW_S))
         store = await open_store(scenario)
         try:
             listed = [(p.participant_id, p.node_id) for p in await store.list_participants(ROOM)]
@@ -416,15 +414,12 @@ async def drain(tree: Path, workdir: Path) -> dict[str, Any]:
         n1.process.send_signal(signal.SIGTERM)
         await asyncio.get_running_loop().run_in_executor(None, n1.process.wait)
         exited = time.monotonic()
-        await _until(
-            lambda: host.frames_since("p-senior", exited) > 0 and senior.frames_since("p-host", exited) > 0,
-            30, "video again after the drain",
-        )
+        await asyncio.sleep(max(0.0, signalled + RECOVERY_WINDOW_S - time.monotonic()))
         # A client has moved when it was told to reconnect (its session on n1 ended there).
         moved = [t for p in (host, senior) for t, e in p.events if e == "reconnecting" and t >= signalled]
         last_moved = max(moved) if moved else signalled
-        recovered = time.monotonic()
-        gaps = {"host ← senior": host.gap("p-senior", signalled, recovered), "senior ← host": senior.gap("p-host", signalled, recovered)}
+        window = signalled + RECOVERY_WINDOW_S
+        gaps = {"host ← senior": host.gap("p-senior", signalled, window), "senior ← host": senior.gap("p-host", signalled, window)}
         print("\nSIGTERM (drain) of the room's node (n1)")
         print(f"  exit after SIGTERM {exited - signalled:.2f} s; after the last client moved {exited - last_moved:.2f} s")
         for who, gap in gaps.items():
@@ -437,7 +432,7 @@ async def drain(tree: Path, workdir: Path) -> dict[str, Any]:
 async def run_tree(tree: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     outage = 7.0 if args.quick else 12.0
     after = 8.0 if args.quick else 15.0
-    ghost_wait = 12.0 if args.quick else 30.0
+    ghost_wait = 15.0 if args.quick else 30.0
     plain = await redis_restart(tree, workdir / "restart-plain", False, outage, after)
     aof = await redis_restart(tree, workdir / "restart-aof", True, outage, after)
     kill = await owner_kill(tree, workdir / "kill", ghost_wait)

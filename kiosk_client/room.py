@@ -38,7 +38,7 @@ from .appliance import Participant
 from .backoff import Backoff
 from .call import CallClient
 from .media import open_audio, open_video
-from .signaling import SignalingError
+from .signaling import NETWORK_ERRORS, SignalingError
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class RoomConnection:
                 if exc.code in ("token_invalid", "token_expired", "unsupported_version"):
                     return "token"
                 return "network"
-            except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
+            except NETWORK_ERRORS:
                 return "network"
             self.room = client.room
             outcome = await self._until_admitted()

@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 CONNECT_TIMEOUT_S = 10.0
+# A connect that fails in these ways is tried again (on the next address). aiohttp raises
+# AssertionError when the server goes away in the middle of the WebSocket upgrade.
+NETWORK_ERRORS = (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError, AssertionError)
 
 
 class SignalingError(Exception):
@@ -67,7 +70,7 @@ class SignalingClient:
             try:
                 await self._open(resume=False)
                 return self.welcome
-            except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
+            except NETWORK_ERRORS:
                 if attempt == len(self.urls) - 1:
                     raise
                 self.next_server()
@@ -149,7 +152,7 @@ class SignalingClient:
             except SignalingError as exc:
                 logger.warning("resume refused: %s", exc)
                 break
-            except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
+            except NETWORK_ERRORS:
                 self.next_server()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -444,6 +444,7 @@ class SignalingService:
         session.presence_touched = time.monotonic()
         session.room = room
         session.joined_at = state.joined_at
+        await self._drop_stale_tracks(room, result)
         try:
             await self._subscribe_room(room)
         except BaseException:
@@ -459,6 +460,22 @@ class SignalingService:
             # Knocking is automatic: waiting in the lobby is the knock.
             session.send({"type": "lobby", "ref": ref, "room": room})
             await self._broadcast(room, {"type": "knock", "participant": _participant(result.state), "_to": "moderators"})
+
+    async def _drop_stale_tracks(self, room: str, result: JoinResult) -> None:
+        """A new session publishes nothing yet: tracks still listed under its participant
+        are an earlier session's, left by a node that died (the reaper spares a
+        participant who already joined again elsewhere)."""
+        mine = result.state.participant_id
+        stale = [t for t in result.tracks if t.participant_id == mine]
+        if not stale:
+            return
+        result.tracks = [t for t in result.tracks if t.participant_id != mine]
+        for track in stale:
+            await self.store.remove_track(room, track.track_id)
+            await self._broadcast(
+                room,
+                {"type": "track_unpublished", "track_id": track.track_id, "participant_id": mine, "kind": track.kind},
+            )
 
     async def _undo_join(self, session: Session, room: str) -> None:
         session.early = None

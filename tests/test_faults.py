@@ -264,6 +264,14 @@ async def test_a_killed_owner_is_noticed_long_before_its_heartbeat_expires(
     await flowing(alice, bob, timeout=14)
     assert time.monotonic() - killed < 10
     assert "does not listen on its channel" in n2.log.read_text(errors="replace")
+    # Each listed once, with the tracks of the new sessions only: what n1's sessions had
+    # published went when they joined again (n1 is not reaped yet: its key lives 15 s).
+    store = await _store(redis_server.url, prefix)
+    try:
+        tracks = sorted((t.participant_id, t.kind) for t in await store.list_tracks("gym"))
+    finally:
+        await store.close()
+    assert tracks == [("p-alice", "audio"), ("p-alice", "video"), ("p-bob", "audio"), ("p-bob", "video")]
 
 
 # --- 6. `verzilvering-kiosk join` heals itself ------------------------------------------------
