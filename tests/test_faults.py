@@ -19,6 +19,8 @@ import pytest
 
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
+from kiosk_client.signaling import SignalingClient
+from server.app import SIGNALING_KEY
 from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 
@@ -375,3 +377,30 @@ async def test_relayed_socket_survives_a_redis_restart(start_nodes: Any, ws_to: 
         assert await store.room_owner("gym") == "n1"
     finally:
         await store.close()
+
+
+# --- 6. a refused resume leaves no socket behind -----------------------------------------------
+
+
+async def test_a_refused_resume_closes_its_socket_and_reports_the_loss(server: Any) -> None:
+    service = server.app[SIGNALING_KEY]
+    lost = asyncio.Event()
+
+    async def on_message(message: dict[str, Any]) -> None:
+        if message["type"] == "connection_lost":
+            lost.set()
+
+    client = SignalingClient(server.url, server.token(), on_message)
+    try:
+        await client.connect()
+        client.welcome["resume_key"] = "not-the-key"
+        await client.drop_socket()
+        await asyncio.wait_for(lost.wait(), 10)
+        # The socket of the refused resume is closed by the client at once; it used to
+        # stay open until the server's hello timeout closed it, which started another
+        # resume, every 10 s.
+        await eventually(lambda: not service._connections, 3, "the server to have no socket left")
+        await asyncio.sleep(1.0)
+        assert not service._connections
+    finally:
+        await client.close()
