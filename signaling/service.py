@@ -444,8 +444,8 @@ class SignalingService:
         session.presence_touched = time.monotonic()
         session.room = room
         session.joined_at = state.joined_at
-        await self._drop_stale_tracks(room, result)
         try:
+            await self._drop_stale_tracks(room, result)
             await self._subscribe_room(room)
         except BaseException:
             # The client hears `unavailable` and may join again: leave nothing behind (a
