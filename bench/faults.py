@@ -38,14 +38,11 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,67 +55,21 @@ from kiosk_client.room import RoomConnection, Sources
 from server.rtphooks import restrict_host_addresses
 from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
+from tests.conftest import TEST_SECRET
 from tests.redis_server import RedisServer
+from tests.test_cluster import Node
 
 REPO = Path(__file__).resolve().parent.parent
 ROOM = "gym"  # placed on n1 by the placement hash when both nodes are equally loaded
 LOOPBACK = ["127.0.0.1"]
+# The defaults of server/config.py, over the test ones of tests/test_cluster.py's Node.
+PRODUCTION_TIMEOUTS = {"node_heartbeat_s": "1.0", "node_timeout_s": "5.0", "drain_timeout_s": "30"}
 # Video gaps after a node is killed or drained are measured over this many seconds.
 RECOVERY_WINDOW_S = 10.0
 
 
 class WrongMeasurement(Exception):
     """The setup was not what the figures claim."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NodeProcess:
-    """One `verzilvering serve` of the tree under test, with production timeouts."""
-
-    def __init__(self, tree: Path, name: str, redis_url: str, prefix: str, secret: str, workdir: Path) -> None:
-        self.name = name
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"{name}.log"
-        env = dict(os.environ)
-        env.update(
-            VERZILVERING_TOKEN_SECRET=secret,
-            VERZILVERING_REDIS_PREFIX=prefix,
-            VERZILVERING_MEDIA_ADDRESSES=json.dumps(LOOPBACK),
-        )
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
-                 "--data-dir", str(workdir / name), "--redis-url", redis_url, "--node-id", name],
-                cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=1)
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.1)
-        raise RuntimeError(f"node {name} did not start:\n{self.log.read_text(errors='replace')}")
-
-    def log_count(self, text: str) -> int:
-        return self.log.read_text(errors="replace").count(text)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @dataclass
@@ -169,7 +120,7 @@ class Scenario:
     workdir: Path
     redis: RedisServer
     prefix: str
-    nodes: list[NodeProcess]
+    nodes: list[Node]
     people: list[Person]
     kiosk: subprocess.Popen[bytes] | None
     kiosk_report: Path
@@ -187,9 +138,9 @@ class Scenario:
 async def start_scenario(tree: Path, workdir: Path, appendonly: bool, kiosk_s: float) -> Scenario:
     workdir.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(appendonly=appendonly).start()
-    secret = secrets.token_urlsafe(40)
+    secret = TEST_SECRET
     prefix = f"vzbench:{uuid.uuid4().hex[:8]}:"
-    nodes = [NodeProcess(tree, name, redis.url, prefix, secret, workdir) for name in ("n1", "n2")]
+    nodes = [Node(name, redis.url, prefix, workdir, PRODUCTION_TIMEOUTS, tree) for name in ("n1", "n2")]
     n1, n2 = nodes
     issuer = TokenIssuer(secret)
     host = make_person([n1.url, n2.url], issuer.issue(role="host", room=ROOM, name="Host", participant_id="p-host"),
@@ -222,6 +173,10 @@ async def start_scenario(tree: Path, workdir: Path, appendonly: bool, kiosk_s: f
     if owner != "n1":
         raise WrongMeasurement(f"room {ROOM} is on {owner}, not n1")
     return scenario
+
+
+def log_count(node: Node, text: str) -> int:
+    return node.log.read_text(errors="replace").count(text)
 
 
 async def open_store(scenario: Scenario) -> RedisStore:
@@ -338,8 +293,8 @@ async def redis_restart(tree: Path, workdir: Path, appendonly: bool, outage_s: f
             if t[0] != person.participant_id
             and t not in {(r.participant_id, r.kind) for r in person.room.tracks.values()}
         ]
-        reaps = sum(n.log_count("is gone; removing its participants") for n in scenario.nodes)
-        unreachable = sum(n.log_count("does not listen on its channel") for n in scenario.nodes)
+        reaps = sum(log_count(n, "is gone; removing its participants") for n in scenario.nodes)
+        unreachable = sum(log_count(n, "does not listen on its channel") for n in scenario.nodes)
         kiosk = kiosk_result(scenario)
         if kiosk.get("gap_s") is not None:
             gaps["kiosk join ← host (relayed)"] = kiosk["gap_s"]
