@@ -17,6 +17,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 
 from .publishing import PublishControl, ScaledVideoTrack
@@ -41,6 +42,9 @@ class RemoteMedia:
     audio_last_pts: int | None = None
     first_video_frame_ms: float | None = None
     first_audio_frame_ms: float | None = None
+    last_video_frame_ms: float | None = None
+    # The longest wait between two video frames: how long the picture froze at worst.
+    longest_video_gap_ms: float = 0.0
 
     @property
     def video_advancing(self) -> bool:
@@ -58,6 +62,25 @@ class RemoteMedia:
             and self.audio_last_pts > self.audio_first_pts
         )
 
+    def record(self, kind: str, frame: Any, elapsed_ms: float) -> None:
+        """Counts one decoded frame; `elapsed_ms` since the track was offered."""
+        if kind == "video":
+            self.video_frames += 1
+            self.video_width, self.video_height = frame.width, frame.height
+            if self.video_first_pts is None:
+                self.video_first_pts = frame.pts
+                self.first_video_frame_ms = round(elapsed_ms, 1)
+            self.video_last_pts = frame.pts
+            if self.last_video_frame_ms is not None:
+                self.longest_video_gap_ms = max(self.longest_video_gap_ms, round(elapsed_ms - self.last_video_frame_ms, 1))
+            self.last_video_frame_ms = round(elapsed_ms, 1)
+        else:
+            self.audio_frames += 1
+            if self.audio_first_pts is None:
+                self.audio_first_pts = frame.pts
+                self.first_audio_frame_ms = round(elapsed_ms, 1)
+            self.audio_last_pts = frame.pts
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["video_advancing"] = self.video_advancing
@@ -68,7 +91,7 @@ class RemoteMedia:
 class CallClient:
     def __init__(
         self,
-        server: str,
+        server: str | list[str],
         token: str,
         *,
         video: MediaStreamTrack | None = None,
@@ -183,6 +206,9 @@ class CallClient:
                 offer = self._offers.get_nowait()
             try:
                 await self._answer(offer)
+            except InvalidStateError:
+                # The call is being closed (or rebuilt) under this negotiation.
+                logger.debug("negotiation %s: peer connection closed", offer.get("negotiation_id"))
             except Exception:
                 logger.exception("negotiation %s failed", offer.get("negotiation_id"))
 
@@ -241,22 +267,9 @@ class CallClient:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            elapsed_ms = (time.monotonic() - since) * 1000
             if self.on_frame is not None:
                 self.on_frame(participant_id, consumer["kind"], frame)
-            if consumer["kind"] == "video":
-                media.video_frames += 1
-                media.video_width, media.video_height = frame.width, frame.height
-                if media.video_first_pts is None:
-                    media.video_first_pts = frame.pts
-                    media.first_video_frame_ms = round(elapsed_ms, 1)
-                media.video_last_pts = frame.pts
-            else:
-                media.audio_frames += 1
-                if media.audio_first_pts is None:
-                    media.audio_first_pts = frame.pts
-                    media.first_audio_frame_ms = round(elapsed_ms, 1)
-                media.audio_last_pts = frame.pts
+            media.record(consumer["kind"], frame, (time.monotonic() - since) * 1000)
 
     def report(self) -> dict[str, Any]:
         return {

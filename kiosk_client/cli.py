@@ -8,11 +8,16 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from .call import CallClient
-from .media import open_audio, open_video
+from .call import RemoteMedia
 from .state import DEFAULT_STATE_DIR
+
+# `join`: how long the first join may take before the command gives up (later losses are
+# healed without limit, as on the appliance).
+JOIN_TIMEOUT_S = 30.0
 
 
 def _restrict_media_addresses() -> None:
@@ -29,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="verzilvering-kiosk", description="Verzilvering kiosk")
     sub = parser.add_subparsers(dest="command", required=True)
     join = sub.add_parser("join", help="join a room, publish camera and microphone, report what arrives")
-    join.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8080")
+    join.add_argument(
+        "--server", required=True, action="append",
+        help="e.g. http://127.0.0.1:8080; repeat for several nodes (tried in order when one is down)",
+    )
     join.add_argument("--token", required=True)
     join.add_argument("--video", default="testsrc", help="'testsrc', a camera device, or 'none'")
     join.add_argument("--audio", default="tone", help="'tone', an ALSA device, or 'none'")
@@ -137,36 +145,68 @@ async def _selftest(args: argparse.Namespace) -> int:
 
 
 async def _join(args: argparse.Namespace) -> int:
-    video = open_video(args.video) if args.video != "none" else None
-    audio = open_audio(args.audio) if args.audio != "none" else None
-    client = CallClient(
+    """Stays in the room the way the appliance does (kiosk_client/room.py): a lost session
+    or media path is resumed or rebuilt unattended; the report covers every attempt."""
+    from .room import RoomConnection, Sources
+
+    remote: dict[str, RemoteMedia] = {}
+    started = time.monotonic()
+    joined = asyncio.Event()
+    ended = asyncio.Event()
+    room: RoomConnection
+
+    def on_event(event: str, **data: Any) -> None:
+        if event == "joined" and not joined.is_set():
+            joined.set()
+            print(f"joined {room.room} as {room.self_id}", flush=True)
+        elif event == "reconnecting":
+            print("connection lost; joining again", file=sys.stderr, flush=True)
+        elif event == "ended":
+            ended.set()
+
+    def on_frame(participant_id: str, kind: str, frame: Any) -> None:
+        media = remote.get(participant_id)
+        if media is None:
+            known = room.participants.get(participant_id)
+            media = remote[participant_id] = RemoteMedia(name=known.name if known else "")
+        media.record(kind, frame, (time.monotonic() - started) * 1000)
+
+    room = RoomConnection(
         args.server,
         args.token,
-        video=video.video if video else None,
-        audio=audio.audio if audio else None,
+        sources=Sources(_source(args.video), _source(args.audio), self_view=False),
+        on_event=on_event,
+        on_frame=on_frame,
     )
-    try:
-        await client.start()
-    except Exception as exc:
-        print(f"verzilvering-kiosk: could not join: {exc}", file=sys.stderr)
-        await client.close()
+    room.start()
+    waiting = [asyncio.ensure_future(joined.wait()), asyncio.ensure_future(ended.wait())]
+    await asyncio.wait(waiting, timeout=JOIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiting:
+        task.cancel()
+    if not joined.is_set():
+        reason = room.outcome or (room.rebuilds[-1] if room.rebuilds else "no answer")
+        print(f"verzilvering-kiosk: could not join: {reason}", file=sys.stderr)
+        await room.stop()
         return 1
-    print(f"joined {client.room} as {client.self_id}", flush=True)
     try:
-        if args.duration > 0:
-            await asyncio.wait([asyncio.ensure_future(client.removed.wait())], timeout=args.duration)
-        else:
-            await client.removed.wait()
+        until_ended = asyncio.ensure_future(ended.wait())
+        await asyncio.wait([until_ended], timeout=args.duration if args.duration > 0 else None)
+        until_ended.cancel()
     finally:
-        report = client.report()
-        await client.close()
+        await room.stop()
+        report = {
+            "self_id": room.self_id,
+            "room": room.room,
+            "rebuilds": room.rebuilds,
+            "participants": {pid: media.to_dict() for pid, media in remote.items()},
+        }
         if args.report:
             args.report.write_text(json.dumps(report, indent=2))
-        for pid, media in report["participants"].items():
+        for pid, media in remote.items():
             print(
-                f"{media['name'] or pid}: video {media['video_frames']} frames "
-                f"{media['video_width']}x{media['video_height']}, audio {media['audio_frames']} frames, "
-                f"first video frame after {media['first_video_frame_ms']} ms",
+                f"{media.name or pid}: video {media.video_frames} frames "
+                f"{media.video_width}x{media.video_height}, audio {media.audio_frames} frames, "
+                f"first video frame after {media.first_video_frame_ms} ms",
                 flush=True,
             )
     return 0

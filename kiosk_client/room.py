@@ -5,7 +5,8 @@ aiortc has no ICE restart, so when the media path is lost the kiosk builds every
 the same token. Reasons to rebuild:
 
 - the signalling session could not be resumed (`connection_lost`; the socket itself is
-  watched with WebSocket heartbeats, so a silently cut network is noticed within seconds);
+  watched with WebSocket heartbeats, so a silently cut network is noticed within seconds),
+  or the server said `reconnect` (its node drains, or the room's node is gone);
 - the peer connection failed or closed, or the server said `removed` `media_failed`;
 - the watchdog: others are publishing, yet nothing was decoded for `watchdog_s` seconds
   (a hung decoder or a one-way dead path that ICE consent has not noticed yet).
@@ -38,7 +39,7 @@ from .appliance import Participant
 from .backoff import Backoff
 from .call import CallClient
 from .media import open_audio, open_video
-from .signaling import SignalingError
+from .signaling import NETWORK_ERRORS, SignalingError
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class RemoteTrack:
 class RoomConnection:
     def __init__(
         self,
-        server: str,
+        server: str | list[str],
         token: str,
         *,
         sources: Sources,
@@ -238,7 +239,7 @@ class RoomConnection:
                 await asyncio.wait_for(client.connect(), timeout=CONNECT_TIMEOUT_S)
             except SignalingError as exc:
                 return REFUSALS.get(exc.code, "network")
-            except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
+            except NETWORK_ERRORS:
                 return "network"
             self.room = client.room
             outcome = await self._until_admitted()
@@ -284,6 +285,10 @@ class RoomConnection:
                 return "token"
             return "media" if reason == "media_failed" else str(reason or "kicked")
         if kind == "connection_lost":
+            return "network"
+        if kind == "reconnect":
+            # The session's node is going (draining) or gone: a resume cannot succeed,
+            # so build again now rather than after a refused resume.
             return "network"
         if kind == "left":
             return "stopped"
@@ -382,6 +387,9 @@ class RoomConnection:
             self.on_event("participant_updated", participant=participant)
         elif kind == "participant_left":
             pid = message.get("participant_id", "")
+            if pid == self.self_id:
+                # An earlier session of ours, replaced by this one: we are still here.
+                return
             self.participants.pop(pid, None)
             self.tracks = {k: t for k, t in self.tracks.items() if t.participant_id != pid}
             self.on_event("participant_left", participant_id=pid)

@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 CONNECT_TIMEOUT_S = 10.0
+# A connect that fails in these ways is tried again (on the next address). aiohttp raises
+# AssertionError when the server goes away in the middle of the WebSocket upgrade.
+NETWORK_ERRORS = (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError, AssertionError)
 
 
 class SignalingError(Exception):
@@ -61,9 +64,17 @@ class SignalingClient:
         self._url_index = (self._url_index + 1) % len(self.urls)
 
     async def connect(self) -> dict[str, Any]:
-        """Opens the socket and says hello; returns the `welcome` message."""
-        await self._open(resume=False)
-        return self.welcome
+        """Opens the socket and says hello; returns the `welcome` message. Each address
+        is tried once, in order, until one answers (a dead node is skipped at once)."""
+        for attempt in range(len(self.urls)):
+            try:
+                await self._open(resume=False)
+                return self.welcome
+            except NETWORK_ERRORS:
+                if attempt == len(self.urls) - 1:
+                    raise
+                self.next_server()
+        raise AssertionError("unreachable")
 
     async def _open(self, resume: bool) -> None:
         # Bounded: through a dead network the TCP or upgrade handshake may never finish.
@@ -79,9 +90,20 @@ class SignalingClient:
                 "resume_key": self.welcome["resume_key"],
                 "last_seq": self.last_seq,
             }
-        self._reader = asyncio.ensure_future(self._read(self._ws))
-        await self._ws.send_str(json.dumps(hello))
-        await asyncio.wait_for(asyncio.shield(self._welcomed), timeout=10)
+        ws, welcomed = self._ws, self._welcomed
+        self._reader = asyncio.ensure_future(self._read(ws, welcomed))
+        try:
+            await ws.send_str(json.dumps(hello))
+            await asyncio.wait_for(asyncio.shield(welcomed), timeout=10)
+        except BaseException:
+            if not welcomed.done():
+                welcomed.cancel()
+            # Not left open: a socket without a session is closed by the server after
+            # its hello timeout, which read as a lost connection and started another
+            # resume, every 10 s for as long as the process ran.
+            self._ws = None
+            await ws.close()
+            raise
         if self._pinger is None or self._pinger.done():
             self._pinger = asyncio.ensure_future(self._ping())
 
@@ -90,7 +112,7 @@ class SignalingClient:
             raise ConnectionError("signalling socket is not open")
         await self._ws.send_str(json.dumps(message))
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, welcomed: asyncio.Future[dict[str, Any]]) -> None:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
@@ -103,18 +125,19 @@ class SignalingClient:
                 self.last_seq = seq
             if kind == "welcome":
                 self.welcome = message
-            if kind in ("welcome", "resumed") and self._welcomed and not self._welcomed.done():
-                self._welcomed.set_result(message)
-            elif kind == "error" and self._welcomed and not self._welcomed.done():
-                self._welcomed.set_exception(SignalingError(message["code"], message["message"]))
+            if kind in ("welcome", "resumed") and not welcomed.done():
+                welcomed.set_result(message)
+            elif kind == "error" and not welcomed.done():
+                welcomed.set_exception(SignalingError(message["code"], message["message"]))
             try:
                 await self.on_message(message)
             except Exception:
                 logger.exception("handling %s failed", kind)
-        if not self.closed and not (self._welcomed and not self._welcomed.done()):
+        if not welcomed.done():
+            welcomed.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))
+        elif ws is self._ws and not self.closed:
+            # The current, welcomed socket dropped; a failed hello's socket is _open's.
             asyncio.ensure_future(self._reconnect())
-        elif self._welcomed and not self._welcomed.done():
-            self._welcomed.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))
 
     async def _reconnect(self) -> None:
         """Resumes the session with backoff; the media path is left alone meanwhile."""
@@ -129,7 +152,7 @@ class SignalingClient:
             except SignalingError as exc:
                 logger.warning("resume refused: %s", exc)
                 break
-            except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError):
+            except NETWORK_ERRORS:
                 self.next_server()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -97,16 +97,29 @@ async def healthz(request: web.Request) -> web.Response:
     503 while it drains, so load balancers stop sending it clients."""
     app = request.app
     signaling = app[SIGNALING_KEY]
-    body: dict[str, object] = {
-        "status": "draining" if signaling.cluster.draining else "ok",
-        "version": __version__,
-        "node_id": signaling.cluster.node_id,
-        "uptime_s": round(time.monotonic() - app[STARTED_KEY], 1),
+    cluster = signaling.cluster
+    # `node`: this process only. `cluster`: the whole deployment, read from the store.
+    node = {
+        "sessions": len(signaling.sessions),
         "media": app[SFU_KEY].stats(),
+        "relayed_out": len(cluster.relayed),
+        "relayed_in": len(cluster.remote),
+    }
+    body: dict[str, object] = {
+        "status": "draining" if cluster.draining else "ok",
+        "version": __version__,
+        "node_id": cluster.node_id,
+        "uptime_s": round(time.monotonic() - app[STARTED_KEY], 1),
+        "node": node,
+        # The flat fields of earlier versions, kept for dashboards and scripts that read them.
+        "sessions": node["sessions"],
+        "media": node["media"],
     }
     try:
-        body.update(await signaling.health())
+        totals = await signaling.health()
+        body["cluster"] = {**totals, "unreachable_nodes": sorted(cluster.unreachable)}
+        body.update(totals)
         body["store"] = "ok"
     except StoreUnavailable:
         body["store"] = "unavailable"
-    return web.json_response(body, status=503 if signaling.cluster.draining else 200)
+    return web.json_response(body, status=503 if cluster.draining else 200)

@@ -49,6 +49,17 @@ class Settings:
     # Room placement: nodes whose load (sessions + forwarded streams) differs by less than
     # this count as equally loaded, and a hash of the room picks among them.
     placement_load_bucket: int = 50
+    # A live node whose channel has had no subscriber this long is treated as gone (a
+    # killed process drops its Redis connections at once, long before node_timeout_s):
+    # its rooms are placed elsewhere and clients relayed to it reconnect. Never within
+    # node_timeout_s after this node itself lost Redis (everyone resubscribes then).
+    node_unreachable_s: float = 0.5
+    # A relayed frame nobody took (the room's node is resubscribing after a Redis outage)
+    # is published again for up to this long; then the client hears `unavailable`, or
+    # `reconnect` when the room's node is gone.
+    relay_retry_s: float = 3.0
+    # Relayed frames of one connection waiting to be published, at most.
+    relay_queue_frames: int = 64
     # On SIGTERM, how long to wait for clients to move elsewhere before exiting.
     drain_timeout_s: float = 30.0
 

@@ -65,8 +65,16 @@ class Router:
             self.subscribers.add(participant_id)
             for producer in self.producers:
                 if self.wants(participant_id, producer):
-                    transport.consume(producer)
+                    self._consume(transport, producer)
         return transport
+
+    def _consume(self, transport: WebRtcTransport, producer: Producer) -> None:
+        """One subscriber's transport that cannot take a consumer (its peer connection
+        broke meanwhile) must never stop the producer reaching the others."""
+        try:
+            transport.consume(producer)
+        except Exception:
+            logger.exception("%s cannot consume %s", transport.participant_id, producer.id)
 
     @property
     def selective_video(self) -> bool:
@@ -91,7 +99,7 @@ class Router:
                 if producer.kind != "video":
                     continue
                 if self.wants(subscriber, producer):
-                    transport.consume(producer)
+                    self._consume(transport, producer)
                 else:
                     transport.stop_consuming(producer.id)
 
@@ -109,7 +117,7 @@ class Router:
             producer.audible = True
         for participant_id in self.subscribers:
             if self.wants(participant_id, producer):
-                self.transports[participant_id].consume(producer)
+                self._consume(self.transports[participant_id], producer)
 
     def producer_stopped(self, producer: Producer) -> None:
         for transport in self.transports.values():

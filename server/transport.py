@@ -136,6 +136,8 @@ class WebRtcTransport:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._retired: list[RTCRtpTransceiver] = []
         self._on_failed = on_failed
+        # Set once the peer connection failed or closed on its own; told once.
+        self.broken = False
         self._connected = asyncio.Event()
         self._settled = asyncio.Event()
         self._answered = False
@@ -160,7 +162,16 @@ class WebRtcTransport:
             self._settled.set()
         if state == "connected":
             self._connected.set()
-        elif state == "failed" and not self.closed and self._on_failed:
+        elif state in ("failed", "closed") and not self.closed:
+            # "closed" without our close(): aiortc closes on its own when the remote side
+            # does (DTLS close_notify). Either way nothing can be sent or negotiated on it.
+            self._break()
+
+    def _break(self) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        if self._on_failed is not None:
             self._on_failed()
 
     # --- publishing ------------------------------------------------------------------
@@ -201,10 +212,17 @@ class WebRtcTransport:
 
     # --- consuming -------------------------------------------------------------------
 
-    def consume(self, producer: Producer) -> Consumer:
+    def consume(self, producer: Producer) -> Consumer | None:
+        """Forwards the producer to this participant; None when the transport is broken
+        or closed (its owner is told through on_failed and ends it)."""
         existing = self.consumer_slots.get(producer.id)
         if existing is not None:
             return existing.consumer
+        if self.closed or self.broken:
+            return None
+        if self._pc is not None and self._pc.connectionState == "closed":
+            self._break()
+            return None
         transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
         _set_codec_preferences(transceiver, producer.kind)
         feed = SenderFeed(transceiver.sender, producer.kind)

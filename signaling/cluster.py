@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from server.config import Settings
 from server.store import ParticipantState, Store, StoreUnavailable, Subscription, TrackState
 
+from .protocol import error
 from .session import Connection, RateLimiter, RelayedConnection
 
 if TYPE_CHECKING:
@@ -62,22 +64,39 @@ class Cluster:
         # Live nodes as the maintenance loop last read them (every heartbeat): a hello into
         # a placed room checks its owner against this instead of reading the nodes again.
         self._live: dict[str, dict[str, Any]] | None = None
+        # Edge side: per relayed connection, (owner, message) waiting to be published in
+        # order; a message nobody took is tried again (the owner may be resubscribing).
+        self._uplinks: dict[str, deque[tuple[str, dict[str, Any]]]] = {}
+        # Nodes whose channel had no subscriber when last looked at: since when. A node
+        # killed outright drops its store connections at once, so its channel empties
+        # long before its heartbeat key expires (node_timeout_s).
+        self._silent_since: dict[str, float] = {}
+        self._watching: asyncio.Task[None] | None = None
+        # Nodes found silent for node_unreachable_s: treated as dead (their rooms are
+        # placed elsewhere, links to them dropped) until heard again or reaped.
+        self.unreachable: set[str] = set()
+        # When the store last came back after this node saw it down (monotonic).
+        self._store_back_at = 0.0
 
     async def start(self) -> None:
         if not self.multi_node:
             return
+        # Subscribed before the first heartbeat: a node listed as live can be reached.
+        self._subscription = await self.store.subscribe(node_channel(self.node_id), self._enqueue)
         await self._heartbeat()
         self._live = await self.store.live_nodes()
-        self._subscription = await self.store.subscribe(node_channel(self.node_id), self._enqueue)
         self._tasks = [asyncio.ensure_future(self._maintain())]
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *self._lane_tasks]
+        if self._watching is not None:
+            tasks.append(self._watching)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._lanes.clear()
         self._outbox.clear()
+        self._uplinks.clear()
         if self._subscription is not None:
             try:
                 await self._subscription.close()
@@ -108,6 +127,7 @@ class Cluster:
         """The node hosting the room's media, placing the room when nobody live has it."""
         if not self.multi_node:
             return self.node_id
+        await self._settle_after_outage()
         owner = await self.store.room_owner(room)
         if owner is not None and self._live is not None and owner in self._live:
             # The common case: the maintenance loop's view (at most a heartbeat old) says
@@ -115,9 +135,14 @@ class Cluster:
             return owner
         # Placing (or re-placing) a room: the current view, so a node that just started
         # takes rooms at once.
-        live = await self.store.live_nodes()
+        live = {n: info for n, info in (await self.store.live_nodes()).items() if n not in self.unreachable}
         if owner is not None and owner in live:
             return owner
+        if not self._judging() and self._live is not None:
+            # Right after an outage (see _maintain): nodes live before it count as live.
+            live = {**self._live, **live}
+            if owner is not None and owner in live:
+                return owner
         candidates = {n: info for n, info in live.items() if not info.get("draining")}
         if not self.draining:
             # Our own figure is current; the others' are up to a heartbeat old.
@@ -136,6 +161,18 @@ class Cluster:
         pick = min(candidates, key=rank)
         return await self.store.place_room(room, pick, sorted(set(live) | {pick}))
 
+    async def _settle_after_outage(self) -> None:
+        """Right after a store outage, waits until every node had a heartbeat to write its
+        placements again (resync): a Redis restarted without persistence has none, and a
+        room placed meanwhile would land beside its media instead of with it."""
+        since = max(self._store_back_at, self.store.disrupted_at)
+        if since:
+            # Every node notices the store's return within a quarter heartbeat (_maintain)
+            # and resyncs right then.
+            wait = since + self.settings.node_heartbeat_s / 2 - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
     async def room_empty(self, room: str) -> None:
         if self.multi_node:
             await self.store.release_room(room, self.node_id)
@@ -152,25 +189,86 @@ class Cluster:
         assert conn.relay_to is not None
         # "batch": this edge understands `_batch` replies (older nodes, during a rolling
         # upgrade, get one message per publish).
-        await self.store.publish(
-            node_channel(conn.relay_to),
-            {"type": "_in", "conn": conn.id, "origin": self.node_id, "text": text, "batch": True},
-        )
+        self._up(conn, {"type": "_in", "conn": conn.id, "origin": self.node_id, "text": text, "batch": True})
 
     async def relay_closed(self, conn: Connection) -> None:
         self.relayed.pop(conn.id, None)
         if conn.relay_to is not None:
+            # After the frames still waiting: the owner ends the session's connection last.
+            self._up(conn, {"type": "_gone", "conn": conn.id, "origin": self.node_id})
+
+    def _up(self, conn: Connection, message: dict[str, Any]) -> None:
+        assert conn.relay_to is not None
+        uplink = self._uplinks.get(conn.id)
+        if uplink is None:
+            uplink = self._uplinks[conn.id] = deque()
+            self._spawn(self._send_up(conn, uplink))
+        elif len(uplink) >= self.settings.relay_queue_frames and message["type"] == "_in":
+            # Bounded: a client cannot pile frames up while its room's node is unreachable.
+            raise StoreUnavailable("too many relayed frames waiting")
+        uplink.append((conn.relay_to, message))
+
+    async def _send_up(self, conn: Connection, uplink: deque[tuple[str, dict[str, Any]]]) -> None:
+        """Edge: one relayed connection's frames to its room's node, in order."""
+        try:
+            while uplink:
+                entry = uplink[0]
+                owner, message = entry
+                outcome = await self._deliver(owner, message)
+                if not uplink or uplink[0] is not entry:
+                    # Dropped meanwhile: the owner closed the connection.
+                    continue
+                uplink.popleft()
+                if outcome == "unavailable" and message["type"] == "_in":
+                    conn.send(error("unavailable", "The service is busy; try again in a moment."))
+                elif outcome == "unheard" and conn.relay_to == owner:
+                    # Nobody listens for the room's node: it is gone. The client connects
+                    # again and its room is placed on a live node.
+                    uplink.clear()
+                    await self._lose_link(conn, "node_lost")
+        finally:
+            if self._uplinks.get(conn.id) is uplink:
+                del self._uplinks[conn.id]
+
+    async def _deliver(self, node: str, message: dict[str, Any]) -> str:
+        """Publishes to a node's channel: "ok", or after `relay_retry_s` of trying,
+        "unavailable" (the store is down) or "unheard" (nobody subscribed: the node is
+        resubscribing after a store outage, or dead)."""
+        deadline = time.monotonic() + self.settings.relay_retry_s
+        delay = 0.02
+        while True:
             try:
-                await self.store.publish(
-                    node_channel(conn.relay_to), {"type": "_gone", "conn": conn.id, "origin": self.node_id}
-                )
+                if await self.store.publish(node_channel(node), message):
+                    return "ok"
+                outcome = "unheard"
+                self._suspect(node)
             except StoreUnavailable:
-                pass
+                outcome = "unavailable"
+            if node in self.unreachable or time.monotonic() + delay > deadline:
+                return outcome
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _lose_link(self, conn: Connection, reason: str) -> None:
+        """Edge: a relayed connection whose room's node is gone; the client reconnects."""
+        self.relayed.pop(conn.id, None)
+        conn.relay_to = None
+        conn.send({"type": "reconnect", "reason": reason})
+        await conn.close(SERVICE_RESTART, reason.replace("_", " "))
 
     async def _to_edge(self, origin: str, message: dict[str, Any]) -> None:
         """Owner: queues an `_out`/`_close` for an edge. What is queued for one edge within
         one turn of the event loop leaves in one publish (a join's replies, and a room
         event for every member relayed from that edge), in order."""
+        if message["type"] == "_close":
+            # This node closed the connection itself (leave, kick, drain): forget it now;
+            # the edge sends no `_gone` for a connection its owner closed.
+            self.remote.pop((origin, message["conn"]), None)
         if origin not in self._batching:
             await self.store.publish(node_channel(origin), message)
             return
@@ -179,9 +277,7 @@ class Cluster:
             outbox.append(message)
             return
         self._outbox[origin] = [message]
-        task = asyncio.ensure_future(self._flush(origin))
-        self._lane_tasks.add(task)
-        task.add_done_callback(self._lane_tasks.discard)
+        self._spawn(self._flush(origin))
 
     async def _flush(self, origin: str) -> None:
         try:
@@ -190,12 +286,9 @@ class Cluster:
                 messages = self._outbox[origin]
                 self._outbox[origin] = []
                 payload = messages[0] if len(messages) == 1 else {"type": "_batch", "messages": messages}
-                try:
-                    await self.store.publish(node_channel(origin), payload)
-                except StoreUnavailable:
-                    # As a relayed connection's writer always did: the session's resume
-                    # buffer keeps what was lost.
-                    pass
+                # Tried again while the edge resubscribes after a store outage; what is
+                # still lost after that, the session's resume buffer keeps.
+                await self._deliver(origin, payload)
         finally:
             self._outbox.pop(origin, None)
 
@@ -222,9 +315,7 @@ class Cluster:
             lane.append(message)
             return
         self._lanes[key] = deque([message])
-        task = asyncio.ensure_future(self._drain_lane(key))
-        self._lane_tasks.add(task)
-        task.add_done_callback(self._lane_tasks.discard)
+        self._spawn(self._drain_lane(key))
 
     async def _drain_lane(self, key: tuple[str, str]) -> None:
         lane = self._lanes[key]
@@ -263,6 +354,11 @@ class Cluster:
                 await self.service.connection_lost(conn)
         elif kind == "_close":
             edge = self.relayed.pop(message["conn"], None)
+            uplink = self._uplinks.get(message["conn"])
+            if uplink is not None:
+                # Frames after the owner's close would only make it a new, empty relayed
+                # connection that nobody ends.
+                uplink.clear()
             if edge is not None:
                 edge.relay_to = None
                 await edge.close(message["code"], message.get("reason", ""))
@@ -271,14 +367,26 @@ class Cluster:
 
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.node_heartbeat_s)
+            # While the store is down, look for its return four times as often: every
+            # node re-publishes its state (resync) within a quarter heartbeat of it.
+            await asyncio.sleep(self.settings.node_heartbeat_s / (4 if self.store_down else 1))
             try:
                 await self._heartbeat()
                 if self.store_down:
                     self.store_down = False
+                    self._store_back_at = time.monotonic()
                     logger.warning("store reachable again; re-publishing this node's live state")
                     await self.resync()
-                live = self._live = await self.store.live_nodes()
+                live = await self.store.live_nodes()
+                await self._listen_for(live)
+                if not self._judging():
+                    # Right after an outage the other nodes' heartbeat keys may have
+                    # expired (or gone with a Redis restarted without persistence), and
+                    # they had no chance yet to write them again: nodes live before it
+                    # still count as live, and nobody is reaped.
+                    self._live = {**(self._live or {}), **live}
+                    continue
+                live = self._live = {n: info for n, info in live.items() if n not in self.unreachable}
                 await self._drop_links_to_dead_nodes(live)
                 for dead in await self.store.dead_nodes():
                     await self._reap(dead)
@@ -291,13 +399,63 @@ class Cluster:
             except Exception:
                 logger.exception("cluster maintenance failed")
 
+    def _judging(self) -> bool:
+        """Whether other nodes can be judged dead or unreachable now: not within
+        node_timeout_s of this node's own loss of the store (they were cut off too)."""
+        since = max(self._store_back_at, self.store.disrupted_at)
+        return time.monotonic() - since >= self.settings.node_timeout_s
+
+    async def _listen_for(self, live: dict[str, dict[str, Any]]) -> None:
+        """Checks that every live node still listens on its channel."""
+        others = [n for n in live if n != self.node_id]
+        counts = await self.store.subscribers([node_channel(n) for n in others])
+        for node in others:
+            if counts[node_channel(node)] > 0:
+                self._silent_since.pop(node, None)
+                if node in self.unreachable:
+                    self.unreachable.discard(node)
+                    logger.warning("node %s is reachable again", node)
+            else:
+                self._suspect(node)
+        # Reaped or forgotten nodes need no watching.
+        self.unreachable &= set(live)
+
+    def _suspect(self, node: str) -> None:
+        if node == self.node_id or node in self.unreachable or node in self._silent_since:
+            return
+        self._silent_since[node] = time.monotonic()
+        if self._watching is None or self._watching.done():
+            self._watching = asyncio.ensure_future(self._watch_silent())
+
+    async def _watch_silent(self) -> None:
+        """Looks again at silent nodes until each is heard or found unreachable."""
+        patience = self.settings.node_unreachable_s
+        while self._silent_since:
+            await asyncio.sleep(patience / 4)
+            nodes = list(self._silent_since)
+            try:
+                counts = await self.store.subscribers([node_channel(n) for n in nodes])
+            except StoreUnavailable:
+                self._silent_since.clear()
+                return
+            now = time.monotonic()
+            lost = False
+            for node in nodes:
+                if counts[node_channel(node)] > 0 or not self._judging():
+                    self._silent_since.pop(node, None)
+                elif now - self._silent_since[node] >= patience:
+                    del self._silent_since[node]
+                    self.unreachable.add(node)
+                    lost = True
+                    logger.warning("node %s does not listen on its channel; treating it as gone", node)
+            if lost and self._live is not None:
+                self._live = {n: info for n, info in self._live.items() if n not in self.unreachable}
+                await self._drop_links_to_dead_nodes(self._live)
+
     async def _drop_links_to_dead_nodes(self, live: dict[str, dict[str, Any]]) -> None:
         for conn in [c for c in self.relayed.values() if c.relay_to not in live]:
             # Its room's node is gone: the client connects again and lands on a live node.
-            self.relayed.pop(conn.id, None)
-            conn.relay_to = None
-            conn.send({"type": "reconnect", "reason": "node_lost"})
-            await conn.close(SERVICE_RESTART, "node lost")
+            await self._lose_link(conn, "node_lost")
         for key, conn in [(k, c) for k, c in self.remote.items() if c.origin not in live]:
             del self.remote[key]
             conn.mark_gone()
@@ -379,12 +537,15 @@ class Cluster:
             except StoreUnavailable:
                 pass
         for conn in list(self.relayed.values()):
-            self.relayed.pop(conn.id, None)
-            conn.relay_to = None
+            # relay_to stays: when the socket has closed, the owner hears `_gone`.
             conn.send({"type": "reconnect", "reason": "draining"})
             await conn.close(SERVICE_RESTART, "draining")
         await self.service.send_everyone_elsewhere()
+        # Relayed connections without a session (a hello that failed, a resume refused).
+        for conn in list(self.remote.values()):
+            conn.send({"type": "reconnect", "reason": "draining"})
+            await conn.close(SERVICE_RESTART, "draining")
 
     @property
     def idle(self) -> bool:
-        return not self.service.sessions and not self.relayed and not self.remote
+        return not self.service.sessions and not self.relayed and not self.remote and not self._uplinks

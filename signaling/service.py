@@ -136,7 +136,13 @@ class SignalingService:
             for conn in list(self._connections):
                 if conn.closing or conn.closed:
                     continue
-                if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
+                if (
+                    conn.session is None
+                    and conn.device is None
+                    # A relayed connection's session lives on its room's node.
+                    and conn.relay_to is None
+                    and now - conn.opened > s.hello_timeout_s
+                ):
                     conn.closing = True
                     # Its own task: a close flushes the writer and may wait; the sweep must not.
                     asyncio.ensure_future(conn.close(CloseCode.HELLO_TIMEOUT, "no hello"))
@@ -454,6 +460,7 @@ class SignalingService:
         session.room = room
         session.joined_at = state.joined_at
         try:
+            await self._drop_stale_tracks(room, result)
             await self._subscribe_room(room)
         except BaseException:
             # The client hears `unavailable` and may join again: leave nothing behind (a
@@ -476,6 +483,22 @@ class SignalingService:
         await self._end(session, "revoked")
         if conn is not None:
             await conn.close(CloseCode.AUTH_FAILED, exc.code)
+
+    async def _drop_stale_tracks(self, room: str, result: JoinResult) -> None:
+        """A new session publishes nothing yet: tracks still listed under its participant
+        are an earlier session's, left by a node that died (the reaper spares a
+        participant who already joined again elsewhere)."""
+        mine = result.state.participant_id
+        stale = [t for t in result.tracks if t.participant_id == mine]
+        if not stale:
+            return
+        result.tracks = [t for t in result.tracks if t.participant_id != mine]
+        for track in stale:
+            await self.store.remove_track(room, track.track_id)
+            await self._broadcast(
+                room,
+                {"type": "track_unpublished", "track_id": track.track_id, "participant_id": mine, "kind": track.kind},
+            )
 
     async def _undo_join(self, session: Session, room: str) -> None:
         session.early = None
@@ -685,7 +708,12 @@ class SignalingService:
             await self.store.remove_participant(room, session.participant_id)
             await self.store.clear_presence(session.participant_id)
             if session.admitted:
-                await self._broadcast(room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason})
+                # "replaced": the same participant is joining again; its new session must
+                # not hear that it left.
+                skip = session.participant_id if reason == "replaced" else None
+                await self._broadcast(
+                    room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason}, skip
+                )
             elif reason != "denied":
                 await self._broadcast(
                     room,
@@ -901,8 +929,9 @@ class SignalingService:
         await self.devices.directory_changed(senior_id)
 
     async def health(self) -> dict[str, Any]:
+        """Cluster-wide figures (from the store); per-node ones are in `node`."""
         rooms = await self.store.list_rooms()
-        return {"rooms": len(rooms), "participants": sum(rooms.values()), "sessions": len(self.sessions)}
+        return {"rooms": len(rooms), "participants": sum(rooms.values())}
 
     async def start(self) -> None:
         self._revocation_subscription = await self.revocations.subscribe(self._access_revoked)

@@ -37,9 +37,19 @@ def _free_port() -> int:
 
 
 class Node:
-    """One `verzilvering serve` process of the cluster."""
+    """One `verzilvering serve` process of the cluster: test timeouts unless `settings`
+    (names of server/config.py) say otherwise; the code of `tree` (bench/faults.py runs
+    an older checkout as its baseline), else this one."""
 
-    def __init__(self, name: str, redis_url: str, prefix: str, data_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        redis_url: str,
+        prefix: str,
+        data_dir: Path,
+        settings: dict[str, str] | None = None,
+        tree: Path | None = None,
+    ) -> None:
         self.name = name
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,12 +62,13 @@ class Node:
             VERZILVERING_NODE_TIMEOUT_S=str(NODE_TIMEOUT_S),
             VERZILVERING_DRAIN_TIMEOUT_S="10",
         )
+        env.update({f"VERZILVERING_{k.upper()}": v for k, v in (settings or {}).items()})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir / name),
              "--redis-url", redis_url, "--node-id", name],
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env=env,
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=tree,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(self.url + "/healthz", timeout=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from server.config import Settings
@@ -16,8 +17,9 @@ class _Store:
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
 
-    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+    async def publish(self, channel: str, message: dict[str, Any]) -> int:
         self.published.append((channel, message))
+        return 1
 
 
 class _Service:
@@ -93,6 +95,7 @@ class _Edge(Connection):
     def __init__(self) -> None:
         super().__init__(RateLimiter(10, 10))
         self.texts: list[str] = []
+        self.close_code: int | None = None
 
     @property
     def closed(self) -> bool:
@@ -100,6 +103,9 @@ class _Edge(Connection):
 
     async def _deliver(self, text: str) -> None:
         self.texts.append(text)
+
+    async def _shut(self, code: int, reason: str) -> None:
+        self.close_code = code
 
 
 async def test_edge_unpacks_a_batch_in_order() -> None:
@@ -114,3 +120,62 @@ async def test_edge_unpacks_a_batch_in_order() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
     assert a.texts == ["a1", "a2"] and b.texts == ["b1"]
+
+
+class _ResubscribingStore(_Store):
+    """Nobody listens for the first `deaf` publishes (a node resubscribing after a restart)."""
+
+    def __init__(self, deaf: int) -> None:
+        super().__init__()
+        self.deaf = deaf
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> int:
+        if self.deaf > 0:
+            self.deaf -= 1
+            return 0
+        return await super().publish(channel, message)
+
+
+async def test_edge_publishes_relayed_frames_again_until_the_owner_listens_in_order() -> None:
+    store = _ResubscribingStore(deaf=3)
+    cluster = Cluster(_Service(), Settings(relay_retry_s=5.0), store)  # type: ignore[arg-type]
+    edge = _Edge()
+    edge.relay_to = "n1"
+    cluster.relayed[edge.id] = edge
+    await cluster.forward(edge, "hello")
+    await cluster.forward(edge, "join")
+    await cluster.relay_closed(edge)
+    deadline = asyncio.get_running_loop().time() + 3
+    while cluster._uplinks and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    # Nothing lost to the deaf moment, nothing out of order, the goodbye last.
+    assert [(m["type"], m.get("text")) for _, m in store.published] == [("_in", "hello"), ("_in", "join"), ("_gone", None)]
+    assert cluster.idle
+
+
+async def test_edge_sends_the_client_elsewhere_when_nobody_ever_listens_for_its_room() -> None:
+    store = _ResubscribingStore(deaf=10**6)
+    cluster = Cluster(_Service(), Settings(relay_retry_s=0.2), store)  # type: ignore[arg-type]
+    edge = _Edge()
+    edge.relay_to = "n1"
+    cluster.relayed[edge.id] = edge
+    await cluster.forward(edge, "ping")
+    deadline = asyncio.get_running_loop().time() + 3
+    while cluster._uplinks and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert [json.loads(t) for t in edge.texts] == [{"type": "reconnect", "reason": "node_lost"}]
+    assert edge.close_code == 1012
+    assert edge.relay_to is None and not cluster.relayed
+
+
+async def test_owner_forgets_a_relayed_connection_when_it_closes_it() -> None:
+    cluster = Cluster(_Service(), Settings(), _Store())  # type: ignore[arg-type]
+    cluster._enqueue({"type": "_in", "origin": "n2", "conn": "c0", "text": "hello", "batch": True})
+    for _ in range(10):
+        await asyncio.sleep(0)
+    conn = cluster.remote[("n2", "c0")]
+    await conn.close(1000, "left")
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # No `_gone` comes from the edge for a connection its owner closed.
+    assert cluster.remote == {}

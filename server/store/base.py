@@ -125,6 +125,9 @@ class Subscription(abc.ABC):
 
 class Store(abc.ABC):
     node_id: str
+    # When this node last lost its connection to the store (monotonic time; 0.0: never).
+    # After it, other nodes may still be reconnecting: no judging them dead for a while.
+    disrupted_at: float = 0.0
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -326,12 +329,17 @@ class Store(abc.ABC):
     # --- room event fan-out --------------------------------------------------------------
 
     @abc.abstractmethod
-    async def publish(self, room: str, event: dict[str, Any]) -> None:
-        """Delivers the event to every subscriber of the room, on every node.
+    async def publish(self, room: str, event: dict[str, Any]) -> int:
+        """Delivers the event to every subscriber of the room, on every node; returns
+        how many nodes' subscriptions took it (0: nobody is listening right now).
 
         Handlers must be quick and must not raise; a handler's exception is logged and
         never reaches the publisher or the other handlers.
         """
+
+    @abc.abstractmethod
+    async def subscribers(self, rooms: list[str]) -> dict[str, int]:
+        """How many nodes' subscriptions each room's channel has now."""
 
     @abc.abstractmethod
     async def subscribe(self, room: str, handler: EventHandler) -> Subscription:

@@ -387,14 +387,20 @@ class EmbeddedStore(Store):
 
     # --- room event fan-out --------------------------------------------------------------
 
-    async def publish(self, room: str, event: dict[str, Any]) -> None:
+    async def publish(self, room: str, event: dict[str, Any]) -> int:
         # Round-trip through JSON so subscribers get the same shapes as over Redis.
         payload = json.loads(json.dumps(event))
-        for handler in list(self._handlers.get(room, ())):
+        handlers = list(self._handlers.get(room, ()))
+        for handler in handlers:
             try:
                 handler(payload)
             except Exception:
                 logger.exception("event handler for room %s failed", room)
+        # One node: any subscription at all is this node's.
+        return 1 if handlers else 0
+
+    async def subscribers(self, rooms: list[str]) -> dict[str, int]:
+        return {room: 1 if self._handlers.get(room) else 0 for room in rooms}
 
     async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
         self._handlers.setdefault(room, []).append(handler)

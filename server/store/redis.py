@@ -90,7 +90,9 @@ log = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT_S = 5.0
 # The reader wakes this often even when idle, so the client's health checks can run.
 READER_POLL_S = 1.0
-READER_BACKOFF_MAX_S = 5.0
+# Retries of a failed pub/sub read back off up to this: short, because until the reader
+# is back (and has resubscribed) this node hears no room events and no relayed frames.
+READER_BACKOFF_MAX_S = 0.5
 
 # KEYS: participants, rooms. ARGV: room, participant_id, state json, max participants.
 # Re-adding a participant already in the room is a replace and never hits the limit.
@@ -840,10 +842,20 @@ class RedisStore(Store):
 
     # --- room event fan-out --------------------------------------------------------------
 
-    async def publish(self, room: str, event: dict[str, Any]) -> None:
+    async def publish(self, room: str, event: dict[str, Any]) -> int:
         payload = json.dumps(event)
         with _unavailable():
-            await self._redis.publish(self._channel(room), payload)
+            # Redis counts receiving connections; each node has one pub/sub connection.
+            return int(await self._redis.publish(self._channel(room), payload))
+
+    async def subscribers(self, rooms: list[str]) -> dict[str, int]:
+        if not rooms:
+            return {}
+        with _unavailable():
+            # The control connection: a liveness question, like the heartbeat.
+            counts = await self._liveness.pubsub_numsub(*[self._channel(room) for room in rooms])
+        by_channel = {channel: int(count) for channel, count in counts}
+        return {room: by_channel.get(self._channel(room), 0) for room in rooms}
 
     async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
         pubsub = self._pubsub
@@ -927,6 +939,7 @@ class RedisStore(Store):
             except Exception as exc:
                 # The reader must outlive outages: the client reconnects and resubscribes
                 # on the next read. Only unexpected errors deserve a traceback.
+                self.disrupted_at = time.monotonic()
                 log.warning(
                     "Redis event reader: %s; retrying in %.1f s",
                     exc,

@@ -313,8 +313,10 @@ export function createCall(options) {
 
     participant_left(message) {
       if (message.participant_id === call.selfId) {
+        // "replaced": an earlier session of ours made way for this one; we stay.
+        // (A replaced session itself hears `removed`, reason "replaced".)
+        if (message.reason === "replaced") return;
         if (message.reason === "kicked") endCall("removed");
-        else if (message.reason === "replaced") endCall("replaced");
         else restartSession();
         return;
       }
