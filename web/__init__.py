@@ -20,7 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from server.app import ISSUER_KEY
 from server.store import StoreUnavailable
+from signaling.tokens import Grant, TokenError
 
 from . import admin, auth, family, host, photos
 from .i18n import N_, gettext_for, language_of, remember_language
@@ -112,12 +114,26 @@ async def landing_page(request: web.Request) -> web.Response:
 
 
 async def call_page(request: web.Request) -> web.Response:
+    """The call for whoever holds the link. A link that may moderate (a host's) gets the
+    host console, waiting room included: a host can only let family in from where they are."""
     token = request.query.get("token", "").strip()
     if not token:
         return render(request, "missing_token.html", status=400)
+    grant = _grant_of(request, token)
+    if grant is not None and grant.may("moderate"):
+        return await host.console_for_link(request, token, grant.room)
     return render(
         request,
         "call.html",
         token=token,
         js_strings=call_strings(request),
     )
+
+
+def _grant_of(request: web.Request, token: str) -> Grant | None:
+    """The token's grant, or None when it does not verify: the call page then explains the
+    server's refusal itself, in the same words as every other refusal."""
+    try:
+        return request.app[ISSUER_KEY].verify(token)
+    except TokenError:
+        return None

@@ -144,6 +144,24 @@ async def console(request: web.Request) -> web.Response:
         activity=activity,
         token=token,
         js_strings=call_strings(request, HOST_STRINGS),
+        back_to_host_home=True,
+    )
+
+
+async def console_for_link(request: web.Request, token: str, room: str) -> web.Response:
+    """The console for a host's join link (`/call?token=…`, as `serve --demo` prints): the
+    same waiting room and moderation as `/host`, without logging in; the room needs no
+    activity record (an ad-hoc room is titled by its name)."""
+    from . import call_strings
+
+    activity = await request.app[DIRECTORY_KEY].get(Activity, room)
+    return render(
+        request,
+        "host/console.html",
+        activity=activity or Activity(id=room, title=room),
+        token=token,
+        js_strings=call_strings(request, HOST_STRINGS),
+        back_to_host_home=False,
     )
 
 
