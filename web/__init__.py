@@ -43,6 +43,7 @@ CALL_STRINGS = {
     "room_full": N_("The group is full. Please try again later."),
     "forbidden": N_("This link does not allow that."),
     "unavailable": N_("This is not working right now. We are trying again."),
+    "media_blocked": N_("Sound and picture cannot get through on this network, perhaps because of a firewall or VPN. We keep trying, less often. Try another network (for example mobile data instead of Wi-Fi), or ask the organisation for help."),
     "no_media": N_("Your camera and microphone do not work. You can still watch and listen."),
     "no_camera": N_("Your camera does not work. The others can still hear you."),
     "no_microphone": N_("Your microphone does not work. The others can still see you."),
