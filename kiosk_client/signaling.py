@@ -111,7 +111,11 @@ class SignalingClient:
                 await self.on_message(message)
             except Exception:
                 logger.exception("handling %s failed", kind)
-        if not self.closed and not (self._welcomed and not self._welcomed.done()):
+        hello_pending = self._welcomed is not None and not self._welcomed.done()
+        hello_refused = self._welcomed is not None and self._welcomed.done() and self._welcomed.exception() is not None
+        # Only a session that was welcomed can be resumed; a refused hello (a bad token,
+        # a refused resume) is the caller's to report, not something to retry.
+        if not self.closed and self.welcome and not hello_pending and not hello_refused:
             asyncio.ensure_future(self._reconnect())
         elif self._welcomed and not self._welcomed.done():
             self._welcomed.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))

@@ -94,6 +94,7 @@ class Speaker:
             self._open()
 
     def _open(self) -> None:
+        silence_alsa_errors()
         try:
             self._sdl = _sdl_library()
             if self._sdl.SDL_InitSubSystem(SDL_INIT_AUDIO) != 0:
@@ -108,7 +109,10 @@ class Speaker:
             self.available = True
         except Exception as exc:  # no sound card, no sound server: the kiosk still shows video
             self.error = str(exc) or type(exc).__name__
-            logger.warning("no sound output: %s", self.error)
+            logger.warning(
+                "no sound: this machine has no sound card or sound server the kiosk can use (%s); "
+                "it goes on without sound (see deploy/audio/)", self.error,
+            )
 
     # --- feeding ------------------------------------------------------------------------
 
@@ -221,6 +225,26 @@ class _AudioSpec(ctypes.Structure):
 
 
 _SDL: ctypes.CDLL | None = None
+_ALSA_HANDLER: Any = None
+# alsa-lib's error handler: (file, line, function, err, fmt, ...); the varargs are ignored.
+_AlsaErrorHandler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+
+
+def silence_alsa_errors() -> None:
+    """Keeps alsa-lib from printing its own lines to stderr (about nine on a machine without
+    a sound card); what matters reaches the log once, in words, from where it is used."""
+    global _ALSA_HANDLER
+    if _ALSA_HANDLER is not None:
+        return
+    name = ctypes.util.find_library("asound")
+    if name is None:
+        return
+    try:
+        asound = ctypes.CDLL(name)
+    except OSError:
+        return
+    _ALSA_HANDLER = _AlsaErrorHandler(lambda *_: None)
+    asound.snd_lib_error_set_handler(_ALSA_HANDLER)
 
 
 def _sdl_library() -> ctypes.CDLL:

@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from server.store.embedded import EmbeddedStore
 from signaling.tokens import TokenIssuer, load_or_create_secret
 
@@ -177,3 +179,82 @@ def test_help_shows_defaults_and_explains_every_option() -> None:
     assert re.search(r"--room ROOM\s+the room to join", token_help), token_help
     assert re.search(r"--name NAME\s+the name the others see", token_help), token_help
     assert "./verzilvering-data" in token_help
+
+
+def _kiosk(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kiosk_client.cli", *argv], capture_output=True, text=True,
+        env=env or _env(), timeout=90, cwd=REPO, stdin=subprocess.DEVNULL,
+    )
+
+
+def _last_line(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode != 0, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr and "Task exception was never retrieved" not in out.stderr, out.stderr
+    assert "Session is closed" not in out.stderr, out.stderr
+    return out.stderr.strip().splitlines()[-1]
+
+
+def test_kiosk_join_explains_refused_tokens_and_wrong_addresses(tmp_path: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+         "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO,
+    )
+    not_verzilvering = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(other := _free_port()), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )
+    try:
+        assert server.stdout is not None
+        while "running at" not in server.stdout.readline():
+            pass
+        wrong_secret = TokenIssuer("another-secret-" + "y" * 40).issue(role="senior", room="r", name="Oma")
+        refused = _last_line(_kiosk("join", "--server", f"http://127.0.0.1:{port}", "--token", wrong_secret,
+                                    "--duration", "1"))
+        assert "refused the token (token_invalid)" in refused and "verzilvering token" in refused
+        no_scheme = _last_line(_kiosk("join", "--server", f"127.0.0.1:{port}", "--token", wrong_secret))
+        assert "needs to start with http:// or https://" in no_scheme
+        closed = _last_line(_kiosk("join", "--server", f"http://127.0.0.1:{_free_port()}", "--token", wrong_secret))
+        assert closed.startswith("verzilvering-kiosk join: cannot reach http://127.0.0.1:")
+        assert "ssl:default" not in closed
+        plain_http = _last_line(_kiosk("join", "--server", f"https://127.0.0.1:{port}", "--token", wrong_secret))
+        assert "does not speak https; try http://" in plain_http and "WRONG_VERSION_NUMBER" not in plain_http
+        other_server = _last_line(_kiosk("join", "--server", f"http://127.0.0.1:{other}", "--token", wrong_secret))
+        assert "not as a Verzilvering server (HTTP 404 at /ws)" in other_server
+    finally:
+        not_verzilvering.terminate()
+        not_verzilvering.wait(timeout=10)
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+
+
+def test_kiosk_run_without_a_screen_says_so_once_and_stops(tmp_path: Path) -> None:
+    env = {k: v for k, v in _env().items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    if any(Path("/dev/dri").glob("card*")):
+        # A machine with a display device: SDL's own probing decides; the dummy driver
+        # chosen by nobody stands in for "found nothing".
+        pytest.skip("this machine has a display device")
+    out = _kiosk("run", "--server", "http://127.0.0.1:9", "--state-dir", str(tmp_path / "state"), "--windowed",
+                 env=env)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no screen to show the kiosk on" in lines[0], out.stderr
+    assert "ALSA lib" not in out.stderr and "XDG_RUNTIME_DIR" not in out.stderr
+
+
+def test_kiosk_sound_problems_are_one_plain_line_without_alsa_noise() -> None:
+    if Path("/dev/snd").exists() and any(Path("/dev/snd").glob("pcm*")):
+        pytest.skip("this machine has a sound card")
+    script = (
+        "import logging, os; os.environ.setdefault('SDL_AUDIODRIVER', 'alsa');"
+        "logging.basicConfig(format='%(message)s');"
+        "from kiosk_client.speaker import Speaker; s = Speaker(); print(s.available)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env={k: v for k, v in _env().items() if k != "SDL_AUDIODRIVER"})
+    assert out.stdout.strip() == "False"
+    lines = out.stderr.strip().splitlines()
+    assert "ALSA lib" not in out.stderr, out.stderr
+    assert len(lines) == 1 and lines[0].startswith("no sound: this machine has no sound card"), out.stderr

@@ -8,12 +8,14 @@ console itself (`static/host.js`) speaks the signalling protocol through `callco
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import time
 from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
+from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY
 from server.directory import Account, Activity
 from server.schedule import AMSTERDAM, next_occurrence
 
@@ -118,7 +120,15 @@ async def start(request: web.Request) -> web.Response:
     activity = await _activity_for(request)
     if isinstance(activity, web.Response):
         return activity
-    await request.app[DIRECTORY_KEY].audit(current_account(request).id, "start", "activities", activity.id, [])
+    directory = request.app[DIRECTORY_KEY]
+    await directory.audit(current_account(request).id, "start", "activities", activity.id, [])
+    # Kiosks know weekly slots; a start outside them reaches the seniors through this mark
+    # (written without a second audit entry: the start above is the one that matters).
+    activity.started_at = time.time()
+    await directory.store.put_record("activities", activity.id, dataclasses.asdict(activity))
+    signaling = request.app[SIGNALING_KEY]
+    for senior_id in activity.enrolled:
+        await signaling.directory_changed(senior_id)
     return redirect(f"/host/activities/{activity.id}")
 
 
