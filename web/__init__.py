@@ -16,6 +16,8 @@ adds its own script). Every string goes through `web/i18n.py` (gettext catalogs 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +31,7 @@ from .i18n import N_, gettext_for, language_of, remember_language
 from .rendering import error_page, render
 
 STATIC_DIR = Path(__file__).parent / "static"
+logger = logging.getLogger(__name__)
 
 # Strings for the call scripts: key → msgid (translated per request).
 CALL_STRINGS = {
@@ -97,7 +100,37 @@ async def store_outage(request: web.Request, handler):  # type: ignore[no-untype
         return page
 
 
+# Paths whose clients are programs: they keep aiohttp's plain answers (or their own JSON).
+MACHINE_PATHS = ("/api/", "/ws", "/healthz", "/metrics", "/static/", "/photos/")
+
+
+@web.middleware
+async def error_pages(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Unknown addresses and failures get a page in the site's style and language, not
+    aiohttp's bare "404: Not Found" or "500 Internal Server Error"."""
+    if request.path.startswith(MACHINE_PATHS):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_page(
+            request, 404, N_("Page not found"),
+            N_("There is no page at this address. Check the link, or go to the start page."),
+        )
+    except web.HTTPException:
+        raise
+    except (asyncio.CancelledError, StoreUnavailable):
+        raise
+    except Exception:
+        logger.exception("page %s failed", request.path)
+        return error_page(
+            request, 500, N_("Something went wrong"),
+            N_("This page did not work because of a fault on our side. Please try again in a minute; if it keeps happening, tell the organisation."),
+        )
+
+
 def setup(app: web.Application) -> None:
+    app.middlewares.append(error_pages)
     app.middlewares.append(store_outage)
     app.middlewares.append(remember_language)
     auth.setup(app)
