@@ -37,8 +37,9 @@ def location(response: Any) -> str:
 async def test_dashboard_and_menu(admin: tuple[Web, Seed, Directory]) -> None:
     web, _, _ = admin
     page = text_of(await web.get("/admin"))
-    for words in ("Overzicht", "1 senioren", "0 van 0 kiosken online", "2 activiteiten", "3 vrijwilligers en coördinatoren"):
+    for words in ("Overzicht", "1 senior", "0 van 0 kiosken online", "2 activiteiten", "3 vrijwilligers en coördinatoren"):
         assert words in page
+    assert "1 senioren" not in page
     assert 'aria-current="page"' in await web.get("/admin/seniors")
 
 
