@@ -132,7 +132,9 @@ class SignalingService:
             for conn in list(self._connections):
                 if conn.closing or conn.closed:
                     continue
-                if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
+                # A relayed connection's session lives on the room's node: its hello was answered.
+                said_hello = conn.session is not None or conn.device is not None or conn.relay_to is not None
+                if not said_hello and now - conn.opened > s.hello_timeout_s:
                     conn.closing = True
                     # Its own task: a close flushes the writer and may wait; the sweep must not.
                     asyncio.ensure_future(conn.close(CloseCode.HELLO_TIMEOUT, "no hello"))
