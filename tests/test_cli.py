@@ -73,6 +73,10 @@ def test_serve_demo_prints_links_and_answers_healthz(tmp_path: Path) -> None:
         while time.monotonic() < deadline and "/call?token=" not in "".join(lines).partition("family (familie)")[2]:
             lines.append(proc.stdout.readline())
         text = "".join(lines)
+        # Where the data is (absolute), the coordinators' pages and their first account, how to stop.
+        assert f"Data: {tmp_path.resolve()}" in text, text
+        assert f"http://127.0.0.1:{port}/admin" in text and "verzilvering admin create-user --data-dir" in text
+        assert "Stop with Ctrl-C" in text
         host_link = re.search(r"host.*\n\s+(http://\S+/call\?token=\S+)", text)
         assert host_link, text
         assert re.search(r"family.*\n\s+http://\S+/call\?token=\S+", text)
