@@ -225,26 +225,31 @@ class _AudioSpec(ctypes.Structure):
 
 
 _SDL: ctypes.CDLL | None = None
-_ALSA_HANDLER: Any = None
 # alsa-lib's error handler: (file, line, function, err, fmt, ...); the varargs are ignored.
 _AlsaErrorHandler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+_ALSA_HANDLER = _AlsaErrorHandler(lambda *_: None)
+_SILENCED: set[str] = set()
 
 
 def silence_alsa_errors() -> None:
-    """Keeps alsa-lib from printing its own lines to stderr (about nine on a machine without
-    a sound card); what matters reaches the log once, in words, from where it is used."""
-    global _ALSA_HANDLER
-    if _ALSA_HANDLER is not None:
-        return
-    name = ctypes.util.find_library("asound")
-    if name is None:
-        return
+    """Keeps alsa-lib from printing its own lines to stderr (about nine per device opened on
+    a machine without a sound card); what matters reaches the log once, in words, from where
+    it is used. Every copy counts: the system's (SDL loads it) and PyAV's bundled one."""
+    system = ctypes.util.find_library("asound")
+    loaded: set[str] = set()
     try:
-        asound = ctypes.CDLL(name)
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split()[-1] for line in maps if "libasound" in line}
     except OSError:
-        return
-    _ALSA_HANDLER = _AlsaErrorHandler(lambda *_: None)
-    asound.snd_lib_error_set_handler(_ALSA_HANDLER)
+        pass
+    for name in sorted(({system} if system else set()) | loaded):
+        if name in _SILENCED:
+            continue
+        try:
+            ctypes.CDLL(name).snd_lib_error_set_handler(_ALSA_HANDLER)
+        except (OSError, AttributeError):
+            continue
+        _SILENCED.add(name)
 
 
 def _sdl_library() -> ctypes.CDLL:
