@@ -12,6 +12,11 @@ adds its own script). Every string goes through `web/i18n.py` (gettext catalogs 
 | `host.py` | `/host…` for volunteers: today's activities and the host console |
 | `family.py` | `/family/{invite}…`: call the senior, be called by the senior (while open), join an activity's lobby |
 | `photos.py` | photo uploads (re-encoded, no metadata) and `/photos/{id}` |
+| `auditlog.py` | the audit log's words: changed details as labels, actors that are not accounts |
+
+`/call?token=…` is the call for whoever holds a join link; a link that may moderate (a
+host's) gets the host console. Unknown addresses and failures get the site's own 404 and
+500 pages.
 """
 
 from __future__ import annotations
