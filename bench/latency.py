@@ -92,6 +92,8 @@ from .machine import describe, machine_busy_s, process_cpu_s
 from .stamp import ReceiveLog, SendLog, StampedAudioTrack, StampedVideoTrack
 
 logger = logging.getLogger("bench.latency")
+# Marks a subscriber-side report that receive paths were mixed (crosses worker processes as text).
+RECEIVE_PATH_MIX = "receive path mix"
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -180,6 +182,18 @@ def _uses_tuned(pc: RTCPeerConnection | None) -> bool:
     )
 
 
+class ReceivePathMix(Exception):
+    """Subscribers in one run used different receive paths: the comparison would be false."""
+
+
+def check_receive_path(path: str, pcs: list[RTCPeerConnection | None], receiver: str) -> None:
+    stray = sum(1 for pc in pcs if pc is not None and _uses_tuned(pc) != (receiver == "tuned"))
+    if stray:
+        raise ReceivePathMix(
+            f"{stray} {path} subscriber(s) did not use the {receiver} receive path that every path in this run uses"
+        )
+
+
 async def _consume(track: MediaStreamTrack, log: ReceiveLog) -> None:
     while True:
         try:
@@ -229,15 +243,10 @@ class ProbedCallClient(CallClient):
     """A CallClient whose decoded frames also pass through the stamp reader."""
 
     def __init__(self, log: ReceiveLog, receiver: str, server: str, token: str, **media: Any) -> None:
-        super().__init__(server, token, **media)
+        # The receive path the run chose, like every other path's subscribers (CallClient's
+        # own default is the tuned one).
+        super().__init__(server, token, tuned_receiver=receiver == "tuned", **media)
         self.log = log
-        self.receiver = receiver
-
-    def _new_peer_connection(self) -> RTCPeerConnection:
-        pc = super()._new_peer_connection()
-        if self.receiver == "tuned":
-            _install_tuned(pc)
-        return pc
 
     async def _consume(self, track: MediaStreamTrack, consumer: dict[str, Any], since: float) -> None:
         recv = track.recv
@@ -299,9 +308,11 @@ class LocalHost:
     async def collect(self) -> None:
         self.errors = [str(e.get("code")) for c in self._clients for e in c.errors]
         # The comparison only holds when every path's subscribers use the same receive path.
-        stray = sum(1 for c in self._clients if _uses_tuned(c.pc) != (self._receiver == "tuned"))
-        if stray:
-            self.errors.append(f"{stray} CallClient(s) did not use the {self._receiver} receive path")
+        try:
+            check_receive_path("ours", [c.pc for c in self._clients], self._receiver)
+            check_receive_path("naive", self._pcs, self._receiver)
+        except ReceivePathMix as exc:
+            self.errors.append(f"{RECEIVE_PATH_MIX}: {exc}")
 
     async def close(self) -> None:
         for client in self._clients:
@@ -630,6 +641,9 @@ async def measure(
     lags = [lag.between(run.t0, run.t1)]
     if subscribers is not None:
         errors = await subscribers.collect()
+        mixes = [e for e in errors if e.startswith(RECEIVE_PATH_MIX)]
+        if mixes:
+            raise ReceivePathMix("; ".join(mixes))
         if errors:
             run.notes.append(f"server errors: {errors}")
         lags += subscribers.lag_between(run.t0, run.t1)
@@ -655,6 +669,7 @@ async def run_direct(timing: Timing, ctx: "BenchContext") -> PathRun:
         await sub.setRemoteDescription(pub.localDescription)
         await sub.setLocalDescription(await sub.createAnswer())
         await pub.setRemoteDescription(sub.localDescription)
+        check_receive_path("direct", [sub], ctx.receiver)
         await measure(run, timing, ctx.lag, None, [], lambda: pub)
     finally:
         for task in list(tasks):
@@ -1096,6 +1111,8 @@ async def bench(args: argparse.Namespace) -> int:
                 try:
                     budget = 60 + timing.window_s + n * 3
                     rows[path] = summarize(await asyncio.wait_for(runner(n, timing, ctx), timeout=budget))
+                except ReceivePathMix:
+                    raise
                 except Exception as exc:  # keep the other figures when one path breaks
                     logger.exception("%s with %d subscribers failed", path, n)
                     print(f"  {path} with {n} subscriber(s) FAILED: {exc!r}", flush=True)
@@ -1146,7 +1163,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
-    return asyncio.run(bench(args))
+    try:
+        return asyncio.run(bench(args))
+    except ReceivePathMix as exc:
+        print(f"\nMEASURED THE WRONG THING: {exc}; no figures from this run", flush=True)
+        return 3
 
 
 if __name__ == "__main__":

@@ -100,10 +100,13 @@ class CallClient:
         on_frame: Callable[[str, str, Any], None] | None = None,
         configure_pc: Callable[[RTCPeerConnection], None] | None = None,
         heartbeat: float | None = None,
+        tuned_receiver: bool = True,
     ) -> None:
         """`on_event` sees every server message; `on_frame(participant_id, kind, frame)` every
         decoded frame; `configure_pc` each new peer connection before it is used;
-        `heartbeat` (seconds) detects a dead signalling socket (None: rely on TCP)."""
+        `heartbeat` (seconds) detects a dead signalling socket (None: rely on TCP);
+        `tuned_receiver` False keeps aiortc's stock receive path (benchmarks compare both)."""
+        self.tuned_receiver = tuned_receiver
         self.signaling = SignalingClient(server, token, self._on_message, heartbeat=heartbeat)
         # Scaled to whatever height the server asks for this participant's tile.
         self.video = ScaledVideoTrack(video) if video is not None else None
@@ -164,7 +167,8 @@ class CallClient:
             RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         # Frames leave the jitter buffer when complete, not when the next one starts.
-        install_tuned_receiver(pc)
+        if self.tuned_receiver:
+            install_tuned_receiver(pc)
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._connection_state_changed)
         if self.configure_pc is not None:

@@ -238,8 +238,10 @@ class RoomConnection:
             try:
                 await asyncio.wait_for(client.connect(), timeout=CONNECT_TIMEOUT_S)
             except SignalingError as exc:
+                self.on_event("connect_failed", error=exc)
                 return REFUSALS.get(exc.code, "network")
-            except NETWORK_ERRORS:
+            except NETWORK_ERRORS as exc:
+                self.on_event("connect_failed", error=exc)
                 return "network"
             self.room = client.room
             outcome = await self._until_admitted()

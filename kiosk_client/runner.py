@@ -59,7 +59,8 @@ class KioskConfig:
     audio: str | None = "default"
     language: str | None = None
     fullscreen: bool = True
-    window_size: tuple[int, int] = (1280, 800)
+    # The 1024×600 kiosk screens the project targets (with --windowed on a desktop).
+    window_size: tuple[int, int] = (1024, 600)
     dpi: float = 96.0
     display: bool = True
     sound: bool = True
@@ -108,7 +109,6 @@ class KioskApp:
         self.credential: Credential | None = None
         self.device: DeviceClient | None = None
         self.room: RoomConnection | None = None
-        self.speaker = Speaker(enabled=config.sound)
         self.display: Any = None
         self.renderer: Any = None
         self.wall: Any = None
@@ -129,6 +129,8 @@ class KioskApp:
             self.display = Display(config.window_size, fullscreen=config.fullscreen)
             self.renderer = Renderer(dpi=config.dpi, photos=lambda contact: self.photos.get(contact.id))
             self.wall = VideoWall()
+        # After the screen: without one the kiosk stops at once, without trying the sound.
+        self.speaker = Speaker(enabled=config.sound)
 
     # --- running ------------------------------------------------------------------------
 

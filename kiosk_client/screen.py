@@ -416,11 +416,12 @@ class Renderer:
             self._text(surface, layout, t("no_activity"), int(h * 0.05), SOFT_TEXT, CARD, midleft=(card.left + pad, card.centery), max_width=card.width - 2 * pad)
         else:
             start_local = kiosk.to_local(activity.start)
-            self._text(surface, layout, t("next_activity"), int(h * 0.042), SOFT_TEXT, CARD, topleft=(card.left + pad, card.top + pad // 2), max_width=text_w)
-            title = self._text(surface, layout, activity.title, int(h * 0.075), TEXT, CARD, topleft=(card.left + pad, card.top + pad // 2 + int(h * 0.05)), max_width=text_w, bold=True)
             seconds = (activity.start - kiosk.clock.now()).total_seconds()
+            heading = t("activity_now") if seconds <= 0 else t("next_activity")
+            self._text(surface, layout, heading, int(h * 0.042), SOFT_TEXT, CARD, topleft=(card.left + pad, card.top + pad // 2), max_width=text_w)
+            title = self._text(surface, layout, activity.title, int(h * 0.075), TEXT, CARD, topleft=(card.left + pad, card.top + pad // 2 + int(h * 0.05)), max_width=text_w, bold=True)
             if seconds <= 0:
-                status = t("running")
+                status = t("running") if kiosk.join_lit(activity) and kiosk.mode is Mode.HOME else ""
             elif seconds < 60:
                 status = t("starts_now")
             else:
@@ -650,7 +651,8 @@ class Renderer:
         elif session.phase == "reconnecting":
             message = t("reconnecting")
         elif session.phase == "connected" and not others:
-            message = t("waiting_for", name=session.title) if session.kind == "call" else t("joining", title=session.title)
+            # In, and nobody else yet: say so, or a senior thinks the kiosk is stuck.
+            message = t("waiting_for", name=session.title) if session.kind == "call" else t("in_waiting_for_host", title=session.title)
         if message:
             box = pygame.Rect(0, 0, int(w * 0.8), int(h * 0.22))
             box.center = stage.center
@@ -703,12 +705,37 @@ def _square(surface: pygame.Surface) -> pygame.Surface:
     return surface.subsurface(pygame.Rect((w - side) // 2, (h - side) // 2, side, side))
 
 
+# SDL's drivers that draw nowhere: chosen on purpose (tests), or SDL's last resort when it
+# found no screen at all.
+INVISIBLE_DRIVERS = ("offscreen", "dummy")
+
+
+class NoScreen(RuntimeError):
+    """SDL found no screen to draw on (and none was chosen on purpose)."""
+
+
+def _any_screen() -> bool:
+    """Whether a screen may exist, asked before SDL, whose probing prints its own errors."""
+    if os.environ.get("SDL_VIDEODRIVER") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return True
+    return any(Path("/dev/dri").glob("card*"))
+
+
 class Display:
     """The window: full screen on the kiosk, a window for development, dummy in tests."""
 
-    def __init__(self, size: tuple[int, int] = (1280, 800), fullscreen: bool = True, caption: str = "Verzilvering") -> None:
+    def __init__(self, size: tuple[int, int] = (1024, 600), fullscreen: bool = True, caption: str = "Verzilvering") -> None:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        pygame.display.init()
+        if not _any_screen():
+            raise NoScreen("there is no desktop session (DISPLAY, WAYLAND_DISPLAY) and no display device (/dev/dri)")
+        try:
+            pygame.display.init()
+        except pygame.error as exc:
+            raise NoScreen(str(exc)) from None
+        driver = pygame.display.get_driver()
+        if driver in INVISIBLE_DRIVERS and os.environ.get("SDL_VIDEODRIVER") != driver:
+            pygame.display.quit()
+            raise NoScreen(f"SDL found no screen and fell back to its {driver!r} driver")
         pygame.font.init()
         if fullscreen:
             self.surface = pygame.display.set_mode((0, 0), pygame.FULLSCREEN)

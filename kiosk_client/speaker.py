@@ -94,6 +94,7 @@ class Speaker:
             self._open()
 
     def _open(self) -> None:
+        silence_alsa_errors()
         try:
             self._sdl = _sdl_library()
             if self._sdl.SDL_InitSubSystem(SDL_INIT_AUDIO) != 0:
@@ -108,7 +109,10 @@ class Speaker:
             self.available = True
         except Exception as exc:  # no sound card, no sound server: the kiosk still shows video
             self.error = str(exc) or type(exc).__name__
-            logger.warning("no sound output: %s", self.error)
+            logger.warning(
+                "no sound: this machine has no sound card or sound server the kiosk can use (%s); "
+                "it goes on without sound (see deploy/audio/)", self.error,
+            )
 
     # --- feeding ------------------------------------------------------------------------
 
@@ -221,6 +225,31 @@ class _AudioSpec(ctypes.Structure):
 
 
 _SDL: ctypes.CDLL | None = None
+# alsa-lib's error handler: (file, line, function, err, fmt, ...); the varargs are ignored.
+_AlsaErrorHandler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+_ALSA_HANDLER = _AlsaErrorHandler(lambda *_: None)
+_SILENCED: set[str] = set()
+
+
+def silence_alsa_errors() -> None:
+    """Keeps alsa-lib from printing its own lines to stderr (about nine per device opened on
+    a machine without a sound card); what matters reaches the log once, in words, from where
+    it is used. Every copy counts: the system's (SDL loads it) and PyAV's bundled one."""
+    system = ctypes.util.find_library("asound")
+    loaded: set[str] = set()
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split()[-1] for line in maps if "libasound" in line}
+    except OSError:
+        pass
+    for name in sorted(({system} if system else set()) | loaded):
+        if name in _SILENCED:
+            continue
+        try:
+            ctypes.CDLL(name).snd_lib_error_set_handler(_ALSA_HANDLER)
+        except (OSError, AttributeError):
+            continue
+        _SILENCED.add(name)
 
 
 def _sdl_library() -> ctypes.CDLL:

@@ -94,6 +94,9 @@ class Settings:
     # long per node: every join needs it. Staff edits reach joins within this time.
     activity_cache_s: float = 5.0
     activity_cache_entries: int = 10_000
+    # An activity a host starts now ("Start now" at /host) shows as running on its seniors'
+    # kiosks this long, whatever its weekly slots say.
+    started_activity_min: int = 60
 
     # Room limits.
     max_participants_per_room: int = 30

@@ -171,9 +171,13 @@ class Activity:
     enrolled: list[str] = field(default_factory=list)
     capacity: int = 20
     guests_allowed: bool = False
+    # When a host last started it now (epoch seconds; 0: never): kiosks show it as running.
+    started_at: float = 0.0
 
     def validate(self) -> None:
         self.title = _name(self.title, "title")
+        if not isinstance(self.started_at, (int, float)) or self.started_at < 0:
+            raise DirectoryError("started_at", "The start time must be a time.")
         self.description = _text(self.description, "description")
         if not isinstance(self.capacity, int) or not 1 <= self.capacity <= 100:
             raise DirectoryError("capacity", "Capacity must be between 1 and 100.")

@@ -151,7 +151,20 @@ class DeviceHub:
         contacts = await self.directory.contacts_of(kiosk.senior_id)
         now = dt.datetime.now(dt.timezone.utc)
         activities = []
+        started_for = dt.timedelta(minutes=self.settings.started_activity_min)
         for activity in await self.directory.activities_of(kiosk.senior_id):
+            started = dt.datetime.fromtimestamp(activity.started_at, dt.timezone.utc) if activity.started_at else None
+            if started is not None and started <= now < started + started_for:
+                # A host started it now ("Start now"), in or outside its weekly slots.
+                activities.append(
+                    {
+                        "id": activity.id,
+                        "title": activity.title,
+                        "next_start": started.isoformat(),
+                        "duration_min": self.settings.started_activity_min,
+                    }
+                )
+                continue
             upcoming = next_occurrence(activity.weekly_slots, now)
             if upcoming is not None:
                 start, slot = upcoming

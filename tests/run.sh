@@ -15,11 +15,22 @@ python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(
     || need_apt+=(python3-dev)
 # npm fetches axe-core for the accessibility tests (tests/test_web_a11y.py).
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# deploy/ is checked by the tools that run it (tests/test_deploy_*.py): nginx (1.3 MB),
+# promtool from prometheus (96 MB installed, the only Debian package that has it) and
+# systemd-analyze from systemd.
+services=()
+command -v nginx >/dev/null 2>&1 || { need_apt+=(nginx); services+=(nginx); }
+command -v promtool >/dev/null 2>&1 || { need_apt+=(prometheus); services+=(prometheus); }
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
     echo "tests/run.sh: installing ${need_apt[*]} from Debian packages"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    # The packages start their daemons where systemd runs; the tests start their own.
+    if ((${#services[@]})) && [ -d /run/systemd/system ]; then
+        systemctl disable --now "${services[@]}" >/dev/null 2>&1 || true
+    fi
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

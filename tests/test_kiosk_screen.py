@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import os
+from pathlib import Path
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -79,6 +81,16 @@ def _states(language: str) -> dict[str, Kiosk]:
     lobby.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
     lobby.room_event("lobby")
     states["lobby"] = lobby
+    alone = fresh()
+    alone.device_online(welcome())
+    alone.tap("join")
+    alone.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
+    alone.room_event("joined", self_id="s-1", participants=[Participant("s-1", "Mevrouw Jansen", "senior")])
+    states["in_activity_alone"] = alone
+    running = Kiosk(FakeClock(START + dt.timedelta(minutes=20)), language=language)
+    running.start(paired=True)
+    running.device_online(welcome(auto_join=False))
+    states["home_activity_running"] = running
     calling = fresh()
     calling.device_online(welcome())
     calling.tap("call:c-kees")
@@ -298,3 +310,51 @@ def test_family_screenshots() -> None:
     renderer.render(surface, kiosk)
     pygame.image.save(surface, str(SCREENSHOTS / "kiosk-family.png"))
     check_screenshot(SCREENSHOTS / "kiosk-family.png")
+
+
+def test_a_running_activity_says_now_not_next() -> None:
+    """A started activity is not "Next activity … Happening now": it is happening, tap Join."""
+    pygame.display.init()
+    renderer = Renderer()
+    surface = pygame.Surface((1024, 600))
+    for language, now, tap, upcoming in (("nl", "Nu bezig", "Tik op Meedoen om mee te doen.", "Volgende activiteit"),
+                                         ("en", "Happening now", "Tap Join to take part.", "Next activity")):
+        states = _states(language)
+        running = renderer.render(surface, states["home_activity_running"])
+        assert running.text_shown(now) and running.text_shown(tap) and running.button("join")
+        assert not running.text_shown(upcoming)
+        home = renderer.render(surface, states["home"])
+        assert home.text_shown(upcoming) and not home.text_shown(now)
+
+
+def test_alone_in_the_activity_the_kiosk_says_it_is_in_and_waiting_for_the_host() -> None:
+    pygame.display.init()
+    renderer = Renderer()
+    surface = pygame.Surface((1024, 600))
+    alone = renderer.render(surface, _states("nl")["in_activity_alone"])
+    assert alone.text_shown("U bent binnen bij Stoelgym. We wachten op de begeleider.")
+    assert not alone.text_shown("Verbinden met")
+    english = renderer.render(surface, _states("en")["in_activity_alone"])
+    assert english.text_shown("You are in Stoelgym. We are waiting for the host.")
+
+    from .kiosk_support import SCREENSHOTS, check_screenshot
+
+    for state, name in (("in_activity_alone", "in-activity-alone"), ("home_activity_running", "home-activity-running")):
+        renderer.render(surface, _states("nl")[state])
+        path = SCREENSHOTS / f"kiosk-{name}.png"
+        pygame.image.save(surface, str(path))
+        check_screenshot(path)
+
+
+def test_windowed_kiosk_fits_the_1024_by_600_screens_by_default() -> None:
+    from kiosk_client.cli import build_parser, window_size
+
+    args = build_parser().parse_args(["run", "--server", "http://127.0.0.1:1", "--windowed"])
+    assert window_size(args) == (1024, 600)
+    args = build_parser().parse_args(["run", "--server", "http://127.0.0.1:1", "--windowed", "--size", "1280x800"])
+    assert window_size(args) == (1280, 800)
+    from kiosk_client.runner import KioskConfig
+    from kiosk_client.screen import Display
+
+    assert KioskConfig(server="x", state_dir=Path("/nonexistent")).window_size == (1024, 600)
+    assert inspect.signature(Display).parameters["size"].default == (1024, 600)

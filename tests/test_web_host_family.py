@@ -35,7 +35,7 @@ async def test_a_volunteer_sees_today_and_starts_an_activity(site: tuple[TestCli
     page = await web.get("/host")
     text = text_of(page)
     assert "Vandaag," in text and "Stoelgym" in text and "10:00–11:00" in text
-    assert "Start Stoelgym" in text and "1 senioren doen mee" in text
+    assert "Start Stoelgym" in text and "1 senior doet mee" in text and "1 senioren" not in text
     # Only their own activities: Bingo is Wim's.
     assert "Bingo" not in text
 

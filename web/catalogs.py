@@ -28,11 +28,21 @@ LANGUAGES = ("nl", "en")
 
 # _("…") / N_("…") with a literal first argument, in templates and Python alike.
 _CALL = re.compile(r"""\bN?_\(\s*(?P<q>["'])(?P<text>(?:\\.|(?!(?P=q)).)*)(?P=q)""", re.S)
+# ngettext("…", "…", n): a count's singular and plural.
+_NCALL = re.compile(
+    r"""\bngettext\(\s*(?P<q>["'])(?P<text>(?:\\.|(?!(?P=q)).)*)(?P=q)\s*,"""
+    r"""\s*(?P<q2>["'])(?P<plural>(?:\\.|(?!(?P=q2)).)*)(?P=q2)""",
+    re.S,
+)
 _PLACEHOLDER = re.compile(r"%\((\w+)\)[sd]")
 
 
 class CatalogError(ValueError):
     pass
+
+
+# Both catalogs' languages have two plural forms (Plural-Forms: nplurals=2; plural=(n != 1)).
+PLURAL_FORMS = 2
 
 
 @dataclass
@@ -41,6 +51,15 @@ class Message:
     msgstr: str = ""
     fuzzy: bool = False
     comments: list[str] = field(default_factory=list)
+    # For counts (ngettext): the English plural, and the translation per plural form.
+    plural: str | None = None
+    plural_strs: list[str] = field(default_factory=list)
+
+    @property
+    def translated(self) -> bool:
+        if self.plural is not None:
+            return len(self.plural_strs) == PLURAL_FORMS and all(self.plural_strs)
+        return bool(self.msgstr)
 
 
 def po_path(lang: str) -> Path:
@@ -68,10 +87,9 @@ def _unquote(literal: str, where: str) -> str:
 
 
 def parse_po(text: str, name: str = "<po>") -> dict[str, Message]:
-    """Parses the subset of the PO format we write: msgid/msgstr, comments, fuzzy flags.
-
-    Plural forms and contexts are refused rather than silently mistranslated.
-    """
+    """Parses the subset of the PO format we write: msgid/msgstr, plural forms
+    (msgid_plural/msgstr[n]), comments, fuzzy flags. Contexts are refused rather than
+    silently mistranslated."""
     messages: dict[str, Message] = {}
     current: Message | None = None
     section: str | None = None
@@ -81,6 +99,8 @@ def parse_po(text: str, name: str = "<po>") -> dict[str, Message]:
     def finish() -> None:
         nonlocal current
         if current is not None:
+            if current.plural is not None and (current.msgstr or not current.plural_strs):
+                raise CatalogError(f"{name}: {current.msgid!r} has a plural but no msgstr[n] lines")
             if current.msgid in messages:
                 raise CatalogError(f"{name}: duplicate msgid {current.msgid!r}")
             messages[current.msgid] = current
@@ -92,7 +112,7 @@ def parse_po(text: str, name: str = "<po>") -> dict[str, Message]:
         if not line:
             continue
         if line.startswith("#"):
-            if section == "msgstr":
+            if section is not None and section.startswith("msgstr"):
                 finish()
                 section = None
             if line.startswith("#,") and "fuzzy" in line:
@@ -100,9 +120,20 @@ def parse_po(text: str, name: str = "<po>") -> dict[str, Message]:
             elif not line.startswith("#~"):
                 comments.append(line)
             continue
-        if line.startswith(("msgctxt", "msgid_plural", "msgstr[")):
-            raise CatalogError(f"{where}: contexts and plural forms are not used here")
-        if line.startswith("msgid "):
+        if line.startswith("msgctxt"):
+            raise CatalogError(f"{where}: contexts are not used here")
+        if line.startswith("msgid_plural "):
+            if current is None or section != "msgid":
+                raise CatalogError(f"{where}: msgid_plural without msgid")
+            current.plural = _unquote(line[13:], where)
+            section = "msgid_plural"
+        elif line.startswith("msgstr["):
+            index, _, rest = line[7:].partition("] ")
+            if current is None or current.plural is None or index != str(len(current.plural_strs)):
+                raise CatalogError(f"{where}: msgstr[{index}] out of place")
+            current.plural_strs.append(_unquote(rest, where))
+            section = "msgstr[]"
+        elif line.startswith("msgid "):
             finish()
             current = Message(_unquote(line[6:], where), fuzzy=fuzzy, comments=comments)
             comments, fuzzy, section = [], False, "msgid"
@@ -116,6 +147,10 @@ def parse_po(text: str, name: str = "<po>") -> dict[str, Message]:
                 raise CatalogError(f"{where}: continuation line outside a message")
             if section == "msgid":
                 current.msgid += _unquote(line, where)
+            elif section == "msgid_plural":
+                current.plural = (current.plural or "") + _unquote(line, where)
+            elif section == "msgstr[]":
+                current.plural_strs[-1] += _unquote(line, where)
             else:
                 current.msgstr += _unquote(line, where)
         else:
@@ -132,8 +167,14 @@ def compile_mo(messages: dict[str, Message]) -> bytes:
     pairs = sorted(
         (m.msgid.encode(), m.msgstr.encode())
         for m in messages.values()
-        if m.msgstr and (not m.fuzzy or m.msgid == "")
+        if m.plural is None and m.msgstr and (not m.fuzzy or m.msgid == "")
+    ) + sorted(
+        # GNU layout for plurals: "singular\0plural" → "form 0\0form 1".
+        ((m.msgid + "\0" + m.plural).encode(), "\0".join(m.plural_strs).encode())
+        for m in messages.values()
+        if m.plural is not None and m.translated and not m.fuzzy
     )
+    pairs.sort()
     ids = b""
     strs = b""
     offsets = []
@@ -186,24 +227,40 @@ def source_files() -> list[Path]:
     return [f for f in files if f.name != "catalogs.py"]
 
 
+def _literal(quote: str, text: str, where: str) -> str:
+    literal = quote + text + quote
+    try:
+        return ast.literal_eval(literal)
+    except (ValueError, SyntaxError):
+        raise CatalogError(f"{where}: cannot read {literal}") from None
+
+
 def extract() -> dict[str, list[str]]:
-    """msgid → the files using it."""
+    """msgid → the files using it (a count's msgid is its singular)."""
     found: dict[str, list[str]] = {}
     for path in source_files():
         text = path.read_text(encoding="utf-8")
-        for match in _CALL.finditer(text):
-            literal = match.group("q") + match.group("text") + match.group("q")
-            try:
-                msgid = ast.literal_eval(literal)
-            except (ValueError, SyntaxError):
-                raise CatalogError(f"{path.name}: cannot read {literal}") from None
-            found.setdefault(msgid, []).append(path.name)
+        for pattern in (_CALL, _NCALL):
+            for match in pattern.finditer(text):
+                msgid = _literal(match.group("q"), match.group("text"), path.name)
+                found.setdefault(msgid, []).append(path.name)
     return found
+
+
+def extract_plurals() -> dict[str, str]:
+    """A count's singular msgid → its plural, as ngettext calls give them."""
+    plurals: dict[str, str] = {}
+    for path in source_files():
+        for match in _NCALL.finditer(path.read_text(encoding="utf-8")):
+            singular = _literal(match.group("q"), match.group("text"), path.name)
+            plurals[singular] = _literal(match.group("q2"), match.group("plural"), path.name)
+    return plurals
 
 
 def problems() -> list[str]:
     """Everything that keeps the catalogs from being complete and consistent."""
     used = extract()
+    plurals = extract_plurals()
     issues = []
     for lang in LANGUAGES:
         catalog = load_catalog(lang)
@@ -211,9 +268,11 @@ def problems() -> list[str]:
             message = catalog.get(msgid)
             if message is None:
                 issues.append(f"{lang}: missing {msgid!r}")
-            elif not message.msgstr or message.fuzzy:
+            elif message.plural != plurals.get(msgid):
+                issues.append(f"{lang}: plural of {msgid!r} is {message.plural!r}, the code says {plurals.get(msgid)!r}")
+            elif not message.translated or message.fuzzy:
                 issues.append(f"{lang}: untranslated {msgid!r}")
-            elif set(_PLACEHOLDER.findall(msgid)) != set(_PLACEHOLDER.findall(message.msgstr)):
+            elif _placeholders_differ(message):
                 issues.append(f"{lang}: placeholders differ in {msgid!r}")
         for msgid in catalog:
             if msgid and msgid not in used:
@@ -224,6 +283,19 @@ def problems() -> list[str]:
     return issues
 
 
+def _placeholders_differ(message: Message) -> bool:
+    def names(text: str) -> set[str]:
+        return set(_PLACEHOLDER.findall(text))
+
+    if message.plural is None:
+        return names(message.msgid) != names(message.msgstr)
+    # A singular may leave the count out ("The latest change"); the plural form may not.
+    allowed = names(message.msgid) | names(message.plural)
+    return any(not names(text) <= allowed for text in message.plural_strs) or names(
+        message.plural_strs[-1]
+    ) != names(message.plural)
+
+
 def _po_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -231,9 +303,16 @@ def _po_quote(text: str) -> str:
 def missing_entries(lang: str) -> str:
     """PO entries (empty msgstr) for message ids the catalog lacks, to paste in."""
     catalog = load_catalog(lang)
+    plurals = extract_plurals()
     out = []
     for msgid, files in extract().items():
-        if msgid not in catalog:
+        if msgid in catalog:
+            continue
+        if msgid in plurals:
+            strs = "".join(f'msgstr[{i}] ""\n' for i in range(PLURAL_FORMS))
+            out.append(f"#: {', '.join(sorted(set(files)))}\nmsgid {_po_quote(msgid)}\n"
+                       f"msgid_plural {_po_quote(plurals[msgid])}\n{strs}")
+        else:
             out.append(f"#: {', '.join(sorted(set(files)))}\nmsgid {_po_quote(msgid)}\nmsgstr \"\"\n")
     return "\n".join(out)
 

@@ -8,12 +8,14 @@ console itself (`static/host.js`) speaks the signalling protocol through `callco
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import time
 from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
+from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY
 from server.directory import Account, Activity
 from server.schedule import AMSTERDAM, next_occurrence
 
@@ -117,7 +119,15 @@ async def start(request: web.Request) -> web.Response:
     activity = await _activity_for(request)
     if isinstance(activity, web.Response):
         return activity
-    await request.app[DIRECTORY_KEY].audit(current_account(request).id, "start", "activities", activity.id, [])
+    directory = request.app[DIRECTORY_KEY]
+    await directory.audit(current_account(request).id, "start", "activities", activity.id, [])
+    # Kiosks know weekly slots; a start outside them reaches the seniors through this mark
+    # (written without a second audit entry: the start above is the one that matters).
+    activity.started_at = time.time()
+    await directory.store.put_record("activities", activity.id, dataclasses.asdict(activity))
+    signaling = request.app[SIGNALING_KEY]
+    for senior_id in activity.enrolled:
+        await signaling.directory_changed(senior_id)
     return redirect(f"/host/activities/{activity.id}")
 
 
@@ -136,6 +146,24 @@ async def console(request: web.Request) -> web.Response:
         # A third of the lifetime: two refreshes may fail before a reconnect would.
         token_refresh_ms=request.app[SETTINGS_KEY].page_token_ttl_s * 1000 // 3,
         js_strings=call_strings(request, HOST_STRINGS),
+        back_to_host_home=True,
+    )
+
+
+async def console_for_link(request: web.Request, token: str, room: str) -> web.Response:
+    """The console for a host's join link (`/call?token=…`, as `serve --demo` prints): the
+    same waiting room and moderation as `/host`, without logging in; the room needs no
+    activity record (an ad-hoc room is titled by its name)."""
+    from . import call_strings
+
+    activity = await request.app[DIRECTORY_KEY].get(Activity, room)
+    return render(
+        request,
+        "host/console.html",
+        activity=activity or Activity(id=room, title=room),
+        token=token,
+        js_strings=call_strings(request, HOST_STRINGS),
+        back_to_host_home=False,
     )
 
 

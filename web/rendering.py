@@ -12,6 +12,7 @@ from aiohttp import web
 
 from server.schedule import AMSTERDAM
 
+from . import auditlog
 from .i18n import (
     LANGUAGE_NAMES,
     gettext_for,
@@ -51,6 +52,9 @@ def environment(lang: str) -> jinja2.Environment:
     )
     env.filters["local_time"] = _local_time
     env.filters["local_date"] = _local_date
+    gettext = translations(lang).gettext
+    env.filters["audit_details"] = lambda fields, action: auditlog.changed_details(fields, action, gettext)
+    env.filters["audit_actor"] = lambda actor, names: auditlog.actor_name(actor, names, gettext)
     return env
 
 

@@ -10,6 +10,26 @@ const PROTOCOL_VERSION = 1;
 // unreachable STUN server this bounds the wait and sends the candidates found so far.
 const ICE_GATHERING_TIMEOUT_MS = 5000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+// Media that fails at once (ICE finds no path through a firewall) would otherwise start the
+// session over every half second, forever. Each start-over waits longer (these delays, the
+// last one repeating); the count clears only after media kept flowing for
+// MEDIA_HEALTHY_MS, and after MEDIA_FAILURES_BEFORE_NOTICE failures the page says why.
+const MEDIA_RESTART_DELAYS_MS = [500, 2000, 4000, 8000, 16000, 30000];
+const MEDIA_HEALTHY_MS = 20000;
+const MEDIA_FAILURES_BEFORE_NOTICE = 3;
+// Media that has not connected this long after an answer has failed, even when the browser
+// keeps waiting (with no candidate pair at all it stays "new" for ever).
+const MEDIA_CONNECT_TIMEOUT_MS = 12000;
+
+// How long to wait before the next connection: the socket's own backoff, or the media's
+// when sessions keep failing, whichever is longer (before jitter).
+export function reconnectDelay(socketAttempt, mediaFailures) {
+  const socketDelay = RECONNECT_DELAYS_MS[Math.min(socketAttempt, RECONNECT_DELAYS_MS.length - 1)];
+  const mediaDelay = mediaFailures
+    ? MEDIA_RESTART_DELAYS_MS[Math.min(mediaFailures - 1, MEDIA_RESTART_DELAYS_MS.length - 1)]
+    : 0;
+  return Math.max(socketDelay, mediaDelay);
+}
 // After these close codes reconnecting cannot help (see "Close codes" in the protocol).
 const CLOSE_ENDS_CALL = {
   1000: "left",
@@ -110,6 +130,10 @@ export function createCall(options) {
     pingTimer: null,
     reconnectTimer: null,
     reconnectAttempt: 0,
+    // Sessions started over because their media failed, since media last flowed a while.
+    mediaFailures: 0,
+    mediaHealthyTimer: null,
+    mediaConnectTimer: null,
     lastMessageAt: 0,
     qualityPrevious: new Map(),
     publishQuality: null,
@@ -187,7 +211,7 @@ export function createCall(options) {
     if (call.reconnectTimer !== null) return;
     call.state = "reconnecting";
     updateStatus();
-    const base = RECONNECT_DELAYS_MS[Math.min(call.reconnectAttempt, RECONNECT_DELAYS_MS.length - 1)];
+    const base = reconnectDelay(call.reconnectAttempt, call.mediaFailures);
     call.reconnectAttempt += 1;
     // Jitter keeps a room full of kiosks from reconnecting in lockstep after a server blip.
     call.reconnectTimer = setTimeout(connect, base * (0.75 + Math.random() * 0.5));
@@ -449,6 +473,8 @@ export function createCall(options) {
   // The session still exists but its media is dead (the server cannot restart ICE):
   // give up the seat and join again on a new socket.
   function restartSession() {
+    call.mediaFailures += 1;
+    if (call.mediaFailures >= MEDIA_FAILURES_BEFORE_NOTICE) showNotice(text.media_blocked);
     send({ type: "leave" });
     forgetSession();
     abandonSocket();
@@ -456,6 +482,8 @@ export function createCall(options) {
 
   // Drops everything tied to the current session; the camera stays open.
   function forgetSession() {
+    clearTimeout(call.mediaHealthyTimer);
+    stopMediaConnectTimer();
     call.generation += 1;
     call.negotiations = Promise.resolve();
     call.unsentAnswer = null;
@@ -479,11 +507,27 @@ export function createCall(options) {
     const pc = new RTCPeerConnection({ iceServers: call.welcome.ice_servers ?? [] });
     pc.ontrack = () => showRemoteMedia();
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === "failed" && pc === call.pc) restartSession();
+      if (pc !== call.pc) return;
+      clearTimeout(call.mediaHealthyTimer);
+      if (pc.connectionState === "connected") {
+        stopMediaConnectTimer();
+        call.mediaHealthyTimer = setTimeout(mediaFlowed, MEDIA_HEALTHY_MS);
+        if (ui.notice.textContent === text.media_blocked) hideNotice();
+      }
+      if (pc.connectionState === "failed") restartSession();
       else updateStatus();
     };
     call.pc = pc;
     return pc;
+  }
+
+  function stopMediaConnectTimer() {
+    clearTimeout(call.mediaConnectTimer);
+    call.mediaConnectTimer = null;
+  }
+
+  function mediaFlowed() {
+    call.mediaFailures = 0;
   }
 
   async function answerOffer(offer, generation) {
@@ -514,6 +558,12 @@ export function createCall(options) {
     applyPublishQuality();
     const reply = { type: "answer", sdp: pc.localDescription.sdp, negotiation_id: offer.negotiation_id };
     call.unsentAnswer = send(reply) ? null : reply;
+    if (pc.connectionState !== "connected" && call.mediaConnectTimer === null) {
+      call.mediaConnectTimer = setTimeout(() => {
+        call.mediaConnectTimer = null;
+        if (pc === call.pc && pc.connectionState !== "connected") restartSession();
+      }, MEDIA_CONNECT_TIMEOUT_MS);
+    }
   }
 
   function iceGatheringComplete(pc) {
@@ -844,6 +894,8 @@ export function createCall(options) {
     call.generation += 1;
     stopPinging();
     clearTimeout(call.reconnectTimer);
+    clearTimeout(call.mediaHealthyTimer);
+    stopMediaConnectTimer();
     call.reconnectTimer = null;
     const ws = call.ws;
     call.ws = null;
@@ -1008,6 +1060,9 @@ export function createCall(options) {
     },
     get sessionId() {
       return call.session?.session_id ?? null;
+    },
+    get mediaFailures() {
+      return call.mediaFailures;
     },
     get permissions() {
       return [...call.permissions];
