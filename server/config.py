@@ -131,6 +131,26 @@ class Settings:
     # Largest photo upload accepted; photos are re-encoded to a small JPEG.
     photo_max_bytes: int = 8 * 1024 * 1024
 
+    # Attendance and the coordinators' engagement pages (server/attendance.py, web/engagement.py).
+    # A senior's visits to one occurrence closer together than this count as one stay
+    # (a kiosk reconnecting is not a second visit).
+    attendance_merge_gap_s: float = 300.0
+    # A join this long before a scheduled start, or up to this long after its end, belongs
+    # to that occurrence; other joins make an unscheduled occurrence of their own day.
+    attendance_early_s: float = 30 * 60.0
+    attendance_late_s: float = 60 * 60.0
+    # Bounds of one occurrence's record: people in it, stays per person.
+    attendance_max_members: int = 500
+    attendance_max_intervals: int = 50
+    # After this many days records keep only anonymous counts (no ids, no times per person).
+    attendance_retention_days: int = 365
+    # "Vandaag": a kiosk offline longer than this needs a visit.
+    kiosk_attention_offline_s: float = 24 * 3600.0
+    # The reach-out list: enrolled seniors without an activity or family call this many days.
+    reach_out_days: int = 7
+    # Trends and the aggregated export cover this many weeks by default (a quarter).
+    trend_weeks: int = 13
+
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":
         values: dict[str, Any] = {}
