@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from server.attendance import Attendance
 from server.config import Settings
 from server.directory import Activity, Directory
 from server.metrics import Metrics
@@ -57,6 +58,7 @@ class SignalingService:
         self.directory = directory
         self.devices = DeviceHub(settings, store, directory, issuer)
         self.cluster = Cluster(self, settings, store)
+        self.attendance = Attendance(settings, store)
         self.metrics: Metrics | None = None
         sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
@@ -572,6 +574,21 @@ class SignalingService:
         me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
         if me is not None:
             await self._broadcast(room, {"type": "participant_joined", "participant": _participant(me)}, skip=grant.participant_id)
+        await self.record_stay(room, grant.participant_id, grant.role, session.joined_at, joined=True)
+
+    async def record_stay(self, room: str, participant_id: str, role: str, joined_at: float, *, joined: bool) -> None:
+        """Attendance (server/attendance.py): a stay starts or ends. Idempotent, so the
+        node that reaps a dead node or resyncs after an outage may record it again."""
+        try:
+            activity = None if room.startswith(CALL_ROOM_PREFIX) else await self._activity(room)
+            if joined:
+                await self.attendance.joined(room, activity, participant_id, role, joined_at)
+            else:
+                await self.attendance.left(room, activity, participant_id, role, joined_at)
+        except StoreUnavailable:
+            # The join or leave itself went through; a resync after the outage records
+            # the stays of this node's sessions again.
+            logger.warning("store unavailable: attendance of %s in %s not recorded", participant_id, room)
 
     async def _room_state(self, room: str) -> dict[str, Any]:
         return {**ROOM_STATE_DEFAULTS, **await self.store.get_room_state(room)}
@@ -661,6 +678,7 @@ class SignalingService:
             await self.store.remove_participant(room, session.participant_id)
             await self.store.clear_presence(session.participant_id)
             if session.admitted:
+                await self.record_stay(room, session.participant_id, session.grant.role, session.joined_at, joined=False)
                 await self._broadcast(room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason})
             elif reason != "denied":
                 await self._broadcast(
