@@ -124,6 +124,7 @@ class DeviceHub:
         )
         await self._refresh_presence(link, kiosk_presence(kiosk.id), force=True)
         kiosk.last_seen = time.time()
+        kiosk.software_version = str(device.get("version", ""))[:40]
         await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
         conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
         # A call that rang while the kiosk was reconnecting is still ringing: ring again.
@@ -263,6 +264,11 @@ class DeviceHub:
             await link.subscription.close()
         if not any(other.kiosk.id == link.kiosk.id for other in self.links.values()):
             await self.store.clear_presence(kiosk_presence(link.kiosk.id))
+            # Last seen now: "Vandaag" counts how long a kiosk has been offline from here.
+            kiosk = await self.directory.get(Kiosk, link.kiosk.id)
+            if kiosk is not None and not kiosk.revoked:
+                kiosk.last_seen = time.time()
+                await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
 
     # --- family pages listening for the senior's calls ------------------------------------
 

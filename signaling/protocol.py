@@ -74,6 +74,8 @@ DEVICE_ONLY = ("call_answer", "activity_join", "selftest_result", "call_contact"
 DEVICE_FIELDS: dict[str, tuple[Any, bool]] = {
     "kiosk_id": (str, True),
     "credential": (str, True),
+    # The kiosk's software version, shown to coordinators ("Vandaag", kiosks page).
+    "version": (str, False),
 }
 
 CONTACT_FIELDS: dict[str, tuple[Any, bool]] = {
