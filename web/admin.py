@@ -933,7 +933,8 @@ async def audit(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     r = app.router
-    r.add_get("/admin", dashboard)
+    # "/admin" itself is "Vandaag" (web/engagement.py); the counts live one level down.
+    r.add_get("/admin/overview", dashboard)
     r.add_get("/admin/seniors", seniors)
     r.add_get("/admin/seniors/new", senior_new)
     r.add_post("/admin/seniors/new", senior_save)

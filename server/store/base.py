@@ -189,6 +189,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def is_present(self, participant_id: str) -> bool: ...
 
+    async def present_among(self, participant_ids: list[str]) -> set[str]:
+        """Those of the ids that are present; a backend may ask in one round trip."""
+        return {p for p in participant_ids if await self.is_present(p)}
+
     # --- nodes and room placement --------------------------------------------------------
 
     @abc.abstractmethod

@@ -659,6 +659,13 @@ class RedisStore(Store):
         with _unavailable():
             return bool(await self._redis.exists(self._presence_key(participant_id)))
 
+    async def present_among(self, participant_ids: list[str]) -> set[str]:
+        if not participant_ids:
+            return set()
+        with _unavailable():
+            values = await self._redis.mget([self._presence_key(p) for p in participant_ids])
+        return {p for p, v in zip(participant_ids, values) if v is not None}
+
     # --- nodes and room placement --------------------------------------------------------
 
     def _node_key(self, node_id: str) -> str:

@@ -1,0 +1,258 @@
+"""The coordinator's figures: today's activities, kiosks to visit, seniors to call, trends.
+
+Pure computations over directory records and attendance logs (server/attendance.py) at a
+given `now`, so the pages and the tests agree and a test controls the clock. Weeks and
+days are Europe/Amsterdam calendar weeks and days (Monday first), DST-safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .attendance import ACTIVITY, CALL, Occurrence, call_between, is_present, local_day_bounds, occurrences_on, seconds_in
+from .directory import Activity, Kiosk, Senior
+from .schedule import AMSTERDAM
+
+# Self-test checks that make a kiosk need a visit, and the words for a coordinator.
+ATTENTION_CHECKS = ("camera", "microphone", "speaker", "server", "turn")
+PROBLEM_STATUSES = ("failed", "warning")
+
+
+def local_date(at: float) -> dt.date:
+    return dt.datetime.fromtimestamp(at, dt.timezone.utc).astimezone(AMSTERDAM).date()
+
+
+def week_start(day: dt.date) -> dt.date:
+    return day - dt.timedelta(days=day.weekday())
+
+
+# --- today -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TodayRow:
+    activity: Activity
+    occurrence: Occurrence
+    enrolled: int
+    present: int = 0
+    earlier: int = 0
+    guests: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.occurrence.log_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.key, "enrolled": self.enrolled, "present": self.present, "earlier": self.earlier, "guests": self.guests}
+
+
+def today_rows(activities: Iterable[Activity], logs: Iterable[dict[str, Any]], now: float) -> list[TodayRow]:
+    """Today's occurrences (scheduled, and unscheduled ones someone joined) with who is in
+    now and who was in earlier (enrolled seniors by count; guests and family apart)."""
+    today = local_date(now)
+    by_id = {log["id"]: log for log in logs}
+    rows = []
+    for activity in activities:
+        occurrences = occurrences_on(activity, today)
+        day_start, day_end = local_day_bounds(today)
+        unscheduled = Occurrence(activity.id, day_start, day_end, False)
+        if unscheduled.log_id in by_id:
+            occurrences.append(unscheduled)
+        for occurrence in occurrences:
+            row = TodayRow(activity, occurrence, len(activity.enrolled))
+            log = by_id.get(occurrence.log_id)
+            for entry in (log or {}).get("members", {}).values():
+                if entry.get("role") == "senior":
+                    if is_present(entry):
+                        row.present += 1
+                    else:
+                        row.earlier += 1
+                elif entry.get("role") in ("guest", "family"):
+                    row.guests += 1
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r.occurrence.start, r.activity.title.casefold()))
+
+
+# --- kiosks that need a visit -------------------------------------------------------------------
+
+
+@dataclass
+class KioskAttention:
+    kiosk: Kiosk
+    senior: Senior | None
+    online: bool
+    offline_s: float | None
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (check, status, kiosk's own words)
+
+
+def kiosks_needing_attention(
+    kiosks: Iterable[Kiosk], seniors: dict[str, Senior], online: set[str], now: float, offline_after_s: float, lang: str
+) -> list[KioskAttention]:
+    found = []
+    for kiosk in kiosks:
+        if kiosk.revoked:
+            continue
+        is_online = kiosk.id in online
+        since = kiosk.last_seen or kiosk.paired_at
+        offline_s = None if is_online else max(0.0, now - since)
+        problems = []
+        result = (kiosk.last_selftest or {}).get("result") if isinstance(kiosk.last_selftest, dict) else None
+        checks = result.get("checks") if isinstance(result, dict) else None
+        if isinstance(checks, dict):
+            for name in ATTENTION_CHECKS:
+                check = checks.get(name)
+                if isinstance(check, dict) and check.get("status") in PROBLEM_STATUSES:
+                    message = check.get("message")
+                    words = message.get(lang, "") if isinstance(message, dict) else str(message or "")
+                    problems.append((name, check["status"], str(words)[:300]))
+        if problems or (offline_s is not None and offline_s > offline_after_s):
+            found.append(KioskAttention(kiosk, seniors.get(kiosk.senior_id), is_online, offline_s, problems))
+    # Longest offline first, then those with a problem.
+    return sorted(found, key=lambda a: (-(a.offline_s or 0), a.kiosk.id))
+
+
+# --- seniors to call ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ReachOut:
+    senior: Senior
+    last_engaged: float | None
+    called: dict[str, Any] | None
+
+
+def reach_out_list(
+    seniors: Iterable[Senior],
+    activities: Iterable[Activity],
+    last_engaged: dict[str, float],
+    called: dict[str, dict[str, Any]],
+    now: float,
+    days: int,
+) -> list[ReachOut]:
+    """Enrolled seniors with no activity and no family call in the last `days` local
+    calendar days, oldest first (never seen at the top). Seniors who chose not to be
+    named in overviews are left out."""
+    enrolled = {senior_id for activity in activities for senior_id in activity.enrolled}
+    # Calendar days, not 24-hour blocks: "7 days" is the same on a DST weekend.
+    cutoff_day = local_date(now) - dt.timedelta(days=days)
+    cutoff = local_day_bounds(cutoff_day)[1]
+    found = []
+    for senior in seniors:
+        if senior.id not in enrolled or not senior.named_overviews:
+            continue
+        last = last_engaged.get(senior.id)
+        if last is not None and last >= cutoff:
+            continue
+        found.append(ReachOut(senior, last, called.get(senior.id)))
+    return sorted(found, key=lambda r: (r.last_engaged or 0.0, r.senior.name.casefold(), r.senior.id))
+
+
+# --- trends ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    unique_seniors: int = 0
+    occurrences: int = 0
+    minutes: float = 0.0
+    family_calls: int = 0
+
+    def row(self) -> list[Any]:
+        return [self.unique_seniors, self.occurrences, round(self.minutes), self.family_calls]
+
+
+@dataclass
+class Trends:
+    weeks: list[tuple[dt.date, Figures]]
+    activities: list[tuple[Activity | None, str, Figures]]
+    districts: list[tuple[str, Figures]]
+
+
+def trends(
+    logs: Iterable[dict[str, Any]],
+    activities: dict[str, Activity],
+    seniors: dict[str, Senior],
+    first_week: dt.date,
+    week_count: int,
+    now: float,
+    districts: Iterable[str],
+) -> Trends:
+    """Per week: unique seniors taking part, occurrences held (someone was there),
+    minutes of participation (seniors), family calls. Per activity and per district over
+    the whole period. Logs reduced by retention add their counts (their seniors cannot be
+    told apart, so each participation counts as one)."""
+    weeks = {first_week + dt.timedelta(weeks=i): (Figures(), set()) for i in range(week_count)}
+    per_activity: dict[str, tuple[Figures, set[str]]] = {}
+    per_district: dict[str, tuple[Figures, set[str]]] = {d: (Figures(), set()) for d in (*districts, "")}
+    for log in logs:
+        week = week_start(local_date(float(log["start"])))
+        if week not in weeks:
+            continue
+        figures, unique = weeks[week]
+        if log.get("kind") == CALL:
+            happened = log["counts"].get("call_happened") if log.get("reduced") else call_between(log, now) is not None
+            figures.family_calls += bool(happened)
+            continue
+        if log.get("kind") != ACTIVITY:
+            continue
+        activity_figures, activity_unique = per_activity.setdefault(log.get("activity_id", ""), (Figures(), set()))
+        if log.get("reduced"):
+            counts = log["counts"]
+            if counts.get("seniors", 0) + counts.get("guests", 0) + counts.get("family", 0) == 0:
+                continue
+            for f in (figures, activity_figures):
+                f.occurrences += 1
+                f.minutes += counts.get("senior_minutes", 0.0)
+                f.unique_seniors += counts.get("seniors", 0)
+            continue
+        members = log.get("members") or {}
+        if not any(e.get("role") in ("senior", "guest", "family") for e in members.values()):
+            continue
+        figures.occurrences += 1
+        activity_figures.occurrences += 1
+        for member, entry in members.items():
+            if entry.get("role") != "senior":
+                continue
+            minutes = seconds_in(entry, now) / 60
+            unique.add(member)
+            activity_unique.add(member)
+            figures.minutes += minutes
+            activity_figures.minutes += minutes
+            senior = seniors.get(member)
+            district = senior.district if senior is not None else ""
+            district_figures, district_unique = per_district.setdefault(district, (Figures(), set()))
+            district_unique.add(member)
+            district_figures.minutes += minutes
+    for table in (weeks, per_activity, per_district):
+        for figures, unique in table.values():
+            figures.unique_seniors += len(unique)
+    return Trends(
+        weeks=[(week, figures) for week, (figures, _) in sorted(weeks.items())],
+        activities=sorted(
+            ((activities.get(a), activities[a].title if a in activities else a, f) for a, (f, _) in per_activity.items()),
+            key=lambda item: item[1].casefold(),
+        ),
+        districts=[(d, f) for d, (f, _) in per_district.items()],
+    )
+
+
+def named_rows(logs: Iterable[dict[str, Any]], activities: dict[str, Activity], seniors: dict[str, Senior], now: float) -> list[list[Any]]:
+    """The named export: one row per senior per occurrence, for seniors who may be named."""
+    rows = []
+    for log in logs:
+        if log.get("kind") != ACTIVITY or log.get("reduced"):
+            continue
+        title = activities[log["activity_id"]].title if log.get("activity_id") in activities else log.get("activity_id", "")
+        when = dt.datetime.fromtimestamp(float(log["start"]), dt.timezone.utc).astimezone(AMSTERDAM)
+        for member, entry in sorted((log.get("members") or {}).items()):
+            senior = seniors.get(member)
+            if entry.get("role") != "senior" or senior is None or not senior.named_overviews:
+                continue
+            first = entry["iv"][0][0]
+            joined = dt.datetime.fromtimestamp(first, dt.timezone.utc).astimezone(AMSTERDAM)
+            rows.append([when.strftime("%Y-%m-%d %H:%M"), title, senior.id, senior.name, senior.district,
+                         joined.strftime("%H:%M"), round(seconds_in(entry, now) / 60)])
+    return rows
