@@ -470,6 +470,21 @@ class DeviceHub:
         await self.store.publish(device_channel(kiosk_id), {"type": "selftest_request"})
         return True
 
+    async def invite_to_activity(self, activity: Activity, senior_id: str, host_name: str) -> int:
+        """Shows the host's invitation on the senior's online kiosks, on whichever node
+        holds them; returns how many were rung."""
+        kiosks = await self.directory.kiosks_of(senior_id)
+        online = await self.store.present_among([kiosk_presence(k.id) for k in kiosks])
+        rung = 0
+        for kiosk in kiosks:
+            if kiosk_presence(kiosk.id) in online:
+                await self.store.publish(
+                    device_channel(kiosk.id),
+                    {"type": "activity_invite", "activity_id": activity.id, "title": activity.title, "host": host_name},
+                )
+                rung += 1
+        return rung
+
     async def revoke_kiosk(self, kiosk_id: str) -> None:
         await self.store.publish(device_channel(kiosk_id), {"type": "revoked"})
 

@@ -58,6 +58,8 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
     "spotlight": {"participant_id": ((str, type(None)), True)},
     "music_mode": {"enabled": (bool, True)},
     "end": {},
+    # a host rings a missing enrolled senior's kiosk at the start of an activity
+    "invite_senior": {"senior_id": (str, True)},
     # kiosk devices
     "call_answer": {"call_id": (str, True), "accept": (bool, True), "reason": (str, False)},
     "activity_join": {"activity_id": (str, True)},

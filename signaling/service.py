@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from server.attendance import Attendance
 from server.config import Settings
-from server.directory import Activity, Directory
+from server.directory import Activity, Directory, Senior
 from server.metrics import Metrics
 from server.turn import ice_servers_for
 from server.producer import Producer
@@ -41,7 +41,7 @@ from .cluster import SERVICE_RESTART, Cluster
 from .session import Connection, RateLimiter, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
 
-MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick")
+MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "invite_senior")
 ROOM_STATE_DEFAULTS: dict[str, Any] = {"locked": False, "spotlight": None, "music_mode": False}
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,8 @@ class SignalingService:
             await self._update_room(session, music_mode=message["enabled"])
         elif kind == "end":
             await self._broadcast(session.room, {"type": "_end", "by": session.participant_id})
+        elif kind == "invite_senior":
+            await self._invite_senior(session, message["senior_id"], ref)
 
     @property
     def presence_ttl(self) -> float:
@@ -561,6 +563,9 @@ class SignalingService:
         }
         if grant.may("moderate"):
             joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
+            enrolled = await self._enrolled(room)
+            if enrolled is not None:
+                joined["enrolled"] = enrolled
         session.send(joined)
         early, session.early = session.early, None
         for event in early or ():
@@ -589,6 +594,28 @@ class SignalingService:
             # The join or leave itself went through; a resync after the outage records
             # the stays of this node's sessions again.
             logger.warning("store unavailable: attendance of %s in %s not recorded", participant_id, room)
+
+    async def _enrolled(self, room: str) -> list[dict[str, str]] | None:
+        """An activity's enrolled seniors for its hosts (who is missing), else None."""
+        activity = await self._activity(room)
+        if activity is None:
+            return None
+        seniors = [await self.directory.get(Senior, senior_id) for senior_id in activity.enrolled]
+        return [{"id": s.id, "name": s.name} for s in seniors if s is not None]
+
+    async def _invite_senior(self, session: Session, senior_id: str, ref: str | None) -> None:
+        """Rings the senior's kiosks with an invitation; the kiosk shows it and sends
+        nothing until the senior taps (then the usual activity_join)."""
+        assert session.room is not None
+        activity = await self._activity(session.room)
+        if activity is None or senior_id not in activity.enrolled:
+            raise ProtocolError("not_enrolled", "That senior is not enrolled in this activity.", ref)
+        if await self.store.get_participant(session.room, senior_id) is not None:
+            raise ProtocolError("already_present", "That senior is already here.", ref)
+        rung = await self.devices.invite_to_activity(activity, senior_id, session.grant.name)
+        if not rung:
+            raise ProtocolError("senior_offline", "The senior's kiosk is not online.", ref)
+        session.send({"type": "invite_sent", "ref": ref, "senior_id": senior_id, "kiosks": rung})
 
     async def _room_state(self, room: str) -> dict[str, Any]:
         return {**ROOM_STATE_DEFAULTS, **await self.store.get_room_state(room)}
