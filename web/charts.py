@@ -52,9 +52,17 @@ def nice_ceiling(value: float) -> float:
     return 10 * power
 
 
+def axis_top(values: list[float]) -> float:
+    """The value axis' end: a nice number that four whole-number steps divide, for counts."""
+    top = nice_ceiling(max(values, default=0))
+    if all(float(v).is_integer() for v in values) and not (top / 4).is_integer():
+        top = 4 * math.ceil(top / 4)
+    return top
+
+
 def bar_chart(chart_id: str, title: str, description: str, labels: list[str], values: list[float]) -> BarChart:
     chart = BarChart(chart_id, title, description)
-    top = nice_ceiling(max(values, default=0))
+    top = axis_top(values)
     plot_height = chart.baseline - TOP
     slot = (WIDTH - LEFT - 8) / max(1, len(values))
     # At most ~13 labels fit under the bars; show every n-th.
@@ -76,4 +84,40 @@ def bar_chart(chart_id: str, title: str, description: str, labels: list[str], va
         tick = top * step / 4
         text = f"{tick:g}" if tick < 10_000 else f"{tick / 1000:g}k"
         chart.ticks.append((round(chart.baseline - plot_height * step / 4, 1), text))
+    return chart
+
+
+@dataclass
+class HorizontalBarChart:
+    """Categories (activities, districts): one row each, the name left of its bar."""
+
+    id: str
+    title: str
+    description: str
+    bars: list[Bar] = field(default_factory=list)
+    ticks: list[tuple[float, str]] = field(default_factory=list)  # (x, text)
+    width: int = WIDTH
+    height: int = 0
+    left: int = 200
+    top: int = 8
+    bottom: float = 0.0
+
+
+ROW_HEIGHT = 30
+LABEL_CHARS = 24
+
+
+def horizontal_bar_chart(chart_id: str, title: str, description: str, labels: list[str], values: list[float]) -> HorizontalBarChart:
+    chart = HorizontalBarChart(chart_id, title, description)
+    top = axis_top(values)
+    plot_width = WIDTH - chart.left - 16
+    for i, (label, value) in enumerate(zip(labels, values)):
+        y = chart.top + i * ROW_HEIGHT
+        short = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
+        chart.bars.append(Bar(chart.left, y + 5, round(plot_width * value / top, 1), ROW_HEIGHT - 10, short, value, True))
+    chart.bottom = chart.top + max(1, len(values)) * ROW_HEIGHT
+    chart.height = int(chart.bottom + 24)
+    for step in range(5):
+        tick = top * step / 4
+        chart.ticks.append((round(chart.left + plot_width * step / 4, 1), f"{tick:g}"))
     return chart

@@ -40,7 +40,7 @@ from server.store import StoreUnavailable
 
 from .admin import SELFTEST_STATUS, SELFTEST_TITLES
 from .auth import current_account, form, require
-from .charts import bar_chart
+from .charts import bar_chart, horizontal_bar_chart
 from .i18n import N_, gettext_for, language_of
 from .rendering import SECURITY_HEADERS, redirect, render
 
@@ -178,13 +178,13 @@ async def trends_page(request: web.Request) -> web.Response:
             period=period, low=min(values), high=max(values), total=sum(values),
         )
         charts.append(bar_chart(f"chart-{key}", title, description, labels, values))
-    activity_chart = bar_chart(
+    activity_chart = horizontal_bar_chart(
         "chart-activity", _("Seniors taking part per activity"),
         _("Bar chart, %(period)s: the number of different seniors per activity. The table below has the figures.", period=period),
         [title for _a, title, _f in figures.activities], [f.unique_seniors for _a, _t, f in figures.activities],
     )
     district_names = [d or _(NO_DISTRICT) for d, _f in figures.districts]
-    district_chart = bar_chart(
+    district_chart = horizontal_bar_chart(
         "chart-district", _("Seniors taking part per district"),
         _("Bar chart, %(period)s: the number of different seniors per district. The table below has the figures.", period=period),
         district_names, [f.unique_seniors for _d, f in figures.districts],

@@ -51,6 +51,9 @@ HOST_STRINGS = {
     "host_ended": N_("You ended the activity. Everyone has left."),
     "not_in_lobby": N_("This person is no longer waiting."),
     "end_confirm": N_("End the activity for everyone? Everyone leaves the room."),
+    "ring": N_("Ring %(name)s"),
+    "ringing": N_("The kiosk of %(name)s is ringing. They join with one tap."),
+    "ring_offline": N_("The kiosk of %(name)s is not online. Perhaps call them by phone."),
 }
 
 
