@@ -101,6 +101,7 @@ async def test_vandaag_live_host_rings_a_missing_senior_and_trends_are_accessibl
                 assert await missing.count() == 3
                 assert "Mevrouw Jansen" in await studio.text("#missing-list")
                 problems["host console with seniors missing"] = await check_accessibility(studio, axe, "host console with seniors missing")
+                await studio.page.locator("#missing").scroll_into_view_if_needed()
                 await studio.screenshot("host-missing", full_page=False)
 
                 # Rings Mevrouw Jansen's kiosk: the kiosk shows the invitation, sends nothing.
