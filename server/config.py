@@ -148,6 +148,8 @@ class Settings:
     kiosk_attention_offline_s: float = 24 * 3600.0
     # The reach-out list: enrolled seniors without an activity or family call this many days.
     reach_out_days: int = 7
+    # "Vandaag" shows this many of them; the whole list is one click away.
+    reach_out_on_today: int = 20
     # Trends and the aggregated export cover this many weeks by default (a quarter).
     trend_weeks: int = 13
 

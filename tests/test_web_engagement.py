@@ -196,3 +196,20 @@ async def test_retention_reduces_old_logs_on_the_apps_clock(coordinator: tuple[W
     old, new = await app[STORE_KEY].attendance_between(0, clock())
     assert old["reduced"] and old["counts"]["seniors"] == 1 and old["counts"]["senior_minutes"] == 60.0
     assert "senior-a" not in json.dumps(old) and "senior-a" in json.dumps(new)
+
+
+async def test_vandaag_shows_the_first_of_a_long_reach_out_list_and_links_the_rest(coordinator: tuple[Web, Any, Clock]) -> None:
+    web, app, clock = coordinator
+    directory: Directory = app[DIRECTORY_KEY]
+    many = Activity(id="activity-many", title="Veel", capacity=100, enrolled=[f"senior-{i:02d}" for i in range(30)])
+    for i in range(30):
+        await directory.put(Senior(id=f"senior-{i:02d}", name=f"Senior {i:02d}"), actor="test")
+    await directory.put(many, actor="test")
+    shown = app[SETTINGS_KEY].reach_out_on_today
+    page = await web.get("/admin")
+    assert page.count('class="person" id="reach-out-') == shown
+    assert "Alle 33 senioren om te bellen" in text_of(page)  # 30 + Aaltje, Bep, Oma Riet
+    full = await web.get("/admin/reach-out")
+    assert full.count('class="person" id="reach-out-') == 33
+    response = await web.post("/admin/reach-out/senior-29/called", {"note": "", "from": "list"})
+    assert response.headers["Location"] == "/admin/reach-out#reach-out-senior-29"

@@ -84,22 +84,39 @@ async def today(request: web.Request) -> web.Response:
     activities = await directory.list(Activity)
     kiosks = [k for k in await directory.list(Kiosk) if not k.revoked]
     online = {key[len("kiosk:"):] for key in await store.present_among([f"kiosk:{k.id}" for k in kiosks])}
-    called = {r["id"]: r for r in await store.list_records("reach_out")}
     return render(
         request,
         "admin/today.html",
         day=local_date(now),
         rows=await _today(request, now),
         attention=kiosks_needing_attention(kiosks, seniors, online, now, settings.kiosk_attention_offline_s, lang),
-        reach_out=reach_out_list(
-            seniors.values(), activities, await store.last_engaged(), called, now, settings.reach_out_days
-        ),
+        reach_out=await _reach_out(request, seniors.values(), activities, now),
+        reach_out_shown=settings.reach_out_on_today,
         reach_out_days=settings.reach_out_days,
         offline_hours=round(settings.kiosk_attention_offline_s / 3600),
         check_titles=SELFTEST_TITLES,
         check_status=SELFTEST_STATUS,
         poll_ms=TODAY_POLL_MS,
         now=now,
+    )
+
+
+async def _reach_out(request: web.Request, seniors: Any, activities: list[Activity], now: float) -> list[Any]:
+    store = request.app[STORE_KEY]
+    called = {r["id"]: r for r in await store.list_records("reach_out")}
+    days = request.app[SETTINGS_KEY].reach_out_days
+    return reach_out_list(seniors, activities, await store.last_engaged(), called, now, days)
+
+
+@coordinator
+async def reach_out_page(request: web.Request) -> web.Response:
+    directory = _dir(request)
+    now = _now(request)
+    return render(
+        request,
+        "admin/reach_out.html",
+        reach_out=await _reach_out(request, await directory.list(Senior), await directory.list(Activity), now),
+        reach_out_days=request.app[SETTINGS_KEY].reach_out_days,
     )
 
 
@@ -127,7 +144,8 @@ async def reach_out_called(request: web.Request) -> web.Response:
     )
     await directory.audit(account.id, "called", "people", senior.id, [], note=note)
     request["session"]["flash"] = N_("Noted: called.")
-    return redirect(f"/admin#reach-out-{senior.id}")
+    back = "/admin/reach-out" if data.get("from") == "list" else "/admin"
+    return redirect(f"{back}#reach-out-{senior.id}")
 
 
 # --- trends ----------------------------------------------------------------------------------
@@ -282,6 +300,7 @@ def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/admin", today)
     r.add_get("/admin/today.json", today_json)
+    r.add_get("/admin/reach-out", reach_out_page)
     r.add_post("/admin/reach-out/{senior_id}/called", reach_out_called)
     r.add_get("/admin/trends", trends_page)
     r.add_get("/admin/trends.csv", trends_csv)
