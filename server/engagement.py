@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attendance import ACTIVITY, CALL, Occurrence, call_between, is_present, local_day_bounds, occurrences_on, seconds_in
+from .config import Settings
 from .directory import Activity, Kiosk, Senior
 from .schedule import AMSTERDAM
+from .store import Store
 
 # Self-test checks that make a kiosk need a visit, and the words for a coordinator.
 ATTENTION_CHECKS = ("camera", "microphone", "speaker", "server", "turn")
@@ -171,66 +173,86 @@ class Trends:
     districts: list[tuple[str, Figures]]
 
 
-def trends(
-    logs: Iterable[dict[str, Any]],
-    activities: dict[str, Activity],
-    seniors: dict[str, Senior],
-    first_week: dt.date,
-    week_count: int,
-    now: float,
-    districts: Iterable[str],
-) -> Trends:
-    """Per week: unique seniors taking part, occurrences held (someone was there),
-    minutes of participation (seniors), family calls. Per activity and per district over
-    the whole period. Logs reduced by retention add their counts (their seniors cannot be
-    told apart, so each participation counts as one)."""
-    weeks = {first_week + dt.timedelta(weeks=i): (Figures(), set()) for i in range(week_count)}
-    per_activity: dict[str, tuple[Figures, set[str]]] = {}
-    per_district: dict[str, tuple[Figures, set[str]]] = {d: (Figures(), set()) for d in (*districts, "")}
+def summarize_week(week: dt.date, logs: Iterable[dict[str, Any]], now: float) -> dict[str, Any]:
+    """One week's attendance in a small JSON form: minutes per senior id (so weeks can be
+    combined into unique counts), per activity too, occurrences held (someone was there)
+    and family calls that took place. Logs reduced by retention add their counts as
+    `extra_*` (their seniors cannot be told apart: each participation counts as one)."""
+    summary: dict[str, Any] = {
+        "id": week.isoformat(), "occurrences": 0, "family_calls": 0, "minutes": {},
+        "extra_participations": 0, "extra_minutes": 0.0, "activities": {},
+    }
     for log in logs:
-        week = week_start(local_date(float(log["start"])))
-        if week not in weeks:
+        if week_start(local_date(float(log["start"]))) != week:
             continue
-        figures, unique = weeks[week]
         if log.get("kind") == CALL:
             happened = log["counts"].get("call_happened") if log.get("reduced") else call_between(log, now) is not None
-            figures.family_calls += bool(happened)
+            summary["family_calls"] += bool(happened)
             continue
         if log.get("kind") != ACTIVITY:
             continue
-        activity_figures, activity_unique = per_activity.setdefault(log.get("activity_id", ""), (Figures(), set()))
+        per_activity = summary["activities"].setdefault(
+            log.get("activity_id", ""), {"occurrences": 0, "minutes": {}, "extra_participations": 0, "extra_minutes": 0.0}
+        )
         if log.get("reduced"):
             counts = log["counts"]
             if counts.get("seniors", 0) + counts.get("guests", 0) + counts.get("family", 0) == 0:
                 continue
-            for f in (figures, activity_figures):
-                f.occurrences += 1
-                f.minutes += counts.get("senior_minutes", 0.0)
-                f.unique_seniors += counts.get("seniors", 0)
+            for target in (summary, per_activity):
+                target["occurrences"] += 1
+                target["extra_participations"] += counts.get("seniors", 0)
+                target["extra_minutes"] += counts.get("senior_minutes", 0.0)
             continue
         members = log.get("members") or {}
         if not any(e.get("role") in ("senior", "guest", "family") for e in members.values()):
             continue
-        figures.occurrences += 1
-        activity_figures.occurrences += 1
+        summary["occurrences"] += 1
+        per_activity["occurrences"] += 1
         for member, entry in members.items():
-            if entry.get("role") != "senior":
-                continue
-            minutes = seconds_in(entry, now) / 60
-            unique.add(member)
-            activity_unique.add(member)
-            figures.minutes += minutes
-            activity_figures.minutes += minutes
+            if entry.get("role") == "senior":
+                minutes = seconds_in(entry, now) / 60
+                for target in (summary, per_activity):
+                    target["minutes"][member] = target["minutes"].get(member, 0.0) + minutes
+    return summary
+
+
+def trends(
+    summaries: list[dict[str, Any]],
+    activities: dict[str, Activity],
+    seniors: dict[str, Senior],
+    districts: Iterable[str],
+) -> Trends:
+    """Per week (one summary each, oldest first): unique seniors taking part, occurrences
+    held, minutes of participation (seniors), family calls. Per activity and per district
+    over the whole period."""
+    weeks = []
+    per_activity: dict[str, tuple[Figures, set[str]]] = {}
+    per_district: dict[str, tuple[Figures, set[str]]] = {d: (Figures(), set()) for d in (*districts, "")}
+    for summary in summaries:
+        weeks.append((
+            dt.date.fromisoformat(summary["id"]),
+            Figures(
+                unique_seniors=len(summary["minutes"]) + summary["extra_participations"],
+                occurrences=summary["occurrences"],
+                minutes=sum(summary["minutes"].values()) + summary["extra_minutes"],
+                family_calls=summary["family_calls"],
+            ),
+        ))
+        for activity_id, part in summary["activities"].items():
+            figures, unique = per_activity.setdefault(activity_id, (Figures(), set()))
+            figures.occurrences += part["occurrences"]
+            figures.minutes += sum(part["minutes"].values()) + part["extra_minutes"]
+            figures.unique_seniors += part["extra_participations"]
+            unique.update(part["minutes"])
+        for member, minutes in summary["minutes"].items():
             senior = seniors.get(member)
-            district = senior.district if senior is not None else ""
-            district_figures, district_unique = per_district.setdefault(district, (Figures(), set()))
-            district_unique.add(member)
-            district_figures.minutes += minutes
-    for table in (weeks, per_activity, per_district):
-        for figures, unique in table.values():
-            figures.unique_seniors += len(unique)
+            figures, unique = per_district.setdefault(senior.district if senior is not None else "", (Figures(), set()))
+            figures.minutes += minutes
+            unique.add(member)
+    for figures, unique in (*per_activity.values(), *per_district.values()):
+        figures.unique_seniors += len(unique)
     return Trends(
-        weeks=[(week, figures) for week, (figures, _) in sorted(weeks.items())],
+        weeks=weeks,
         activities=sorted(
             ((activities.get(a), activities[a].title if a in activities else a, f) for a, (f, _) in per_activity.items()),
             key=lambda item: item[1].casefold(),
@@ -256,3 +278,58 @@ def named_rows(logs: Iterable[dict[str, Any]], activities: dict[str, Activity], 
             rows.append([when.strftime("%Y-%m-%d %H:%M"), title, senior.id, senior.name, senior.district,
                          joined.strftime("%H:%M"), round(seconds_in(entry, now) / 60)])
     return rows
+
+
+# Finished weeks' summaries (summarize_week), kept in the store.
+WEEK_SUMMARIES = "attendance_weeks"
+# A week counts as finished (its summary never changes) this long after its last
+# occurrence could have ended: late leaves, a dead node's reaping and resyncs are done.
+WEEK_SETTLE_S = 24 * 3600.0
+
+
+class WeekSummaries:
+    """The trends' source: one summary per week. A finished week's summary is made once
+    from its logs and kept in the store (record kind `attendance_weeks`, shared by every
+    node); the running week is summarized from its logs on each request. So a quarter's
+    trends read 13 small records and one week of logs, not 13 weeks of logs."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def finished(self, week: dt.date, now: float) -> bool:
+        end = local_day_bounds(week + dt.timedelta(days=6))[1]
+        return end + self.settings.attendance_late_s + WEEK_SETTLE_S <= now
+
+    async def weeks(self, first: dt.date, count: int, now: float) -> list[dict[str, Any]]:
+        weeks = [first + dt.timedelta(weeks=i) for i in range(count)]
+        found: dict[dt.date, dict[str, Any]] = {}
+        for week in weeks:
+            if self.finished(week, now):
+                stored = await self.store.get_record(WEEK_SUMMARIES, week.isoformat())
+                if stored is not None:
+                    found[week] = stored
+        missing = [w for w in weeks if w not in found]
+        if missing:
+            start = local_day_bounds(min(missing))[0]
+            end = local_day_bounds(max(missing) + dt.timedelta(days=6))[1]
+            by_week: dict[dt.date, list[dict[str, Any]]] = {w: [] for w in missing}
+            for log in await self.store.attendance_between(start, end):
+                week = week_start(local_date(float(log["start"])))
+                if week in by_week:
+                    by_week[week].append(log)
+            for week in missing:
+                found[week] = summarize_week(week, by_week[week], now)
+                if self.finished(week, now):
+                    await self.store.put_record(WEEK_SUMMARIES, week.isoformat(), found[week])
+        return [found[w] for w in weeks]
+
+    async def forget_before(self, cutoff: float) -> int:
+        """Retention: summaries hold senior ids, so those of weeks reaching back before the
+        cutoff go (they are made again from the reduced, anonymous logs when needed)."""
+        last = week_start(local_date(cutoff)) + dt.timedelta(weeks=1)
+        gone = 0
+        for record in await self.store.list_records(WEEK_SUMMARIES):
+            if dt.date.fromisoformat(record["id"]) < last:
+                gone += await self.store.delete_record(WEEK_SUMMARIES, record["id"])
+        return gone

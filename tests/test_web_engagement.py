@@ -213,3 +213,26 @@ async def test_vandaag_shows_the_first_of_a_long_reach_out_list_and_links_the_re
     assert full.count('class="person" id="reach-out-') == 33
     response = await web.post("/admin/reach-out/senior-29/called", {"note": "", "from": "list"})
     assert response.headers["Location"] == "/admin/reach-out#reach-out-senior-29"
+
+
+async def test_finished_weeks_are_summarized_once_and_retention_forgets_them(coordinator: tuple[Web, Any, Clock]) -> None:
+    from server.engagement import WEEK_SUMMARIES, WeekSummaries
+
+    web, app, clock = coordinator
+    store = app[STORE_KEY]
+    await _stay(app, "senior-a", local(2026, 3, 17, 10, 0), local(2026, 3, 17, 10, 45))
+    clock.set(local(2026, 4, 1, 12, 0))
+    await web.get("/admin/trends?weeks=4")
+    stored = {r["id"] for r in await store.list_records(WEEK_SUMMARIES)}
+    assert stored == {"2026-03-09", "2026-03-16", "2026-03-23"}  # not the running week
+    assert (await store.get_record(WEEK_SUMMARIES, "2026-03-16"))["minutes"] == {"senior-a": 45.0}
+    # The kept summary is what the page shows from now on (the logs are not read again).
+    await store.put_record(WEEK_SUMMARIES, "2026-03-16", {**(await store.get_record(WEEK_SUMMARIES, "2026-03-16")),
+                                                          "family_calls": 7})
+    assert "week 12 (16-03-2026) 1 1 45 7" in text_of(await web.get("/admin/trends?weeks=4"))
+    # A week ending less than a day (plus the late window) ago is not final yet.
+    summaries = WeekSummaries(store, app[SETTINGS_KEY])
+    assert not summaries.finished(dt.date(2026, 3, 23), local(2026, 3, 30, 12, 0).timestamp())
+    assert summaries.finished(dt.date(2026, 3, 23), local(2026, 3, 31, 2, 0).timestamp())
+    assert await summaries.forget_before(local(2026, 3, 18, 0, 0).timestamp()) == 2
+    assert {r["id"] for r in await store.list_records(WEEK_SUMMARIES)} == {"2026-03-23"}

@@ -28,6 +28,7 @@ from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.attendance import Attendance, local_day_bounds
 from server.directory import DISTRICTS, MAX_TEXT, Activity, Directory, Kiosk, Senior
 from server.engagement import (
+    WeekSummaries,
     kiosks_needing_attention,
     local_date,
     named_rows,
@@ -159,15 +160,14 @@ def _weeks(request: web.Request) -> int:
     return default
 
 
-async def _trends(request: web.Request, weeks: int) -> tuple[Any, dict[str, Activity], dict[str, Senior], list[dict[str, Any]], float]:
+async def _trends(request: web.Request, weeks: int) -> Any:
     now = _now(request)
     directory = _dir(request)
     first = week_start(local_date(now)) - dt.timedelta(weeks=weeks - 1)
-    start = local_day_bounds(first)[0]
-    logs = await request.app[STORE_KEY].attendance_between(start, now + 1)
+    summaries = await WeekSummaries(request.app[STORE_KEY], request.app[SETTINGS_KEY]).weeks(first, weeks, now)
     activities = {a.id: a for a in await directory.list(Activity)}
     seniors = {s.id: s for s in await directory.list(Senior)}
-    return trends(logs, activities, seniors, first, weeks, now, DISTRICTS), activities, seniors, logs, now
+    return trends(summaries, activities, seniors, DISTRICTS)
 
 
 def _week_label(week: dt.date) -> str:
@@ -177,7 +177,7 @@ def _week_label(week: dt.date) -> str:
 @coordinator
 async def trends_page(request: web.Request) -> web.Response:
     weeks = _weeks(request)
-    figures, *_ = await _trends(request, weeks)
+    figures = await _trends(request, weeks)
     _ = gettext_for(language_of(request))
     labels = [_week_label(w) for w, _f in figures.weeks]
     first, last = figures.weeks[0][0], figures.weeks[-1][0]
@@ -239,7 +239,7 @@ def _csv_response(rows: list[list[Any]], filename: str) -> web.Response:
 @coordinator
 async def trends_csv(request: web.Request) -> web.Response:
     weeks = _weeks(request)
-    figures, *_ = await _trends(request, weeks)
+    figures = await _trends(request, weeks)
     rows: list[list[Any]] = [["section", "week_start", "name", "unique_seniors", "occurrences", "minutes", "family_calls"]]
     for week, f in figures.weeks:
         rows.append(["week", week.isoformat(), f"{week.isocalendar().year}-W{week.isocalendar().week:02d}", *f.row()])
@@ -255,7 +255,12 @@ async def named_export(request: web.Request) -> web.Response:
     data = form(request)
     raw = str(data.get("weeks", ""))
     weeks = int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_WEEKS else request.app[SETTINGS_KEY].trend_weeks
-    _figures, activities, seniors, logs, now = await _trends(request, weeks)
+    now = _now(request)
+    directory = _dir(request)
+    first = week_start(local_date(now)) - dt.timedelta(weeks=weeks - 1)
+    logs = await request.app[STORE_KEY].attendance_between(local_day_bounds(first)[0], now + 1)
+    activities = {a.id: a for a in await directory.list(Activity)}
+    seniors = {s.id: s for s in await directory.list(Senior)}
     rows: list[list[Any]] = [["occurrence", "activity", "senior_id", "senior", "district", "joined", "minutes"]]
     rows += named_rows(logs, activities, seniors, now)
     await _dir(request).audit(current_account(request).id, "export", "attendance", f"{weeks} weeks", [])
@@ -282,6 +287,7 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
                     now = app[ENGAGEMENT_CLOCK]()
                     cutoff = now - settings.attendance_retention_days * 86400
                     await Attendance(settings, store).reduce_older_than(cutoff, now)
+                    await WeekSummaries(store, settings).forget_before(cutoff)
             except StoreUnavailable:
                 logger.warning("store unavailable: attendance retention postponed")
             except Exception:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Durable directory collections. Later features store typed records in these.
-DIRECTORY_KINDS = ("people", "kiosks", "contacts", "activities", "audit", "pairings", "missed_calls", "reach_out")
+DIRECTORY_KINDS = ("people", "kiosks", "contacts", "activities", "audit", "pairings", "missed_calls", "reach_out", "attendance_weeks")
 
 EventHandler = Callable[[dict[str, Any]], None]
 
