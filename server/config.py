@@ -150,6 +150,8 @@ class Settings:
     reach_out_days: int = 7
     # "Vandaag" shows this many of them; the whole list is one click away.
     reach_out_on_today: int = 20
+    # The full list at /admin/reach-out, this many a page.
+    reach_out_page_size: int = 50
     # Trends and the aggregated export cover this many weeks by default (a quarter).
     trend_weeks: int = 13
 

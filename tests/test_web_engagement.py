@@ -211,8 +211,29 @@ async def test_vandaag_shows_the_first_of_a_long_reach_out_list_and_links_the_re
     assert "Alle 33 senioren om te bellen" in text_of(page)  # 30 + Aaltje, Bep, Oma Riet
     full = await web.get("/admin/reach-out")
     assert full.count('class="person" id="reach-out-') == 33
-    response = await web.post("/admin/reach-out/senior-29/called", {"note": "", "from": "list"})
-    assert response.headers["Location"] == "/admin/reach-out#reach-out-senior-29"
+    response = await web.post("/admin/reach-out/senior-29/called", {"note": "", "from": "list", "page": "1"})
+    assert response.headers["Location"] == "/admin/reach-out?page=1#reach-out-senior-29"
+
+
+async def test_the_full_reach_out_list_comes_in_pages(tmp_path: Path, aiohttp_client: Any) -> None:
+    app = create_app(make_settings(tmp_path, reach_out_page_size=2))
+    app[ENGAGEMENT_CLOCK] = Clock(MORNING)
+    client: TestClient = await aiohttp_client(app)
+    await seed(app)
+    directory: Directory = app[DIRECTORY_KEY]
+    for sid in ("senior-a", "senior-b", "senior-c"):
+        await directory.put(Senior(id=sid, name=sid.upper()), actor="test")
+    await directory.put(KOFFIE, actor="test")
+    await Attendance(app[SETTINGS_KEY], app[STORE_KEY]).joined(
+        KOFFIE.id, KOFFIE, "senior-c", "senior", MORNING.timestamp() - 9 * 86400, at=MORNING.timestamp() - 9 * 86400)
+    web = Web(client)
+    await web.login("carla")
+    pages = [text_of(await web.get(f"/admin/reach-out?page={n}")) for n in (1, 2, 3)]
+    assert "Pagina 1 van 2 (4 senioren)" in pages[0] and "Volgende pagina" in pages[0]
+    # Never took part first (by name), then the longest ago: Oma Riet, A | B, C.
+    assert "Oma Riet" in pages[0] and "SENIOR-A" in pages[0] and "SENIOR-C" not in pages[0]
+    assert "SENIOR-B" in pages[1] and "SENIOR-C" in pages[1] and "Vorige pagina" in pages[1]
+    assert pages[2] == pages[1]  # past the end: the last page
 
 
 async def test_finished_weeks_are_summarized_once_and_retention_forgets_them(coordinator: tuple[Web, Any, Clock]) -> None:

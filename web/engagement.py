@@ -111,12 +111,22 @@ async def _reach_out(request: web.Request, seniors: Any, activities: list[Activi
 
 @coordinator
 async def reach_out_page(request: web.Request) -> web.Response:
+    """The whole list, in pages: nobody calls hundreds of people in one morning, and a
+    page of a few dozen stays quick with thousands of seniors."""
     directory = _dir(request)
     now = _now(request)
+    everyone = await _reach_out(request, await directory.list(Senior), await directory.list(Activity), now)
+    size = request.app[SETTINGS_KEY].reach_out_page_size
+    pages = max(1, -(-len(everyone) // size))
+    raw = request.query.get("page", "1")
+    page = min(int(raw), pages) if raw.isdigit() and int(raw) >= 1 else 1
     return render(
         request,
         "admin/reach_out.html",
-        reach_out=await _reach_out(request, await directory.list(Senior), await directory.list(Activity), now),
+        reach_out=everyone[(page - 1) * size : page * size],
+        total=len(everyone),
+        page=page,
+        pages=pages,
         reach_out_days=request.app[SETTINGS_KEY].reach_out_days,
     )
 
@@ -145,7 +155,8 @@ async def reach_out_called(request: web.Request) -> web.Response:
     )
     await directory.audit(account.id, "called", "people", senior.id, [], note=note)
     request["session"]["flash"] = N_("Noted: called.")
-    back = "/admin/reach-out" if data.get("from") == "list" else "/admin"
+    page = str(data.get("page", ""))
+    back = f"/admin/reach-out?page={page}" if data.get("from") == "list" and page.isdigit() else "/admin"
     return redirect(f"{back}#reach-out-{senior.id}")
 
 
