@@ -192,7 +192,8 @@ def summarize_week(week: dt.date, logs: Iterable[dict[str, Any]], now: float) ->
         if log.get("kind") != ACTIVITY:
             continue
         per_activity = summary["activities"].setdefault(
-            log.get("activity_id", ""), {"occurrences": 0, "minutes": {}, "extra_participations": 0, "extra_minutes": 0.0}
+            log.get("activity_id", ""),
+            {"occurrences": 0, "seniors": [], "minutes": 0.0, "extra_participations": 0, "extra_minutes": 0.0},
         )
         if log.get("reduced"):
             counts = log["counts"]
@@ -211,8 +212,13 @@ def summarize_week(week: dt.date, logs: Iterable[dict[str, Any]], now: float) ->
         for member, entry in members.items():
             if entry.get("role") == "senior":
                 minutes = seconds_in(entry, now) / 60
-                for target in (summary, per_activity):
-                    target["minutes"][member] = target["minutes"].get(member, 0.0) + minutes
+                summary["minutes"][member] = summary["minutes"].get(member, 0.0) + minutes
+                per_activity["minutes"] += minutes
+                per_activity["seniors"].append(member)
+    # Kept small: a quarter's trends read thirteen of these.
+    summary["minutes"] = {m: round(v, 1) for m, v in summary["minutes"].items()}
+    for part in summary["activities"].values():
+        part["seniors"] = sorted(set(part["seniors"]))
     return summary
 
 
@@ -226,6 +232,7 @@ def trends(
     held, minutes of participation (seniors), family calls. Per activity and per district
     over the whole period."""
     weeks = []
+    district_of = {senior_id: senior.district for senior_id, senior in seniors.items()}
     per_activity: dict[str, tuple[Figures, set[str]]] = {}
     per_district: dict[str, tuple[Figures, set[str]]] = {d: (Figures(), set()) for d in (*districts, "")}
     for summary in summaries:
@@ -241,12 +248,11 @@ def trends(
         for activity_id, part in summary["activities"].items():
             figures, unique = per_activity.setdefault(activity_id, (Figures(), set()))
             figures.occurrences += part["occurrences"]
-            figures.minutes += sum(part["minutes"].values()) + part["extra_minutes"]
+            figures.minutes += part["minutes"] + part["extra_minutes"]
             figures.unique_seniors += part["extra_participations"]
-            unique.update(part["minutes"])
+            unique.update(part["seniors"])
         for member, minutes in summary["minutes"].items():
-            senior = seniors.get(member)
-            figures, unique = per_district.setdefault(senior.district if senior is not None else "", (Figures(), set()))
+            figures, unique = per_district.setdefault(district_of.get(member, ""), (Figures(), set()))
             figures.minutes += minutes
             unique.add(member)
     for figures, unique in (*per_activity.values(), *per_district.values()):
