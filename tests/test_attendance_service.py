@@ -141,3 +141,40 @@ async def test_embedded_store_restart_keeps_and_continues_attendance(tmp_path: P
         assert len(stay) == 2 and stay[1] >= stay[0]
     finally:
         await test_server.close()
+
+
+async def test_a_network_cut_longer_than_the_grace_is_still_one_stay(tmp_path: Path) -> None:
+    """The kiosk's network is gone past the resume grace: its session ends (the stay
+    closes), it joins again a little later: the same stay reopens, no second visit."""
+    import aiohttp
+
+    app = create_app(make_settings(tmp_path, resume_grace_s=0.2))
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    try:
+        running = RunningServer(app, str(test_server.make_url("")).rstrip("/"), app[ISSUER_KEY])
+        await _activity(running)
+        store = app[STORE_KEY]
+        token = running.token(role="senior", room=ROOM, name="A", participant_id="senior-a")
+        async with aiohttp.ClientSession() as http:
+            cut = await http.ws_connect(running.url + "/ws")
+            await join(WsClient(cut), token, ROOM)
+            await cut.close()  # the cut: no leave, no resume
+
+            async def closed() -> bool:
+                logs = await _logs(store)
+                return bool(logs) and len(logs[0]["members"]["senior-a"]["iv"][-1]) == 2
+
+            await _wait(closed)  # the grace ran out: the stay was closed
+            back = await http.ws_connect(running.url + "/ws")
+            await join(WsClient(back), token, ROOM)
+
+            async def reopened() -> bool:
+                return len((await _logs(store))[0]["members"]["senior-a"]["iv"][-1]) == 1
+
+            await _wait(reopened)
+            (log,) = await _logs(store)
+            assert len(log["members"]["senior-a"]["iv"]) == 1
+            await back.close()
+    finally:
+        await test_server.close()
