@@ -54,10 +54,10 @@ def nice_ceiling(value: float) -> float:
 
 def axis_top(values: list[float]) -> float:
     """The value axis' end: a nice number that four whole-number steps divide, for counts."""
-    top = nice_ceiling(max(values, default=0))
-    if all(float(v).is_integer() for v in values) and not (top / 4).is_integer():
-        top = 4 * math.ceil(top / 4)
-    return top
+    highest = max(values, default=0)
+    if all(float(v).is_integer() for v in values):
+        return 4.0 * math.ceil(nice_ceiling(highest / 4))
+    return nice_ceiling(highest)
 
 
 def bar_chart(chart_id: str, title: str, description: str, labels: list[str], values: list[float]) -> BarChart:
