@@ -137,3 +137,48 @@ async def test_kill_9_of_the_rooms_node_loses_no_stay_and_counts_nobody_twice(
 
         final = await _until(all_closed, 10, "every stay closed")
         assert all(len(e["iv"]) == 1 for e in final["members"].values())
+
+
+async def test_a_host_on_one_node_rings_a_kiosk_on_the_other(
+    cluster: tuple[list[Node], str], redis_server: RedisServer  # noqa: F811
+) -> None:
+    from server.directory import Directory, Senior
+    from server.pairing import confirm_pairing
+
+    (n1, n2), prefix = cluster
+    store = RedisStore(redis_server.url, node_id="setup", prefix=prefix)
+    await store.open()
+    directory = Directory(store)
+    try:
+        await directory.put(Senior(id="senior-a", name="Mevrouw Jansen"), actor="test")
+        await directory.put(Activity(id=ROOM, title="Gym", enrolled=["senior-a"]), actor="test")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(n2.url + "/api/kiosk/pair") as r:
+                started = await r.json()
+            await confirm_pairing(store, directory, started["code"], "senior-a", actor="test")
+            async with http.get(n2.url + f"/api/kiosk/pair/{started['pairing_id']}",
+                                headers={"X-Pairing-Secret": started["secret"]}) as r:
+                credential = await r.json()
+            host = await http.ws_connect(n1.url + "/ws")
+            token = TokenIssuer(TEST_SECRET).issue(role="host", room=ROOM, name="Ingrid", participant_id="host-1")
+            await host.send_json({"type": "hello", "v": 1, "token": token})
+            await host.send_json({"type": "join", "room": ROOM})
+            while (joined := await host.receive_json(timeout=10))["type"] != "joined":
+                pass
+            assert joined["enrolled"] == [{"id": "senior-a", "name": "Mevrouw Jansen"}]
+            # The kiosk's device channel on the node that does not hold the room.
+            owner = await store.room_owner(ROOM)
+            other = n2 if owner == "n1" else n1
+            assert owner in ("n1", "n2") and other.name != owner
+            device = await http.ws_connect(other.url + "/ws")
+            await device.send_json({"type": "hello", "v": 1, "device": credential})
+            assert (await device.receive_json(timeout=10))["type"] == "device_welcome"
+            await host.send_json({"type": "invite_senior", "senior_id": "senior-a", "id": "ring"})
+            while (reply := await host.receive_json(timeout=10))["type"] not in ("invite_sent", "error"):
+                pass
+            assert reply["type"] == "invite_sent" and reply["kiosks"] == 1, reply
+            while (message := await device.receive_json(timeout=10))["type"] != "activity_invite":
+                pass
+            assert message["activity_id"] == ROOM and message["host"] == "Ingrid"
+    finally:
+        await store.close()
