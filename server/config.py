@@ -144,6 +144,10 @@ class Settings:
     attendance_max_intervals: int = 50
     # After this many days records keep only anonymous counts (no ids, no times per person).
     attendance_retention_days: int = 365
+    # How often one node applies the retention (a store lock makes it one node at a time).
+    attendance_retention_interval_s: float = 3600.0
+    # "Vandaag" asks for fresh numbers this often while it is open.
+    today_poll_s: float = 5.0
     # "Vandaag": a kiosk offline longer than this needs a visit.
     kiosk_attention_offline_s: float = 24 * 3600.0
     # The reach-out list: enrolled seniors without an activity or family call this many days.

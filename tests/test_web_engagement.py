@@ -257,3 +257,20 @@ async def test_finished_weeks_are_summarized_once_and_retention_forgets_them(coo
     assert summaries.finished(dt.date(2026, 3, 23), local(2026, 3, 31, 2, 0).timestamp())
     assert await summaries.forget_before(local(2026, 3, 18, 0, 0).timestamp()) == 2
     assert {r["id"] for r in await store.list_records(WEEK_SUMMARIES)} == {"2026-03-23"}
+
+
+async def test_the_retention_job_runs_by_itself(tmp_path: Path, aiohttp_client: Any) -> None:
+    import asyncio
+
+    app = create_app(make_settings(tmp_path, attendance_retention_interval_s=0.2))
+    clock = Clock(MORNING)
+    app[ENGAGEMENT_CLOCK] = clock
+    await aiohttp_client(app)
+    await _stay(app, "senior-a", local(2025, 3, 1, 10, 0), local(2025, 3, 1, 11, 0))  # 13 months before MORNING
+    store = app[STORE_KEY]
+    for _ in range(50):
+        (log,) = await store.attendance_between(0, clock())
+        if log.get("reduced"):
+            break
+        await asyncio.sleep(0.1)
+    assert log.get("reduced") and "members" not in log

@@ -14,6 +14,7 @@ control time. Every route is for coordinators only.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -50,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 ENGAGEMENT_CLOCK = web.AppKey("engagement_clock", Callable[[], float])
 MAX_WEEKS = 53
-# Today's page asks the JSON this often (milliseconds).
-TODAY_POLL_MS = 5000
 NO_DISTRICT = N_("No district filled in")
 
 
@@ -97,7 +96,7 @@ async def today(request: web.Request) -> web.Response:
         offline_hours=round(settings.kiosk_attention_offline_s / 3600),
         check_titles=SELFTEST_TITLES,
         check_status=SELFTEST_STATUS,
-        poll_ms=TODAY_POLL_MS,
+        poll_ms=int(settings.today_poll_s * 1000),
         now=now,
     )
 
@@ -281,20 +280,17 @@ async def named_export(request: web.Request) -> web.Response:
 # --- retention -------------------------------------------------------------------------------
 
 
-RETENTION_INTERVAL_S = 3600.0
-
-
 async def _retention(app: web.Application) -> AsyncIterator[None]:
-    """Hourly, one node at a time (a store lock): logs older than the retention period
-    keep only anonymous counts."""
-    import asyncio
+    """Every `attendance_retention_interval_s` (hourly), one node at a time (a store lock):
+    logs older than the retention period keep only anonymous counts."""
 
     async def run() -> None:
         while True:
             try:
                 store = app[STORE_KEY]
                 settings = app[SETTINGS_KEY]
-                if await store.acquire_lock("attendance-retention", RETENTION_INTERVAL_S / 2):
+                interval = settings.attendance_retention_interval_s
+                if await store.acquire_lock("attendance-retention", interval / 2):
                     now = app[ENGAGEMENT_CLOCK]()
                     cutoff = now - settings.attendance_retention_days * 86400
                     await Attendance(settings, store).reduce_older_than(cutoff, now)
@@ -302,8 +298,8 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
             except StoreUnavailable:
                 logger.warning("store unavailable: attendance retention postponed")
             except Exception:
-                logger.exception("attendance retention failed; trying again in an hour")
-            await asyncio.sleep(RETENTION_INTERVAL_S)
+                logger.exception("attendance retention failed; trying again next round")
+            await asyncio.sleep(app[SETTINGS_KEY].attendance_retention_interval_s)
 
     task = asyncio.ensure_future(run())
     yield
