@@ -251,6 +251,11 @@ class Directory:
             return None
         return _from_dict(cls, data)
 
+    async def get_many(self, cls: type[Record], record_ids: list[str]) -> list[Record]:
+        """The records that exist, in the order asked."""
+        found = await self.store.get_records(_COLLECTIONS[cls], record_ids)
+        return [_from_dict(cls, data) for data in found if data is not None and _is(cls, data)]
+
     async def list(self, cls: type[Record]) -> list[Record]:
         return [
             _from_dict(cls, data)

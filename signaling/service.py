@@ -600,8 +600,7 @@ class SignalingService:
         activity = await self._activity(room)
         if activity is None:
             return None
-        seniors = [await self.directory.get(Senior, senior_id) for senior_id in activity.enrolled]
-        return [{"id": s.id, "name": s.name} for s in seniors if s is not None]
+        return [{"id": s.id, "name": s.name} for s in await self.directory.get_many(Senior, activity.enrolled)]
 
     async def _invite_senior(self, session: Session, senior_id: str, ref: str | None) -> None:
         """Rings the senior's kiosks with an invitation; the kiosk shows it and sends

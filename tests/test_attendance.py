@@ -186,3 +186,11 @@ def test_a_family_call_is_the_overlap_of_senior_and_contact() -> None:
     lonely = {"id": "c:2", "kind": "call", "start": T0}
     attend_in(lonely, "senior-a", "senior", T0, LIMITS)
     assert call_between(lonely, T0 + 10) is None
+
+
+async def test_records_by_id_in_one_call(store: Store) -> None:
+    await store.put_record("people", "b", {"id": "b", "kind": "senior", "name": "B"})
+    await store.put_record("people", "a", {"id": "a", "kind": "senior", "name": "A"})
+    assert await store.get_records("people", ["a", "missing", "b"]) == [
+        {"id": "a", "kind": "senior", "name": "A"}, None, {"id": "b", "kind": "senior", "name": "B"}]
+    assert await store.get_records("people", []) == []

@@ -269,6 +269,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_records(self, kind: str) -> list[dict[str, Any]]: ...
 
+    async def get_records(self, kind: str, record_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Several records by id, in order (None where missing); Redis asks in one round trip."""
+        return [await self.get_record(kind, record_id) for record_id in record_ids]
+
     @abc.abstractmethod
     async def delete_record(self, kind: str, record_id: str) -> bool: ...
 

@@ -891,6 +891,14 @@ class RedisStore(Store):
             raw = await self._redis.hget(self._directory_key(kind), record_id)
         return json.loads(raw) if raw is not None else None
 
+    async def get_records(self, kind: str, record_ids: list[str]) -> list[dict[str, Any] | None]:
+        check_kind(kind)
+        if not record_ids:
+            return []
+        with _unavailable():
+            values = await self._redis.hmget(self._directory_key(kind), record_ids)
+        return [json.loads(v) if v is not None else None for v in values]
+
     async def list_records(self, kind: str) -> list[dict[str, Any]]:
         check_kind(kind)
         with _unavailable():
