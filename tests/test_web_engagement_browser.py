@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from kiosk_client.appliance import Mode
 from kiosk_client.clock import DEFAULT_TIMEZONE
 from server.app import SETTINGS_KEY, STORE_KEY
 from server.attendance import Attendance
-from server.directory import Activity, Senior
+from server.directory import Activity, Kiosk, Senior
 
 from .browser_helpers import DESKTOP, check_accessibility, ensure_axe, jsonable, launch, open_tab, start_site
 from .kiosk_support import eventually, kiosk_config, provision, real_clock, running_kiosk, screenshot, seed as seed_kiosk
@@ -63,7 +64,10 @@ async def test_vandaag_live_host_rings_a_missing_senior_and_trends_are_accessibl
             await seed_kiosk(site, activity_start=dt.datetime.now(DEFAULT_TIMEZONE) - dt.timedelta(minutes=5))  # type: ignore[arg-type]
             directory = site.directory
             districts = ["Almere Haven", "Almere Buiten", "Almere Stad", "Almere Poort", "Oosterwold", ""]
-            extra = [Senior(id=f"senior-{i}", name=f"Senior {i}", district=districts[i % 6]) for i in range(12)]
+            names = ["Jan Bakker", "Riet de Jong", "Kees Visser", "Ans Smit", "Henk Mulder", "Truus Bos", "Wim Meijer",
+                     "Gerda de Wit", "Piet Dekker", "Corrie Brouwer", "Bert van Dijk", "Mien Peters"]
+            extra = [Senior(id=f"senior-{i}", name=names[i], district=districts[i % 6],
+                            phone=f"036 52{i:02d} 311" if i % 2 else "") for i in range(12)]
             for senior in extra:
                 await directory.put(senior, actor="test")
             gym = await directory.get(Activity, "a-gym")
@@ -74,6 +78,12 @@ async def test_vandaag_live_host_rings_a_missing_senior_and_trends_are_accessibl
             await directory.put(koor, actor="test")
             await _history(site, extra, [gym, koor])
             await provision(site, tmp_path / "kiosk")  # type: ignore[arg-type]
+            # A kiosk to visit: offline for two days, and its microphone failed the last self-test.
+            failed = {"at": time.time() - 2 * 86400, "result": {"ok": False, "checks": {
+                "microphone": {"status": "failed", "message": {"nl": "De microfoon geeft geen geluid.", "en": "No sound."}}}}}
+            await directory.put(Kiosk(id="kiosk-visit", senior_id="senior-3", name="Kiosk Ans", paired_at=time.time() - 90 * 86400,
+                                      last_seen=time.time() - 2 * 86400 - 3600, software_version="0.1.0",
+                                      last_selftest=failed), actor="test")
 
             async with running_kiosk(kiosk_config(site.url, tmp_path / "kiosk"), real_clock()) as kiosk:
                 await eventually(lambda: kiosk.model.mode is Mode.HOME, 20, "the kiosk at home")
@@ -120,6 +130,10 @@ async def test_vandaag_live_host_rings_a_missing_senior_and_trends_are_accessibl
                                       until=lambda n: n == 2, what="Mevrouw Jansen no longer missing")
                 await office.wait_for("document.querySelector('tr[data-occurrence*=\"a-gym\"] [data-field=present]').textContent",
                                       until=lambda t: t == "1", what="present now: 1", timeout_s=20)
+                await office.page.reload()
+                # She took part today: no longer on the list of seniors to call.
+                assert "Mevrouw Jansen" not in await office.text(".reach-out")
+                assert "Microfoon: werkt niet" in await office.text(".attention")
                 problems["vandaag"] = await check_accessibility(office, axe, "vandaag")
                 await office.screenshot("admin-today")
 
