@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from .schedule import AMSTERDAM
 from .store import Store
 from .store.base import AttendanceLimits
 
+# A family call's room (signaling/devices.py makes them): "call-<call id>".
 CALL_ROOM_PREFIX = "call-"
 ACTIVITY = "activity"
 CALL = "call"
@@ -183,10 +183,7 @@ class Attendance:
         log, member, _ = found
         await self.store.depart(log["id"], member, round(time.time() if at is None else at, 3))
 
-    # --- reading ------------------------------------------------------------------------------
-
-    async def logs_between(self, start_from: float, start_to: float) -> list[dict[str, Any]]:
-        return await self.store.attendance_between(start_from, start_to)
+    # --- retention ----------------------------------------------------------------------------
 
     async def reduce_older_than(self, cutoff: float, now: float) -> int:
         """Retention: logs that started before `cutoff` keep only anonymous counts.
@@ -222,7 +219,3 @@ def reduce_log(log: dict[str, Any], now: float) -> dict[str, Any]:
         counts["call_happened"] = between is not None
     kept = {k: log[k] for k in ("id", "kind", "activity_id", "start", "end", "scheduled") if k in log}
     return {**kept, "reduced": True, "counts": counts}
-
-
-def member_ids(logs: Iterable[dict[str, Any]], role: str) -> set[str]:
-    return {m for log in logs for m, e in (log.get("members") or {}).items() if e.get("role") == role}

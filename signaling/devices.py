@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.attendance import CALL_ROOM_PREFIX
 from server.config import Settings
 from server.directory import Activity, Contact, Directory, Kiosk, Senior
 from server.invites import InviteError, named_secret, resolve_invite
@@ -36,8 +37,6 @@ from .session import Connection
 from .tokens import TokenIssuer
 
 logger = logging.getLogger(__name__)
-
-CALL_ROOM_PREFIX = "call-"
 
 
 def device_channel(kiosk_id: str) -> str:
