@@ -3,6 +3,7 @@
 The room's owner is killed while three enrolled seniors are in the activity; two come back
 through the other node, one does not. Nobody is counted twice, no stay is lost, and the
 one who did not come back has their stay closed by the node that reaps the dead one.
+And a host on the room's node rings a kiosk whose device channel is on the other node.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from server.directory import Activity
 from server.store.redis import RedisStore

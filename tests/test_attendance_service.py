@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestServer
 
 from server.app import DIRECTORY_KEY, ISSUER_KEY, STORE_KEY, create_app
