@@ -96,8 +96,16 @@ def anonymous_member(log_id: str, participant_id: str) -> str:
     return f"anon-{digest}"
 
 
+def open_until(log: dict[str, Any], now: float) -> float:
+    """Until when a stay still open in this log counts: now, but never past the log's
+    `until` — a stay whose leave was never recorded (a single node that crashed, the
+    store away at that moment) must not grow for ever."""
+    until = log.get("until")
+    return min(now, until) if isinstance(until, (int, float)) and not isinstance(until, bool) else now
+
+
 def stays(entry: dict[str, Any], now: float) -> list[tuple[float, float]]:
-    """A member's stays as (from, to); an open one runs until `now`."""
+    """A member's stays as (from, to); an open one runs until `now` (see open_until)."""
     return [(iv[0], iv[1] if len(iv) > 1 else max(now, iv[0])) for iv in entry.get("iv", ())]
 
 
@@ -105,9 +113,9 @@ def seconds_in(entry: dict[str, Any], now: float) -> float:
     return sum(to - start for start, to in stays(entry, now))
 
 
-def is_present(entry: dict[str, Any]) -> bool:
+def is_present(entry: dict[str, Any], log: dict[str, Any], now: float) -> bool:
     intervals = entry.get("iv") or [[0, 0]]
-    return len(intervals[-1]) == 1
+    return len(intervals[-1]) == 1 and open_until(log, now) >= now
 
 
 def call_between(log: dict[str, Any], now: float) -> tuple[str, str, float, float] | None:
@@ -120,6 +128,7 @@ def call_between(log: dict[str, Any], now: float) -> tuple[str, str, float, floa
         return None
     overlap = 0.0
     first = None
+    now = open_until(log, now)
     for a_from, a_to in stays(senior[1], now):
         for b_from, b_to in stays(family[1], now):
             start, end = max(a_from, b_from), min(a_to, b_to)
@@ -146,7 +155,11 @@ class Attendance:
     ) -> tuple[dict[str, Any], str, str] | None:
         """(log skeleton, member key, member role) or None for rooms nobody counts."""
         if room.startswith(CALL_ROOM_PREFIX):
-            log = {"id": f"c:{room[len(CALL_ROOM_PREFIX):]}", "kind": CALL, "start": round(joined_at, 3), "end": None}
+            start = round(joined_at, 3)
+            log = {
+                "id": f"c:{room[len(CALL_ROOM_PREFIX):]}", "kind": CALL, "start": start, "end": None,
+                "until": start + self.settings.attendance_call_cap_s,
+            }
             if role in ("senior", "family"):
                 return log, participant_id, role
             return None
@@ -159,6 +172,7 @@ class Attendance:
             "activity_id": activity.id,
             "start": occurrence.start,
             "end": occurrence.end,
+            "until": occurrence.end + self.settings.attendance_late_s,
             "scheduled": occurrence.scheduled,
         }
         if role == "senior":
@@ -205,7 +219,7 @@ def reduce_log(log: dict[str, Any], now: float) -> dict[str, Any]:
         role = entry.get("role")
         if role == "senior":
             counts["seniors"] += 1
-            counts["senior_minutes"] += seconds_in(entry, now) / 60
+            counts["senior_minutes"] += seconds_in(entry, open_until(log, now)) / 60
         elif role == "family":
             counts["family"] += 1
         elif role in ("host", "admin"):
@@ -217,5 +231,5 @@ def reduce_log(log: dict[str, Any], now: float) -> dict[str, Any]:
         between = call_between(log, now)
         counts["call_minutes"] = round(between[3] / 60, 1) if between else 0.0
         counts["call_happened"] = between is not None
-    kept = {k: log[k] for k in ("id", "kind", "activity_id", "start", "end", "scheduled") if k in log}
+    kept = {k: log[k] for k in ("id", "kind", "activity_id", "start", "end", "until", "scheduled") if k in log}
     return {**kept, "reduced": True, "counts": counts}

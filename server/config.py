@@ -139,6 +139,9 @@ class Settings:
     # to that occurrence; other joins make an unscheduled occurrence of their own day.
     attendance_early_s: float = 30 * 60.0
     attendance_late_s: float = 60 * 60.0
+    # A stay whose leave was never recorded (a lone node crashed) counts until its
+    # occurrence's window ends; in a family call, at most this long.
+    attendance_call_cap_s: float = 6 * 3600.0
     # Bounds of one occurrence's record: people in it, stays per person.
     attendance_max_members: int = 500
     attendance_max_intervals: int = 50

@@ -12,7 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .attendance import ACTIVITY, CALL, Occurrence, call_between, is_present, local_day_bounds, occurrences_on, seconds_in
+from .attendance import (
+    ACTIVITY,
+    CALL,
+    Occurrence,
+    call_between,
+    is_present,
+    local_day_bounds,
+    occurrences_on,
+    open_until,
+    seconds_in,
+)
 from .config import Settings
 from .directory import Activity, Kiosk, Senior
 from .schedule import AMSTERDAM
@@ -68,7 +78,7 @@ def today_rows(activities: Iterable[Activity], logs: Iterable[dict[str, Any]], n
             log = by_id.get(occurrence.log_id)
             for entry in (log or {}).get("members", {}).values():
                 if entry.get("role") == "senior":
-                    if is_present(entry):
+                    if is_present(entry, log, now):
                         row.present += 1
                     else:
                         row.earlier += 1
@@ -211,7 +221,7 @@ def summarize_week(week: dt.date, logs: Iterable[dict[str, Any]], now: float) ->
         per_activity["occurrences"] += 1
         for member, entry in members.items():
             if entry.get("role") == "senior":
-                minutes = seconds_in(entry, now) / 60
+                minutes = seconds_in(entry, open_until(log, now)) / 60
                 summary["minutes"][member] = summary["minutes"].get(member, 0.0) + minutes
                 per_activity["minutes"] += minutes
                 per_activity["seniors"].append(member)
@@ -282,7 +292,7 @@ def named_rows(logs: Iterable[dict[str, Any]], activities: dict[str, Activity], 
             first = entry["iv"][0][0]
             joined = dt.datetime.fromtimestamp(first, dt.timezone.utc).astimezone(AMSTERDAM)
             rows.append([when.strftime("%Y-%m-%d %H:%M"), title, senior.id, senior.name, senior.district,
-                         joined.strftime("%H:%M"), round(seconds_in(entry, now) / 60)])
+                         joined.strftime("%H:%M"), round(seconds_in(entry, open_until(log, now)) / 60)])
     return rows
 
 

@@ -194,3 +194,25 @@ async def test_records_by_id_in_one_call(store: Store) -> None:
     assert await store.get_records("people", ["a", "missing", "b"]) == [
         {"id": "a", "kind": "senior", "name": "A"}, None, {"id": "b", "kind": "senior", "name": "B"}]
     assert await store.get_records("people", []) == []
+
+
+async def test_a_stay_never_closed_counts_only_until_the_occurrences_window(store: Store) -> None:
+    """A lone node crashed with the senior in: nobody records the leave. The stay must
+    not grow for ever, and the senior is not "present now" the next day."""
+    from server.engagement import summarize_week, today_rows, week_start
+
+    settings = Settings()
+    attendance = Attendance(settings, store)
+    await attendance.joined("activity-koffie", koffie(), "senior-a", "senior", T0, at=T0)
+    (log,) = await store.attendance_between(T0 - 1, T0 + 1)
+    assert log["until"] == T0 + 3600 + settings.attendance_late_s
+    during = T0 + 1800
+    assert seconds_in(log["members"]["senior-a"], during) == 1800
+    later = T0 + 30 * 86400
+    week = week_start(dt.datetime.fromtimestamp(T0, AMSTERDAM).date())
+    assert summarize_week(week, [log], later)["minutes"] == {"senior-a": 120.0}  # 60 min + the late hour
+    assert reduce_log(log, later)["counts"]["senior_minutes"] == 120.0
+    (row,) = [r for r in today_rows([koffie()], [log], during) if r.key == log["id"]]
+    assert row.present == 1
+    (row,) = [r for r in today_rows([koffie()], [log], T0 + 3 * 3600) if r.key == log["id"]]
+    assert row.present == 0
