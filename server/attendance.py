@@ -199,6 +199,23 @@ class Attendance:
 
     # --- retention ----------------------------------------------------------------------------
 
+    async def forget_senior(self, senior_id: str) -> int:
+        """A senior removed from the directory: in every log they are from now on an
+        anonymous member (still counted, never named again). Returns the logs changed.
+        A stay being recorded at this very moment may be lost: remove people who are not
+        in an activity."""
+        changed = 0
+        for log in await self.store.attendance_between(0.0, float("inf")):
+            members = log.get("members") or {}
+            if senior_id not in members:
+                continue
+            members[anonymous_member(log["id"], senior_id)] = members.pop(senior_id)
+            await self.store.replace_attendance(log)
+            changed += 1
+        await self.store.forget_engaged(senior_id)
+        return changed
+
+
     async def reduce_older_than(self, cutoff: float, now: float) -> int:
         """Retention: logs that started before `cutoff` keep only anonymous counts.
         Idempotent; returns how many logs were reduced now."""

@@ -340,6 +340,11 @@ class WeekSummaries:
                     await self.store.put_record(WEEK_SUMMARIES, week.isoformat(), found[week])
         return [found[w] for w in weeks]
 
+    async def forget_all(self) -> None:
+        """After a senior was removed: every summary may name them; made again when needed."""
+        for record in await self.store.list_records(WEEK_SUMMARIES):
+            await self.store.delete_record(WEEK_SUMMARIES, record["id"])
+
     async def forget_before(self, cutoff: float) -> int:
         """Retention: summaries hold senior ids, so those of weeks reaching back before the
         cutoff go (they are made again from the reduced, anonymous logs when needed)."""

@@ -274,3 +274,25 @@ async def test_the_retention_job_runs_by_itself(tmp_path: Path, aiohttp_client: 
             break
         await asyncio.sleep(0.1)
     assert log.get("reduced") and "members" not in log
+
+
+async def test_removing_a_senior_leaves_them_only_as_an_anonymous_count(coordinator: tuple[Web, Any, Clock]) -> None:
+    from server.engagement import WEEK_SUMMARIES
+
+    web, app, clock = coordinator
+    store = app[STORE_KEY]
+    await _stay(app, "senior-a", local(2026, 3, 17, 10, 0), local(2026, 3, 17, 10, 45))
+    await _stay(app, "senior-b", local(2026, 3, 17, 10, 0), local(2026, 3, 17, 10, 30))
+    clock.set(local(2026, 4, 1, 12, 0))
+    await web.get("/admin")
+    assert (await web.post("/admin/reach-out/senior-a/called", {"note": "belde"})).status == 303
+    await web.get("/admin/trends?weeks=4")
+    assert await store.list_records(WEEK_SUMMARIES)
+    await web.get("/admin/seniors/senior-a/delete")
+    assert (await web.post("/admin/seniors/senior-a/delete", {})).status == 303
+    (log,) = await store.attendance_between(0, clock())
+    assert "senior-a" not in json.dumps(log) and len(log["members"]) == 2  # still counted
+    assert "senior-a" not in await store.last_engaged()
+    assert await store.get_record("reach_out", "senior-a") is None
+    assert await store.list_records(WEEK_SUMMARIES) == []
+    assert "week 12 (16-03-2026) 2 1 75 0" in text_of(await web.get("/admin/trends?weeks=4"))

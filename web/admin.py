@@ -300,6 +300,9 @@ async def senior_delete(request: web.Request) -> web.Response:
         await directory.put(activity, actor=actor)
     await directory.delete(Senior, senior.id, actor=actor)
     await photos.delete_photo(store, senior.photo_url)
+    from .engagement import forget_senior  # here: web.engagement imports this module
+
+    await forget_senior(request.app, senior.id)
     _flash(request, N_("Removed."))
     return redirect("/admin/seniors")
 

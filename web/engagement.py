@@ -277,6 +277,15 @@ async def named_export(request: web.Request) -> web.Response:
     return _csv_response(rows, f"verzilvering-attendance-named-{weeks}-weeks.csv")
 
 
+async def forget_senior(app: web.Application, senior_id: str) -> None:
+    """A senior is removed: attendance keeps them only as an anonymous member, and their
+    reach-out mark and the week summaries (which hold ids) go."""
+    store, settings = app[STORE_KEY], app[SETTINGS_KEY]
+    await Attendance(settings, store).forget_senior(senior_id)
+    await WeekSummaries(store, settings).forget_all()
+    await store.delete_record("reach_out", senior_id)
+
+
 # --- retention -------------------------------------------------------------------------------
 
 

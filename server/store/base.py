@@ -308,6 +308,10 @@ class Store(abc.ABC):
     async def last_engaged(self) -> dict[str, float]:
         """Senior id → when they last took part in an activity or a family call."""
 
+    @abc.abstractmethod
+    async def forget_engaged(self, senior_id: str) -> None:
+        """Drops the senior from last_engaged (the senior was removed)."""
+
 
 @dataclass(frozen=True)
 class AttendanceLimits:

@@ -411,3 +411,11 @@ class EmbeddedStore(Store):
     def _last_engaged(self) -> dict[str, float]:
         assert self._db is not None
         return {senior: at for senior, at in self._db.execute("SELECT senior, at FROM engaged")}
+
+    async def forget_engaged(self, senior_id: str) -> None:
+        await self._run(self._forget_engaged, senior_id)
+
+    def _forget_engaged(self, senior_id: str) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.execute("DELETE FROM engaged WHERE senior = ?", (senior_id,))

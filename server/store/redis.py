@@ -953,6 +953,10 @@ class RedisStore(Store):
             values = await self._redis.hgetall(f"{self._prefix}engaged")
         return {senior: float(at) for senior, at in values.items()}
 
+    async def forget_engaged(self, senior_id: str) -> None:
+        with _unavailable():
+            await self._redis.hdel(f"{self._prefix}engaged", senior_id)
+
 
 def _attendance_log(raw: str) -> dict[str, Any]:
     log = json.loads(raw)
