@@ -216,3 +216,11 @@ async def test_a_stay_never_closed_counts_only_until_the_occurrences_window(stor
     assert row.present == 1
     (row,) = [r for r in today_rows([koffie()], [log], T0 + 3 * 3600) if r.key == log["id"]]
     assert row.present == 0
+
+
+async def test_forgetting_a_seniors_last_engagement(store: Store) -> None:
+    await store.attend(log(), "senior-a", "senior", T0, LIMITS)
+    await store.attend(log(), "senior-b", "senior", T0 + 1, LIMITS)
+    await store.forget_engaged("senior-a")
+    await store.forget_engaged("senior-nobody")
+    assert await store.last_engaged() == {"senior-b": T0 + 1}
