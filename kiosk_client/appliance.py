@@ -16,7 +16,13 @@ Modes (what the screen shows):
                                                          │ Join / accepted / Call      │
                                                          ├──▶ in_call ─── ended ───────┤
                                                          │ More family                 │
-                                                         └──▶ family ─ Back, 60 s idle ┘
+                                                         ├──▶ family ─ Back, 60 s idle ┤
+                                                         │ activity_invite (the host)  │
+                                                         └──▶ invited ─ Not now, 2 min ┘
+
+Invited: the host rang this kiosk at the start of an activity the senior is enrolled in
+("We beginnen! Doet u mee?"). One big button joins (the same activity_join as Join); "Not
+now", or two minutes without a tap, goes home. Nothing is sent before the senior taps.
 
 More family: when more trusted contacts exist than fit on the home screen, the home screen
 offers "More family", a full-screen list of all of them in pages (Previous / Next, never
@@ -69,6 +75,8 @@ FAMILY_IDLE_S = 60.0
 # A shaking hand's second tap on "More family" lands on the family screen: a Call button may
 # be right there. Taps on it this soon after it opened do nothing.
 FAMILY_TAP_GUARD_S = 0.6
+# An invitation from the host stays on screen this long without a tap.
+INVITE_TIMEOUT_S = 120.0
 # Contacts per family page until the runner tells the real number (`family_page_size`).
 DEFAULT_FAMILY_PAGE_SIZE = 4
 
@@ -82,6 +90,7 @@ class Mode(str, enum.Enum):
     RINGING = "ringing"
     IN_CALL = "in_call"
     FAMILY = "family"  # all trusted contacts, in pages (a sub-screen of home)
+    INVITED = "invited"  # the host asks the senior to join an activity that starts
 
 
 # --- actions for the runner ----------------------------------------------------------------
@@ -212,6 +221,14 @@ class Countdown:
 
 
 @dataclass
+class Invite:
+    activity_id: str
+    title: str
+    host: str
+    deadline: float  # monotonic
+
+
+@dataclass
 class Incoming:
     call_id: str
     contact: Contact
@@ -290,6 +307,7 @@ class Kiosk:
         self.notes: list[Note] = []
         self.volume = max(VOLUME_MIN, min(VOLUME_MAX, volume))
         self.countdown: Countdown | None = None
+        self.invite: Invite | None = None
         self.incoming: Incoming | None = None
         self.session: Session | None = None
         self._handled: set[tuple[str, str]] = set()
@@ -459,6 +477,8 @@ class Kiosk:
             return self._call_ringing(message)
         if kind == "activity_token":
             return self._activity_token(message)
+        if kind == "activity_invite":
+            return self._activity_invite(message)
         if kind == "selftest_request":
             return [RunSelftest()]
         if kind == "directory_changed":
@@ -477,8 +497,9 @@ class Kiosk:
             return []
         contact = Contact.from_message(contact_data)
         now = self.clock.now()
-        if self.mode is Mode.FAMILY:
-            # Looking at the family list is not being busy: the call takes over the screen.
+        if self.mode in (Mode.FAMILY, Mode.INVITED):
+            # Looking at the family list or an invitation is not being busy: the call takes over.
+            self.invite = None
             self.mode = Mode.HOME
         if self.mode is not Mode.HOME:
             # Busy (another call, an activity, a countdown): say no, and tell the senior later.
@@ -495,6 +516,18 @@ class Kiosk:
         self.mode = Mode.RINGING
         self.incoming = Incoming(call_id, contact, self.clock.monotonic() + ring_s, now)
         return [PlaySound("ring")]
+
+    def _activity_invite(self, message: dict[str, Any]) -> list[Action]:
+        activity_id, title = message.get("activity_id"), message.get("title")
+        if not isinstance(activity_id, str) or not activity_id or not isinstance(title, str):
+            return []
+        if self.mode not in (Mode.HOME, Mode.FAMILY, Mode.INVITED):
+            # In a call, a countdown or ringing: the host sees the senior is still missing.
+            return []
+        host = message.get("host")
+        self.invite = Invite(activity_id, title, host if isinstance(host, str) else "", self.clock.monotonic() + INVITE_TIMEOUT_S)
+        self.mode = Mode.INVITED
+        return [PlaySound("chime")]
 
     def _call_ringing(self, message: dict[str, Any]) -> list[Action]:
         call_id = message.get("call_id")
@@ -691,6 +724,17 @@ class Kiosk:
                 contact = next((c for c in self.trusted_contacts if c.id == button.split(":", 1)[1]), None)
                 if contact is not None:
                     return self._call_contact(contact)
+        elif mode is Mode.INVITED and self.invite is not None:
+            invite = self.invite
+            if button == "join_invite":
+                self.invite = None
+                self.session = Session(kind="activity", title=invite.title, activity_id=invite.activity_id)
+                self.mode = Mode.IN_CALL
+                return [PlaySound("none"), self._request_activity(self.session)]
+            if button == "not_now":
+                self.invite = None
+                self.mode = Mode.HOME
+                return [PlaySound("none")]
         elif mode is Mode.COUNTDOWN and button == "not_now":
             self.countdown = None
             self.mode = Mode.HOME
@@ -726,6 +770,9 @@ class Kiosk:
         if self.mode is Mode.FAMILY and mono - self._family_touched >= FAMILY_IDLE_S:
             # Nobody is looking: home, with the clock and the next activity.
             self.mode = Mode.HOME
+        if self.mode is Mode.INVITED and self.invite is not None and mono >= self.invite.deadline:
+            self.invite = None
+            self.mode = Mode.HOME if self.online else Mode.OFFLINE
         if self.mode is Mode.COUNTDOWN and self.countdown is not None and mono >= self.countdown.deadline:
             activity = self.countdown.activity
             self.countdown = None

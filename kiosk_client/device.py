@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from . import __version__
 from .backoff import Backoff
 from .signaling import ws_url
 from .state import Credential
@@ -107,7 +108,11 @@ class DeviceClient:
                     {
                         "type": "hello",
                         "v": 1,
-                        "device": {"kiosk_id": self.credential.kiosk_id, "credential": self.credential.credential},
+                        "device": {
+                            "kiosk_id": self.credential.kiosk_id,
+                            "credential": self.credential.credential,
+                            "version": __version__,
+                        },
                     }
                 )
             )

@@ -346,6 +346,8 @@ class Renderer:
             self._family(surface, layout, kiosk, t)
         elif mode is Mode.COUNTDOWN:
             self._countdown(surface, layout, kiosk, t)
+        elif mode is Mode.INVITED:
+            self._invited(surface, layout, kiosk, t)
         elif mode in (Mode.INCOMING, Mode.RINGING):
             self._incoming(surface, layout, kiosk, t)
         elif mode is Mode.IN_CALL and kiosk.session is not None and kiosk.session.outgoing and kiosk.session.phase in ("requesting", "ringing"):
@@ -563,6 +565,22 @@ class Renderer:
         button = pygame.Rect(0, 0, int(w * 0.5), int(h * 0.17))
         button.midbottom = (w // 2, h - int(h * 0.04))
         self._button(surface, layout, "not_now", button, t("not_now"), NAVY, size=int(h * 0.075))
+
+    def _invited(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+        """The host rings: what starts, and one big button to join. No camera until tapped."""
+        w, h = surface.get_size()
+        surface.fill(BACKGROUND)
+        invite = kiosk.invite
+        assert invite is not None
+        y = self._wrapped(surface, layout, t("invite_title"), int(h * 0.09), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.06), w - 80, int(h * 0.2)), bold=True)
+        body = t("invite_body_host", title=invite.title, host=invite.host) if invite.host else t("invite_body", title=invite.title)
+        self._wrapped(surface, layout, body, int(h * 0.06), TEXT, BACKGROUND, pygame.Rect(40, y + 12, w - 80, int(h * 0.16)))
+        join = pygame.Rect(0, 0, int(w * 0.7), int(h * 0.3))
+        join.center = (w // 2, int(h * 0.6))
+        self._big_button(surface, layout, "join_invite", join, t("invite_join"), GREEN, size=int(h * 0.09))
+        later = pygame.Rect(0, 0, int(w * 0.36), int(h * 0.13))
+        later.midbottom = (w // 2, h - int(h * 0.03))
+        self._button(surface, layout, "not_now", later, t("not_now"), NAVY, size=int(h * 0.06))
 
     def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
         w, h = surface.get_size()

@@ -175,6 +175,37 @@ class Settings:
     # default photo (12–24 MP); 48/50 MP modes are refused with a message.
     photo_max_pixels: int = 25_000_000
 
+    # Attendance and the coordinators' engagement pages (server/attendance.py, web/engagement.py).
+    # A senior's visits to one occurrence closer together than this count as one stay
+    # (a kiosk reconnecting is not a second visit).
+    attendance_merge_gap_s: float = 300.0
+    # A join this long before a scheduled start, or up to this long after its end, belongs
+    # to that occurrence; other joins make an unscheduled occurrence of their own day.
+    attendance_early_s: float = 30 * 60.0
+    attendance_late_s: float = 60 * 60.0
+    # A stay whose leave was never recorded (a lone node crashed) counts until its
+    # occurrence's window ends; in a family call, at most this long.
+    attendance_call_cap_s: float = 6 * 3600.0
+    # Bounds of one occurrence's record: people in it, stays per person.
+    attendance_max_members: int = 500
+    attendance_max_intervals: int = 50
+    # After this many days records keep only anonymous counts (no ids, no times per person).
+    attendance_retention_days: int = 365
+    # How often one node applies the retention (a store lock makes it one node at a time).
+    attendance_retention_interval_s: float = 3600.0
+    # "Vandaag" asks for fresh numbers this often while it is open.
+    today_poll_s: float = 5.0
+    # "Vandaag": a kiosk offline longer than this needs a visit.
+    kiosk_attention_offline_s: float = 24 * 3600.0
+    # The reach-out list: enrolled seniors without an activity or family call this many days.
+    reach_out_days: int = 7
+    # "Vandaag" shows this many of them; the whole list is one click away.
+    reach_out_on_today: int = 20
+    # The full list at /admin/reach-out, this many a page.
+    reach_out_page_size: int = 50
+    # Trends and the aggregated export cover this many weeks by default (a quarter).
+    trend_weeks: int = 13
+
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":
         values: dict[str, Any] = {}

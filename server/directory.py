@@ -8,6 +8,7 @@ Personal data is kept to what the service needs: a name, a language, an optional
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import secrets
@@ -25,6 +26,12 @@ MAX_NAME = 80
 MAX_TEXT = 2000
 # A contact's place in the senior's order (lower first); the same number: by name.
 MAX_POSITION = 999
+# Almere's districts (stadsdelen, with Oosterwold on its own), for a senior's record and
+# the trends per district.
+DISTRICTS = (
+    "Almere Stad", "Almere Haven", "Almere Buiten", "Almere Poort", "Almere Hout", "Almere Pampus", "Oosterwold",
+)
+PHONE_CHARACTERS = set("0123456789+-() ")
 # Fields whose values never reach the audit log.
 SECRET_FIELDS = {"password_hash", "credential_hash"}
 
@@ -71,6 +78,14 @@ def _bool(value: Any, field_name: str) -> bool:
     return value
 
 
+def _phone(value: Any) -> str:
+    value = " ".join(str(value or "").split())
+    digits = sum(ch.isdigit() for ch in value)
+    if value and (not set(value) <= PHONE_CHARACTERS or not 6 <= digits <= 15):
+        raise DirectoryError("phone", "Fill in a phone number of 6 to 15 digits, or leave it empty.")
+    return value
+
+
 @dataclass
 class Senior:
     id: str
@@ -79,12 +94,22 @@ class Senior:
     auto_join: bool = False
     photo_url: str = ""
     kind: str = "senior"
+    # Optional, for the coordinator's reach-out list.
+    phone: str = ""
+    # One of DISTRICTS, or empty: for the trends per district.
+    district: str = ""
+    # False: counted in figures, but left out of every named overview and export.
+    named_overviews: bool = True
 
     def validate(self) -> None:
         self.name = _name(self.name)
         self.language = _language(self.language)
         self.auto_join = _bool(self.auto_join, "auto_join")
         self.photo_url = _text(self.photo_url, "photo_url")
+        self.phone = _phone(self.phone)
+        if self.district not in ("", *DISTRICTS):
+            raise DirectoryError("district", "Choose a district from the list.")
+        self.named_overviews = _bool(self.named_overviews, "named_overviews")
 
 
 @dataclass
@@ -154,6 +179,8 @@ class Kiosk:
     revoked: bool = False
     last_seen: float = 0.0
     last_selftest: dict[str, Any] | None = None
+    # What the kiosk said it runs at its last connection (`hello` device.version).
+    software_version: str = ""
 
     def validate(self) -> None:
         self.name = _text(self.name, "name")[:MAX_NAME]
@@ -231,6 +258,11 @@ class Directory:
             return None
         return _from_dict(cls, data)
 
+    async def get_many(self, cls: type[Record], record_ids: list[str]) -> list[Record]:
+        """The records that exist, in the order asked."""
+        found = await self.store.get_records(_COLLECTIONS[cls], record_ids)
+        return [_from_dict(cls, data) for data in found if data is not None and _is(cls, data)]
+
     async def list(self, cls: type[Record]) -> list[Record]:
         return [
             _from_dict(cls, data)
@@ -259,22 +291,24 @@ class Directory:
             await self.audit(actor, "delete", kind, record_id, [])
         return existed
 
-    async def audit(self, actor: str, action: str, kind: str, record_id: str, fields: list[str]) -> None:
+    async def audit(
+        self, actor: str, action: str, kind: str, record_id: str, fields: list[str], *, note: str = ""
+    ) -> None:
         at = time.time()
         entry_id = f"{at:017.6f}-{secrets.token_hex(3)}"
-        await self.store.put_record(
-            "audit",
-            entry_id,
-            {
-                "id": entry_id,
-                "at": at,
-                "actor": actor,
-                "action": action,
-                "kind": kind,
-                "record_id": record_id,
-                "fields": fields,
-            },
-        )
+        entry = {
+            "id": entry_id,
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "kind": kind,
+            "record_id": record_id,
+            "fields": fields,
+        }
+        if note:
+            # A coordinator's own words (a phone call's note); never a secret.
+            entry["note"] = note[:MAX_TEXT]
+        await self.store.put_record("audit", entry_id, entry)
 
     async def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
         entries = await self.store.list_records("audit")
@@ -305,6 +339,13 @@ def _is(cls: type, data: dict[str, Any]) -> bool:
     return True
 
 
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def _from_dict(cls: type[Record], data: dict[str, Any]) -> Record:
-    names = {f.name for f in dataclasses.fields(cls)}
+    # Field names looked up once per class: listing 2,000 seniors spent most of its time
+    # in dataclasses.fields().
+    names = _field_names(cls)
     return cls(**{k: v for k, v in data.items() if k in names})

@@ -480,6 +480,10 @@ class Cluster:
                              "participant_id": track.participant_id, "kind": track.kind},
                         )
                 await self.store.remove_participant(room, participant.participant_id)
+                if participant.admitted:
+                    await self.service.record_stay(
+                        room, participant.participant_id, participant.role, participant.joined_at, joined=False
+                    )
                 await self.store.publish(
                     room, {"type": "participant_left", "participant_id": participant.participant_id, "reason": "timeout"}
                 )
@@ -516,10 +520,16 @@ class Cluster:
                     )
             if session.admitted:
                 await self.store.place_room(room, self.node_id, [self.node_id])
+                # Stays that began while the store was away (idempotent for the others).
+                await self.service.record_stay(room, participant_id, session.grant.role, session.joined_at, joined=True)
         for room in await self.store.list_rooms():
             for participant in await self.store.list_participants(room):
                 if participant.node_id == self.node_id and (room, participant.participant_id) not in local:
                     await self.store.remove_participant(room, participant.participant_id)
+                    if participant.admitted:
+                        await self.service.record_stay(
+                            room, participant.participant_id, participant.role, participant.joined_at, joined=False
+                        )
                     await self.store.publish(
                         room, {"type": "participant_left", "participant_id": participant.participant_id, "reason": "left"}
                     )

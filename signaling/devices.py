@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.attendance import CALL_ROOM_PREFIX
 from server.config import Settings
 from server.directory import Activity, Contact, Directory, Kiosk, Senior
 from server.invites import InviteError, named_secret, resolve_invite
@@ -36,8 +37,6 @@ from .session import Connection
 from .tokens import TokenIssuer
 
 logger = logging.getLogger(__name__)
-
-CALL_ROOM_PREFIX = "call-"
 
 
 def device_channel(kiosk_id: str) -> str:
@@ -124,6 +123,7 @@ class DeviceHub:
         )
         await self._refresh_presence(link, kiosk_presence(kiosk.id), force=True)
         kiosk.last_seen = time.time()
+        kiosk.software_version = str(device.get("version", ""))[:40]
         await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
         conn.send({"type": "device_welcome", "ref": ref, "v": VERSION, **await self._home(kiosk)})
         # A call that rang while the kiosk was reconnecting is still ringing: ring again.
@@ -276,6 +276,11 @@ class DeviceHub:
             await link.subscription.close()
         if not any(other.kiosk.id == link.kiosk.id for other in self.links.values()):
             await self.store.clear_presence(kiosk_presence(link.kiosk.id))
+            # Last seen now: "Vandaag" counts how long a kiosk has been offline from here.
+            kiosk = await self.directory.get(Kiosk, link.kiosk.id)
+            if kiosk is not None and not kiosk.revoked:
+                kiosk.last_seen = time.time()
+                await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
 
     # --- family pages listening for the senior's calls ------------------------------------
 
@@ -485,6 +490,21 @@ class DeviceHub:
             return False
         await self.store.publish(device_channel(kiosk_id), {"type": "selftest_request"})
         return True
+
+    async def invite_to_activity(self, activity: Activity, senior_id: str, host_name: str) -> int:
+        """Shows the host's invitation on the senior's online kiosks, on whichever node
+        holds them; returns how many were rung."""
+        kiosks = await self.directory.kiosks_of(senior_id)
+        online = await self.store.present_among([kiosk_presence(k.id) for k in kiosks])
+        rung = 0
+        for kiosk in kiosks:
+            if kiosk_presence(kiosk.id) in online:
+                await self.store.publish(
+                    device_channel(kiosk.id),
+                    {"type": "activity_invite", "activity_id": activity.id, "title": activity.title, "host": host_name},
+                )
+                rung += 1
+        return rung
 
     async def revoke_kiosk(self, kiosk_id: str) -> None:
         await self.store.publish(device_channel(kiosk_id), {"type": "revoked"})

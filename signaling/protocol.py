@@ -61,6 +61,8 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
     "music_mode": {"enabled": (bool, True)},
     "end": {},
     "unban": {"participant_id": (str, True)},
+    # a host rings a missing enrolled senior's kiosk at the start of an activity
+    "invite_senior": {"senior_id": (str, True)},
     # kiosk devices
     "call_answer": {"call_id": (str, True), "accept": (bool, True), "reason": (str, False)},
     "activity_join": {"activity_id": (str, True)},
@@ -77,6 +79,8 @@ DEVICE_ONLY = ("call_answer", "activity_join", "selftest_result", "call_contact"
 DEVICE_FIELDS: dict[str, tuple[Any, bool]] = {
     "kiosk_id": (str, True),
     "credential": (str, True),
+    # The kiosk's software version, shown to coordinators ("Vandaag", kiosks page).
+    "version": (str, False),
 }
 
 CONTACT_FIELDS: dict[str, tuple[Any, bool]] = {

@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from server.attendance import Attendance
 from server.config import Settings
-from server.directory import Activity, Directory
+from server.directory import Activity, Directory, Senior
 from server.metrics import Metrics
 from server.turn import ice_servers_for
 from server.producer import Producer
@@ -42,7 +43,7 @@ from .revocation import Revocations
 from .session import Connection, RateLimiter, RelayedConnection, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
 
-MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban")
+MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban", "invite_senior")
 ROOM_STATE_DEFAULTS: dict[str, Any] = {"locked": False, "spotlight": None, "music_mode": False}
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class SignalingService:
         self.cluster = Cluster(self, settings, store)
         self.revocations = Revocations(store, settings.max_token_ttl_s)
         self._revocation_subscription: Subscription | None = None
+        self.attendance = Attendance(settings, store)
         self.metrics: Metrics | None = None
         sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
@@ -246,6 +248,8 @@ class SignalingService:
             await self.end_room(session.room, by=session.participant_id)
         elif kind == "unban":
             await self._unban(session, message["participant_id"], ref)
+        elif kind == "invite_senior":
+            await self._invite_senior(session, message["senior_id"], ref)
 
     @property
     def presence_ttl(self) -> float:
@@ -606,6 +610,9 @@ class SignalingService:
         if grant.may("moderate"):
             joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
             joined["banned"] = await self.revocations.banned(room)
+            enrolled = await self._enrolled(room)
+            if enrolled is not None:
+                joined["enrolled"] = enrolled
         session.send(joined)
         early, session.early = session.early, None
         for event in early or ():
@@ -619,6 +626,42 @@ class SignalingService:
         me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
         if me is not None:
             await self._broadcast(room, {"type": "participant_joined", "participant": _participant(me)}, skip=grant.participant_id)
+        await self.record_stay(room, grant.participant_id, grant.role, session.joined_at, joined=True)
+
+    async def record_stay(self, room: str, participant_id: str, role: str, joined_at: float, *, joined: bool) -> None:
+        """Attendance (server/attendance.py): a stay starts or ends. Idempotent, so the
+        node that reaps a dead node or resyncs after an outage may record it again."""
+        try:
+            activity = None if room.startswith(CALL_ROOM_PREFIX) else await self._activity(room)
+            if joined:
+                await self.attendance.joined(room, activity, participant_id, role, joined_at)
+            else:
+                await self.attendance.left(room, activity, participant_id, role, joined_at)
+        except StoreUnavailable:
+            # The join or leave itself went through; a resync after the outage records
+            # the stays of this node's sessions again.
+            logger.warning("store unavailable: attendance of %s in %s not recorded", participant_id, room)
+
+    async def _enrolled(self, room: str) -> list[dict[str, str]] | None:
+        """An activity's enrolled seniors for its hosts (who is missing), else None."""
+        activity = await self._activity(room)
+        if activity is None:
+            return None
+        return [{"id": s.id, "name": s.name} for s in await self.directory.get_many(Senior, activity.enrolled)]
+
+    async def _invite_senior(self, session: Session, senior_id: str, ref: str | None) -> None:
+        """Rings the senior's kiosks with an invitation; the kiosk shows it and sends
+        nothing until the senior taps (then the usual activity_join)."""
+        assert session.room is not None
+        activity = await self._activity(session.room)
+        if activity is None or senior_id not in activity.enrolled:
+            raise ProtocolError("not_enrolled", "That senior is not enrolled in this activity.", ref)
+        if await self.store.get_participant(session.room, senior_id) is not None:
+            raise ProtocolError("already_present", "That senior is already here.", ref)
+        rung = await self.devices.invite_to_activity(activity, senior_id, session.grant.name)
+        if not rung:
+            raise ProtocolError("senior_offline", "The senior's kiosk is not online.", ref)
+        session.send({"type": "invite_sent", "ref": ref, "senior_id": senior_id, "kiosks": rung})
 
     async def _room_state(self, room: str) -> dict[str, Any]:
         return {**ROOM_STATE_DEFAULTS, **await self.store.get_room_state(room)}
@@ -708,6 +751,7 @@ class SignalingService:
             await self.store.remove_participant(room, session.participant_id)
             await self.store.clear_presence(session.participant_id)
             if session.admitted:
+                await self.record_stay(room, session.participant_id, session.grant.role, session.joined_at, joined=False)
                 # "replaced": the same participant is joining again; its new session must
                 # not hear that it left.
                 skip = session.participant_id if reason == "replaced" else None

@@ -677,3 +677,46 @@ async def test_missed_call_notes_survive_a_restart_privately(tmp_path: Path, clo
     second.execute(second.model.tap("dismiss"))
     assert second.model.notes == []
     assert app().model.notes == []
+
+
+# --- the host's invitation at the start of an activity ---------------------------------------------
+
+
+def invite(activity_id: str = "a-gym") -> dict:
+    return {"type": "activity_invite", "activity_id": activity_id, "title": "Stoelgym", "host": "Ingrid"}
+
+
+def test_an_invitation_sends_nothing_until_the_senior_taps(kiosk: Kiosk, clock: FakeClock) -> None:
+    actions = kiosk.device_message(invite())
+    assert kiosk.mode is Mode.INVITED and actions == [PlaySound("chime")]
+    assert kiosk.tap("answer") == [] and kiosk.tick() == []  # other taps and time do nothing yet
+    actions = kiosk.tap("join_invite")
+    assert kiosk.mode is Mode.IN_CALL
+    (request,) = sends(actions, "activity_join")
+    assert request["activity_id"] == "a-gym" and joins(actions) == []
+    actions = kiosk.device_message({"type": "activity_token", "ref": request["id"], "activity_id": "a-gym", "room": "a-gym", "token": "t"})
+    assert joins(actions) == [JoinRoom("a-gym", "t", "activity")]
+
+
+def test_an_invitation_goes_away_on_not_now_or_after_two_minutes(kiosk: Kiosk, clock: FakeClock) -> None:
+    from kiosk_client.appliance import INVITE_TIMEOUT_S
+
+    kiosk.device_message(invite())
+    assert kiosk.tap("not_now") == [PlaySound("none")] and kiosk.mode is Mode.HOME
+    kiosk.device_message(invite())
+    clock.advance(INVITE_TIMEOUT_S - 1)
+    kiosk.tick()
+    assert kiosk.mode is Mode.INVITED
+    clock.advance(2)
+    assert sends(kiosk.tick(), "activity_join") == [] and kiosk.mode is Mode.HOME and kiosk.invite is None
+
+
+def test_an_invitation_never_interrupts_a_call_and_a_call_takes_over_an_invitation(kiosk: Kiosk) -> None:
+    kiosk.device_message(incoming("c-piet"))
+    assert kiosk.mode is Mode.RINGING
+    assert kiosk.device_message(invite()) == [] and kiosk.mode is Mode.RINGING
+    kiosk.tap("decline")
+    kiosk.device_message(invite())
+    kiosk.device_message(incoming("c-piet", call_id="call-2"))
+    assert kiosk.mode is Mode.RINGING and kiosk.invite is None
+    assert kiosk.device_message({"type": "activity_invite", "activity_id": "", "title": "x"}) == []

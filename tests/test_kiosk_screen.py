@@ -120,6 +120,12 @@ def _states(language: str) -> dict[str, Kiosk]:
     for _ in range(5):
         family_last.tap("family_next")
     states["family_last_page"] = family_last
+    invited = fresh()
+    invited.device_online(welcome())
+    invited.device_message({"type": "activity_invite", "activity_id": "a-gym", "title": "Stoelgym met een lange naam",
+                            "host": "Ingrid"})
+    assert invited.mode is Mode.INVITED
+    states["invited"] = invited
     return states
 
 

@@ -108,6 +108,9 @@ async def test_every_page_is_accessible(browser: Browser, tmp_path: Path) -> Non
             await _login(office, site, "carla")
             for path, name in [
                 ("/admin", "admin overview"),
+                ("/admin/reach-out", "reach-out list"),
+                ("/admin/trends", "trends"),
+                ("/admin/overview", "overview in numbers"),
                 ("/admin/seniors", "seniors"),
                 ("/admin/seniors/new", "new senior"),
                 (f"/admin/seniors/{data.senior.id}", "senior"),

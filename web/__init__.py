@@ -9,6 +9,7 @@ adds its own script). Every string goes through `web/i18n.py` (gettext catalogs 
 |---|---|
 | `auth.py` | login/logout, signed-cookie sessions, CSRF, login throttling, roles |
 | `admin.py` | `/admin/…` for coordinators: seniors, contacts, kiosks, accounts, activities, audit |
+| `engagement.py` | `/admin` ("Vandaag": today's activities live, kiosks to visit, seniors to call), `/admin/trends`, exports |
 | `host.py` | `/host…` for volunteers: today's activities and the host console |
 | `family.py` | `/family/{invite}…`: call the senior, be called by the senior (while open), join an activity's lobby |
 | `photos.py` | photo uploads (re-encoded, no metadata) and `/photos/{id}` |
@@ -31,7 +32,7 @@ from server.app import ISSUER_KEY
 from server.store import StoreUnavailable
 from signaling.tokens import Grant, TokenError
 
-from . import admin, auth, family, host, photos
+from . import admin, auth, engagement, family, host, photos
 from .i18n import N_, gettext_for, language_of, remember_language
 from .rendering import error_page, render
 
@@ -142,6 +143,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/", landing_page)
     app.router.add_get("/call", call_page)
     admin.setup(app)
+    engagement.setup(app)
     host.setup(app)
     family.setup(app)
     photos.setup(app)

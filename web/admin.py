@@ -16,6 +16,7 @@ from aiohttp import web
 
 from server.app import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
 from server.directory import (
+    DISTRICTS,
     LANGUAGES,
     Account,
     Activity,
@@ -54,6 +55,8 @@ DIRECTORY_MESSAGES = (
     N_("Each time slot needs a weekday, a start and a duration."),
     N_("Duration must be between 5 and 480 minutes."),
     N_("The order is a whole number from 0 to 999."),
+    N_("Fill in a phone number of 6 to 15 digits, or leave it empty."),
+    N_("Choose a district from the list."),
 )
 WEEKDAY_LABELS = {
     "monday": N_("Monday"),
@@ -71,6 +74,8 @@ AUDIT_ACTIONS = {
     "delete": N_("deleted"),
     "start": N_("started"),
     "selftest": N_("asked for a self-test of"),
+    "called": N_("phoned"),
+    "export": N_("exported named attendance"),
 }
 AUDIT_KINDS = {
     "people": N_("person"),
@@ -154,9 +159,10 @@ async def seniors(request: web.Request) -> web.Response:
 def _senior_form(request: web.Request, senior: Senior | None, *, errors: dict[str, str] | None = None,
                  values: dict[str, Any] | None = None, status: int = 200, **extra: Any) -> web.Response:
     current = values or (
-        {"name": senior.name, "language": senior.language, "auto_join": senior.auto_join}
+        {"name": senior.name, "language": senior.language, "auto_join": senior.auto_join,
+         "phone": senior.phone, "district": senior.district, "named_overviews": senior.named_overviews}
         if senior
-        else {"name": "", "language": "nl", "auto_join": False}
+        else {"name": "", "language": "nl", "auto_join": False, "phone": "", "district": "", "named_overviews": True}
     )
     return render(
         request,
@@ -166,6 +172,7 @@ def _senior_form(request: web.Request, senior: Senior | None, *, errors: dict[st
         values=current,
         errors=errors or {},
         languages=LANGUAGES,
+        districts=DISTRICTS,
         **extra,
     )
 
@@ -209,9 +216,13 @@ async def senior_save(request: web.Request) -> web.Response:
         "name": str(data.get("name", "")),
         "language": str(data.get("language", "")),
         "auto_join": _checked(data, "auto_join"),
+        "phone": str(data.get("phone", "")),
+        "district": str(data.get("district", "")),
+        "named_overviews": _checked(data, "named_overviews"),
     }
     senior = replace(existing) if existing else Senior(id=new_id("senior"), name="")
     senior.name, senior.language, senior.auto_join = values["name"], values["language"], values["auto_join"]
+    senior.phone, senior.district, senior.named_overviews = values["phone"], values["district"], values["named_overviews"]
     old_photo = senior.photo_url
     errors: dict[str, str] = {}
     new_photo = None
@@ -301,6 +312,9 @@ async def senior_delete(request: web.Request) -> web.Response:
     await directory.delete(Senior, senior.id, actor=actor)
     await photos.delete_photo(store, senior.photo_url)
     await _revoke(request, senior.id)
+    from .engagement import forget_senior  # here: web.engagement imports this module
+
+    await forget_senior(request.app, senior.id)
     _flash(request, N_("Removed."))
     return redirect("/admin/seniors")
 
@@ -953,7 +967,8 @@ async def audit(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     r = app.router
-    r.add_get("/admin", dashboard)
+    # "/admin" itself is "Vandaag" (web/engagement.py); the counts live one level down.
+    r.add_get("/admin/overview", dashboard)
     r.add_get("/admin/seniors", seniors)
     r.add_get("/admin/seniors/new", senior_new)
     r.add_post("/admin/seniors/new", senior_save)

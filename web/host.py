@@ -52,6 +52,9 @@ HOST_STRINGS = {
     "not_in_lobby": N_("This person is no longer waiting."),
     "end_confirm": N_("End the activity for everyone? Everyone leaves the room."),
     "unban": N_("Let %(name)s back in"),
+    "ring": N_("Ring %(name)s"),
+    "ringing": N_("The kiosk of %(name)s is ringing. They join with one tap."),
+    "ring_offline": N_("The kiosk of %(name)s is not online. Perhaps call them by phone."),
 }
 
 

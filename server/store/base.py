@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Durable directory collections. Later features store typed records in these.
-DIRECTORY_KINDS = ("people", "kiosks", "contacts", "activities", "audit", "pairings", "missed_calls")
+DIRECTORY_KINDS = ("people", "kiosks", "contacts", "activities", "audit", "pairings", "missed_calls", "reach_out", "attendance_weeks")
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -217,6 +217,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def is_present(self, participant_id: str) -> bool: ...
 
+    async def present_among(self, participant_ids: list[str]) -> set[str]:
+        """Those of the ids that are present; a backend may ask in one round trip."""
+        return {p for p in participant_ids if await self.is_present(p)}
+
     # --- nodes and room placement --------------------------------------------------------
 
     @abc.abstractmethod
@@ -356,8 +360,89 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_records(self, kind: str) -> list[dict[str, Any]]: ...
 
+    async def get_records(self, kind: str, record_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Several records by id, in order (None where missing); Redis asks in one round trip."""
+        return [await self.get_record(kind, record_id) for record_id in record_ids]
+
     @abc.abstractmethod
     async def delete_record(self, kind: str, record_id: str) -> bool: ...
+
+
+    # --- attendance ---------------------------------------------------------------------------
+    # One log per activity occurrence or family call (server/attendance.py), as JSON:
+    # {"id", "kind", "start", "end", ..., "members": {member: {"role", "iv": [[from, to], [from]]}}}
+    # where a one-element interval is still open. A reduced log (after the retention
+    # period) has "reduced": true and "counts" instead of "members".
+
+    @abc.abstractmethod
+    async def attend(
+        self, log: dict[str, Any], member: str, role: str, at: float, limits: "AttendanceLimits"
+    ) -> None:
+        """Opens the member's stay in the log (created from `log` when new), keeps an
+        open one, or reopens one that ended less than `limits.merge_gap_s` ago: a kiosk
+        that reconnects or joins twice is never counted twice. Atomic; for Redis one
+        round trip. A senior's (role "senior") last engagement moves to `at`."""
+
+    @abc.abstractmethod
+    async def depart(self, log_id: str, member: str, at: float) -> None:
+        """Closes the member's open stay at `at`; nothing when none is open (idempotent)."""
+
+    @abc.abstractmethod
+    async def attendance_between(self, start_from: float, start_to: float) -> list[dict[str, Any]]:
+        """Logs whose start lies in [start_from, start_to), oldest first."""
+
+    @abc.abstractmethod
+    async def replace_attendance(self, log: dict[str, Any]) -> None:
+        """Overwrites a log (retention turns it into counts)."""
+
+    @abc.abstractmethod
+    async def last_engaged(self) -> dict[str, float]:
+        """Senior id → when they last took part in an activity or a family call."""
+
+    @abc.abstractmethod
+    async def forget_engaged(self, senior_id: str) -> None:
+        """Drops the senior from last_engaged (the senior was removed)."""
+
+
+@dataclass(frozen=True)
+class AttendanceLimits:
+    merge_gap_s: float = 300.0
+    max_members: int = 500
+    max_intervals: int = 50
+
+
+def attend_in(log: dict[str, Any], member: str, role: str, at: float, limits: AttendanceLimits) -> bool:
+    """attend() on a decoded log; the Redis backend runs the same rules in Lua.
+    False when nothing changed (an open stay, a reduced log, the member limit)."""
+    if log.get("reduced"):
+        return False
+    members = log.setdefault("members", {})
+    entry = members.get(member)
+    if entry is None:
+        if len(members) >= limits.max_members:
+            return False
+        members[member] = {"role": role, "iv": [[at]]}
+        return True
+    intervals = entry["iv"]
+    last = intervals[-1]
+    if len(last) == 1:
+        return False
+    if at <= last[1] + limits.merge_gap_s or len(intervals) >= limits.max_intervals:
+        intervals[-1] = [last[0]]
+    else:
+        intervals.append([at])
+    return True
+
+
+def depart_in(log: dict[str, Any], member: str, at: float) -> bool:
+    entry = (log.get("members") or {}).get(member)
+    if entry is None:
+        return False
+    last = entry["iv"][-1]
+    if len(last) != 1:
+        return False
+    entry["iv"][-1] = [last[0], max(at, last[0])]
+    return True
 
 
 def check_access(access: AccessCheck, revoked: dict[str, float], banned: bool) -> None:

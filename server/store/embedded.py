@@ -21,6 +21,9 @@ from typing import Any
 from ..datadir import private_dir, private_file, restrict_existing
 from .base import (
     DIRECTORY_KINDS,
+    AttendanceLimits,
+    attend_in,
+    depart_in,
     EventHandler,
     ParticipantState,
     RoomFull,
@@ -88,6 +91,9 @@ class EmbeddedStore(Store):
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {kind} (id TEXT PRIMARY KEY, data TEXT NOT NULL)"
             )
+        db.execute("CREATE TABLE IF NOT EXISTS attendance (id TEXT PRIMARY KEY, start REAL NOT NULL, data TEXT NOT NULL)")
+        db.execute("CREATE INDEX IF NOT EXISTS attendance_start ON attendance (start)")
+        db.execute("CREATE TABLE IF NOT EXISTS engaged (senior TEXT PRIMARY KEY, at REAL NOT NULL)")
         db.execute("CREATE TABLE IF NOT EXISTS revocations (subject TEXT PRIMARY KEY, at REAL NOT NULL, expires REAL NOT NULL)")
         db.execute(
             "CREATE TABLE IF NOT EXISTS bans (room TEXT NOT NULL, participant TEXT NOT NULL, info TEXT NOT NULL,"
@@ -452,3 +458,91 @@ class EmbeddedStore(Store):
             cur = self._db.execute(f"DELETE FROM {kind} WHERE id = ?", (record_id,))
         return cur.rowcount > 0
 
+
+    # --- attendance ---------------------------------------------------------------------------
+    # Each change is a read-modify-write inside one SQLite transaction on the one worker
+    # thread, so concurrent joins and leaves never lose each other's stays.
+
+    async def attend(
+        self, log: dict[str, Any], member: str, role: str, at: float, limits: AttendanceLimits
+    ) -> None:
+        check_record_id(log["id"])
+        await self._run(self._attend, log, member, role, at, limits)
+
+    def _attend(self, fresh: dict[str, Any], member: str, role: str, at: float, limits: AttendanceLimits) -> None:
+        assert self._db is not None
+        with self._db:
+            row = self._db.execute("SELECT data FROM attendance WHERE id = ?", (fresh["id"],)).fetchone()
+            log = json.loads(row[0]) if row else json.loads(json.dumps(fresh))
+            if attend_in(log, member, role, at, limits) or row is None:
+                self._db.execute(
+                    "INSERT INTO attendance (id, start, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+                    (log["id"], float(log["start"]), json.dumps(log, sort_keys=True)),
+                )
+            if role == "senior" and not log.get("reduced"):
+                self._engaged(member, at)
+
+    def _engaged(self, senior: str, at: float) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "INSERT INTO engaged (senior, at) VALUES (?, ?) "
+            "ON CONFLICT(senior) DO UPDATE SET at = max(at, excluded.at)",
+            (senior, at),
+        )
+
+    async def depart(self, log_id: str, member: str, at: float) -> None:
+        await self._run(self._depart, log_id, member, at)
+
+    def _depart(self, log_id: str, member: str, at: float) -> None:
+        assert self._db is not None
+        with self._db:
+            row = self._db.execute("SELECT data FROM attendance WHERE id = ?", (log_id,)).fetchone()
+            if row is None:
+                return
+            log = json.loads(row[0])
+            if depart_in(log, member, at):
+                self._db.execute("UPDATE attendance SET data = ? WHERE id = ?", (json.dumps(log, sort_keys=True), log_id))
+                if log["members"][member]["role"] == "senior":
+                    self._engaged(member, at)
+
+    async def attendance_between(self, start_from: float, start_to: float) -> list[dict[str, Any]]:
+        rows = await self._run(self._attendance_between, start_from, start_to)
+        return [json.loads(r) for r in rows]
+
+    def _attendance_between(self, start_from: float, start_to: float) -> list[str]:
+        assert self._db is not None
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT data FROM attendance WHERE start >= ? AND start < ? ORDER BY start, id", (start_from, start_to)
+            )
+        ]
+
+    async def replace_attendance(self, log: dict[str, Any]) -> None:
+        check_record_id(log["id"])
+        await self._run(self._replace_attendance, log["id"], float(log["start"]), json.dumps(log, sort_keys=True))
+
+    def _replace_attendance(self, log_id: str, start: float, text: str) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.execute(
+                "INSERT INTO attendance (id, start, data) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET start = excluded.start, data = excluded.data",
+                (log_id, start, text),
+            )
+
+    async def last_engaged(self) -> dict[str, float]:
+        return await self._run(self._last_engaged)
+
+    def _last_engaged(self) -> dict[str, float]:
+        assert self._db is not None
+        return {senior: at for senior, at in self._db.execute("SELECT senior, at FROM engaged")}
+
+    async def forget_engaged(self, senior_id: str) -> None:
+        await self._run(self._forget_engaged, senior_id)
+
+    def _forget_engaged(self, senior_id: str) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.execute("DELETE FROM engaged WHERE senior = ?", (senior_id,))

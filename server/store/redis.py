@@ -35,6 +35,10 @@ Key schema (every key starts with the store's prefix, ``vz:`` by default):
     room; the hash expires with its last ban, entries past their `until` are ignored.
 ``{prefix}staff_session:{hash}`` and ``{prefix}staff_sessions:{account_id}``
     A logged-in staff session (JSON, PX expiry), and per account the set of its session keys.
+``{prefix}att:{log_id}``, ``{prefix}att_index`` and ``{prefix}engaged``
+    Attendance: one JSON string per activity occurrence or family call (changed only by
+    the attend/depart scripts), a sorted set log id → start time, and a hash senior id →
+    when they last took part. Durable like the directory.
 
 What expires: only the presence keys, locks, counters, revocations, bans and staff sessions. Live room state stays until a
 node removes it, so a node that dies without cleaning up leaves its participants behind (their ``node_id`` says
@@ -69,6 +73,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .base import (
     AccessCheck,
     AccessRefused,
+    AttendanceLimits,
     EventHandler,
     JoinResult,
     ParticipantState,
@@ -275,6 +280,81 @@ end
 return 1
 """
 
+# KEYS: log, index, engaged. ARGV: the new log's json, member, role, at, merge gap,
+# max members, max intervals, start (index score), log id.
+# base.attend_in in Lua: one round trip per join, atomic against every other node.
+_ATTEND = """
+local raw = redis.call('GET', KEYS[1])
+local fresh = raw == false
+local log = cjson.decode(fresh and ARGV[1] or raw)
+if log.reduced == true then
+  return 0
+end
+local at = tonumber(ARGV[4])
+if type(log.members) ~= 'table' then
+  log.members = {}
+end
+local entry = log.members[ARGV[2]]
+local changed = fresh
+if entry == nil then
+  local count = 0
+  for _ in pairs(log.members) do
+    count = count + 1
+  end
+  if count < tonumber(ARGV[6]) then
+    log.members[ARGV[2]] = {role = ARGV[3], iv = {{at}}}
+    changed = true
+  end
+else
+  local last = entry.iv[#entry.iv]
+  if #last ~= 1 then
+    if at <= last[2] + tonumber(ARGV[5]) or #entry.iv >= tonumber(ARGV[7]) then
+      entry.iv[#entry.iv] = {last[1]}
+    else
+      entry.iv[#entry.iv + 1] = {at}
+    end
+    changed = true
+  end
+end
+if changed then
+  redis.call('SET', KEYS[1], cjson.encode(log))
+end
+if fresh then
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[9])
+end
+if ARGV[3] == 'senior' and at > tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0') then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: log, engaged. ARGV: member, at. base.depart_in in Lua.
+_DEPART = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  return 0
+end
+local log = cjson.decode(raw)
+if log.reduced == true or type(log.members) ~= 'table' then
+  return 0
+end
+local entry = log.members[ARGV[1]]
+if entry == nil then
+  return 0
+end
+local last = entry.iv[#entry.iv]
+if #last ~= 1 then
+  return 0
+end
+local at = math.max(tonumber(ARGV[2]), last[1])
+entry.iv[#entry.iv] = {last[1], at}
+redis.call('SET', KEYS[1], cjson.encode(log))
+if entry.role == 'senior' and at > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return 1
+"""
+
 _State = TypeVar("_State", ParticipantState, TrackState)
 
 
@@ -381,6 +461,8 @@ class RedisStore(Store):
         self._uncount: AsyncScript | None = None
         self._revoke: AsyncScript | None = None
         self._add_keeping: AsyncScript | None = None
+        self._attend: AsyncScript | None = None
+        self._depart: AsyncScript | None = None
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -463,6 +545,8 @@ class RedisStore(Store):
         self._uncount = client.register_script(_UNCOUNT)
         self._revoke = client.register_script(_REVOKE)
         self._add_keeping = client.register_script(_ADD_KEEPING)
+        self._attend = client.register_script(_ATTEND)
+        self._depart = client.register_script(_DEPART)
 
     async def close(self) -> None:
         client, pubsub, reader, control = self._client, self._pubsub, self._reader, self._control
@@ -667,6 +751,13 @@ class RedisStore(Store):
     async def is_present(self, participant_id: str) -> bool:
         with _unavailable():
             return bool(await self._redis.exists(self._presence_key(participant_id)))
+
+    async def present_among(self, participant_ids: list[str]) -> set[str]:
+        if not participant_ids:
+            return set()
+        with _unavailable():
+            values = await self._redis.mget([self._presence_key(p) for p in participant_ids])
+        return {p for p, v in zip(participant_ids, values) if v is not None}
 
     # --- nodes and room placement --------------------------------------------------------
 
@@ -993,6 +1084,14 @@ class RedisStore(Store):
             raw = await self._redis.hget(self._directory_key(kind), record_id)
         return json.loads(raw) if raw is not None else None
 
+    async def get_records(self, kind: str, record_ids: list[str]) -> list[dict[str, Any] | None]:
+        check_kind(kind)
+        if not record_ids:
+            return []
+        with _unavailable():
+            values = await self._redis.hmget(self._directory_key(kind), record_ids)
+        return [json.loads(v) if v is not None else None for v in values]
+
     async def list_records(self, kind: str) -> list[dict[str, Any]]:
         check_kind(kind)
         with _unavailable():
@@ -1003,3 +1102,58 @@ class RedisStore(Store):
         check_kind(kind)
         with _unavailable():
             return bool(await self._redis.hdel(self._directory_key(kind), record_id))
+
+    # --- attendance ---------------------------------------------------------------------------
+
+    def _attendance_key(self, log_id: str) -> str:
+        return f"{self._prefix}att:{log_id}"
+
+    async def attend(
+        self, log: dict[str, Any], member: str, role: str, at: float, limits: AttendanceLimits
+    ) -> None:
+        check_record_id(log["id"])
+        with _unavailable():
+            await self._script(self._attend)(
+                keys=[self._attendance_key(log["id"]), f"{self._prefix}att_index", f"{self._prefix}engaged"],
+                args=[
+                    json.dumps(log, sort_keys=True), member, role, repr(float(at)), limits.merge_gap_s,
+                    limits.max_members, limits.max_intervals, repr(float(log["start"])), log["id"],
+                ],
+            )
+
+    async def depart(self, log_id: str, member: str, at: float) -> None:
+        with _unavailable():
+            await self._script(self._depart)(
+                keys=[self._attendance_key(log_id), f"{self._prefix}engaged"], args=[member, repr(float(at))]
+            )
+
+    async def attendance_between(self, start_from: float, start_to: float) -> list[dict[str, Any]]:
+        with _unavailable():
+            ids = await self._redis.zrangebyscore(f"{self._prefix}att_index", start_from, f"({start_to}")
+            values = await self._redis.mget([self._attendance_key(i) for i in ids]) if ids else []
+        return [_attendance_log(v) for v in values if v is not None]
+
+    async def replace_attendance(self, log: dict[str, Any]) -> None:
+        check_record_id(log["id"])
+        with _unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._attendance_key(log["id"]), json.dumps(log, sort_keys=True))
+                pipe.zadd(f"{self._prefix}att_index", {log["id"]: float(log["start"])})
+                await pipe.execute()
+
+    async def last_engaged(self) -> dict[str, float]:
+        with _unavailable():
+            values = await self._redis.hgetall(f"{self._prefix}engaged")
+        return {senior: float(at) for senior, at in values.items()}
+
+    async def forget_engaged(self, senior_id: str) -> None:
+        with _unavailable():
+            await self._redis.hdel(f"{self._prefix}engaged", senior_id)
+
+
+def _attendance_log(raw: str) -> dict[str, Any]:
+    log = json.loads(raw)
+    # Lua's cjson writes an empty table as {} and never as [], but be lenient.
+    if isinstance(log.get("members"), list):
+        log["members"] = {}
+    return log

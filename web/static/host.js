@@ -23,12 +23,18 @@ const ui = {
   announcer: el("knock-announcer"),
   afterEnd: el("after-end"),
   dialog: el("confirm"),
+  missing: el("missing"),
+  missingList: el("missing-list"),
+  missingEmpty: el("missing-empty"),
+  missingCount: el("missing-count"),
   dialogText: el("confirm-text"),
 };
 const quality = {};
 let knockSounds = 0;
 // Removed participants kept out of the room until the host lets them back.
 let banned = [];
+// The activity's enrolled seniors (from `joined`, hosts only): who is not here yet.
+let enrolled = [];
 
 const call = createCall({
   token: root.dataset.token,
@@ -122,6 +128,39 @@ function renderBanned() {
     return li;
   });
   ui.bannedList.replaceChildren(...items);
+}
+
+// ---- Who is missing, and ringing their kiosk ----
+
+function renderMissing() {
+  const joined = call.state === "connected";
+  ui.missing.hidden = !joined || enrolled.length === 0;
+  const present = call.participants;
+  const missing = enrolled.filter((senior) => !(senior.id in present));
+  ui.missingEmpty.hidden = missing.length > 0;
+  ui.missingCount.textContent = missing.length ? `(${missing.length})` : "";
+  const signature = JSON.stringify(missing.map((s) => s.id));
+  if (ui.missingList.dataset.signature === signature) return;
+  ui.missingList.dataset.signature = signature;
+  const items = missing.map((senior) => {
+    const li = document.createElement("li");
+    li.className = "missing-person";
+    li.dataset.seniorId = senior.id;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = senior.name;
+    const ring = button(format(text.ring, { name: senior.name }), "button", () =>
+      call.send({ type: "invite_senior", senior_id: senior.id, id: `invite:${senior.id}` }),
+    );
+    ring.dataset.action = "ring";
+    li.append(name, ring);
+    return li;
+  });
+  ui.missingList.replaceChildren(...items);
+}
+
+function seniorName(id) {
+  return enrolled.find((senior) => senior.id === id)?.name ?? "";
 }
 
 // ---- Room controls ----
@@ -267,6 +306,13 @@ setInterval(() => measureQuality().catch((error) => console.warn("verzilvering: 
 // ---- Messages ----
 
 function onMessage(message) {
+  if (message.type === "joined" && Array.isArray(message.enrolled)) {
+    enrolled = message.enrolled;
+  } else if (message.type === "invite_sent") {
+    call.showNotice(format(text.ringing, { name: seniorName(message.senior_id) }));
+  } else if (message.type === "error" && message.code === "senior_offline" && message.ref?.startsWith("invite:")) {
+    call.showNotice(format(text.ring_offline, { name: seniorName(message.ref.slice("invite:".length)) }));
+  }
   if (message.type === "knock") {
     knockSound();
     ui.announcer.textContent = format(text.knock, { name: message.participant.name });
@@ -278,18 +324,21 @@ function onMessage(message) {
   }
   renderLobby();
   renderRoom();
+  renderMissing();
 }
 
 function onEnd(reason) {
   renderBanned();
   renderLobby();
   renderRoom();
+  renderMissing();
   if (reason === "ended") el("status").textContent = text.host_ended;
   ui.afterEnd.hidden = false;
 }
 
 renderLobby();
 renderRoom();
+renderMissing();
 
 window.verzilvering = {
   call,
