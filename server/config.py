@@ -58,6 +58,16 @@ class Settings:
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 30.0
     hello_timeout_s: float = 10.0
+    # Text waiting to be sent to one client; a client that stops reading is dropped beyond
+    # it (close 4008), so it cannot pin the node's memory. Far above a room snapshot or offer.
+    max_outbound_bytes: int = 256 * 1024
+    # Every close (flush, close handshake) ends within this, whatever the peer does: then
+    # the TCP connection is aborted.
+    close_timeout_s: float = 1.0
+    # Error replies per connection: this many per second, bursts up to error_reply_burst;
+    # a client that earns more is closed (4007) instead of answered.
+    error_replies_per_s: float = 1.0
+    error_reply_burst: int = 20
     resume_grace_s: float = 20.0
     # New sessions are refused (`unavailable`, the client retries) while the event loop
     # runs this many seconds behind; well under node_timeout_s, so an overloaded node

@@ -253,6 +253,7 @@ class Cluster:
                     origin,
                     lambda m, origin=origin: self._to_edge(origin, m),
                     RateLimiter(self.settings.messages_per_second * 2, self.settings.message_burst * 2),
+                    self.service.connection_limits,
                 )
             await self.service.receive(conn, message["text"])
         elif kind == "_gone":

@@ -31,6 +31,8 @@ class CloseCode:
     REPLACED = 4004
     MEDIA_FAILED = 4005
     DENIED = 4006
+    TOO_MANY_ERRORS = 4007
+    NOT_READING = 4008
 
 
 _OPTIONAL = object()

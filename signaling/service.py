@@ -37,7 +37,7 @@ from server.transport import NegotiationError
 from .devices import CALL_ROOM_PREFIX, DeviceHub
 from .protocol import DEVICE_ONLY, VERSION, CloseCode, ProtocolError, error, parse_client_message
 from .cluster import SERVICE_RESTART, Cluster
-from .session import Connection, RateLimiter, Session, WebSocketConnection
+from .session import Connection, ConnectionLimits, RateLimiter, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
 
 MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick")
@@ -66,6 +66,12 @@ class SignalingService:
         self._room_subscriptions: dict[str, Subscription] = {}
         self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
+        self.connection_limits = ConnectionLimits(
+            max_outbound_bytes=settings.max_outbound_bytes,
+            close_timeout_s=settings.close_timeout_s,
+            error_replies_per_s=settings.error_replies_per_s,
+            error_reply_burst=settings.error_reply_burst,
+        )
         self._sweeper: asyncio.Task[None] | None = None
         # Seconds the event loop ran behind at the last sweep (see _sweep).
         self.loop_lag = 0.0
@@ -86,14 +92,26 @@ class SignalingService:
     async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
         # No per-message deflate: its zlib state costs 110–160 KiB per idle kiosk, and
         # signalling messages are small.
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, compress=False)
+        # aiohttp refuses a frame of exactly max_msg_size; a frame of max_frame_bytes is allowed.
+        ws = web.WebSocketResponse(
+            max_msg_size=self.settings.max_frame_bytes + 1,
+            compress=False,
+            timeout=self.settings.close_timeout_s,
+        )
         await ws.prepare(request)
         conn = WebSocketConnection(
-            ws, RateLimiter(self.settings.messages_per_second, self.settings.message_burst)
+            ws,
+            request.transport,
+            RateLimiter(self.settings.messages_per_second, self.settings.message_burst),
+            self.connection_limits,
         )
         self._connections.add(conn)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.ensure_future(self._sweep())
+        # A timer, not the once-a-second sweep: the deadline holds to the moment.
+        hello_deadline = asyncio.get_running_loop().call_later(
+            self.settings.hello_timeout_s, self._hello_timeout, conn
+        )
         try:
             async for msg in ws:
                 conn.last_seen = time.monotonic()
@@ -104,6 +122,7 @@ class SignalingService:
                 if ws.closed:
                     break
         finally:
+            hello_deadline.cancel()
             self._connections.discard(conn)
             conn.abandon()
             if conn.relay_to is not None:
@@ -114,8 +133,13 @@ class SignalingService:
                 await self.connection_lost(conn)
         return ws
 
+    @staticmethod
+    def _hello_timeout(conn: Connection) -> None:
+        if conn.session is None and conn.device is None and conn.relay_to is None:
+            conn.close_soon(CloseCode.HELLO_TIMEOUT, "no hello")
+
     async def _sweep(self) -> None:
-        """Closes connections that never said hello or stopped pinging.
+        """Closes connections that stopped pinging.
 
         One task for the whole node, not a watchdog task per connection: 10,000 idle
         kiosks were 10,000 tasks waking every second (memory and CPU per connection).
@@ -132,15 +156,13 @@ class SignalingService:
             for conn in list(self._connections):
                 if conn.closing or conn.closed:
                     continue
-                if conn.session is None and conn.device is None and now - conn.opened > s.hello_timeout_s:
-                    conn.closing = True
+                if now - conn.last_seen > s.ping_timeout_s:
                     # Its own task: a close flushes the writer and may wait; the sweep must not.
-                    asyncio.ensure_future(conn.close(CloseCode.HELLO_TIMEOUT, "no hello"))
-                elif now - conn.last_seen > s.ping_timeout_s:
-                    conn.closing = True
-                    asyncio.ensure_future(conn.close(CloseCode.PING_TIMEOUT, "ping timeout"))
+                    conn.close_soon(CloseCode.PING_TIMEOUT, "ping timeout")
 
     async def receive(self, conn: Connection, text: str) -> None:
+        if conn.closing:
+            return
         if not conn.limiter.allow():
             self._reply_error(conn, ProtocolError("rate_limited", "Too many messages; slow down."))
             return
@@ -163,6 +185,11 @@ class SignalingService:
             self._reply_error(conn, ProtocolError("internal", "Something went wrong on the server."))
 
     def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
+        if not conn.errors.allow():
+            # Answering every bad or excess message would let a flood fill the outbound
+            # buffer with our own replies; a client this wrong is closed instead.
+            conn.close_soon(CloseCode.TOO_MANY_ERRORS, "too many errors")
+            return
         payload = error(exc.code, exc.message, exc.ref)
         if conn.session is not None and conn.session.connection is conn:
             conn.session.send(payload)

@@ -658,3 +658,13 @@ async def test_join_that_fails_after_the_store_step_leaves_nothing_behind(server
     await watcher.expect("pong")
     announced = [m for m in watcher.received if m["type"] in ("participant_joined", "participant_left")]
     assert [(m["type"], m.get("participant", {}).get("participant_id")) for m in announced] == [("participant_joined", "p-a")]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"error_reply_burst": 5, "error_replies_per_s": 0.5}])
+async def test_error_replies_are_rate_limited_then_the_client_is_closed(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    for _ in range(50):
+        await c.send_raw("x")
+    assert await c.closed() == 4007
+    errors = [m for m in c.received if m.get("type") == "error"]
+    assert len(errors) == 5 and {e["code"] for e in errors} == {"bad_json"}
