@@ -51,6 +51,9 @@ class Settings:
 
     # Signalling limits.
     max_message_bytes: int = 64 * 1024
+    # Objects and arrays in a message nest at most this deep (`bad_message` beyond): the
+    # deepest real message (a kiosk's self-test result) is 5 levels.
+    max_message_depth: int = 16
     # Frames above this are refused by the WebSocket layer itself and close the socket.
     max_frame_bytes: int = 1024 * 1024
     messages_per_second: float = 20.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 VERSION = 1
@@ -116,7 +117,53 @@ def _check_fields(
             )
 
 
-def parse_client_message(text: str | bytes, max_bytes: int) -> dict[str, Any]:
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        # 1e999 parses as infinity: as unusable as a literal NaN.
+        raise ProtocolError("bad_message", "Numbers must be finite.")
+    return number
+
+
+def _non_finite(name: str) -> Any:
+    raise ProtocolError("bad_message", f"{name} is not a number JSON allows; numbers must be finite.")
+
+
+def _check_values(message: dict[str, Any], max_depth: int) -> None:
+    """Every string is valid Unicode and containers nest at most `max_depth` deep.
+
+    Once here, at the boundary: a lone surrogate ("\\ud800") cannot be encoded again for
+    a token check, a store key or a reply, and deep nesting overflows the recursion of
+    whatever walks the value next (json.dumps, a template).
+    """
+    stack: list[tuple[Any, int]] = [(message, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise ProtocolError("bad_message", f"The message nests deeper than {max_depth} levels.")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        else:
+            stack.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_message", "Text must be valid Unicode (no lone surrogates).") from None
+
+
+def parse_client_message(text: str | bytes, max_bytes: int, max_depth: int) -> dict[str, Any]:
     """Decodes and validates one client frame; raises ProtocolError with the right code."""
     size = len(text.encode() if isinstance(text, str) else text)
     if size > max_bytes:
@@ -124,11 +171,14 @@ def parse_client_message(text: str | bytes, max_bytes: int) -> dict[str, Any]:
             "message_too_large", f"The message is {size} bytes; the limit is {max_bytes}."
         )
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_float=_finite, parse_constant=_non_finite)
+    except RecursionError:
+        raise ProtocolError("bad_message", f"The message nests deeper than {max_depth} levels.") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("bad_json", "The message is not valid JSON.") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_json", "The message must be a JSON object.")
+    _check_values(message, max_depth)
     ref = message.get("id")
     if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_ID_LENGTH):
         raise ProtocolError(

@@ -170,7 +170,9 @@ class SignalingService:
             if conn.relay_to is not None:
                 await self.cluster.forward(conn, text)
                 return
-            message = parse_client_message(text, self.settings.max_message_bytes)
+            message = parse_client_message(
+                text, self.settings.max_message_bytes, self.settings.max_message_depth
+            )
             await self._dispatch(conn, message)
         except ProtocolError as exc:
             self._reply_error(conn, exc)
