@@ -104,3 +104,22 @@ def peer_closed(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A masked client text frame (zero mask key)."""
+    if len(payload) < 126:
+        header = bytes([0x81, 0x80 | len(payload)])
+    elif len(payload) < 65536:
+        header = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    else:
+        header = bytes([0x81, 0x80 | 127]) + len(payload).to_bytes(8, "big")
+    return header + b"\x00\x00\x00\x00" + payload
+
+
+def open_idle(port: int, host: str = "127.0.0.1", source: str | None = None) -> socket.socket | None:
+    """A TCP connection that never sends a byte; None when the server does not take it."""
+    try:
+        return socket.create_connection((host, port), timeout=5, source_address=(source, 0) if source else None)
+    except OSError:
+        return None

@@ -141,10 +141,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, *, demo: bool) -> None:
+    from .app import GUARD_KEY
+
     app = create_app(settings)
     # No access log: URLs carry join tokens.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=settings.http_keepalive_timeout_s
+    )
     await runner.setup()
+    assert runner.server is not None
+    app[GUARD_KEY].install(runner.server, asyncio.get_running_loop())
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     _tune_gc(settings)

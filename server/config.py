@@ -132,6 +132,26 @@ class Settings:
     # its socket address, so a client cannot pose as another by sending those headers.
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
 
+    # Connections that have not signed in (any HTTP request, a WebSocket before its hello);
+    # see server/connections.py and docs/operations.md "Hardening".
+    # Until a request's headers are complete, from the connection's start or the end of
+    # its previous request (slow headers, idle keep-alive).
+    http_header_timeout_s: float = 10.0
+    # Until a request's body has arrived, from its headers (slow uploads; nginx buffers
+    # request bodies, so behind it this is the proxy's pace, not the client's).
+    http_body_timeout_s: float = 20.0
+    # An idle keep-alive connection is closed after this (aiohttp's default is an hour).
+    http_keepalive_timeout_s: float = 5.0
+    # At most this many at once per node (never more than half the open-files limit; the
+    # rest is for signed-in clients and media): beyond it a new connection pushes out the
+    # oldest idle one, or is refused.
+    max_unauthenticated_connections: int = 1000
+    # ... and per client address (the trusted proxy's word for it behind nginx).
+    max_connections_per_address: int = 100
+    # "socket.accept() out of system resource" (the open-files limit is reached) is logged
+    # once per this interval, with a count.
+    accept_error_log_interval_s: float = 10.0
+
     # Web pages (web/): staff sessions, login throttling, invites and photos.
     # A staff session cookie is valid this long after login.
     session_ttl_s: int = 12 * 3600

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -58,6 +59,9 @@ class SignalingService:
         self.devices = DeviceHub(settings, store, directory, issuer)
         self.cluster = Cluster(self, settings, store)
         self.metrics: Metrics | None = None
+        # Told when a WebSocket's hello is accepted (server/connections.py stops counting
+        # it as an unauthenticated connection).
+        self.on_authenticated: Callable[[asyncio.BaseTransport | None], None] | None = None
         sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
         # room → participant id → the session holding that seat on this node. Indexed by
@@ -112,11 +116,16 @@ class SignalingService:
         hello_deadline = asyncio.get_running_loop().call_later(
             self.settings.hello_timeout_s, self._hello_timeout, conn
         )
+        signed_in = False
         try:
             async for msg in ws:
                 conn.last_seen = time.monotonic()
                 if msg.type == WSMsgType.TEXT:
                     await self.receive(conn, msg.data)
+                    if not signed_in and conn.signed_in:
+                        signed_in = True
+                        if self.on_authenticated is not None:
+                            self.on_authenticated(request.transport)
                 elif msg.type == WSMsgType.BINARY:
                     self._reply_error(conn, ProtocolError("bad_json", "Binary frames are not accepted."))
                 if ws.closed:
@@ -135,7 +144,7 @@ class SignalingService:
 
     @staticmethod
     def _hello_timeout(conn: Connection) -> None:
-        if conn.session is None and conn.device is None and conn.relay_to is None:
+        if not conn.signed_in:
             conn.close_soon(CloseCode.HELLO_TIMEOUT, "no hello")
 
     async def _sweep(self) -> None:

@@ -98,6 +98,11 @@ class Connection:
     def closed(self) -> bool:
         raise NotImplementedError
 
+    @property
+    def signed_in(self) -> bool:
+        """A hello was accepted: a session, a kiosk or family page, or relayed to the owner."""
+        return self.session is not None or self.device is not None or self.relay_to is not None
+
     def send_text(self, text: str) -> None:
         self._push(text)
 

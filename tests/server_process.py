@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -34,7 +35,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, directory: Path, *, redis_url: str = "", start_timeout_s: float = 30.0, **settings: Any) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        redis_url: str = "",
+        start_timeout_s: float = 30.0,
+        open_files: int | None = None,
+        **settings: Any,
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,6 +51,8 @@ class ServerProcess:
         self.redis_url = redis_url
         self.start_timeout_s = start_timeout_s
         self.settings = settings
+        # The server's own soft RLIMIT_NOFILE (None: inherited).
+        self.open_files = open_files
         self.issuer = TokenIssuer(SECRET)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +70,9 @@ class ServerProcess:
         if self.redis_url:
             command += ["--redis-url", self.redis_url]
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT)
+        self.proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT, preexec_fn=self._limit_open_files
+        )
         log.close()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -73,6 +86,11 @@ class ServerProcess:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not answer /healthz within {self.start_timeout_s}s:\n{self.log_text()}")
+
+    def _limit_open_files(self) -> None:
+        if self.open_files is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
