@@ -42,6 +42,7 @@ class ServerProcess:
         redis_url: str = "",
         start_timeout_s: float = 30.0,
         open_files: int | None = None,
+        root: Path = ROOT,
         **settings: Any,
     ) -> None:
         self.directory = directory
@@ -53,13 +54,15 @@ class ServerProcess:
         self.settings = settings
         # The server's own soft RLIMIT_NOFILE (None: inherited).
         self.open_files = open_files
+        # The source tree to run (a benchmark's baseline runs an older checkout).
+        self.root = root
         self.issuer = TokenIssuer(SECRET)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["VERZILVERING_TOKEN_SECRET"] = SECRET
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = str(self.root) + os.pathsep + env.get("PYTHONPATH", "")
         for name, value in self.settings.items():
             env[f"VERZILVERING_{name.upper()}"] = json.dumps(list(value)) if isinstance(value, tuple) else str(value)
         return env
@@ -71,7 +74,7 @@ class ServerProcess:
             command += ["--redis-url", self.redis_url]
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT, preexec_fn=self._limit_open_files
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root, preexec_fn=self._limit_open_files
         )
         log.close()
         deadline = time.monotonic() + self.start_timeout_s
