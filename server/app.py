@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_state)
     app[METRICS_KEY] = Metrics()
+    guard.metrics = app[METRICS_KEY]
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/ws", websocket)

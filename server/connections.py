@@ -38,6 +38,7 @@ from aiohttp import web
 
 from .config import Settings
 from .forwarded import TrustedProxies
+from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +79,7 @@ class ConnectionGuard:
         self._tracked: dict[asyncio.BaseTransport, Tracked] = {}
         self._per_address: Counter[str] = Counter()
         self._sweeper: asyncio.Task[None] | None = None
-        self.refused = 0
-        self.evicted = 0
-        self.timed_out = 0
+        self.metrics: Metrics | None = None
         self._accept_errors = 0
         self._accept_logged_at = 0.0
 
@@ -162,8 +161,12 @@ class ConnectionGuard:
             tracked.counted_address = ""
 
     def _refuse(self, transport: asyncio.BaseTransport) -> None:
-        self.refused += 1
+        self._count_drop("refused")
         transport.abort()  # type: ignore[attr-defined]
+
+    def _count_drop(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connections_dropped.labels(reason).inc()
 
     def _evict_idle(self, address: str | None = None) -> bool:
         """Drops the oldest unauthenticated connection (from `address`, if given) that has
@@ -177,7 +180,7 @@ class ConnectionGuard:
             return False
         oldest = min(idle, key=lambda t: t.waiting_since)
         self._drop(oldest)
-        self.evicted += 1
+        self._count_drop("evicted")
         return True
 
     def _drop(self, tracked: Tracked) -> None:
@@ -203,7 +206,7 @@ class ConnectionGuard:
         if self.proxies.trusts(tracked.address) and not tracked.counted_address:
             client = self.proxies.client_address(request)
             if self._per_address[client] >= self.settings.max_connections_per_address and not self._evict_idle(client):
-                self.refused += 1
+                self._count_drop("refused")
                 return web.Response(
                     status=503, text="Too many connections from your address; try again shortly.",
                     headers={"Connection": "close", "Retry-After": "10"},
@@ -238,7 +241,7 @@ class ConnectionGuard:
                         and now - tracked.request_started > s.http_body_timeout_s
                     )
                 if late:
-                    self.timed_out += 1
+                    self._count_drop("timed_out")
                     self._drop(tracked)
 
     # --- accept errors ---------------------------------------------------------------------
@@ -246,6 +249,7 @@ class ConnectionGuard:
     def accept_failed(self, exc: BaseException | None) -> None:
         """At the descriptor limit every accept fails: one log line per interval, counted."""
         self._accept_errors += 1
+        self._count_drop("accept_failed")
         now = time.monotonic()
         if now - self._accept_logged_at >= self.settings.accept_error_log_interval_s:
             logger.error(
@@ -254,11 +258,3 @@ class ConnectionGuard:
             )
             self._accept_errors = 0
             self._accept_logged_at = now
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "unauthenticated": self.unauthenticated,
-            "refused": self.refused,
-            "evicted": self.evicted,
-            "timed_out": self.timed_out,
-        }

@@ -61,6 +61,10 @@ def test_slow_headers_and_slow_bodies_are_closed(tmp_path: Path) -> None:
             for sock in header_socks + body_socks:
                 sock.close()
         assert still_open == []
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        dropped = re.search(r'verzilvering_connections_dropped_total\{reason="timed_out"\} (\d+)', metrics)
+        assert dropped is not None and int(dropped.group(1)) >= 10, metrics
         assert "Traceback" not in server.log_text()
 
 
