@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,15 @@ import pytest
 
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
+from server.config import Settings
+from server.directory import Activity, Contact, Directory, Kiosk, Senior, hash_secret
+from server.invites import issue_invite, named_secret
+from server.store import open_store
 from signaling.protocol import CLIENT_MESSAGES
 from tests.redis_server import RedisServer
-from tests.server_process import ServerProcess
+from tests.server_process import SECRET, ServerProcess
 
-MESSAGES = 6000
+MESSAGES = 20000
 TIME_BUDGET_S = 20.0
 ROOM = "fuzz-room"
 # Closing codes a fuzzed client may see: leave, kicked/ended, replaced, denied, bad hello,
@@ -84,6 +89,12 @@ class Fuzzer:
             return self.rng.choice(["audio", "video"])
         if name == "room":
             return ROOM
+        if name == "activity_id":
+            return "a-1"
+        if name == "contact_id":
+            return "c-1"
+        if name == "result":
+            return {"checks": {"camera": {"ok": True}, self.text(): {"ok": self.value()}}}
         if name == "v":
             return 1
         if name == "negotiation_id":
@@ -126,31 +137,55 @@ class Fuzzer:
         return "".join(chars)
 
 
+async def seed(data_dir: Path, redis_url: str) -> dict[str, Any]:
+    """A senior with a paired kiosk, a contact and an activity, written before the server
+    starts (as `verzilvering admin` does); returns the kiosk's and the contact's hellos."""
+    settings = Settings(data_dir=data_dir, token_secret=SECRET, redis_url=redis_url)
+    store = await open_store(settings, node_id="seed")
+    try:
+        directory = Directory(store)
+        await directory.put(Senior(id="s-1", name="Mevrouw Jansen"), actor="test")
+        contact = Contact(id="c-1", senior_id="s-1", name="Sanne", trusted=True)
+        await directory.put(contact, actor="test")
+        await directory.put(Activity(id="a-1", title="Stoelgym", enrolled=["s-1"]), actor="test")
+        credential = secrets.token_urlsafe(32)
+        await directory.put(Kiosk(id="k-1", senior_id="s-1", credential_hash=hash_secret(credential)), actor="test")
+    finally:
+        await store.close()
+    return {
+        "device": {"type": "hello", "v": 1, "device": {"kiosk_id": "k-1", "credential": credential}},
+        "contact": {"type": "hello", "v": 1, "contact": {"invite": issue_invite(named_secret(settings, "invite"), contact)}},
+    }
+
+
 class FuzzClient:
     """One socket that sends fuzz and records what comes back; reconnects when closed."""
 
-    def __init__(self, http: aiohttp.ClientSession, server: ServerProcess, token: str | None) -> None:
+    def __init__(self, http: aiohttp.ClientSession, server: ServerProcess, hello: dict[str, Any] | None) -> None:
         self.http = http
         self.server = server
-        self.token = token
+        self.hello = hello
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
         self.internal: list[dict[str, Any]] = []
         self.closes: list[int | None] = []
         self.received = 0
+        self.types: set[str] = set()
 
     async def connect(self) -> None:
         self.ws = await self.http.ws_connect(self.server.ws_url)
         self.reader = asyncio.ensure_future(self._read(self.ws))
-        if self.token is not None:
-            await self.ws.send_str(json.dumps({"type": "hello", "v": 1, "token": self.token}))
-            await self.ws.send_str(json.dumps({"type": "join", "room": ROOM}))
+        if self.hello is not None:
+            await self.ws.send_str(json.dumps(self.hello))
+            if "token" in self.hello:
+                await self.ws.send_str(json.dumps({"type": "join", "room": ROOM}))
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 self.received += 1
                 message = json.loads(msg.data)
+                self.types.add(message.get("type", ""))
                 if message.get("type") == "error" and message.get("code") == "internal":
                     self.internal.append(message)
         self.closes.append(ws.close_code)
@@ -175,30 +210,33 @@ class FuzzClient:
 
 
 @pytest.fixture(params=["embedded", "redis"])
-def live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+def live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
     redis = RedisServer().start() if request.param == "redis" else None
     # Limits out of the way: the fuzz is to reach the handlers, not the rate limiters.
     limits = {
         "messages_per_second": 100_000, "message_burst": 100_000,
         "error_replies_per_s": 100_000, "error_reply_burst": 100_000,
     }
+    redis_url = redis.url if redis else ""
     try:
-        with ServerProcess(tmp_path, redis_url=redis.url if redis else "", **limits) as server:
-            yield server
+        hellos = asyncio.run(seed(tmp_path / "data", redis_url))
+        with ServerProcess(tmp_path, redis_url=redis_url, **limits) as server:
+            yield server, hellos
     finally:
         if redis is not None:
             redis.stop()
 
 
-async def test_live_fuzz_leaves_the_server_healthy(live_server: ServerProcess) -> None:
-    server = live_server
+async def test_live_fuzz_leaves_the_server_healthy(live_server: tuple[ServerProcess, dict[str, Any]]) -> None:
+    server, hellos = live_server
     people = [("host", "p-host"), ("senior", "p-a"), ("senior", "p-b"), ("family", "p-c")]
-    fuzzer = Fuzzer(seed=11, participant_ids=[pid for _, pid in people] + ["p-nobody"])
+    fuzzer = Fuzzer(seed=11, participant_ids=[pid for _, pid in people] + ["p-nobody", "k-1", "c-1", "a-1"])
     async with aiohttp.ClientSession() as http:
         clients = [
-            FuzzClient(http, server, server.token(role=role, room=ROOM, name=pid, participant_id=pid))
+            FuzzClient(http, server, {"type": "hello", "v": 1, "token": server.token(role=role, room=ROOM, name=pid, participant_id=pid)})
             for role, pid in people
-        ] + [FuzzClient(http, server, None) for _ in range(2)]
+        ] + [FuzzClient(http, server, hellos["device"]), FuzzClient(http, server, hellos["contact"])]
+        clients += [FuzzClient(http, server, None) for _ in range(2)]
         for client in clients:
             await client.connect()
         sent = 0
@@ -214,6 +252,9 @@ async def test_live_fuzz_leaves_the_server_healthy(live_server: ServerProcess) -
             assert reply.status == 200
             health = await reply.json()
     assert sent >= 1000, sent
+    # Every kind of channel was open to the fuzz: room members, a kiosk, a family page.
+    assert "joined" in clients[0].types and "device_welcome" in clients[4].types, (clients[0].types, clients[4].types)
+    assert "contact_welcome" in clients[5].types, clients[5].types
     internal = [m for c in clients for m in c.internal]
     assert internal == [], internal[:5]
     closes = {code for c in clients for code in c.closes}
@@ -242,4 +283,7 @@ async def test_live_fuzz_leaves_the_server_healthy(live_server: ServerProcess) -
     log = server.log_text()
     for sign in ("Traceback", "Task exception was never retrieved", "Exception in callback", "internal error"):
         assert sign not in log, log[log.find(sign) - 2000 : log.find(sign) + 2000]
-    print(f"live fuzz: {sent} frames, {sum(c.received for c in clients)} replies, closes {sorted(closes, key=str)}")
+    print(
+        f"live fuzz: {sent} frames, {sum(c.received for c in clients)} replies, closes {sorted(closes, key=str)};"
+        f" afterwards {media.video_frames} video and {media.audio_frames} audio frames received"
+    )
