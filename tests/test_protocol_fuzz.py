@@ -242,3 +242,32 @@ def test_every_type_a_lone_surrogate_in_any_string_is_bad_message(
     hostile = _with_lone_surrogate(message, path, surrogate)
     result = _parse(json.dumps(hostile))
     assert isinstance(result, ProtocolError) and result.code == "bad_message", (hostile, result)
+
+
+# Nested containers of safe scalars, up to twice the limit deep, with shallow siblings.
+safe_scalars = st.one_of(st.integers(), st.booleans(), safe_text)
+shallow = st.one_of(safe_scalars, st.lists(safe_scalars, max_size=2), st.dictionaries(safe_text, safe_scalars, max_size=2))
+
+
+@st.composite
+def nested_to_depth(draw: st.DrawFn) -> Any:
+    value = draw(safe_scalars)
+    for _ in range(draw(st.integers(1, 2 * MAX_DEPTH))):
+        siblings = draw(st.lists(shallow, max_size=2))
+        if draw(st.booleans()):
+            siblings.insert(draw(st.integers(0, len(siblings))), value)
+            value = siblings
+        else:
+            value = {**{f"s{i}": sibling for i, sibling in enumerate(siblings)}, draw(safe_text): value}
+    return value
+
+
+@FUZZ
+@given(nested_to_depth())
+def test_nesting_is_accepted_exactly_up_to_the_limit(value: Any) -> None:
+    message = {"type": "ping", "x": value}
+    result = _parse(json.dumps(message))
+    if _depth(message) <= MAX_DEPTH:
+        assert result == message
+    else:
+        assert isinstance(result, ProtocolError) and result.code == "bad_message"
