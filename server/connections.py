@@ -58,7 +58,6 @@ class Tracked:
     waiting_since: float
     request: web.BaseRequest | None = None
     request_started: float = 0.0
-    authenticated: bool = False
     counted_address: str = field(default="")
 
 
@@ -76,6 +75,8 @@ class ConnectionGuard:
                 "max_unauthenticated_connections lowered to %d: the open-files limit is %d (raise LimitNOFILE)",
                 self.max_unauthenticated, soft_limit,
             )
+        # Unauthenticated connections only: a signed-in one leaves (10,000 kiosks must not
+        # be walked on every accept).
         self._tracked: dict[asyncio.BaseTransport, Tracked] = {}
         self._per_address: Counter[str] = Counter()
         self._sweeper: asyncio.Task[None] | None = None
@@ -122,10 +123,6 @@ class ConnectionGuard:
 
     # --- accounting ------------------------------------------------------------------------
 
-    @property
-    def unauthenticated(self) -> int:
-        return sum(1 for t in self._tracked.values() if not t.authenticated)
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, tuple) and peer else ""
@@ -137,7 +134,7 @@ class ConnectionGuard:
             if not self._evict_idle(address):
                 self._refuse(transport)
                 return
-        if self.unauthenticated >= self.max_unauthenticated and not self._evict_idle():
+        if len(self._tracked) >= self.max_unauthenticated and not self._evict_idle():
             self._refuse(transport)
             return
         self._tracked[transport] = tracked
@@ -174,7 +171,7 @@ class ConnectionGuard:
         address opening connections only pushes out its own."""
         idle = [
             t for t in self._tracked.values()
-            if not t.authenticated and t.request is None and (address is None or t.counted_address == address)
+            if t.request is None and (address is None or t.counted_address == address)
         ]
         if not idle:
             return False
@@ -190,9 +187,8 @@ class ConnectionGuard:
 
     def authenticated(self, transport: asyncio.BaseTransport | None) -> None:
         """A WebSocket said a valid `hello`: its own limits apply from now on."""
-        tracked = self._tracked.get(transport) if transport is not None else None
-        if tracked is not None and not tracked.authenticated:
-            tracked.authenticated = True
+        tracked = self._tracked.pop(transport, None) if transport is not None else None
+        if tracked is not None:
             self._uncount(tracked)
 
     # --- requests --------------------------------------------------------------------------
@@ -229,8 +225,6 @@ class ConnectionGuard:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for tracked in list(self._tracked.values()):
-                if tracked.authenticated:
-                    continue
                 request = tracked.request
                 if request is None:
                     late = now - tracked.waiting_since > s.http_header_timeout_s
