@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from server.config import Settings
 from server.store import ParticipantState, Store, StoreUnavailable, Subscription, TrackState
 
-from .session import Connection, RateLimiter, RelayedConnection
+from .session import Connection, ConnectionLimits, RateLimiter, RelayedConnection
 
 if TYPE_CHECKING:
     from .service import SignalingService
@@ -47,6 +47,7 @@ class Cluster:
         self.relayed: dict[str, Connection] = {}
         # Owner side: clients whose WebSocket lives on another node.
         self.remote: dict[tuple[str, str], RelayedConnection] = {}
+        self.connection_limits = ConnectionLimits.from_settings(settings)
         # Relayed frames wait here per (origin node, connection): one client's frames are
         # handled in the order sent, while different clients' frames run concurrently
         # (a relayed join waits on ~10 store round trips; one global queue made every
@@ -253,7 +254,7 @@ class Cluster:
                     origin,
                     lambda m, origin=origin: self._to_edge(origin, m),
                     RateLimiter(self.settings.messages_per_second * 2, self.settings.message_burst * 2),
-                    self.service.connection_limits,
+                    self.connection_limits,
                 )
             await self.service.receive(conn, message["text"])
         elif kind == "_gone":

@@ -70,12 +70,7 @@ class SignalingService:
         self._room_subscriptions: dict[str, Subscription] = {}
         self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
-        self.connection_limits = ConnectionLimits(
-            max_outbound_bytes=settings.max_outbound_bytes,
-            close_timeout_s=settings.close_timeout_s,
-            error_replies_per_s=settings.error_replies_per_s,
-            error_reply_burst=settings.error_reply_burst,
-        )
+        self.connection_limits = ConnectionLimits.from_settings(settings)
         self._sweeper: asyncio.Task[None] | None = None
         # Seconds the event loop ran behind at the last sweep (see _sweep).
         self.loop_lag = 0.0

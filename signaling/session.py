@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from server.config import Settings
 from server.store import StoreUnavailable
 
 from .protocol import CloseCode
@@ -59,6 +60,15 @@ class ConnectionLimits:
     # Error replies: a client that keeps earning them is closed, not answered forever.
     error_replies_per_s: float
     error_reply_burst: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ConnectionLimits":
+        return cls(
+            max_outbound_bytes=settings.max_outbound_bytes,
+            close_timeout_s=settings.close_timeout_s,
+            error_replies_per_s=settings.error_replies_per_s,
+            error_reply_burst=settings.error_reply_burst,
+        )
 
 
 class Connection:
