@@ -13,6 +13,7 @@ from signaling.tokens import TokenIssuer, load_or_create_secret
 
 from . import __version__
 from .config import Settings
+from .connections import ConnectionGuard
 from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
 from .router import Sfu
@@ -29,6 +30,7 @@ SIGNALING_KEY = web.AppKey("signaling", SignalingService)
 STARTED_KEY = web.AppKey("started", float)
 DIRECTORY_KEY = web.AppKey("directory", Directory)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
 
 
 def make_issuer(settings: Settings) -> TokenIssuer:
@@ -40,8 +42,11 @@ def create_app(settings: Settings) -> web.Application:
     set_ice_read_batch(settings.ice_read_batch)
     if settings.media_addresses:
         restrict_host_addresses(list(settings.media_addresses))
-    app = web.Application(client_max_size=settings.max_message_bytes)
+    guard = ConnectionGuard(settings)
+    # First: it must see every request's start and end, whatever the others do.
+    app = web.Application(client_max_size=settings.max_message_bytes, middlewares=[guard.middleware])
     app[SETTINGS_KEY] = settings
+    app[GUARD_KEY] = guard
     app[ISSUER_KEY] = make_issuer(settings)
     app[STARTED_KEY] = time.monotonic()
     app[SFU_KEY] = Sfu(
@@ -52,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_state)
     app[METRICS_KEY] = Metrics()
+    guard.metrics = app[METRICS_KEY]
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/ws", websocket)
@@ -75,9 +81,11 @@ async def _state(app: web.Application):  # type: ignore[no-untyped-def]
         settings, store, app[ISSUER_KEY], app[SFU_KEY], app[DIRECTORY_KEY]
     )
     app[SIGNALING_KEY].metrics = app[METRICS_KEY]
+    app[SIGNALING_KEY].on_authenticated = app[GUARD_KEY].authenticated
     app[METRICS_KEY].watch(app[SFU_KEY], app[SIGNALING_KEY])
     await app[SIGNALING_KEY].start()
     yield
+    await app[GUARD_KEY].close()
     app[METRICS_KEY].close()
     await app[SIGNALING_KEY].close()
     await app[SFU_KEY].close()

@@ -209,10 +209,16 @@ def _listen_error(exc: OSError, settings: Settings) -> CliError:
 
 
 async def _run(settings: Settings, *, demo: bool) -> None:
+    from .app import GUARD_KEY
+
     app = create_app(settings)
     # No access log: URLs carry join tokens.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=settings.http_keepalive_timeout_s
+    )
     await runner.setup()
+    assert runner.server is not None
+    app[GUARD_KEY].install(runner.server, asyncio.get_running_loop())
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         try:

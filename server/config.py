@@ -70,6 +70,9 @@ class Settings:
 
     # Signalling limits.
     max_message_bytes: int = 64 * 1024
+    # Objects and arrays in a message nest at most this deep (`bad_message` beyond): the
+    # deepest real message (a kiosk's self-test result) is 5 levels.
+    max_message_depth: int = 16
     # Frames above this are refused by the WebSocket layer itself and close the socket.
     max_frame_bytes: int = 1024 * 1024
     messages_per_second: float = 20.0
@@ -77,6 +80,16 @@ class Settings:
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 30.0
     hello_timeout_s: float = 10.0
+    # Text waiting to be sent to one client; a client that stops reading is dropped beyond
+    # it (close 4008), so it cannot pin the node's memory. Far above a room snapshot or offer.
+    max_outbound_bytes: int = 256 * 1024
+    # Every close (flush, close handshake) ends within this, whatever the peer does: then
+    # the TCP connection is aborted.
+    close_timeout_s: float = 1.0
+    # Error replies per connection: this many per second, bursts up to error_reply_burst;
+    # a client that earns more is closed (4009) instead of answered.
+    error_replies_per_s: float = 1.0
+    error_reply_burst: int = 20
     resume_grace_s: float = 20.0
     # New sessions are refused (`unavailable`, the client retries) while the event loop
     # runs this many seconds behind; well under node_timeout_s, so an overloaded node
@@ -144,6 +157,26 @@ class Settings:
     # are believed: addresses or networks (CIDR). A request from anywhere else is taken at
     # its socket address, so a client cannot pose as another by sending those headers.
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
+
+    # Connections that have not signed in (any HTTP request, a WebSocket before its hello);
+    # see server/connections.py and docs/operations.md "Hardening".
+    # Until a request's headers are complete, from the connection's start or the end of
+    # its previous request (slow headers, idle keep-alive).
+    http_header_timeout_s: float = 10.0
+    # Until a request's body has arrived, from its headers (slow uploads; nginx buffers
+    # request bodies, so behind it this is the proxy's pace, not the client's).
+    http_body_timeout_s: float = 20.0
+    # An idle keep-alive connection is closed after this (aiohttp's default is an hour).
+    http_keepalive_timeout_s: float = 5.0
+    # At most this many at once per node (never more than half the open-files limit; the
+    # rest is for signed-in clients and media): beyond it a new connection pushes out the
+    # oldest idle one, or is refused.
+    max_unauthenticated_connections: int = 1000
+    # ... and per client address (the trusted proxy's word for it behind nginx).
+    max_connections_per_address: int = 100
+    # "socket.accept() out of system resource" (the open-files limit is reached) is logged
+    # once per this interval, with a count.
+    accept_error_log_interval_s: float = 10.0
 
     # Web pages (web/): staff sessions, login throttling, invites and photos.
     # A staff session (a store record the login cookie names) ends this long after login

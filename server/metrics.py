@@ -46,6 +46,14 @@ class Metrics:
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
+        self.connections_dropped = Counter(
+            "verzilvering_connections_dropped",
+            "Connections that had not signed in, dropped by server/connections.py: refused (a cap),"
+            " evicted (oldest idle, for a newcomer), timed_out (slow headers or body), accept_failed"
+            " (open-files limit reached).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.redis_errors = Counter(
             "verzilvering_redis_errors", "State-store operations that failed (store unreachable or refusing).",
             registry=self.registry,

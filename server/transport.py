@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.sdp import SessionDescription
 
 from .consumer import Consumer
 from .metrics import MediaTotals
@@ -41,6 +43,37 @@ class NegotiationError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+# The digests aiortc can check a DTLS certificate against, and their sizes in bytes.
+FINGERPRINT_DIGEST_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
+
+
+def check_fingerprints(sdp: str) -> None:
+    """Refuses an answer whose media lack a well-formed DTLS fingerprint.
+
+    aiortc takes such an answer, then fails an assertion in a background task (missing) or
+    the DTLS handshake (garbage): the client would hear nothing but silence. An SDP that
+    does not parse at all is left to setRemoteDescription (`negotiation_failed`).
+    """
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception:
+        return
+    for media in description.media:
+        if media.port == 0:
+            continue
+        fingerprints = media.dtls.fingerprints if media.dtls is not None else []
+        if not fingerprints:
+            raise NegotiationError("bad_fingerprint", f"The answer's {media.kind} section has no a=fingerprint.")
+        for fingerprint in fingerprints:
+            size = FINGERPRINT_DIGEST_BYTES.get(fingerprint.algorithm.lower())
+            if size is None or not re.fullmatch(rf"[0-9A-Fa-f]{{2}}(:[0-9A-Fa-f]{{2}}){{{size - 1}}}", fingerprint.value):
+                raise NegotiationError(
+                    "bad_fingerprint",
+                    f"The answer's {media.kind} section has a malformed a=fingerprint"
+                    " (sha-256, sha-384 or sha-512 as colon-separated hex bytes).",
+                )
 
 
 def rtc_configuration(ice_servers: tuple[dict[str, Any], ...]) -> RTCConfiguration:
@@ -326,6 +359,8 @@ class WebRtcTransport:
                     "stale_negotiation",
                     f"No offer {negotiation_id} is waiting for an answer.",
                 )
+            # Before anything changes: the offer stays in flight for a corrected answer.
+            check_fingerprints(sdp)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             except Exception as exc:

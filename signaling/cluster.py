@@ -21,7 +21,7 @@ from server.config import Settings
 from server.store import ParticipantState, Store, StoreUnavailable, Subscription, TrackState
 
 from .protocol import error
-from .session import Connection, RateLimiter, RelayedConnection
+from .session import Connection, ConnectionLimits, RateLimiter, RelayedConnection
 
 if TYPE_CHECKING:
     from .service import SignalingService
@@ -49,6 +49,7 @@ class Cluster:
         self.relayed: dict[str, Connection] = {}
         # Owner side: clients whose WebSocket lives on another node.
         self.remote: dict[tuple[str, str], RelayedConnection] = {}
+        self.connection_limits = ConnectionLimits.from_settings(settings)
         # Relayed frames wait here per (origin node, connection): one client's frames are
         # handled in the order sent, while different clients' frames run concurrently
         # (a relayed join waits on ~10 store round trips; one global queue made every
@@ -344,6 +345,7 @@ class Cluster:
                     origin,
                     lambda m, origin=origin: self._to_edge(origin, m),
                     RateLimiter(self.settings.messages_per_second * 2, self.settings.message_burst * 2),
+                    self.connection_limits,
                 )
             await self.service.receive(conn, message["text"])
         elif kind == "_gone":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 VERSION = 1
@@ -33,6 +35,8 @@ class CloseCode:
     DENIED = 4006
     # The participant's access was revoked (account removed, invite replaced) while connected.
     REVOKED = 4007
+    NOT_READING = 4008
+    TOO_MANY_ERRORS = 4009
 
 
 _OPTIONAL = object()
@@ -121,19 +125,98 @@ def _check_fields(
             )
 
 
-def parse_client_message(text: str | bytes, max_bytes: int) -> dict[str, Any]:
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        # 1e999 parses as infinity: as unusable as a literal NaN.
+        raise ProtocolError("bad_message", "Numbers must be finite.")
+    return number
+
+
+def _non_finite(name: str) -> Any:
+    raise ProtocolError("bad_message", f"{name} is not a number JSON allows; numbers must be finite.")
+
+
+def _check_text_values(message: dict[str, Any]) -> None:
+    """Every string and key is valid Unicode: a lone surrogate ("\\ud800") cannot be
+    encoded again for a token check, a store key or a reply."""
+    stack: list[Any] = [message]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key in value:
+                _check_text(key)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            _check_text(value)
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_message", "Text must be valid Unicode (no lone surrogates).") from None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_AS_PARENS = str.maketrans("[{]}", "(())")
+# Where a lone surrogate can come from: a \u escape (a frame is valid UTF-8, so raw ones
+# arrive only from a caller that did not decode one).
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]")
+
+
+def _check_nesting(text: str, max_depth: int) -> None:
+    """Refuses text nesting deeper than `max_depth` before json.loads sees it: a decoder
+    recursing thousands of levels deep leaves no stack for whatever runs meanwhile (a
+    garbage-collector callback hit RecursionError there).
+
+    Each pass drops the innermost bracket pairs, exactly one level of every branch, at C
+    speed: brackets left after `max_depth` passes nest deeper.
+    """
+    if text.count("[") + text.count("{") <= max_depth:
+        return
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).translate(_AS_PARENS)
+    for _ in range(max_depth):
+        reduced = brackets.replace("()", "")
+        if reduced == brackets:
+            break
+        brackets = reduced
+    if not brackets:
+        return
+    if "()" not in brackets:
+        # Unbalanced: not JSON at all (json.loads would recurse into it all the same).
+        raise ProtocolError("bad_json", "The message is not valid JSON.")
+    raise ProtocolError("bad_message", f"The message nests deeper than {max_depth} levels.")
+
+
+def parse_client_message(text: str | bytes, max_bytes: int, max_depth: int) -> dict[str, Any]:
     """Decodes and validates one client frame; raises ProtocolError with the right code."""
-    size = len(text.encode() if isinstance(text, str) else text)
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > max_bytes:
         raise ProtocolError(
             "message_too_large", f"The message is {size} bytes; the limit is {max_bytes}."
         )
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("bad_json", "The message is not valid JSON.") from None
+    _check_nesting(text, max_depth)
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_float=_finite, parse_constant=_non_finite)
+    except RecursionError:
+        raise ProtocolError("bad_message", f"The message nests deeper than {max_depth} levels.") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("bad_json", "The message is not valid JSON.") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_json", "The message must be a JSON object.")
+    if _MAYBE_SURROGATE.search(text):
+        _check_text_values(message)
     ref = message.get("id")
     if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_ID_LENGTH):
         raise ProtocolError(

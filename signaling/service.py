@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -40,7 +41,7 @@ from .devices import CALL_ROOM_PREFIX, DeviceHub
 from .protocol import DEVICE_ONLY, VERSION, CloseCode, ProtocolError, error, parse_client_message
 from .cluster import SERVICE_RESTART, Cluster
 from .revocation import Revocations
-from .session import Connection, RateLimiter, RelayedConnection, Session, WebSocketConnection
+from .session import Connection, ConnectionLimits, RateLimiter, RelayedConnection, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
 
 MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban", "invite_senior")
@@ -64,6 +65,9 @@ class SignalingService:
         self._revocation_subscription: Subscription | None = None
         self.attendance = Attendance(settings, store)
         self.metrics: Metrics | None = None
+        # Told when a WebSocket's hello is accepted (server/connections.py stops counting
+        # it as an unauthenticated connection).
+        self.on_authenticated: Callable[[asyncio.BaseTransport | None], None] | None = None
         sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
         # room → participant id → the session holding that seat on this node. Indexed by
@@ -72,6 +76,7 @@ class SignalingService:
         self._room_subscriptions: dict[str, Subscription] = {}
         self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
+        self.connection_limits = ConnectionLimits.from_settings(settings)
         self._sweeper: asyncio.Task[None] | None = None
         # Seconds the event loop ran behind at the last sweep (see _sweep).
         self.loop_lag = 0.0
@@ -92,24 +97,42 @@ class SignalingService:
     async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
         # No per-message deflate: its zlib state costs 110–160 KiB per idle kiosk, and
         # signalling messages are small.
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, compress=False)
+        # aiohttp refuses a frame of exactly max_msg_size; a frame of max_frame_bytes is allowed.
+        ws = web.WebSocketResponse(
+            max_msg_size=self.settings.max_frame_bytes + 1,
+            compress=False,
+            timeout=self.settings.close_timeout_s,
+        )
         await ws.prepare(request)
         conn = WebSocketConnection(
-            ws, RateLimiter(self.settings.messages_per_second, self.settings.message_burst)
+            ws,
+            request.transport,
+            RateLimiter(self.settings.messages_per_second, self.settings.message_burst),
+            self.connection_limits,
         )
         self._connections.add(conn)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.ensure_future(self._sweep())
+        # A timer, not the once-a-second sweep: the deadline holds to the moment.
+        hello_deadline = asyncio.get_running_loop().call_later(
+            self.settings.hello_timeout_s, self._hello_timeout, conn
+        )
+        signed_in = False
         try:
             async for msg in ws:
                 conn.last_seen = time.monotonic()
                 if msg.type == WSMsgType.TEXT:
                     await self.receive(conn, msg.data)
+                    if not signed_in and conn.signed_in:
+                        signed_in = True
+                        if self.on_authenticated is not None:
+                            self.on_authenticated(request.transport)
                 elif msg.type == WSMsgType.BINARY:
                     self._reply_error(conn, ProtocolError("bad_json", "Binary frames are not accepted."))
                 if ws.closed:
                     break
         finally:
+            hello_deadline.cancel()
             self._connections.discard(conn)
             conn.abandon()
             if conn.relay_to is not None:
@@ -120,8 +143,13 @@ class SignalingService:
                 await self.connection_lost(conn)
         return ws
 
+    @staticmethod
+    def _hello_timeout(conn: Connection) -> None:
+        if not conn.signed_in:
+            conn.close_soon(CloseCode.HELLO_TIMEOUT, "no hello")
+
     async def _sweep(self) -> None:
-        """Closes connections that never said hello or stopped pinging.
+        """Closes connections that stopped pinging.
 
         One task for the whole node, not a watchdog task per connection: 10,000 idle
         kiosks were 10,000 tasks waking every second (memory and CPU per connection).
@@ -138,21 +166,13 @@ class SignalingService:
             for conn in list(self._connections):
                 if conn.closing or conn.closed:
                     continue
-                if (
-                    conn.session is None
-                    and conn.device is None
-                    # A relayed connection's session lives on its room's node.
-                    and conn.relay_to is None
-                    and now - conn.opened > s.hello_timeout_s
-                ):
-                    conn.closing = True
+                if now - conn.last_seen > s.ping_timeout_s:
                     # Its own task: a close flushes the writer and may wait; the sweep must not.
-                    asyncio.ensure_future(conn.close(CloseCode.HELLO_TIMEOUT, "no hello"))
-                elif now - conn.last_seen > s.ping_timeout_s:
-                    conn.closing = True
-                    asyncio.ensure_future(conn.close(CloseCode.PING_TIMEOUT, "ping timeout"))
+                    conn.close_soon(CloseCode.PING_TIMEOUT, "ping timeout")
 
     async def receive(self, conn: Connection, text: str) -> None:
+        if conn.closing:
+            return
         if not conn.limiter.allow():
             self._reply_error(conn, ProtocolError("rate_limited", "Too many messages; slow down."))
             return
@@ -160,7 +180,9 @@ class SignalingService:
             if conn.relay_to is not None:
                 await self.cluster.forward(conn, text)
                 return
-            message = parse_client_message(text, self.settings.max_message_bytes)
+            message = parse_client_message(
+                text, self.settings.max_message_bytes, self.settings.max_message_depth
+            )
             await self._dispatch(conn, message)
         except ProtocolError as exc:
             self._reply_error(conn, exc)
@@ -175,6 +197,11 @@ class SignalingService:
             self._reply_error(conn, ProtocolError("internal", "Something went wrong on the server."))
 
     def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
+        if not conn.errors.allow():
+            # Answering every bad or excess message would let a flood fill the outbound
+            # buffer with our own replies; a client this wrong is closed instead.
+            conn.close_soon(CloseCode.TOO_MANY_ERRORS, "too many errors")
+            return
         payload = error(exc.code, exc.message, exc.ref)
         if conn.session is not None and conn.session.connection is conn:
             conn.session.send(payload)

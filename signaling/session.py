@@ -11,12 +11,15 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from server.config import Settings
 from server.store import StoreUnavailable
 
+from .protocol import CloseCode
 from .tokens import Grant
 
 if TYPE_CHECKING:
@@ -46,6 +49,28 @@ class RateLimiter:
         return False
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one connection may cost the node, whatever its peer does (server/config.py)."""
+
+    # Text waiting to be sent; a peer that stops reading is dropped beyond it.
+    max_outbound_bytes: int
+    # A close (flush, close handshake) takes at most this long; then the transport is aborted.
+    close_timeout_s: float
+    # Error replies: a client that keeps earning them is closed, not answered forever.
+    error_replies_per_s: float
+    error_reply_burst: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ConnectionLimits":
+        return cls(
+            max_outbound_bytes=settings.max_outbound_bytes,
+            close_timeout_s=settings.close_timeout_s,
+            error_replies_per_s=settings.error_replies_per_s,
+            error_reply_burst=settings.error_reply_burst,
+        )
+
+
 class Connection:
     """One client's signalling channel. Messages leave in the order sent.
 
@@ -55,30 +80,38 @@ class Connection:
     """
 
     __slots__ = (
-        "id", "limiter", "session", "device", "relay_to", "last_seen", "opened", "closing",
-        "_pending", "_writer", "_stopped", "__weakref__",
+        "id", "limiter", "errors", "limits", "session", "device", "relay_to", "last_seen", "closing",
+        "_pending", "_pending_bytes", "_writer", "_closer", "_stopped", "__weakref__",
     )
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, limits: ConnectionLimits) -> None:
         self.id = uuid.uuid4().hex
         self.limiter = limiter
+        self.limits = limits
+        self.errors = RateLimiter(limits.error_replies_per_s, limits.error_reply_burst)
         self.session: Session | None = None
         # The kiosk id when this connection is a kiosk's device channel.
         self.device: str | None = None
         # The node this connection's frames are relayed to, when another node owns its room.
         self.relay_to: str | None = None
         self.last_seen = time.monotonic()
-        self.opened = self.last_seen
-        # Set once the timeout sweep has started closing it.
+        # Set once the server has started closing it: what it sends from then on is ignored.
         self.closing = False
         # Texts to send; None marks the end (close or abandon): nothing after it is sent.
         self._pending: deque[str | None] = deque()
+        self._pending_bytes = 0
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
     def closed(self) -> bool:
         raise NotImplementedError
+
+    @property
+    def signed_in(self) -> bool:
+        """A hello was accepted: a session, a kiosk or family page, or relayed to the owner."""
+        return self.session is not None or self.device is not None or self.relay_to is not None
 
     def send_text(self, text: str) -> None:
         self._push(text)
@@ -90,9 +123,27 @@ class Connection:
         if self._stopped:
             return self._writer
         self._pending.append(item)
+        if item is not None:
+            self._pending_bytes += len(item)
+            if self._pending_bytes > self.limits.max_outbound_bytes:
+                self._overflow()
+                return self._writer
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write())
         return self._writer
+
+    def _overflow(self) -> None:
+        # The peer does not read what it is sent (or reads far too slowly): keeping more
+        # would let it pin the node's memory. A close handshake would wait on the same
+        # unread buffer, so the channel is dropped at once.
+        logger.info("dropping connection %s: %d bytes waiting to be sent", self.id, self._pending_bytes)
+        self._stopped = True
+        self.closing = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._writer is not None:
+            self._writer.cancel()
+        self._abort()
 
     async def _write(self) -> None:
         pending = self._pending
@@ -101,15 +152,17 @@ class Connection:
             if text is None:
                 self._stopped = True
                 pending.clear()
+                self._pending_bytes = 0
                 return
-            if self.closed:
-                continue
-            try:
-                await self._deliver(text)
-            except (ConnectionError, RuntimeError, StoreUnavailable):
-                # The reader notices the dead channel (or, relayed, the store comes back);
-                # the session buffer keeps the message for a resume.
-                continue
+            if not self.closed:
+                try:
+                    await self._deliver(text)
+                except (ConnectionError, RuntimeError, StoreUnavailable):
+                    # The reader notices the dead channel (or, relayed, the store comes back);
+                    # the session buffer keeps the message for a resume.
+                    pass
+            # Counted until delivered: the text in flight is held too.
+            self._pending_bytes -= len(text)
 
     async def _deliver(self, text: str) -> None:
         raise NotImplementedError
@@ -117,27 +170,59 @@ class Connection:
     async def _shut(self, code: int, reason: str) -> None:
         raise NotImplementedError
 
+    def _abort(self) -> None:
+        """Drops the channel now, without a close handshake."""
+        raise NotImplementedError
+
     async def close(self, code: int, reason: str = "") -> None:
-        """Flushes what is queued, then closes the channel."""
+        """Flushes what is queued, then closes the channel; after `close_timeout_s`,
+        whatever the peer does (not reading, never answering the close), it is aborted."""
+        self.closing = True
         writer = self._push(None)
-        if writer is not None and not writer.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
-            except asyncio.TimeoutError:
+        try:
+            await asyncio.wait_for(self._flush_and_shut(writer, code, reason), self.limits.close_timeout_s)
+        except asyncio.TimeoutError:
+            if writer is not None:
                 writer.cancel()
+            self._abort()
+
+    async def _flush_and_shut(self, writer: asyncio.Task[None] | None, code: int, reason: str) -> None:
+        if writer is not None and not writer.done():
+            await asyncio.shield(writer)
         if not self.closed:
             await self._shut(code, reason)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Starts closing without waiting for it (the close is bounded by close_timeout_s)."""
+        if self._closer is None:
+            self.closing = True
+            self._closer = asyncio.ensure_future(self.close(code, reason))
+            self._closer.add_done_callback(_retrieve)
 
     def abandon(self) -> None:
         self._push(None)
 
 
-class WebSocketConnection(Connection):
-    __slots__ = ("ws",)
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # A close that fails (the store is down for a relayed one) has nothing left to undo;
+    # the failure is logged, not left unretrieved.
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("closing a connection failed: %r", task.exception())
 
-    def __init__(self, ws: web.WebSocketResponse, limiter: RateLimiter) -> None:
+
+class WebSocketConnection(Connection):
+    __slots__ = ("ws", "transport")
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        limiter: RateLimiter,
+        limits: ConnectionLimits,
+    ) -> None:
         self.ws = ws
-        super().__init__(limiter)
+        self.transport = transport
+        super().__init__(limiter, limits)
 
     @property
     def closed(self) -> bool:
@@ -149,6 +234,11 @@ class WebSocketConnection(Connection):
     async def _shut(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode()[:120])
 
+    def _abort(self) -> None:
+        # The reader loop sees the connection lost and ends the handler as for any drop.
+        if self.transport is not None:
+            self.transport.abort()
+
 
 RelaySend = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -158,11 +248,13 @@ class RelayedConnection(Connection):
 
     __slots__ = ("origin", "_relay", "_closed")
 
-    def __init__(self, conn_id: str, origin: str, relay: RelaySend, limiter: RateLimiter) -> None:
+    def __init__(
+        self, conn_id: str, origin: str, relay: RelaySend, limiter: RateLimiter, limits: ConnectionLimits
+    ) -> None:
         self.origin = origin
         self._relay = relay
         self._closed = False
-        super().__init__(limiter)
+        super().__init__(limiter, limits)
         self.id = conn_id
 
     @property
@@ -175,6 +267,13 @@ class RelayedConnection(Connection):
     async def _shut(self, code: int, reason: str) -> None:
         self._closed = True
         await self._relay({"type": "_close", "conn": self.id, "code": code, "reason": reason})
+
+    def _abort(self) -> None:
+        # The edge holds the socket; it is told to drop it (its own close is bounded too).
+        if not self._closed:
+            self._closed = True
+            self._closer = asyncio.ensure_future(self._shut(CloseCode.NOT_READING, "not reading"))
+            self._closer.add_done_callback(_retrieve)
 
     def mark_gone(self) -> None:
         self._closed = True

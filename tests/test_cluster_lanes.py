@@ -8,7 +8,7 @@ from typing import Any
 
 from server.config import Settings
 from signaling.cluster import Cluster
-from signaling.session import Connection, RateLimiter
+from signaling.session import Connection, ConnectionLimits, RateLimiter
 
 
 class _Store:
@@ -93,7 +93,7 @@ async def test_owner_batches_replies_per_edge_that_takes_batches() -> None:
 
 class _Edge(Connection):
     def __init__(self) -> None:
-        super().__init__(RateLimiter(10, 10))
+        super().__init__(RateLimiter(10, 10), ConnectionLimits.from_settings(Settings()))
         self.texts: list[str] = []
         self.close_code: int | None = None
 

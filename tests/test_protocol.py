@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
-from server.app import ISSUER_KEY, SFU_KEY, SIGNALING_KEY, STORE_KEY
+from server.app import ISSUER_KEY, SETTINGS_KEY, SFU_KEY, SIGNALING_KEY, STORE_KEY
 from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
 from signaling.tokens import TokenIssuer
@@ -658,3 +658,34 @@ async def test_join_that_fails_after_the_store_step_leaves_nothing_behind(server
     await watcher.expect("pong")
     announced = [m for m in watcher.received if m["type"] in ("participant_joined", "participant_left")]
     assert [(m["type"], m.get("participant", {}).get("participant_id")) for m in announced] == [("participant_joined", "p-a")]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"error_reply_burst": 5, "error_replies_per_s": 0.5}])
+async def test_error_replies_are_rate_limited_then_the_client_is_closed(server: RunningServer, connect: Any) -> None:
+    c = await connect()
+    for _ in range(50):
+        await c.send_raw("x")
+    assert await c.closed() == CloseCode.TOO_MANY_ERRORS
+    errors = [m for m in c.received if m.get("type") == "error"]
+    assert len(errors) == 5 and {e["code"] for e in errors} == {"bad_json"}
+
+
+def _frame_of(size: int) -> str:
+    head, tail = '{"type": "ping", "pad": "', '"}'
+    return head + "x" * (size - len(head) - len(tail)) + tail
+
+
+async def test_frame_of_exactly_max_frame_bytes_is_read_one_more_closes_1009(
+    server: RunningServer, connect: Any
+) -> None:
+    limit = server.app[SETTINGS_KEY].max_frame_bytes
+    assert limit == 1_048_576
+    c = await connect()
+    await hello(c, server.token())
+    await c.send_raw(_frame_of(limit))
+    # Read (and refused as a message: it is over max_message_bytes), the socket stays open.
+    await c.expect_error("message_too_large")
+    await c.send({"type": "ping", "id": "alive"})
+    assert (await c.expect("pong"))["ref"] == "alive"
+    await c.send_raw(_frame_of(limit + 1))
+    assert await c.closed() == 1009

@@ -1,10 +1,11 @@
-"""The session's resume buffer: bounded by message count and by size."""
+"""The session's resume buffer and a connection's outbound buffer and close: all bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from signaling.session import Session
+from signaling.session import Connection, ConnectionLimits, RateLimiter, Session
 from signaling.tokens import Grant, TokenIssuer
 
 from .conftest import TEST_SECRET
@@ -47,3 +48,62 @@ def test_resume_buffer_capped_by_count_keeps_byte_total() -> None:
         session.send({"type": "x", "i": i})
         texts.append(json.dumps({"type": "x", "i": i, "seq": i + 1}))
     assert session.buffered == (3, sum(len(t) for t in texts[-3:]))
+
+
+class _StuckConnection(Connection):
+    """A channel whose peer never reads: every send and every close handshake hangs."""
+
+    __slots__ = ("aborted", "shut")
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        super().__init__(RateLimiter(20.0, 40), limits)
+        self.aborted = False
+        self.shut = False
+
+    @property
+    def closed(self) -> bool:
+        return self.aborted or self.shut
+
+    async def _deliver(self, text: str) -> None:
+        await asyncio.Event().wait()
+
+    async def _shut(self, code: int, reason: str) -> None:
+        await asyncio.Event().wait()
+
+    def _abort(self) -> None:
+        self.aborted = True
+
+
+LIMITS = ConnectionLimits(max_outbound_bytes=1000, close_timeout_s=0.2, error_replies_per_s=1.0, error_reply_burst=3)
+
+
+async def test_outbound_over_the_bound_drops_the_connection() -> None:
+    conn = _StuckConnection(LIMITS)
+    for _ in range(9):
+        conn.send_text("x" * 100)
+    await asyncio.sleep(0)
+    assert not conn.aborted
+    conn.send_text("x" * 101)
+    assert conn.aborted and conn.closing
+    # Nothing more is kept for it.
+    conn.send_text("y" * 10_000)
+    assert conn._pending_bytes == 0 and not conn._pending
+
+
+async def test_close_completes_within_the_timeout_whatever_the_peer_does() -> None:
+    conn = _StuckConnection(LIMITS)
+    conn.send_text("queued")
+    started = asyncio.get_running_loop().time()
+    await conn.close(4002, "no hello")
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert conn.aborted
+
+
+async def test_close_soon_starts_one_close() -> None:
+    conn = _StuckConnection(LIMITS)
+    conn.close_soon(4009, "too many errors")
+    first = conn._closer
+    conn.close_soon(4009, "too many errors")
+    assert conn._closer is first and conn.closing
+    await asyncio.sleep(0.3)
+    assert conn.aborted
