@@ -13,6 +13,7 @@ from signaling.tokens import TokenIssuer, load_or_create_secret
 
 from . import __version__
 from .config import Settings
+from .consumer import LayerPolicy
 from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
 from .router import Sfu
@@ -49,6 +50,15 @@ def create_app(settings: Settings) -> web.Application:
         settings.keyframe_request_interval_s,
         settings.last_n_audio,
         settings.speaker_interval_s,
+        LayerPolicy(
+            layer_up_hold_s=settings.layer_up_hold_s,
+            layer_switch_timeout_s=settings.layer_switch_timeout_s,
+            subscriber_keyframe_interval_s=settings.subscriber_keyframe_interval_s,
+            keyframe_failures_to_step_down=settings.keyframe_failures_to_step_down,
+            keyframe_failure_window_s=settings.keyframe_failure_window_s,
+            step_down_hold_s=settings.step_down_hold_s,
+        ),
+        settings.layer_allocation_interval_s,
     )
     app.cleanup_ctx.append(_state)
     app[METRICS_KEY] = Metrics()

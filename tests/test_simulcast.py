@@ -1,0 +1,110 @@
+"""Simulcast through the SFU with real peers: a test-side aiortc publisher sending three
+layers on their own SSRCs (rid extension), aiortc subscribers decoding what they get."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from kiosk_client.call import CallClient
+from server.app import SFU_KEY
+from server.simulcast import answered_simulcast, offer_simulcast
+
+from .conftest import RunningServer, join
+from .simulcast_publisher import SimulcastPublisher
+from .test_call import eventually
+
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=recvonly\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:1\r\na=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+    "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\na=recvonly\r\n"
+)
+
+
+def test_the_offer_asks_for_three_layers_on_the_publish_line_only() -> None:
+    sdp = offer_simulcast(OFFER, "1")
+    audio, video = sdp.split("m=video")
+    assert "a=rid" not in audio and "simulcast" not in audio
+    for line in ("a=rid:h recv", "a=rid:m recv", "a=rid:l recv", "a=simulcast:recv h;m;l",
+                 "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+                 "a=extmap:5 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"):
+        assert line in video.split("\r\n"), line
+    assert offer_simulcast(sdp, "1") == sdp
+
+
+def test_the_answer_names_the_layers_sent_or_none() -> None:
+    answer = OFFER.replace("a=recvonly", "a=sendonly").replace(
+        "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n",
+        "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n"
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n"
+        "a=extmap:5 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n"
+        "a=rid:h send\r\na=rid:l send\r\na=rid:x send\r\na=simulcast:send h;~m;l,m;x\r\n",
+    )
+    got = answered_simulcast(answer, "1")
+    assert got is not None and got.rids == ("h", "l") and got.spatial_layers == (0, 2)
+    assert (got.rid_extension_id, got.repaired_rid_extension_id) == (4, 5)
+    assert answered_simulcast(OFFER.replace("a=recvonly", "a=sendonly"), "1") is None
+    assert answered_simulcast(answer, "0") is None
+
+
+@pytest.fixture
+async def publisher(server: RunningServer, connect: Any) -> AsyncIterator[SimulcastPublisher]:
+    ws = await connect()
+    await join(ws, server.token(name="Pub", participant_id="p-pub"))
+    pub = SimulcastPublisher(ws)
+    await pub.start()
+    yield pub
+    await pub.close()
+
+
+@pytest.fixture
+async def subscriber(server: RunningServer) -> AsyncIterator[CallClient]:
+    client = CallClient(server.url, server.token(name="Sub", participant_id="p-sub"), video=None, audio=None)
+    await client.start()
+    yield client
+    await client.close()
+
+
+async def test_each_layer_is_demultiplexed_and_the_top_one_forwarded(
+    server: RunningServer, publisher: SimulcastPublisher, subscriber: CallClient
+) -> None:
+    await eventually(lambda: (m := subscriber.remote.get("p-pub")) is not None and m.video_frames > 10,
+                     what="video at the subscriber")
+    producer = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video")
+    assert producer.tap.simulcast is not None and producer.tap.simulcast.rids == ("h", "m", "l")
+    assert producer.layered
+    assert producer.tap.layer_ssrcs == {2: publisher.layers["h"].ssrc, 1: publisher.layers["m"].ssrc,
+                                        0: publisher.layers["l"].ssrc}
+    assert producer.layers.size == {2: (320, 240), 1: (160, 120), 0: (80, 60)}
+    media = subscriber.remote["p-pub"]
+    # No layout sent and no REMB cap yet: the top layer.
+    assert (media.video_width, media.video_height) == (320, 240)
+    # Keyframes are asked of the forwarded layer only: nobody forced one on the others.
+    assert publisher.layers["m"].plis == 0 and publisher.layers["l"].plis == 0
+
+
+async def test_layout_switches_layers_down_and_up_without_a_break(
+    server: RunningServer, publisher: SimulcastPublisher, subscriber: CallClient
+) -> None:
+    await eventually(lambda: (m := subscriber.remote.get("p-pub")) is not None and m.video_height == 240,
+                     what="the top layer")
+    consumer = next(
+        s.consumer for s in server.app[SFU_KEY].routers["room-1"].transports["p-sub"].consumer_slots.values()
+        if s.consumer.kind == "video"
+    )
+    media = subscriber.remote["p-pub"]
+    await subscriber.signaling.send({"type": "layout", "tiles": [{"participant_id": "p-pub", "width": 80, "height": 60}]})
+    await eventually(lambda: media.video_height == 60, what="the smallest layer for a small tile")
+    frames = media.video_frames
+    await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on at the low layer")
+    await subscriber.signaling.send({"type": "layout", "tiles": [{"participant_id": "p-pub", "width": 160, "height": 120}]})
+    # Up waits out the hold time (4 s), one step at a time.
+    await eventually(lambda: media.video_height == 120, timeout=10, what="the middle layer")
+    frames = media.video_frames
+    await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on after switching up")
+    assert consumer.layer_switches == 2
+    assert consumer.current_spatial == 1
