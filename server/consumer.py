@@ -131,7 +131,12 @@ class LayerSelection:
                 self._hold = min(self._hold * 2, MAX_HOLD_S)
             self._move(fit, now)
         elif not congested and current < candidates[-1] and now - self._last_move >= self._hold:
-            self._move(next(c for c in candidates if c > current), now)
+            # Temporal layers first (cheap), then the next spatial layer at full frame rate.
+            if current[1] < top_temporal:
+                step = (current[0], top_temporal)
+            else:
+                step = next(c for c in reversed(candidates) if c[0] == min(s for s, _ in candidates if s > current[0]))
+            self._move(step, now)
             self._last_up = now
         elif now - self._last_move >= 2 * self._hold:
             self._hold = self.policy.layer_up_hold_s

@@ -1,0 +1,157 @@
+"""Simulcast and temporal layers from real browsers, through the SFU, to aiortc and Chromium.
+
+Chromium (Debian's, driven by Playwright with its fake camera) publishes from the call
+page; Firefox ESR (Debian's `firefox-esr`) cannot be driven by Playwright (which needs its
+own patched Firefox), so it runs headless with a prepared profile (fake camera, no
+permission prompt) on the same page, and the test observes what it sends at the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser
+
+from kiosk_client.call import CallClient
+from server.app import SFU_KEY
+
+from .conftest import RunningServer
+from .test_browser_call import browser, open_call  # noqa: F401
+from .test_call import eventually
+
+ROOM = "simulcast-room"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    # Probes upward every half second, so a test sees a climb through the layers.
+    return {"layer_up_hold_s": 0.5}
+
+
+class FixedEstimate:
+    """A subscriber link estimate held at one figure, congested: what a weak link reports."""
+
+    congested = True
+
+    def __init__(self, bps: float) -> None:
+        self.bps = bps
+        self.available_bps: float | None = bps
+        self.loss = 0.2
+
+    def update(self, *args: Any) -> float:
+        return self.bps
+
+
+def _producer(server: RunningServer, participant_id: str) -> Any:
+    router = server.app[SFU_KEY].routers[ROOM]
+    return next((p for p in router.producers if p.kind == "video" and p.participant_id == participant_id), None)
+
+
+@pytest.fixture
+async def subscriber(server: RunningServer) -> AsyncIterator[CallClient]:
+    token = server.token(role="senior", room=ROOM, name="Sub", participant_id="p-sub")
+    client = CallClient(server.url, token, video=None, audio=None)
+    await client.start()
+    yield client
+    await client.close()
+
+
+async def test_chromium_publishes_three_layers_with_temporal_layers_and_switches_cleanly(
+    server: RunningServer, browser: Browser, subscriber: CallClient
+) -> None:
+    token = server.token(role="family", room=ROOM, name="Chromium", participant_id="p-chromium")
+    async with asyncio.timeout(90):
+        page = await open_call(browser, server.url, token)
+        await page.wait_until_connected()
+        await eventually(lambda: _producer(server, "p-chromium") is not None, what="the browser's video producer")
+        producer = _producer(server, "p-chromium")
+        assert producer.tap.simulcast is not None and producer.tap.simulcast.rids == ("h", "m", "l")
+        settings = await page.value("window.verzilvering.mediaSettings()")
+        assert settings["temporalMode"] == "L1T3", settings
+        # Each layer at its share of whatever size publish_quality asks for.
+        layers = settings["videoLayers"]
+        assert [l["rid"] for l in layers] == ["h", "m", "l"]
+        top_scale = layers[0]["scaleResolutionDownBy"]
+        assert [l["scaleResolutionDownBy"] / top_scale for l in layers] == [1, 2, 4]
+        # Chromium sends as many layers as its picture size allows (640x480: at least two).
+        await eventually(lambda: len(producer.layers.available(time.monotonic())) >= 2,
+                         timeout=15, what="two simulcast layers arriving")
+        await eventually(lambda: producer.layers.temporal_layers == 3, timeout=10, what=f"three temporal layers {producer.layers.bps}")
+        media = None
+        await eventually(lambda: (m := subscriber.remote.get("p-chromium")) is not None and m.video_frames > 20,
+                         timeout=20, what="video at the aiortc subscriber")
+        media = subscriber.remote["p-chromium"]
+        transport = server.app[SFU_KEY].routers[ROOM].transports["p-sub"]  # type: ignore[attr-defined]
+        consumer = next(s.consumer for s in transport.consumer_slots.values() if s.consumer.producer is producer)
+        top_height = media.video_height
+        layers = producer.layers.available(time.monotonic())
+        # A small tile: the smallest layer, decoded without a break.
+        transport.set_layout({"p-chromium": (100, 75)})
+        await eventually(lambda: consumer.current_spatial == layers[0], timeout=10, what="the smallest layer")
+        await eventually(lambda: media.video_height < top_height, timeout=10, what="a smaller picture")
+        frames = media.video_frames
+        await eventually(lambda: media.video_frames > frames + 20, timeout=10, what="video going on after the switch down")
+        # A congested link with room for the base temporal layer only: a quarter of the
+        # frames, still decoding (no gaps to wait for).
+        real_estimate = transport.estimate
+        transport.estimate = FixedEstimate(producer.layers.rate(layers[0], 0) * 1.1)
+        await eventually(lambda: consumer.current_temporal == 0, timeout=5, what="the base temporal layer")
+        await asyncio.sleep(0.5)
+        frames, started = media.video_frames, asyncio.get_running_loop().time()
+        await asyncio.sleep(3.0)
+        fps = (media.video_frames - frames) / (asyncio.get_running_loop().time() - started)
+        assert 3 <= fps <= 14, f"{fps:.1f} fps on the base temporal layer"
+        assert consumer.current_temporal == 0
+        transport.estimate = real_estimate
+        # Back up to the full picture.
+        transport.set_layout({"p-chromium": (640, 480)})
+        await eventually(lambda: media.video_height == top_height, timeout=30, what="the full picture again")
+        frames = media.video_frames
+        await eventually(lambda: media.video_frames > frames + 20, timeout=10, what="video going on after the switch up")
+        assert consumer.layer_switches >= 2
+
+
+FIREFOX_PREFS = """
+user_pref("media.navigator.permission.disabled", true);
+user_pref("media.navigator.streams.fake", true);
+user_pref("browser.shell.checkDefaultBrowser", false);
+user_pref("datareporting.policy.dataSubmissionEnabled", false);
+user_pref("toolkit.telemetry.reportingpolicy.firstRun", false);
+user_pref("app.update.enabled", false);
+// The server's candidates are on loopback; Firefox hides its own behind mDNS names otherwise.
+user_pref("media.peerconnection.ice.loopback", true);
+user_pref("media.peerconnection.ice.obfuscate_host_addresses", false);
+"""
+
+
+@pytest.mark.skipif(shutil.which("firefox-esr") is None, reason="firefox-esr is installed by tests/run.sh")
+async def test_firefox_esr_publishes_simulcast_the_server_forwards(
+    server: RunningServer, subscriber: CallClient, tmp_path: Path
+) -> None:
+    profile = tmp_path / "firefox-profile"
+    profile.mkdir()
+    (profile / "user.js").write_text(FIREFOX_PREFS)
+    token = server.token(role="family", room=ROOM, name="Firefox", participant_id="p-firefox")
+    firefox = await asyncio.create_subprocess_exec(
+        "firefox-esr", "--headless", "--no-remote", "--profile", str(profile), f"{server.url}/call?token={token}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(90):
+            await eventually(lambda: _producer(server, "p-firefox") is not None, timeout=45,
+                             what="Firefox's video producer")
+            producer = _producer(server, "p-firefox")
+            assert producer.tap.simulcast is not None and set(producer.tap.simulcast.rids) == {"h", "m", "l"}
+            await eventually(lambda: len(producer.tap.layer_ssrcs) >= 2, timeout=20, what=f"two layers from Firefox {producer.tap.layer_ssrcs} {list(producer.tap.receiver._RTCRtpReceiver__remote_streams)} {producer.tap.simulcast}")
+            await eventually(lambda: (m := subscriber.remote.get("p-firefox")) is not None and m.video_frames > 20,
+                             timeout=20, what="Firefox's video at the aiortc subscriber")
+    finally:
+        firefox.terminate()
+        await firefox.wait()
