@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from kiosk_client.call import CallClient
@@ -101,6 +102,12 @@ async def test_layout_switches_layers_down_and_up_without_a_break(
     await eventually(lambda: media.video_height == 60, what="the smallest layer for a small tile")
     frames = media.video_frames
     await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on at the low layer")
+    # Operators see the layer in /metrics, counted per layer, with no one named.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/metrics") as response:
+            metrics = await response.text()
+    assert 'verzilvering_consumer_layer{spatial="l",temporal="0"} 1.0' in metrics, metrics
+    assert "p-sub" not in metrics and "p-pub" not in metrics
     await subscriber.signaling.send({"type": "layout", "tiles": [{"participant_id": "p-pub", "width": 160, "height": 120}]})
     # Up waits out the hold time (4 s), one step at a time.
     await eventually(lambda: media.video_height == 120, timeout=10, what="the middle layer")
