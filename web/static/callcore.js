@@ -1000,7 +1000,9 @@ export function createCall(options) {
       let lost = 0;
       let jitterMs = 0;
       let rttMs = null;
+      let video = null;
       for (const entry of list) {
+        if (entry.kind === "video" && (entry.framesDecoded ?? 0) >= (video?.framesDecoded ?? 0)) video = entry;
         const key = `${participantId}/${entry.id}`;
         seen.add(key);
         const previous = call.qualityPrevious.get(key) ?? { packetsReceived: 0, packetsLost: 0 };
@@ -1022,7 +1024,13 @@ export function createCall(options) {
         jitterMs: Math.round(jitterMs),
         rttMs: Math.round(rttMs ?? pairRtt ?? 0),
       };
-      result[participantId] = { ...measured, level: qualityLevel(measured) };
+      result[participantId] = {
+        ...measured,
+        level: qualityLevel(measured),
+        // The simulcast / temporal layer the server forwards (docs/protocol.md, layout).
+        videoHeight: video?.frameHeight ?? null,
+        framesPerSecond: video?.framesPerSecond !== undefined ? Math.round(video.framesPerSecond) : null,
+      };
     }
     for (const key of call.qualityPrevious.keys()) if (!seen.has(key)) call.qualityPrevious.delete(key);
     return result;
