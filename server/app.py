@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
             layer_up_hold_s=settings.layer_up_hold_s,
             layer_switch_timeout_s=settings.layer_switch_timeout_s,
             subscriber_keyframe_interval_s=settings.subscriber_keyframe_interval_s,
+            subscriber_keyframe_max_interval_s=settings.subscriber_keyframe_max_interval_s,
             keyframe_failures_to_step_down=settings.keyframe_failures_to_step_down,
             keyframe_failure_window_s=settings.keyframe_failure_window_s,
             step_down_hold_s=settings.step_down_hold_s,

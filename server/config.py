@@ -94,9 +94,11 @@ class Settings:
     layer_up_hold_s: float = 4.0
     # A switch to another simulcast layer gives up if that layer's keyframe has not come by then.
     layer_switch_timeout_s: float = 2.0
-    # One subscriber's keyframe requests reach the publisher at most this often; this many
-    # within the window move that subscriber a layer down, for the hold time.
+    # One subscriber's keyframe requests reach the publisher at most this often, the interval
+    # doubling (up to the maximum) while they keep coming within the window; this many within
+    # the window move that subscriber a simulcast layer down, for the hold time.
     subscriber_keyframe_interval_s: float = 1.0
+    subscriber_keyframe_max_interval_s: float = 10.0
     keyframe_failures_to_step_down: int = 3
     keyframe_failure_window_s: float = 10.0
     step_down_hold_s: float = 20.0

@@ -38,8 +38,10 @@ class LayerPolicy:
     layer_up_hold_s: float = 4.0
     # A spatial switch gives up when the target layer's keyframe has not come by then.
     layer_switch_timeout_s: float = 2.0
-    # A subscriber's own keyframe requests reach the publisher at most this often...
+    # A subscriber's own keyframe requests reach the publisher at most this often, the
+    # interval doubling while they keep coming, up to the maximum...
     subscriber_keyframe_interval_s: float = 1.0
+    subscriber_keyframe_max_interval_s: float = 10.0
     # ...and this many within the window move it a layer down for the hold time.
     keyframe_failures_to_step_down: int = 3
     keyframe_failure_window_s: float = 10.0
@@ -61,7 +63,7 @@ class LayerSelection:
         self.target_spatial = 0
         self.target_temporal = 2
         self.chosen = False
-        # The spatial layer the subscriber would take if the publisher sent it (for the REMB).
+        # The highest spatial layer the publisher should send for this subscriber (the REMB).
         self.wanted_spatial = 2
         self.budget_bps: float | None = None
         self.tile: tuple[int, int] | None = None
@@ -107,13 +109,14 @@ class LayerSelection:
         if not layers:
             return 0.0
         most = self._tile_layer(layers)
-        self.wanted_spatial = self._tile_layer(sorted({0, 1, 2} | set(layers)))
+        # The tile's layer among all three, sent or not (a paused one may be wanted back).
+        tile_most = self._tile_layer(sorted({0, 1, 2} | set(layers)))
         if self.cap_spatial is not None:
             if now >= self._cap_until:
                 self.cap_spatial = None
             else:
                 most = min(most, max(self.cap_spatial, layers[0]))
-                self.wanted_spatial = min(self.wanted_spatial, most)
+                tile_most = min(tile_most, most)
         top_temporal = rates.temporal_layers - 1
         candidates = [(s, t) for s in layers if s <= most for t in range(top_temporal + 1)]
         fit = candidates[0]
@@ -140,6 +143,9 @@ class LayerSelection:
             self._last_up = now
         elif now - self._last_move >= 2 * self._hold:
             self._hold = self.policy.layer_up_hold_s
+        # What the publisher should send for this subscriber: the layer forwarded, and the
+        # next one up while the link leaves room to probe for it.
+        self.wanted_spatial = min(tile_most, self.target_spatial + (0 if congested else 1))
         return self.rate(self.target_spatial, self.target_temporal)
 
     def _move(self, layer: tuple[int, int], now: float) -> None:
@@ -196,7 +202,8 @@ class Consumer:
         self._frame_forwarded = True
         self._switch_started = 0.0
         # The subscriber's own keyframe requests: when the last went upstream, and recent ones.
-        self._last_subscriber_keyframe = 0.0
+        self._last_subscriber_keyframe = -1e9
+        self._keyframe_interval = self.policy.subscriber_keyframe_interval_s
         self._subscriber_keyframes: deque[float] = deque()
         self.keyframe_requests_dropped = 0
         self.layer_switches = 0
@@ -206,9 +213,11 @@ class Consumer:
     def subscriber_wants_keyframe(self) -> None:
         """The subscriber asked for a keyframe (PLI/FIR): budgeted per subscriber.
 
-        One subscriber that keeps losing keyframes must not force keyframes on everyone:
-        its requests go upstream at most once per `subscriber_keyframe_interval_s`, and
-        when they keep coming it is moved a layer down instead.
+        One subscriber that keeps losing keyframes must not force keyframes on everyone.
+        Its requests go upstream at most once per interval, and the interval doubles with
+        each request within `keyframe_failure_window_s` of the previous one, up to
+        `subscriber_keyframe_max_interval_s`; with a lower simulcast layer to go to, it is
+        moved there instead.
         """
         if self.closed:
             return
@@ -224,13 +233,21 @@ class Consumer:
             and self.selection.step_down(self.current_spatial, now)
         ):
             recent.clear()
+            self._keyframe_interval = self.policy.subscriber_keyframe_interval_s
             # The lower layer's keyframe is asked for by the switch itself.
             return
-        if now - self._last_subscriber_keyframe < self.policy.subscriber_keyframe_interval_s:
+        if now - self._last_subscriber_keyframe < self._keyframe_interval:
             self.keyframe_requests_dropped += 1
             return
+        if now - self._last_subscriber_keyframe > self.policy.keyframe_failure_window_s:
+            self._keyframe_interval = self.policy.subscriber_keyframe_interval_s
+        else:
+            self._keyframe_interval = min(2 * self._keyframe_interval, self.policy.subscriber_keyframe_max_interval_s)
         self._last_subscriber_keyframe = now
-        self.producer.request_keyframe(self.current_spatial)
+        layer = self.current_spatial
+        if layer is None and self.selection is not None and self.producer.layered:
+            layer = self.selection.target_spatial
+        self.producer.request_keyframe(layer)
 
     def forward(self, packet: RtpPacket, stamp: PacketStamp) -> None:
         """Sends the subscriber its copy of one packet, now (no coroutine: see SenderFeed.send_now)."""
