@@ -3,16 +3,17 @@
 Chromium (Debian's, driven by Playwright with its fake camera) publishes from the call
 page; Firefox ESR (Debian's `firefox-esr`) cannot be driven by Playwright (which needs its
 own patched Firefox), so it runs headless with a prepared profile (fake camera, no
-permission prompt) on the same page, and the test observes its answer at the server.
+permission prompt) on the same page, and the test observes what it sends at the server and
+at an aiortc subscriber.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from playwright.async_api import Browser
 
 from kiosk_client.call import CallClient
 from server.app import SFU_KEY
+from server.rtphooks import restrict_host_addresses
 
-from .conftest import RunningServer, join
+from .conftest import LOOPBACK_MEDIA, RunningServer, join
 from .simulcast_publisher import SimulcastPublisher
 from .test_browser_call import browser, open_call  # noqa: F401
 from .test_call import eventually
@@ -126,15 +128,29 @@ user_pref("browser.shell.checkDefaultBrowser", false);
 user_pref("datareporting.policy.dataSubmissionEnabled", false);
 user_pref("toolkit.telemetry.reportingpolicy.firstRun", false);
 user_pref("app.update.enabled", false);
-// The server's candidates are on loopback; Firefox hides its own behind mDNS names otherwise.
-user_pref("media.peerconnection.ice.loopback", true);
+// Firefox hides its host candidates behind mDNS names unless told not to.
 user_pref("media.peerconnection.ice.obfuscate_host_addresses", false);
 """
 
 
-@pytest.mark.skipif(shutil.which("firefox-esr") is None, reason="firefox-esr is installed by tests/run.sh")
-async def test_firefox_esr_answers_the_servers_simulcast_offer(
-    server: RunningServer, subscriber: CallClient, tmp_path: Path
+def machine_address() -> str:
+    """This machine's IPv4 address towards its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("198.51.100.1", 9))  # TEST-NET-2: only the route is looked up
+        return probe.getsockname()[0]
+
+
+@pytest.fixture
+def firefox_media() -> Iterator[None]:
+    """Firefox gathers no loopback candidates, so this test's media (server and subscriber,
+    both in this process) uses the machine's own address; set before `subscriber` connects."""
+    restrict_host_addresses([machine_address()])
+    yield
+    restrict_host_addresses(list(LOOPBACK_MEDIA))
+
+
+async def test_firefox_esr_publishes_simulcast_the_server_forwards(
+    server: RunningServer, firefox_media: None, subscriber: CallClient, tmp_path: Path
 ) -> None:
     profile = tmp_path / "firefox-profile"
     profile.mkdir()
@@ -149,12 +165,13 @@ async def test_firefox_esr_answers_the_servers_simulcast_offer(
             await eventually(lambda: _producer(server, "p-firefox") is not None, timeout=45,
                              what="Firefox's video producer")
             producer = _producer(server, "p-firefox")
-            # Firefox's own answer to the server's offer took all three rids and the rid
-            # extensions. (Its media did not connect over loopback ICE in this headless setup —
-            # the server's transport stays `connecting`; not yet investigated — so the layers'
-            # arrival is covered by the Chromium test and the aiortc publisher's.)
+            # Firefox's own answer to the server's offer took all three rids and the rid extensions.
             assert producer.tap.simulcast is not None and set(producer.tap.simulcast.rids) == {"h", "m", "l"}
             assert producer.tap.simulcast.rid_extension_id == 4
+            # Firefox sends as many layers as its picture size allows, each on its own SSRC.
+            await eventually(lambda: len(producer.tap.layer_ssrcs) >= 2, timeout=20, what="two layers from Firefox")
+            await eventually(lambda: (m := subscriber.remote.get("p-firefox")) is not None and m.video_frames > 20,
+                             timeout=20, what="Firefox's video at the aiortc subscriber")
     finally:
         firefox.terminate()
         await firefox.wait()
