@@ -19,7 +19,15 @@ import numpy
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import RTCP_PSFB_PLI, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    wrap_rtx,
+)
 
 from server.simulcast import MID_URI, REPAIRED_RID_URI, RID_URI, SCALE_DOWN
 
@@ -41,6 +49,14 @@ class _Layer:
         self.rid = rid
         self.width, self.height = width, height
         self.ssrc = random.randrange(1, 1 << 32)
+        self.rtx_ssrc = random.randrange(1, 1 << 32)
+        self.rtx_sequence = 0
+        # Sent packets by sequence number, for NACKs (the last few hundred).
+        self.history: dict[int, RtpPacket] = {}
+        self.nacked: list[int] = []
+        self.rtx_sent = 0
+        self.drop_next = False
+        self.repair: Any = None  # set by the publisher: sends one RTX packet
         self.encoder = Vp8Encoder()
         self.sequence = random.randrange(1 << 16)
         self.keyframe_wanted = True
@@ -52,6 +68,12 @@ class _Layer:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
             self.plis += 1
             self.keyframe_wanted = True
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            for seq in packet.lost:
+                self.nacked.append(seq)
+                original = self.history.get(seq)
+                if original is not None and self.repair is not None:
+                    await self.repair(self, original)
 
 
 class SimulcastPublisher:
@@ -114,10 +136,25 @@ class SimulcastPublisher:
             RTCRtpHeaderExtensionParameters(id=RID_ID, uri=RID_URI),
             RTCRtpHeaderExtensionParameters(id=ABS_SEND_TIME_ID, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
         ])
+        params.headerExtensions.append(RTCRtpHeaderExtensionParameters(id=REPAIRED_RID_ID, uri=REPAIRED_RID_URI))
         extensions = HeaderExtensionsMap()
         extensions.configure(params)
         payload_type = next(c.payloadType for c in transceiver._codecs if c.mimeType.lower() == "video/vp8")
+        rtx_payload_type = next(
+            c.payloadType for c in transceiver._codecs
+            if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == payload_type
+        )
+
+        async def repair(layer: _Layer, original: RtpPacket) -> None:
+            # RTX on the layer's own RTX SSRC, named by repaired-rtp-stream-id (RFC 8852).
+            rtx = wrap_rtx(original, payload_type=rtx_payload_type, sequence_number=layer.rtx_sequence, ssrc=layer.rtx_ssrc)
+            rtx.extensions.repaired_rtp_stream_id = layer.rid
+            layer.rtx_sequence = (layer.rtx_sequence + 1) & 0xFFFF
+            layer.rtx_sent += 1
+            await dtls._send_rtp(rtx.serialize(extensions))
+
         for layer in self.layers.values():
+            layer.repair = repair
             dtls._rtp_router.register_sender(layer, layer.ssrc)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -144,6 +181,11 @@ class SimulcastPublisher:
                     packet.extensions.abs_send_time = (int(loop.time() * (1 << 18))) & 0xFFFFFF
                     layer.sequence = (layer.sequence + 1) & 0xFFFF
                     layer.packets += 1
+                    layer.history[packet.sequence_number] = packet
+                    layer.history.pop((packet.sequence_number - 512) & 0xFFFF, None)
+                    if layer.drop_next:
+                        layer.drop_next = False  # lost on the way: only a NACK brings it back
+                        continue
                     try:
                         await dtls._send_rtp(packet.serialize(extensions))
                     except ConnectionError:

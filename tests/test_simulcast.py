@@ -115,3 +115,23 @@ async def test_layout_switches_layers_down_and_up_without_a_break(
     await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on after switching up")
     assert consumer.layer_switches == 2
     assert consumer.current_spatial == 1
+
+
+async def test_a_lost_packet_of_a_layer_is_nacked_on_its_ssrc_and_repaired_over_its_rtx(
+    server: RunningServer, publisher: SimulcastPublisher, subscriber: CallClient
+) -> None:
+    await eventually(lambda: (m := subscriber.remote.get("p-pub")) is not None and m.video_height == 240,
+                     what="the top layer")
+    producer = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video")
+    top, small = publisher.layers["h"], publisher.layers["l"]
+    top.drop_next = small.drop_next = True
+    await eventually(lambda: top.rtx_sent >= 1 and small.rtx_sent >= 1, timeout=5,
+                     what="retransmissions of both layers")
+    # Each loss NACKed on its own layer's SSRC, once (no NACK for the other layers' numbers).
+    assert len(top.nacked) == 1 and len(small.nacked) == 1
+    assert publisher.layers["m"].nacked == []
+    # The RTX SSRCs, never signalled, were named by repaired-rtp-stream-id and unwrapped.
+    assert producer.tap._rtx_ssrc == {top.rtx_ssrc: top.ssrc, small.rtx_ssrc: small.ssrc}
+    media = subscriber.remote["p-pub"]
+    frames = media.video_frames
+    await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on after the repair")
