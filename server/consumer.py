@@ -26,6 +26,8 @@ from .vp8rewriter import Vp8Rewriter
 logger = logging.getLogger(__name__)
 
 VIDEO_CLOCK_RATE = 90_000
+# VP8's highest temporal layer in use (L1T3).
+MAX_TEMPORAL_LAYER = 2
 # The longest an upward probe waits after probes that met congestion.
 MAX_HOLD_S = 60.0
 
@@ -117,7 +119,10 @@ class LayerSelection:
             else:
                 most = min(most, max(self.cap_spatial, layers[0]))
                 tile_most = min(tile_most, most)
-        top_temporal = rates.temporal_layers - 1
+        # Until a higher temporal layer has been seen, aim at the highest there may be: a
+        # frame's TID never exceeds it, and a first choice made at the first packet would
+        # otherwise hold the stream at the base layer.
+        top_temporal = MAX_TEMPORAL_LAYER if not rates.bps else rates.temporal_layers - 1
         candidates = [(s, t) for s in layers if s <= most for t in range(top_temporal + 1)]
         fit = candidates[0]
         for candidate in candidates:
@@ -322,7 +327,8 @@ class Consumer:
             if payload_type is None:
                 return
         selection = self.selection
-        assert selection is not None and descriptor is not None
+        if selection is None or descriptor is None:
+            return
         if not selection.chosen:
             selection.choose(selection.budget_bps, stamp.monotonic)
         spatial = stamp.spatial

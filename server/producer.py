@@ -35,7 +35,8 @@ class LayerRates:
 
     def __init__(self) -> None:
         self._bytes: dict[tuple[int, int], int] = {}
-        self._window_start = time.monotonic()
+        # From the first packet: a window that began before it would be measured short.
+        self._window_start: float | None = None
         self.bps: dict[tuple[int, int], float] = {}
         self.last_seen: dict[int, float] = {}
         self.size: dict[int, tuple[int, int]] = {}
@@ -47,6 +48,8 @@ class LayerRates:
         self.last_seen[spatial] = now
         if temporal >= self.temporal_layers:
             self.temporal_layers = temporal + 1
+        if self._window_start is None:
+            self._window_start = now
         elapsed = now - self._window_start
         if elapsed >= RATE_WINDOW_S:
             self.bps = {k: v * 8 / elapsed for k, v in self._bytes.items()}
@@ -150,8 +153,15 @@ class Producer:
         stamp = PacketStamp(level)
         if self._vp8 is None and self.kind == "video":
             self._vp8 = (self.mime_type or "").lower() == "video/vp8"
-        if self._vp8:
-            descriptor = parse_descriptor(packet.payload)
+        payload = packet.payload
+        # Only layered streams need their descriptor read: simulcast, or the T bit set (a
+        # byte test per packet, so a plain stream costs no parsing).
+        if self._vp8 and (
+            self.layered
+            or self.tap.simulcast is not None
+            or (len(payload) > 1 and payload[0] & 0x80 and payload[1] & 0x20)
+        ):
+            descriptor = parse_descriptor(payload)
             if descriptor is None:
                 return
             stamp.spatial = spatial

@@ -21,7 +21,7 @@ SKIPPED_MEMORY = 256
 CHANGE_POINTS = 64
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Vp8Descriptor:
     """The fields of one packet's VP8 payload descriptor an SFU reads or rewrites."""
 
