@@ -125,7 +125,8 @@ class _LiveCollector(Collector):
                         spatial = slot.consumer.current_spatial
                         key = (
                             "none" if spatial is None else SPATIAL_NAMES.get(spatial, str(spatial)),
-                            str(slot.consumer.current_temporal),
+                            # A stream's own temporal layers only (a target may aim above them).
+                            str(min(slot.consumer.current_temporal, slot.consumer.producer.layers.temporal_layers - 1)),
                         )
                         by_layer[key] = by_layer.get(key, 0) + 1
                     packets_out += slot.consumer.packets
