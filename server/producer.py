@@ -116,25 +116,30 @@ class Producer:
     def downstream_limit(self) -> int | None:
         """The most the publisher is asked to send (REMB): what the best-placed subscriber needs.
 
-        Single layer: the largest budget a subscriber has (the others take lower temporal
-        layers, or what they can). Simulcast: every layer up to the highest one a subscriber
-        wants, so layers nobody wants stay off (Chromium and Firefox drop the simulcast
-        layers the bitrate does not reach, from the top); None while nobody has a budget.
+        Simulcast: every layer up to the highest one a subscriber wants (its tile's, or one
+        above the layer it gets while its link leaves room to probe), so layers nobody wants
+        stay off — Chromium and Firefox drop the simulcast layers the bitrate does not
+        reach, from the top. One layer (temporal layers at most): the largest budget a
+        subscriber has; the others take lower temporal layers. None: no cap (no subscriber,
+        or one without a budget yet).
         """
-        budgets = [c.selection.budget_bps for c in self.consumers if c.selection is not None]
-        known = [b for b in budgets if b is not None]
-        if not known or len(known) < len(budgets):
-            # Someone without a budget yet (just joined, or sends no REMB): no cap from them.
+        selections = [c.selection for c in self.consumers if c.selection is not None]
+        if not selections:
             return None
-        if self.tap.simulcast is None:
-            return int(max(known))
-        top = max(c.selection.wanted_spatial for c in self.consumers if c.selection is not None)
-        temporal = self.layers.temporal_layers - 1
-        total = 0.0
-        for spatial in self.tap.simulcast.spatial_layers:
-            if spatial <= top:
-                total += self.layers.rate(spatial, temporal) or NOMINAL_LAYER_BPS[spatial]
-        return int(total * 1.15)
+        if self.tap.simulcast is not None:
+            top = max(s.wanted_spatial for s in selections)
+            temporal = self.layers.temporal_layers - 1
+            # Measured rates of the layers up to it; a wanted layer not arriving (paused for
+            # want of bitrate) is made room for at its nominal rate, while a lower one not
+            # arriving (too small a picture for the publisher to send) costs nothing.
+            total = sum(self.layers.rate(spatial, temporal) for spatial in self.tap.simulcast.spatial_layers if spatial <= top)
+            if not self.layers.rate(top, temporal) and top in self.tap.simulcast.spatial_layers:
+                total += NOMINAL_LAYER_BPS[top]
+            return int(total * 1.15)
+        budgets = [s.budget_bps for s in selections]
+        if any(b is None for b in budgets):
+            return None
+        return int(max(budgets))  # type: ignore[type-var]
 
     def set_audible(self, audible: bool) -> None:
         if audible and not self.audible:

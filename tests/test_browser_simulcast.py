@@ -101,6 +101,10 @@ async def test_chromium_publishes_three_layers_with_temporal_layers_and_switches
         await eventually(lambda: media.video_height < top_height, timeout=10, what="a smaller picture")
         frames = media.video_frames
         await eventually(lambda: media.video_frames > frames + 20, timeout=10, what="video going on after the switch down")
+        # Nobody wants the larger layers now: the REMB makes room for the smallest only, and
+        # Chromium stops sending the others.
+        await eventually(lambda: producer.layers.available(time.monotonic()) == [layers[0]], timeout=20,
+                         what=f"Chromium pausing the layers nobody watches (REMB {producer.downstream_limit()})")
         # A congested link with room for the base temporal layer only: a quarter of the
         # frames, still decoding (no gaps to wait for).
         real_estimate = transport.estimate

@@ -14,7 +14,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from server.consumer import Consumer, LayerPolicy, LayerSelection
 from server.linkestimate import LinkEstimate, LossReport, Remb
-from server.producer import Producer
+from server.producer import NOMINAL_LAYER_BPS, Producer
 from server.rtphooks import ReceiverTap
 from server.simulcast import SimulcastAnswer
 
@@ -184,7 +184,16 @@ def test_the_publisher_is_asked_for_what_the_best_placed_subscriber_needs(produc
     assert producer.downstream_limit() == int((total(0, 2) + total(1, 2)) * 1.15)
     producer.consumers.add(_Budgeted(producer, 3_000_000, 2))  # type: ignore[arg-type]
     assert producer.downstream_limit() == int((total(0, 2) + total(1, 2) + total(2, 2)) * 1.15)
+    # The top layer paused (for want of bitrate) and wanted again: room at its nominal rate.
+    for t in range(3):
+        producer.layers.bps.pop((2, t))
+    assert producer.downstream_limit() == int((total(0, 2) + total(1, 2) + NOMINAL_LAYER_BPS[2]) * 1.15)
+    producer.layers.bps = {k: float(v) for k, v in RATES.items()}
     # One layer (temporal layers at most): the largest budget, not the smallest.
+    # A subscriber without an estimate still only needs the layers its tile wants.
+    producer.consumers = {_Budgeted(producer, None, 0)}  # type: ignore[assignment]
+    assert producer.downstream_limit() == int(total(0, 2) * 1.15)
+    producer.consumers = {_Budgeted(producer, 250_000, 0), _Budgeted(producer, 3_000_000, 1)}  # type: ignore[assignment]
     producer.tap.simulcast = None
     assert producer.downstream_limit() == 3_000_000
     producer.consumers.add(_Budgeted(producer, None, 2))  # type: ignore[arg-type]
