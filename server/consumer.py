@@ -261,15 +261,18 @@ class Consumer:
             sequence_number = (packet.sequence_number + self._seq_offset) & 0xFFFF
             timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
             payload_type = self._payload_type
+            payload = packet.payload
         elif self.producer.layered:
-            self._forward_layered(packet, stamp)
-            return
+            layered = self._prepare_layered(packet, stamp)
+            if layered is None:
+                return
+            payload_type, sequence_number, timestamp, payload = layered
         else:
             prepared = self._prepare(packet)
             if prepared is None:
                 return
             payload_type, sequence_number, timestamp = prepared
-        payload = packet.payload
+            payload = packet.payload
         try:
             self._send_now(payload_type, packet.marker, sequence_number, timestamp, payload, stamp)  # type: ignore[arg-type]
         except ConnectionError:
@@ -314,21 +317,22 @@ class Consumer:
             (packet.timestamp + self._ts_offset) & 0xFFFFFFFF,
         )
 
-    def _forward_layered(self, packet: RtpPacket, stamp: PacketStamp) -> None:
-        """Forwards the selected layers of a VP8 simulcast / temporal-layer producer."""
+    def _prepare_layered(self, packet: RtpPacket, stamp: PacketStamp) -> tuple[int, int, int, bytes] | None:
+        """For a VP8 simulcast / temporal-layer producer: whether this packet is in the layers
+        forwarded, and if so its payload type, sequence number, timestamp and payload."""
         if self.closed:
-            return
+            return None
         descriptor = stamp.vp8
         payload_type = self._payload_type
         if payload_type is None:
             if not self.feed.ready or self.producer.mime_type is None:
-                return
+                return None
             payload_type = self._payload_type = self.feed.payload_type_for(self.producer.mime_type)
             if payload_type is None:
-                return
+                return None
         selection = self.selection
         if selection is None or descriptor is None:
-            return
+            return None
         if not selection.chosen:
             selection.choose(selection.budget_bps, stamp.monotonic)
         spatial = stamp.spatial
@@ -361,7 +365,7 @@ class Consumer:
                     self._switch_started = 0.0
                 self.producer.request_keyframe(target)
         if spatial != self.current_spatial or rewriter is None:
-            return
+            return None
         if packet.timestamp != self._frame_ts:
             # A new frame: decide once for all its packets. Down at once; up only where the
             # frame depends on nothing above the base layer (layer sync) or at a keyframe.
@@ -379,20 +383,12 @@ class Consumer:
                 rewriter.drop_frame(descriptor)
         if not self._frame_forwarded:
             rewriter.drop(packet.sequence_number)
-            return
+            return None
         rewritten = rewriter.rewrite(packet.sequence_number, packet.timestamp, packet.payload, descriptor)
         if rewritten is None:
-            return
+            return None
         sequence_number, timestamp, payload = rewritten
-        try:
-            self._send_now(payload_type, packet.marker, sequence_number, timestamp, payload, stamp)  # type: ignore[arg-type]
-        except ConnectionError:
-            return
-        self.packets += 1
-        self.bytes += len(payload)
-        self._last_seq = sequence_number
-        self._last_ts = timestamp
-        self._last_sent_at = stamp.monotonic
+        return payload_type, sequence_number, timestamp, payload
 
     def resync(self) -> None:
         """After a gap upstream, video restarts at the next keyframe."""
