@@ -199,3 +199,31 @@ def test_the_publisher_is_asked_for_what_the_best_placed_subscriber_needs(produc
     producer.consumers.add(_Budgeted(producer, None, 2))  # type: ignore[arg-type]
     assert producer.downstream_limit() is None  # someone without an estimate: no cap
     producer.consumers = set()
+
+
+async def test_a_subscriber_that_keeps_losing_keyframes_moves_a_layer_down_instead(producer: Producer) -> None:
+    sent: list[int | None] = []
+
+    async def pli(layer: int | None = None) -> None:
+        sent.append(layer)
+
+    producer.tap.request_keyframe = pli  # type: ignore[method-assign]
+    policy = LayerPolicy(keyframe_failures_to_step_down=3, keyframe_failure_window_s=10.0, step_down_hold_s=20.0)
+    consumer = Consumer(producer, RecordingFeed(), mid="1", policy=policy)  # type: ignore[arg-type]
+    assert consumer.selection is not None
+    consumer.selection.choose(None, time.monotonic())
+    consumer.current_spatial = 2  # forwarding the top layer
+    consumer.subscriber_wants_keyframe()
+    await asyncio.sleep(0.01)
+    assert sent == [2]  # the first goes to the layer it watches
+    consumer.subscriber_wants_keyframe()
+    consumer.subscriber_wants_keyframe()  # the third within the window
+    await asyncio.sleep(0.01)
+    assert sent == [2], "no more keyframes of the top layer for everyone"
+    assert consumer.selection.target_spatial == 1 and consumer.selection.cap_spatial == 1
+    # The cap holds: however good the link looks, it stays below the top for the hold time.
+    consumer.selection.choose(None, time.monotonic() + 5)
+    assert consumer.selection.target_spatial == 1 and consumer.selection.wanted_spatial <= 1
+    consumer.selection.choose(None, time.monotonic() + 21)
+    assert consumer.selection.cap_spatial is None
+    consumer.close()

@@ -135,3 +135,51 @@ async def test_a_lost_packet_of_a_layer_is_nacked_on_its_ssrc_and_repaired_over_
     media = subscriber.remote["p-pub"]
     frames = media.video_frames
     await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on after the repair")
+
+
+async def test_a_lossy_subscriber_moves_down_alone_without_forcing_keyframes_on_others(
+    server: RunningServer, publisher: SimulcastPublisher, subscriber: CallClient
+) -> None:
+    other = CallClient(server.url, server.token(name="Other", participant_id="p-other"), video=None, audio=None)
+    await other.start()
+    try:
+        await eventually(lambda: all((m := c.remote.get("p-pub")) is not None and m.video_height == 240
+                                     for c in (subscriber, other)), what="the top layer at both")
+        router = server.app[SFU_KEY].routers["room-1"]
+        lossy, fine = (next(s.consumer for s in router.transports[pid].consumer_slots.values() if s.consumer.kind == "video")
+                       for pid in ("p-sub", "p-other"))
+        # A quarter of the subscriber's incoming media never arrives (its socket's protocol
+        # does not see it; RTCP still gets through, so its receiver reports tell the loss).
+        assert subscriber.pc is not None
+        dtls = next(t.receiver.transport for t in subscriber.pc.getTransceivers() if t.receiver.transport)
+        inbound = dtls.transport._connection._nominated[1].protocol
+        seen = [0]
+
+        def lossy_link(data: bytes, addr: Any) -> None:
+            if not 192 <= data[1] <= 223 and data[0] >> 6 == 2:
+                seen[0] += 1
+                if seen[0] % 4 == 0:
+                    return
+            type(inbound).datagram_received(inbound, data, addr)
+
+        top_keyframes = publisher.layers["h"].keyframes
+        inbound.datagram_received = lossy_link
+        try:
+            await eventually(lambda: lossy.current_spatial is not None and lossy.current_spatial < 2, timeout=15,
+                             what="the lossy subscriber on a lower layer")
+            started = asyncio.get_running_loop().time()
+            await asyncio.sleep(5)
+            assert fine.current_spatial == 2 and fine.layer_switches == 0, "the other subscriber kept the top layer"
+            assert subscriber.remote["p-pub"].video_height < 240
+            # The lossy subscriber's keyframe requests were budgeted: at most a few top-layer
+            # keyframes in all that time, not four a second.
+            elapsed = asyncio.get_running_loop().time() - started + 15
+            assert publisher.layers["h"].keyframes - top_keyframes <= 4, (publisher.layers["h"].keyframes, elapsed)
+            transport = router.transports["p-sub"]
+            assert transport.estimate.loss > 0.1
+        finally:
+            del inbound.datagram_received
+        frames = other.remote["p-pub"].video_frames
+        await eventually(lambda: other.remote["p-pub"].video_frames > frames + 15, timeout=5, what="the other's video")
+    finally:
+        await other.close()
