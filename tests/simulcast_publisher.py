@@ -24,6 +24,7 @@ from aiortc.rtp import (
     RTCP_RTPFB_NACK,
     HeaderExtensionsMap,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpRtpfbPacket,
     RtpPacket,
     wrap_rtx,
@@ -56,6 +57,7 @@ class _Layer:
         self.nacked: list[int] = []
         self.rtx_sent = 0
         self.drop_next = False
+        self.receiver_reports = 0
         self.repair: Any = None  # set by the publisher: sends one RTX packet
         self.encoder = Vp8Encoder()
         self.sequence = random.randrange(1 << 16)
@@ -68,6 +70,8 @@ class _Layer:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
             self.plis += 1
             self.keyframe_wanted = True
+        elif isinstance(packet, RtcpRrPacket):
+            self.receiver_reports += 1
         elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             for seq in packet.lost:
                 self.nacked.append(seq)

@@ -86,6 +86,9 @@ async def test_each_layer_is_demultiplexed_and_the_top_one_forwarded(
     assert (media.video_width, media.video_height) == (320, 240)
     # Keyframes are asked of the forwarded layer only: nobody forced one on the others.
     assert publisher.layers["m"].plis == 0 and publisher.layers["l"].plis == 0
+    # Every layer's SSRC gets its receiver reports.
+    await eventually(lambda: all(layer.receiver_reports >= 1 for layer in publisher.layers.values()), timeout=5,
+                     what="receiver reports for every layer")
 
 
 async def test_layout_switches_layers_down_and_up_without_a_break(
