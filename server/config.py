@@ -94,9 +94,10 @@ class Settings:
     layer_up_hold_s: float = 4.0
     # A switch to another simulcast layer gives up if that layer's keyframe has not come by then.
     layer_switch_timeout_s: float = 2.0
-    # One subscriber's keyframe requests reach the publisher at most this often, the interval
-    # doubling (up to the maximum) while they keep coming within the window; this many within
-    # the window move that subscriber a simulcast layer down, for the hold time.
+    # One subscriber's repeated keyframe request reaches the publisher at most this often. A
+    # request after a keyframe did reach it is a failure: each one within the window of the
+    # last doubles that wait (up to the maximum), and this many move the subscriber a
+    # simulcast layer down, for the hold time.
     subscriber_keyframe_interval_s: float = 1.0
     subscriber_keyframe_max_interval_s: float = 10.0
     keyframe_failures_to_step_down: int = 3

@@ -40,8 +40,8 @@ class LayerPolicy:
     layer_up_hold_s: float = 4.0
     # A spatial switch gives up when the target layer's keyframe has not come by then.
     layer_switch_timeout_s: float = 2.0
-    # A subscriber's own keyframe requests reach the publisher at most this often, the
-    # interval doubling while they keep coming, up to the maximum...
+    # A subscriber's repeated keyframe request reaches the publisher at most this often;
+    # failures (asking again after a keyframe came) double the wait, up to the maximum...
     subscriber_keyframe_interval_s: float = 1.0
     subscriber_keyframe_max_interval_s: float = 10.0
     # ...and this many within the window move it a layer down for the hold time.
@@ -208,8 +208,11 @@ class Consumer:
         self._switch_started = 0.0
         # The subscriber's own keyframe requests: when the last went upstream, and recent ones.
         self._last_subscriber_keyframe = -1e9
-        self._keyframe_interval = self.policy.subscriber_keyframe_interval_s
-        self._subscriber_keyframes: deque[float] = deque()
+        # The producer's keyframe count when the subscriber's last request went upstream,
+        # and the subscriber's recent failures to complete a keyframe it was sent.
+        self._keyframes_at_request = producer.keyframes_seen.get(0, 0)
+        self._keyframe_failures: deque[float] = deque(maxlen=64)
+        self._failure_counted_at = self._keyframes_at_request
         self.keyframe_requests_dropped = 0
         self.layer_switches = 0
         feed.on_keyframe_request = self.subscriber_wants_keyframe
@@ -218,40 +221,46 @@ class Consumer:
     def subscriber_wants_keyframe(self) -> None:
         """The subscriber asked for a keyframe (PLI/FIR): budgeted per subscriber.
 
-        One subscriber that keeps losing keyframes must not force keyframes on everyone.
-        Its requests go upstream at most once per interval, and the interval doubles with
-        each request within `keyframe_failure_window_s` of the previous one, up to
-        `subscriber_keyframe_max_interval_s`; with a lower simulcast layer to go to, it is
-        moved there instead.
+        One subscriber that keeps losing keyframes must not force keyframes on everyone. A
+        request repeated before any keyframe came is a duplicate: it goes upstream again
+        only after `subscriber_keyframe_interval_s` (the first may have been lost). A
+        request after a keyframe did come is a failure — the subscriber could not complete
+        it: each failure within `keyframe_failure_window_s` of the previous doubles the
+        wait, up to `subscriber_keyframe_max_interval_s`, and with a lower simulcast layer
+        to go to, `keyframe_failures_to_step_down` of them move it there instead.
         """
         if self.closed:
             return
         now = time.monotonic()
-        recent = self._subscriber_keyframes
-        recent.append(now)
-        while recent and now - recent[0] > self.policy.keyframe_failure_window_s:
-            recent.popleft()
-        if (
-            self.selection is not None
-            and self.current_spatial is not None
-            and len(recent) >= self.policy.keyframe_failures_to_step_down
-            and self.selection.step_down(self.current_spatial, now)
-        ):
-            recent.clear()
-            self._keyframe_interval = self.policy.subscriber_keyframe_interval_s
-            # The lower layer's keyframe is asked for by the switch itself.
-            return
-        if now - self._last_subscriber_keyframe < self._keyframe_interval:
-            self.keyframe_requests_dropped += 1
-            return
-        if now - self._last_subscriber_keyframe > self.policy.keyframe_failure_window_s:
-            self._keyframe_interval = self.policy.subscriber_keyframe_interval_s
-        else:
-            self._keyframe_interval = min(2 * self._keyframe_interval, self.policy.subscriber_keyframe_max_interval_s)
-        self._last_subscriber_keyframe = now
         layer = self.current_spatial
         if layer is None and self.selection is not None and self.producer.layered:
             layer = self.selection.target_spatial
+        delivered = self.producer.keyframes_seen.get(layer or 0, 0)
+        wait = self.policy.subscriber_keyframe_interval_s
+        if delivered != self._keyframes_at_request:
+            failures = self._keyframe_failures
+            if failures and now - failures[-1] > self.policy.keyframe_failure_window_s:
+                failures.clear()
+            if delivered != self._failure_counted_at:
+                # One failure per keyframe it was sent, however often it asks meanwhile.
+                self._failure_counted_at = delivered
+                failures.append(now)
+            if (
+                self.selection is not None
+                and self.current_spatial is not None
+                and len(failures) >= self.policy.keyframe_failures_to_step_down
+                and self.selection.step_down(self.current_spatial, now)
+            ):
+                failures.clear()
+                # The lower layer's keyframe is asked for by the switch itself.
+                self._keyframes_at_request = delivered
+                return
+            wait = min(wait * 2 ** max(0, len(failures) - 1), self.policy.subscriber_keyframe_max_interval_s)
+        if now - self._last_subscriber_keyframe < wait:
+            self.keyframe_requests_dropped += 1
+            return
+        self._last_subscriber_keyframe = now
+        self._keyframes_at_request = delivered
         self.producer.request_keyframe(layer)
 
     def forward(self, packet: RtpPacket, stamp: PacketStamp) -> None:

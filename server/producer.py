@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiortc.rtp import RtpPacket
 
 from .rtphooks import PacketStamp, ReceiverTap
+from .rtppayload import is_vp8_keyframe_start
 from .vp8rewriter import parse_descriptor
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ class Producer:
         # Layered: VP8 with simulcast or temporal layers; its consumers select layers.
         self.layered = False
         self.layers = LayerRates()
+        # Keyframes that arrived, per spatial layer (VP8 only): whether a subscriber asking
+        # again was sent one meanwhile.
+        self.keyframes_seen: dict[int, int] = {}
         self._vp8: bool | None = None
         tap.on_rtp = self._on_rtp
         tap.downstream_limit = self.downstream_limit
@@ -171,13 +175,18 @@ class Producer:
                 return
             stamp.spatial = spatial
             stamp.vp8 = descriptor
-            if descriptor.keyframe and descriptor.width:
-                self.layers.size[spatial] = (descriptor.width, descriptor.height)
+            if descriptor.keyframe:
+                self.keyframes_seen[spatial] = self.keyframes_seen.get(spatial, 0) + 1
+                if descriptor.width:
+                    self.layers.size[spatial] = (descriptor.width, descriptor.height)
             self.layers.add(spatial, descriptor.tid or 0, len(packet.payload), stamp.monotonic)
             if not self.layered and (descriptor.tid is not None or self.tap.simulcast is not None):
                 self.layered = True
                 for consumer in self.consumers:
                     consumer.resync()
+        elif self._vp8 and len(payload) > 1 and payload[0] & 0x17 == 0x10 and is_vp8_keyframe_start(payload):
+            # A plain stream's keyframe: the start of partition 0 (one byte test) checked in full.
+            self.keyframes_seen[0] = self.keyframes_seen.get(0, 0) + 1
         for consumer in tuple(self.consumers):
             try:
                 consumer.forward(packet, stamp)
