@@ -556,15 +556,19 @@ export function createCall(options) {
   // What music mode changes at once: the audio sender's bitrate cap, and for a host (the
   // one playing the music) the microphone's processing, which would treat music as noise.
   let musicApplied = false;
+  // The microphone change in progress: a second call (the offer that music mode brings)
+  // waits for it, so the bitrate never says "music" before the microphone does.
+  let micChange = Promise.resolve();
   async function applyMusicMode() {
     const enabled = !!call.roomState.music_mode;
     const stream = ui.selfVideo.srcObject;
     const track = stream?.getAudioTracks()[0];
     if (track && call.permissions.has("moderate") && enabled !== musicApplied) {
       musicApplied = enabled;
-      await setMicProcessing(stream, track, !enabled);
+      micChange = setMicProcessing(stream, track, !enabled);
     }
     musicApplied = enabled;
+    await micChange;
     for (const sender of call.pc?.getSenders() ?? []) {
       if (sender.track?.kind !== "audio") continue;
       const parameters = sender.getParameters();
