@@ -292,17 +292,19 @@ class Consumer:
         self._last_ts = timestamp
         self._last_sent_at = stamp.monotonic
 
-    def _prepare(self, packet: RtpPacket) -> tuple[int, int, int] | None:
-        """The first packets, keyframe waits and rebases: everything but steady forwarding."""
+    def _negotiated_payload_type(self) -> int | None:
+        """The subscriber's payload type for the producer's codec; None while closed or not yet known."""
         if self.closed:
             return None
-        payload_type = self._payload_type
+        if self._payload_type is None and self.feed.ready and self.producer.mime_type is not None:
+            self._payload_type = self.feed.payload_type_for(self.producer.mime_type)
+        return self._payload_type
+
+    def _prepare(self, packet: RtpPacket) -> tuple[int, int, int] | None:
+        """The first packets, keyframe waits and rebases: everything but steady forwarding."""
+        payload_type = self._negotiated_payload_type()
         if payload_type is None:
-            if not self.feed.ready or self.producer.mime_type is None:
-                return None
-            payload_type = self._payload_type = self.feed.payload_type_for(self.producer.mime_type)
-            if payload_type is None:
-                return None
+            return None
         if self._waiting_for_keyframe:
             if not is_keyframe_start(self.producer.mime_type or "", packet.payload):
                 self.producer.request_keyframe()
@@ -329,16 +331,10 @@ class Consumer:
     def _prepare_layered(self, packet: RtpPacket, stamp: PacketStamp) -> tuple[int, int, int, bytes] | None:
         """For a VP8 simulcast / temporal-layer producer: whether this packet is in the layers
         forwarded, and if so its payload type, sequence number, timestamp and payload."""
-        if self.closed:
-            return None
         descriptor = stamp.vp8
-        payload_type = self._payload_type
+        payload_type = self._negotiated_payload_type()
         if payload_type is None:
-            if not self.feed.ready or self.producer.mime_type is None:
-                return None
-            payload_type = self._payload_type = self.feed.payload_type_for(self.producer.mime_type)
-            if payload_type is None:
-                return None
+            return None
         selection = self.selection
         if selection is None or descriptor is None:
             return None
