@@ -50,15 +50,7 @@ def create_app(settings: Settings) -> web.Application:
         settings.keyframe_request_interval_s,
         settings.last_n_audio,
         settings.speaker_interval_s,
-        LayerPolicy(
-            layer_up_hold_s=settings.layer_up_hold_s,
-            layer_switch_timeout_s=settings.layer_switch_timeout_s,
-            subscriber_keyframe_interval_s=settings.subscriber_keyframe_interval_s,
-            subscriber_keyframe_max_interval_s=settings.subscriber_keyframe_max_interval_s,
-            keyframe_failures_to_step_down=settings.keyframe_failures_to_step_down,
-            keyframe_failure_window_s=settings.keyframe_failure_window_s,
-            step_down_hold_s=settings.step_down_hold_s,
-        ),
+        LayerPolicy.from_settings(settings),
         settings.layer_allocation_interval_s,
     )
     app.cleanup_ctx.append(_state)

@@ -14,10 +14,11 @@ import random
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from aiortc.rtp import RtpPacket
 
+from .config import Settings
 from .producer import Producer
 from .rtphooks import PacketStamp, SenderFeed
 from .rtppayload import is_keyframe_start
@@ -34,20 +35,20 @@ MAX_HOLD_S = 60.0
 
 @dataclass(frozen=True)
 class LayerPolicy:
-    """The limits of per-subscriber layer selection (Settings names them the same)."""
+    """The limits of per-subscriber layer selection: the Settings of the same names
+    (server/config.py says what each one means), with the same defaults."""
 
-    # An upward switch (a probe) waits this long after the last switch.
-    layer_up_hold_s: float = 4.0
-    # A spatial switch gives up when the target layer's keyframe has not come by then.
-    layer_switch_timeout_s: float = 2.0
-    # A subscriber's repeated keyframe request reaches the publisher at most this often;
-    # failures (asking again after a keyframe came) double the wait, up to the maximum...
-    subscriber_keyframe_interval_s: float = 1.0
-    subscriber_keyframe_max_interval_s: float = 10.0
-    # ...and this many within the window move it a layer down for the hold time.
-    keyframe_failures_to_step_down: int = 3
-    keyframe_failure_window_s: float = 10.0
-    step_down_hold_s: float = 20.0
+    layer_up_hold_s: float = Settings.layer_up_hold_s
+    layer_switch_timeout_s: float = Settings.layer_switch_timeout_s
+    subscriber_keyframe_interval_s: float = Settings.subscriber_keyframe_interval_s
+    subscriber_keyframe_max_interval_s: float = Settings.subscriber_keyframe_max_interval_s
+    keyframe_failures_to_step_down: int = Settings.keyframe_failures_to_step_down
+    keyframe_failure_window_s: float = Settings.keyframe_failure_window_s
+    step_down_hold_s: float = Settings.step_down_hold_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LayerPolicy:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 class LayerSelection:
