@@ -14,6 +14,7 @@ from signaling.tokens import TokenIssuer, load_or_create_secret
 from . import __version__
 from .config import Settings
 from .connections import ConnectionGuard
+from .consumer import LayerPolicy
 from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
 from .router import Sfu
@@ -54,6 +55,8 @@ def create_app(settings: Settings) -> web.Application:
         settings.keyframe_request_interval_s,
         settings.last_n_audio,
         settings.speaker_interval_s,
+        LayerPolicy.from_settings(settings),
+        settings.layer_allocation_interval_s,
     )
     app.cleanup_ctx.append(_state)
     app[METRICS_KEY] = Metrics()
