@@ -293,8 +293,12 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
     """Every `attendance_retention_interval_s` (hourly), one node at a time (a store lock):
     logs older than the retention period keep only anonymous counts."""
 
+    # A stop flag as well as the cancel: a cancel that lands inside a Redis command can
+    # come back as a connection error (StoreUnavailable), which the loop survives by design.
+    stopping = asyncio.Event()
+
     async def run() -> None:
-        while True:
+        while not stopping.is_set():
             try:
                 store = app[STORE_KEY]
                 settings = app[SETTINGS_KEY]
@@ -308,10 +312,14 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
                 logger.warning("store unavailable: attendance retention postponed")
             except Exception:
                 logger.exception("attendance retention failed; trying again next round")
-            await asyncio.sleep(app[SETTINGS_KEY].attendance_retention_interval_s)
+            try:
+                await asyncio.wait_for(stopping.wait(), app[SETTINGS_KEY].attendance_retention_interval_s)
+            except asyncio.TimeoutError:
+                pass
 
     task = asyncio.ensure_future(run())
     yield
+    stopping.set()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
