@@ -84,7 +84,8 @@ class Settings:
     # it (close 4008), so it cannot pin the node's memory. Far above a room snapshot or offer.
     max_outbound_bytes: int = 256 * 1024
     # Every close (flush, close handshake) ends within this, whatever the peer does: then
-    # the TCP connection is aborted.
+    # the TCP connection is closed, or aborted when the peer does not read. Below
+    # hello_timeout_s + 2 s for a socket that never said hello (issue 11).
     close_timeout_s: float = 1.0
     # Error replies per connection: this many per second, bursts up to error_reply_burst;
     # a client that earns more is closed (4009) instead of answered.

@@ -236,7 +236,14 @@ class WebSocketConnection(Connection):
 
     def _abort(self) -> None:
         # The reader loop sees the connection lost and ends the handler as for any drop.
-        if self.transport is not None:
+        # Nothing left to write (the close frame went out; the peer is just slow to answer
+        # it): an orderly close, so the peer still reads our close code. An abort (RST)
+        # can make its kernel discard what it has not read yet, close frame included.
+        if self.transport is None:
+            return
+        if self.transport.get_write_buffer_size() == 0:
+            self.transport.close()
+        else:
             self.transport.abort()
 
 

@@ -99,6 +99,9 @@ class Fuzzer:
             return 1
         if name == "negotiation_id":
             return self.rng.randint(0, 5)
+        if name == "tiles":
+            return [{"participant_id": self.rng.choice(self.participant_ids), "width": 320, "height": 180},
+                    {"participant_id": self.text(), "width": self.value(), "height": 9999}]
         if name == "sdp":
             return "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
         types = expected if isinstance(expected, tuple) else (expected,)

@@ -21,6 +21,8 @@ from signaling.protocol import (
     CONTACT_FIELDS,
     DEVICE_FIELDS,
     KINDS,
+    LAYOUT_TILE_FIELDS,
+    MAX_TILE_PIXELS,
     RESUME_FIELDS,
     ProtocolError,
     error,
@@ -130,6 +132,8 @@ PY_TYPES: dict[Any, st.SearchStrategy[Any]] = {
     bool: st.booleans(),
     dict: st.dictionaries(safe_text, st.one_of(st.booleans(), safe_text, st.integers()), max_size=4),
     type(None): st.none(),
+    # Lists have their own shapes (layout's tiles, below); empty is valid wherever one is.
+    list: st.just([]),
 }
 # Values that are of no field's type but its own.
 WRONG: dict[Any, list[Any]] = {
@@ -137,6 +141,7 @@ WRONG: dict[Any, list[Any]] = {
     str: [1, None, True, [], {}],
     bool: [1, 0, "true", None, [], {}],
     dict: [1, "x", None, True, []],
+    list: [1, "x", None, True, {}],
 }
 
 
@@ -170,6 +175,14 @@ def valid_messages(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         message = draw(_fields(schema))
     if "kind" in message:
         message["kind"] = draw(st.sampled_from(KINDS))
+    if kind == "layout":
+        tile = st.fixed_dictionaries({
+            "participant_id": safe_text,
+            "width": st.integers(0, MAX_TILE_PIXELS),
+            "height": st.integers(0, MAX_TILE_PIXELS),
+        })
+        assert set(LAYOUT_TILE_FIELDS) == {"participant_id", "width", "height"}
+        message["tiles"] = draw(st.lists(tile, max_size=5))
     if kind == "join":
         message["room"] = draw(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=128))
     if draw(st.booleans()):
