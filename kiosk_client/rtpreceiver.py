@@ -5,8 +5,9 @@ it starts, replacing aiortc 1.16's jitter buffers and decoder hand-off with the 
 `kiosk_client.jitterbuffer`:
 
 - video frames go to the decoder the moment they are complete (marker bit), an unrecoverable
-  hole costs at most a 100 ms deadline plus a keyframe, and lost packets are NACKed again
-  every 25 ms until that deadline (aiortc asks once);
+  hole costs at most a 100 ms deadline plus a keyframe, and lost packets are NACKed once
+  older than the link's recent reordering, then again every 25 ms until that deadline
+  (aiortc asks at once, once);
 - audio plays out one packet after arrival on a clean network, adapts to jitter, and asks
   libopus for packet-loss concealment instead of waiting;
 - the decoder input and the track's output queue are bounded, dropping so latency stays flat.
@@ -46,7 +47,7 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
-from server.rtpseq import NackTracker
+from server.rtpseq import NackTracker, ReorderAllowance
 
 from .jitterbuffer import (
     AdaptiveAudioBuffer,
@@ -83,6 +84,12 @@ class TunedReceiverSettings:
     audio: AudioBufferSettings = AudioBufferSettings()
     nack_retry_interval: float = 0.025
     """About one round trip to the SFU plus its processing; a retry sooner only duplicates."""
+    nack_reorder_min: float = 0.005
+    nack_reorder_max: float = 0.04
+    """A gap is NACKed once older than the reordering seen lately (`ReorderAllowance`), within
+    these bounds: home Wi-Fi reorders packets by tens of milliseconds, and a NACK for each
+    overtaken packet was a retransmission for nothing. The maximum leaves the retries time
+    within the assembler's deadline."""
     keyframe_request_interval: float = 0.25
     """A keyframe normally arrives one round trip plus one frame interval after a PLI; asking
     again sooner would only make the sender encode several."""
@@ -260,7 +267,15 @@ class TunedReceiver:
         self.media_ssrc: int | None = None
         self.assembler = VideoFrameAssembler(settings.video) if kind == "video" else None
         self.audio_buffer = AdaptiveAudioBuffer(OPUS_CLOCK_RATE, settings.audio) if kind == "audio" else None
-        self.nack = NackTracker(settings.nack_retry_interval, settings.video.deadline) if kind == "video" else None
+        self.nack = (
+            NackTracker(
+                settings.nack_retry_interval,
+                settings.video.deadline,
+                reorder=ReorderAllowance(settings.nack_reorder_min, settings.nack_reorder_max),
+            )
+            if kind == "video"
+            else None
+        )
         self.keyframes = KeyframeRequests(settings.keyframe_request_interval)
         self._rtx_ssrc: dict[int, int] = {}
         self._codec: RTCRtpCodecParameters | None = None
@@ -356,7 +371,8 @@ class TunedReceiver:
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
 
-        if is_rtx(codec):
+        retransmission = is_rtx(codec)
+        if retransmission:
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
             if not isinstance(apt, int) or apt not in self.codecs:
@@ -371,7 +387,7 @@ class TunedReceiver:
         self.media_ssrc = packet.ssrc
         self._codec = codec
         if self.assembler is not None and self.nack is not None:
-            lost = self.nack.add(packet.sequence_number, now)
+            lost = self.nack.add(packet.sequence_number, now, retransmission)
             # Completed frames go to the decoder first; the requests follow within microseconds.
             self._take_assembly(self._add_video(self.assembler, packet, codec, now))
             if lost:

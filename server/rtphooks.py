@@ -57,12 +57,9 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from . import _srtpsend
-from .rtpseq import NackTracker
+from .nackgenerator import NackGenerator
 
 AIORTC_VERSION = "1.16.0"
-# The publisher leg's loss recovery: NACK again every 30 ms until 200 ms have passed.
-NACK_RETRY_INTERVAL_S = 0.03
-NACK_DEADLINE_S = 0.2
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
@@ -179,8 +176,8 @@ class ReceiverTap:
         self.codecs: dict[int, RTCRtpCodecParameters] = {}
         self.media_ssrc: int | None = None
         self._rtx_ssrc: dict[int, int] = {}
-        self._nack = NackTracker(NACK_RETRY_INTERVAL_S, NACK_DEADLINE_S) if kind == "video" else None
-        self._nack_timer: asyncio.TimerHandle | None = None
+        # Per media SSRC (each simulcast layer has its own sequence numbers).
+        self._nacks: dict[int, NackGenerator] = {}
         self._started = False
         self._stopped = False
         self._aiortc_stop = receiver.stop
@@ -199,9 +196,8 @@ class ReceiverTap:
 
     async def _stop(self) -> None:
         self._stopped = True
-        if self._nack_timer is not None:
-            self._nack_timer.cancel()
-            self._nack_timer = None
+        for generator in self._nacks.values():
+            generator.close()
         await self._aiortc_stop()
 
     async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
@@ -254,7 +250,8 @@ class ReceiverTap:
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
 
-        if is_rtx(codec):
+        retransmission = is_rtx(codec)
+        if retransmission:
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
             if original_ssrc is None or len(packet.payload) < 2 or apt not in self.codecs:
@@ -262,11 +259,11 @@ class ReceiverTap:
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
 
         self.media_ssrc = packet.ssrc
-        if self._nack is not None:
-            lost = self._nack.add(packet.sequence_number, time.monotonic())
-            if lost:
-                await r._send_rtcp_nack(packet.ssrc, lost)
-                self._schedule_nack_retry()
+        if self.kind == "video" and not self._stopped:
+            generator = self._nacks.get(packet.ssrc)
+            if generator is None:
+                generator = self._nacks[packet.ssrc] = NackGenerator(packet.ssrc, r._send_rtcp_nack)
+            await generator.packet(packet.sequence_number, retransmission)
 
         # Padding-only packets carry no media; forwarding them only costs bandwidth.
         if not packet.payload:
@@ -274,25 +271,10 @@ class ReceiverTap:
         if self.on_rtp is not None:
             await self.on_rtp(packet)
 
-    def _schedule_nack_retry(self) -> None:
-        if self._nack is None or self._nack_timer is not None or self._stopped:
-            return
-        due = self._nack.next_due()
-        if due is not None:
-            delay = max(0.0, due - time.monotonic())
-            self._nack_timer = asyncio.get_running_loop().call_later(delay, self._retry_nacks)
-
-    def _retry_nacks(self) -> None:
-        # Publishers answer a NACK once; a retransmission lost too is asked for again
-        # until the deadline, when only a keyframe would help.
-        self._nack_timer = None
-        if self._nack is None or self._stopped or self.media_ssrc is None:
-            return
-        retries = self._nack.due(time.monotonic())
-        if retries:
-            task = asyncio.ensure_future(self.receiver._send_rtcp_nack(self.media_ssrc, retries))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._schedule_nack_retry()
+    @property
+    def nack_requests(self) -> int:
+        """Sequence numbers asked for again towards the publisher (first requests and retries)."""
+        return sum(generator.tracker.requests for generator in self._nacks.values())
 
     @property
     def packets_lost(self) -> int:

@@ -356,12 +356,12 @@ async def test_publisher_leg_loss_is_nacked_again_until_repaired(
         await original(data)
 
     tap = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video").tap
-    before = tap._nack.requests
+    before = tap.nack_requests
     dtls._send_rtp = lossy
     try:
         await eventually(lambda: dropped == ["original", "retransmission"], timeout=5, what="both drops")
         frames = media_from(bob, alice).video_frames  # type: ignore[union-attr]
-        await eventually(lambda: tap._nack.requests >= before + 2, timeout=2, what="a second NACK")
+        await eventually(lambda: tap.nack_requests >= before + 2, timeout=2, what="a second NACK")
         await eventually(lambda: media_from(bob, alice).video_frames > frames + 5, timeout=5, what="video goes on")  # type: ignore[union-attr]
     finally:
         dtls._send_rtp = original
