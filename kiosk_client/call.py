@@ -19,6 +19,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from .opus import offers_inband_fec
 from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
 from .signaling import SignalingClient
@@ -205,7 +206,7 @@ class CallClient:
                 continue
             if transceiver.sender.track is not track:
                 transceiver.sender.replaceTrack(track)
-            self.publishing.hook_sender(transceiver.sender)
+            self.publishing.hook_sender(transceiver.sender, opus_fec=offers_inband_fec(offer["sdp"]))
             transceiver.direction = "sendonly"
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)

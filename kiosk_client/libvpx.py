@@ -187,15 +187,23 @@ class LibvpxError(RuntimeError):
     """A libvpx call failed; the message carries libvpx's own explanation."""
 
 
-def library_path() -> str:
-    """The libvpx PyAV's wheel bundles (av.libs next to the av package), else the system's."""
-    bundled = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs", "libvpx*.so*")))
+def bundled_library(name: str) -> str:
+    """A codec library PyAV's wheel bundles (av.libs next to the av package), else the system's."""
+    bundled = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs", f"lib{name}*.so*")))
     if bundled:
         return bundled[0]
-    system = ctypes.util.find_library("vpx")
+    system = ctypes.util.find_library(name)
     if system is None:
-        raise LibvpxError("no libvpx found: neither in PyAV's wheel (av.libs) nor on the system")
+        raise FileNotFoundError(f"no lib{name} found: neither in PyAV's wheel (av.libs) nor on the system")
     return system
+
+
+def library_path() -> str:
+    """The libvpx PyAV's wheel bundles, else the system's."""
+    try:
+        return bundled_library("vpx")
+    except FileNotFoundError as exc:
+        raise LibvpxError(str(exc)) from None
 
 
 def _declare(lib: ctypes.CDLL) -> None:

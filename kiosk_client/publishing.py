@@ -26,6 +26,7 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 from av import VideoFrame
 
 from .libvpx import LibvpxError
+from .opus import FecOpusEncoder
 from .vp8encoder import Vp8Encoder
 
 # A tile at 240 lines looks fine at 150 kbps; aiortc's floor (250 kbps) is for 480 lines.
@@ -94,9 +95,17 @@ class PublishControl:
         self.track = track
         self.governor = BitrateGovernor()
         self._senders: list[RTCRtpSender] = []
+        self._audio_senders: list[RTCRtpSender] = []
 
-    def hook_sender(self, sender: RTCRtpSender) -> None:
-        if sender.kind != "video" or sender in self._senders:
+    def hook_sender(self, sender: RTCRtpSender, opus_fec: bool = False) -> None:
+        """Our encoders for a sender: VP8 retargeted in place; Opus with in-band FEC when the
+        server's offer says the listeners decode it (`opus.offers_inband_fec`)."""
+        if sender in self._senders or sender in self._audio_senders:
+            return
+        if sender.kind == "audio":
+            if opus_fec:
+                self._audio_senders.append(sender)
+                self._hook_encoder(sender)
             return
         self._senders.append(sender)
         self._hook_encoder(sender)
@@ -117,6 +126,8 @@ class PublishControl:
 
     def _new_encoder(self, codec: RTCRtpCodecParameters) -> Encoder:
         encoder: Encoder | None = None
+        if codec.mimeType.lower() == "audio/opus":
+            return FecOpusEncoder()
         if codec.mimeType.lower() == "video/vp8":
             try:
                 encoder = Vp8Encoder()

@@ -8,12 +8,13 @@ it starts, replacing aiortc 1.16's jitter buffers and decoder hand-off with the 
   hole costs at most a 100 ms deadline plus a keyframe, and lost packets are NACKed once
   older than the link's recent reordering, then again every 25 ms until that deadline
   (aiortc asks at once, once);
-- audio plays out one packet after arrival on a clean network, adapts to jitter, and asks
-  libopus for packet-loss concealment instead of waiting;
+- audio plays out one packet after arrival on a clean network, adapts to jitter, and for a
+  missing packet decodes the next one's in-band FEC if it is already here, else asks
+  libopus for packet-loss concealment instead of waiting (`kiosk_client.opus`);
 - the decoder input and the track's output queue are bounded, dropping so latency stays flat.
 
 What stays aiortc's: SRTP, routing, RTCP receiver reports (fed from the same statistics),
-REMB, RTX unwrapping, the decoders themselves and `RemoteStreamTrack`. The hooks are
+REMB, RTX unwrapping, the video decoders and `RemoteStreamTrack`. The hooks are
 per-instance method replacements written against aiortc 1.16.0; `tests/test_rtpreceiver.py`
 fails loudly when the internals they touch move (see `missing_internals`).
 """
@@ -49,6 +50,7 @@ from aiortc.rtp import (
 
 from server.rtpseq import NackTracker, ReorderAllowance
 
+from .opus import OpusDecoder, is_opus
 from .jitterbuffer import (
     AdaptiveAudioBuffer,
     AssemblyResult,
@@ -136,29 +138,6 @@ class KeyframeRequests:
         return self._last + self.min_interval if self.wanted else None
 
 
-def opus_samples_per_frame(toc: int) -> int:
-    """RFC 6716 §3.1: samples at 48 kHz of one frame of the packet whose TOC byte this is."""
-    config = toc >> 3
-    if config < 12:  # SILK
-        return (480, 960, 1920, 2880)[config & 3]
-    if config < 16:  # Hybrid
-        return (480, 960)[config & 1]
-    return (120, 240, 480, 960)[config & 3]  # CELT
-
-
-def opus_concealment_packets(toc: int, samples: int) -> list[bytes]:
-    """TOC-only Opus packets that make libopus run its packet-loss concealment.
-
-    libopus conceals a frame whose coded length is ≤ 1 byte, so a code-0 packet made of the
-    last TOC byte alone yields one concealed frame. PyAV cannot ask for PLC the usual way (an
-    empty packet means end of stream to FFmpeg) and FFmpeg's libopus wrapper does not expose
-    in-band FEC decoding, so this is the one route to libopus's real concealment.
-    """
-    per_frame = opus_samples_per_frame(toc)
-    count = max(1, round(samples / per_frame))
-    return [bytes([toc & 0xFC])] * count
-
-
 # --------------------------------------------------------------------------------------
 # Decoding
 
@@ -188,7 +167,6 @@ class _DecoderThread:
         self._loop = loop
         self._deliver = deliver
         self._on_error = on_error
-        self._last_toc: int | None = None
         # aiortc's name for the thread this one replaces, so thread accounting stays the same.
         self._thread = threading.Thread(target=self._run, name=f"{kind}-decoder", daemon=True)
         self._thread.start()
@@ -211,8 +189,8 @@ class _DecoderThread:
                 break
             codec, work = item[0], item[1]
             if codec.name != codec_name:
-                decoder, codec_name = get_decoder(codec), codec.name
-                self._last_toc = None
+                # Opus through libopus itself: FFmpeg's wrapper cannot decode in-band FEC.
+                decoder, codec_name = (OpusDecoder() if is_opus(codec) else get_decoder(codec)), codec.name
             assert decoder is not None
             try:
                 frames = self._decode(decoder, codec, work)
@@ -230,19 +208,14 @@ class _DecoderThread:
         self._call(self._deliver, None)
 
     def _decode(self, decoder: Any, codec: RTCRtpCodecParameters, work: JitterFrame | Concealment) -> list[Any]:
+        if isinstance(decoder, OpusDecoder):
+            if isinstance(work, JitterFrame):
+                return decoder.decode(work.data, work.timestamp)
+            return decoder.conceal(work.timestamp, work.samples, work.fec)
         if isinstance(work, JitterFrame):
-            if codec.name.lower() == "opus" and work.data:
-                self._last_toc = work.data[0]
             return list(decoder.decode(work))
-        if self._last_toc is None:
-            # Nothing to extrapolate from (or not Opus): leave the gap to the consumer.
-            return []
-        frames: list[Any] = []
-        timestamp = work.timestamp
-        for packet in opus_concealment_packets(self._last_toc, work.samples):
-            frames += decoder.decode(JitterFrame(packet, timestamp))
-            timestamp += opus_samples_per_frame(self._last_toc)
-        return frames
+        # Not Opus: nothing to conceal with; leave the gap to the consumer.
+        return []
 
     def _call(self, callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -660,9 +633,6 @@ async def missing_internals() -> list[str]:
         await pc.close()
     if not isinstance(getattr(RemoteStreamTrack(kind="video"), "_queue", None), asyncio.Queue):
         problems.append("RemoteStreamTrack._queue is no longer an asyncio.Queue")
-    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
-    if getattr(getattr(get_decoder(opus), "codec", None), "name", None) != "libopus":
-        problems.append("aiortc's Opus decoder is no longer libopus (TOC-only concealment relies on it)")
     return problems
 
 
@@ -675,7 +645,6 @@ __all__ = [
     "check_aiortc_version",
     "install_tuned_receiver",
     "missing_internals",
-    "opus_concealment_packets",
     "tune_receiver",
     "tuned",
 ]
