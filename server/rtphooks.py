@@ -277,6 +277,11 @@ class ReceiverTap:
         return sum(generator.tracker.requests for generator in self._nacks.values())
 
     @property
+    def nack_reordered(self) -> int:
+        """Packets that came late but within the reorder allowance: NACKs not sent."""
+        return sum(generator.tracker.reordered for generator in self._nacks.values())
+
+    @property
     def packets_lost(self) -> int:
         streams = self.receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         return sum(max(0, stats.packets_lost) for stats in streams.values() if stats.max_seq is not None)
