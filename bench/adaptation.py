@@ -11,17 +11,20 @@ are always this checkout's kiosk `CallClient`s. Per server, three phases:
 A  capped: one publisher (a host: the main picture, 640x480@30, up to 1 Mbps, the kiosk's
    L1T3 encoder) in this process; five subscribers, each its own process
    (`bench.netclient`): four on this side, one in a network namespace whose downlink is
-   capped at 250 kbit/s by `tc tbf` (`bench.netns`). Measured over a window after everyone
-   joined and a warm-up: the worst uncapped subscriber's received video bitrate ÷ what the
-   publisher sent (its top layer) and its frame rate; the capped subscriber's frame rate and
+   capped at 250 kbit/s by `tc tbf` (`bench.netns`). The four join first; what the
+   publisher sends then (a reference window after a warm-up) is its top layer. Then the
+   capped one joins, and over a window after a warm-up: the worst uncapped subscriber's
+   received video bitrate ÷ that top layer, and its frame rate; the capped subscriber's frame rate and
    longest freeze after its first 5 s; the publisher's keyframes per 10 s (the uncapped
    subscribers ask for none once started, so these are the capped subscriber's).
 B  reorder: one publisher, one subscriber whose every incoming datagram is held 30 ± 10 ms
    (`bench.jitterlink`, in user space: this kernel has no netem); no loss. Needless
    retransmissions = the server's retransmissions (`verzilvering_nack` in /metrics) ÷ the
-   video packets the subscriber received.
-C  thumbnails: 19 seniors publish 320x240@15 tiles (as the server asks of seniors in a big
-   activity) and a host subscribes to all, telling the server (`layout`) it shows each at
+   video packets the subscriber received. The NACKs come from the subscriber, so the
+   baseline's subscriber runs with the old policy (`bench.netclient --nack-at-once`). The
+   publisher leg (the SFU's own NACKs) is covered by tests/test_reorder.py.
+C  thumbnails: in an activity (the server's `--demo` one), 19 seniors publish 320x240@15
+   tiles (as the server asks of seniors in a big activity) and a host subscribes to all, telling the server (`layout`) it shows each at
    320x180. Measured: the host's received video kbit/s in total and its CPU (decoding).
 
 The figures are printed per server with ratios (ours ÷ baseline), then the command, the
@@ -59,6 +62,7 @@ from bench.vp8_retarget import is_keyframe, pattern_frame
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
 from kiosk_client.vp8payloader import parse_descriptor
+from server.cli import DEMO_ROOM
 from signaling.tokens import TokenIssuer
 
 BASELINE_COMMIT = "fb942a1"
@@ -73,12 +77,14 @@ FREEZE_AFTER_S = 5.0
 class Timing:
     window_s: float
     warmup_s: float
+    reference_warmup_s: float
+    reference_s: float
     reorder_s: float
     thumbnails_s: float
 
 
-FULL = Timing(window_s=45, warmup_s=6, reorder_s=30, thumbnails_s=20)
-QUICK = Timing(window_s=15, warmup_s=5, reorder_s=12, thumbnails_s=10)
+FULL = Timing(window_s=45, warmup_s=6, reference_warmup_s=15, reference_s=10, reorder_s=30, thumbnails_s=20)
+QUICK = Timing(window_s=15, warmup_s=5, reference_warmup_s=10, reference_s=6, reorder_s=12, thumbnails_s=10)
 
 
 class WrongMeasurement(RuntimeError):
@@ -222,7 +228,7 @@ class Context:
     link: ImpairedLink
     timing: Timing
     workdir: Path
-    notes: list[str] = field(default_factory=list)
+    phases: tuple[Any, ...]
 
 
 async def metrics(server: ServerHandle) -> dict[str, float]:
@@ -237,7 +243,7 @@ async def metrics(server: ServerHandle) -> dict[str, float]:
     return values
 
 
-async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context) -> dict[str, Any]:
+async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context, baseline: bool) -> dict[str, Any]:
     t, link = ctx.timing, ctx.link
     room = "adapt-capped"
     publisher = CallClient(server.url, issuer.issue(role="host", room=room, name="Publisher"),
@@ -247,18 +253,29 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context) 
         await publisher.start()
         await _until(lambda: publisher.pc is not None and publisher.pc.connectionState == "connected", 15)
         sent = record_sent_video(publisher)
-        duration = SUBSCRIBERS * 0.7 + t.warmup_s + t.window_s + 2
-        for i in range(SUBSCRIBERS):
-            token = issuer.issue(role="senior", room=room, name=f"Kijker {i}")
-            capped = i == SUBSCRIBERS - 1
-            argv = netclient(server.url, token, duration - i * 0.7, link.ns_address if capped else link.host_address)
-            subscribers.append(await Subscriber.start("capped" if capped else f"uncapped-{i}",
-                                                      link.command(argv) if capped else argv))
-            await asyncio.sleep(0.7)
+        # First the four uncapped subscribers alone: what the publisher's top layer is when
+        # nobody is struggling (the reference), then the capped one joins.
+        spacing = 0.7
+        uncapped_duration = (SUBSCRIBERS - 1) * spacing + t.reference_warmup_s + t.reference_s + t.warmup_s + t.window_s + 2
+        for i in range(SUBSCRIBERS - 1):
+            argv = netclient(server.url, issuer.issue(role="senior", room=room, name=f"Kijker {i}"),
+                             uncapped_duration - i * spacing, link.host_address)
+            subscribers.append(await Subscriber.start(f"uncapped-{i}", argv))
+            await asyncio.sleep(spacing)
+        # aiortc's receive-side estimators ramp their REMB up over several seconds.
+        reference_start = time.monotonic() + t.reference_warmup_s
+        reference_end = reference_start + t.reference_s
+        await asyncio.sleep(reference_end - time.monotonic())
+        target_alone = publisher.publishing.governor.target
+        argv = netclient(server.url, issuer.issue(role="senior", room=room, name="Kijker capped"),
+                         t.warmup_s + t.window_s + 1, link.ns_address)
+        qdisc_before = link.downlink_qdisc()
+        subscribers.append(await Subscriber.start("capped", link.command(argv)))
         window_start = time.monotonic() + t.warmup_s
         window_end = window_start + t.window_s
-        qdisc_before = link.downlink_qdisc()
-        reports = [await s.finish(timeout=duration + 30) for s in subscribers]
+        await asyncio.sleep(window_end - time.monotonic())
+        target_with_capped = publisher.publishing.governor.target
+        reports = [await s.finish(timeout=uncapped_duration + 30) for s in subscribers]
         qdisc_after = link.downlink_qdisc()
     finally:
         for s in subscribers:
@@ -266,13 +283,14 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context) 
         with contextlib.suppress(Exception):
             await asyncio.wait_for(publisher.close(), timeout=10)
     pid = publisher.self_id
-    top_kbps = sent.kbps(window_start, window_end)
+    top_kbps = sent.kbps(reference_start, reference_end)
     per_sub = []
     for s, report in zip(subscribers, reports):
         frames = frames_in(report, pid, window_start, window_end)
-        if not frames:
+        # The capped subscriber decoding nothing is a result (today's); an uncapped one is not.
+        if not frames and s.name != "capped":
             raise WrongMeasurement(f"{s.name} decoded no video in the window")
-        first = report["frames"][pid][0]
+        first = report["frames"][pid][0] if report["frames"].get(pid) else window_start - FREEZE_AFTER_S
         per_sub.append({
             "name": s.name,
             "kbps": round(video_kbps(report, window_start, window_end), 1),
@@ -293,6 +311,11 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context) 
     worst = min(uncapped, key=lambda s: s["kbps"])
     return {
         "top_kbps": round(top_kbps, 1),
+        "sent_kbps_with_capped": round(sent.kbps(window_start, window_end), 1),
+        # The kiosk encoder's target (what the SFU's REMB asked for) at the end of each window.
+        "publisher_target_kbps_alone": target_alone // 1000,
+        "publisher_target_kbps_with_capped": target_with_capped // 1000,
+        "reference_keyframes_per_10s": round(sent.keyframes(reference_start, reference_end) / t.reference_s * 10, 2),
         "uncapped_bitrate_ratio": round(worst["kbps"] / top_kbps, 3) if top_kbps else 0.0,
         "uncapped_fps": min(s["fps"] for s in uncapped),
         "capped_fps": capped["fps"],
@@ -302,7 +325,7 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context) 
     }
 
 
-async def phase_reorder(server: ServerHandle, issuer: TokenIssuer, ctx: Context) -> dict[str, Any]:
+async def phase_reorder(server: ServerHandle, issuer: TokenIssuer, ctx: Context, baseline: bool) -> dict[str, Any]:
     t = ctx.timing
     room = "adapt-reorder"
     publisher = CallClient(server.url, issuer.issue(role="host", room=room, name="Publisher"),
@@ -312,8 +335,10 @@ async def phase_reorder(server: ServerHandle, issuer: TokenIssuer, ctx: Context)
         await publisher.start()
         token = issuer.issue(role="senior", room=room, name="Kijker")
         before = await metrics(server)
+        # Today's subscriber NACKed every gap at once: the baseline's gets the old policy.
+        extra = ("--nack-at-once",) if baseline else ()
         subscriber = await Subscriber.start("jittered", netclient(
-            server.url, token, t.reorder_s, ctx.link.host_address, "--jitter-ms", "30", "--jitter-spread-ms", "10"))
+            server.url, token, t.reorder_s, ctx.link.host_address, "--jitter-ms", "30", "--jitter-spread-ms", "10", *extra))
         report = await subscriber.finish(timeout=t.reorder_s + 30)
         after = await metrics(server)
     finally:
@@ -331,13 +356,18 @@ async def phase_reorder(server: ServerHandle, issuer: TokenIssuer, ctx: Context)
         "video_packets": packets,
         "retransmissions": int(retransmitted),
         "subscriber_nacked": report["nack_requests"],
+        "subscriber_reordered": report["nack_reordered"],
+        "subscriber_needless": report["nack_needless"],
+        "reorder_allowance_ms": round(report["reorder_allowance_ms"], 1),
         "reorder_retransmit_pct": round(100 * retransmitted / max(1, packets), 2),
     }
 
 
-async def phase_thumbnails(server: ServerHandle, issuer: TokenIssuer, ctx: Context) -> dict[str, Any]:
+async def phase_thumbnails(server: ServerHandle, issuer: TokenIssuer, ctx: Context, baseline: bool) -> dict[str, Any]:
     t = ctx.timing
-    room = "adapt-thumbnails"
+    # An activity (the server's --demo one): with more than six people in it, seniors' tiles
+    # go to the hosts only, as in a real class; elsewhere everyone would decode everyone.
+    room = DEMO_ROOM
     publishers: list[CallClient] = []
     host: Subscriber | None = None
     try:
@@ -372,13 +402,16 @@ async def phase_thumbnails(server: ServerHandle, issuer: TokenIssuer, ctx: Conte
     }
 
 
+PHASES = {"capped": phase_capped, "reorder": phase_reorder, "thumbnails": phase_thumbnails}
+
+
 async def run_server(name: str, cwd: Path, ctx: Context) -> dict[str, Any]:
     secret = secrets.token_urlsafe(48)
     data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=ctx.workdir))
     server = await ServerHandle.subprocess(
         name,
         [sys.executable, "-m", "server.cli", "serve", "--host", ctx.link.host_address, "--port", "{port}",
-         "--data-dir", str(data_dir), "--log-level", "WARNING"],
+         "--data-dir", str(data_dir), "--log-level", "WARNING", "--demo"],
         {"VERZILVERING_TOKEN_SECRET": secret,
          "VERZILVERING_MEDIA_ADDRESSES": json.dumps([ctx.link.host_address]),
          "VERZILVERING_MAX_PARTICIPANTS_PER_ROOM": "30"},
@@ -387,9 +420,9 @@ async def run_server(name: str, cwd: Path, ctx: Context) -> dict[str, Any]:
     issuer = TokenIssuer(secret)
     try:
         result: dict[str, Any] = {}
-        for phase in (phase_capped, phase_reorder, phase_thumbnails):
+        for phase in ctx.phases:
             print(f"  {name}: {phase.__name__} ...", flush=True)
-            result.update(await phase(server, issuer, ctx))
+            result.update(await phase(server, issuer, ctx, name == "baseline"))
         return result
     finally:
         await server.stop()
@@ -428,7 +461,8 @@ async def main_async(args: argparse.Namespace) -> int:
             link.cap_downlink_kbit(CAP_KBIT)
             # The publishers in this process offer only the address the netns can reach.
             restrict_host_addresses([link.host_address])
-            ctx = Context(link, timing, workdir)
+            phases = tuple(PHASES[name] for name in args.phases.split(","))
+            ctx = Context(link, timing, workdir, phases)
             results = {}
             for name, cwd in (("ours", REPO), ("baseline", baseline)):
                 results[name] = await run_server(name, cwd, ctx)
@@ -443,7 +477,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for key, value in result.items():
             if key != "subscribers":
                 print(f"  {key:34} {value}")
-        for s in result["subscribers"]:
+        for s in result.get("subscribers", []):
             print(f"  {s}")
     ratio = {
         key: round(ours[key] / base[key], 3) if isinstance(base.get(key), (int, float)) and base[key] else None
@@ -458,23 +492,23 @@ async def main_async(args: argparse.Namespace) -> int:
         "baseline_commit": BASELINE_COMMIT,
         "window_s": timing.window_s,
         "cap_kbit": CAP_KBIT,
-        "uncapped_bitrate_ratio": ours["uncapped_bitrate_ratio"],
-        "uncapped_fps": ours["uncapped_fps"],
-        "capped_fps": ours["capped_fps"],
-        "capped_max_freeze_ms": ours["capped_max_freeze_ms"],
-        "capped_forced_keyframes_per_10s": ours["capped_forced_keyframes_per_10s"],
-        "top_kbps": ours["top_kbps"],
-        "thumbnails_total_kbps": ours["thumbnails_total_kbps"],
-        "thumbnails_host_cpu_pct": ours["thumbnails_host_cpu_pct"],
-        "reorder_retransmit_pct": ours["reorder_retransmit_pct"],
-        "baseline_uncapped_bitrate_ratio": base["uncapped_bitrate_ratio"],
-        "baseline_uncapped_fps": base["uncapped_fps"],
-        "baseline_capped_fps": base["capped_fps"],
-        "baseline_capped_max_freeze_ms": base["capped_max_freeze_ms"],
-        "baseline_capped_forced_keyframes_per_10s": base["capped_forced_keyframes_per_10s"],
-        "baseline_thumbnails_total_kbps": base["thumbnails_total_kbps"],
-        "baseline_thumbnails_host_cpu_pct": base["thumbnails_host_cpu_pct"],
-        "baseline_reorder_retransmit_pct": base["reorder_retransmit_pct"],
+        "uncapped_bitrate_ratio": ours.get("uncapped_bitrate_ratio"),
+        "uncapped_fps": ours.get("uncapped_fps"),
+        "capped_fps": ours.get("capped_fps"),
+        "capped_max_freeze_ms": ours.get("capped_max_freeze_ms"),
+        "capped_forced_keyframes_per_10s": ours.get("capped_forced_keyframes_per_10s"),
+        "top_kbps": ours.get("top_kbps"),
+        "thumbnails_total_kbps": ours.get("thumbnails_total_kbps"),
+        "thumbnails_host_cpu_pct": ours.get("thumbnails_host_cpu_pct"),
+        "reorder_retransmit_pct": ours.get("reorder_retransmit_pct"),
+        "baseline_uncapped_bitrate_ratio": base.get("uncapped_bitrate_ratio"),
+        "baseline_uncapped_fps": base.get("uncapped_fps"),
+        "baseline_capped_fps": base.get("capped_fps"),
+        "baseline_capped_max_freeze_ms": base.get("capped_max_freeze_ms"),
+        "baseline_capped_forced_keyframes_per_10s": base.get("capped_forced_keyframes_per_10s"),
+        "baseline_thumbnails_total_kbps": base.get("thumbnails_total_kbps"),
+        "baseline_thumbnails_host_cpu_pct": base.get("thumbnails_host_cpu_pct"),
+        "baseline_reorder_retransmit_pct": base.get("reorder_retransmit_pct"),
         "ratios": ratio,
     }
     print(json.dumps(line))
@@ -484,6 +518,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows (about 3 minutes in all)")
+    parser.add_argument("--phases", default="capped,reorder,thumbnails",
+                        help="a subset, for looking into one (the JSON line then lacks the others' fields)")
     parser.add_argument("--baseline-dir", default="", help=f"a checkout of {BASELINE_COMMIT} with build_ext done")
     args = parser.parse_args()
     raise SystemExit(asyncio.run(main_async(args)))

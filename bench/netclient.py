@@ -46,6 +46,16 @@ class ByteCounter:
             receiver._handle_rtp_packet = counting  # type: ignore[method-assign]
 
 
+def _nack_at_once(client: CallClient) -> None:
+    """The receive path's NACK policy before the reorder allowance: every gap at once."""
+    from server.rtpseq import ReorderAllowance
+
+    for transceiver in client.pc.getTransceivers() if client.pc else []:
+        hook = tuned(transceiver.receiver)
+        if hook is not None and hook.nack is not None and hook.nack.reorder.maximum > 0:
+            hook.nack.reorder = ReorderAllowance(0.0, 0.0)
+
+
 async def _transport_bytes(client: CallClient) -> int:
     if client.pc is None:
         return 0
@@ -91,6 +101,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         jittered = False
         while time.monotonic() - started < args.duration:
             counter.hook(client)
+            if args.nack_at_once:
+                _nack_at_once(client)
             await asyncio.sleep(min(0.5, max(0.0, args.duration - (time.monotonic() - started))))
             if args.jitter_ms and not jittered and client.pc is not None:
                 from bench.jitterlink import delay_incoming
@@ -110,6 +122,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "byte_samples": samples,
             "video_packets": counter.video_packets,
             "nack_requests": sum(h.nack.requests for h in video_hooks if h.nack is not None),
+            "nack_reordered": sum(h.nack.reordered for h in video_hooks if h.nack is not None),
+            "nack_needless": sum(h.nack.needless for h in video_hooks if h.nack is not None),
+            "reorder_allowance_ms": max((h.nack.reorder.current * 1000 for h in video_hooks if h.nack is not None), default=0),
             "keyframe_requests": sum(h.stats.keyframe_requests for h in video_hooks),
             "decode_errors": sum(h.stats.decode_errors for h in video_hooks),
             "jittered": jittered,
@@ -127,6 +142,7 @@ def main() -> None:
     parser.add_argument("--media-address", default="")
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--jitter-spread-ms", type=float, default=10.0)
+    parser.add_argument("--nack-at-once", action="store_true", help="no reorder allowance (the old NACK policy)")
     parser.add_argument("--layout", default="", help="W:H: tell the server every tile is shown this size")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
