@@ -301,6 +301,9 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context, 
                 max(window_start, first + FREEZE_AFTER_S), window_end)),
             "size": report["sizes"].get(pid),
             "keyframe_requests": report["keyframe_requests"],
+            "decode_errors": report["decode_errors"],
+            "decoder_dropped": report["decoder_dropped"],
+            "incomplete": report["frames_dropped_incomplete"],
             "nack_requests": report["nack_requests"],
         })
     capped, uncapped = per_sub[-1], per_sub[:-1]

@@ -127,6 +127,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "reorder_allowance_ms": max((h.nack.reorder.current * 1000 for h in video_hooks if h.nack is not None), default=0),
             "keyframe_requests": sum(h.stats.keyframe_requests for h in video_hooks),
             "decode_errors": sum(h.stats.decode_errors for h in video_hooks),
+            "decoder_dropped": sum(h.stats.decoder_dropped for h in video_hooks),
+            "frames_dropped_incomplete": sum(h.assembler.stats.frames_dropped_incomplete for h in video_hooks if h.assembler),
             "jittered": jittered,
             "cpu_s": time.process_time() - cpu_start,
         }
