@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import VideoStreamTrack
 from aiortc.codecs.vpx import VpxPayloadDescriptor
@@ -137,9 +138,10 @@ async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(s
                 continue
             tap, forward = producer.tap, producer.tap.on_rtp
 
-            async def record(packet: RtpPacket, kind: str = producer.kind, forward=forward) -> None:  # type: ignore[no-untyped-def]
+            # Whatever else the tap passes along (a layer index) goes on to the producer untouched.
+            async def record(packet: RtpPacket, *rest: Any, kind: str = producer.kind, forward: Any = forward) -> None:
                 seen[kind].append(packet.payload)
-                await forward(packet)
+                await forward(packet, *rest)
 
             tap.on_rtp = record
         await eventually(lambda: len(seen["audio"]) > 20 and len(seen["video"]) > 60, what="packets at the SFU")
