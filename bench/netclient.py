@@ -48,12 +48,12 @@ class ByteCounter:
 
 def _nack_at_once(client: CallClient) -> None:
     """The receive path's NACK policy before the reorder allowance: every gap at once."""
-    from server.rtpseq import ReorderAllowance
+    from server.rtpseq import LearntDelay
 
     for transceiver in client.pc.getTransceivers() if client.pc else []:
         hook = tuned(transceiver.receiver)
         if hook is not None and hook.nack is not None and hook.nack.reorder.maximum > 0:
-            hook.nack.reorder = ReorderAllowance(0.0, 0.0)
+            hook.nack.reorder = LearntDelay(0.0, 0.0)
 
 
 async def _transport_bytes(client: CallClient) -> int:

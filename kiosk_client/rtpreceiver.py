@@ -48,7 +48,7 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
-from server.rtpseq import NackTracker, ReorderAllowance
+from server.rtpseq import NackTracker, LearntDelay
 
 from .opus import OpusDecoder, is_opus
 from .jitterbuffer import (
@@ -85,10 +85,11 @@ class TunedReceiverSettings:
     video: VideoAssemblerSettings = VideoAssemblerSettings()
     audio: AudioBufferSettings = AudioBufferSettings()
     nack_retry_interval: float = 0.025
-    """About one round trip to the SFU plus its processing; a retry sooner only duplicates."""
+    """About one round trip to the SFU plus its processing; a retry sooner only duplicates.
+    The least spacing: on a slower link the tracker waits the round trip it learnt."""
     nack_reorder_min: float = 0.005
     nack_reorder_max: float = 0.04
-    """A gap is NACKed once older than the reordering seen lately (`ReorderAllowance`), within
+    """A gap is NACKed once older than the reordering seen lately (`LearntDelay`), within
     these bounds: home Wi-Fi reorders packets by tens of milliseconds, and a NACK for each
     overtaken packet was a retransmission for nothing. The maximum leaves the retries time
     within the assembler's deadline."""
@@ -244,7 +245,7 @@ class TunedReceiver:
             NackTracker(
                 settings.nack_retry_interval,
                 settings.video.deadline,
-                reorder=ReorderAllowance(settings.nack_reorder_min, settings.nack_reorder_max),
+                reorder=LearntDelay(settings.nack_reorder_min, settings.nack_reorder_max),
             )
             if kind == "video"
             else None

@@ -2,7 +2,7 @@
 
 Publishers answer a NACK once; a retransmission lost too is asked for again every
 `NACK_RETRY_INTERVAL_S` until `NACK_DEADLINE_S`, when only a keyframe would help. A gap is
-asked for only after the reorder allowance (`server.rtpseq.ReorderAllowance`, bounded by the
+asked for only after the reorder allowance (`server.rtpseq.LearntDelay`, bounded by the
 settings `nack_reorder_min_s` / `nack_reorder_max_s`): over a jittery access link packets
 overtake each other all the time, and a NACK for each was a retransmission for nothing.
 """
@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .rtpseq import NackTracker, ReorderAllowance
+from .rtpseq import NackTracker, LearntDelay
 
 # The publisher leg's loss recovery: NACK again every 30 ms until 200 ms have passed.
 NACK_RETRY_INTERVAL_S = 0.03
@@ -30,7 +30,7 @@ SendNack = Callable[[int, list[int]], Awaitable[None]]
 def configure(reorder_min_s: float, reorder_max_s: float) -> None:
     """The reorder allowance bounds for generators made from now on (process-wide)."""
     global _reorder_bounds
-    ReorderAllowance(reorder_min_s, reorder_max_s)  # refuses impossible bounds here, not per stream
+    LearntDelay(reorder_min_s, reorder_max_s)  # refuses impossible bounds here, not per stream
     _reorder_bounds = (reorder_min_s, reorder_max_s)
 
 
@@ -39,7 +39,7 @@ class NackGenerator:
 
     def __init__(self, ssrc: int, send_nack: SendNack) -> None:
         self.ssrc = ssrc
-        self.tracker = NackTracker(NACK_RETRY_INTERVAL_S, NACK_DEADLINE_S, reorder=ReorderAllowance(*_reorder_bounds))
+        self.tracker = NackTracker(NACK_RETRY_INTERVAL_S, NACK_DEADLINE_S, reorder=LearntDelay(*_reorder_bounds))
         self._send_nack = send_nack
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()

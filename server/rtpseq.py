@@ -26,29 +26,31 @@ class Unwrapper:
         return extended
 
 
-class ReorderAllowance:
-    """How long a gap may be reordering rather than loss, learnt from the packets that came late.
+class LearntDelay:
+    """A wait learnt from recent delays: the longest of the last `window`, with a margin,
+    between `minimum` and `maximum`.
 
-    A NACK sent for a packet that was only overtaken costs a retransmission for nothing (on a
-    link with 30 ± 10 ms of jitter that was over a thousand in 30 s), so a gap is asked for
-    only once it is older than the allowance. The allowance is the longest reordering seen
-    among the last `window` late packets, with a margin, between `minimum` and `maximum`: on a
-    clean link a loss is still asked for after `minimum`; past `maximum` it is asked for
-    anyway, leaving the retries time before the receiver gives the frame up.
+    Two of them time a NACK. The reorder allowance: a NACK sent for a packet that was only
+    overtaken costs a retransmission for nothing (on a link with 30 ± 10 ms of jitter that
+    was over a thousand in 30 s), so a gap is asked for only once older than the reordering
+    seen lately; on a clean link a loss is still asked for after `minimum`, and past
+    `maximum` anyway, leaving the retries time before the receiver gives the frame up. The
+    retry spacing: asking again before a retransmission could have come back (a round trip)
+    only duplicates the request, and on a congested link each duplicate is one more
+    retransmission into the queue that lost the packet.
     """
 
     MARGIN = 1.25
 
     def __init__(self, minimum: float, maximum: float, window: int = 64) -> None:
         if not 0 <= minimum <= maximum:
-            raise ValueError(f"reorder allowance needs 0 <= minimum ({minimum}) <= maximum ({maximum})")
+            raise ValueError(f"a learnt delay needs 0 <= minimum ({minimum}) <= maximum ({maximum})")
         self.minimum = minimum
         self.maximum = maximum
         self._delays: deque[float] = deque(maxlen=window)
         self.current = minimum
 
-    def reordered(self, delay: float) -> None:
-        """A packet arrived `delay` seconds after the gap it filled was seen."""
+    def observe(self, delay: float) -> None:
         self._delays.append(delay)
         self.current = min(self.maximum, max(self.minimum, self.MARGIN * max(self._delays)))
 
@@ -58,23 +60,26 @@ class _Missing:
     since: float
     last_sent: float | None = None
     """When it was last NACKed; None while it may still be reordering."""
+    sent: int = 0
 
 
 class NackTracker:
     """Which lost video packets to request again, and when.
 
     A gap is NACKed once it has been missing for the reorder allowance (at once without
-    one), then again every `retry_interval` while the packet is missing, until `deadline`
-    (the assembler's: past it the frame is dropped anyway).
+    one), then again while the packet is missing, every `retry_interval` or a round trip if
+    longer (learnt from retransmissions that answered a single NACK), until `deadline` (the
+    assembler's: past it the frame is dropped anyway).
     """
 
     def __init__(
-        self, retry_interval: float, deadline: float, max_missing: int = 256, reorder: ReorderAllowance | None = None
+        self, retry_interval: float, deadline: float, max_missing: int = 256, reorder: LearntDelay | None = None
     ) -> None:
         self.retry_interval = retry_interval
         self.deadline = deadline
         self.max_missing = max_missing
-        self.reorder = reorder or ReorderAllowance(0.0, 0.0)
+        self.reorder = reorder or LearntDelay(0.0, 0.0)
+        self.retry = LearntDelay(retry_interval, max(retry_interval, deadline))
         self.requests = 0
         self.reordered = 0
         """Packets that came late but before their NACK: requests saved by the allowance."""
@@ -105,7 +110,10 @@ class NackTracker:
                     self.reordered += 1
                 else:
                     self.needless += 1
-                self.reorder.reordered(now - entry.since)
+                self.reorder.observe(now - entry.since)
+            elif entry is not None and entry.sent == 1 and entry.last_sent is not None:
+                # The answer to one NACK: a round trip, unambiguously.
+                self.retry.observe(now - entry.last_sent)
             return self._first_requests(now)
         gap = range(self._highest + 1, seq)
         self._highest = seq
@@ -127,6 +135,7 @@ class NackTracker:
         for seq, entry in self._missing.items():
             if entry.last_sent is None and entry.since + allowance <= now:
                 entry.last_sent = now
+                entry.sent = 1
                 first.append(seq & 0xFFFF)
         self.requests += len(first)
         return first
@@ -134,7 +143,7 @@ class NackTracker:
     def due(self, now: float) -> list[int]:
         """First requests and retries due by `now`; forgets packets past the deadline."""
         requests = []
-        allowance = self.reorder.current
+        allowance, spacing = self.reorder.current, self.retry.current
         for seq, entry in list(self._missing.items()):
             # Same arithmetic as next_due(), so a timer set for it always finds work.
             if entry.since + self.deadline <= now:
@@ -142,9 +151,11 @@ class NackTracker:
             elif entry.last_sent is None:
                 if entry.since + allowance <= now:
                     entry.last_sent = now
+                    entry.sent = 1
                     requests.append(seq & 0xFFFF)
-            elif entry.last_sent + self.retry_interval <= now:
+            elif entry.last_sent + spacing <= now:
                 entry.last_sent = now
+                entry.sent += 1
                 requests.append(seq & 0xFFFF)
         self.requests += len(requests)
         return requests
@@ -154,7 +165,7 @@ class NackTracker:
             return None
         return min(
             min(
-                entry.since + self.reorder.current if entry.last_sent is None else entry.last_sent + self.retry_interval,
+                entry.since + self.reorder.current if entry.last_sent is None else entry.last_sent + self.retry.current,
                 entry.since + self.deadline,
             )
             for entry in self._missing.values()

@@ -20,7 +20,7 @@ from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
 from kiosk_client.rtpreceiver import tuned
 from server.app import SFU_KEY
-from server.rtpseq import ReorderAllowance
+from server.rtpseq import LearntDelay
 
 from .conftest import RunningServer
 from .test_call import eventually, media_from
@@ -50,7 +50,7 @@ async def _reordering_call(server: RunningServer, allowance: bool, legs: tuple[s
         hook = tuned(video_receiver)
         assert hook is not None and hook.nack is not None
         if not allowance:
-            hook.nack.reorder = ReorderAllowance(0.0, 0.0)
+            hook.nack.reorder = LearntDelay(0.0, 0.0)
         producer = next(p for p in router.producers if p.kind == "video" and p.participant_id == publisher.self_id)
         (consumer,) = [c for c in producer.consumers]
         await asyncio.sleep(1.0)  # the jitter is in effect and the queues have settled
