@@ -291,14 +291,17 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context, 
         if not frames and s.name != "capped":
             raise WrongMeasurement(f"{s.name} decoded no video in the window")
         first = report["frames"][pid][0] if report["frames"].get(pid) else window_start - FREEZE_AFTER_S
+        freeze_from = max(window_start, first + FREEZE_AFTER_S)
+        if freeze_from >= window_end:
+            freeze_from = window_start
         per_sub.append({
             "name": s.name,
             "kbps": round(video_kbps(report, window_start, window_end), 1),
             "all_kbps": round(video_kbps(report, window_start, window_end, column=2), 1),
             "fps": round(len(frames) / t.window_s, 1),
-            "max_freeze_ms": round(max_freeze_ms(
-                frames_in(report, pid, max(window_start, first + FREEZE_AFTER_S), window_end),
-                max(window_start, first + FREEZE_AFTER_S), window_end)),
+            # From 5 s after its first frame; a subscriber whose first frame came later than
+            # that before the window's end is judged on the whole window.
+            "max_freeze_ms": round(max_freeze_ms(frames_in(report, pid, freeze_from, window_end), freeze_from, window_end)),
             "size": report["sizes"].get(pid),
             "keyframe_requests": report["keyframe_requests"],
             "decode_errors": report["decode_errors"],

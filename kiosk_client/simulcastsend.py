@@ -42,6 +42,9 @@ LOW_SCALE = 4
 # What the ¼-size layer aims at: 160x120 (from 640x480) at 30 fps looks fine at this rate and
 # leaves a 250 kbit/s line room for Opus.
 LOW_BITRATE = 100_000
+# Below this the picture is a tile already (the server asks seniors for 240 lines in a class):
+# a quarter of it would be too small to show, so the low layer waits for a bigger picture.
+MIN_HIGH_HEIGHT = 480
 HISTORY = 512
 # The rid goes on every packet: cheap (4 bytes), and a server that restarts never misses it.
 
@@ -158,10 +161,20 @@ class LowLayer:
     # -- the l layer -----------------------------------------------------------------------
 
     def offer_frame(self, frame: VideoFrame) -> None:
-        """A camera frame as the `h` sender takes it; the newest waiting one wins."""
+        """A camera frame as the `h` sender takes it; the newest waiting one wins.
+
+        Scaled here, on the event loop (≈ 1 ms at 640x480): the `h` encoder reads the same
+        frame in an executor thread meanwhile, and two threads working on one PyAV frame
+        crashed the process."""
+        if self._task is None or self._task.done() or frame.height < MIN_HIGH_HEIGHT:
+            return
+        width = max(2, frame.width // LOW_SCALE // 2 * 2)
+        height = max(2, frame.height // LOW_SCALE // 2 * 2)
+        small = frame.reformat(width=width, height=height, format="yuv420p")
+        small.pts, small.time_base = frame.pts, frame.time_base
         if self._frames.full():
             self._frames.get_nowait()
-        self._frames.put_nowait(frame)
+        self._frames.put_nowait(small)
 
     def start(self) -> None:
         if self._task is None:
@@ -185,17 +198,9 @@ class LowLayer:
         loop = asyncio.get_running_loop()
         while True:
             frame = await self._frames.get()
-            width = max(2, frame.width // LOW_SCALE // 2 * 2)
-            height = max(2, frame.height // LOW_SCALE // 2 * 2)
             force = self.keyframe_wanted
             self.keyframe_wanted = False
-
-            def encode() -> tuple[list[bytes], int]:
-                small = frame.reformat(width=width, height=height, format="yuv420p")
-                small.pts, small.time_base = frame.pts, frame.time_base
-                return self.encoder.encode(small, force_keyframe=force)
-
-            payloads, timestamp = await loop.run_in_executor(None, encode)
+            payloads, timestamp = await loop.run_in_executor(None, self.encoder.encode, frame, force)
             for i, payload in enumerate(payloads):
                 packet = RtpPacket(
                     payload_type=self.payload_type, marker=int(i == len(payloads) - 1),
