@@ -70,6 +70,7 @@ CAP_KBIT = 250
 SUBSCRIBERS = 5
 THUMBNAILS = 19
 THUMBNAIL_SIZE = (320, 180)
+MAIN_LAYOUT = "640:480"
 FREEZE_AFTER_S = 5.0
 
 
@@ -258,8 +259,9 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context, 
         spacing = 0.7
         uncapped_duration = (SUBSCRIBERS - 1) * spacing + t.reference_warmup_s + t.reference_s + t.warmup_s + t.window_s + 2
         for i in range(SUBSCRIBERS - 1):
+            # Each shows the publisher full screen (the `layout` message; today's server ignores it).
             argv = netclient(server.url, issuer.issue(role="senior", room=room, name=f"Kijker {i}"),
-                             uncapped_duration - i * spacing, link.host_address)
+                             uncapped_duration - i * spacing, link.host_address, "--layout", MAIN_LAYOUT)
             subscribers.append(await Subscriber.start(f"uncapped-{i}", argv))
             await asyncio.sleep(spacing)
         # aiortc's receive-side estimators ramp their REMB up over several seconds.
@@ -268,7 +270,7 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context, 
         await asyncio.sleep(reference_end - time.monotonic())
         target_alone = publisher.publishing.governor.target
         argv = netclient(server.url, issuer.issue(role="senior", room=room, name="Kijker capped"),
-                         t.warmup_s + t.window_s + 1, link.ns_address)
+                         t.warmup_s + t.window_s + 1, link.ns_address, "--layout", MAIN_LAYOUT)
         qdisc_before = link.downlink_qdisc()
         subscribers.append(await Subscriber.start("capped", link.command(argv)))
         window_start = time.monotonic() + t.warmup_s
