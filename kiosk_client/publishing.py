@@ -176,6 +176,10 @@ class PublishControl:
         ids = offered_extension_ids(offer_sdp, transceiver.mid) if transceiver.mid else None
         if ids is None or self.track is None:
             return answer_sdp
+        if self.low_layer is not None and self.low_layer.sender is not transceiver.sender:
+            # A new peer connection (the room reconnected): the old layer's transport is gone.
+            self.low_layer.stop()
+            self.low_layer = None
         if self.low_layer is None:
             self.low_layer = LowLayer(transceiver.sender, transceiver.mid, ids, transceiver._codecs)
             self.low_layer.name_high_layer()

@@ -193,6 +193,8 @@ class LowLayer:
     async def _run(self) -> None:
         dtls = self.sender.transport
         while dtls.state != "connected":
+            if dtls.state in ("closed", "failed"):
+                return
             await asyncio.sleep(0.02)
         dtls._rtp_router.register_sender(self, self.ssrc)
         loop = asyncio.get_running_loop()
