@@ -16,7 +16,13 @@ rewrite, header packing, SRTP, the send path to the socket, and the kernel's `se
 extracted with `git archive`) and alternates rounds between the two, so both see the same
 machine load; the median of the per-round ratios is the A/B figure. Works with any tree whose
 `Producer._on_rtp` is a coroutine and whose `Consumer` / `SenderFeed` take the same
-constructor arguments. Prints one JSON line.
+constructor arguments.
+
+`--layered` runs a second fan-out from this tree beside the plain one, fed the same packets
+with an RFC 7741 descriptor carrying VP8 temporal layers (L1T3: PictureID, TL0PICIDX, TID),
+so its consumers take the layered path (layer selection, `Vp8Rewriter`); rounds alternate,
+and `layered_over_plain_median` is the cost of that path against the plain one.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -70,12 +76,26 @@ async def _pair(feed_cls: Any, kind: str) -> tuple[RTCPeerConnection, RTCPeerCon
     return offerer, answerer, feed
 
 
+TEMPORAL_PATTERN = (0, 2, 1, 2)
+
+
+def layered_payload(body: bytes, frame: int, keyframe: bool) -> bytes:
+    """`body` (starting with a VP8 payload header byte) behind an L1T3 payload descriptor."""
+    tid = TEMPORAL_PATTERN[frame % 4]
+    pid = frame & 0x7FFF
+    tl0 = (frame // 4) & 0xFF
+    sync = 0x20 if tid and frame % 4 == 1 else 0
+    header = bytes((0x90, 0xE0, 0x80 | (pid >> 8), pid & 0xFF, tl0, (tid << 6) | sync))
+    return header + (bytes((body[1] & 0xFE,)) if keyframe else bytes((body[1] | 0x01,))) + body[2:]
+
+
 class Fanout:
     """One producer and its consumers, built from one tree's classes."""
 
-    def __init__(self, label: str, package: Any) -> None:
+    def __init__(self, label: str, package: Any, layered: bool = False) -> None:
         self.label = label
         self.package = package
+        self.layered = layered
         self.pcs: list[RTCPeerConnection] = []
         self.answerers: list[RTCPeerConnection] = []
         self.feeds: list[Any] = []
@@ -105,8 +125,15 @@ class Fanout:
         """Forwards `packets` packets; returns thread CPU us per forwarded packet."""
         cpu = 0.0
         for i in range(packets):
+            payload = key if self.seq == 0 else delta
+            if self.layered:
+                # Four packets per frame, as the plain stream; only a frame's first has S=1.
+                frame = self.seq // 4
+                payload = layered_payload(payload, frame, self.seq == 0)
+                if self.seq % 4:
+                    payload = bytes((0x80,)) + payload[1:]
             packet = RtpPacket(payload_type=96, marker=int(i % 4 == 3), sequence_number=self.seq & 0xFFFF,
-                               timestamp=self.ts & 0xFFFFFFFF, ssrc=1234, payload=key if self.seq == 0 else delta)
+                               timestamp=self.ts & 0xFFFFFFFF, ssrc=1234, payload=payload)
             self.seq += 1
             self.ts += 3000 if i % 4 == 3 else 0
             started = time.thread_time()
@@ -136,13 +163,15 @@ class Fanout:
             await pc.close()
 
 
-async def run(consumers: int, packets: int, repeat: int, compare_with: Path | None) -> dict[str, Any]:
+async def run(consumers: int, packets: int, repeat: int, compare_with: Path | None, layered: bool = False) -> dict[str, Any]:
     restrict_host_addresses(["127.0.0.1"])
     import server
 
     fanouts = [Fanout("this", server)]
     if compare_with is not None:
         fanouts.append(Fanout("other", load_tree(compare_with, "server_ab")))
+    if layered:
+        fanouts.append(Fanout("layered", server, layered=True))
     # A keyframe start first (consumers wait for one), then delta frames.
     key = b"\x10\x00" + os.urandom(PAYLOAD_BYTES - 2)
     delta = b"\x10\x01" + os.urandom(PAYLOAD_BYTES - 2)
@@ -170,6 +199,15 @@ async def run(consumers: int, packets: int, repeat: int, compare_with: Path | No
         if compare_with is not None:
             ratios = [a / b for a, b in zip(fanouts[0].per_packet_us, fanouts[1].per_packet_us)]
             out["ratio_this_over_other_median"] = round(statistics.median(ratios), 3)
+        if layered:
+            sent, _ = fanouts[-1].counts()
+            if not fanouts[-1].producer.layered or sent != out["layered"]["expected"]:
+                # Not layered, or some temporal layers held back: not the same work as plain.
+                print(json.dumps(out))
+                raise SystemExit("the layered fan-out did not forward every packet on the layered path: "
+                                 "measured the wrong thing")
+            ratios = [a / b for a, b in zip(fanouts[-1].per_packet_us, fanouts[0].per_packet_us)]
+            out["layered_over_plain_median"] = round(statistics.median(ratios), 3)
         out["loadavg"] = open("/proc/loadavg").read().split()[:3]
         return out
     finally:
@@ -185,8 +223,10 @@ def main() -> None:
     parser.add_argument("--compare-with", type=Path, metavar="DIR",
                         help="another tree (e.g. `git archive <commit>` extracted): its server/ runs side by side, "
                              "rounds alternating, for an A/B ratio on a shared machine")
+    parser.add_argument("--layered", action="store_true",
+                        help="also a fan-out of VP8 with temporal layers (the layered path), rounds alternating")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.consumers, args.packets, args.repeat, args.compare_with))))
+    print(json.dumps(asyncio.run(run(args.consumers, args.packets, args.repeat, args.compare_with, args.layered))))
 
 
 if __name__ == "__main__":

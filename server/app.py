@@ -13,6 +13,7 @@ from signaling.tokens import TokenIssuer, load_or_create_secret
 
 from . import __version__, nackgenerator
 from .config import Settings
+from .consumer import LayerPolicy
 from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
 from .router import Sfu
@@ -50,6 +51,8 @@ def create_app(settings: Settings) -> web.Application:
         settings.keyframe_request_interval_s,
         settings.last_n_audio,
         settings.speaker_interval_s,
+        LayerPolicy.from_settings(settings),
+        settings.layer_allocation_interval_s,
     )
     app.cleanup_ctx.append(_state)
     app[METRICS_KEY] = Metrics()

@@ -89,6 +89,24 @@ class Settings:
     media_addresses: tuple[str, ...] = field(default_factory=tuple)
     # Request a keyframe from a producer at most this often, however many ask.
     keyframe_request_interval_s: float = 0.25
+    # Per-subscriber layer selection (simulcast / temporal layers; server/consumer.py).
+    # An upward layer switch (a probe) waits this long after the last switch.
+    layer_up_hold_s: float = 4.0
+    # A switch to another simulcast layer gives up if that layer's keyframe has not come by then.
+    layer_switch_timeout_s: float = 2.0
+    # One subscriber's repeated keyframe request reaches the publisher at most this often. A
+    # request after a keyframe did reach it is a failure: each one within the window of the
+    # last doubles that wait (up to the maximum), and this many move the subscriber a
+    # simulcast layer down, for the hold time.
+    subscriber_keyframe_interval_s: float = 1.0
+    subscriber_keyframe_max_interval_s: float = 10.0
+    keyframe_failures_to_step_down: int = 3
+    keyframe_failure_window_s: float = 10.0
+    step_down_hold_s: float = 20.0
+    # How often each subscriber's bandwidth estimate is shared out among its video streams.
+    layer_allocation_interval_s: float = 1.0
+    # Tiles one `layout` message may list.
+    max_layout_tiles: int = 64
     negotiation_timeout_s: float = 15.0
     # A gap in a publisher's packets is NACKed only once it is older than the reordering the
     # link has shown lately (x 1.25), but at least the minimum and at most the maximum:

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from .router import Sfu
 
 
+# Bands of the subscribers' downlink estimates in /metrics (bits per second).
+ESTIMATE_BANDS = (250_000, 500_000, 1_000_000, 2_000_000, 5_000_000)
+SPATIAL_NAMES = {0: "l", 1: "m", 2: "h"}
+
+
 class MediaTotals:
     """Counts carried over from producers and consumers that have closed."""
 
@@ -87,6 +92,13 @@ class _LiveCollector(Collector):
         retransmits, keyframes, lost = totals.retransmits, totals.keyframe_requests, totals.packets_lost
         refused = totals.send_refused
         consumers = 0
+        # Layered video consumers by the layer they forward now (no per-person labels), and
+        # subscribers by their link estimate's band.
+        by_layer: dict[tuple[str, str], int] = {}
+        estimates = {band: 0 for band in ESTIMATE_BANDS}
+        estimated = 0
+        estimate_sum = 0.0
+        keyframes_held_back = 0
         for router in self.sfu.routers.values():
             for transport in router.transports.values():
                 r = transport.retired
@@ -100,8 +112,23 @@ class _LiveCollector(Collector):
                     packets_in += producer.packets
                     keyframes += producer.keyframe_requests
                     lost += producer.tap.packets_lost
+                if transport.estimate.available_bps is not None:
+                    estimated += 1
+                    estimate_sum += transport.estimate.available_bps
+                    band = next((b for b in ESTIMATE_BANDS if transport.estimate.available_bps <= b), None)
+                    if band is not None:
+                        estimates[band] += 1
                 for slot in transport.consumer_slots.values():
                     consumers += 1
+                    keyframes_held_back += slot.consumer.keyframe_requests_dropped
+                    if slot.consumer.producer.layered:
+                        spatial = slot.consumer.current_spatial
+                        key = (
+                            "none" if spatial is None else SPATIAL_NAMES.get(spatial, str(spatial)),
+                            # A stream's own temporal layers only (a target may aim above them).
+                            str(min(slot.consumer.current_temporal, slot.consumer.producer.layers.temporal_layers - 1)),
+                        )
+                        by_layer[key] = by_layer.get(key, 0) + 1
                     packets_out += slot.consumer.packets
                     bytes_out += slot.consumer.bytes
                     retransmits += slot.consumer.feed.retransmits
@@ -121,6 +148,33 @@ class _LiveCollector(Collector):
             "verzilvering_send_refused", "Forwarded packets this node's own socket refused (send buffer full).", refused
         )
         yield CounterMetricFamily("verzilvering_pli", "Keyframe requests (PLI) sent to publishers.", keyframes)
+        layers = GaugeMetricFamily(
+            "verzilvering_consumer_layer",
+            "Layered video consumers by the simulcast layer (l, m, h; none while waiting) and temporal layer they forward.",
+            labels=["spatial", "temporal"],
+        )
+        for (spatial, temporal), count in sorted(by_layer.items()):
+            layers.add_metric([spatial, temporal], count)
+        yield layers
+        bands = GaugeMetricFamily(
+            "verzilvering_subscriber_estimate_bps_le",
+            "Subscribers whose downlink estimate is at most `le` bits per second (cumulative bands).",
+            labels=["le"],
+        )
+        running = 0
+        for band in ESTIMATE_BANDS:
+            running += estimates[band]
+            bands.add_metric([str(band)], running)
+        bands.add_metric(["+Inf"], estimated)
+        yield bands
+        yield GaugeMetricFamily(
+            "verzilvering_subscriber_estimate_bps_sum", "Sum of the subscribers' downlink estimates.", estimate_sum
+        )
+        yield GaugeMetricFamily(
+            "verzilvering_subscriber_keyframe_requests_held_back",
+            "Keyframe requests of current subscribers not passed to the publisher (per-subscriber budget).",
+            keyframes_held_back,
+        )
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

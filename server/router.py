@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .consumer import LayerPolicy
 from .metrics import MediaTotals
 from .producer import Producer
 from .speakers import SpeakerSelector
@@ -22,8 +23,12 @@ class Router:
         keyframe_request_interval_s: float,
         last_n_audio: int = 3,
         speaker_interval_s: float = 0.3,
+        layer_policy: LayerPolicy | None = None,
+        allocation_interval_s: float = 1.0,
     ) -> None:
         self.room = room
+        self._layer_policy = layer_policy or LayerPolicy()
+        self._allocation_interval = allocation_interval_s
         self.transports: dict[str, WebRtcTransport] = {}
         self.subscribers: set[str] = set()
         self._ice_servers = ice_servers
@@ -54,6 +59,8 @@ class Router:
             send_offer,
             self._keyframe_interval,
             on_failed=on_failed,
+            layer_policy=self._layer_policy,
+            allocation_interval_s=self._allocation_interval,
         )
         selective = self.selective_video
         self.transports[participant_id] = transport
@@ -147,8 +154,12 @@ class Sfu:
         keyframe_request_interval_s: float,
         last_n_audio: int = 3,
         speaker_interval_s: float = 0.3,
+        layer_policy: LayerPolicy | None = None,
+        allocation_interval_s: float = 1.0,
     ) -> None:
         self.routers: dict[str, Router] = {}
+        self._layer_policy = layer_policy or LayerPolicy()
+        self._allocation_interval = allocation_interval_s
         self.totals = MediaTotals()
         self._ice_servers = ice_servers
         self._keyframe_interval = keyframe_request_interval_s
@@ -161,7 +172,8 @@ class Sfu:
         router = self.routers.get(room)
         if router is None:
             router = self.routers[room] = Router(
-                room, self._ice_servers, self._keyframe_interval, self._last_n_audio, self._speaker_interval
+                room, self._ice_servers, self._keyframe_interval, self._last_n_audio, self._speaker_interval,
+                self._layer_policy, self._allocation_interval,
             )
             router.speakers.on_active_speaker = lambda speaker: self._speaker_changed(room, speaker)
         return router

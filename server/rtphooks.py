@@ -34,6 +34,7 @@ from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
@@ -44,6 +45,8 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
     RtpPacket,
     HeaderExtensionsMap,
     pack_remb_fci,
@@ -58,6 +61,7 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from . import _srtpsend
 from .nackgenerator import NackGenerator
+from .simulcast import REPAIRED_RID_URI, RID_URI, SPATIAL_INDEX, SimulcastAnswer
 
 AIORTC_VERSION = "1.16.0"
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
@@ -74,7 +78,8 @@ ICE_READ_BATCH = 64
 
 logger = logging.getLogger(__name__)
 
-RtpHandler = Callable[[RtpPacket], Awaitable[None]]
+# (packet, spatial layer): 0 for a single-layer publisher, else simulcast.SPATIAL_INDEX of its rid.
+RtpHandler = Callable[[RtpPacket, int], Awaitable[None]]
 
 _HEADER = struct.Struct("!BBHII")
 _EXTENSION_HEADER = struct.Struct("!HH")
@@ -164,7 +169,13 @@ def check_aiortc_version() -> None:
 
 
 class ReceiverTap:
-    """Receives a publisher's RTP on an aiortc receiver without decoding it."""
+    """Receives a publisher's RTP on an aiortc receiver without decoding it.
+
+    A simulcast publisher sends each layer on its own SSRC, none of them signalled: aiortc
+    routes them here by payload type, and the tap names each SSRC's layer on first sight
+    from its rtp-stream-id (RTX SSRCs from repaired-rtp-stream-id). NACKs and keyframe
+    requests go per layer SSRC; aiortc's receiver reports cover every SSRC that arrived.
+    """
 
     def __init__(self, receiver: RTCRtpReceiver, kind: str) -> None:
         self.receiver = receiver
@@ -175,6 +186,11 @@ class ReceiverTap:
         self.downstream_limit: Callable[[], int | None] | None = None
         self.codecs: dict[int, RTCRtpCodecParameters] = {}
         self.media_ssrc: int | None = None
+        # Set from the answer before the receiver starts; None: one layer.
+        self.simulcast: SimulcastAnswer | None = None
+        # Spatial layer -> its media SSRC, and back.
+        self.layer_ssrcs: dict[int, int] = {}
+        self._ssrc_layers: dict[int, int] = {}
         self._rtx_ssrc: dict[int, int] = {}
         # Per media SSRC (each simulcast layer has its own sequence numbers).
         self._nacks: dict[int, NackGenerator] = {}
@@ -211,6 +227,17 @@ class ReceiverTap:
         for encoding in parameters.encodings:
             if encoding.rtx:
                 self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        if self.simulcast is not None:
+            # aiortc drops extensions it does not offer itself; the transport's parser
+            # needs these ids to read each packet's layer name.
+            if self.simulcast.rid_extension_id:
+                parameters.headerExtensions.append(
+                    RTCRtpHeaderExtensionParameters(id=self.simulcast.rid_extension_id, uri=RID_URI)
+                )
+            if self.simulcast.repaired_rid_extension_id:
+                parameters.headerExtensions.append(
+                    RTCRtpHeaderExtensionParameters(id=self.simulcast.repaired_rid_extension_id, uri=REPAIRED_RID_URI)
+                )
         r.transport._register_rtp_receiver(r, parameters)
         drain_ice_sockets(r.transport)
         r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())  # type: ignore[attr-defined]
@@ -253,11 +280,18 @@ class ReceiverTap:
         retransmission = is_rtx(codec)
         if retransmission:
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
+            if original_ssrc is None and self.simulcast is not None:
+                original_ssrc = self._learn_rtx(packet)
             apt = codec.parameters.get("apt")
             if original_ssrc is None or len(packet.payload) < 2 or apt not in self.codecs:
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
 
+        layer = self._ssrc_layers.get(packet.ssrc)
+        if layer is None:
+            layer = self._learn_layer(packet)
+            if layer is None:
+                return
         self.media_ssrc = packet.ssrc
         if self.kind == "video" and not self._stopped:
             generator = self._nacks.get(packet.ssrc)
@@ -269,11 +303,44 @@ class ReceiverTap:
         if not packet.payload:
             return
         if self.on_rtp is not None:
-            await self.on_rtp(packet)
+            await self.on_rtp(packet, layer)
+
+    def _learn_layer(self, packet: RtpPacket) -> int | None:
+        """Names a new media SSRC's layer; None when it cannot be placed (yet)."""
+        if self.simulcast is None:
+            layer = 0
+        else:
+            rid = packet.extensions.rtp_stream_id
+            if rid is None or rid not in self.simulcast.rids:
+                return None
+            layer = SPATIAL_INDEX[rid]
+        old = self.layer_ssrcs.get(layer)
+        if old is not None:
+            # The publisher restarted this layer on a new SSRC.
+            self._ssrc_layers.pop(old, None)
+            replaced = self._nacks.pop(old, None)
+            if replaced is not None:
+                replaced.close()
+        self.layer_ssrcs[layer] = packet.ssrc
+        self._ssrc_layers[packet.ssrc] = layer
+        return layer
+
+    def _learn_rtx(self, packet: RtpPacket) -> int | None:
+        rid = packet.extensions.repaired_rtp_stream_id
+        if rid is None or self.simulcast is None or rid not in self.simulcast.rids:
+            return None
+        media = self.layer_ssrcs.get(SPATIAL_INDEX[rid])
+        if media is not None:
+            # At most one RTX SSRC per layer: a replaced one is forgotten.
+            for rtx, original in list(self._rtx_ssrc.items()):
+                if original == media:
+                    del self._rtx_ssrc[rtx]
+            self._rtx_ssrc[packet.ssrc] = media
+        return media
 
     @property
     def nack_requests(self) -> int:
-        """Sequence numbers asked for again towards the publisher (first requests and retries)."""
+        """Sequence numbers asked for again towards the publisher, over all its layers (first requests and retries)."""
         return sum(generator.tracker.requests for generator in self._nacks.values())
 
     @property
@@ -286,9 +353,15 @@ class ReceiverTap:
         streams = self.receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         return sum(max(0, stats.packets_lost) for stats in streams.values() if stats.max_seq is not None)
 
-    async def request_keyframe(self) -> None:
-        if self.media_ssrc is not None:
-            await self.receiver._send_rtcp_pli(self.media_ssrc)
+    async def request_keyframe(self, layer: int | None = None) -> None:
+        """A PLI for one spatial layer's SSRC, or for every layer's when `layer` is None."""
+        if layer is None:
+            ssrcs = list(self.layer_ssrcs.values())
+        else:
+            ssrc = self.layer_ssrcs.get(layer)
+            ssrcs = [] if ssrc is None else [ssrc]
+        for ssrc in ssrcs:
+            await self.receiver._send_rtcp_pli(ssrc)
 
 
 class PacketStamp:
@@ -301,10 +374,14 @@ class PacketStamp:
     constant per subscriber (its place in the loop), so its delay gradient is unaffected.
     """
 
-    __slots__ = ("monotonic", "abs_send_time", "ntp_timestamp", "level_byte")
+    __slots__ = ("monotonic", "abs_send_time", "ntp_timestamp", "level_byte", "spatial", "vp8")
 
     def __init__(self, audio_level: tuple[bool, int] | None = None) -> None:
         self.monotonic = time.monotonic()
+        # Set by the producer for layered video: the packet's spatial layer and its parsed
+        # VP8 payload descriptor (a server.vp8rewriter.Vp8Descriptor), parsed once for all copies.
+        self.spatial = 0
+        self.vp8: Any = None
         ntp = time.time() + NTP_EPOCH_OFFSET_S
         # abs-send-time is 6.18 fixed-point seconds, 24 bits.
         self.abs_send_time = (int(ntp * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
@@ -479,8 +556,13 @@ class SenderFeed:
         self.retransmits = 0
         self._configured = asyncio.Event()
         self._stopped = False
-        # The subscriber's latest REMB: how much it can receive.
+        # The subscriber's latest REMB (how much it can receive), the SSRCs it covers and
+        # when it came; the latest receiver report's loss for this sender's SSRC (0..1).
         self.remb_bps: int | None = None
+        self.remb_ssrcs: frozenset[int] = frozenset()
+        self.remb_at = 0.0
+        self.fraction_lost = 0.0
+        self.report_at = 0.0
         self._aiortc_send = sender.send
         self._aiortc_stop = sender.stop
         self._aiortc_handle_rtcp = sender._handle_rtcp_packet
@@ -543,7 +625,14 @@ class SenderFeed:
                 return
             if self.sender._ssrc in ssrcs:
                 self.remb_bps = bitrate
+                self.remb_ssrcs = frozenset(ssrcs)
+                self.remb_at = time.monotonic()
             return
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self.sender._ssrc:
+                    self.fraction_lost = report.fraction_lost / 256
+                    self.report_at = time.monotonic()
         await self._aiortc_handle_rtcp(packet)
 
     def _keyframe_requested(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +24,12 @@ from aiortc import (
     RTCSessionDescription,
 )
 
-from .consumer import Consumer
+from .consumer import Consumer, LayerPolicy
+from .linkestimate import LinkEstimate, LossReport, Remb
 from .metrics import MediaTotals
 from .producer import Producer
 from .rtphooks import ReceiverTap, SenderFeed
+from .simulcast import answered_simulcast, offer_simulcast
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +116,11 @@ class ConsumerSlot:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _lowest(consumer: Consumer) -> tuple[int, int]:
+    layers = consumer.producer.layers.available(time.monotonic())
+    return (layers[0] if layers else 0, 0)
+
+
 class WebRtcTransport:
     def __init__(
         self,
@@ -122,8 +130,21 @@ class WebRtcTransport:
         keyframe_request_interval_s: float,
         negotiation_timeout_s: float = 15.0,
         on_failed: Callable[[], None] | None = None,
+        layer_policy: LayerPolicy | None = None,
+        allocation_interval_s: float = 1.0,
     ) -> None:
         self.participant_id = participant_id
+        self.layer_policy = layer_policy or LayerPolicy()
+        # This subscriber's downlink, shared out among its video consumers every interval.
+        self.estimate = LinkEstimate()
+        self.video_budget_bps: float | None = None
+        self._allocation_interval = allocation_interval_s
+        self._allocator: asyncio.Task[None] | None = None
+        self._sent_bytes = 0
+        self._audio_bytes = 0
+        self._sent_at = time.monotonic()
+        # Tile sizes the subscriber shows, by publishing participant (the `layout` message).
+        self.layout: dict[str, tuple[int, int]] | None = None
         # The peer connection (and its DTLS certificate) is made on first use: the first
         # transceiver (publish or consume) or the first offer. A participant who joins
         # and has nothing to send or receive yet costs no peer connection (≈ 6 % of a
@@ -220,10 +241,71 @@ class WebRtcTransport:
         transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
         _set_codec_preferences(transceiver, producer.kind)
         feed = SenderFeed(transceiver.sender, producer.kind)
-        consumer = Consumer(producer, feed, mid=None)
+        consumer = Consumer(producer, feed, mid=None, policy=self.layer_policy)
+        if consumer.selection is not None and self.layout is not None:
+            consumer.selection.tile = self.layout.get(producer.participant_id, (0, 0))
         self.consumer_slots[producer.id] = ConsumerSlot(transceiver, consumer)
+        if producer.kind == "video" and self._allocator is None:
+            self._allocator = asyncio.ensure_future(self._allocate_periodically())
         self.request_negotiation()
         return consumer
+
+    # --- per-subscriber layer selection ------------------------------------------------
+
+    def set_layout(self, tiles: dict[str, tuple[int, int]]) -> None:
+        """The tile sizes this subscriber shows; a video not listed is not shown (smallest layer)."""
+        self.layout = dict(tiles)
+        for slot in self.consumer_slots.values():
+            selection = slot.consumer.selection
+            if selection is not None:
+                selection.tile = self.layout.get(slot.consumer.producer.participant_id, (0, 0))
+        self.allocate()
+
+    async def _allocate_periodically(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self._allocation_interval)
+            try:
+                self.allocate()
+            except Exception:
+                logger.exception("layer allocation for %s failed", self.participant_id)
+
+    def allocate(self) -> None:
+        """Updates the link estimate and shares it out among the video consumers.
+
+        Audio is subtracted first (it is on the same link, and a REMB does not count it);
+        every consumer is then sure of its lowest layer, and the rest goes to the largest
+        tiles first, as mediasoup's transport shares its estimate among its consumers.
+        """
+        now = time.monotonic()
+        consumers = [slot.consumer for slot in self.consumer_slots.values()]
+        sent = sum(c.bytes for c in consumers)
+        audio = sum(c.bytes for c in consumers if c.kind == "audio")
+        elapsed = max(1e-3, now - self._sent_at)
+        sent_bps = max(0, sent - self._sent_bytes) * 8 / elapsed
+        audio_bps = max(0, audio - self._audio_bytes) * 8 / elapsed
+        self._sent_bytes, self._audio_bytes, self._sent_at = sent, audio, now
+        rembs = [Remb(c.feed.remb_bps, c.feed.remb_ssrcs, c.feed.remb_at) for c in consumers if c.feed.remb_bps]
+        losses = [LossReport(c.feed.fraction_lost, c.feed.report_at) for c in consumers if c.feed.report_at]
+        available = self.estimate.update(rembs, losses, sent_bps, now)
+        video = [c for c in consumers if c.selection is not None]
+        if available is None:
+            self.video_budget_bps = None
+            for consumer in video:
+                consumer.selection.choose(None, now)  # type: ignore[union-attr]
+            return
+        budget = self.video_budget_bps = max(0.0, available - audio_bps)
+
+        def area(consumer: Consumer) -> float:
+            tile = consumer.selection.tile  # type: ignore[union-attr]
+            return float("inf") if tile is None else tile[0] * tile[1]
+
+        base = {c: c.selection.rate(*_lowest(c)) for c in video}  # type: ignore[union-attr]
+        remaining = budget - sum(base.values())
+        for consumer in sorted(video, key=area, reverse=True):
+            got = consumer.selection.choose(  # type: ignore[union-attr]
+                max(0.0, remaining) + base[consumer], now, self.estimate.congested
+            )
+            remaining -= got - base[consumer]
 
     def stop_consuming(self, producer_id: str) -> None:
         slot = self.consumer_slots.pop(producer_id, None)
@@ -296,7 +378,10 @@ class WebRtcTransport:
                         "kind": slot.consumer.kind,
                     }
                 )
-            sdp = opus_sdp(self.pc.localDescription.sdp, self.music_bitrate_bps)
+            sdp = self.pc.localDescription.sdp
+            if "video" in publish:
+                sdp = offer_simulcast(sdp, publish["video"])
+            sdp = opus_sdp(sdp, self.music_bitrate_bps)
             self._pending_offer = {
                 "sdp": sdp,
                 "negotiation_id": self.negotiation_id,
@@ -318,6 +403,10 @@ class WebRtcTransport:
                     "stale_negotiation",
                     f"No offer {negotiation_id} is waiting for an answer.",
                 )
+            video = self.publish_slots.get("video")
+            if video is not None and video.producer is None and video.transceiver.mid is not None:
+                # Read before aiortc starts the receiver: the tap needs the layer names then.
+                video.tap.simulcast = answered_simulcast(sdp, video.transceiver.mid)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             except Exception as exc:
@@ -364,6 +453,9 @@ class WebRtcTransport:
         self.consumer_slots.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._allocator is not None:
+            self._allocator.cancel()
+            await asyncio.gather(self._allocator, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._answered and not self._settled.is_set():

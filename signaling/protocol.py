@@ -58,6 +58,8 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[Any, bool]]] = {
     "spotlight": {"participant_id": ((str, type(None)), True)},
     "music_mode": {"enabled": (bool, True)},
     "end": {},
+    # what this participant shows: per-subscriber layer selection
+    "layout": {"tiles": (list, True)},
     # kiosk devices
     "call_answer": {"call_id": (str, True), "accept": (bool, True), "reason": (str, False)},
     "activity_join": {"activity_id": (str, True)},
@@ -80,6 +82,14 @@ CONTACT_FIELDS: dict[str, tuple[Any, bool]] = {
     "invite": (str, True),
 }
 
+LAYOUT_TILE_FIELDS: dict[str, tuple[Any, bool]] = {
+    "participant_id": (str, True),
+    "width": (int, True),
+    "height": (int, True),
+}
+# A tile larger than this (8K) is not a tile.
+MAX_TILE_PIXELS = 8192
+
 RESUME_FIELDS: dict[str, tuple[Any, bool]] = {
     "session_id": (str, True),
     "resume_key": (str, True),
@@ -90,7 +100,10 @@ RESUME_FIELDS: dict[str, tuple[Any, bool]] = {
 def _type_name(t: Any) -> str:
     if isinstance(t, tuple):
         return " or ".join(_type_name(x) for x in t)
-    return {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", type(None): "null"}[t]
+    return {
+        int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", list: "array",
+        type(None): "null",
+    }[t]
 
 
 def _check_fields(
@@ -150,6 +163,15 @@ def parse_client_message(text: str | bytes, max_bytes: int) -> dict[str, Any]:
             _check_fields(message["contact"], CONTACT_FIELDS, "hello.contact", ref)
     if kind in ("unpublish", "mute", "mute_all", "ask_unmute") and message["kind"] not in KINDS:
         raise ProtocolError("bad_message", f"{kind}: field 'kind' must be 'audio' or 'video'.", ref)
+    if kind == "layout":
+        for i, tile in enumerate(message["tiles"]):
+            if not isinstance(tile, dict):
+                raise ProtocolError("bad_message", f"layout: tiles[{i}] must be an object.", ref)
+            _check_fields(tile, LAYOUT_TILE_FIELDS, f"layout.tiles[{i}]", ref)
+            if not (0 <= tile["width"] <= MAX_TILE_PIXELS and 0 <= tile["height"] <= MAX_TILE_PIXELS):
+                raise ProtocolError(
+                    "bad_message", f"layout: tiles[{i}] width and height must be 0 to {MAX_TILE_PIXELS}.", ref
+                )
     if kind == "join" and not (0 < len(message["room"]) <= MAX_ROOM_LENGTH):
         raise ProtocolError("bad_message", "join: field 'room' must not be empty.", ref)
     return message

@@ -232,6 +232,8 @@ class SignalingService:
             await self._update_room(session, spotlight=message["participant_id"])
         elif kind == "music_mode":
             await self._update_room(session, music_mode=message["enabled"])
+        elif kind == "layout":
+            self._layout(session, message["tiles"], ref)
         elif kind == "end":
             await self._broadcast(session.room, {"type": "_end", "by": session.participant_id})
 
@@ -756,6 +758,14 @@ class SignalingService:
                 router.producer_stopped(stopped)
                 await self.store.remove_track(session.room, stopped.id)
                 await self._broadcast(session.room, _unpublished(stopped))
+
+    def _layout(self, session: Session, tiles: list[dict[str, Any]], ref: str | None) -> None:
+        """The tile sizes this participant shows: its consumers pick layers to fit them."""
+        limit = self.settings.max_layout_tiles
+        if len(tiles) > limit:
+            raise ProtocolError("bad_message", f"layout: at most {limit} tiles.", ref)
+        if session.transport is not None:
+            session.transport.set_layout({t["participant_id"]: (t["width"], t["height"]) for t in tiles})
 
     async def _answer(self, session: Session, sdp: str, negotiation_id: int, ref: str | None) -> None:
         assert session.transport is not None and session.room is not None

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# A second browser engine publishes simulcast in tests/test_browser_simulcast.py.
+command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
 # A private coturn relays the SFU's media in tests/test_rtphooks_wire.py.
 command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
 # Impaired links (bench/netns.py: network namespace, tbf, nftables loss) in

@@ -79,7 +79,7 @@ async def test_twenty_keyframe_requests_cost_one_pli_plus_one_trailing() -> None
         tap = ReceiverTap(pc.addTransceiver("video", direction="recvonly").receiver, "video")
         sent: list[int] = []
 
-        async def pli() -> None:
+        async def pli(layer: int | None = None) -> None:
             sent.append(1)
 
         tap.request_keyframe = pli  # type: ignore[method-assign]

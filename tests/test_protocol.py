@@ -181,6 +181,33 @@ async def test_bad_input_errors_keep_connection_and_spare_others(server: Running
     assert [m["type"] for m in a.received[n_before:]] == ["pong"]
 
 
+async def test_layout_is_validated_and_a_bad_one_changes_nothing(server: RunningServer, connect: Any) -> None:
+    client = await connect()
+    await join(client, server.token(name="A", participant_id="p-a"))
+    await client.send({"type": "layout", "tiles": [{"participant_id": "p-b", "width": 320, "height": 180}]})
+    await client.send({"type": "ping", "id": "after-layout"})
+    await client.expect("pong")
+    transport = server.app[SFU_KEY].routers["room-1"].transports["p-a"]
+    assert transport.layout == {"p-b": (320, 180)}
+    bad = [
+        ({"type": "layout"}, "tiles"),
+        ({"type": "layout", "tiles": {"p-b": 1}}, "array"),
+        ({"type": "layout", "tiles": ["p-b"]}, "tiles[0] must be an object"),
+        ({"type": "layout", "tiles": [{"participant_id": "p-b", "width": 320}]}, "height"),
+        ({"type": "layout", "tiles": [{"participant_id": "p-b", "width": 1.5, "height": 2}]}, "integer"),
+        ({"type": "layout", "tiles": [{"participant_id": "p-b", "width": True, "height": 2}]}, "integer"),
+        ({"type": "layout", "tiles": [{"participant_id": "p-b", "width": -1, "height": 2}]}, "0 to 8192"),
+        ({"type": "layout", "tiles": [{"participant_id": "p-b", "width": 9000, "height": 2}]}, "0 to 8192"),
+        ({"type": "layout", "tiles": [{"participant_id": f"p-{i}", "width": 1, "height": 1} for i in range(65)]},
+         "at most 64"),
+    ]
+    for message, words in bad:
+        await client.send(message)
+        error = await client.expect_error("bad_message")
+        assert words in error["message"], (message, error)
+    assert transport.layout == {"p-b": (320, 180)}
+
+
 async def test_not_authenticated_and_not_joined(server: RunningServer, connect: Any) -> None:
     c = await connect()
     await c.send({"type": "join", "room": "room-1"})

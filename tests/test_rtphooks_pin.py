@@ -103,3 +103,22 @@ async def test_private_attributes_and_methods_exist() -> None:
         assert sender._retransmit == feed._retransmit
     finally:
         await pc.close()
+
+
+def test_aiortc_parses_the_simulcast_layer_extensions() -> None:
+    """ReceiverTap names each simulcast SSRC's layer from aiortc's parsed rid extensions."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    from server.simulcast import REPAIRED_RID_EXTENSION_ID, REPAIRED_RID_URI, RID_EXTENSION_ID, RID_URI
+
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=RID_EXTENSION_ID, uri=RID_URI),
+        RTCRtpHeaderExtensionParameters(id=REPAIRED_RID_EXTENSION_ID, uri=REPAIRED_RID_URI),
+    ]))
+    packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=2, ssrc=3, payload=b"\x90")
+    packet.extensions.rtp_stream_id = "h"
+    packet.extensions.repaired_rtp_stream_id = "m"
+    parsed = RtpPacket.parse(packet.serialize(extensions), extensions)
+    assert (parsed.extensions.rtp_stream_id, parsed.extensions.repaired_rtp_stream_id) == ("h", "m")

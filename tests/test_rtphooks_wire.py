@@ -49,7 +49,7 @@ async def connect() -> AsyncIterator[Callable[[str], Awaitable[Pair]]]:
         tap = ReceiverTap(answerer.getTransceivers()[0].receiver, kind)
         received: list[RtpPacket] = []
 
-        async def on_rtp(packet: RtpPacket) -> None:
+        async def on_rtp(packet: RtpPacket, layer: int = 0) -> None:
             received.append(packet)
 
         tap.on_rtp = on_rtp

@@ -4,6 +4,7 @@ mute one, ask to unmute, spotlight, music mode and remove — each seen from bot
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -137,6 +138,13 @@ async def test_host_moderates_from_the_console(browser: Browser, tmp_path: Path)
             await senior.wait_for(f"document.querySelector(\"{tile(sanne_contact.id)}\")?.classList.contains('spotlight')",
                                   what="Sanne in the spotlight on the senior's screen")
             assert "groot in beeld" in await senior.text(f"{tile(sanne_contact.id)} figcaption")
+            # The host's "Verbinding" indicator names the layer the server forwards to it.
+            layer = await host.wait_for(
+                f"document.querySelector(\"{tile(sanne_contact.id)} .quality-layer\")?.textContent ?? null",
+                until=lambda t: t is not None and re.fullmatch(r" · \d+p \d+ fps", t) is not None,
+                what="the forwarded layer in Sanne's connection indicator",
+            )
+            assert layer in await host.value(f"document.querySelector(\"{tile(sanne_contact.id)} .quality\").title")
             await sanne.wait_for("document.querySelector('.tile-self').classList.contains('spotlight')",
                                  what="Sanne to see herself in the spotlight")
             await host.page.get_by_role("button", name="Sanne niet meer groot in beeld").click()

@@ -22,6 +22,12 @@ const LINK_ERRORS = new Set(["token_invalid", "token_expired", "token_wrong_room
 const JOIN_REF = "join";
 // Opus settings for music (docs/protocol.md, music_mode).
 const MUSIC_BITRATE = 128000;
+// Simulcast: the server offers rids h, m and l (full, half and quarter size); the browser
+// answers with the encodings it sends. VP8 temporal layers where the browser takes them.
+export const SIMULCAST_SCALE = { h: 1, m: 2, l: 4 };
+const TEMPORAL_MODES = ["L1T3", "L1T2"];
+// The tile sizes sent to the server (`layout`) settle for this long before going out.
+const LAYOUT_DELAY_MS = 400;
 
 // Connection quality from the receiving side of one participant's media.
 export const QUALITY_LIMITS = {
@@ -110,6 +116,10 @@ export function createCall(options) {
     lastMessageAt: 0,
     qualityPrevious: new Map(),
     publishQuality: null,
+    // The temporal layer mode the camera's sender took, or null (docs/protocol.md, layout).
+    temporalMode: null,
+    layoutSent: "",
+    layoutTimer: null,
     activeSpeaker: null,
   };
 
@@ -450,6 +460,8 @@ export function createCall(options) {
   // Drops everything tied to the current session; the camera stays open.
   function forgetSession() {
     call.generation += 1;
+    // The new session's transport knows no layout yet.
+    call.layoutSent = "";
     call.negotiations = Promise.resolve();
     call.unsentAnswer = null;
     call.session = null;
@@ -496,6 +508,7 @@ export function createCall(options) {
       transceiver.direction = "sendonly";
       const track = (kind === "audio" ? stream?.getAudioTracks() : stream?.getVideoTracks())?.[0];
       await transceiver.sender.replaceTrack(track ?? null);
+      if (kind === "video" && track) await setUpVideoLayers(transceiver.sender);
     }
     const answer = await pc.createAnswer();
     if (call.roomState.music_mode) answer.sdp = musicSdp(answer.sdp);
@@ -543,15 +556,19 @@ export function createCall(options) {
   // What music mode changes at once: the audio sender's bitrate cap, and for a host (the
   // one playing the music) the microphone's processing, which would treat music as noise.
   let musicApplied = false;
+  // The microphone change in progress: a second call (the offer that music mode brings)
+  // waits for it, so the bitrate never says "music" before the microphone does.
+  let micChange = Promise.resolve();
   async function applyMusicMode() {
     const enabled = !!call.roomState.music_mode;
     const stream = ui.selfVideo.srcObject;
     const track = stream?.getAudioTracks()[0];
     if (track && call.permissions.has("moderate") && enabled !== musicApplied) {
       musicApplied = enabled;
-      await setMicProcessing(stream, track, !enabled);
+      micChange = setMicProcessing(stream, track, !enabled);
     }
     musicApplied = enabled;
+    await micChange;
     for (const sender of call.pc?.getSenders() ?? []) {
       if (sender.track?.kind !== "audio") continue;
       const parameters = sender.getParameters();
@@ -602,7 +619,34 @@ export function createCall(options) {
     track.stop();
   }
 
-  // Caps the camera's sender as `publish_quality` asks (bitrate and picture height).
+  // The camera's layers: each simulcast encoding the answer took from the server's offer
+  // (Chromium and Firefox both take the offer's rids as the answerer) at its size, and
+  // VP8 temporal layers on each where the browser accepts a scalability mode (Chromium
+  // does; Firefox ignores it and sends one temporal layer, which the server handles).
+  async function setUpVideoLayers(sender) {
+    const parameters = sender.getParameters();
+    if (!parameters.encodings?.length) return;
+    for (const encoding of parameters.encodings) {
+      if (encoding.rid in SIMULCAST_SCALE) encoding.scaleResolutionDownBy = SIMULCAST_SCALE[encoding.rid];
+    }
+    for (const mode of [...TEMPORAL_MODES, null]) {
+      for (const encoding of parameters.encodings) {
+        if (mode) encoding.scalabilityMode = mode;
+        else delete encoding.scalabilityMode;
+      }
+      try {
+        await sender.setParameters(parameters);
+        const taken = sender.getParameters().encodings?.[0]?.scalabilityMode ?? null;
+        call.temporalMode = mode && taken === mode ? mode : null;
+        return;
+      } catch (error) {
+        console.warn("verzilvering: the camera's layers were refused", mode, error.name);
+      }
+    }
+  }
+
+  // Caps the camera's sender as `publish_quality` asks (bitrate and picture height); each
+  // simulcast layer keeps its own share of size and bitrate.
   function applyPublishQuality() {
     const wanted = call.publishQuality;
     const sender = call.pc?.getSenders().find((s) => s.track?.kind === "video");
@@ -610,11 +654,12 @@ export function createCall(options) {
     const parameters = sender.getParameters();
     if (!parameters.encodings?.length) return;
     const height = sender.track.getSettings().height ?? 0;
+    const base = wanted.max_height && height > wanted.max_height ? height / wanted.max_height : 1;
     for (const encoding of parameters.encodings) {
-      if (wanted.max_bitrate_bps) encoding.maxBitrate = wanted.max_bitrate_bps;
+      const layer = SIMULCAST_SCALE[encoding.rid] ?? 1;
+      if (wanted.max_bitrate_bps) encoding.maxBitrate = Math.round(wanted.max_bitrate_bps / (layer * layer));
       else delete encoding.maxBitrate;
-      encoding.scaleResolutionDownBy =
-        wanted.max_height && height > wanted.max_height ? height / wanted.max_height : 1;
+      encoding.scaleResolutionDownBy = base * layer;
     }
     sender.setParameters(parameters).catch((error) => {
       console.warn("verzilvering: could not change the video quality", error.name);
@@ -750,7 +795,31 @@ export function createCall(options) {
     }
     const selfTile = ui.selfVideo.closest("figure");
     selfTile?.classList.toggle("spotlight", !!call.selfId && call.roomState.spotlight === call.selfId);
+    scheduleLayout();
   }
+
+  // Tells the server how large each tile is shown (device pixels), so it forwards the
+  // simulcast layer that fits; sent when the tiles settle after a change.
+  function scheduleLayout() {
+    clearTimeout(call.layoutTimer);
+    call.layoutTimer = setTimeout(sendLayout, LAYOUT_DELAY_MS);
+  }
+
+  function sendLayout() {
+    call.layoutTimer = null;
+    if (call.state !== "connected") return;
+    const scale = window.devicePixelRatio || 1;
+    const tiles = [...call.tiles].map(([participantId, tile]) => ({
+      participant_id: participantId,
+      width: Math.round(tile.video.clientWidth * scale),
+      height: Math.round(tile.video.clientHeight * scale),
+    }));
+    const layout = JSON.stringify(tiles);
+    if (layout === call.layoutSent) return;
+    if (send({ type: "layout", tiles })) call.layoutSent = layout;
+  }
+
+  if (typeof ResizeObserver === "function") new ResizeObserver(scheduleLayout).observe(ui.tiles);
 
   function createTile(participantId) {
     const figure = document.createElement("figure");
@@ -935,7 +1004,9 @@ export function createCall(options) {
       let lost = 0;
       let jitterMs = 0;
       let rttMs = null;
+      let video = null;
       for (const entry of list) {
+        if (entry.kind === "video" && (entry.framesDecoded ?? 0) >= (video?.framesDecoded ?? 0)) video = entry;
         const key = `${participantId}/${entry.id}`;
         seen.add(key);
         const previous = call.qualityPrevious.get(key) ?? { packetsReceived: 0, packetsLost: 0 };
@@ -957,7 +1028,13 @@ export function createCall(options) {
         jitterMs: Math.round(jitterMs),
         rttMs: Math.round(rttMs ?? pairRtt ?? 0),
       };
-      result[participantId] = { ...measured, level: qualityLevel(measured) };
+      result[participantId] = {
+        ...measured,
+        level: qualityLevel(measured),
+        // The simulcast / temporal layer the server forwards (docs/protocol.md, layout).
+        videoHeight: video?.frameHeight ?? null,
+        framesPerSecond: video?.framesPerSecond !== undefined ? Math.round(video.framesPerSecond) : null,
+      };
     }
     for (const key of call.qualityPrevious.keys()) if (!seen.has(key)) call.qualityPrevious.delete(key);
     return result;
@@ -977,6 +1054,10 @@ export function createCall(options) {
       maxBitrate: sender?.getParameters().encodings?.[0]?.maxBitrate ?? null,
       videoMaxBitrate: video?.maxBitrate ?? null,
       videoScaleDown: video?.scaleResolutionDownBy ?? null,
+      videoLayers: (call.pc?.getSenders().find((s) => s.track?.kind === "video")?.getParameters().encodings ?? []).map(
+        (e) => ({ rid: e.rid ?? null, scaleResolutionDownBy: e.scaleResolutionDownBy ?? 1, scalabilityMode: e.scalabilityMode ?? null }),
+      ),
+      temporalMode: call.temporalMode,
     };
   }
 

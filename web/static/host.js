@@ -224,7 +224,15 @@ function renderQuality(tile, id) {
   label.textContent = format(text.quality_label, { quality: word });
   meter.replaceChildren(icon, label);
   const q = quality[id];
-  meter.title = q ? format(text.quality_detail, { loss: q.lossPct, jitter: q.jitterMs, rtt: q.rttMs }) : "";
+  // The layer the server forwards to this console: picture height and frame rate.
+  const layer = q?.videoHeight ? ` · ${q.videoHeight}p ${q.framesPerSecond ?? "?"} fps` : "";
+  if (layer) {
+    const detail = document.createElement("span");
+    detail.className = "quality-layer";
+    detail.textContent = layer;
+    meter.append(detail);
+  }
+  meter.title = q ? format(text.quality_detail, { loss: q.lossPct, jitter: q.jitterMs, rtt: q.rttMs }) + layer : "";
 }
 
 async function measureQuality() {

@@ -1,0 +1,86 @@
+"""LinkEstimate: how much one subscriber's downlink can carry, from what it reports.
+
+Two signals, as in Google Congestion Control: the delay-based estimate the subscriber sends
+as REMB, and the loss in its receiver reports. REMB alone misses a link whose queue is
+already full (aiortc's delay-only estimator then climbs above the real cap), so loss caps
+it: above 10 % loss the estimate falls to what got through, below 2 % the cap grows 8 % per
+update until REMB alone decides again. Pure arithmetic, fed by the transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A REMB or receiver report older than this no longer speaks for the link.
+REPORT_MAX_AGE_S = 5.0
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+LOSS_CAP_GROWTH = 1.08
+# A REMB that falls by more than this between updates is the estimator backing off.
+REMB_DROP = 0.9
+# Congestion seen is remembered this long.
+CONGESTION_MEMORY_S = 3.0
+
+
+@dataclass(frozen=True)
+class Remb:
+    bitrate_bps: int
+    ssrcs: frozenset[int]
+    at: float
+
+
+@dataclass(frozen=True)
+class LossReport:
+    fraction_lost: float  # 0..1
+    at: float
+
+
+class LinkEstimate:
+    def __init__(self) -> None:
+        self.available_bps: float | None = None
+        self.loss = 0.0
+        self._loss_cap: float | None = None
+        self._last_loss_at = 0.0
+        self._last_remb: float | None = None
+        self._congested_at = -CONGESTION_MEMORY_S
+        self._now = 0.0
+
+    @property
+    def congested(self) -> bool:
+        """Loss above 2 %, or a REMB that fell, within the last few seconds."""
+        return self._now - self._congested_at < CONGESTION_MEMORY_S
+
+    def update(self, rembs: list[Remb], losses: list[LossReport], sent_bps: float, now: float) -> float | None:
+        """The link's estimate now (None: the subscriber reports nothing to go by)."""
+        # Chromium sends one REMB naming every SSRC it receives; aiortc one per stream.
+        # The newest report for each SSRC counts once.
+        covered: set[int] = set()
+        remb_total: float | None = None
+        for remb in sorted(rembs, key=lambda r: r.at, reverse=True):
+            if now - remb.at > REPORT_MAX_AGE_S or remb.ssrcs & covered:
+                continue
+            covered |= remb.ssrcs
+            remb_total = (remb_total or 0.0) + remb.bitrate_bps
+        self._now = now
+        if remb_total is not None:
+            if self._last_remb is not None and remb_total < REMB_DROP * self._last_remb:
+                self._congested_at = now
+            self._last_remb = remb_total
+        fresh = [r for r in losses if now - r.at <= REPORT_MAX_AGE_S]
+        newest = max((r.at for r in fresh), default=0.0)
+        if fresh and newest > self._last_loss_at:
+            self._last_loss_at = newest
+            self.loss = max(r.fraction_lost for r in fresh)
+            if self.loss > LOSS_LOW:
+                self._congested_at = now
+            if self.loss > LOSS_HIGH and sent_bps > 0:
+                self._loss_cap = sent_bps * (1 - 0.5 * self.loss)
+            elif self.loss < LOSS_LOW and self._loss_cap is not None:
+                self._loss_cap *= LOSS_CAP_GROWTH
+                if remb_total is not None and self._loss_cap > remb_total:
+                    self._loss_cap = None
+        elif not fresh:
+            self.loss = 0.0
+        candidates = [v for v in (remb_total, self._loss_cap) if v is not None]
+        self.available_bps = min(candidates) if candidates else None
+        return self.available_bps
