@@ -106,7 +106,9 @@ async def test_a_remb_lowers_the_kiosks_bitrate_without_a_keyframe(server: Runni
         assert sender._RTCRtpSender__encoder.target_bitrate == LOW_BPS  # type: ignore[attr-defined]
         assert after <= 1.6 * LOW_BPS / 1000, f"{after:.0f} kbps in the {MEASURE_S} s after the REMB ({before:.0f} before)"
         assert not requests, "a keyframe was requested meanwhile: the test cannot tell whose keyframe it would be"
-        assert sent.keyframes(started) == 0
+        # From 0.1 s on: a keyframe the SFU asked for just before the hooks went in (its
+        # layer selection switching the viewer up) leaves within a frame interval or two.
+        assert sent.keyframes(started + 0.1) == 0
         # The viewer kept decoding throughout.
         assert media_from(viewer, kiosk).video_frames >= frames + 60  # type: ignore[union-attr]
     finally:
