@@ -773,17 +773,21 @@ class ServerHandle:
         self._test_server: Any = None
 
     @classmethod
-    async def subprocess(cls, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> "ServerHandle":
+    async def subprocess(
+        cls, name: str, argv: list[str], env: dict[str, str], workdir: Path, host: str = "127.0.0.1", cwd: Path = REPO
+    ) -> "ServerHandle":
+        """`cwd` is the checkout whose `server` package `python -m server.cli` runs (another
+        commit's, for a baseline); `host` the address the server listens on (pass it as `--host`)."""
         self = cls(name)
         port = _free_port()
         argv = [a.replace("{port}", str(port)) for a in argv]
         self.log_path = workdir / f"{name}-{port}.log"
         with open(self.log_path, "wb") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=REPO, env={**os.environ, **env}, stdout=log_file, stderr=asyncio.subprocess.STDOUT
+                *argv, cwd=cwd, env={**os.environ, **env}, stdout=log_file, stderr=asyncio.subprocess.STDOUT
             )
         self.pid = self._proc.pid
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         await self._wait_healthy()
         return self
 

@@ -20,6 +20,7 @@ from aiortc import (
 from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 
+from .opus import offers_inband_fec
 from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
 from .signaling import SignalingClient
@@ -235,13 +236,16 @@ class CallClient:
                 continue
             if transceiver.sender.track is not track:
                 transceiver.sender.replaceTrack(track)
-            self.publishing.hook_sender(transceiver.sender)
+            self.publishing.hook_sender(transceiver.sender, opus_fec=offers_inband_fec(offer["sdp"]))
             transceiver.direction = "sendonly"
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        await self.signaling.send(
-            {"type": "answer", "sdp": pc.localDescription.sdp, "negotiation_id": offer["negotiation_id"]}
-        )
+        sdp = pc.localDescription.sdp
+        video_mid = offer["publish"].get("video")
+        video = next((t for t in pc.getTransceivers() if t.mid == video_mid), None) if video_mid else None
+        if video is not None and self.video is not None:
+            sdp = self.publishing.simulcast_answer(offer["sdp"], sdp, video)
+        await self.signaling.send({"type": "answer", "sdp": sdp, "negotiation_id": offer["negotiation_id"]})
         # A consumer missing from the offer has ended: free its receiver now rather than
         # when the call ends, so a long activity with many comings and goings stays lean.
         for mid in ended:
@@ -285,6 +289,7 @@ class CallClient:
     async def close(self) -> None:
         if self._negotiator is not None:
             self._negotiator.cancel()
+        self.publishing.close()
         await self.signaling.close()
         for task in list(self._consumers):
             task.cancel()

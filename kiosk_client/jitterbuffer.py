@@ -336,6 +336,8 @@ class Concealment:
 
     timestamp: int
     samples: int
+    fec: bytes | None = None
+    """The next packet, when the buffer already holds it: Opus rebuilds this one from its FEC."""
 
 
 AudioOutput = AudioPacket | Concealment
@@ -471,7 +473,10 @@ class AdaptiveAudioBuffer:
                 if behind and self._held:
                     self.stats.skipped_missing += 1
                 elif self._concealed_in_row < self.settings.max_concealment:
-                    out.append(Concealment(self._next_ts & 0xFFFFFFFF, self._samples_per_packet))
+                    following = self._held.get(self._next_seq + 1)
+                    out.append(Concealment(
+                        self._next_ts & 0xFFFFFFFF, self._samples_per_packet, following.data if following else None
+                    ))
                     self._concealed_in_row += 1
                     self.stats.concealed += 1
                 elif self._held:

@@ -30,8 +30,17 @@ IMG_FMT_I420 = 0x102
 RC_CBR = 1
 # enum vpx_kf_mode
 KF_AUTO = 1
-# vpx_enc_frame_flags_t
+# vpx_enc_frame_flags_t, and VP8's own (vpx/vp8cx.h): which reference buffers a frame may
+# read (LAST, GOLDEN, ALTREF) and which it overwrites.
 EFLAG_FORCE_KF = 1
+VP8_EFLAG_NO_REF_LAST = 1 << 16
+VP8_EFLAG_NO_REF_GF = 1 << 17
+VP8_EFLAG_NO_UPD_LAST = 1 << 18
+VP8_EFLAG_NO_REF_ARF = 1 << 21
+VP8_EFLAG_NO_UPD_GF = 1 << 22
+VP8_EFLAG_NO_UPD_ARF = 1 << 23
+# vpx_codec_er_flags_t
+ERROR_RESILIENT_DEFAULT = 1
 # vpx_enc_deadline_t
 DL_REALTIME = 1
 # enum vpx_codec_cx_pkt_kind
@@ -43,10 +52,11 @@ VP8E_SET_CPUUSED = 13
 VP8E_SET_NOISE_SENSITIVITY = 15
 VP8E_SET_STATIC_THRESHOLD = 17
 VP8E_SET_TOKEN_PARTITIONS = 18
+VP8E_SET_TEMPORAL_LAYER_ID = 30
 
 _SS_MAX_LAYERS = 5
-_TS_MAX_LAYERS = 5
-_TS_MAX_PERIODICITY = 16
+TS_MAX_LAYERS = 5
+TS_MAX_PERIODICITY = 16
 _MAX_LAYERS = 12
 # The rate-control tuning rationals at the end of vpx_codec_enc_cfg_t (active_wq_factor to
 # rd_mult_key_qp_fac), only read by VP9 when use_vizier_rc_params is set.
@@ -104,10 +114,10 @@ class EncoderConfig(ctypes.Structure):
         ("ss_enable_auto_alt_ref", c_int * _SS_MAX_LAYERS),
         ("ss_target_bitrate", c_uint * _SS_MAX_LAYERS),
         ("ts_number_layers", c_uint),
-        ("ts_target_bitrate", c_uint * _TS_MAX_LAYERS),
-        ("ts_rate_decimator", c_uint * _TS_MAX_LAYERS),
+        ("ts_target_bitrate", c_uint * TS_MAX_LAYERS),
+        ("ts_rate_decimator", c_uint * TS_MAX_LAYERS),
         ("ts_periodicity", c_uint),
-        ("ts_layer_id", c_uint * _TS_MAX_PERIODICITY),
+        ("ts_layer_id", c_uint * TS_MAX_PERIODICITY),
         ("layer_target_bitrate", c_uint * _MAX_LAYERS),
         ("temporal_layering_mode", c_int),
         ("use_vizier_rc_params", c_int),
@@ -177,15 +187,23 @@ class LibvpxError(RuntimeError):
     """A libvpx call failed; the message carries libvpx's own explanation."""
 
 
-def library_path() -> str:
-    """The libvpx PyAV's wheel bundles (av.libs next to the av package), else the system's."""
-    bundled = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs", "libvpx*.so*")))
+def bundled_library(name: str) -> str:
+    """A codec library PyAV's wheel bundles (av.libs next to the av package), else the system's."""
+    bundled = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs", f"lib{name}*.so*")))
     if bundled:
         return bundled[0]
-    system = ctypes.util.find_library("vpx")
+    system = ctypes.util.find_library(name)
     if system is None:
-        raise LibvpxError("no libvpx found: neither in PyAV's wheel (av.libs) nor on the system")
+        raise FileNotFoundError(f"no lib{name} found: neither in PyAV's wheel (av.libs) nor on the system")
     return system
+
+
+def library_path() -> str:
+    """The libvpx PyAV's wheel bundles, else the system's."""
+    try:
+        return bundled_library("vpx")
+    except FileNotFoundError as exc:
+        raise LibvpxError(str(exc)) from None
 
 
 def _declare(lib: ctypes.CDLL) -> None:

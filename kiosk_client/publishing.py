@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiortc.codecs.vpx as vpx
@@ -26,6 +27,8 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 from av import VideoFrame
 
 from .libvpx import LibvpxError
+from .opus import FecOpusEncoder
+from .simulcastsend import LowLayer, answer_with_simulcast, offered_extension_ids
 from .vp8encoder import Vp8Encoder
 
 # A tile at 240 lines looks fine at 150 kbps; aiortc's floor (250 kbps) is for 480 lines.
@@ -69,6 +72,8 @@ class ScaledVideoTrack(MediaStreamTrack):
         super().__init__()
         self.source = source
         self.max_height = max_height
+        # Sees every frame sent (the simulcast low layer encodes the same pictures).
+        self.on_frame: Callable[[VideoFrame], None] | None = None
 
     async def recv(self) -> VideoFrame:
         frame = await self.source.recv()
@@ -79,7 +84,9 @@ class ScaledVideoTrack(MediaStreamTrack):
                 None, lambda: frame.reformat(width=width, height=limit)
             )
             scaled.pts, scaled.time_base = frame.pts, frame.time_base or fractions.Fraction(1, 90000)
-            return scaled
+            frame = scaled
+        if self.on_frame is not None:
+            self.on_frame(frame)
         return frame
 
     def stop(self) -> None:
@@ -94,9 +101,18 @@ class PublishControl:
         self.track = track
         self.governor = BitrateGovernor()
         self._senders: list[RTCRtpSender] = []
+        self._audio_senders: list[RTCRtpSender] = []
+        self.low_layer: LowLayer | None = None
 
-    def hook_sender(self, sender: RTCRtpSender) -> None:
-        if sender.kind != "video" or sender in self._senders:
+    def hook_sender(self, sender: RTCRtpSender, opus_fec: bool = False) -> None:
+        """Our encoders for a sender: VP8 retargeted in place; Opus with in-band FEC when the
+        server's offer says the listeners decode it (`opus.offers_inband_fec`)."""
+        if sender in self._senders or sender in self._audio_senders:
+            return
+        if sender.kind == "audio":
+            if opus_fec:
+                self._audio_senders.append(sender)
+                self._hook_encoder(sender)
             return
         self._senders.append(sender)
         self._hook_encoder(sender)
@@ -117,6 +133,8 @@ class PublishControl:
 
     def _new_encoder(self, codec: RTCRtpCodecParameters) -> Encoder:
         encoder: Encoder | None = None
+        if codec.mimeType.lower() == "audio/opus":
+            return FecOpusEncoder()
         if codec.mimeType.lower() == "video/vp8":
             try:
                 encoder = Vp8Encoder()
@@ -152,6 +170,28 @@ class PublishControl:
             encoder = sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
             if encoder is not None and hasattr(encoder, "target_bitrate"):
                 encoder.target_bitrate = self.governor.target
+
+    def simulcast_answer(self, offer_sdp: str, answer_sdp: str, transceiver: Any) -> str:
+        """The answer, sending simulcast h and l when the offer asks for it on our video m-line."""
+        ids = offered_extension_ids(offer_sdp, transceiver.mid) if transceiver.mid else None
+        if ids is None or self.track is None:
+            return answer_sdp
+        if self.low_layer is not None and self.low_layer.sender is not transceiver.sender:
+            # A new peer connection (the room reconnected): the old layer's transport is gone.
+            self.low_layer.stop()
+            self.low_layer = None
+        if self.low_layer is None:
+            self.low_layer = LowLayer(transceiver.sender, transceiver.mid, ids, transceiver._codecs)
+            self.low_layer.name_high_layer()
+            self.track.on_frame = self.low_layer.offer_frame
+            self.low_layer.start()
+        return answer_with_simulcast(answer_sdp, transceiver.mid, ids)
+
+    def close(self) -> None:
+        if self.low_layer is not None:
+            self.low_layer.stop()
+            if self.track is not None:
+                self.track.on_frame = None
 
     def quality(self, video: dict[str, Any]) -> None:
         """The server's `publish_quality.video`: {max_bitrate_bps, max_height}."""

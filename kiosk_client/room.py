@@ -157,6 +157,9 @@ class RoomConnection:
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._self_view_task: asyncio.Task[None] | None = None
+        # The tile sizes last told to the server, and the message on its way.
+        self._layout_sent: dict[str, tuple[int, int]] | None = None
+        self._layout_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -233,6 +236,7 @@ class RoomConnection:
             heartbeat=self.heartbeat_s,
         )
         self.client = client
+        self._layout_sent = None  # a new session hears the layout again
         self.on_event("connecting")
         try:
             try:
@@ -298,6 +302,26 @@ class RoomConnection:
             return REFUSALS.get(str(message.get("code")))
         return None
 
+    def show_layout(self, tiles: dict[str, tuple[int, int]]) -> None:
+        """Tells the server the size each participant's picture is shown at, when it changed,
+        so it forwards a layer that fits (a tile needs far less than the main picture)."""
+        client = self.client
+        if client is None or not client.joined.is_set() or tiles == self._layout_sent:
+            return
+        if self._layout_task is not None and not self._layout_task.done():
+            return  # the next frame drawn tries again
+        message = {
+            "type": "layout",
+            "tiles": [{"participant_id": pid, "width": w, "height": h} for pid, (w, h) in sorted(tiles.items())],
+        }
+        self._layout_task = asyncio.ensure_future(client.signaling.send(message))
+        self._layout_task.add_done_callback(lambda task, sent=dict(tiles): self._layout_done(task, sent))
+
+    def _layout_done(self, task: "asyncio.Task[None]", tiles: dict[str, tuple[int, int]]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return  # a closed socket: the room reconnects and the layout is sent again
+        self._layout_sent = tiles
+
     def _admitted(self, client: CallClient) -> None:
         self.joined_count += 1
         self.opened = self.sources.open()
@@ -351,6 +375,9 @@ class RoomConnection:
         if self._self_view_task is not None:
             self._self_view_task.cancel()
             self._self_view_task = None
+        if self._layout_task is not None:
+            self._layout_task.cancel()
+            self._layout_task = None
         opened, self.opened = self.opened, None
         if opened is not None:
             opened.close()

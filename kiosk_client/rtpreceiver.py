@@ -5,14 +5,16 @@ it starts, replacing aiortc 1.16's jitter buffers and decoder hand-off with the 
 `kiosk_client.jitterbuffer`:
 
 - video frames go to the decoder the moment they are complete (marker bit), an unrecoverable
-  hole costs at most a 100 ms deadline plus a keyframe, and lost packets are NACKed again
-  every 25 ms until that deadline (aiortc asks once);
-- audio plays out one packet after arrival on a clean network, adapts to jitter, and asks
-  libopus for packet-loss concealment instead of waiting;
+  hole costs at most a 100 ms deadline plus a keyframe, and lost packets are NACKed once
+  older than the link's recent reordering, then again every 25 ms until that deadline
+  (aiortc asks at once, once);
+- audio plays out one packet after arrival on a clean network, adapts to jitter, and for a
+  missing packet decodes the next one's in-band FEC if it is already here, else asks
+  libopus for packet-loss concealment instead of waiting (`kiosk_client.opus`);
 - the decoder input and the track's output queue are bounded, dropping so latency stays flat.
 
 What stays aiortc's: SRTP, routing, RTCP receiver reports (fed from the same statistics),
-REMB, RTX unwrapping, the decoders themselves and `RemoteStreamTrack`. The hooks are
+REMB, RTX unwrapping, the video decoders and `RemoteStreamTrack`. The hooks are
 per-instance method replacements written against aiortc 1.16.0; `tests/test_rtpreceiver.py`
 fails loudly when the internals they touch move (see `missing_internals`).
 """
@@ -46,8 +48,9 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
-from server.rtpseq import NackTracker
+from server.rtpseq import NackTracker, LearntDelay
 
+from .opus import OpusDecoder, is_opus
 from .jitterbuffer import (
     AdaptiveAudioBuffer,
     AssemblyResult,
@@ -82,7 +85,14 @@ class TunedReceiverSettings:
     video: VideoAssemblerSettings = VideoAssemblerSettings()
     audio: AudioBufferSettings = AudioBufferSettings()
     nack_retry_interval: float = 0.025
-    """About one round trip to the SFU plus its processing; a retry sooner only duplicates."""
+    """About one round trip to the SFU plus its processing; a retry sooner only duplicates.
+    The least spacing: on a slower link the tracker waits the round trip it learnt."""
+    nack_reorder_min: float = 0.005
+    nack_reorder_max: float = 0.04
+    """A gap is NACKed once older than the reordering seen lately (`LearntDelay`), within
+    these bounds: home Wi-Fi reorders packets by tens of milliseconds, and a NACK for each
+    overtaken packet was a retransmission for nothing. The maximum leaves the retries time
+    within the assembler's deadline."""
     keyframe_request_interval: float = 0.25
     """A keyframe normally arrives one round trip plus one frame interval after a PLI; asking
     again sooner would only make the sender encode several."""
@@ -129,29 +139,6 @@ class KeyframeRequests:
         return self._last + self.min_interval if self.wanted else None
 
 
-def opus_samples_per_frame(toc: int) -> int:
-    """RFC 6716 §3.1: samples at 48 kHz of one frame of the packet whose TOC byte this is."""
-    config = toc >> 3
-    if config < 12:  # SILK
-        return (480, 960, 1920, 2880)[config & 3]
-    if config < 16:  # Hybrid
-        return (480, 960)[config & 1]
-    return (120, 240, 480, 960)[config & 3]  # CELT
-
-
-def opus_concealment_packets(toc: int, samples: int) -> list[bytes]:
-    """TOC-only Opus packets that make libopus run its packet-loss concealment.
-
-    libopus conceals a frame whose coded length is ≤ 1 byte, so a code-0 packet made of the
-    last TOC byte alone yields one concealed frame. PyAV cannot ask for PLC the usual way (an
-    empty packet means end of stream to FFmpeg) and FFmpeg's libopus wrapper does not expose
-    in-band FEC decoding, so this is the one route to libopus's real concealment.
-    """
-    per_frame = opus_samples_per_frame(toc)
-    count = max(1, round(samples / per_frame))
-    return [bytes([toc & 0xFC])] * count
-
-
 # --------------------------------------------------------------------------------------
 # Decoding
 
@@ -181,7 +168,6 @@ class _DecoderThread:
         self._loop = loop
         self._deliver = deliver
         self._on_error = on_error
-        self._last_toc: int | None = None
         # aiortc's name for the thread this one replaces, so thread accounting stays the same.
         self._thread = threading.Thread(target=self._run, name=f"{kind}-decoder", daemon=True)
         self._thread.start()
@@ -204,8 +190,8 @@ class _DecoderThread:
                 break
             codec, work = item[0], item[1]
             if codec.name != codec_name:
-                decoder, codec_name = get_decoder(codec), codec.name
-                self._last_toc = None
+                # Opus through libopus itself: FFmpeg's wrapper cannot decode in-band FEC.
+                decoder, codec_name = (OpusDecoder() if is_opus(codec) else get_decoder(codec)), codec.name
             assert decoder is not None
             try:
                 frames = self._decode(decoder, codec, work)
@@ -223,19 +209,14 @@ class _DecoderThread:
         self._call(self._deliver, None)
 
     def _decode(self, decoder: Any, codec: RTCRtpCodecParameters, work: JitterFrame | Concealment) -> list[Any]:
+        if isinstance(decoder, OpusDecoder):
+            if isinstance(work, JitterFrame):
+                return decoder.decode(work.data, work.timestamp)
+            return decoder.conceal(work.timestamp, work.samples, work.fec)
         if isinstance(work, JitterFrame):
-            if codec.name.lower() == "opus" and work.data:
-                self._last_toc = work.data[0]
             return list(decoder.decode(work))
-        if self._last_toc is None:
-            # Nothing to extrapolate from (or not Opus): leave the gap to the consumer.
-            return []
-        frames: list[Any] = []
-        timestamp = work.timestamp
-        for packet in opus_concealment_packets(self._last_toc, work.samples):
-            frames += decoder.decode(JitterFrame(packet, timestamp))
-            timestamp += opus_samples_per_frame(self._last_toc)
-        return frames
+        # Not Opus: nothing to conceal with; leave the gap to the consumer.
+        return []
 
     def _call(self, callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -260,7 +241,15 @@ class TunedReceiver:
         self.media_ssrc: int | None = None
         self.assembler = VideoFrameAssembler(settings.video) if kind == "video" else None
         self.audio_buffer = AdaptiveAudioBuffer(OPUS_CLOCK_RATE, settings.audio) if kind == "audio" else None
-        self.nack = NackTracker(settings.nack_retry_interval, settings.video.deadline) if kind == "video" else None
+        self.nack = (
+            NackTracker(
+                settings.nack_retry_interval,
+                settings.video.deadline,
+                reorder=LearntDelay(settings.nack_reorder_min, settings.nack_reorder_max),
+            )
+            if kind == "video"
+            else None
+        )
         self.keyframes = KeyframeRequests(settings.keyframe_request_interval)
         self._rtx_ssrc: dict[int, int] = {}
         self._codec: RTCRtpCodecParameters | None = None
@@ -356,7 +345,8 @@ class TunedReceiver:
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
 
-        if is_rtx(codec):
+        retransmission = is_rtx(codec)
+        if retransmission:
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
             if not isinstance(apt, int) or apt not in self.codecs:
@@ -371,7 +361,7 @@ class TunedReceiver:
         self.media_ssrc = packet.ssrc
         self._codec = codec
         if self.assembler is not None and self.nack is not None:
-            lost = self.nack.add(packet.sequence_number, now)
+            lost = self.nack.add(packet.sequence_number, now, retransmission)
             # Completed frames go to the decoder first; the requests follow within microseconds.
             self._take_assembly(self._add_video(self.assembler, packet, codec, now))
             if lost:
@@ -644,9 +634,6 @@ async def missing_internals() -> list[str]:
         await pc.close()
     if not isinstance(getattr(RemoteStreamTrack(kind="video"), "_queue", None), asyncio.Queue):
         problems.append("RemoteStreamTrack._queue is no longer an asyncio.Queue")
-    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
-    if getattr(getattr(get_decoder(opus), "codec", None), "name", None) != "libopus":
-        problems.append("aiortc's Opus decoder is no longer libopus (TOC-only concealment relies on it)")
     return problems
 
 
@@ -659,7 +646,6 @@ __all__ = [
     "check_aiortc_version",
     "install_tuned_receiver",
     "missing_internals",
-    "opus_concealment_packets",
     "tune_receiver",
     "tuned",
 ]

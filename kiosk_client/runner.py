@@ -400,6 +400,8 @@ class KioskApp:
         # Paging on the family screen follows what fits on this screen.
         self.model.family_page_size = self.renderer.family_page_size(self.display.size)
         self.layout = self.renderer.render(self.display.surface, self.model, self.wall)
+        if self.room is not None and self.wall is not None:
+            self.room.show_layout(self.wall.tiles())
         self.display.show(self.layout)
         return self.layout
 

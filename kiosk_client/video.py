@@ -66,6 +66,10 @@ class VideoWall:
         self._wanted[participant_id] = size
         return self._surfaces.get(participant_id)
 
+    def tiles(self) -> dict[str, tuple[int, int]]:
+        """The size each remote participant's picture was last drawn at (the `layout` the server hears)."""
+        return {pid: size for pid, size in self._wanted.items() if pid != "self"}
+
     def update(self) -> None:
         """Starts conversions of new frames for the participants on screen."""
         loop = asyncio.get_running_loop()

@@ -13,9 +13,15 @@ deadline, CBR with a 1 s buffer, lag 0, cpu-used -6, quantizer 2–56, undershoo
 overshoot 15 %, noise sensitivity 4, static threshold 1, keyframes only every 3000 frames
 or on request, one token partition, error resilience off. Fed FFmpeg's timestamps, the
 output is byte-identical to aiortc's; fed real frame durations (as here), libvpx's
-frame-rate estimate and so the frame sizes differ slightly (BENCHMARKS.md). The RTP payloads come from aiortc's own VP8 packetizer, so receivers see exactly what aiortc's
-encoder would send. `encode` is called in an executor by aiortc's `RTCRtpSender`; ctypes
-releases the GIL while libvpx works.
+frame-rate estimate and so the frame sizes differ slightly (BENCHMARKS.md).
+
+The kiosk encodes three temporal layers (L1T3, `kiosk_client.temporallayers`): the SFU can
+then give a subscriber 7.5, 15 or 30 fps of the same stream without asking for anything.
+The per-layer rates follow `target_bitrate` in place like the total. The RTP payloads come
+from our own packetizer (`kiosk_client.vp8payloader`), which writes the RFC 7741 descriptor
+fields an SFU needs to pick layers (TID, Y, TL0PICIDX, KEYIDX). With one layer the frames
+are aiortc's, byte for byte. `encode` is called in an executor by aiortc's
+`RTCRtpSender`; ctypes releases the GIL while libvpx works.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from av.frame import Frame
 from av.packet import Packet
 
 from . import libvpx
+from .temporallayers import TemporalLayers
+from .vp8payloader import BASE_LAYER_DELTA, BASE_LAYER_KEYFRAME, Vp8Payloader
 
 # 90 kHz: the RTP clock of the timestamps aiortc hands back, so libvpx sees real frame gaps.
 TIMEBASE_HZ = 90_000
@@ -45,6 +53,8 @@ BUFFER_MS = 1000
 CPU_USED = -6
 NOISE_SENSITIVITY = 4
 STATIC_THRESHOLD = 1
+# L1T3: 7.5 / 15 / 30 fps layers. Costs no measurable encode CPU (BENCHMARKS.md).
+TEMPORAL_LAYERS = 3
 
 
 def clamp_bitrate(bitrate: int) -> int:
@@ -71,7 +81,7 @@ class EncoderClock:
 class Vp8Encoder(Encoder):
     """aiortc's `Encoder` interface for VP8; `target_bitrate` applies in place on the next frame."""
 
-    def __init__(self, bitrate: int = vpx.DEFAULT_BITRATE) -> None:
+    def __init__(self, bitrate: int = vpx.DEFAULT_BITRATE, temporal_layers: int = TEMPORAL_LAYERS) -> None:
         self._lib = libvpx.load()
         self._ctx: libvpx.CodecContext | None = None
         self._config = libvpx.EncoderConfig()
@@ -80,7 +90,14 @@ class Vp8Encoder(Encoder):
         # aiortc's sender calls encode in an executor thread; close may come from another.
         self._lock = threading.Lock()
         self._target_bitrate = clamp_bitrate(bitrate)
-        self.picture_id = random.randint(0, (1 << 15) - 1)
+        self._layers = TemporalLayers(temporal_layers)
+        self.payloader = Vp8Payloader(
+            picture_id=random.randint(0, (1 << 15) - 1), tl0_pic_idx=random.randint(0, 255)
+        )
+
+    @property
+    def temporal_layers(self) -> int:
+        return self._layers.layers
 
     @property
     def target_bitrate(self) -> int:
@@ -102,16 +119,20 @@ class Vp8Encoder(Encoder):
             else:
                 self._retarget()
             pts, duration = self._clock.tick(timestamp)
-            data = self._encode(frame, pts, duration, force_keyframe)
-        payloads = vpx.Vp8Encoder._packetize(data, self.picture_id)
-        self.picture_id = (self.picture_id + 1) % (1 << 15)
-        return payloads, timestamp
+            planned = self._layers.plan(force_keyframe)
+            data, keyframe = self._encode(frame, pts, duration, planned.flags, planned.temporal_id)
+            if not data:
+                return [], timestamp
+            layer = self._layers.encoded(keyframe)
+        return self.payloader.packetize(data, layer), timestamp
 
     def pack(self, packet: Packet) -> tuple[list[bytes], int]:
-        payloads = vpx.Vp8Encoder._packetize(bytes(packet), self.picture_id)
+        # A ready-made stream has no layers: every frame is base layer, each referencing the last.
+        data = bytes(packet)
+        # RFC 6386 §9.1: the frame tag's lowest bit is 0 for a keyframe.
+        layer = BASE_LAYER_KEYFRAME if data and not data[0] & 1 else BASE_LAYER_DELTA
         timestamp = convert_timebase(packet.pts, packet.time_base, VIDEO_TIME_BASE)
-        self.picture_id = (self.picture_id + 1) % (1 << 15)
-        return payloads, timestamp
+        return self.payloader.packetize(data, layer), timestamp
 
     def close(self) -> None:
         """Frees libvpx's encoder; a later encode opens a new one."""
@@ -144,6 +165,7 @@ class Vp8Encoder(Encoder):
         config.rc_buf_optimal_sz = BUFFER_MS * 5 // 6
         config.kf_mode = libvpx.KF_AUTO
         config.kf_max_dist = KEYFRAME_INTERVAL_FRAMES
+        self._layers.configure(config, self._target_kbps())
         ctx = libvpx.CodecContext()
         libvpx.check(
             lib, ctx,
@@ -164,7 +186,7 @@ class Vp8Encoder(Encoder):
         if self._config.rc_target_bitrate == kbps:
             return
         assert self._ctx is not None
-        self._config.rc_target_bitrate = kbps
+        self._layers.retarget(self._config, kbps)
         libvpx.check(
             self._lib, self._ctx,
             self._lib.vpx_codec_enc_config_set(ctypes.byref(self._ctx), ctypes.byref(self._config)),
@@ -174,7 +196,8 @@ class Vp8Encoder(Encoder):
     def _target_kbps(self) -> int:
         return round(self._target_bitrate / 1000)
 
-    def _encode(self, frame: VideoFrame, pts: int, duration: int, force_keyframe: bool) -> bytes:
+    def _encode(self, frame: VideoFrame, pts: int, duration: int, flags: int, temporal_id: int) -> tuple[bytes, bool]:
+        """The frame's VP8 bytes (empty if libvpx dropped it) and whether it is a keyframe."""
         lib, ctx, image = self._lib, self._ctx, self._image
         assert ctx is not None
         planes = [ctypes.addressof(ctypes.c_char.from_buffer(plane)) for plane in frame.planes]
@@ -184,18 +207,26 @@ class Vp8Encoder(Encoder):
         for index, plane in enumerate(frame.planes):
             image.planes[index] = planes[index]
             image.stride[index] = plane.line_size
-        flags = libvpx.EFLAG_FORCE_KF if force_keyframe else 0
+        if self._layers.layers > 1:
+            # Tells libvpx's rate control which layer's budget this frame spends.
+            libvpx.check(
+                lib, ctx,
+                lib.vpx_codec_control_(ctypes.byref(ctx), libvpx.VP8E_SET_TEMPORAL_LAYER_ID, ctypes.c_int(temporal_id)),
+                "vpx_codec_control(VP8E_SET_TEMPORAL_LAYER_ID)",
+            )
         libvpx.check(
             lib, ctx,
             lib.vpx_codec_encode(ctypes.byref(ctx), ctypes.byref(image), pts, duration, flags, libvpx.DL_REALTIME),
             "vpx_codec_encode",
         )
         data = b""
+        keyframe = False
         iterator = ctypes.c_void_p()
         while packet := lib.vpx_codec_get_cx_data(ctypes.byref(ctx), ctypes.byref(iterator)):
             if packet.contents.kind == libvpx.CX_FRAME_PKT:
                 data += ctypes.string_at(packet.contents.buf, packet.contents.sz)
-        return data
+                keyframe = keyframe or bool(packet.contents.flags & libvpx.FRAME_IS_KEY)
+        return data, keyframe
 
     def _destroy(self) -> None:
         if self._ctx is not None:

@@ -11,7 +11,7 @@ from aiohttp import web
 from signaling.service import SignalingService
 from signaling.tokens import TokenIssuer, load_or_create_secret
 
-from . import __version__
+from . import __version__, nackgenerator
 from .config import Settings
 from .connections import ConnectionGuard
 from .consumer import LayerPolicy
@@ -41,6 +41,7 @@ def make_issuer(settings: Settings) -> TokenIssuer:
 def create_app(settings: Settings) -> web.Application:
     check_aiortc_version()
     set_ice_read_batch(settings.ice_read_batch)
+    nackgenerator.configure(settings.nack_reorder_min_s, settings.nack_reorder_max_s)
     if settings.media_addresses:
         restrict_host_addresses(list(settings.media_addresses))
     guard = ConnectionGuard(settings)

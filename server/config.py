@@ -144,6 +144,11 @@ class Settings:
     # Tiles one `layout` message may list.
     max_layout_tiles: int = 64
     negotiation_timeout_s: float = 15.0
+    # A gap in a publisher's packets is NACKed only once it is older than the reordering the
+    # link has shown lately (x 1.25), but at least the minimum and at most the maximum:
+    # over jittery Wi-Fi, packets that were merely overtaken were retransmitted for nothing.
+    nack_reorder_min_s: float = 0.005
+    nack_reorder_max_s: float = 0.04
     # Datagrams read from one ICE socket per event-loop pass (asyncio reads one): a busy
     # publisher's socket must not fall behind when a pass is slow (see server/rtphooks.py).
     ice_read_batch: int = 64

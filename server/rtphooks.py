@@ -60,13 +60,10 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from . import _srtpsend
-from .rtpseq import NackTracker
+from .nackgenerator import NackGenerator
 from .simulcast import REPAIRED_RID_URI, RID_URI, SPATIAL_INDEX, SimulcastAnswer
 
 AIORTC_VERSION = "1.16.0"
-# The publisher leg's loss recovery: NACK again every 30 ms until 200 ms have passed.
-NACK_RETRY_INTERVAL_S = 0.03
-NACK_DEADLINE_S = 0.2
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
@@ -195,9 +192,8 @@ class ReceiverTap:
         self.layer_ssrcs: dict[int, int] = {}
         self._ssrc_layers: dict[int, int] = {}
         self._rtx_ssrc: dict[int, int] = {}
-        # One per media SSRC (a layer that changes SSRC replaces its own), so at most one per layer.
-        self._nacks: dict[int, NackTracker] = {}
-        self._nack_timer: asyncio.TimerHandle | None = None
+        # Per media SSRC (each simulcast layer has its own sequence numbers).
+        self._nacks: dict[int, NackGenerator] = {}
         self._started = False
         self._stopped = False
         self._aiortc_stop = receiver.stop
@@ -216,9 +212,8 @@ class ReceiverTap:
 
     async def _stop(self) -> None:
         self._stopped = True
-        if self._nack_timer is not None:
-            self._nack_timer.cancel()
-            self._nack_timer = None
+        for generator in self._nacks.values():
+            generator.close()
         await self._aiortc_stop()
 
     async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
@@ -282,7 +277,8 @@ class ReceiverTap:
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
 
-        if is_rtx(codec):
+        retransmission = is_rtx(codec)
+        if retransmission:
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             if original_ssrc is None and self.simulcast is not None:
                 original_ssrc = self._learn_rtx(packet)
@@ -297,14 +293,11 @@ class ReceiverTap:
             if layer is None:
                 return
         self.media_ssrc = packet.ssrc
-        if self.kind == "video":
-            nack = self._nacks.get(packet.ssrc)
-            if nack is None:
-                nack = self._nacks[packet.ssrc] = NackTracker(NACK_RETRY_INTERVAL_S, NACK_DEADLINE_S)
-            lost = nack.add(packet.sequence_number, time.monotonic())
-            if lost:
-                await r._send_rtcp_nack(packet.ssrc, lost)
-                self._schedule_nack_retry()
+        if self.kind == "video" and not self._stopped:
+            generator = self._nacks.get(packet.ssrc)
+            if generator is None:
+                generator = self._nacks[packet.ssrc] = NackGenerator(packet.ssrc, r._send_rtcp_nack)
+            await generator.packet(packet.sequence_number, retransmission)
 
         # Padding-only packets carry no media; forwarding them only costs bandwidth.
         if not packet.payload:
@@ -325,7 +318,9 @@ class ReceiverTap:
         if old is not None:
             # The publisher restarted this layer on a new SSRC.
             self._ssrc_layers.pop(old, None)
-            self._nacks.pop(old, None)
+            replaced = self._nacks.pop(old, None)
+            if replaced is not None:
+                replaced.close()
         self.layer_ssrcs[layer] = packet.ssrc
         self._ssrc_layers[packet.ssrc] = layer
         return layer
@@ -343,33 +338,15 @@ class ReceiverTap:
             self._rtx_ssrc[packet.ssrc] = media
         return media
 
-    def _schedule_nack_retry(self) -> None:
-        if self._nack_timer is not None or self._stopped:
-            return
-        dues = [d for d in (n.next_due() for n in self._nacks.values()) if d is not None]
-        due = min(dues) if dues else None
-        if due is not None:
-            delay = max(0.0, due - time.monotonic())
-            self._nack_timer = asyncio.get_running_loop().call_later(delay, self._retry_nacks)
-
-    def _retry_nacks(self) -> None:
-        # Publishers answer a NACK once; a retransmission lost too is asked for again
-        # until the deadline, when only a keyframe would help.
-        self._nack_timer = None
-        if self._stopped:
-            return
-        now = time.monotonic()
-        for ssrc, nack in self._nacks.items():
-            retries = nack.due(now)
-            if retries:
-                task = asyncio.ensure_future(self.receiver._send_rtcp_nack(ssrc, retries))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._schedule_nack_retry()
-
     @property
     def nack_requests(self) -> int:
-        """Sequence numbers NACKed towards the publisher, over all its layers."""
-        return sum(n.requests for n in self._nacks.values())
+        """Sequence numbers asked for again towards the publisher, over all its layers (first requests and retries)."""
+        return sum(generator.tracker.requests for generator in self._nacks.values())
+
+    @property
+    def nack_reordered(self) -> int:
+        """Packets that came late but within the reorder allowance: NACKs not sent."""
+        return sum(generator.tracker.reordered for generator in self._nacks.values())
 
     @property
     def packets_lost(self) -> int:

@@ -1,7 +1,8 @@
-"""RTP sequence arithmetic shared by the SFU and the kiosk: unwrapping and NACK timing."""
+"""RTP sequence arithmetic shared by the SFU and the kiosk: unwrapping, and when to NACK a gap."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -25,24 +26,65 @@ class Unwrapper:
         return extended
 
 
+class LearntDelay:
+    """A wait learnt from recent delays: the longest of the last `window`, with a margin,
+    between `minimum` and `maximum`.
+
+    Two of them time a NACK. The reorder allowance: a NACK sent for a packet that was only
+    overtaken costs a retransmission for nothing (on a link with 30 ± 10 ms of jitter that
+    was over a thousand in 30 s), so a gap is asked for only once older than the reordering
+    seen lately; on a clean link a loss is still asked for after `minimum`, and past
+    `maximum` anyway, leaving the retries time before the receiver gives the frame up. The
+    retry spacing: asking again before a retransmission could have come back (a round trip)
+    only duplicates the request, and on a congested link each duplicate is one more
+    retransmission into the queue that lost the packet.
+    """
+
+    MARGIN = 1.25
+
+    def __init__(self, minimum: float, maximum: float, window: int = 64) -> None:
+        if not 0 <= minimum <= maximum:
+            raise ValueError(f"a learnt delay needs 0 <= minimum ({minimum}) <= maximum ({maximum})")
+        self.minimum = minimum
+        self.maximum = maximum
+        self._delays: deque[float] = deque(maxlen=window)
+        self.current = minimum
+
+    def observe(self, delay: float) -> None:
+        self._delays.append(delay)
+        self.current = min(self.maximum, max(self.minimum, self.MARGIN * max(self._delays)))
+
+
 @dataclass
 class _Missing:
     since: float
-    last_sent: float
+    last_sent: float | None = None
+    """When it was last NACKed; None while it may still be reordering."""
+    sent: int = 0
 
 
 class NackTracker:
     """Which lost video packets to request again, and when.
 
-    A gap is NACKed at once, then again every `retry_interval` while the packet is missing,
-    until `deadline` (the assembler's: past it the frame is dropped anyway).
+    A gap is NACKed once it has been missing for the reorder allowance (at once without
+    one), then again while the packet is missing, every `retry_interval` or a round trip if
+    longer (learnt from retransmissions that answered a single NACK), until `deadline` (the
+    assembler's: past it the frame is dropped anyway).
     """
 
-    def __init__(self, retry_interval: float, deadline: float, max_missing: int = 256) -> None:
+    def __init__(
+        self, retry_interval: float, deadline: float, max_missing: int = 256, reorder: LearntDelay | None = None
+    ) -> None:
         self.retry_interval = retry_interval
         self.deadline = deadline
         self.max_missing = max_missing
+        self.reorder = reorder or LearntDelay(0.0, 0.0)
+        self.retry = LearntDelay(retry_interval, max(retry_interval, deadline))
         self.requests = 0
+        self.reordered = 0
+        """Packets that came late but before their NACK: requests saved by the allowance."""
+        self.needless = 0
+        """Packets that came by themselves after they were NACKed: the allowance was too short."""
         self._unwrapper = Unwrapper(16)
         self._highest: int | None = None
         self._missing: dict[int, _Missing] = {}
@@ -51,15 +93,28 @@ class NackTracker:
     def missing(self) -> list[int]:
         return sorted(seq & 0xFFFF for seq in self._missing)
 
-    def add(self, sequence_number: int, now: float) -> list[int]:
-        """Records a received packet; returns the sequence numbers to NACK right away."""
+    def add(self, sequence_number: int, now: float, retransmission: bool = False) -> list[int]:
+        """Records a received packet; returns the sequence numbers to NACK right away.
+
+        `retransmission`: the packet came as an answer to a NACK (RTX), so its lateness says
+        nothing about reordering.
+        """
         seq = self._unwrapper.unwrap(sequence_number)
         if self._highest is None:
             self._highest = seq
             return []
         if seq <= self._highest:
-            self._missing.pop(seq, None)
-            return []
+            entry = self._missing.pop(seq, None)
+            if entry is not None and not retransmission:
+                if entry.last_sent is None:
+                    self.reordered += 1
+                else:
+                    self.needless += 1
+                self.reorder.observe(now - entry.since)
+            elif entry is not None and entry.sent == 1 and entry.last_sent is not None:
+                # The answer to one NACK: a round trip, unambiguously.
+                self.retry.observe(now - entry.last_sent)
+            return self._first_requests(now)
         gap = range(self._highest + 1, seq)
         self._highest = seq
         if len(gap) > self.max_missing:
@@ -67,29 +122,54 @@ class NackTracker:
             self._missing.clear()
             return []
         for lost in gap:
-            self._missing[lost] = _Missing(since=now, last_sent=now)
+            self._missing[lost] = _Missing(since=now)
         while len(self._missing) > self.max_missing:
             del self._missing[min(self._missing)]
-        self.requests += len(gap)
-        return [lost & 0xFFFF for lost in gap]
+        return self._first_requests(now)
+
+    def _first_requests(self, now: float) -> list[int]:
+        if not self._missing:
+            return []
+        allowance = self.reorder.current
+        first = []
+        for seq, entry in self._missing.items():
+            if entry.last_sent is None and entry.since + allowance <= now:
+                entry.last_sent = now
+                entry.sent = 1
+                first.append(seq & 0xFFFF)
+        self.requests += len(first)
+        return first
 
     def due(self, now: float) -> list[int]:
-        """Retries due by `now`; forgets packets past the deadline."""
-        retries = []
+        """First requests and retries due by `now`; forgets packets past the deadline."""
+        requests = []
+        allowance, spacing = self.reorder.current, self.retry.current
         for seq, entry in list(self._missing.items()):
             # Same arithmetic as next_due(), so a timer set for it always finds work.
             if entry.since + self.deadline <= now:
                 del self._missing[seq]
-            elif entry.last_sent + self.retry_interval <= now:
+            elif entry.last_sent is None:
+                if entry.since + allowance <= now:
+                    entry.last_sent = now
+                    entry.sent = 1
+                    requests.append(seq & 0xFFFF)
+            elif entry.last_sent + spacing <= now:
                 entry.last_sent = now
-                retries.append(seq & 0xFFFF)
-        self.requests += len(retries)
-        return retries
+                entry.sent += 1
+                requests.append(seq & 0xFFFF)
+        self.requests += len(requests)
+        return requests
 
     def next_due(self) -> float | None:
         if not self._missing:
             return None
-        return min(min(e.last_sent + self.retry_interval, e.since + self.deadline) for e in self._missing.values())
+        return min(
+            min(
+                entry.since + self.reorder.current if entry.last_sent is None else entry.last_sent + self.retry.current,
+                entry.since + self.deadline,
+            )
+            for entry in self._missing.values()
+        )
 
     def forget_before(self, sequence_number: int) -> None:
         """A keyframe starting at `sequence_number` made everything before it irrelevant."""

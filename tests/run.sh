@@ -11,6 +11,10 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
 # A private coturn relays the SFU's media in tests/test_rtphooks_wire.py.
 command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
+# Impaired links (bench/netns.py: network namespace, tbf, nftables loss) in
+# tests/test_loss_first_frame.py and bench.adaptation.
+command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # pip install compiles server/_srtpsend.c: a C compiler and this Python's headers.
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \

@@ -84,6 +84,11 @@ async def test_auto_join_then_network_cut_and_recovery(server: RunningServer, tm
             )
             app.render()
             await eventually(lambda: app.wall.frames_shown.get("h-ingrid", 0) >= 1 and app.wall.frames_shown.get("s-bakker", 0) >= 1, 5, "pictures converted")
+            # The server hears how big the kiosk draws each one (it picks a layer to fit).
+            transport = server.app[SFU_KEY].routers["a-gym"].transports[SENIOR]
+            await eventually(lambda: transport.layout is not None and set(transport.layout) == {"h-ingrid", "s-bakker"}, 5, "the kiosk's layout")
+            assert transport.layout is not None
+            assert transport.layout["h-ingrid"][0] > 2 * transport.layout["s-bakker"][0], "the host large, the other a tile"
             layout = screenshot(app, "in-activity", min_colors=150)
             assert layout.button("leave") is not None and layout.text_shown("Ingrid (begeleider)")
             tiles = {t.text: t for t in layout.texts if t.text in ("Ingrid (begeleider)", "Meneer Bakker")}

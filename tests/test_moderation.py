@@ -176,19 +176,19 @@ async def test_music_mode_reoffers_opus_for_music(server: RunningServer, connect
     await join(host, server.token(role="host", name="Ans"))
     await host.send({"type": "publish", "audio": True, "video": False})
     first = await host.expect("offer")
-    assert "stereo=1" not in first["sdp"]
+    assert "stereo=1" not in first["sdp"] and "useinbandfec=1" in first["sdp"]
     await host.send({"type": "music_mode", "enabled": True})
     # The first offer is still unanswered; a stale answer is refused and the music offer
     # follows the next answer. Answering with the real SDP needs a peer, so check the
     # transport's next offer directly.
     transport = server.app[SFU_KEY].routers["room-1"].transports[next(iter(server.app[SFU_KEY].routers["room-1"].transports))]
     await eventually_true(lambda: transport.music_bitrate_bps == 128_000)
-    from server.transport import music_sdp
+    from server.transport import opus_sdp
 
-    munged = music_sdp(first["sdp"], 128_000)
+    munged = opus_sdp(first["sdp"], 128_000)
     opus_pt = next(l.split(":")[1].split(" ")[0] for l in munged.split("\r\n") if "opus/48000" in l)
     fmtp = next(l for l in munged.split("\r\n") if l.startswith(f"a=fmtp:{opus_pt} "))
-    assert "stereo=1;sprop-stereo=1;maxaveragebitrate=128000;usedtx=0" in fmtp
+    assert "useinbandfec=1;stereo=1;sprop-stereo=1;maxaveragebitrate=128000;usedtx=0" in fmtp
     assert munged.count("maxaveragebitrate") == first["sdp"].count("opus/48000")
 
 

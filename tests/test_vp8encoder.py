@@ -14,6 +14,7 @@ from bench.vp8_retarget import is_keyframe, pattern_frame, vp8_frame
 from kiosk_client.libvpx import LibvpxError
 from kiosk_client import vp8encoder
 from kiosk_client.vp8encoder import Vp8Encoder
+from kiosk_client.vp8payloader import parse_descriptor
 
 FPS = 30
 
@@ -105,16 +106,21 @@ def test_target_bitrate_is_clamped_to_aiortcs_limits_read_at_run_time(monkeypatc
     assert encoder.target_bitrate == vpx.MAX_BITRATE
 
 
-def test_pack_sends_ready_vp8_frames_with_aiortcs_payload_descriptor() -> None:
+def test_pack_sends_ready_vp8_frames_as_base_layer_with_the_rfc7741_descriptor() -> None:
     encoder = Vp8Encoder()
-    (frame,) = encode(Vp8Encoder(), range(1))
-    packet = av.Packet(frame)
-    packet.pts, packet.time_base = 2, fractions.Fraction(1, FPS)
-    payloads, timestamp = encoder.pack(packet)
-    assert timestamp == 6000
-    assert vp8_frame(payloads) == frame
-    descriptor, _ = vpx.VpxPayloadDescriptor.parse(payloads[0])
-    assert descriptor.partition_start == 1 and descriptor.picture_id == (encoder.picture_id - 1) % (1 << 15)
+    frames = encode(Vp8Encoder(), range(2))
+    picture_id = encoder.payloader.picture_id
+    sent = []
+    for pts, frame in enumerate(frames, start=2):
+        packet = av.Packet(frame)
+        packet.pts, packet.time_base = pts, fractions.Fraction(1, FPS)
+        payloads, timestamp = encoder.pack(packet)
+        assert timestamp == pts * 3000
+        assert vp8_frame(payloads) == frame
+        sent.append(parse_descriptor(payloads[0])[0])
+    # Ready-made frames have no layers: each is TL0, and the first one is a keyframe.
+    assert [(d.picture_id, d.temporal_id, d.start) for d in sent] == [(picture_id, 0, True), ((picture_id + 1) % 32768, 0, True)]
+    assert sent[1].tl0_pic_idx == (sent[0].tl0_pic_idx + 1) % 256 and sent[1].key_idx == sent[0].key_idx
 
 
 def test_libvpx_errors_carry_libvpxs_explanation() -> None:
@@ -140,9 +146,9 @@ def test_settings_are_aiortcs_byte_for_byte_given_ffmpegs_timestamps(monkeypatch
     monkeypatch.setattr(vp8encoder, "TIMEBASE_HZ", 1_000_000)
     theirs = vpx.Vp8Encoder()
     theirs.target_bitrate = 800_000
-    ours = Vp8Encoder(800_000)
+    ours = Vp8Encoder(800_000, temporal_layers=1)
     for i in range(40):
         frame = pattern_frame(i)
         if i == 0:
             ours._open(frame.width, frame.height)
-        assert ours._encode(frame, i * 33_333, 1, False) == vp8_frame(theirs.encode(frame)[0]), f"frame {i}"
+        assert ours._encode(frame, i * 33_333, 1, 0, 0)[0] == vp8_frame(theirs.encode(frame)[0]), f"frame {i}"

@@ -117,3 +117,48 @@ def test_aiortcs_sender_still_creates_its_encoder_where_the_kiosk_hooks_in() -> 
     assert "await self._next_encoded_frame(codec)" in inspect.getsource(RTCRtpSender._run_rtp)
     assert list(inspect.signature(RTCRtpSender._next_encoded_frame).parameters) == ["self", "codec"]
     assert "self.__encoder: Optional[Encoder] = None" in inspect.getsource(RTCRtpSender.__init__)
+
+
+VPX_CODEC_INVALID_PARAM = 8
+
+
+def test_temporal_layer_fields_and_control_are_the_ones_libvpx_checks() -> None:
+    # vp8_cx_iface.c validates the ts_* fields at init and the layer id per control call: a
+    # value it refuses proves we wrote the field (or control id) we meant.
+    lib = libvpx.load()
+    iface = lib.vpx_codec_vp8_cx()
+
+    def init(**fields: object) -> tuple[int, libvpx.CodecContext]:
+        config = libvpx.EncoderConfig()
+        assert lib.vpx_codec_enc_config_default(iface, ctypes.byref(config), 0) == 0
+        config.ts_number_layers, config.ts_periodicity = 3, 4
+        for layer, (rate, decimator) in enumerate(((300, 4), (400, 2), (500, 1))):
+            config.ts_target_bitrate[layer], config.ts_rate_decimator[layer] = rate, decimator
+        for index, layer in enumerate((0, 2, 1, 2)):
+            config.ts_layer_id[index] = layer
+        for name, value in fields.items():
+            field, _, index = name.partition("__")
+            if index:
+                getattr(config, field)[int(index)] = value
+            else:
+                setattr(config, field, value)
+        ctx = libvpx.CodecContext()
+        return lib.vpx_codec_enc_init_ver(ctypes.byref(ctx), iface, ctypes.byref(config), 0, libvpx.ENCODER_ABI_VERSION), ctx
+
+    for wrong, reason in (
+        ({"ts_target_bitrate__1": 300}, b"ts_target_bitrate entries are not strictly increasing"),
+        ({"ts_rate_decimator__0": 3}, b"ts_rate_decimator factors are not powers of 2"),
+        ({"ts_rate_decimator__2": 2}, b"ts_rate_decimator"),
+        ({"ts_periodicity": 17}, b"ts_periodicity"),
+    ):
+        err, ctx = init(**wrong)
+        assert err == VPX_CODEC_INVALID_PARAM, wrong
+        assert reason in ctx.err_detail, (wrong, ctx.err_detail)
+    err, ctx = init()
+    assert err == 0
+    try:
+        control = lib.vpx_codec_control_
+        for layer, expected in ((0, 0), (2, 0), (3, VPX_CODEC_INVALID_PARAM), (-1, VPX_CODEC_INVALID_PARAM)):
+            assert control(ctypes.byref(ctx), libvpx.VP8E_SET_TEMPORAL_LAYER_ID, ctypes.c_int(layer)) == expected, layer
+    finally:
+        assert lib.vpx_codec_destroy(ctypes.byref(ctx)) == 0
