@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 # What a simulcast layer is assumed to need before it has been measured (l, m, h): it
 # is what the REMB asks a publisher to make room for when a subscriber wants that layer.
 NOMINAL_LAYER_BPS = {0: 150_000, 1: 400_000, 2: 1_200_000}
+# A wanted layer is asked for this much more than it measures, so its encoder may grow.
+REMB_HEADROOM = 1.15
 
 
 # Bitrates are measured over windows this long; a layer silent for LAYER_GONE_S is gone
@@ -133,13 +135,15 @@ class Producer:
         if self.tap.simulcast is not None:
             top = max(s.wanted_spatial for s in selections)
             temporal = self.layers.temporal_layers - 1
-            # Measured rates of the layers up to it; a wanted layer not arriving (paused for
-            # want of bitrate) is made room for at its nominal rate, while a lower one not
-            # arriving (too small a picture for the publisher to send) costs nothing.
-            total = sum(self.layers.rate(spatial, temporal) for spatial in self.tap.simulcast.spatial_layers if spatial <= top)
-            if not self.layers.rate(top, temporal) and top in self.tap.simulcast.spatial_layers:
-                total += NOMINAL_LAYER_BPS[top]
-            return int(total * 1.15)
+            # Each layer up to it: what it measures with room to grow, and never less than
+            # its nominal rate. Asking only for what arrives spirals down with an encoder
+            # that undershoots its target (a still picture): each REMB lowers the target,
+            # the next measurement is lower again (a kiosk's top layer sat at half its rate).
+            return int(sum(
+                max(self.layers.rate(spatial, temporal) * REMB_HEADROOM, NOMINAL_LAYER_BPS[spatial])
+                for spatial in self.tap.simulcast.spatial_layers
+                if spatial <= top
+            ))
         budgets = [s.budget_bps for s in selections]
         if any(b is None for b in budgets):
             return None

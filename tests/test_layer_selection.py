@@ -15,7 +15,7 @@ from aiortc.rtp import RtpPacket
 
 from server.consumer import Consumer, LayerPolicy, LayerSelection
 from server.linkestimate import LinkEstimate, LossReport, Remb
-from server.producer import NOMINAL_LAYER_BPS, Producer
+from server.producer import NOMINAL_LAYER_BPS, REMB_HEADROOM, Producer
 from server.rtphooks import ReceiverTap
 from server.simulcast import SimulcastAnswer
 
@@ -213,21 +213,32 @@ class _Budgeted:
         self.feed: Any = RecordingFeed()
 
 
+def _asked(*spatials: int) -> int:
+    """What the producer asks for these simulcast layers: each at its measured rate with
+    headroom, and never below its nominal rate."""
+    return int(sum(max(total(s, 2) * REMB_HEADROOM, NOMINAL_LAYER_BPS[s]) for s in spatials))
+
+
 def test_the_publisher_is_asked_for_what_the_best_placed_subscriber_needs(producer: Producer) -> None:
     producer.consumers = {_Budgeted(producer, 250_000, 0), _Budgeted(producer, 3_000_000, 1)}  # type: ignore[assignment]
     # Simulcast: layers l and m in full (h nobody wants: the browser drops it), with room.
-    assert producer.downstream_limit() == int((total(0, 2) + total(1, 2)) * 1.15)
+    assert producer.downstream_limit() == _asked(0, 1)
     producer.consumers.add(_Budgeted(producer, 3_000_000, 2))  # type: ignore[arg-type]
-    assert producer.downstream_limit() == int((total(0, 2) + total(1, 2) + total(2, 2)) * 1.15)
+    assert producer.downstream_limit() == _asked(0, 1, 2)
     # The top layer paused (for want of bitrate) and wanted again: room at its nominal rate.
     for t in range(3):
         producer.layers.bps.pop((2, t))
-    assert producer.downstream_limit() == int((total(0, 2) + total(1, 2) + NOMINAL_LAYER_BPS[2]) * 1.15)
+    assert producer.downstream_limit() == _asked(0, 1) + NOMINAL_LAYER_BPS[2]
+    # An encoder that undershoots (a still picture) is not asked for less and less: a
+    # layer measuring a third of its nominal rate is still asked for all of it.
+    producer.layers.bps.update({(2, 0): 200_000.0, (2, 1): 100_000.0, (2, 2): 100_000.0})
+    assert producer.layers.rate(2, 2) * REMB_HEADROOM < NOMINAL_LAYER_BPS[2]
+    assert producer.downstream_limit() == _asked(0, 1) + NOMINAL_LAYER_BPS[2]
     producer.layers.bps = {k: float(v) for k, v in RATES.items()}
     # One layer (temporal layers at most): the largest budget, not the smallest.
     # A subscriber without an estimate still only needs the layers its tile wants.
     producer.consumers = {_Budgeted(producer, None, 0)}  # type: ignore[assignment]
-    assert producer.downstream_limit() == int(total(0, 2) * 1.15)
+    assert producer.downstream_limit() == _asked(0)
     producer.consumers = {_Budgeted(producer, 250_000, 0), _Budgeted(producer, 3_000_000, 1)}  # type: ignore[assignment]
     producer.tap.simulcast = None
     assert producer.downstream_limit() == 3_000_000
