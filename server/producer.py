@@ -135,15 +135,21 @@ class Producer:
         if self.tap.simulcast is not None:
             top = max(s.wanted_spatial for s in selections)
             temporal = self.layers.temporal_layers - 1
-            # Each layer up to it: what it measures with room to grow, and never less than
-            # its nominal rate. Asking only for what arrives spirals down with an encoder
-            # that undershoots its target (a still picture): each REMB lowers the target,
-            # the next measurement is lower again (a kiosk's top layer sat at half its rate).
-            return int(sum(
-                max(self.layers.rate(spatial, temporal) * REMB_HEADROOM, NOMINAL_LAYER_BPS[spatial])
-                for spatial in self.tap.simulcast.spatial_layers
-                if spatial <= top
-            ))
+            # The layers up to it as they measure, with room to grow; one not arriving costs
+            # nothing (a picture too small for the publisher to send it), unless it is the
+            # top one wanted (paused for want of bitrate): room at its nominal rate. The
+            # publisher's highest layer, when wanted, is never asked below its nominal rate:
+            # asking it only for what arrives spirals down with an encoder that undershoots
+            # its target (a still picture: each REMB lowers the target, the next measurement
+            # is lower again; a kiosk's top layer sat at half its rate). A layer below the
+            # publisher's highest gets no such floor: the room would turn the higher one on.
+            answered = self.tap.simulcast.spatial_layers
+            total = sum(self.layers.rate(spatial, temporal) * REMB_HEADROOM for spatial in answered if spatial <= top)
+            if top in answered and (top == max(answered) or not self.layers.rate(top, temporal)):
+                total = total - self.layers.rate(top, temporal) * REMB_HEADROOM + max(
+                    self.layers.rate(top, temporal) * REMB_HEADROOM, NOMINAL_LAYER_BPS[top]
+                )
+            return int(total)
         budgets = [s.budget_bps for s in selections]
         if any(b is None for b in budgets):
             return None

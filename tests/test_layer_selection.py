@@ -214,9 +214,13 @@ class _Budgeted:
 
 
 def _asked(*spatials: int) -> int:
-    """What the producer asks for these simulcast layers: each at its measured rate with
-    headroom, and never below its nominal rate."""
-    return int(sum(max(total(s, 2) * REMB_HEADROOM, NOMINAL_LAYER_BPS[s]) for s in spatials))
+    """What the producer asks for these simulcast layers (the publisher sends l, m and h):
+    each at its measured rate with headroom, the publisher's top layer (h) never below its
+    nominal rate."""
+    return int(sum(
+        max(total(s, 2) * REMB_HEADROOM, NOMINAL_LAYER_BPS[s]) if s == 2 else total(s, 2) * REMB_HEADROOM
+        for s in spatials
+    ))
 
 
 def test_the_publisher_is_asked_for_what_the_best_placed_subscriber_needs(producer: Producer) -> None:
@@ -228,12 +232,20 @@ def test_the_publisher_is_asked_for_what_the_best_placed_subscriber_needs(produc
     # The top layer paused (for want of bitrate) and wanted again: room at its nominal rate.
     for t in range(3):
         producer.layers.bps.pop((2, t))
-    assert producer.downstream_limit() == _asked(0, 1) + NOMINAL_LAYER_BPS[2]
+    assert producer.downstream_limit() == int((total(0, 2) + total(1, 2)) * REMB_HEADROOM) + NOMINAL_LAYER_BPS[2]
     # An encoder that undershoots (a still picture) is not asked for less and less: a
     # layer measuring a third of its nominal rate is still asked for all of it.
     producer.layers.bps.update({(2, 0): 200_000.0, (2, 1): 100_000.0, (2, 2): 100_000.0})
     assert producer.layers.rate(2, 2) * REMB_HEADROOM < NOMINAL_LAYER_BPS[2]
-    assert producer.downstream_limit() == _asked(0, 1) + NOMINAL_LAYER_BPS[2]
+    assert producer.downstream_limit() == int((total(0, 2) + total(1, 2)) * REMB_HEADROOM) + NOMINAL_LAYER_BPS[2]
+    # A lower layer the publisher does not send (its picture too small) costs nothing:
+    # no room is made that would let it turn a layer nobody wants back on.
+    # Nor does a layer below the publisher's top get a nominal floor: measured m is below
+    # its nominal here, and the room would let the publisher turn h back on.
+    producer.layers.bps = {k: float(v) for k, v in RATES.items() if k[0] != 0}
+    producer.consumers = {_Budgeted(producer, 3_000_000, 1)}  # type: ignore[assignment]
+    assert total(1, 2) * REMB_HEADROOM < NOMINAL_LAYER_BPS[1]
+    assert producer.downstream_limit() == int(total(1, 2) * REMB_HEADROOM)
     producer.layers.bps = {k: float(v) for k, v in RATES.items()}
     # One layer (temporal layers at most): the largest budget, not the smallest.
     # A subscriber without an estimate still only needs the layers its tile wants.
