@@ -107,7 +107,12 @@ class WsClient:
     async def closed(self, timeout: float = 5.0) -> int | None:
         while True:
             msg = await self.ws.receive(timeout=timeout)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            if msg.type == aiohttp.WSMsgType.CLOSE:
+                # The code the server's close frame carries. ws.close_code can turn into
+                # 1006 afterwards when the client's own close reply finds the server gone
+                # (a server that waited close_timeout_s for a busy test client to answer).
+                return int(msg.data)
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                 return self.ws.close_code
             if msg.type == aiohttp.WSMsgType.TEXT:
                 self.received.append(json.loads(msg.data))
