@@ -96,9 +96,12 @@ async def test_kill_9_of_the_rooms_node_loses_no_stay_and_counts_nobody_twice(
         await a.join(n1.url)  # places the room on n1
         await b.join(n2.url)  # relayed to n1
         await c.join(n1.url)
-        before = await _until(
-            lambda: _log(redis_server.url, prefix), 10, "three stays"
-        )
+        async def three_stays() -> dict[str, Any] | None:
+            log = await _log(redis_server.url, prefix)
+            return log if log is not None and len(log.get("members", {})) == len(SENIORS) else None
+
+        # The log exists from the first join on; the third stay is written a moment later.
+        before = await _until(three_stays, 10, "three stays")
         assert sorted(before["members"]) == list(SENIORS)
         started = {m: e["iv"][0][0] for m, e in before["members"].items()}
 
