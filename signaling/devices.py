@@ -291,7 +291,7 @@ class DeviceHub:
             if link.contact.id == contact_id and not conn.closing:
                 conn.closing = True
                 conn.send(error("invite_invalid", "This link no longer works. Ask for a new one."))
-                asyncio.ensure_future(conn.close(CloseCode.AUTH_FAILED, "invite_invalid"))
+                conn.close_soon(CloseCode.AUTH_FAILED, "invite_invalid")
 
     async def contact_hello(self, conn: Connection, data: dict[str, Any], ref: str | None) -> None:
         secret = named_secret(self.settings, "invite")

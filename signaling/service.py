@@ -63,6 +63,9 @@ class SignalingService:
         self.cluster = Cluster(self, settings, store)
         self.revocations = Revocations(store, settings.max_token_ttl_s)
         self._revocation_subscription: Subscription | None = None
+        # Sessions being ended because their access was revoked: kept, so close() waits for
+        # them and a failure is logged rather than lost.
+        self._revoking: set[asyncio.Task[None]] = set()
         self.attendance = Attendance(settings, store)
         self.metrics: Metrics | None = None
         # Told when a WebSocket's hello is accepted (server/connections.py stops counting
@@ -984,8 +987,15 @@ class SignalingService:
             return
         for session in list(self.sessions.values()):
             if session.participant_id == participant_id and session.grant.issued_at < before:
-                asyncio.ensure_future(self._end(session, "revoked", close_code=CloseCode.REVOKED))
+                task = asyncio.ensure_future(self._end(session, "revoked", close_code=CloseCode.REVOKED))
+                self._revoking.add(task)
+                task.add_done_callback(self._revoked_ended)
         self.devices.access_revoked(participant_id)
+
+    def _revoked_ended(self, task: asyncio.Task[None]) -> None:
+        self._revoking.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("ending a revoked session failed", exc_info=task.exception())
 
     async def end_room(self, room: str, by: str | None = None) -> None:
         """Ends the room for everyone (a host's `end`, or the activity was removed)."""
@@ -1023,6 +1033,8 @@ class SignalingService:
             await self._end(session, "moved", close_code=SERVICE_RESTART)
 
     async def close(self) -> None:
+        if self._revoking:
+            await asyncio.gather(*self._revoking, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
