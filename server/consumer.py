@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, fields
 
 from aiortc.rtp import RtpPacket
@@ -31,6 +31,12 @@ VIDEO_CLOCK_RATE = 90_000
 MAX_TEMPORAL_LAYER = 2
 # The longest an upward probe waits after probes that met congestion.
 MAX_HOLD_S = 60.0
+# Packets of the layer switched to kept while its keyframe's first packet has not come: on a
+# link that reorders, the keyframe's later packets may arrive first, and without them the
+# subscriber could never complete it. A keyframe of a 2 Mbit/s layer is about 40 packets.
+SWITCH_HOLD_PACKETS = 64
+# Frames whose forward-or-drop decision is remembered for their late (reordered) packets.
+FRAMES_REMEMBERED = 16
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,12 @@ class LayerSelection:
     def rate(self, spatial: int, temporal: int) -> float:
         return self.producer.layers.rate(spatial, temporal)
 
-    def choose(self, budget_bps: float | None, now: float, congested: bool = False) -> float:
+    def choose(self, budget_bps: float | None, now: float, congested: bool = False, holding: bool = False) -> float:
         """Picks the target layers; returns their bitrate.
 
-        `budget_bps` is this consumer's share of the link estimate (None: unlimited) and
-        `congested` says whether the link shows congestion now (loss, or a falling REMB).
+        `budget_bps` is this consumer's share of the link estimate (None: unlimited),
+        `congested` says whether the link shows congestion now (heavy loss, or a falling
+        REMB) and `holding` whether it shows some loss (no probing up, nothing moves down).
         A REMB only grows with what is received, so below the next layer's bitrate it does
         not forbid that layer: without congestion the consumer probes one step up after the
         hold time; congestion soon after a probe doubles the hold (up to MAX_HOLD_S).
@@ -139,7 +146,7 @@ class LayerSelection:
             if now - self._last_up < self._hold:
                 self._hold = min(self._hold * 2, MAX_HOLD_S)
             self._move(fit, now)
-        elif not congested and current < candidates[-1] and now - self._last_move >= self._hold:
+        elif not congested and not holding and current < candidates[-1] and now - self._last_move >= self._hold:
             # Temporal layers first (cheap), then the next spatial layer at full frame rate.
             if current[1] < top_temporal:
                 step = (current[0], top_temporal)
@@ -151,7 +158,7 @@ class LayerSelection:
             self._hold = self.policy.layer_up_hold_s
         # What the publisher should send for this subscriber: the layer forwarded, and the
         # next one up while the link leaves room to probe for it.
-        self.wanted_spatial = min(tile_most, self.target_spatial + (0 if congested else 1))
+        self.wanted_spatial = min(tile_most, self.target_spatial + (0 if congested or holding else 1))
         return self.rate(self.target_spatial, self.target_temporal)
 
     def _move(self, layer: tuple[int, int], now: float) -> None:
@@ -204,9 +211,11 @@ class Consumer:
         self._rewriter: Vp8Rewriter | None = None
         self.current_spatial: int | None = None
         self.current_temporal = 0
-        self._frame_ts: int | None = None
-        self._frame_forwarded = True
+        # Forward (True) or drop, per frame (RTP timestamp), decided at its first packet.
+        self._frames: OrderedDict[int, bool] = OrderedDict()
         self._switch_started = 0.0
+        self._held: deque[tuple[RtpPacket, PacketStamp]] = deque(maxlen=SWITCH_HOLD_PACKETS)
+        self._replay: list[tuple[RtpPacket, PacketStamp]] = []
         # The subscriber's own keyframe requests: when the last went upstream, and recent ones.
         self._last_subscriber_keyframe = -1e9
         # The producer's keyframe count when the subscriber's last request went upstream,
@@ -286,12 +295,18 @@ class Consumer:
         try:
             self._send_now(payload_type, packet.marker, sequence_number, timestamp, payload, stamp)  # type: ignore[arg-type]
         except ConnectionError:
+            self._replay = []
             return
         self.packets += 1
         self.bytes += len(payload)
         self._last_seq = sequence_number
         self._last_ts = timestamp
         self._last_sent_at = stamp.monotonic
+        if self._replay:
+            # A switch's keyframe began with this packet: its parts that came early follow.
+            replay, self._replay = self._replay, []
+            for held_packet, held_stamp in replay:
+                self.forward(held_packet, held_stamp)
 
     def _negotiated_payload_type(self) -> int | None:
         """The subscriber's payload type for the producer's codec; None while closed or not yet known."""
@@ -357,9 +372,17 @@ class Consumer:
                     self.layer_switches += 1
                 self.current_spatial = spatial
                 self.current_temporal = selection.target_temporal
-                self._frame_ts = None
+                self._frames.clear()
                 self._switch_started = 0.0
+                self._replay = sorted(
+                    (held for held in self._held
+                     if held[0].timestamp == packet.timestamp and held[1].spatial == spatial
+                     and 0 < (held[0].sequence_number - packet.sequence_number) & 0xFFFF < 0x8000),
+                    key=lambda held: (held[0].sequence_number - packet.sequence_number) & 0xFFFF,
+                )
+                self._held.clear()
             elif spatial == target:
+                self._held.append((packet, stamp))
                 if not self._switch_started:
                     self._switch_started = stamp.monotonic
                 elif (
@@ -369,13 +392,15 @@ class Consumer:
                     # The target's keyframe never came: stay where we are.
                     selection.target_spatial = self.current_spatial
                     self._switch_started = 0.0
+                    self._held.clear()
                 self.producer.request_keyframe(target)
         if spatial != self.current_spatial or rewriter is None:
             return None
-        if packet.timestamp != self._frame_ts:
-            # A new frame: decide once for all its packets. Down at once; up only where the
-            # frame depends on nothing above the base layer (layer sync) or at a keyframe.
-            self._frame_ts = packet.timestamp
+        forwarded = self._frames.get(packet.timestamp)
+        if forwarded is None:
+            # A new frame: decide once for all its packets, however they are ordered. Down
+            # at once; up only where the frame depends on nothing above the base layer
+            # (layer sync) or at a keyframe.
             tid = descriptor.tid or 0
             target_temporal = selection.target_temporal
             if target_temporal < self.current_temporal:
@@ -384,10 +409,12 @@ class Consumer:
                 self.current_temporal = target_temporal
             elif self.current_temporal < tid <= target_temporal and descriptor.layer_sync:
                 self.current_temporal = tid
-            self._frame_forwarded = tid <= self.current_temporal
-            if not self._frame_forwarded:
+            forwarded = self._frames[packet.timestamp] = tid <= self.current_temporal
+            if len(self._frames) > FRAMES_REMEMBERED:
+                self._frames.popitem(last=False)
+            if not forwarded:
                 rewriter.drop_frame(descriptor)
-        if not self._frame_forwarded:
+        if not forwarded:
             rewriter.drop(packet.sequence_number)
             return None
         rewritten = rewriter.rewrite(packet.sequence_number, packet.timestamp, packet.payload, descriptor)
@@ -404,6 +431,7 @@ class Consumer:
             self._waiting_for_keyframe = True
             # Layered: the next keyframe of the target layer continues the stream.
             self.current_spatial = None
+            self._held.clear()
 
     def close(self) -> None:
         if self.closed:

@@ -4,7 +4,10 @@ Two signals, as in Google Congestion Control: the delay-based estimate the subsc
 as REMB, and the loss in its receiver reports. REMB alone misses a link whose queue is
 already full (aiortc's delay-only estimator then climbs above the real cap), so loss caps
 it: above 10 % loss the estimate falls to what got through, below 2 % the cap grows 8 % per
-update until REMB alone decides again. Pure arithmetic, fed by the transport.
+update until REMB alone decides again. Between the two, as in GCC's loss-based controller,
+the estimate holds: nothing moves down, nothing probes up. A link that only reorders shows
+a few per cent "lost" in single reports (packets late for one report, counted in the next),
+so 2-10 % must not be read as congestion. Pure arithmetic, fed by the transport.
 """
 
 from __future__ import annotations
@@ -43,12 +46,18 @@ class LinkEstimate:
         self._last_loss_at = 0.0
         self._last_remb: float | None = None
         self._congested_at = -CONGESTION_MEMORY_S
+        self._lossy_at = -CONGESTION_MEMORY_S
         self._now = 0.0
 
     @property
     def congested(self) -> bool:
-        """Loss above 2 %, or a REMB that fell, within the last few seconds."""
+        """Loss above 10 %, or a REMB that fell, within the last few seconds: move down."""
         return self._now - self._congested_at < CONGESTION_MEMORY_S
+
+    @property
+    def holding(self) -> bool:
+        """Loss above 2 % within the last few seconds: no probing up."""
+        return self._now - self._lossy_at < CONGESTION_MEMORY_S
 
     def update(self, rembs: list[Remb], losses: list[LossReport], sent_bps: float, now: float) -> float | None:
         """The link's estimate now (None: the subscriber reports nothing to go by)."""
@@ -72,6 +81,8 @@ class LinkEstimate:
             self._last_loss_at = newest
             self.loss = max(r.fraction_lost for r in fresh)
             if self.loss > LOSS_LOW:
+                self._lossy_at = now
+            if self.loss > LOSS_HIGH:
                 self._congested_at = now
             if self.loss > LOSS_HIGH and sent_bps > 0:
                 self._loss_cap = sent_bps * (1 - 0.5 * self.loss)

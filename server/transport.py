@@ -354,7 +354,7 @@ class WebRtcTransport:
         remaining = budget - sum(base.values())
         for consumer in sorted(video, key=area, reverse=True):
             got = consumer.selection.choose(  # type: ignore[union-attr]
-                max(0.0, remaining) + base[consumer], now, self.estimate.congested
+                max(0.0, remaining) + base[consumer], now, self.estimate.congested, self.estimate.holding
             )
             remaining -= got - base[consumer]
 

@@ -42,6 +42,7 @@ class FixedEstimate:
     """A subscriber link estimate held at one figure, congested: what a weak link reports."""
 
     congested = True
+    holding = True
 
     def __init__(self, bps: float) -> None:
         self.bps = bps

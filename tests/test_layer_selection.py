@@ -129,6 +129,28 @@ def test_the_estimate_counts_each_remb_once_and_loss_caps_it() -> None:
     estimate.update([Remb(500_000, both, 21.0)], [], 500_000, 21.5)
     assert estimate.congested
     assert LinkEstimate().update([], [], 0, 1.0) is None
+    # 2-10 % loss (what a link that only reorders shows in single reports): hold, no more.
+    reordering = LinkEstimate()
+    assert reordering.update([Remb(800_000, both, 30.0)], [LossReport(0.04, 30.0)], 700_000, 30.5) == 800_000
+    assert reordering.holding and not reordering.congested
+    reordering.update([Remb(800_000, both, 34.0)], [LossReport(0.0, 34.0)], 700_000, 34.5)
+    assert not reordering.holding
+
+
+def test_some_loss_holds_the_layer_where_it_is(producer: Producer) -> None:
+    selection = LayerSelection(producer, LayerPolicy(layer_up_hold_s=4.0))
+    t = 1000.0
+    selection.choose(None, t)
+    selection.choose(total(1, 2), t + 1, congested=True)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    # A budget below the layer with some loss: it stays (a REMB below a layer's rate does
+    # not forbid it), and it does not probe up however long the loss lasts.
+    for dt in (2, 6, 11, 20):
+        selection.choose(total(1, 0), t + dt, holding=True)
+        assert (selection.target_spatial, selection.target_temporal) == (1, 2), dt
+        assert selection.wanted_spatial == 1, "no room asked for the next layer while holding"
+    selection.choose(total(1, 0), t + 25)
+    assert selection.target_spatial == 2
 
 
 KEYFRAME = RtpPacket(payload_type=97, sequence_number=1, timestamp=0, ssrc=5, payload=b"\x10\x00\x00\x00" + bytes(40))
@@ -287,4 +309,60 @@ async def test_a_subscriber_that_keeps_losing_keyframes_moves_a_layer_down_inste
     assert consumer.selection.target_spatial == 1 and consumer.selection.wanted_spatial <= 1
     consumer.selection.choose(None, time.monotonic() + 21)
     assert consumer.selection.cap_spatial is None
+    consumer.close()
+
+
+class _Vp8Feed(RecordingFeed):
+    def payload_type_for(self, mime_type: str) -> int | None:
+        return 100 if mime_type.lower() == "video/vp8" else None
+
+
+def _vp8(seq: int, timestamp: int, picture_id: int, start: bool, keyframe: bool = False, tid: int = 0) -> RtpPacket:
+    """A layered VP8 packet: PictureID (15 bits), TL0PICIDX, TID with the sync flag."""
+    descriptor = bytes((0x90 if start else 0x80, 0xE0, 0x80 | picture_id >> 8, picture_id & 0xFF, 0, tid << 6 | 0x20))
+    body = (b"\x00\x00\x00\x9d\x01\x2a\x80\x02\xe0\x01" if keyframe else b"\x01\x00\x00") + bytes(30)
+    return RtpPacket(payload_type=97, sequence_number=seq, timestamp=timestamp, ssrc=5, payload=descriptor + body)
+
+
+async def test_a_switch_keyframe_whose_first_packet_came_late_still_goes_out_whole(producer: Producer) -> None:
+    async def pli(layer: int | None = None) -> None:
+        pass
+
+    producer.tap.request_keyframe = pli  # type: ignore[method-assign]
+    feed = _Vp8Feed()
+    consumer = Consumer(producer, feed, mid="1")  # type: ignore[arg-type]
+    # A reordering link: the keyframe's second and third packets overtake its first, and a
+    # delta frame's packets arrive interleaved with the keyframe's last.
+    keyframe = [_vp8(100, 9000, 7, start=True, keyframe=True), _vp8(101, 9000, 7, False), _vp8(102, 9000, 7, False),
+                _vp8(103, 9000, 7, False)]
+    delta = [_vp8(104, 12000, 8, start=True, tid=2), _vp8(105, 12000, 8, False, tid=2)]
+    for packet in (keyframe[1], keyframe[2], keyframe[0], delta[0], keyframe[3], delta[1]):
+        await producer._on_rtp(packet, 2)
+    assert consumer.current_spatial == 2
+    timestamps = [ts for _, _, ts in feed.sent]
+    sequence = [seq for _, seq, _ in feed.sent]
+    assert len(feed.sent) == 6, feed.sent
+    # The keyframe's first three in order, then as they came; nothing lost, nothing renumbered twice.
+    assert timestamps[:3] == [timestamps[0]] * 3 and sequence[:3] == [sequence[0] + i for i in range(3)]
+    assert sorted(sequence) == [sequence[0] + i for i in range(6)]
+    assert timestamps[3] == timestamps[5] != timestamps[0] and timestamps[4] == timestamps[0]
+    consumer.close()
+
+
+async def test_a_frame_keeps_its_decision_for_its_late_packets(producer: Producer) -> None:
+    async def pli(layer: int | None = None) -> None:
+        pass
+
+    producer.tap.request_keyframe = pli  # type: ignore[method-assign]
+    feed = _Vp8Feed()
+    consumer = Consumer(producer, feed, mid="1")  # type: ignore[arg-type]
+    assert consumer.selection is not None
+    await producer._on_rtp(_vp8(100, 0, 1, start=True, keyframe=True), 2)
+    await producer._on_rtp(_vp8(101, 3000, 2, True, tid=2), 2)  # frame 2 (TID 2): forwarded
+    consumer.selection.target_temporal = 0  # the link got worse: base layer only from now on
+    # Frame 3 (TID 2) is dropped; frame 2's late second packet must still go, or the
+    # subscriber holds a frame it can never complete.
+    for packet in (_vp8(103, 6000, 3, True, tid=2), _vp8(102, 3000, 2, False, tid=2), _vp8(104, 6000, 3, False, tid=2)):
+        await producer._on_rtp(packet, 2)
+    assert [ts - feed.sent[0][2] for _, _, ts in feed.sent] == [0, 3000, 3000], feed.sent
     consumer.close()
