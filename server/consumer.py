@@ -75,6 +75,10 @@ class LayerSelection:
         # The highest spatial layer the publisher should send for this subscriber (the REMB).
         self.wanted_spatial = 2
         self.budget_bps: float | None = None
+        # The bitrate of the next spatial layer up while the link is probed for it (0: no
+        # probe), and whether the probe showed the link carries it.
+        self.probe_bps = 0.0
+        self.probe_passed = False
         self.tile: tuple[int, int] | None = None
         self.cap_spatial: int | None = None
         self._cap_until = 0.0
@@ -109,9 +113,10 @@ class LayerSelection:
         `budget_bps` is this consumer's share of the link estimate (None: unlimited),
         `congested` says whether the link shows congestion now (heavy loss, or a falling
         REMB) and `holding` whether it shows some loss (no probing up, nothing moves down).
-        A REMB only grows with what is received, so below the next layer's bitrate it does
-        not forbid that layer: without congestion the consumer probes one step up after the
-        hold time; congestion soon after a probe doubles the hold (up to MAX_HOLD_S).
+        Without congestion or loss the consumer climbs one step after the hold time: a
+        temporal step at once (it costs little), a spatial step once the estimate shows room
+        for it, which the transport's padding (`probe_bps`) makes it show if the link has it.
+        Congestion soon after a step, or during a probe, doubles the hold (up to MAX_HOLD_S).
         """
         self.budget_bps = budget_bps
         rates = self.producer.layers
@@ -137,7 +142,15 @@ class LayerSelection:
             if budget_bps is None or self.rate(*candidate) <= budget_bps:
                 fit = candidate
         current = (self.target_spatial, self.target_temporal)
+        if (congested or holding) and self.probe_bps:
+            # The probe met loss or a falling estimate: give it up, and wait longer for the next.
+            self.probe_bps = 0.0
+            self.probe_passed = False
+            self._hold = min(self._hold * 2, MAX_HOLD_S)
+            self._last_move = now
         if not self.chosen:
+            # The top, unless the link is congested: a REMB below it does not forbid it (see
+            # above), most links carry it, and a weak one shows congestion within a second.
             self._move(fit if congested else candidates[-1], now)
         elif current > candidates[-1] or current not in candidates:
             # The tile shrank, a cap came, or the layer went away: at once.
@@ -152,8 +165,17 @@ class LayerSelection:
                 step = (current[0], top_temporal)
             else:
                 step = next(c for c in reversed(candidates) if c[0] == min(s for s, _ in candidates if s > current[0]))
-            self._move(step, now)
-            self._last_up = now
+            if step[0] == current[0] or budget_bps is None or self.rate(*step) <= budget_bps or self.probe_passed:
+                self._move(step, now)
+                self._last_up = now
+                self.probe_bps = 0.0
+                self.probe_passed = False
+            else:
+                # A spatial layer the estimate has not shown room for (a REMB stays within
+                # about 1.5 times what is received, grows a few per cent a second, and the
+                # next layer may be ten times the current): the transport pads the link up
+                # to it first (`probe_bps`), and the move comes once that went without loss.
+                self.probe_bps = self.rate(*step)
         elif now - self._last_move >= 2 * self._hold:
             self._hold = self.policy.layer_up_hold_s
         # What the publisher should send for this subscriber: the layer forwarded, and the
@@ -372,6 +394,10 @@ class Consumer:
                     self.layer_switches += 1
                 self.current_spatial = spatial
                 self.current_temporal = selection.target_temporal
+                # Keyframe failures are counted per layer: what the subscriber could not
+                # complete on the last one says little about this one, and its counts differ.
+                self._keyframe_failures.clear()
+                self._keyframes_at_request = self._failure_counted_at = self.producer.keyframes_seen.get(spatial, 0)
                 self._frames.clear()
                 self._switch_started = 0.0
                 self._replay = sorted(

@@ -554,6 +554,9 @@ class SenderFeed:
         self._wire = DirectWire()
         self._wire_send = self._wire.send  # bound once: send_now runs per packet and subscriber
         self.retransmits = 0
+        # Bandwidth probes: RTX copies of packets already sent (see `send_probe`).
+        self.probe_packets = 0
+        self.last_sequence_number: int | None = None
         self._configured = asyncio.Event()
         self._stopped = False
         # The subscriber's latest REMB (how much it can receive), the SSRCs it covers and
@@ -690,6 +693,7 @@ class SenderFeed:
         # new copy was written into memory last touched 512 packets ago. The joined packet
         # now lives only until the socket has it.
         self._history[sequence_number % SEND_HISTORY_SIZE] = (header, payload)
+        self.last_sequence_number = sequence_number
         s = self.sender
         # The private attribute behind RTCRtpSender.transport (a property call per copy);
         # read per copy, not cached, because aiortc swaps it when bundling transports.
@@ -716,12 +720,42 @@ class SenderFeed:
             else:
                 self._prefix, self._pad = prefix, b"\x00" * pad
 
-    async def _retransmit(self, sequence_number: int) -> None:
+    async def send_probe(self, budget_bytes: int) -> int:
+        """Padding that probes the subscriber's link: RTX copies of the latest packets sent,
+        newest first, up to `budget_bytes`; returns the bytes sent.
+
+        A receiver's REMB never exceeds about 1.5 times what it receives, so a layer ten
+        times the current one can only be reached by receiving more first. Copies of packets
+        it already has are what libwebrtc pads with: its estimator counts them, its jitter
+        buffer drops them as duplicates, and they are few large packets rather than many
+        small padding-only ones. Without RTX (copies would enter the media stream) nothing
+        is sent.
+        """
+        last = self.last_sequence_number
+        if self._rtx_payload_type is None or last is None:
+            return 0
+        sent = 0
+        for back in range(SEND_HISTORY_SIZE):
+            if sent >= budget_bytes:
+                break
+            sequence_number = (last - back) & 0xFFFF
+            size = await self._retransmit(sequence_number, probe=True)
+            if size is None:
+                break
+            sent += size
+        return sent
+
+    async def _retransmit(self, sequence_number: int, probe: bool = False) -> int | None:
+        """Sends a kept packet again (as RTX when negotiated); returns its size, None if not kept."""
         kept = self._history.get(sequence_number % SEND_HISTORY_SIZE)
         if kept is None or int.from_bytes(kept[0][2:4], "big") != sequence_number:
-            return
+            return None
         data = kept[0] + kept[1]
         packet = RtpPacket.parse(data, self._extensions_map)
+        if packet.extensions.abs_send_time is not None:
+            # When it really goes out: an old send time would read as queueing delay to the
+            # subscriber's estimator.
+            packet.extensions.abs_send_time = int.from_bytes(PacketStamp().abs_send_time, "big")
         if self._rtx_payload_type is not None:
             packet = wrap_rtx(
                 packet,
@@ -732,6 +766,10 @@ class SenderFeed:
             self._rtx_sequence_number = uint16_add(self._rtx_sequence_number, 1)
         try:
             await self.sender.transport._send_rtp(packet.serialize(self._extensions_map))
-            self.retransmits += 1
         except ConnectionError:
-            pass
+            return None
+        if probe:
+            self.probe_packets += 1
+        else:
+            self.retransmits += 1
+        return len(data)

@@ -27,7 +27,7 @@ from aiortc import (
 from aiortc.sdp import SessionDescription
 
 from .consumer import Consumer, LayerPolicy
-from .linkestimate import LinkEstimate, LossReport, Remb
+from .linkestimate import CONGESTION_MEMORY_S, LinkEstimate, LossReport, Remb
 from .metrics import MediaTotals
 from .producer import Producer
 from .rtphooks import ReceiverTap, SenderFeed
@@ -149,6 +149,14 @@ class ConsumerSlot:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Bandwidth probing towards a consumer's next spatial layer: padding starts at this share
+# of what the link carries now and doubles every allocation interval without loss, until
+# it adds what the layer step needs. A weak link shows loss at the first small step; a good
+# one reaches a layer ten times the current in about four intervals.
+PROBE_START = 0.5
+PROBE_TICK_S = 0.02
+
+
 def _lowest(consumer: Consumer) -> tuple[int, int]:
     layers = consumer.producer.layers.available(time.monotonic())
     return (layers[0] if layers else 0, 0)
@@ -173,6 +181,11 @@ class WebRtcTransport:
         self.video_budget_bps: float | None = None
         self._allocation_interval = allocation_interval_s
         self._allocator: asyncio.Task[None] | None = None
+        # Probe padding being sent (bit/s) and the consumer whose RTX history supplies it.
+        self.padding_bps = 0.0
+        self._probe_consumer: Consumer | None = None
+        self._probe_grace_until = 0.0
+        self._prober: asyncio.Task[None] | None = None
         self._sent_bytes = 0
         self._audio_bytes = 0
         self._sent_at = time.monotonic()
@@ -352,11 +365,64 @@ class WebRtcTransport:
 
         base = {c: c.selection.rate(*_lowest(c)) for c in video}  # type: ignore[union-attr]
         remaining = budget - sum(base.values())
+        congested, holding = self.estimate.congested, self.estimate.holding
+        if congested and (self.padding_bps or (now < self._probe_grace_until and not self.estimate.congested_now)):
+            # Congestion while probing is the padding's doing: the probe fails (the padding
+            # stops) and the layers stay. Only fresh congestion after that moves them down.
+            if self.padding_bps:
+                self._probe_grace_until = now + CONGESTION_MEMORY_S
+            congested, holding = False, True
         for consumer in sorted(video, key=area, reverse=True):
             got = consumer.selection.choose(  # type: ignore[union-attr]
-                max(0.0, remaining) + base[consumer], now, self.estimate.congested, self.estimate.holding
+                max(0.0, remaining) + base[consumer], now, congested, holding
             )
             remaining -= got - base[consumer]
+        self._plan_probe(video, sent_bps)
+
+    def _plan_probe(self, video: list[Consumer], sent_bps: float) -> None:
+        """Ramps the probe padding for the consumer that waits for the largest layer step."""
+        probing = [c for c in video if c.selection.probe_bps]  # type: ignore[union-attr]
+        if not probing or self.estimate.congested or self.estimate.holding:
+            self.padding_bps = 0.0
+            self._probe_consumer = None
+            return
+
+        def extra(consumer: Consumer) -> float:
+            selection = consumer.selection
+            return selection.probe_bps - selection.rate(selection.target_spatial, selection.target_temporal)  # type: ignore[union-attr]
+
+        consumer = max(probing, key=extra)
+        needed = extra(consumer)
+        if consumer is not self._probe_consumer:
+            self._probe_consumer = consumer
+            self.padding_bps = min(needed, PROBE_START * max(sent_bps, 1.0))
+        elif self.padding_bps >= needed:
+            # The link carried the whole step for an interval without loss: take it.
+            consumer.selection.probe_passed = True  # type: ignore[union-attr]
+            self.padding_bps = 0.0
+            self._probe_consumer = None
+        else:
+            self.padding_bps = min(needed, 2 * self.padding_bps)
+        if self.padding_bps and self._prober is None:
+            self._prober = asyncio.ensure_future(self._pad())
+
+    async def _pad(self) -> None:
+        """Sends the probe padding, paced every PROBE_TICK_S."""
+        due = 0.0
+        while not self.closed:
+            await asyncio.sleep(PROBE_TICK_S)
+            consumer = self._probe_consumer
+            if consumer is None or not self.padding_bps:
+                due = 0.0
+                continue
+            due += self.padding_bps * PROBE_TICK_S / 8
+            try:
+                due -= await consumer.feed.send_probe(int(due))
+            except Exception:
+                logger.exception("probe padding for %s failed", self.participant_id)
+                self.padding_bps = 0.0
+            # What one packet overshot is owed; what could not be sent is not saved up.
+            due = min(due, self.padding_bps * PROBE_TICK_S / 8)
 
     def stop_consuming(self, producer_id: str) -> None:
         slot = self.consumer_slots.pop(producer_id, None)
@@ -506,9 +572,10 @@ class WebRtcTransport:
         self.consumer_slots.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._allocator is not None:
-            self._allocator.cancel()
-            await asyncio.gather(self._allocator, return_exceptions=True)
+        for task in (self._allocator, self._prober):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._answered and not self._settled.is_set():

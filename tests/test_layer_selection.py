@@ -78,11 +78,30 @@ def test_congestion_moves_down_at_once_and_probes_climb_after_the_hold(producer:
     selection.choose(total(1, 0) * 1.05, t + 3, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 0)
     assert selection.wanted_spatial == 2  # ...but the publisher is asked to keep the next layer
-    # ...then one probe: the temporal layers first, then the next spatial layer.
+    # ...then the temporal layers at once (cheap)...
     selection.choose(total(1, 0) * 1.05, t + 5.1, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    # ...and the next spatial layer only once the link has shown room for it: first a
+    # probe (the transport pads the link), then the move, when the estimate allows it...
     selection.choose(total(1, 2) * 1.05, t + 9.2, congested=False)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    assert selection.probe_bps == total(2, 2)
+    selection.choose(total(2, 2) * 1.05 + total(1, 2), t + 10.2, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (2, 2)
+    assert selection.probe_bps == 0
+
+
+def test_a_probe_the_link_carried_moves_up_whatever_the_estimate(producer: Producer) -> None:
+    selection = LayerSelection(producer, LayerPolicy(layer_up_hold_s=4.0))
+    t = 1000.0
+    selection.choose(total(0, 2), t, congested=True)
+    assert selection.target_spatial == 0  # a congested link from the start: what it carries
+    selection.choose(total(0, 2), t + 5)
+    assert selection.target_spatial == 0 and selection.probe_bps == total(1, 2)
+    selection.probe_passed = True  # the transport's padding went through without loss
+    selection.choose(total(0, 2), t + 6)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    assert not selection.probe_passed and selection.probe_bps == 0
 
 
 def test_a_probe_that_meets_congestion_doubles_the_hold(producer: Producer) -> None:
@@ -92,12 +111,21 @@ def test_a_probe_that_meets_congestion_doubles_the_hold(producer: Producer) -> N
     selection.choose(total(0, 2), t + 1, congested=True)
     assert selection.target_spatial == 0
     selection.choose(total(0, 2), t + 5.5, congested=False)  # probe up
-    assert selection.target_spatial == 1
-    selection.choose(total(0, 2), t + 6, congested=True)  # it did not fit
-    assert (selection.target_spatial, selection.target_temporal) == (0, 2)
-    selection.choose(total(0, 2), t + 10.5, congested=False)
-    assert selection.target_spatial == 0, "the hold is 8 s now, not 4"
+    assert selection.probe_bps == total(1, 2)
+    selection.choose(total(0, 2), t + 6, holding=True)  # the padding met loss
+    assert selection.probe_bps == 0 and (selection.target_spatial, selection.target_temporal) == (0, 2)
+    selection.choose(total(0, 2), t + 13.5, congested=False)
+    assert selection.probe_bps == 0, "the hold is 8 s now, not 4"
     selection.choose(total(0, 2), t + 14.5, congested=False)
+    assert selection.probe_bps == total(1, 2)
+    # A step taken (the estimate allowed it) that meets congestion soon after doubles it too.
+    selection.choose(total(1, 2) * 1.05, t + 15)
+    assert selection.target_spatial == 1
+    selection.choose(total(0, 2), t + 16, congested=True)
+    assert selection.target_spatial == 0
+    selection.choose(total(1, 2) * 1.05, t + 16 + 15)
+    assert selection.target_spatial == 0, "the hold is 16 s now"
+    selection.choose(total(1, 2) * 1.05, t + 16 + 16.5)
     assert selection.target_spatial == 1
 
 
@@ -150,7 +178,7 @@ def test_some_loss_holds_the_layer_where_it_is(producer: Producer) -> None:
         assert (selection.target_spatial, selection.target_temporal) == (1, 2), dt
         assert selection.wanted_spatial == 1, "no room asked for the next layer while holding"
     selection.choose(total(1, 0), t + 25)
-    assert selection.target_spatial == 2
+    assert selection.probe_bps == total(2, 2), "loss gone: the climb begins"
 
 
 KEYFRAME = RtpPacket(payload_type=97, sequence_number=1, timestamp=0, ssrc=5, payload=b"\x10\x00\x00\x00" + bytes(40))
