@@ -17,6 +17,8 @@ from .rtpseq import NackTracker, LearntDelay
 from .tasks import TaskOwner
 
 # The publisher leg's loss recovery: NACK again every 30 ms until 200 ms have passed.
+# Fixed, not settings (docs/operations.md): about one round trip on a home line plus the
+# publisher's answer; past 200 ms the frame has missed the receivers' playout anyway.
 NACK_RETRY_INTERVAL_S = 0.03
 NACK_DEADLINE_S = 0.2
 # Settings.nack_reorder_min_s / nack_reorder_max_s, applied process-wide by `configure`.

@@ -65,7 +65,9 @@ from .simulcast import REPAIRED_RID_URI, RID_URI, SPATIAL_INDEX, SimulcastAnswer
 from .tasks import TaskOwner
 
 AIORTC_VERSION = "1.16.0"
-# Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
+# Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video, room to
+# spare for a receiver's retries. Fixed, not a setting (docs/operations.md): more only
+# costs memory per subscriber.
 SEND_HISTORY_SIZE = 512
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
 _DTLS_CONNECTED = DtlsState.CONNECTED
