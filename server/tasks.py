@@ -33,8 +33,8 @@ task_failures: Counter[str] = Counter()
 class TaskOwner:
     """Keeps the tasks one object starts; `close()` cancels and awaits them.
 
-    Cheap when idle (one per signalling connection): the set exists only once a task has
-    been spawned.
+    Cheap when idle (there is one per signalling connection): the set of tasks exists only
+    while one runs.
     """
 
     __slots__ = ("name", "_tasks", "_closed")
@@ -68,6 +68,8 @@ class TaskOwner:
     def _done(self, task: asyncio.Task[Any]) -> None:
         if self._tasks is not None:
             self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None
         if task.cancelled():
             return
         exc = task.exception()
