@@ -20,6 +20,8 @@ from aiortc import (
 from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 
+from server.tasks import TaskOwner
+
 from .opus import offers_inband_fec
 from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
@@ -127,7 +129,8 @@ class CallClient:
         self.removed = asyncio.Event()
         self._mids: dict[str, dict[str, Any]] = {}
         self._offered_at: dict[str, float] = {}
-        self._consumers: set[asyncio.Task[None]] = set()
+        # The negotiation loop and one task per received track, ended by close().
+        self._tasks = TaskOwner("kiosk-call")
         self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._negotiator: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()
@@ -141,7 +144,7 @@ class CallClient:
         """Says hello and asks to join; `joined` (or `lobby`) follows as a message."""
         welcome = await self.signaling.connect()
         self.room = welcome["room"]
-        self._negotiator = asyncio.ensure_future(self._negotiate())
+        self._negotiator = self._tasks.spawn(self._negotiate(), name="kiosk-negotiate")
         await self.signaling.send({"type": "join", "room": self.room})
 
     def attach_media(self, video: MediaStreamTrack | None, audio: MediaStreamTrack | None) -> None:
@@ -261,9 +264,9 @@ class CallClient:
         if consumer is None:
             logger.warning("track on an unknown transceiver")
             return
-        task = asyncio.ensure_future(self._consume(track, consumer, self._offered_at.get(consumer["mid"], time.monotonic())))
-        self._consumers.add(task)
-        task.add_done_callback(self._consumers.discard)
+        self._tasks.spawn(
+            self._consume(track, consumer, self._offered_at.get(consumer["mid"], time.monotonic())), name="kiosk-consume"
+        )
 
     async def _consume(self, track: MediaStreamTrack, consumer: dict[str, Any], since: float) -> None:
         participant_id = consumer["participant_id"]
@@ -291,8 +294,7 @@ class CallClient:
             self._negotiator.cancel()
         self.publishing.close()
         await self.signaling.close()
-        for task in list(self._consumers):
-            task.cancel()
+        await self._tasks.close()
         if self.pc is not None:
             if self.pc.remoteDescription is not None and not self._settled.is_set():
                 # Closing mid-connect races aiortc's connect task (see server/transport.py).

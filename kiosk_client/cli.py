@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from server.tasks import TaskOwner
+
 from .call import RemoteMedia
 from .signaling import SignalingError
 from .speaker import silence_alsa_errors
@@ -267,10 +269,10 @@ async def _join(args: argparse.Namespace) -> int:
         on_frame=on_frame,
     )
     room.start()
-    waiting = [asyncio.ensure_future(joined.wait()), asyncio.ensure_future(ended.wait())]
+    waiters = TaskOwner("kiosk-join")
+    waiting = [waiters.spawn(joined.wait(), name="kiosk-joined"), waiters.spawn(ended.wait(), name="kiosk-ended")]
     await asyncio.wait(waiting, timeout=JOIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-    for task in waiting:
-        task.cancel()
+    await waiters.close()
     if not joined.is_set():
         if first_failure:
             reason = explain_join_error(first_failure[0], ", ".join(args.server))
@@ -280,9 +282,10 @@ async def _join(args: argparse.Namespace) -> int:
         await room.stop()
         return 1
     try:
-        until_ended = asyncio.ensure_future(ended.wait())
-        await asyncio.wait([until_ended], timeout=args.duration if args.duration > 0 else None)
-        until_ended.cancel()
+        try:
+            await asyncio.wait_for(ended.wait(), args.duration if args.duration > 0 else None)
+        except asyncio.TimeoutError:
+            pass  # the asked-for duration is over
     finally:
         await room.stop()
         report = {

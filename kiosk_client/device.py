@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 
+from server.tasks import TaskOwner
+
 from . import __version__
 from .backoff import Backoff
 from .signaling import ws_url
@@ -101,7 +103,8 @@ class DeviceClient:
             timeout=CONNECT_TIMEOUT_S,
         )
         self._ws = ws
-        pinger: asyncio.Task[None] | None = None
+        # This socket's pinger, ended with the socket.
+        pinger = TaskOwner("kiosk-device")
         try:
             await ws.send_str(
                 json.dumps(
@@ -127,7 +130,7 @@ class DeviceClient:
             self.connects += 1
             self.backoff.reset()
             self.on_welcome(first)
-            pinger = asyncio.ensure_future(self._ping(ws, first.get("ping_interval_ms", 10000) / 1000))
+            pinger.spawn(self._ping(ws, first.get("ping_interval_ms", 10000) / 1000), name="kiosk-device-ping")
             while True:
                 message = await self._receive(ws, None)
                 if message is None:
@@ -135,8 +138,7 @@ class DeviceClient:
                 self._check_revoked(message)
                 self.on_message(message)
         finally:
-            if pinger is not None:
-                pinger.cancel()
+            await pinger.close()
             self._ws = None
             if not ws.closed:
                 await ws.close()

@@ -35,6 +35,8 @@ from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaPlayer, MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
+from server.tasks import TaskOwner
+
 from .appliance import Participant
 from .backoff import Backoff
 from .call import CallClient
@@ -154,7 +156,10 @@ class RoomConnection:
         self.outcome: str | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._stopping = asyncio.Event()
+        # The room's loop, the self view, layout sends and old calls' closes; stop() ends them.
+        self._tasks = TaskOwner("kiosk-room")
         self._task: asyncio.Task[None] | None = None
+        # Old calls still closing, left SETTLE_GRACE_S to say goodbye when the room stops.
         self._closing: set[asyncio.Task[None]] = set()
         self._self_view_task: asyncio.Task[None] | None = None
         # The tile sizes last told to the server, and the message on its way.
@@ -164,7 +169,7 @@ class RoomConnection:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._task = self._tasks.spawn(self._run(), name="kiosk-room")
 
     @property
     def done(self) -> bool:
@@ -181,6 +186,7 @@ class RoomConnection:
                 self._task.cancel()
         if self._closing:
             await asyncio.wait(self._closing, timeout=SETTLE_GRACE_S)
+        await self._tasks.close()
 
     async def _run(self) -> None:
         try:
@@ -314,11 +320,12 @@ class RoomConnection:
             "type": "layout",
             "tiles": [{"participant_id": pid, "width": w, "height": h} for pid, (w, h) in sorted(tiles.items())],
         }
-        self._layout_task = asyncio.ensure_future(client.signaling.send(message))
-        self._layout_task.add_done_callback(lambda task, sent=dict(tiles): self._layout_done(task, sent))
+        self._layout_task = self._tasks.spawn(self._send_layout(client, message, dict(tiles)), name="kiosk-layout")
 
-    def _layout_done(self, task: "asyncio.Task[None]", tiles: dict[str, tuple[int, int]]) -> None:
-        if task.cancelled() or task.exception() is not None:
+    async def _send_layout(self, client: CallClient, message: dict[str, Any], tiles: dict[str, tuple[int, int]]) -> None:
+        try:
+            await client.signaling.send(message)
+        except NETWORK_ERRORS:
             return  # a closed socket: the room reconnects and the layout is sent again
         self._layout_sent = tiles
 
@@ -327,7 +334,7 @@ class RoomConnection:
         self.opened = self.sources.open()
         client.attach_media(self.opened.video, self.opened.audio)
         if self.opened.self_view is not None and self.on_frame is not None:
-            self._self_view_task = asyncio.ensure_future(self._show_self(self.opened.self_view))
+            self._self_view_task = self._tasks.spawn(self._show_self(self.opened.self_view), name="kiosk-self-view")
         self.on_event("joined", self_id=self.self_id, participants=list(self.participants.values()))
 
     async def _show_self(self, track: MediaStreamTrack) -> None:
@@ -381,7 +388,7 @@ class RoomConnection:
         opened, self.opened = self.opened, None
         if opened is not None:
             opened.close()
-        task = asyncio.ensure_future(self._close_client(client))
+        task = self._tasks.spawn(self._close_client(client), name="kiosk-call-close")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

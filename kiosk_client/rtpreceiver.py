@@ -26,7 +26,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ from aiortc.rtp import (
 )
 
 from server.rtpseq import NackTracker, LearntDelay
+from server.tasks import TaskOwner
 
 from .opus import OpusDecoder, is_opus
 from .jitterbuffer import (
@@ -259,7 +260,8 @@ class TunedReceiver:
         self._decoder: _DecoderThread | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._losses_held_until = -math.inf
-        self._tasks: set[asyncio.Task[None]] = set()
+        # RTCP feedback sends (NACKs, PLIs), ended with the receiver.
+        self._tasks = TaskOwner("kiosk-receiver")
         self._started = False
         self._closed = False
         self._aiortc_stop = receiver.stop
@@ -322,8 +324,7 @@ class TunedReceiver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
         if self._decoder is not None:
             self._decoder.stop()
 
@@ -489,20 +490,15 @@ class TunedReceiver:
             retries = self.nack.due(now)
             if retries and self.media_ssrc is not None:
                 self.stats.nack_requests += 1
-                self._spawn(self.receiver._send_rtcp_nack(self.media_ssrc, retries))
+                self._tasks.spawn(self.receiver._send_rtcp_nack(self.media_ssrc, retries), name="kiosk-nack-send")
             if self.keyframes.take(now):
-                self._spawn(self._send_pli())
+                self._tasks.spawn(self._send_pli(), name="kiosk-pli-send")
         self._schedule()
 
     async def _send_pli(self) -> None:
         if self.media_ssrc is not None:
             self.stats.keyframe_requests += 1
             await self.receiver._send_rtcp_pli(self.media_ssrc)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- decoder callbacks (event loop thread) -------------------------------------------
 

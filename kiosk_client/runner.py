@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+
+from server.tasks import TaskOwner
 
 from .appliance import (
     MAX_NOTES,
@@ -118,7 +119,8 @@ class KioskApp:
         self.sent: list[dict[str, Any]] = []
         self.sounds: list[str] = []
         self._photo_urls: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # What the app's actions start (sends, photo loads, self-tests, a room's stop).
+        self._tasks = TaskOwner("kiosk-app")
         self._stopping = asyncio.Event()
         self._unpaired = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
@@ -136,20 +138,18 @@ class KioskApp:
 
     async def run(self) -> None:
         self._http = aiohttp.ClientSession()
-        workers = [self._supervise(), self._ticker()]
+        workers = TaskOwner("kiosk-workers")
+        tasks = [workers.spawn(self._supervise(), name="kiosk-supervise"), workers.spawn(self._ticker(), name="kiosk-ticker")]
         if self.display is not None:
-            workers.append(self._draw())
-        tasks = [asyncio.ensure_future(w) for w in workers]
+            tasks.append(workers.spawn(self._draw(), name="kiosk-draw"))
         try:
-            stop = asyncio.ensure_future(self._stopping.wait())
+            stop = workers.spawn(self._stopping.wait(), name="kiosk-stop")
             done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await workers.close()
             await self._shutdown()
 
     def request_stop(self) -> None:
@@ -161,10 +161,7 @@ class KioskApp:
             await room.stop()
         if self.device is not None:
             await self.device.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._http is not None:
             await self._http.close()
         self.speaker.close()
@@ -172,11 +169,6 @@ class KioskApp:
             self.wall.close()
         if self.display is not None:
             self.display.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _supervise(self) -> None:
         self.credential = self.state.load_credential()
@@ -194,18 +186,22 @@ class KioskApp:
                 heartbeat_s=self.config.device_heartbeat_s,
                 backoff=Backoff(base=1.0, cap=self.config.device_backoff_cap_s),
             )
-            running = asyncio.ensure_future(self.device.run())
-            unpaired = asyncio.ensure_future(self._unpaired.wait())
-            await asyncio.wait([running, unpaired], return_when=asyncio.FIRST_COMPLETED)
-            unpaired.cancel()
-            if running.done() and isinstance(running.exception(), DeviceRevoked):
-                logger.warning("this kiosk's credential was revoked or refused; pairing again")
-                self.execute(self.model.revoked())
-            elif running.done() and running.exception() is not None:
-                raise running.exception()  # type: ignore[misc]
-            else:
-                await self.device.close()
-                await asyncio.gather(running, return_exceptions=True)
+            waiters = TaskOwner("kiosk-device")
+            try:
+                running = waiters.spawn(_revoked(self.device), name="kiosk-device")
+                unpaired = waiters.spawn(self._unpaired.wait(), name="kiosk-unpaired")
+                await asyncio.wait([running, unpaired], return_when=asyncio.FIRST_COMPLETED)
+                unpaired.cancel()
+                if running.done() and running.exception() is not None:
+                    raise running.exception()  # type: ignore[misc]
+                if running.done() and running.result():
+                    logger.warning("this kiosk's credential was revoked or refused; pairing again")
+                    self.execute(self.model.revoked())
+                else:
+                    await self.device.close()
+                    await asyncio.gather(running, return_exceptions=True)
+            finally:
+                await waiters.close()
             self.device = None
 
     async def _pair(self) -> Credential:
@@ -251,7 +247,7 @@ class KioskApp:
         logger.info("connected to %s as %s", self.server, welcome.get("kiosk_id"))
         self.execute(self.model.device_online(welcome))
         if self.display is not None:
-            self._spawn(self._load_photos())
+            self._tasks.spawn(self._load_photos(), name="kiosk-photos")
 
     async def _ticker(self) -> None:
         while True:
@@ -264,7 +260,7 @@ class KioskApp:
         for action in actions:
             if isinstance(action, Send):
                 self.sent.append(action.message)
-                self._spawn(self._send(action.message))
+                self._tasks.spawn(self._send(action.message), name="kiosk-send")
             elif isinstance(action, JoinRoom):
                 self._join_room(action)
             elif isinstance(action, LeaveRoom):
@@ -280,9 +276,9 @@ class KioskApp:
                     self.state.save_preferences(preferences)
             elif isinstance(action, RefreshDirectory):
                 if self.device is not None:
-                    self._spawn(self.device.refresh())
+                    self._tasks.spawn(self.device.refresh(), name="kiosk-directory-refresh")
             elif isinstance(action, RunSelftest):
-                self._spawn(self._selftest())
+                self._tasks.spawn(self._selftest(), name="kiosk-selftest")
             elif isinstance(action, Unpair):
                 self.state.wipe_credential()
                 self.credential = None
@@ -334,7 +330,7 @@ class KioskApp:
     def _leave_room(self) -> None:
         room, self.room = self.room, None
         if room is not None:
-            self._spawn(room.stop())
+            self._tasks.spawn(room.stop(), name="kiosk-room-stop")
         if self.wall is not None:
             self.wall.clear()
         self.speaker.clear_voices()
@@ -432,3 +428,13 @@ class KioskApp:
                 continue
             self.photos[contact.id] = image
             self._photo_urls[contact.id] = contact.photo_url
+
+
+async def _revoked(device: DeviceClient) -> bool:
+    """Runs the device channel until it is closed; True when its credential was refused
+    (an outcome, not a failure: the kiosk pairs again)."""
+    try:
+        await device.run()
+    except DeviceRevoked:
+        return True
+    return False

@@ -11,6 +11,8 @@ from typing import Any
 
 import aiohttp
 
+from server.tasks import TaskOwner
+
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -52,6 +54,8 @@ class SignalingClient:
         self.closed = False
         self._http = aiohttp.ClientSession()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        # The socket's reader, the pinger and a resume in progress; close() ends them.
+        self._tasks = TaskOwner("kiosk-signaling")
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._welcomed: asyncio.Future[dict[str, Any]] | None = None
@@ -91,7 +95,7 @@ class SignalingClient:
                 "last_seq": self.last_seq,
             }
         ws, welcomed = self._ws, self._welcomed
-        self._reader = asyncio.ensure_future(self._read(ws, welcomed))
+        self._reader = self._tasks.spawn(self._read(ws, welcomed), name="kiosk-signaling-read")
         try:
             await ws.send_str(json.dumps(hello))
             await asyncio.wait_for(asyncio.shield(welcomed), timeout=10)
@@ -105,7 +109,7 @@ class SignalingClient:
             await ws.close()
             raise
         if self._pinger is None or self._pinger.done():
-            self._pinger = asyncio.ensure_future(self._ping())
+            self._pinger = self._tasks.spawn(self._ping(), name="kiosk-signaling-ping")
 
     async def send(self, message: dict[str, Any]) -> None:
         if self._ws is None or self._ws.closed:
@@ -137,7 +141,7 @@ class SignalingClient:
             welcomed.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))
         elif ws is self._ws and not self.closed:
             # The current, welcomed socket dropped; a failed hello's socket is _open's.
-            asyncio.ensure_future(self._reconnect())
+            self._tasks.spawn(self._reconnect(), name="kiosk-signaling-resume")
 
     async def _reconnect(self) -> None:
         """Resumes the session with backoff; the media path is left alone meanwhile."""
@@ -184,6 +188,5 @@ class SignalingClient:
             except (ConnectionError, asyncio.TimeoutError, aiohttp.ClientError):
                 pass
             await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
+        await self._tasks.close()
         await self._http.close()

@@ -14,7 +14,6 @@ frame rate; its encoder costs +42 % of the kiosk's encode CPU (BENCHMARKS.md).
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from typing import Any
 
@@ -30,6 +29,8 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 from av import VideoFrame
+
+from server.tasks import TaskOwner
 
 from .vp8encoder import Vp8Encoder
 
@@ -47,8 +48,6 @@ LOW_BITRATE = 100_000
 MIN_HIGH_HEIGHT = 480
 HISTORY = 512
 # The rid goes on every packet: cheap (4 bytes), and a server that restarts never misses it.
-
-logger = logging.getLogger(__name__)
 
 
 def offered_extension_ids(offer_sdp: str, mid: str) -> dict[str, int] | None:
@@ -120,6 +119,7 @@ class LowLayer:
         self._timestamp_origin = random.randrange(1 << 32)
         self._history: dict[int, RtpPacket] = {}
         self._frames: asyncio.Queue[VideoFrame] = asyncio.Queue(maxsize=1)
+        self._tasks = TaskOwner("kiosk-low-layer")
         self._task: asyncio.Task[None] | None = None
         self._extensions = HeaderExtensionsMap()
         params = RTCRtpParameters(headerExtensions=[
@@ -178,17 +178,11 @@ class LowLayer:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-            self._task.add_done_callback(self._ended)
+            self._task = self._tasks.spawn(self._run(), name="kiosk-low-layer")
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._tasks.cancel()
         self.encoder.close()
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("the kiosk's low simulcast layer stopped: %r", task.exception())
 
     async def _run(self) -> None:
         dtls = self.sender.transport

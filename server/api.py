@@ -57,7 +57,7 @@ async def pair_start(request: web.Request) -> web.Response:
     if await store.count(f"pairing_starts:{address}", settings.pairing_start_window_s) > settings.pairing_start_limit:
         return _rate_limited(settings.pairing_start_window_s)
     try:
-        started = await start_pairing(store)
+        started = await start_pairing(store, settings.pairing_ttl_s)
     except PairingBusy:
         return _error(503, "unavailable", "No pairing code is free right now; try again shortly.")
     return web.json_response(

@@ -218,6 +218,9 @@ class Settings:
     # started per invite (contact), each within its window (store counters, all nodes).
     pairing_start_limit: int = 20
     pairing_start_window_s: float = 600.0
+    # A kiosk's pairing code is valid this long: the time a coordinator has to enter it
+    # (the kiosk then shows a new one).
+    pairing_ttl_s: int = 15 * 60
     call_start_limit: int = 10
     call_start_window_s: float = 600.0
     # Family invite links stay valid this long (a new link can be made at any time).

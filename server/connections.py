@@ -39,6 +39,7 @@ from aiohttp import web
 from .config import Settings
 from .forwarded import TrustedProxies
 from .metrics import Metrics
+from .tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class ConnectionGuard:
         # be walked on every accept).
         self._tracked: dict[asyncio.BaseTransport, Tracked] = {}
         self._per_address: Counter[str] = Counter()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("connection-guard")
         self.metrics: Metrics | None = None
         self._accept_errors = 0
         self._accept_logged_at = 0.0
@@ -113,13 +114,10 @@ class ConnectionGuard:
                 loop.default_exception_handler(context)
 
         loop.set_exception_handler(exception_handler)
-        self._sweeper = loop.create_task(self._sweep())
+        self._tasks.spawn(self._sweep(), name="connection-sweep")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
+        await self._tasks.close()
 
     # --- accounting ------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .tasks import task_failures
+
 if TYPE_CHECKING:
     from signaling.service import SignalingService
 
@@ -74,6 +76,7 @@ class Metrics:
             registry=self.registry,
         )
         self._gc_started = 0.0
+        self.registry.register(_TaskFailureCollector())
 
     def watch(self, sfu: "Sfu", signaling: "SignalingService") -> None:
         self.registry.register(_LiveCollector(sfu, signaling))
@@ -88,6 +91,21 @@ class Metrics:
             self._gc_started = time.perf_counter()
         else:
             self.gc_pause_seconds.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
+
+
+class _TaskFailureCollector(Collector):
+    """server/tasks.py's counter, kept there so that every layer can count without
+    importing this module."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "verzilvering_task_failures",
+            "Background tasks that ended with an exception (logged with their name), by task.",
+            labels=["task"],
+        )
+        for name, count in sorted(task_failures.items()):
+            family.add_metric([name], count)
+        yield family
 
 
 class _LiveCollector(Collector):

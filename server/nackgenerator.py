@@ -10,19 +10,19 @@ overtake each other all the time, and a NACK for each was a retransmission for n
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from .rtpseq import NackTracker, LearntDelay
+from .tasks import TaskOwner
 
 # The publisher leg's loss recovery: NACK again every 30 ms until 200 ms have passed.
+# Fixed, not settings (docs/operations.md): about one round trip on a home line plus the
+# publisher's answer; past 200 ms the frame has missed the receivers' playout anyway.
 NACK_RETRY_INTERVAL_S = 0.03
 NACK_DEADLINE_S = 0.2
 # Settings.nack_reorder_min_s / nack_reorder_max_s, applied process-wide by `configure`.
 _reorder_bounds = (0.005, 0.04)
-
-logger = logging.getLogger(__name__)
 
 SendNack = Callable[[int, list[int]], Awaitable[None]]
 
@@ -42,7 +42,7 @@ class NackGenerator:
         self.tracker = NackTracker(NACK_RETRY_INTERVAL_S, NACK_DEADLINE_S, reorder=LearntDelay(*_reorder_bounds))
         self._send_nack = send_nack
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner("nack-generator")
         self._closed = False
 
     async def packet(self, sequence_number: int, retransmission: bool) -> None:
@@ -57,8 +57,7 @@ class NackGenerator:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
 
     def _schedule(self) -> None:
         if self._closed:
@@ -81,12 +80,11 @@ class NackGenerator:
             return
         requests = self.tracker.due(time.monotonic())
         if requests:
-            task = asyncio.ensure_future(self._send_nack(self.ssrc, requests))
-            self._tasks.add(task)
-            task.add_done_callback(self._sent)
+            self._tasks.spawn(self._send_retries(requests), name="nack-send")
         self._schedule()
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), ConnectionError):
-            logger.warning("sending a NACK failed: %r", task.exception())
+    async def _send_retries(self, requests: list[int]) -> None:
+        try:
+            await self._send_nack(self.ssrc, requests)
+        except ConnectionError:
+            pass  # the publisher's transport is going: nothing left to repair

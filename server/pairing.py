@@ -15,7 +15,6 @@ from typing import Any
 from .directory import Directory, DirectoryError, Kiosk, Senior, hash_secret, new_id, secret_matches
 from .store import Store
 
-PAIRING_TTL_S = 15 * 60
 CODE_DIGITS = 6
 # Random codes tried before giving up; with a million codes, only a flood fills them.
 _CODE_TRIES = 20
@@ -43,8 +42,8 @@ class PairingBusy(Exception):
     """No free code was found (nearly every code is showing on some kiosk)."""
 
 
-async def start_pairing(store: Store) -> PairingStart:
-    """A new pairing with a code no other live pairing shows.
+async def start_pairing(store: Store, ttl_s: int) -> PairingStart:
+    """A new pairing with a code no other live pairing shows, valid `ttl_s` (Settings.pairing_ttl_s).
 
     A code is claimed with one atomic store lock for the pairing's lifetime, and found
     again through a small index record ("code-<digits>"): starting or confirming a
@@ -53,13 +52,13 @@ async def start_pairing(store: Store) -> PairingStart:
     await _sweep_expired(store)
     for _ in range(_CODE_TRIES):
         code = _code()
-        if await store.acquire_lock(f"pairing-code:{code}", PAIRING_TTL_S):
+        if await store.acquire_lock(f"pairing-code:{code}", ttl_s):
             break
     else:
         raise PairingBusy()
     pairing_id = f"pair-{uuid.uuid4().hex}"
     secret = secrets.token_urlsafe(24)
-    expires_at = time.time() + PAIRING_TTL_S
+    expires_at = time.time() + ttl_s
     await store.put_record(
         "pairings",
         pairing_id,
@@ -75,7 +74,7 @@ async def start_pairing(store: Store) -> PairingStart:
     await store.put_record(
         "pairings", _code_record(code), {"id": _code_record(code), "pairing_id": pairing_id, "expires_at": expires_at}
     )
-    return PairingStart(pairing_id, code, secret, PAIRING_TTL_S)
+    return PairingStart(pairing_id, code, secret, ttl_s)
 
 
 async def _sweep_expired(store: Store) -> None:

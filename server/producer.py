@@ -12,6 +12,7 @@ from aiortc.rtp import RtpPacket
 
 from .rtphooks import PacketStamp, ReceiverTap
 from .rtppayload import is_vp8_keyframe_start
+from .tasks import TaskOwner
 from .vp8rewriter import parse_descriptor
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class Producer:
         # Per spatial layer (None: every layer at once, for single-layer publishers).
         self._last_keyframe_request: dict[int | None, float] = {}
         self._pending_keyframe: dict[int | None, asyncio.TimerHandle] = {}
+        self._tasks = TaskOwner("producer")
         # Layered: VP8 with simulcast or temporal layers; its consumers select layers.
         self.layered = False
         self.layers = LayerRates()
@@ -227,8 +229,13 @@ class Producer:
             return
         self._last_keyframe_request[layer] = time.monotonic()
         self.keyframe_requests += 1
-        task = asyncio.ensure_future(self.tap.request_keyframe(layer))
-        task.add_done_callback(_log_failure)
+        self._tasks.spawn(self._request_keyframe(layer), name="keyframe-request")
+
+    async def _request_keyframe(self, layer: int | None) -> None:
+        try:
+            await self.tap.request_keyframe(layer)
+        except ConnectionError:
+            pass  # the publisher's transport is going: nobody left to ask
 
     def close(self) -> None:
         self.closed = True
@@ -236,12 +243,6 @@ class Producer:
         for handle in self._pending_keyframe.values():
             handle.cancel()
         self._pending_keyframe.clear()
+        self._tasks.cancel()
         for consumer in tuple(self.consumers):
             consumer.close()
-
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        if not isinstance(exc, ConnectionError):
-            logger.warning("keyframe request failed: %r", exc)

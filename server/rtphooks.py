@@ -62,9 +62,12 @@ from pylibsrtp._binding import lib as _srtp_lib
 from . import _srtpsend
 from .nackgenerator import NackGenerator
 from .simulcast import REPAIRED_RID_URI, RID_URI, SPATIAL_INDEX, SimulcastAnswer
+from .tasks import TaskOwner
 
 AIORTC_VERSION = "1.16.0"
-# Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
+# Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video, room to
+# spare for a receiver's retries. Fixed, not a setting (docs/operations.md): more only
+# costs memory per subscriber.
 SEND_HISTORY_SIZE = 512
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
 _DTLS_CONNECTED = DtlsState.CONNECTED
@@ -411,7 +414,9 @@ class DirectWire:
     copy is protected in C and handed to aioice's `TurnTransport.sendto`.
     """
 
-    __slots__ = ("_dtls", "_nominated", "_pair", "_addr", "_transport", "_fd", "_address", "_srtp", "_session", "refused")
+    __slots__ = (
+        "_dtls", "_nominated", "_pair", "_addr", "_transport", "_fd", "_address", "_srtp", "_session", "refused", "tasks"
+    )
 
     def __init__(self) -> None:
         self._dtls: RTCDtlsTransport | None = None
@@ -427,6 +432,8 @@ class DirectWire:
         self._srtp: SrtpSession | None = None
         self._session = 0
         self.refused = 0
+        # The fallback path's sends (aiortc's coroutines), ended with the sender.
+        self.tasks = TaskOwner("rtp-wire")
 
     @property
     def direct(self) -> bool:
@@ -474,7 +481,7 @@ class DirectWire:
         if nominated is None:
             # Tasks start in creation order and aiortc's path has no await before the
             # socket, so packets still leave in order.
-            asyncio.ensure_future(dtls._send_rtp(header + payload)).add_done_callback(_ignore_connection_error)
+            self.tasks.spawn(_send_via_aiortc(dtls, header + payload), name="rtp-send-fallback")
             return
         if dtls._state is not _DTLS_CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
@@ -508,9 +515,11 @@ class DirectWire:
         dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
 
 
-def _ignore_connection_error(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), ConnectionError):
-        logger.warning("sending RTP failed: %r", task.exception())
+async def _send_via_aiortc(dtls: RTCDtlsTransport, data: bytes) -> None:
+    try:
+        await dtls._send_rtp(data)
+    except ConnectionError:
+        pass  # not connected (yet, or any more): the copy is lost, as on a full socket
 
 
 class _ParkedTrack(MediaStreamTrack):
@@ -594,6 +603,7 @@ class SenderFeed:
 
     async def _stop(self) -> None:
         self._stopped = True
+        await self._wire.tasks.close()
         await self._aiortc_stop()
 
     async def _send(self, parameters: RTCRtpSendParameters) -> None:

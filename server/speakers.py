@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .tasks import TaskOwner
+
 if TYPE_CHECKING:
     from .producer import Producer
 
@@ -35,11 +37,12 @@ class SpeakerSelector:
         self.interval_s = interval_s
         self.on_active_speaker = on_active_speaker
         self.active_speaker: str | None = None
+        self._tasks = TaskOwner("speakers")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+            self._task = self._tasks.spawn(self._run(), name="speaker-selection")
 
     async def _run(self) -> None:
         while True:
@@ -68,6 +71,6 @@ class SpeakerSelector:
                 self.on_active_speaker(speaker)
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """Final: the room's selection ends with its router."""
+        self._tasks.cancel()
+        self._task = None

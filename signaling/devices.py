@@ -31,6 +31,7 @@ from server.pairing import authenticate_kiosk
 from server.schedule import next_occurrence
 from server.turn import ice_servers_for
 from server.store import Store, Subscription
+from server.tasks import TaskOwner
 
 from .protocol import VERSION, CloseCode, ProtocolError, error
 from .session import Connection
@@ -106,6 +107,8 @@ class DeviceHub:
         self.listeners: dict[Connection, ContactLink] = {}
         self._keepalive: asyncio.Task[None] | None = None
         self.calls: dict[str, Call] = {}
+        # Ring timeouts, answers, hang-ups and the listeners' keepalive run as tasks of the hub.
+        self.tasks = TaskOwner("devices")
 
     # --- device connections ------------------------------------------------------------
 
@@ -206,7 +209,7 @@ class DeviceHub:
     def _to_device(self, conn: Connection, event: dict[str, Any]) -> None:
         if event.get("type") == "revoked":
             conn.send({"type": "revoked"})
-            asyncio.ensure_future(conn.close(CloseCode.AUTH_FAILED, "revoked"))
+            conn.close_soon(CloseCode.AUTH_FAILED, "revoked")
             return
         conn.send(event)
 
@@ -310,7 +313,7 @@ class DeviceHub:
         )
         await self._refresh_presence(link, contact_presence(contact.id), force=True)
         if self._keepalive is None or self._keepalive.done():
-            self._keepalive = asyncio.ensure_future(self._keep_listeners_alive())
+            self._keepalive = self.tasks.spawn(self._keep_listeners_alive(), name="contact-keepalive")
         conn.send(
             {
                 "type": "contact_welcome",
@@ -410,7 +413,7 @@ class DeviceHub:
         )
         ring_timeout = self.settings.ring_timeout_s
         call.timer = asyncio.get_running_loop().call_later(
-            ring_timeout, lambda: asyncio.ensure_future(self._finish_outgoing(call, "missed"))
+            ring_timeout, lambda: self.tasks.spawn(self._finish_outgoing(call, "missed"), name="call-ring-timeout")
         )
         call.incoming = {
             "type": "incoming_call",
@@ -541,7 +544,7 @@ class DeviceHub:
         call.subscriptions.append(await self.store.subscribe(room, lambda e: self._call_room_event(call, e)))
         ring_timeout = self.settings.ring_timeout_s
         call.timer = asyncio.get_running_loop().call_later(
-            ring_timeout, lambda: asyncio.ensure_future(self._finish(call, "missed", "timeout"))
+            ring_timeout, lambda: self.tasks.spawn(self._finish(call, "missed", "timeout"), name="call-ring-timeout")
         )
         call.incoming = {
             "type": "incoming_call",
@@ -563,15 +566,17 @@ class DeviceHub:
     def _call_event(self, call: Call, event: dict[str, Any]) -> None:
         if call.direction == "outgoing":
             if event.get("type") == "_family_answer":
-                asyncio.ensure_future(
-                    self._family_answered(call, bool(event.get("accept")), str(event.get("conn")), event.get("ref"))
+                self.tasks.spawn(
+                    self._family_answered(call, bool(event.get("accept")), str(event.get("conn")), event.get("ref")),
+                    name="call-answer",
                 )
             elif event.get("type") == "_hangup":
-                asyncio.ensure_future(self._finish_outgoing(call, "hung_up", ref=event.get("ref")))
+                self.tasks.spawn(self._finish_outgoing(call, "hung_up", ref=event.get("ref")), name="call-hangup")
             return
         if event.get("type") == "_answer" and call.state in ("ringing", "warning"):
-            asyncio.ensure_future(
-                self._answered(call, event["kiosk_id"], bool(event["accept"]), bool(event.get("busy")))
+            self.tasks.spawn(
+                self._answered(call, event["kiosk_id"], bool(event["accept"]), bool(event.get("busy"))),
+                name="call-answer",
             )
 
     def _call_room_event(self, call: Call, event: dict[str, Any]) -> None:
@@ -580,7 +585,7 @@ class DeviceHub:
             and event.get("participant_id") == call.contact.id
             and call.state in ("ringing", "warning")
         ):
-            asyncio.ensure_future(self._finish(call, "cancelled", "caller_left"))
+            self.tasks.spawn(self._finish(call, "cancelled", "caller_left"), name="call-cancel")
 
     async def _answered(self, call: Call, kiosk_id: str, accept: bool, busy: bool = False) -> None:
         if not accept:
@@ -626,6 +631,8 @@ class DeviceHub:
                 await self._finish(call, "missed", "timeout")
         for conn in [*self.links, *self.listeners]:
             await self.connection_lost(conn)
+        # Last: finishing the calls above may still have started tasks (answers, hang-ups).
+        await self.tasks.close()
 
 
 def _as_record(kiosk: Kiosk) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from server.config import Settings
 from server.store import StoreUnavailable
+from server.tasks import TaskOwner
 
 from .protocol import CloseCode
 from .tokens import Grant
@@ -77,11 +78,15 @@ class Connection:
     A writer task runs only while there is something to send: an idle kiosk holds no task
     and no queue (with 10,000 connections, a task and an asyncio.Queue each were a good
     part of the memory per connection).
+
+    Its tasks (the writer, a close started by close_soon) belong to `tasks` and end by
+    themselves: the writer once the queue is empty, a close within close_timeout_s.
+    Whoever drops the connection for good may `await conn.tasks.close()` to end them now.
     """
 
     __slots__ = (
         "id", "limiter", "errors", "limits", "session", "device", "relay_to", "last_seen", "closing",
-        "_pending", "_pending_bytes", "_writer", "_closer", "_stopped", "__weakref__",
+        "_pending", "_pending_bytes", "_writer", "_closer", "_stopped", "tasks", "__weakref__",
     )
 
     def __init__(self, limiter: RateLimiter, limits: ConnectionLimits) -> None:
@@ -103,6 +108,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._stopped = False
+        self.tasks = TaskOwner("connection")
 
     @property
     def closed(self) -> bool:
@@ -129,7 +135,7 @@ class Connection:
                 self._overflow()
                 return self._writer
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.ensure_future(self._write())
+            self._writer = self.tasks.spawn(self._write(), name="connection-writer")
         return self._writer
 
     def _overflow(self) -> None:
@@ -196,18 +202,18 @@ class Connection:
         """Starts closing without waiting for it (the close is bounded by close_timeout_s)."""
         if self._closer is None:
             self.closing = True
-            self._closer = asyncio.ensure_future(self.close(code, reason))
-            self._closer.add_done_callback(_retrieve)
+            self._closer = self.tasks.spawn(self._close_quietly(self.close(code, reason)), name="connection-close")
+
+    async def _close_quietly(self, closing: Awaitable[None]) -> None:
+        # A relayed close fails while the store is down; it has nothing left to undo, so
+        # that is logged here, not counted as a failed task.
+        try:
+            await closing
+        except StoreUnavailable as exc:
+            logger.warning("closing connection %s failed: %r", self.id, exc)
 
     def abandon(self) -> None:
         self._push(None)
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    # A close that fails (the store is down for a relayed one) has nothing left to undo;
-    # the failure is logged, not left unretrieved.
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("closing a connection failed: %r", task.exception())
 
 
 class WebSocketConnection(Connection):
@@ -279,8 +285,9 @@ class RelayedConnection(Connection):
         # The edge holds the socket; it is told to drop it (its own close is bounded too).
         if not self._closed:
             self._closed = True
-            self._closer = asyncio.ensure_future(self._shut(CloseCode.NOT_READING, "not reading"))
-            self._closer.add_done_callback(_retrieve)
+            self._closer = self.tasks.spawn(
+                self._close_quietly(self._shut(CloseCode.NOT_READING, "not reading")), name="connection-close"
+            )
 
     def mark_gone(self) -> None:
         self._closed = True

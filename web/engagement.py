@@ -39,6 +39,7 @@ from server.engagement import (
     week_start,
 )
 from server.store import StoreUnavailable
+from server.tasks import TaskOwner
 
 from .admin import SELFTEST_STATUS, SELFTEST_TITLES
 from .auth import current_account, form, require
@@ -317,11 +318,11 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
             except asyncio.TimeoutError:
                 pass
 
-    task = asyncio.ensure_future(run())
+    tasks = TaskOwner("engagement")
+    tasks.spawn(run(), name="attendance-retention")
     yield
     stopping.set()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await tasks.close()
 
 
 def setup(app: web.Application) -> None:

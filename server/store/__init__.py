@@ -1,5 +1,6 @@
 """State behind one interface: the embedded backend (default) and Redis."""
 
+from ..config import Settings
 from .base import (
     ADMIT,
     AccessCheck,
@@ -34,22 +35,21 @@ __all__ = [
 ]
 
 
-async def open_store(settings: "object", node_id: str) -> Store:
+async def open_store(settings: Settings, node_id: str) -> Store:
     """Opens the backend the settings ask for: Redis when a URL is set, else embedded."""
-    redis_url = getattr(settings, "redis_url", "")
-    if redis_url:
+    if settings.redis_url:
         from .redis import RedisStore
 
         store: Store = RedisStore(
-            redis_url,
+            settings.redis_url,
             node_id=node_id,
-            prefix=getattr(settings, "redis_prefix", "vz:"),
-            max_connections=getattr(settings, "redis_max_connections", 100),
-            pool_timeout_s=getattr(settings, "redis_pool_timeout_s", 2.0),
+            prefix=settings.redis_prefix,
+            max_connections=settings.redis_max_connections,
+            pool_timeout_s=settings.redis_pool_timeout_s,
         )
     else:
         from .embedded import EmbeddedStore
 
-        store = EmbeddedStore(getattr(settings, "data_dir"), node_id=node_id)
+        store = EmbeddedStore(settings.data_dir, node_id=node_id)
     await store.open()
     return store

@@ -70,6 +70,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..tasks import TaskOwner
+
 from .base import (
     AccessCheck,
     AccessRefused,
@@ -445,6 +447,8 @@ class RedisStore(Store):
         self._control: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
+        # The event reader's owner, replaced on close: a closed store may be opened again.
+        self._tasks = TaskOwner("redis-store")
         # Each subscription is its own entry, so closing one never drops another that
         # happens to use the same handler.
         self._subscriptions: dict[str, list[_RedisSubscription]] = {}
@@ -549,19 +553,18 @@ class RedisStore(Store):
         self._depart = client.register_script(_DEPART)
 
     async def close(self) -> None:
-        client, pubsub, reader, control = self._client, self._pubsub, self._reader, self._control
+        client, pubsub, tasks, control = self._client, self._pubsub, self._tasks, self._control
         if client is None:
             return
         self._client = self._pubsub = self._reader = self._control = None
+        self._tasks = TaskOwner("redis-store")
         self._subscriptions.clear()
         for confirmed in self._confirmations.values():
             if not confirmed.done():
                 # Not cancel(): the waiting subscribe() was not cancelled, the store went.
                 confirmed.set_exception(StoreUnavailable("store closed"))
         self._confirmations.clear()
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await tasks.close()
         if pubsub is not None:
             await pubsub.aclose()
         if control is not None:
@@ -982,9 +985,7 @@ class RedisStore(Store):
                 if self._pubsub is not pubsub:
                     raise StoreUnavailable("store closed")
             if self._reader is None:
-                self._reader = asyncio.create_task(
-                    self._read_events(pubsub), name=f"redis-store-events-{self.node_id}"
-                )
+                self._reader = self._tasks.spawn(self._read_events(pubsub), name="redis-store-events")
             # Wait for Redis to confirm, so an event published by anyone once subscribe()
             # has returned is guaranteed to reach the handler.
             try:
