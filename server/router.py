@@ -36,11 +36,19 @@ class Router:
         self.speakers = SpeakerSelector(lambda: self.producers, last_n_audio, speaker_interval_s)
         # Large activities forward a participant's video only to those who show it: everyone
         # sees the host and the spotlit participant; only hosts see every senior's tile.
-        # Up to `tiles_to_everyone_up_to` participants, everyone sees everyone.
+        # Up to `tiles_to_everyone_up_to` participants, everyone sees everyone. The room
+        # (server/room.py) sets these rules through `configure`; until then, and outside
+        # activities, everyone sees everyone.
         self.activity = False
-        self.tiles_to_everyone_up_to = 6
+        self.tiles_to_everyone_up_to = 0
         self.moderators: set[str] = set()
         self.spotlight: str | None = None
+
+    def configure(self, *, activity: bool, tiles_to_everyone_up_to: int, spotlight: str | None) -> None:
+        """The room's video rules, set when its media starts on this node."""
+        self.activity = activity
+        self.tiles_to_everyone_up_to = tiles_to_everyone_up_to
+        self.spotlight = spotlight
 
     def create_transport(
         self,
