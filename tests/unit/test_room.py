@@ -19,7 +19,6 @@ from server.room import RoomError, Rooms, Seat
 from server.router import Sfu
 from server.store import AccessCheck
 from server.store.embedded import EmbeddedStore
-from server.tasks import TaskOwner, failures
 from server.transport import WebRtcTransport
 from signaling.revocation import Revocations
 from tests.conftest import make_settings
@@ -324,17 +323,18 @@ async def test_events_wait_in_early_until_joined(node: Node) -> None:
     assert joiner.kinds()[:2] == ["joined", "mute_changed"]
 
 
-async def test_a_failing_task_is_logged_and_counted_and_close_cancels(caplog: pytest.LogCaptureFixture) -> None:
-    owner = TaskOwner("test")
 
-    async def fail() -> None:
-        raise RuntimeError("boom")
+async def test_closing_the_rooms_leaves_no_task_running(node: Node) -> None:
+    await join(node, seat("s-1"))
 
-    before = failures["test-fail"]
-    await asyncio.gather(owner.spawn(fail(), name="test-fail"), return_exceptions=True)
+    async def never_ends(s: Seat, reason: str) -> None:
+        await asyncio.Event().wait()
+
+    node.rooms.end_seat = never_ends
+    before = asyncio.all_tasks()
+    await node.rooms.end("room-1")
     await settle()
-    assert failures["test-fail"] == before + 1
-    assert "task test-fail of test failed" in caplog.text
-    forever = owner.spawn(asyncio.sleep(3600), name="test-sleep")
-    await owner.close()
-    assert forever.cancelled() and failures["test-sleep"] == 0
+    started = asyncio.all_tasks() - before
+    assert started and not any(t.done() for t in started)
+    await node.rooms.close()
+    assert all(t.done() for t in started)
