@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
         settings.speaker_interval_s,
         LayerPolicy.from_settings(settings),
         settings.layer_allocation_interval_s,
+        settings.negotiation_timeout_s,
     )
     app.cleanup_ctx.append(_state)
     app[METRICS_KEY] = Metrics()

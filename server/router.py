@@ -25,10 +25,12 @@ class Router:
         speaker_interval_s: float = 0.3,
         layer_policy: LayerPolicy | None = None,
         allocation_interval_s: float = 1.0,
+        negotiation_timeout_s: float = 15.0,
     ) -> None:
         self.room = room
         self._layer_policy = layer_policy or LayerPolicy()
         self._allocation_interval = allocation_interval_s
+        self._negotiation_timeout = negotiation_timeout_s
         self.transports: dict[str, WebRtcTransport] = {}
         self.subscribers: set[str] = set()
         self._ice_servers = ice_servers
@@ -36,11 +38,19 @@ class Router:
         self.speakers = SpeakerSelector(lambda: self.producers, last_n_audio, speaker_interval_s)
         # Large activities forward a participant's video only to those who show it: everyone
         # sees the host and the spotlit participant; only hosts see every senior's tile.
-        # Up to `tiles_to_everyone_up_to` participants, everyone sees everyone.
+        # Up to `tiles_to_everyone_up_to` participants, everyone sees everyone. The room
+        # (server/room.py) sets these rules through `configure`; until then, and outside
+        # activities, everyone sees everyone.
         self.activity = False
-        self.tiles_to_everyone_up_to = 6
+        self.tiles_to_everyone_up_to = 0
         self.moderators: set[str] = set()
         self.spotlight: str | None = None
+
+    def configure(self, *, activity: bool, tiles_to_everyone_up_to: int, spotlight: str | None) -> None:
+        """The room's video rules, set when its media starts on this node."""
+        self.activity = activity
+        self.tiles_to_everyone_up_to = tiles_to_everyone_up_to
+        self.spotlight = spotlight
 
     def create_transport(
         self,
@@ -61,6 +71,7 @@ class Router:
             on_failed=on_failed,
             layer_policy=self._layer_policy,
             allocation_interval_s=self._allocation_interval,
+            negotiation_timeout_s=self._negotiation_timeout,
         )
         selective = self.selective_video
         self.transports[participant_id] = transport
@@ -164,10 +175,12 @@ class Sfu:
         speaker_interval_s: float = 0.3,
         layer_policy: LayerPolicy | None = None,
         allocation_interval_s: float = 1.0,
+        negotiation_timeout_s: float = 15.0,
     ) -> None:
         self.routers: dict[str, Router] = {}
         self._layer_policy = layer_policy or LayerPolicy()
         self._allocation_interval = allocation_interval_s
+        self._negotiation_timeout = negotiation_timeout_s
         self.totals = MediaTotals()
         self._ice_servers = ice_servers
         self._keyframe_interval = keyframe_request_interval_s
@@ -181,7 +194,7 @@ class Sfu:
         if router is None:
             router = self.routers[room] = Router(
                 room, self._ice_servers, self._keyframe_interval, self._last_n_audio, self._speaker_interval,
-                self._layer_policy, self._allocation_interval,
+                self._layer_policy, self._allocation_interval, self._negotiation_timeout,
             )
             router.speakers.on_active_speaker = lambda speaker: self._speaker_changed(room, speaker)
         return router

@@ -32,6 +32,7 @@ from .metrics import MediaTotals
 from .producer import Producer
 from .rtphooks import ReceiverTap, SenderFeed
 from .simulcast import answered_simulcast, offer_simulcast
+from .tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +212,11 @@ class WebRtcTransport:
         self._pending_offer: dict[str, Any] | None = None
         self._dirty = False
         self._lock = asyncio.Lock()
+        # Negotiations, the layer allocation loop and senders stopping; close() ends them.
+        self._tasks = TaskOwner("transport")
         self._task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Future[Any]] = set()
+        # Senders stopping: close() lets them finish before the peer connection closes.
+        self._sender_stops: set[asyncio.Task[None]] = set()
         self._retired: list[RTCRtpTransceiver] = []
         self._on_failed = on_failed
         # Set once the peer connection failed or closed on its own; told once.
@@ -310,7 +314,7 @@ class WebRtcTransport:
             consumer.selection.tile = self.layout.get(producer.participant_id, (0, 0))
         self.consumer_slots[producer.id] = ConsumerSlot(transceiver, consumer)
         if producer.kind == "video" and self._allocator is None:
-            self._allocator = asyncio.ensure_future(self._allocate_periodically())
+            self._allocator = self._tasks.spawn(self._allocate_periodically(), name="layer-allocation")
         self.request_negotiation()
         return consumer
 
@@ -404,7 +408,7 @@ class WebRtcTransport:
         else:
             self.padding_bps = min(needed, 2 * self.padding_bps)
         if self.padding_bps and self._prober is None:
-            self._prober = asyncio.ensure_future(self._pad())
+            self._prober = self._tasks.spawn(self._pad(), name="probe-padding")
 
     async def _pad(self) -> None:
         """Sends the probe padding, paced every PROBE_TICK_S."""
@@ -440,10 +444,10 @@ class WebRtcTransport:
         self._retired.append(slot.transceiver)
         self.request_negotiation()
 
-    def _background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _stop_sender(self, sender: RTCRtpSender) -> None:
+        task = self._tasks.spawn(sender.stop(), name="sender-stop")
+        self._sender_stops.add(task)
+        task.add_done_callback(self._sender_stops.discard)
 
     # --- negotiation -----------------------------------------------------------------
 
@@ -457,7 +461,7 @@ class WebRtcTransport:
             return
         self._dirty = True
         if self._in_flight is None and (self._task is None or self._task.done()):
-            self._task = asyncio.ensure_future(self._negotiate())
+            self._task = self._tasks.spawn(self._negotiate(), name="negotiation")
 
     async def _negotiate(self) -> None:
         if self._answered and not self._connected.is_set():
@@ -542,7 +546,7 @@ class WebRtcTransport:
             for transceiver in [t for t in self._retired if t.currentDirection == "inactive"]:
                 self._retired.remove(transceiver)
                 # The RTCP BYE the stop sends tells the subscriber the stream ended.
-                self._background(transceiver.sender.stop())
+                self._stop_sender(transceiver.sender)
             started: list[Producer] = []
             for kind, slot in self.publish_slots.items():
                 if slot.wanted and slot.producer is None and slot.transceiver.currentDirection in (
@@ -575,9 +579,9 @@ class WebRtcTransport:
         for task in (self._allocator, self._prober):
             if task is not None:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sender_stops:
+            await asyncio.gather(*self._sender_stops, return_exceptions=True)
+        await self._tasks.close()
         if self._answered and not self._settled.is_set():
             # Closing while aiortc is still connecting lets its connect task start ICE
             # consent checks and RTCP after the close, which then never end.

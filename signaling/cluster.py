@@ -15,16 +15,15 @@ import logging
 import time
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from server.config import Settings
+from server.room import Rooms
 from server.store import ParticipantState, Store, StoreUnavailable, Subscription, TrackState
+from server.tasks import TaskOwner
 
 from .protocol import error
 from .session import Connection, ConnectionLimits, RateLimiter, RelayedConnection
-
-if TYPE_CHECKING:
-    from .service import SignalingService
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +35,36 @@ def node_channel(node_id: str) -> str:
     return f"node:{node_id}"
 
 
+class ClusterNode(Protocol):
+    """What the cluster asks of this node's signalling (signaling/service.py). Small on
+    purpose: the service owns the cluster, and the cluster must not reach into the whole
+    service (nor import it: that was an import cycle)."""
+
+    @property
+    def idle(self) -> bool:
+        """No session on this node."""
+
+    def load(self) -> tuple[int, int]:
+        """(load, rooms with media here) for placement."""
+
+    def store_failed(self) -> None:
+        """The store could not be reached (counted)."""
+
+    async def receive(self, conn: Connection, text: str) -> None:
+        """A relayed client's frame."""
+
+    async def connection_lost(self, conn: Connection) -> None:
+        """A relayed client's connection is gone."""
+
+    async def send_everyone_elsewhere(self) -> None:
+        """Ends every session here; their clients connect again (drain)."""
+
+
 class Cluster:
-    def __init__(self, service: "SignalingService", settings: Settings, store: Store) -> None:
-        self.service = service
+    def __init__(self, node: ClusterNode, rooms: Rooms, settings: Settings, store: Store) -> None:
+        self.node = node
+        # The rooms on this node: seats written again on resync, stays of reaped participants.
+        self.rooms = rooms
         self.settings = settings
         self.store = store
         self.node_id = store.node_id
@@ -55,12 +81,12 @@ class Cluster:
         # (a relayed join waits on ~10 store round trips; one global queue made every
         # relayed client wait for all the others).
         self._lanes: dict[tuple[str, str], deque[dict[str, Any]]] = {}
-        self._lane_tasks: set[asyncio.Task[None]] = set()
+        # Relay lanes, uplinks, outbox flushes, the maintenance loop and the silent-node watch.
+        self._tasks = TaskOwner("cluster")
         # Owner side: per edge node, `_out`/`_close` messages waiting for one publish, and
         # the edges that said they take such batches.
         self._outbox: dict[str, list[dict[str, Any]]] = {}
         self._batching: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
         # Live nodes as the maintenance loop last read them (every heartbeat): a hello into
         # a placed room checks its owner against this instead of reading the nodes again.
@@ -86,15 +112,10 @@ class Cluster:
         self._subscription = await self.store.subscribe(node_channel(self.node_id), self._enqueue)
         await self._heartbeat()
         self._live = await self.store.live_nodes()
-        self._tasks = [asyncio.ensure_future(self._maintain())]
+        self._tasks.spawn(self._maintain(), name="cluster-maintain")
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._lane_tasks]
-        if self._watching is not None:
-            tasks.append(self._watching)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
         self._lanes.clear()
         self._outbox.clear()
         self._uplinks.clear()
@@ -110,14 +131,8 @@ class Cluster:
                 pass
 
     def _info(self) -> dict[str, Any]:
-        stats = self.service.sfu.stats()
-        return {
-            # Sessions count too: without media every node had load 0 and every room
-            # went to the same node, so a second node added no signalling capacity.
-            "load": len(self.service.sessions) + stats["consumers"] + stats["producers"],
-            "rooms": stats["routers"],
-            "draining": self.draining,
-        }
+        load, rooms = self.node.load()
+        return {"load": load, "rooms": rooms, "draining": self.draining}
 
     async def _heartbeat(self) -> None:
         await self.store.heartbeat_node(self.node_id, self._info(), self.settings.node_timeout_s)
@@ -203,7 +218,7 @@ class Cluster:
         uplink = self._uplinks.get(conn.id)
         if uplink is None:
             uplink = self._uplinks[conn.id] = deque()
-            self._spawn(self._send_up(conn, uplink))
+            self._tasks.spawn(self._send_up(conn, uplink), name="relay-uplink")
         elif len(uplink) >= self.settings.relay_queue_frames and message["type"] == "_in":
             # Bounded: a client cannot pile frames up while its room's node is unreachable.
             raise StoreUnavailable("too many relayed frames waiting")
@@ -250,11 +265,6 @@ class Cluster:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._lane_tasks.add(task)
-        task.add_done_callback(self._lane_tasks.discard)
-
     async def _lose_link(self, conn: Connection, reason: str) -> None:
         """Edge: a relayed connection whose room's node is gone; the client reconnects."""
         self.relayed.pop(conn.id, None)
@@ -278,7 +288,7 @@ class Cluster:
             outbox.append(message)
             return
         self._outbox[origin] = [message]
-        self._spawn(self._flush(origin))
+        self._tasks.spawn(self._flush(origin), name="relay-flush")
 
     async def _flush(self, origin: str) -> None:
         try:
@@ -316,7 +326,7 @@ class Cluster:
             lane.append(message)
             return
         self._lanes[key] = deque([message])
-        self._spawn(self._drain_lane(key))
+        self._tasks.spawn(self._drain_lane(key), name="relay-lane")
 
     async def _drain_lane(self, key: tuple[str, str]) -> None:
         lane = self._lanes[key]
@@ -347,13 +357,13 @@ class Cluster:
                     RateLimiter(self.settings.messages_per_second * 2, self.settings.message_burst * 2),
                     self.connection_limits,
                 )
-            await self.service.receive(conn, message["text"])
+            await self.node.receive(conn, message["text"])
         elif kind == "_gone":
             conn = self.remote.pop((message["origin"], message["conn"]), None)
             if conn is not None:
                 conn.mark_gone()
                 conn.abandon()
-                await self.service.connection_lost(conn)
+                await self.node.connection_lost(conn)
         elif kind == "_close":
             edge = self.relayed.pop(message["conn"], None)
             uplink = self._uplinks.get(message["conn"])
@@ -393,8 +403,7 @@ class Cluster:
                 for dead in await self.store.dead_nodes():
                     await self._reap(dead)
             except StoreUnavailable as exc:
-                if self.service.metrics is not None:
-                    self.service.metrics.redis_errors.inc()
+                self.node.store_failed()
                 if not self.store_down:
                     logger.warning("store unreachable (%s); calls go on, joins wait", exc)
                 self.store_down = True
@@ -427,7 +436,7 @@ class Cluster:
             return
         self._silent_since[node] = time.monotonic()
         if self._watching is None or self._watching.done():
-            self._watching = asyncio.ensure_future(self._watch_silent())
+            self._watching = self._tasks.spawn(self._watch_silent(), name="cluster-watch-silent")
 
     async def _watch_silent(self) -> None:
         """Looks again at silent nodes until each is heard or found unreachable."""
@@ -462,7 +471,7 @@ class Cluster:
             del self.remote[key]
             conn.mark_gone()
             conn.abandon()
-            await self.service.connection_lost(conn)
+            await self.node.connection_lost(conn)
 
     async def _reap(self, dead: str) -> None:
         """Removes a dead node's participants and placements, once across the cluster."""
@@ -483,7 +492,7 @@ class Cluster:
                         )
                 await self.store.remove_participant(room, participant.participant_id)
                 if participant.admitted:
-                    await self.service.record_stay(
+                    await self.rooms.record_stay(
                         room, participant.participant_id, participant.role, participant.joined_at, joined=False
                     )
                 await self.store.publish(
@@ -494,12 +503,12 @@ class Cluster:
     async def resync(self) -> None:
         """After a store outage: this node's sessions and tracks are written again, and
         participants the store still lists for this node but that are gone are removed."""
-        service = self.service
-        local: dict[tuple[str, str], Any] = {}
-        for (room, participant_id), session in list(service.members.items()):
+        local: set[tuple[str, str]] = set()
+        for room, session in list(self.rooms.seats()):
             if session.ended:
                 continue
-            local[(room, participant_id)] = session
+            participant_id = session.participant_id
+            local.add((room, participant_id))
             state = ParticipantState(
                 participant_id=participant_id,
                 room=room,
@@ -514,7 +523,7 @@ class Cluster:
             if previous is not None:
                 state.audio_muted, state.video_muted = previous.audio_muted, previous.video_muted
             await self.store.add_participant(state, max_participants=10**6)
-            await self.store.touch_presence(participant_id, service.presence_ttl)
+            await self.store.touch_presence(participant_id, self.rooms.presence_ttl)
             if session.transport is not None:
                 for producer in session.transport.producers:
                     await self.store.add_track(
@@ -523,13 +532,13 @@ class Cluster:
             if session.admitted:
                 await self.store.place_room(room, self.node_id, [self.node_id])
                 # Stays that began while the store was away (idempotent for the others).
-                await self.service.record_stay(room, participant_id, session.grant.role, session.joined_at, joined=True)
+                await self.rooms.record_stay(room, participant_id, session.grant.role, session.joined_at, joined=True)
         for room in await self.store.list_rooms():
             for participant in await self.store.list_participants(room):
                 if participant.node_id == self.node_id and (room, participant.participant_id) not in local:
                     await self.store.remove_participant(room, participant.participant_id)
                     if participant.admitted:
-                        await self.service.record_stay(
+                        await self.rooms.record_stay(
                             room, participant.participant_id, participant.role, participant.joined_at, joined=False
                         )
                     await self.store.publish(
@@ -552,7 +561,7 @@ class Cluster:
             # relay_to stays: when the socket has closed, the owner hears `_gone`.
             conn.send({"type": "reconnect", "reason": "draining"})
             await conn.close(SERVICE_RESTART, "draining")
-        await self.service.send_everyone_elsewhere()
+        await self.node.send_everyone_elsewhere()
         # Relayed connections without a session (a hello that failed, a resume refused).
         for conn in list(self.remote.values()):
             conn.send({"type": "reconnect", "reason": "draining"})
@@ -560,4 +569,4 @@ class Cluster:
 
     @property
     def idle(self) -> bool:
-        return not self.service.sessions and not self.relayed and not self.remote and not self._uplinks
+        return self.node.idle and not self.relayed and not self.remote and not self._uplinks

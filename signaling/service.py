@@ -1,7 +1,9 @@
-"""The signalling service: WebSocket endpoint, sessions, rooms, moderation and resume.
+"""The signalling service: WebSocket endpoint, sessions, resume, and messages turned into
+calls on this node's rooms.
 
-Room state lives in the store; room events travel through the store's fan-out so a Redis
-backend can deliver them across nodes. A room's media lives in this node's SFU.
+A room is owned by its `Room` (server/room.py): seats, lobby, moderation, spotlight, media.
+This service keeps sessions and connections, parses messages, checks who may send what,
+and translates each message into a Room call (a RoomError into an error reply).
 """
 
 from __future__ import annotations
@@ -15,29 +17,16 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from server.attendance import Attendance
 from server.config import Settings
-from server.directory import Activity, Directory, Senior
+from server.directory import Directory
 from server.metrics import Metrics
+from server.room import RoomError, Rooms, Seat
 from server.turn import ice_servers_for
-from server.producer import Producer
 from server.router import Sfu
-from server.store import (
-    ADMIT,
-    AccessRefused,
-    ADMIT_UNLESS_LOCKED,
-    LOBBY,
-    JoinResult,
-    ParticipantState,
-    RoomFull,
-    Store,
-    StoreUnavailable,
-    Subscription,
-    TrackState,
-)
-from server.transport import NegotiationError
+from server.store import AccessRefused, Store, StoreUnavailable, Subscription
+from server.tasks import TaskOwner
 
-from .devices import CALL_ROOM_PREFIX, DeviceHub
+from .devices import DeviceHub
 from .protocol import DEVICE_ONLY, VERSION, CloseCode, ProtocolError, error, parse_client_message
 from .cluster import SERVICE_RESTART, Cluster
 from .revocation import Revocations
@@ -45,7 +34,14 @@ from .session import Connection, ConnectionLimits, RateLimiter, RelayedConnectio
 from .tokens import TokenError, TokenIssuer
 
 MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban", "invite_senior")
-ROOM_STATE_DEFAULTS: dict[str, Any] = {"locked": False, "spotlight": None, "music_mode": False}
+# How a client hears that its room ended its session (Rooms' EndSeat reasons).
+END_CLOSE_CODES = {
+    "replaced": CloseCode.REPLACED,
+    "denied": CloseCode.DENIED,
+    "kicked": CloseCode.REMOVED,
+    "ended": CloseCode.REMOVED,
+    "media_failed": CloseCode.MEDIA_FAILED,
+}
 
 logger = logging.getLogger(__name__)
 
@@ -60,40 +56,44 @@ class SignalingService:
         self.sfu = sfu
         self.directory = directory
         self.devices = DeviceHub(settings, store, directory, issuer)
-        self.cluster = Cluster(self, settings, store)
         self.revocations = Revocations(store, settings.max_token_ttl_s)
+        self.rooms = Rooms(
+            settings, store, sfu, directory, self.revocations, end_seat=self._end_seat, released=self._room_released
+        )
+        self.rooms.on_entered = self._entered
+        self.cluster = Cluster(self, self.rooms, settings, store)
         self._revocation_subscription: Subscription | None = None
-        # Sessions being ended because their access was revoked: kept, so close() waits for
-        # them and a failure is logged rather than lost.
-        self._revoking: set[asyncio.Task[None]] = set()
-        self.attendance = Attendance(settings, store)
+        # The sweep, resume grace timers, socket closes and revoked sessions' ends.
+        self._tasks = TaskOwner("signaling")
         self.metrics: Metrics | None = None
         # Told when a WebSocket's hello is accepted (server/connections.py stops counting
         # it as an unauthenticated connection).
         self.on_authenticated: Callable[[asyncio.BaseTransport | None], None] | None = None
-        sfu.on_active_speaker = self._active_speaker
         self.sessions: dict[str, Session] = {}
-        # room → participant id → the session holding that seat on this node. Indexed by
-        # room so delivering a room event costs O(room), not O(sessions on the node).
-        self.rooms: dict[str, dict[str, Session]] = {}
-        self._room_subscriptions: dict[str, Subscription] = {}
-        self._subscribing: dict[str, asyncio.Lock] = {}
         self._connections: set[Connection] = set()
         self.connection_limits = ConnectionLimits.from_settings(settings)
         self._sweeper: asyncio.Task[None] | None = None
         # Seconds the event loop ran behind at the last sweep (see _sweep).
         self.loop_lag = 0.0
-        # room → (expires at, activity or None): see _activity.
-        self._activities: dict[str, tuple[float, Activity | None]] = {}
+
+    # --- what the cluster asks of this node (signaling/cluster.py's ClusterNode) ----------
 
     @property
-    def members(self) -> dict[tuple[str, str], Session]:
-        """(room, participant id) → session, for whole-node walks (resync)."""
-        return {(room, pid): session for room, seats in self.rooms.items() for pid, session in seats.items()}
+    def idle(self) -> bool:
+        return not self.sessions
 
-    def _member(self, room: str, participant_id: str) -> Session | None:
-        seats = self.rooms.get(room)
-        return seats.get(participant_id) if seats is not None else None
+    def load(self) -> tuple[int, int]:
+        stats = self.sfu.stats()
+        # Sessions count too: without media every node had load 0 and every room
+        # went to the same node, so a second node added no signalling capacity.
+        return len(self.sessions) + stats["consumers"] + stats["producers"], stats["routers"]
+
+    def store_failed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.redis_errors.inc()
+
+    async def _room_released(self, room: str) -> None:
+        await self.cluster.room_empty(room)
 
     # --- WebSocket endpoint ----------------------------------------------------------------
 
@@ -115,7 +115,7 @@ class SignalingService:
         )
         self._connections.add(conn)
         if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.ensure_future(self._sweep())
+            self._sweeper = self._tasks.spawn(self._sweep(), name="sweep")
         # A timer, not the once-a-second sweep: the deadline holds to the moment.
         hello_deadline = asyncio.get_running_loop().call_later(
             self.settings.hello_timeout_s, self._hello_timeout, conn
@@ -190,8 +190,7 @@ class SignalingService:
         except ProtocolError as exc:
             self._reply_error(conn, exc)
         except StoreUnavailable:
-            if self.metrics is not None:
-                self.metrics.redis_errors.inc()
+            self.store_failed()
             self._reply_error(
                 conn, ProtocolError("unavailable", "The service is busy; try again in a moment.")
             )
@@ -212,6 +211,12 @@ class SignalingService:
             conn.send(payload)
 
     async def _dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
+        try:
+            await self._route(conn, message)
+        except RoomError as exc:
+            raise ProtocolError(exc.code, exc.message, message.get("id")) from None
+
+    async def _route(self, conn: Connection, message: dict[str, Any]) -> None:
         kind = message["type"]
         ref = message.get("id")
         if kind == "hello":
@@ -246,53 +251,46 @@ class SignalingService:
             raise ProtocolError("forbidden", "Wait until the host lets you in.", ref)
         if kind in DEVICE_ONLY:
             raise ProtocolError("forbidden", f"Only a kiosk device can send '{kind}'.", ref)
+        assert session.room is not None
+        room = self.rooms.of(session.room)
         if kind == "publish":
-            await self._publish(session, {"audio": message["audio"], "video": message["video"]}, ref)
+            await room.publish(session, {"audio": message["audio"], "video": message["video"]})
         elif kind == "unpublish":
-            await self._publish(session, {message["kind"]: False}, ref)
+            await room.publish(session, {message["kind"]: False})
         elif kind == "answer":
-            await self._answer(session, message["sdp"], message["negotiation_id"], ref)
+            await room.answer(session, message["sdp"], message["negotiation_id"])
         elif kind == "mute":
-            await self._mute(session, message, ref)
+            target = message.get("participant_id", session.participant_id)
+            await room.mute(session, target, message["kind"], message["muted"])
         elif kind == "kick":
-            await self._kick(session, message["participant_id"], ref)
+            await room.kick(message["participant_id"])
         elif kind in ("admit", "deny"):
-            await self._admit(session, message["participant_id"], kind == "admit", ref)
+            await room.admit(message["participant_id"], kind == "admit")
         elif kind == "mute_all":
-            await self._mute_all(session, message["kind"])
+            await room.mute_all(session, message["kind"])
         elif kind == "ask_unmute":
-            target = await self._admitted_target(session, message["participant_id"], ref)
-            await self._broadcast(
-                session.room,
-                {"type": "unmute_requested", "kind": message["kind"], "by": session.participant_id, "_to": target},
-            )
+            await room.ask_unmute(session, message["participant_id"], message["kind"])
         elif kind == "lock":
-            await self._update_room(session, locked=message["locked"])
+            await room.lock(message["locked"])
         elif kind == "spotlight":
-            if message["participant_id"] is not None:
-                await self._admitted_target(session, message["participant_id"], ref)
-            await self._update_room(session, spotlight=message["participant_id"])
+            await room.spotlight(message["participant_id"])
         elif kind == "music_mode":
-            await self._update_room(session, music_mode=message["enabled"])
+            await room.music_mode(message["enabled"])
         elif kind == "layout":
-            self._layout(session, message["tiles"], ref)
+            room.layout(session, message["tiles"])
         elif kind == "end":
             await self.end_room(session.room, by=session.participant_id)
         elif kind == "unban":
-            await self._unban(session, message["participant_id"], ref)
+            await room.unban(message["participant_id"])
         elif kind == "invite_senior":
             await self._invite_senior(session, message["senior_id"], ref)
-
-    @property
-    def presence_ttl(self) -> float:
-        return self.settings.ping_timeout_s + self.settings.resume_grace_s
 
     async def _refresh_presence(self, session: Session, *, force: bool = False) -> None:
         # A store write on every ping was the largest cost of an idle connection; the key
         # only needs rewriting well before it expires.
         now = time.monotonic()
-        if force or now - session.presence_touched >= self.presence_ttl * self.settings.presence_refresh_fraction:
-            await self.store.touch_presence(session.participant_id, self.presence_ttl)
+        if force or now - session.presence_touched >= self.rooms.presence_ttl * self.settings.presence_refresh_fraction:
+            await self.store.touch_presence(session.participant_id, self.rooms.presence_ttl)
             session.presence_touched = now
 
     # --- hello / resume ------------------------------------------------------------------
@@ -388,7 +386,7 @@ class SignalingService:
         if previous is not None and previous is not conn:
             previous.session = None
             session.connection = None
-            asyncio.ensure_future(previous.close(CloseCode.REPLACED, "resumed elsewhere"))
+            self._tasks.spawn(previous.close(CloseCode.REPLACED, "resumed elsewhere"), name="session-close")
         if session.grace_task is not None:
             session.grace_task.cancel()
             session.grace_task = None
@@ -414,11 +412,7 @@ class SignalingService:
         if session.joined:
             assert session.room is not None
             await self._refresh_presence(session, force=True)
-            updated = await self.store.update_participant(
-                session.room, session.participant_id, connected=True
-            )
-            if updated is not None and session.admitted:
-                await self._broadcast(session.room, {"type": "participant_updated", "participant": _participant(updated)})
+            await self.rooms.of(session.room).set_connected(session, True)
 
     async def connection_lost(self, conn: Connection) -> None:
         session = conn.session
@@ -430,15 +424,11 @@ class SignalingService:
             self._forget(session)
             return
         assert session.room is not None
-        session.grace_task = asyncio.ensure_future(self._grace(session))
+        session.grace_task = self._tasks.spawn(self._grace(session), name="resume-grace")
         try:
-            updated = await self.store.update_participant(
-                session.room, session.participant_id, connected=False
-            )
+            await self.rooms.of(session.room).set_connected(session, False)
         except StoreUnavailable:
             return
-        if updated is not None and session.admitted:
-            await self._broadcast(session.room, {"type": "participant_updated", "participant": _participant(updated)})
 
     async def _grace(self, session: Session) -> None:
         await asyncio.sleep(self.settings.resume_grace_s)
@@ -449,68 +439,18 @@ class SignalingService:
         session.ended = True
         self.sessions.pop(session.id, None)
 
-    # --- rooms ---------------------------------------------------------------------------
+
+    # --- rooms: the Room does the work (server/room.py) -----------------------------------
 
     async def _join(self, session: Session, room: str, ref: str | None) -> None:
         if session.joined:
             raise ProtocolError("already_joined", "Already in a room.", ref)
         if room != session.grant.room:
             raise ProtocolError("token_wrong_room", "The token is for another room.", ref)
-        grant = session.grant
-        admission = await self._admission(session, room, ref)
-        stale = self._member(room, grant.participant_id)
-        if stale is not None and stale is not session:
-            # The same person joined again (new device or lost session): the newest wins.
-            await self._end(stale, "replaced", close_code=CloseCode.REPLACED)
-        state = ParticipantState(
-            participant_id=grant.participant_id,
-            room=room,
-            name=grant.name,
-            role=grant.role,
-            node_id=self.store.node_id,
-            joined_at=time.time(),
-            token_expires_at=grant.expires_at,
-        )
-        # Seated before the store step: this holds the room's subscription on this node,
-        # and room events from now on reach `early` (the snapshot below may predate them).
-        self.rooms.setdefault(room, {})[grant.participant_id] = session
-        subscribed = room in self._room_subscriptions
-        session.early = []
         try:
-            # Checked again in the join step itself: the token may have been taken back since hello.
-            result = await self.store.join_room(
-                state, admission, self.settings.max_participants_per_room, self.presence_ttl,
-                self.revocations.access_check(grant),
-            )
-        except BaseException as exc:
-            session.early = None
-            self._free_seat(session, room)
-            await self._release_if_empty(room)
-            if isinstance(exc, RoomFull):
-                raise ProtocolError("room_full", "This activity is full.", ref) from None
-            if isinstance(exc, AccessRefused):
-                await self._refuse(session, self.revocations.refusal(exc), ref)
-                return
-            raise
-        session.presence_touched = time.monotonic()
-        session.room = room
-        session.joined_at = state.joined_at
-        try:
-            await self._drop_stale_tracks(room, result)
-            await self._subscribe_room(room)
-        except BaseException:
-            # The client hears `unavailable` and may join again: leave nothing behind (a
-            # seat in the store that nobody was told of, a session collecting events).
-            await self._undo_join(session, room)
-            raise
-        if result.admitted:
-            # A fresh subscription may have missed events since the snapshot: read again.
-            await self._enter(session, ref, result if subscribed else None)
-        else:
-            session.early = None
-            # Knocking is automatic: waiting in the lobby is the knock.
-            session.send({"type": "lobby", "ref": ref, "room": room})
-            await self._broadcast(room, {"type": "knock", "participant": _participant(result.state), "_to": "moderators"})
+            await self.rooms.join(session, ref, self.revocations.access_check(session.grant))
+        except AccessRefused as exc:
+            await self._refuse(session, self.revocations.refusal(exc), ref)
 
     async def _refuse(self, session: Session, exc: TokenError, ref: str | None) -> None:
         """A join refused because the token was taken back: told, and closed as at hello."""
@@ -520,172 +460,15 @@ class SignalingService:
         if conn is not None:
             await conn.close(CloseCode.AUTH_FAILED, exc.code)
 
-    async def _drop_stale_tracks(self, room: str, result: JoinResult) -> None:
-        """A new session publishes nothing yet: tracks still listed under its participant
-        are an earlier session's, left by a node that died (the reaper spares a
-        participant who already joined again elsewhere)."""
-        mine = result.state.participant_id
-        stale = [t for t in result.tracks if t.participant_id == mine]
-        if not stale:
-            return
-        result.tracks = [t for t in result.tracks if t.participant_id != mine]
-        for track in stale:
-            await self.store.remove_track(room, track.track_id)
-            await self._broadcast(
-                room,
-                {"type": "track_unpublished", "track_id": track.track_id, "participant_id": mine, "kind": track.kind},
-            )
-
-    async def _undo_join(self, session: Session, room: str) -> None:
-        session.early = None
-        session.room = None
-        self._free_seat(session, room)
-        try:
-            await self.store.remove_participant(room, session.participant_id)
-            await self.store.clear_presence(session.participant_id)
-        except StoreUnavailable:
-            # Presence expires; a seat left behind is the reaper's or the next join's.
-            pass
-        await self._release_if_empty(room)
-
-    def _free_seat(self, session: Session, room: str) -> None:
-        seats = self.rooms.get(room)
-        if seats is not None and seats.get(session.participant_id) is session:
-            del seats[session.participant_id]
-
-    async def _release_if_empty(self, room: str) -> None:
-        """The room's last seat on this node takes the room's subscription (and this
-        node's placement) with it."""
-        seats = self.rooms.get(room)
-        if seats is not None and not seats:
-            del self.rooms[room]
-        if room not in self.rooms:
-            subscription = self._room_subscriptions.pop(room, None)
-            try:
-                if subscription is not None:
-                    await subscription.close()
-                await self.cluster.room_empty(room)
-            except StoreUnavailable:
-                pass
-
-    async def _activity(self, room: str) -> Activity | None:
-        """The room's activity record, cached briefly: every join needs it."""
-        now = time.monotonic()
-        cached = self._activities.get(room)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        activity = await self.directory.get(Activity, room)
-        if len(self._activities) >= self.settings.activity_cache_entries:
-            self._activities.clear()
-        self._activities[room] = (now + self.settings.activity_cache_s, activity)
-        return activity
-
-    async def _admission(self, session: Session, room: str, ref: str | None) -> str:
-        """Whether a joiner enters directly or waits in the lobby (Store.join_room)."""
-        grant = session.grant
-        if grant.may("moderate"):
-            return ADMIT
-        if room.startswith(CALL_ROOM_PREFIX):
-            return ADMIT
-        if grant.role == "family":
-            activity = await self._activity(room)
-            if activity is not None:
-                if not activity.guests_allowed:
-                    raise ProtocolError("forbidden", "This activity does not take guests.", ref)
-                return LOBBY
-        # Decided in the store, against the room's lock, in the same step as the join.
-        return ADMIT_UNLESS_LOCKED
-
-    async def _enter(self, session: Session, ref: str | None, snapshot: JoinResult | None = None) -> None:
-        """Gives an admitted participant media and the room snapshot, and tells the others.
-
-        `snapshot`: the room as the join read it; without one (admitted from the lobby,
-        or a new room subscription) the room is read here.
-        """
-        assert session.room is not None
-        room = session.room
-        grant = session.grant
-        session.admitted = True
-        if snapshot is not None:
-            room_state = {**ROOM_STATE_DEFAULTS, **snapshot.room_state}
-            everyone, tracks = snapshot.participants, snapshot.tracks
-        else:
-            room_state = await self._room_state(room)
-        router = self.sfu.router(room)
-        if not router.transports:
-            router.activity = await self._activity(room) is not None
-            router.tiles_to_everyone_up_to = self.settings.tiles_to_everyone_up_to
-            router.spotlight = room_state.get("spotlight")
-        if session.ended or session.room is None:
-            return
-        session.transport = router.create_transport(
-            grant.participant_id,
-            moderator=grant.may("moderate"),
-            subscribe=grant.may("subscribe"),
-            send_offer=lambda offer: session.send({"type": "offer", **offer}),
-            on_failed=lambda: asyncio.ensure_future(
-                self._end(session, "media_failed", close_code=CloseCode.MEDIA_FAILED)
-            ),
-        )
-        if snapshot is None:
-            everyone = await self.store.list_participants(room)
-            tracks = await self.store.list_tracks(room)
-        joined: dict[str, Any] = {
-            "type": "joined",
-            "ref": ref,
-            "room": room,
-            "self_id": grant.participant_id,
-            "participants": [_participant(p) for p in everyone if p.admitted],
-            "tracks": [t.to_dict() for t in tracks],
-            "room_state": room_state,
-        }
-        if grant.may("moderate"):
-            joined["lobby"] = [_participant(p) for p in everyone if not p.admitted]
-            joined["banned"] = await self.revocations.banned(room)
-            enrolled = await self._enrolled(room)
-            if enrolled is not None:
-                joined["enrolled"] = enrolled
-        session.send(joined)
-        early, session.early = session.early, None
-        for event in early or ():
-            session.send(event)
-        if room_state.get("music_mode"):
-            session.transport.set_music(self.settings.music_opus_bitrate_bps)
-        if grant.may("publish"):
-            session.send({"type": "publish_quality", **self._quality(room, grant.participant_id, grant.role, room_state)})
+    def _entered(self, seat: Seat) -> None:
         if self.metrics is not None:
-            self.metrics.join_seconds.observe(time.monotonic() - session.started)
-        me = next((p for p in everyone if p.participant_id == grant.participant_id), None)
-        if me is not None:
-            await self._broadcast(room, {"type": "participant_joined", "participant": _participant(me)}, skip=grant.participant_id)
-        await self.record_stay(room, grant.participant_id, grant.role, session.joined_at, joined=True)
-
-    async def record_stay(self, room: str, participant_id: str, role: str, joined_at: float, *, joined: bool) -> None:
-        """Attendance (server/attendance.py): a stay starts or ends. Idempotent, so the
-        node that reaps a dead node or resyncs after an outage may record it again."""
-        try:
-            activity = None if room.startswith(CALL_ROOM_PREFIX) else await self._activity(room)
-            if joined:
-                await self.attendance.joined(room, activity, participant_id, role, joined_at)
-            else:
-                await self.attendance.left(room, activity, participant_id, role, joined_at)
-        except StoreUnavailable:
-            # The join or leave itself went through; a resync after the outage records
-            # the stays of this node's sessions again.
-            logger.warning("store unavailable: attendance of %s in %s not recorded", participant_id, room)
-
-    async def _enrolled(self, room: str) -> list[dict[str, str]] | None:
-        """An activity's enrolled seniors for its hosts (who is missing), else None."""
-        activity = await self._activity(room)
-        if activity is None:
-            return None
-        return [{"id": s.id, "name": s.name} for s in await self.directory.get_many(Senior, activity.enrolled)]
+            self.metrics.join_seconds.observe(time.monotonic() - seat.started)
 
     async def _invite_senior(self, session: Session, senior_id: str, ref: str | None) -> None:
         """Rings the senior's kiosks with an invitation; the kiosk shows it and sends
         nothing until the senior taps (then the usual activity_join)."""
         assert session.room is not None
-        activity = await self._activity(session.room)
+        activity = await self.rooms.activity(session.room)
         if activity is None or senior_id not in activity.enrolled:
             raise ProtocolError("not_enrolled", "That senior is not enrolled in this activity.", ref)
         if await self.store.get_participant(session.room, senior_id) is not None:
@@ -695,61 +478,13 @@ class SignalingService:
             raise ProtocolError("senior_offline", "The senior's kiosk is not online.", ref)
         session.send({"type": "invite_sent", "ref": ref, "senior_id": senior_id, "kiosks": rung})
 
-    async def _room_state(self, room: str) -> dict[str, Any]:
-        return {**ROOM_STATE_DEFAULTS, **await self.store.get_room_state(room)}
-
-    async def _update_room(self, session: Session, **changes: Any) -> None:
-        assert session.room is not None
-        room = session.room
-        state = await self._room_state(room)
-        state.update(changes)
-        await self.store.set_room_state(room, state)
-        await self._broadcast(room, {"type": "room_updated", "room": state})
-        if "music_mode" in changes:
-            await self._broadcast(room, {"type": "_music", "enabled": state["music_mode"]})
-        if "spotlight" in changes:
-            await self._broadcast(room, {"type": "_spotlight", "participant_id": state["spotlight"]})
-            for participant in await self.store.list_participants(room):
-                if participant.admitted:
-                    quality = self._quality(room, participant.participant_id, participant.role, state)
-                    await self._broadcast(room, {"type": "publish_quality", **quality, "_to": participant.participant_id})
-
-    def _quality(self, room: str, participant_id: str, role: str, state: dict[str, Any]) -> dict[str, Any]:
-        """Full quality for hosts, the spotlit and everyone in a family call; tiles otherwise."""
-        s = self.settings
-        main = (
-            room.startswith(CALL_ROOM_PREFIX)
-            or role in ("host", "admin")
-            or state.get("spotlight") == participant_id
-        )
-        if main:
-            return {"video": {"max_bitrate_bps": s.main_video_bitrate_bps, "max_height": s.main_video_height}}
-        return {"video": {"max_bitrate_bps": s.tile_video_bitrate_bps, "max_height": s.tile_video_height}}
-
-    async def _admitted_target(self, session: Session, participant_id: str, ref: str | None) -> str:
-        assert session.room is not None
-        target = await self.store.get_participant(session.room, participant_id)
-        if target is None or not target.admitted:
-            raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
-        return participant_id
-
-    async def _admit(self, session: Session, participant_id: str, admit: bool, ref: str | None) -> None:
-        assert session.room is not None
-        room = session.room
-        waiting = await self.store.get_participant(room, participant_id)
-        if waiting is None or waiting.admitted:
-            raise ProtocolError("not_in_lobby", "Nobody with that id is waiting in the lobby.", ref)
-        if admit:
-            await self.store.update_participant(room, participant_id, admitted=True)
-        await self._broadcast(
-            room,
-            {"type": "lobby_left", "participant_id": participant_id, "reason": "admitted" if admit else "denied", "_to": "moderators"},
-        )
-        # The node holding the waiting participant's session acts on it.
-        await self._broadcast(room, {"type": "_admit" if admit else "_deny", "participant_id": participant_id})
+    async def _end_seat(self, seat: Seat, reason: str) -> None:
+        """What the room asks (Rooms' EndSeat): a seat's session ends, its client told why."""
+        assert isinstance(seat, Session)
+        await self._end(seat, reason, close_code=END_CLOSE_CODES[reason])
 
     async def _end(self, session: Session, reason: str, close_code: int | None = None) -> None:
-        """Ends a session for good: media closed, seat freed, others told.
+        """Ends a session for good: its room frees the seat and tells the others.
 
         With a close code, the session's own client is told why and its socket closed.
         """
@@ -765,220 +500,13 @@ class SignalingService:
                 session.send({"type": "removed", "reason": reason})
             conn.session = None
             session.connection = None
-            asyncio.ensure_future(conn.close(close_code, reason))
+            self._tasks.spawn(conn.close(close_code, reason), name="session-close")
         self._forget(session)
         if session.grace_task is not None:
             session.grace_task.cancel()
             session.grace_task = None
-        room = session.room
-        if room is None:
-            return
-        self._free_seat(session, room)
-        ended = await self.sfu.close_transport(room, session.participant_id)
-        session.transport = None
-        try:
-            for producer in ended:
-                await self.store.remove_track(room, producer.id)
-                await self._broadcast(room, _unpublished(producer))
-            await self.store.remove_participant(room, session.participant_id)
-            await self.store.clear_presence(session.participant_id)
-            if session.admitted:
-                await self.record_stay(room, session.participant_id, session.grant.role, session.joined_at, joined=False)
-                # "replaced": the same participant is joining again; its new session must
-                # not hear that it left.
-                skip = session.participant_id if reason == "replaced" else None
-                await self._broadcast(
-                    room, {"type": "participant_left", "participant_id": session.participant_id, "reason": reason}, skip
-                )
-            elif reason != "denied":
-                await self._broadcast(
-                    room,
-                    {"type": "lobby_left", "participant_id": session.participant_id, "reason": "left", "_to": "moderators"},
-                )
-        except StoreUnavailable:
-            logger.warning("store unavailable while %s left %s", session.participant_id, room)
-        await self._release_if_empty(room)
-
-    async def _subscribe_room(self, room: str) -> None:
-        # Joins into one room run concurrently: the first creates the subscription, the
-        # others wait for it; two subscriptions would deliver every event twice.
-        lock = self._subscribing.setdefault(room, asyncio.Lock())
-        async with lock:
-            if room not in self._room_subscriptions:
-                self._room_subscriptions[room] = await self.store.subscribe(
-                    room, lambda event: self._deliver(room, event)
-                )
-        if not lock.locked():
-            self._subscribing.pop(room, None)
-
-    def _deliver(self, room: str, event: dict[str, Any]) -> None:
-        kind = event.get("type", "")
-        if kind.startswith("_"):
-            self._act(room, event)
-            return
-        skip = event.pop("_skip", None)
-        to = event.pop("_to", None)
-        seats = self.rooms.get(room)
-        if not seats:
-            return
-        if to not in (None, "moderators"):
-            # Addressed to one participant: no walk over the room.
-            target = seats.get(to)
-            seats = {to: target} if target is not None else {}
-        for participant_id, session in list(seats.items()):
-            if participant_id == skip or session.ended:
-                continue
-            if to == "moderators" and not session.grant.may("moderate"):
-                continue
-            if to not in (None, "moderators") and to != participant_id:
-                continue
-            if session.admitted:
-                session.send(dict(event))
-            elif session.early is not None:
-                session.early.append(dict(event))
-
-    def _act(self, room: str, event: dict[str, Any]) -> None:
-        """Room-wide effects that the node holding the affected sessions carries out."""
-        kind = event["type"]
-        target = self._member(room, event.get("participant_id", ""))
-        if kind == "_admit" and target is not None and not target.admitted:
-            asyncio.ensure_future(self._enter(target, None))
-        elif kind == "_deny" and target is not None and not target.admitted:
-            asyncio.ensure_future(self._end(target, "denied", close_code=CloseCode.DENIED))
-        elif kind == "_kick" and target is not None:
-            asyncio.ensure_future(self._end(target, "kicked", close_code=CloseCode.REMOVED))
-        elif kind == "_pause":
-            router = self.sfu.routers.get(room)
-            transport = router.transports.get(event["participant_id"]) if router else None
-            for producer in transport.producers if transport else []:
-                if producer.kind == event["kind"]:
-                    producer.set_paused(event["muted"])
-        elif kind == "_spotlight":
-            router = self.sfu.routers.get(room)
-            if router is not None:
-                router.set_spotlight(event["participant_id"])
-        elif kind == "_music":
-            router = self.sfu.routers.get(room)
-            bitrate = self.settings.music_opus_bitrate_bps if event["enabled"] else 0
-            for transport in router.transports.values() if router else []:
-                transport.set_music(bitrate)
-        elif kind == "_end":
-            for session in list(self.rooms.get(room, {}).values()):
-                asyncio.ensure_future(self._end(session, "ended", close_code=CloseCode.REMOVED))
-
-    async def _broadcast(self, room: str, event: dict[str, Any], skip: str | None = None) -> None:
-        if skip is not None:
-            event = {**event, "_skip": skip}
-        await self.store.publish(room, event)
-
-    # --- media ---------------------------------------------------------------------------
-
-    async def _publish(self, session: Session, wanted: dict[str, bool], ref: str | None) -> None:
-        if any(wanted.values()) and not session.grant.may("publish"):
-            raise ProtocolError("forbidden", "This token may not publish media.", ref)
-        assert session.transport is not None and session.room is not None
-        router = self.sfu.router(session.room)
-        for kind, want in wanted.items():
-            stopped = session.transport.set_publishing(kind, want)
-            if stopped is not None:
-                router.producer_stopped(stopped)
-                await self.store.remove_track(session.room, stopped.id)
-                await self._broadcast(session.room, _unpublished(stopped))
-
-    def _layout(self, session: Session, tiles: list[dict[str, Any]], ref: str | None) -> None:
-        """The tile sizes this participant shows: its consumers pick layers to fit them."""
-        limit = self.settings.max_layout_tiles
-        if len(tiles) > limit:
-            raise ProtocolError("bad_message", f"layout: at most {limit} tiles.", ref)
-        if session.transport is not None:
-            session.transport.set_layout({t["participant_id"]: (t["width"], t["height"]) for t in tiles})
-
-    async def _answer(self, session: Session, sdp: str, negotiation_id: int, ref: str | None) -> None:
-        assert session.transport is not None and session.room is not None
-        try:
-            started = await session.transport.apply_answer(sdp, negotiation_id)
-        except NegotiationError as exc:
-            raise ProtocolError(exc.code, str(exc), ref) from None
-        state = await self.store.get_participant(session.room, session.participant_id)
-        router = self.sfu.router(session.room)
-        for producer in started:
-            muted = bool(state and getattr(state, f"{producer.kind}_muted"))
-            producer.set_paused(muted)
-            producer.always_audible = session.grant.may("moderate")
-            track = TrackState(
-                track_id=producer.id,
-                room=session.room,
-                participant_id=session.participant_id,
-                kind=producer.kind,
-                muted=muted,
-            )
-            await self.store.add_track(track)
-            router.producer_started(producer)
-            await self._broadcast(session.room, {"type": "track_published", "track": track.to_dict()})
-
-    async def _mute(self, session: Session, message: dict[str, Any], ref: str | None) -> None:
-        assert session.room is not None
-        target = message.get("participant_id", session.participant_id)
-        kind, muted = message["kind"], message["muted"]
-        if target != session.participant_id:
-            if not session.grant.may("moderate"):
-                raise ProtocolError("forbidden", "Only a host may mute someone else.", ref)
-            if not muted:
-                raise ProtocolError(
-                    "forbidden", "Only the participant can unmute themself; ask them instead.", ref
-                )
-        if not await self._set_muted(session.room, target, kind, muted, by=session.participant_id):
-            raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
-
-    async def _mute_all(self, session: Session, kind: str) -> None:
-        assert session.room is not None
-        for participant in await self.store.list_participants(session.room):
-            if participant.admitted and participant.role not in ("host", "admin"):
-                if not getattr(participant, f"{kind}_muted"):
-                    await self._set_muted(session.room, participant.participant_id, kind, True, by=session.participant_id)
-
-    async def _set_muted(self, room: str, target: str, kind: str, muted: bool, *, by: str) -> bool:
-        current = await self.store.get_participant(room, target)
-        if current is None or not current.admitted:
-            return False
-        await self.store.update_participant(room, target, **{f"{kind}_muted": muted})
-        for track in await self.store.list_tracks(room):
-            if track.participant_id == target and track.kind == kind:
-                await self.store.update_track(room, track.track_id, muted=muted)
-        # Media stops at the server, on whichever node carries the target's producers.
-        await self._broadcast(room, {"type": "_pause", "participant_id": target, "kind": kind, "muted": muted})
-        await self._broadcast(
-            room, {"type": "mute_changed", "participant_id": target, "kind": kind, "muted": muted, "by": by}
-        )
-        return True
-
-    def _active_speaker(self, room: str, participant_id: str | None) -> None:
-        task = asyncio.ensure_future(
-            self._broadcast(room, {"type": "active_speaker", "participant_id": participant_id})
-        )
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _kick(self, session: Session, target_id: str, ref: str | None) -> None:
-        assert session.room is not None
-        target = await self.store.get_participant(session.room, target_id)
-        if target is None:
-            raise ProtocolError("unknown_participant", "That participant is not in the room.", ref)
-        # Banned before the removal: the kicked client cannot be back in between. Until its
-        # token expires (any token of theirs, so a fresh link does not help either).
-        until = target.token_expires_at or time.time() + self.settings.max_token_ttl_s
-        await self.revocations.ban(session.room, target_id, target.name, until)
-        await self._broadcast(session.room, {"type": "_kick", "participant_id": target_id})
-        await self._send_ban_list(session.room)
-
-    async def _unban(self, session: Session, target_id: str, ref: str | None) -> None:
-        assert session.room is not None
-        if not await self.revocations.unban(session.room, target_id):
-            raise ProtocolError("not_banned", "That participant is not kept out of this room.", ref)
-        await self._send_ban_list(session.room)
-
-    async def _send_ban_list(self, room: str) -> None:
-        banned = await self.revocations.banned(room)
-        await self._broadcast(room, {"type": "ban_list", "banned": banned, "_to": "moderators"})
+        if session.room is not None:
+            await self.rooms.of(session.room).leave(session, reason)
 
     def _access_revoked(self, event: dict[str, Any]) -> None:
         """Closes this node's sessions whose access was revoked (Revocations.revoke_participant)."""
@@ -987,21 +515,14 @@ class SignalingService:
             return
         for session in list(self.sessions.values()):
             if session.participant_id == participant_id and session.grant.issued_at < before:
-                task = asyncio.ensure_future(self._end(session, "revoked", close_code=CloseCode.REVOKED))
-                self._revoking.add(task)
-                task.add_done_callback(self._revoked_ended)
+                self._tasks.spawn(self._end(session, "revoked", close_code=CloseCode.REVOKED), name="revoked-end")
         self.devices.access_revoked(participant_id)
-
-    def _revoked_ended(self, task: asyncio.Task[None]) -> None:
-        self._revoking.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("ending a revoked session failed", exc_info=task.exception())
 
     async def end_room(self, room: str, by: str | None = None) -> None:
         """Ends the room for everyone (a host's `end`, or the activity was removed)."""
         # Spent first: nobody rejoins with a token of the activity just ended.
         await self.revocations.end_room(room)
-        await self._broadcast(room, {"type": "_end", "by": by})
+        await self.rooms.end(room, by)
 
     async def revoke_participant(self, participant_id: str) -> None:
         """A staff account, family contact or senior lost their access: every token issued
@@ -1033,12 +554,6 @@ class SignalingService:
             await self._end(session, "moved", close_code=SERVICE_RESTART)
 
     async def close(self) -> None:
-        if self._revoking:
-            await asyncio.gather(*self._revoking, return_exceptions=True)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
         await self.cluster.stop()
         if self._revocation_subscription is not None:
             await self._revocation_subscription.close()
@@ -1048,23 +563,9 @@ class SignalingService:
         await self.devices.close()
         for session in list(self.sessions.values()):
             await self._end(session, "left")
-        for subscription in self._room_subscriptions.values():
-            await subscription.close()
-        self._room_subscriptions.clear()
+        # Last: the sessions' closes and ends started above run to their end meanwhile.
+        await self.rooms.close()
+        await self._tasks.close()
+        self._sweeper = None
 
 
-def _participant(state: ParticipantState) -> dict[str, Any]:
-    data = state.to_dict()
-    data.pop("room", None)
-    data.pop("node_id", None)
-    data.pop("token_expires_at", None)
-    return data
-
-
-def _unpublished(producer: Producer) -> dict[str, Any]:
-    return {
-        "type": "track_unpublished",
-        "track_id": producer.id,
-        "participant_id": producer.participant_id,
-        "kind": producer.kind,
-    }

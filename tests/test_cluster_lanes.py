@@ -28,8 +28,8 @@ class _Service:
     def __init__(self) -> None:
         self.handled: list[tuple[str, str]] = []
         self.release = asyncio.Event()
-        self.sessions: dict[str, Any] = {}
-        self.metrics = None
+        # No session on this node (signaling/cluster.py's ClusterNode).
+        self.idle = True
 
     async def receive(self, conn: Connection, text: str) -> None:
         if text == "slow":
@@ -42,7 +42,7 @@ class _Service:
 
 async def test_relayed_frames_concurrent_across_connections_ordered_within_one() -> None:
     service = _Service()
-    cluster = Cluster(service, Settings(), _Store())  # type: ignore[arg-type]
+    cluster = Cluster(service, None, Settings(), _Store())  # type: ignore[arg-type]
 
     def frame(origin: str, conn: str, text: str) -> dict[str, Any]:
         return {"type": "_in", "origin": origin, "conn": conn, "text": text}
@@ -70,7 +70,7 @@ async def test_relayed_frames_concurrent_across_connections_ordered_within_one()
 
 async def test_owner_batches_replies_per_edge_that_takes_batches() -> None:
     store = _Store()
-    cluster = Cluster(_Service(), Settings(), store)  # type: ignore[arg-type]
+    cluster = Cluster(_Service(), None, Settings(), store)  # type: ignore[arg-type]
     outs = [{"type": "_out", "conn": f"c{i % 2}", "text": f"t{i}"} for i in range(3)]
     # An edge that never said it takes batches (an older node) gets one publish each.
     for m in outs:
@@ -109,7 +109,7 @@ class _Edge(Connection):
 
 
 async def test_edge_unpacks_a_batch_in_order() -> None:
-    cluster = Cluster(_Service(), Settings(), _Store())  # type: ignore[arg-type]
+    cluster = Cluster(_Service(), None, Settings(), _Store())  # type: ignore[arg-type]
     a, b = _Edge(), _Edge()
     cluster.relayed = {a.id: a, b.id: b}
     cluster._enqueue({"type": "_batch", "messages": [
@@ -138,7 +138,7 @@ class _ResubscribingStore(_Store):
 
 async def test_edge_publishes_relayed_frames_again_until_the_owner_listens_in_order() -> None:
     store = _ResubscribingStore(deaf=3)
-    cluster = Cluster(_Service(), Settings(relay_retry_s=5.0), store)  # type: ignore[arg-type]
+    cluster = Cluster(_Service(), None, Settings(relay_retry_s=5.0), store)  # type: ignore[arg-type]
     edge = _Edge()
     edge.relay_to = "n1"
     cluster.relayed[edge.id] = edge
@@ -155,7 +155,7 @@ async def test_edge_publishes_relayed_frames_again_until_the_owner_listens_in_or
 
 async def test_edge_sends_the_client_elsewhere_when_nobody_ever_listens_for_its_room() -> None:
     store = _ResubscribingStore(deaf=10**6)
-    cluster = Cluster(_Service(), Settings(relay_retry_s=0.2), store)  # type: ignore[arg-type]
+    cluster = Cluster(_Service(), None, Settings(relay_retry_s=0.2), store)  # type: ignore[arg-type]
     edge = _Edge()
     edge.relay_to = "n1"
     cluster.relayed[edge.id] = edge
@@ -169,7 +169,7 @@ async def test_edge_sends_the_client_elsewhere_when_nobody_ever_listens_for_its_
 
 
 async def test_owner_forgets_a_relayed_connection_when_it_closes_it() -> None:
-    cluster = Cluster(_Service(), Settings(), _Store())  # type: ignore[arg-type]
+    cluster = Cluster(_Service(), None, Settings(), _Store())  # type: ignore[arg-type]
     cluster._enqueue({"type": "_in", "origin": "n2", "conn": "c0", "text": "hello", "batch": True})
     for _ in range(10):
         await asyncio.sleep(0)

@@ -619,7 +619,7 @@ async def test_presence_refreshed_at_most_every_third_of_its_ttl(server: Running
     # As if a third of the TTL had passed since the last write.
     signaling = server.app[SIGNALING_KEY]
     session = signaling.sessions[welcome["session_id"]]
-    session.presence_touched -= signaling.presence_ttl / 3
+    session.presence_touched -= signaling.rooms.presence_ttl / 3
     await c.send({"type": "ping", "id": "late"})
     await c.expect("pong")
     # Frames of one connection are handled in order: the refresh is done by the next pong.
@@ -659,17 +659,18 @@ async def test_join_that_fails_after_the_store_step_leaves_nothing_behind(server
     store = server.app[STORE_KEY]
     watcher = await connect()
     await join(watcher, server.token(participant_id="p-w", name="W"))
-    original = signaling._subscribe_room
+    room = signaling.rooms.rooms["room-1"]
+    original = room._subscribe
     calls = 0
 
-    async def failing_once(room: str) -> None:
+    async def failing_once() -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise StoreUnavailable("subscribe timed out")
-        await original(room)
+        await original()
 
-    signaling._subscribe_room = failing_once  # type: ignore[method-assign]
+    room._subscribe = failing_once  # type: ignore[method-assign]
     c = await connect()
     welcome = await hello(c, server.token(participant_id="p-a", name="A"))
     await c.send({"type": "join", "room": "room-1"})

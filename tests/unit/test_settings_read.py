@@ -17,11 +17,7 @@ CONFIG = ROOT / "server" / "config.py"
 
 # Fields known to be unread, each with what will read it. The test fails when one of them
 # is read after all (remove it here) as much as when any other field is not.
-PENDING: dict[str, str] = {
-    # WebRtcTransport takes it (server/transport.py) but the Router that creates transports
-    # (server/router.py, being restructured by the room helper of issue 13) does not pass it.
-    "negotiation_timeout_s": "server/router.py: Sfu/Router pass it to WebRtcTransport",
-}
+PENDING: dict[str, str] = {}
 
 
 def _mentions_settings(node: ast.expr) -> bool:
