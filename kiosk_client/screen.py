@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pygame
 
-from .appliance import JOIN_LIT_BEFORE, Contact, Kiosk, Mode
+from .appliance import JOIN_LIT_BEFORE, Appliance, ContactCard, Mode
 from .texts import Texts
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Renderer:
         self,
         *,
         dpi: float = DEFAULT_DPI,
-        photos: Callable[[Contact], pygame.Surface | None] | None = None,
+        photos: Callable[[ContactCard], pygame.Surface | None] | None = None,
     ) -> None:
         self.dpi = dpi
         self.min_target = mm_to_px(MIN_TARGET_MM, dpi)
@@ -260,7 +260,7 @@ class Renderer:
         if enabled:
             layout.buttons.append(Button(button_id, rect))
 
-    def _avatar(self, surface: pygame.Surface, layout: Layout, contact: Contact, center: tuple[int, int], diameter: int) -> None:
+    def _avatar(self, surface: pygame.Surface, layout: Layout, contact: ContactCard, center: tuple[int, int], diameter: int) -> None:
         photo = self.photos(contact)
         rect = pygame.Rect(0, 0, diameter, diameter)
         rect.center = center
@@ -311,7 +311,7 @@ class Renderer:
         self._text(surface, layout, text, int(h * 0.05), TEXT, ALERT, center=bar.center, max_width=w - 40, bold=True)
         return bar
 
-    def _volume(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, rect: pygame.Rect, bg: Color) -> None:
+    def _volume(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts, rect: pygame.Rect, bg: Color) -> None:
         """Softer [bars] Louder: two big buttons with the level between them."""
         gap = max(12, rect.height // 8)
         size = max(MIN_TEXT_PX, min(44, rect.height // 3))
@@ -334,7 +334,7 @@ class Renderer:
 
     # --- screens ------------------------------------------------------------------------
 
-    def render(self, surface: pygame.Surface, kiosk: Kiosk, video: "VideoWall | None" = None) -> Layout:
+    def render(self, surface: pygame.Surface, kiosk: Appliance, video: "VideoWall | None" = None) -> Layout:
         layout = Layout(surface.get_size())
         t = Texts(kiosk.language)
         mode = kiosk.mode
@@ -356,7 +356,7 @@ class Renderer:
             self._in_call(surface, layout, kiosk, t, video)
         return layout
 
-    def _pairing(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _pairing(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         m = int(h * 0.05)
@@ -389,7 +389,7 @@ class Renderer:
         if pairing.problem:
             self._status_bar(surface, layout, t("offline"))
 
-    def _home(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _home(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         m = max(16, int(h * 0.03))
@@ -475,7 +475,7 @@ class Renderer:
                     label = t("more_family", count=len(contacts) - len(shown))
                     self._big_button(surface, layout, "more_family", c, label, NAVY, int(h * 0.045))
 
-    def _contact_card(self, surface: pygame.Surface, layout: Layout, contact: Contact, c: pygame.Rect, t: Texts, text_size: int) -> None:
+    def _contact_card(self, surface: pygame.Surface, layout: Layout, contact: ContactCard, c: pygame.Rect, t: Texts, text_size: int) -> None:
         """A white card: photo (or initials), the name, and a green Call button."""
         pygame.draw.rect(surface, CARD, c, border_radius=20)
         d = min(c.height - 24, int(c.width * 0.4))
@@ -513,7 +513,7 @@ class Renderer:
         _, _, _, cols, rows = self._family_frame(size)
         return cols * rows
 
-    def _family(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _family(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """Every trusted contact as a big card with a Call button, in pages: Back at the
         top, Previous / Next and "1 of 2" at the bottom. No scrolling, no swiping."""
         w, h = surface.get_size()
@@ -551,7 +551,7 @@ class Renderer:
                 center=(w // 2, prev.centery), max_width=nxt.left - prev.right - 2 * m, bold=True,
             )
 
-    def _countdown(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _countdown(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         assert kiosk.countdown is not None
@@ -566,7 +566,7 @@ class Renderer:
         button.midbottom = (w // 2, h - int(h * 0.04))
         self._button(surface, layout, "not_now", button, t("not_now"), NAVY, size=int(h * 0.075))
 
-    def _invited(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _invited(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """The host rings: what starts, and one big button to join. No camera until tapped."""
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
@@ -582,7 +582,7 @@ class Renderer:
         later.midbottom = (w // 2, h - int(h * 0.03))
         self._button(surface, layout, "not_now", later, t("not_now"), NAVY, size=int(h * 0.06))
 
-    def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         incoming = kiosk.incoming
@@ -610,13 +610,13 @@ class Renderer:
         else:
             self._button(surface, layout, "decline", other, t("decline"), RED, size=int(h * 0.07))
 
-    def _calling(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _calling(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """The senior calls family: who, that it rings, and one big way to stop. No camera yet."""
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         session = kiosk.session
         assert session is not None
-        contact = next((c for c in kiosk.contacts if c.id == session.contact_id), None) or Contact(
+        contact = next((c for c in kiosk.contacts if c.id == session.contact_id), None) or ContactCard(
             session.contact_id or "?", session.title
         )
         d = int(h * 0.3)
@@ -634,7 +634,7 @@ class Renderer:
         hang_up.midbottom = (w // 2, h - int(h * 0.05))
         self._button(surface, layout, "hang_up", hang_up, t("hang_up"), RED, size=int(h * 0.08))
 
-    def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, video: "VideoWall | None") -> None:
+    def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts, video: "VideoWall | None") -> None:
         w, h = surface.get_size()
         surface.fill(DARK)
         session = kiosk.session
@@ -704,7 +704,7 @@ class Renderer:
         text_w, text_h = self.fonts.font(label_size, True).size(name)
         if picture is None and rect.height - text_h - 16 >= 2 * MIN_TEXT_PX:
             # No picture (yet): initials in the space above the name.
-            initials = Contact(pid, name).initials
+            initials = ContactCard(pid, name).initials
             free = pygame.Rect(rect.left, rect.top, rect.width, rect.height - text_h - 16)
             d = min(free.width, free.height) * 3 // 4
             color = AVATAR_COLORS[sum(map(ord, name)) % len(AVATAR_COLORS)]
