@@ -31,13 +31,14 @@ from server.directory import (
 )
 from server.forwarded import TrustedProxies
 from server.invites import issue_invite, named_secret
-from server.schedule import WEEKDAYS, next_occurrence
+from server.schedule import WEEKDAYS
 
 from . import photos
 from .auth import STAFF_SESSIONS_KEY, Handler, current_account, form, hash_password, require
 from .i18n import N_, gettext_for, language_of
 from .password_policy import check_new_password
-from .rendering import error_page, redirect, render
+from .rendering import error_page, needs, redirect, render
+from .roompages import activity_row
 
 coordinator = require("coordinator")
 
@@ -133,17 +134,11 @@ RecordPage = Callable[[web.Request, Record], Awaitable[web.Response]]
 def record_page(kind: type[Record], key: str) -> Callable[[RecordPage[Record]], Handler]:
     """A coordinator page about the record the URL's `key` names; a missing one is 404."""
 
-    def decorate(page: RecordPage[Record]) -> Handler:
-        async def handler(request: web.Request) -> web.Response:
-            record = await _dir(request).get(kind, request.match_info[key])
-            if record is None:
-                return await _not_found(request)
-            return await page(request, record)
+    async def find(request: web.Request) -> Record | web.Response:
+        record = await _dir(request).get(kind, request.match_info[key])
+        return record if record is not None else await _not_found(request)
 
-        handler.__name__ = page.__name__
-        return coordinator(handler)
-
-    return decorate
+    return lambda page: coordinator(needs(find)(page))
 
 
 NewOrRecordPage = Callable[[web.Request, Record | None], Awaitable[web.Response]]
@@ -153,18 +148,12 @@ def new_or_record_page(kind: type[Record], key: str) -> Callable[[NewOrRecordPag
     """Like `record_page`, for a form that also makes a new record: its `…/new` URL has no
     `key`, and the page gets None."""
 
-    def decorate(page: NewOrRecordPage[Record]) -> Handler:
-        async def handler(request: web.Request) -> web.Response:
-            record_id = request.match_info.get(key)
-            record = await _dir(request).get(kind, record_id) if record_id else None
-            if record_id and record is None:
-                return await _not_found(request)
-            return await page(request, record)
+    async def find(request: web.Request) -> Record | None | web.Response:
+        record_id = request.match_info.get(key)
+        record = await _dir(request).get(kind, record_id) if record_id else None
+        return await _not_found(request) if record_id and record is None else record
 
-        handler.__name__ = page.__name__
-        return coordinator(handler)
-
-    return decorate
+    return lambda page: coordinator(needs(find)(page))
 
 
 @dataclass(frozen=True)
@@ -835,16 +824,10 @@ async def activities(request: web.Request) -> web.Response:
     directory = _dir(request)
     staff = {a.id: a for a in await directory.list(Account)}
     now = dt.datetime.now(dt.timezone.utc)
-    rows = []
-    for activity in sorted(await directory.list(Activity), key=lambda a: a.title.lower()):
-        upcoming = next_occurrence(activity.weekly_slots, now)
-        rows.append(
-            {
-                "activity": activity,
-                "next": upcoming[0] if upcoming else None,
-                "hosts": [staff[h].name for h in activity.host_ids if h in staff],
-            }
-        )
+    rows = [
+        {**activity_row(activity, now), "hosts": [staff[h].name for h in activity.host_ids if h in staff]}
+        for activity in sorted(await directory.list(Activity), key=lambda a: a.title.lower())
+    ]
     return render(request, "admin/activities.html", rows=rows, weekday_labels=WEEKDAY_LABELS)
 
 
