@@ -562,9 +562,7 @@ class Renderer:
         pygame.draw.circle(surface, GREEN, center, radius)
         self._text(surface, layout, str(seconds), int(h * 0.18), WHITE, GREEN, center=center, bold=True)
         self._wrapped(surface, layout, t("countdown_body", seconds=seconds), int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, center[1] + radius + 16, w - 80, int(h * 0.1)))
-        button = pygame.Rect(0, 0, int(w * 0.5), int(h * 0.17))
-        button.midbottom = (w // 2, h - int(h * 0.04))
-        self._button(surface, layout, "not_now", button, t("not_now"), NAVY, size=int(h * 0.075))
+        self._bottom_button(surface, layout, "not_now", t("not_now"), NAVY, (0.5, 0.17), margin=0.04, size=0.075)
 
     def _invited(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """The host rings: what starts, and one big button to join. No camera until tapped."""
@@ -578,9 +576,7 @@ class Renderer:
         join = pygame.Rect(0, 0, int(w * 0.7), int(h * 0.3))
         join.center = (w // 2, int(h * 0.6))
         self._big_button(surface, layout, "join_invite", join, t("invite_join"), GREEN, size=int(h * 0.09))
-        later = pygame.Rect(0, 0, int(w * 0.36), int(h * 0.13))
-        later.midbottom = (w // 2, h - int(h * 0.03))
-        self._button(surface, layout, "not_now", later, t("not_now"), NAVY, size=int(h * 0.06))
+        self._bottom_button(surface, layout, "not_now", t("not_now"), NAVY, (0.36, 0.13), margin=0.03, size=0.06)
 
     def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
@@ -588,14 +584,11 @@ class Renderer:
         incoming = kiosk.incoming
         assert incoming is not None
         contact = incoming.contact
-        d = int(h * 0.3)
-        self._avatar(surface, layout, contact, (w // 2, int(h * 0.05) + d // 2), d)
-        y = self._wrapped(surface, layout, t("incoming_title", name=contact.name), int(h * 0.08), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.07) + d, w - 80, int(h * 0.12)), bold=True)
         if kiosk.mode is Mode.INCOMING:
             body = t("incoming_trusted_body", seconds=kiosk.seconds_left())
         else:
             body = t("incoming_body")
-        self._wrapped(surface, layout, body, int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, y + 8, w - 80, int(h * 0.1)))
+        self._person_header(surface, layout, contact, t("incoming_title", name=contact.name), body)
         # Two big buttons, far apart so a shaking hand does not hit the wrong one.
         bh = int(h * 0.2)
         bw = int(w * 0.38)
@@ -610,29 +603,42 @@ class Renderer:
         else:
             self._button(surface, layout, "decline", other, t("decline"), RED, size=int(h * 0.07))
 
+    def _bottom_button(
+        self, surface: pygame.Surface, layout: Layout, name: str, label: str, color: Color,
+        box: tuple[float, float], *, margin: float, size: float,
+    ) -> None:
+        """A button centred at the bottom of the screen; `box` (width, height), `margin` and
+        the text `size` are fractions of the screen, so every screen size looks the same."""
+        w, h = surface.get_size()
+        rect = pygame.Rect(0, 0, int(w * box[0]), int(h * box[1]))
+        rect.midbottom = (w // 2, h - int(h * margin))
+        self._button(surface, layout, name, rect, label, color, size=int(h * size))
+
+    def _person_header(
+        self, surface: pygame.Surface, layout: Layout, contact: ContactCard, title: str, body: str | None
+    ) -> None:
+        """The top of a call screen, whoever calls: a big photo (or initials), the title, a line below."""
+        w, h = surface.get_size()
+        d = int(h * 0.3)
+        self._avatar(surface, layout, contact, (w // 2, int(h * 0.05) + d // 2), d)
+        y = self._wrapped(
+            surface, layout, title, int(h * 0.08), TEXT, BACKGROUND,
+            pygame.Rect(40, int(h * 0.07) + d, w - 80, int(h * 0.12)), bold=True,
+        )
+        if body:
+            self._wrapped(surface, layout, body, int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, y + 8, w - 80, int(h * 0.1)))
+
     def _calling(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """The senior calls family: who, that it rings, and one big way to stop. No camera yet."""
-        w, h = surface.get_size()
         surface.fill(BACKGROUND)
         session = kiosk.session
         assert session is not None
         contact = next((c for c in kiosk.contacts if c.id == session.contact_id), None) or ContactCard(
             session.contact_id or "?", session.title
         )
-        d = int(h * 0.3)
-        self._avatar(surface, layout, contact, (w // 2, int(h * 0.05) + d // 2), d)
-        y = self._wrapped(
-            surface, layout, t("calling_out", name=contact.name), int(h * 0.08), TEXT, BACKGROUND,
-            pygame.Rect(40, int(h * 0.07) + d, w - 80, int(h * 0.12)), bold=True,
-        )
-        if session.phase == "ringing":
-            self._wrapped(
-                surface, layout, t("calling_ringing", name=contact.name), int(h * 0.055), TEXT, BACKGROUND,
-                pygame.Rect(40, y + 8, w - 80, int(h * 0.1)),
-            )
-        hang_up = pygame.Rect(0, 0, int(w * 0.6), int(h * 0.2))
-        hang_up.midbottom = (w // 2, h - int(h * 0.05))
-        self._button(surface, layout, "hang_up", hang_up, t("hang_up"), RED, size=int(h * 0.08))
+        ringing = t("calling_ringing", name=contact.name) if session.phase == "ringing" else None
+        self._person_header(surface, layout, contact, t("calling_out", name=contact.name), ringing)
+        self._bottom_button(surface, layout, "hang_up", t("hang_up"), RED, (0.6, 0.2), margin=0.05, size=0.08)
 
     def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts, video: "VideoWall | None") -> None:
         w, h = surface.get_size()
