@@ -28,6 +28,11 @@ from .signaling import SignalingClient
 logger = logging.getLogger(__name__)
 
 
+def _advanced(first_pts: int | None, last_pts: int | None) -> bool:
+    """Whether a track's timestamps moved on: frames arrived and they were not all the same one."""
+    return first_pts is not None and last_pts is not None and last_pts > first_pts
+
+
 @dataclass
 class RemoteMedia:
     """What one remote participant's media looked like on arrival."""
@@ -49,19 +54,11 @@ class RemoteMedia:
 
     @property
     def video_advancing(self) -> bool:
-        return (
-            self.video_first_pts is not None
-            and self.video_last_pts is not None
-            and self.video_last_pts > self.video_first_pts
-        )
+        return _advanced(self.video_first_pts, self.video_last_pts)
 
     @property
     def audio_advancing(self) -> bool:
-        return (
-            self.audio_first_pts is not None
-            and self.audio_last_pts is not None
-            and self.audio_last_pts > self.audio_first_pts
-        )
+        return _advanced(self.audio_first_pts, self.audio_last_pts)
 
     def record(self, kind: str, frame: Any, elapsed_ms: float) -> None:
         """Counts one decoded frame; `elapsed_ms` since the track was offered."""
