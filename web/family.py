@@ -20,6 +20,7 @@ cookie, which an invite never creates).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from aiohttp import web
 
@@ -85,17 +86,21 @@ async def _guest_activities(request: web.Request, senior: Senior) -> list[Activi
     return sorted((a for a in activities if a.guests_allowed), key=lambda a: a.title.lower())
 
 
+def _render(request: web.Request, template: str, contact: Contact, senior: Senior, **context: Any) -> web.Response:
+    """A family page: it knows who calls whom, and its links carry the invite on."""
+    return render(request, template, contact=contact, senior=senior, invite=request.match_info["invite"], **context)
+
+
 @needs(_contact)
 async def call_page(request: web.Request, found: tuple[Contact, Senior]) -> web.Response:
     contact, senior = found
     from . import call_strings
 
-    return render(
+    return _render(
         request,
         "family/call.html",
-        contact=contact,
-        senior=senior,
-        invite=request.match_info["invite"],
+        contact,
+        senior,
         has_activities=bool(await _guest_activities(request, senior)),
         js_strings=call_strings(request, FAMILY_STRINGS),
     )
@@ -106,14 +111,7 @@ async def activities_page(request: web.Request, found: tuple[Contact, Senior]) -
     contact, senior = found
     now = dt.datetime.now(dt.timezone.utc)
     rows = [activity_row(activity, now) for activity in await _guest_activities(request, senior)]
-    return render(
-        request,
-        "family/activities.html",
-        contact=contact,
-        senior=senior,
-        invite=request.match_info["invite"],
-        rows=rows,
-    )
+    return _render(request, "family/activities.html", contact, senior, rows=rows)
 
 
 async def _guest_activity(request: web.Request) -> tuple[Contact, Senior, Activity] | web.Response:
@@ -141,13 +139,12 @@ async def activity_page(request: web.Request, found: tuple[Contact, Senior, Acti
     contact, senior, activity = found
     from . import call_strings
 
-    return render(
+    return _render(
         request,
         "family/activity.html",
-        contact=contact,
-        senior=senior,
+        contact,
+        senior,
         activity=activity,
-        invite=request.match_info["invite"],
         token=_activity_token(request, contact, activity),
         token_refresh_ms=token_refresh_ms(request),
         js_strings=call_strings(request, ACTIVITY_STRINGS),
