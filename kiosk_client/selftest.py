@@ -21,12 +21,14 @@ import math
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamTrack
 
 from .media import open_audio, open_video
 
@@ -74,18 +76,38 @@ class Check:
 # --- camera and microphone ---------------------------------------------------------------
 
 
-async def check_camera(source: str | None, timeout: float = 8.0) -> Check:
+async def _check_source(
+    source: str | None,
+    open_player: Callable[[str], MediaPlayer],
+    kind: str,
+    switched_off: tuple[str, str],
+    not_found: tuple[str, str],
+    silent: tuple[str, str],
+    measure: Callable[[MediaStreamTrack], Awaitable[Check]],
+) -> Check:
+    """Opens a camera or microphone (`kind` "video" or "audio") and lets `measure` judge what
+    it gives. A source that is off, cannot be opened, or gives nothing in time gets the same
+    answers for both; the track is always stopped. Messages are (nl, en)."""
     if not source or source == "none":
-        return Check("skipped", "De camera staat uit.", "The camera is switched off.")
+        return Check("skipped", *switched_off)
     try:
-        player = open_video(source)
+        player = open_player(source)
     except Exception as exc:
-        return Check("failed", "De camera is niet gevonden of wordt door iets anders gebruikt.",
-                     "The camera was not found or is in use by something else.", {"source": source, "error": str(exc)})
-    track = player.video
+        return Check("failed", *not_found, {"source": source, "error": str(exc)})
+    track = getattr(player, kind)
     try:
         if track is None:
-            return Check("failed", "De camera geeft geen beeld.", "The camera gives no picture.", {"source": source})
+            return Check("failed", *silent, {"source": source})
+        return await measure(track)
+    except asyncio.TimeoutError:
+        return Check("failed", *silent, {"source": source})
+    finally:
+        if track is not None:
+            track.stop()
+
+
+async def check_camera(source: str | None, timeout: float = 8.0) -> Check:
+    async def measure(track: MediaStreamTrack) -> Check:
         frame = await asyncio.wait_for(track.recv(), timeout)
         gray = frame.to_ndarray(format="gray")
         brightness = float(gray.mean())
@@ -94,24 +116,19 @@ async def check_camera(source: str | None, timeout: float = 8.0) -> Check:
             return Check("warning", "De camera geeft een bijna zwart beeld. Zit er iets voor de lens?",
                          "The camera picture is almost black. Is something covering the lens?", details)
         return Check("ok", "De camera werkt.", "The camera works.", details)
-    except asyncio.TimeoutError:
-        return Check("failed", "De camera geeft geen beeld.", "The camera gives no picture.", {"source": source})
-    finally:
-        if track is not None:
-            track.stop()
+
+    return await _check_source(
+        source, open_video, "video",
+        ("De camera staat uit.", "The camera is switched off."),
+        ("De camera is niet gevonden of wordt door iets anders gebruikt.",
+         "The camera was not found or is in use by something else."),
+        ("De camera geeft geen beeld.", "The camera gives no picture."),
+        measure,
+    )
 
 
 async def check_microphone(source: str | None, seconds: float = 1.0, timeout: float = 8.0) -> Check:
-    if not source or source == "none":
-        return Check("skipped", "De microfoon staat uit.", "The microphone is switched off.")
-    try:
-        player = open_audio(source)
-    except Exception as exc:
-        return Check("failed", "De microfoon is niet gevonden.", "The microphone was not found.", {"source": source, "error": str(exc)})
-    track = player.audio
-    try:
-        if track is None:
-            return Check("failed", "De microfoon geeft geen geluid door.", "The microphone passes no sound.", {"source": source})
+    async def measure(track: MediaStreamTrack) -> Check:
         seconds_heard = 0.0
         energy = 0.0
         values = 0
@@ -134,11 +151,14 @@ async def check_microphone(source: str | None, seconds: float = 1.0, timeout: fl
             return Check("warning", "De microfoon werkt, maar hoort helemaal niets. Staat hij uit of is hij afgedekt?",
                          "The microphone works but hears nothing at all. Is it muted or covered?", details)
         return Check("ok", "De microfoon werkt.", "The microphone works.", details)
-    except asyncio.TimeoutError:
-        return Check("failed", "De microfoon geeft geen geluid door.", "The microphone passes no sound.", {"source": source})
-    finally:
-        if track is not None:
-            track.stop()
+
+    return await _check_source(
+        source, open_audio, "audio",
+        ("De microfoon staat uit.", "The microphone is switched off."),
+        ("De microfoon is niet gevonden.", "The microphone was not found."),
+        ("De microfoon geeft geen geluid door.", "The microphone passes no sound."),
+        measure,
+    )
 
 
 # --- speaker -------------------------------------------------------------------------------
