@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from .opus import offers_inband_fec
 from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
-from .signaling import SignalingClient
+from .signaling import SignalingClient, answer_offers
 
 logger = logging.getLogger(__name__)
 
@@ -201,18 +201,14 @@ class CallClient:
             self.on_event(message)
 
     async def _negotiate(self) -> None:
-        while True:
-            offer = await self._offers.get()
-            # Only the newest offer matters; older ones were superseded.
-            while not self._offers.empty():
-                offer = self._offers.get_nowait()
-            try:
-                await self._answer(offer)
-            except InvalidStateError:
-                # The call is being closed (or rebuilt) under this negotiation.
-                logger.debug("negotiation %s: peer connection closed", offer.get("negotiation_id"))
-            except Exception:
-                logger.exception("negotiation %s failed", offer.get("negotiation_id"))
+        await answer_offers(self._offers, self._answer, self._negotiation_failed)
+
+    def _negotiation_failed(self, offer: dict[str, Any], exc: Exception) -> None:
+        if isinstance(exc, InvalidStateError):
+            # The call is being closed (or rebuilt) under this negotiation.
+            logger.debug("negotiation %s: peer connection closed", offer.get("negotiation_id"))
+        else:
+            logger.error("negotiation %s failed", offer.get("negotiation_id"), exc_info=exc)
 
     async def _answer(self, offer: dict[str, Any]) -> None:
         if self.pc is None:
