@@ -46,6 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -471,26 +472,21 @@ class Appliance:
         return actions
 
     def device_message(self, message: dict[str, Any]) -> list[Action]:
+        handlers: dict[str, Callable[[dict[str, Any]], list[Action]]] = {
+            "incoming_call": self._incoming_call,
+            "call_cancelled": self._call_cancelled,
+            "call_join": self._call_join,
+            "call_ringing": self._call_ringing,
+            "activity_token": self._activity_token,
+            "activity_invite": self._activity_invite,
+            "selftest_request": lambda _: [RunSelftest()],
+            "directory_changed": lambda _: [RefreshDirectory()],
+            "error": self._device_error,
+        }
         kind = message.get("type")
-        if kind == "incoming_call":
-            return self._incoming_call(message)
-        if kind == "call_cancelled":
-            return self._call_cancelled(message)
-        if kind == "call_join":
-            return self._call_join(message)
-        if kind == "call_ringing":
-            return self._call_ringing(message)
-        if kind == "activity_token":
-            return self._activity_token(message)
-        if kind == "activity_invite":
-            return self._activity_invite(message)
-        if kind == "selftest_request":
-            return [RunSelftest()]
-        if kind == "directory_changed":
-            return [RefreshDirectory()]
-        if kind == "error":
-            return self._device_error(message)
-        return []
+        # Message types this kiosk does not know (a newer server's) are ignored.
+        handler = handlers.get(kind) if isinstance(kind, str) else None
+        return handler(message) if handler is not None else []
 
     def _incoming_call(self, message: dict[str, Any]) -> list[Action]:
         call_id = message.get("call_id")
