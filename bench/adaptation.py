@@ -61,7 +61,7 @@ from bench.netns import ImpairedLink
 from bench.vp8_retarget import is_keyframe, pattern_frame
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
-from kiosk_client.vp8payloader import parse_descriptor
+from kiosk_client.vp8payloader import read_written_descriptor
 from server.cli import DEMO_ROOM
 from signaling.tokens import TokenIssuer
 
@@ -143,7 +143,7 @@ class SentVideo:
             return
         keyframe = False
         with contextlib.suppress(ValueError):
-            descriptor, frame = parse_descriptor(packet.payload)
+            descriptor, frame = read_written_descriptor(packet.payload)
             keyframe = descriptor.start and is_keyframe(frame)
         self.packets.append((time.monotonic(), 12 + len(packet.payload), keyframe))
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -149,7 +150,9 @@ Action = Send | JoinRoom | LeaveRoom | PlaySound | SetVolume | RefreshDirectory 
 
 
 @dataclass(frozen=True)
-class Contact:
+class ContactCard:
+    """A family contact as the kiosk shows it (the server's record is `server.directory.Contact`)."""
+
     id: str
     name: str
     trusted: bool = False
@@ -159,7 +162,7 @@ class Contact:
     position: int = 0
 
     @classmethod
-    def from_message(cls, data: dict[str, Any]) -> "Contact":
+    def from_message(cls, data: dict[str, Any]) -> "ContactCard":
         position = data.get("position", 0)
         return cls(
             id=str(data.get("id", "")),
@@ -181,7 +184,10 @@ class Contact:
 
 
 @dataclass(frozen=True)
-class Activity:
+class ActivityOccurrence:
+    """One coming time of an activity, as the kiosk's home screen lists it (the server's
+    record, with its weekly slots, is `server.directory.Activity`)."""
+
     id: str
     title: str
     start: dt.datetime
@@ -216,7 +222,7 @@ class Pairing:
 
 @dataclass
 class Countdown:
-    activity: Activity
+    activity: ActivityOccurrence
     deadline: float  # monotonic
 
 
@@ -231,7 +237,7 @@ class Invite:
 @dataclass
 class Incoming:
     call_id: str
-    contact: Contact
+    contact: ContactCard
     deadline: float  # monotonic: warning end (trusted) or ring timeout
     received_at: dt.datetime
 
@@ -245,7 +251,7 @@ class Participant:
 
 
 @dataclass
-class Session:
+class RoomSession:
     """The activity or call the kiosk is in (or on its way into)."""
 
     kind: str  # "activity" | "call"
@@ -282,7 +288,7 @@ def parse_time(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-class Kiosk:
+class Appliance:
     """The kiosk's whole behaviour. Every method returns the actions to carry out."""
 
     def __init__(
@@ -302,14 +308,14 @@ class Kiosk:
         self.pairing = Pairing()
         self.kiosk_id: str | None = None
         self.senior: dict[str, Any] = {}
-        self.contacts: list[Contact] = []
-        self.activities: list[Activity] = []
+        self.contacts: list[ContactCard] = []
+        self.activities: list[ActivityOccurrence] = []
         self.notes: list[Note] = []
         self.volume = max(VOLUME_MIN, min(VOLUME_MAX, volume))
         self.countdown: Countdown | None = None
         self.invite: Invite | None = None
         self.incoming: Incoming | None = None
-        self.session: Session | None = None
+        self.session: RoomSession | None = None
         self._handled: set[tuple[str, str]] = set()
         self._refreshed: set[tuple[str, str]] = set()
         self._request_counter = 0
@@ -343,7 +349,7 @@ class Kiosk:
         return when.astimezone(self.timezone)
 
     @property
-    def trusted_contacts(self) -> list[Contact]:
+    def trusted_contacts(self) -> list[ContactCard]:
         """In the coordinator's order (most important first), then alphabetical, so each
         face stays in the same place from day to day."""
         return sorted((c for c in self.contacts if c.trusted), key=lambda c: (c.position, c.name.casefold(), c.id))
@@ -354,7 +360,7 @@ class Kiosk:
         size = max(1, self.family_page_size)
         return max(1, -(-len(self.trusted_contacts) // size))
 
-    def family_page_contacts(self, page_size: int | None = None) -> tuple[int, int, list[Contact]]:
+    def family_page_contacts(self, page_size: int | None = None) -> tuple[int, int, list[ContactCard]]:
         """(page, pages, contacts on it) for a page of `page_size` (default: the kiosk's)."""
         size = max(1, page_size or self.family_page_size)
         contacts = self.trusted_contacts
@@ -362,13 +368,13 @@ class Kiosk:
         page = max(0, min(self.family_page, pages - 1))
         return page, pages, contacts[page * size : (page + 1) * size]
 
-    def next_activity(self) -> Activity | None:
+    def next_activity(self) -> ActivityOccurrence | None:
         """The running activity, else the soonest one to come."""
         now = self.clock.now()
         current = [a for a in self.activities if a.end > now]
         return min(current, key=lambda a: a.start) if current else None
 
-    def join_lit(self, activity: Activity | None = None) -> bool:
+    def join_lit(self, activity: ActivityOccurrence | None = None) -> bool:
         activity = activity or self.next_activity()
         if activity is None:
             return False
@@ -434,7 +440,7 @@ class Kiosk:
         self.kiosk_id = str(welcome.get("kiosk_id") or self.kiosk_id or "")
         senior = welcome.get("senior")
         self.senior = senior if isinstance(senior, dict) else {}
-        self.contacts = [Contact.from_message(c) for c in welcome.get("contacts") or [] if isinstance(c, dict)]
+        self.contacts = [ContactCard.from_message(c) for c in welcome.get("contacts") or [] if isinstance(c, dict)]
         activities = []
         for a in welcome.get("activities") or []:
             start = parse_time(a.get("next_start")) if isinstance(a, dict) else None
@@ -442,7 +448,7 @@ class Kiosk:
                 continue
             duration = a.get("duration_min")
             activities.append(
-                Activity(str(a.get("id", "")), str(a.get("title", "")), start, duration if isinstance(duration, int) else 60)
+                ActivityOccurrence(str(a.get("id", "")), str(a.get("title", "")), start, duration if isinstance(duration, int) else 60)
             )
         self.activities = activities
         actions: list[Action] = []
@@ -466,26 +472,21 @@ class Kiosk:
         return actions
 
     def device_message(self, message: dict[str, Any]) -> list[Action]:
+        handlers: dict[str, Callable[[dict[str, Any]], list[Action]]] = {
+            "incoming_call": self._incoming_call,
+            "call_cancelled": self._call_cancelled,
+            "call_join": self._call_join,
+            "call_ringing": self._call_ringing,
+            "activity_token": self._activity_token,
+            "activity_invite": self._activity_invite,
+            "selftest_request": lambda _: [RunSelftest()],
+            "directory_changed": lambda _: [RefreshDirectory()],
+            "error": self._device_error,
+        }
         kind = message.get("type")
-        if kind == "incoming_call":
-            return self._incoming_call(message)
-        if kind == "call_cancelled":
-            return self._call_cancelled(message)
-        if kind == "call_join":
-            return self._call_join(message)
-        if kind == "call_ringing":
-            return self._call_ringing(message)
-        if kind == "activity_token":
-            return self._activity_token(message)
-        if kind == "activity_invite":
-            return self._activity_invite(message)
-        if kind == "selftest_request":
-            return [RunSelftest()]
-        if kind == "directory_changed":
-            return [RefreshDirectory()]
-        if kind == "error":
-            return self._device_error(message)
-        return []
+        # Message types this kiosk does not know (a newer server's) are ignored.
+        handler = handlers.get(kind) if isinstance(kind, str) else None
+        return handler(message) if handler is not None else []
 
     def _incoming_call(self, message: dict[str, Any]) -> list[Action]:
         call_id = message.get("call_id")
@@ -495,7 +496,7 @@ class Kiosk:
         if self.incoming is not None and self.incoming.call_id == call_id and self.mode in (Mode.INCOMING, Mode.RINGING):
             # The same call, rung again because the device channel reconnected meanwhile.
             return []
-        contact = Contact.from_message(contact_data)
+        contact = ContactCard.from_message(contact_data)
         now = self.clock.now()
         if self.mode in (Mode.FAMILY, Mode.INVITED):
             # Looking at the family list or an invitation is not being busy: the call takes over.
@@ -547,7 +548,7 @@ class Kiosk:
         session.ring_deadline = self.clock.monotonic() + ring_s + REQUEST_TIMEOUT_S
         return []
 
-    def _outgoing_cancelled(self, session: Session, message: dict[str, Any]) -> list[Action]:
+    def _outgoing_cancelled(self, session: RoomSession, message: dict[str, Any]) -> list[Action]:
         name = next((c.name for c in self.contacts if c.id == session.contact_id), session.title)
         note = {
             "unavailable": "contact_unavailable",
@@ -728,7 +729,7 @@ class Kiosk:
             invite = self.invite
             if button == "join_invite":
                 self.invite = None
-                self.session = Session(kind="activity", title=invite.title, activity_id=invite.activity_id)
+                self.session = RoomSession(kind="activity", title=invite.title, activity_id=invite.activity_id)
                 self.mode = Mode.IN_CALL
                 return [PlaySound("none"), self._request_activity(self.session)]
             if button == "not_now":
@@ -822,21 +823,21 @@ class Kiosk:
         self._request_counter += 1
         return f"{prefix}-{self._request_counter}"
 
-    def _request_activity(self, session: Session) -> Send:
+    def _request_activity(self, session: RoomSession) -> Send:
         session.request_id = self._next_request_id("aj")
         session.requested_at = self.clock.monotonic()
         return Send({"type": "activity_join", "id": session.request_id, "activity_id": session.activity_id})
 
-    def _start_activity(self, activity: Activity) -> list[Action]:
-        self.session = Session(kind="activity", title=activity.title, activity_id=activity.id)
+    def _start_activity(self, activity: ActivityOccurrence) -> list[Action]:
+        self.session = RoomSession(kind="activity", title=activity.title, activity_id=activity.id)
         self.mode = Mode.IN_CALL
         return [self._request_activity(self.session)]
 
-    def _call_contact(self, contact: Contact) -> list[Action]:
+    def _call_contact(self, contact: ContactCard) -> list[Action]:
         if not self.online:
             return []
         request_id = self._next_request_id("cc")
-        self.session = Session(
+        self.session = RoomSession(
             kind="call",
             title=contact.name,
             contact_id=contact.id,
@@ -852,7 +853,7 @@ class Kiosk:
         assert incoming is not None
         self.incoming = None
         request_id = self._next_request_id("ca")
-        self.session = Session(
+        self.session = RoomSession(
             kind="call",
             title=incoming.contact.name,
             call_id=incoming.call_id,
@@ -866,12 +867,12 @@ class Kiosk:
             Send({"type": "call_answer", "id": request_id, "call_id": incoming.call_id, "accept": True}),
         ]
 
-    def _missed(self, contact: Contact, at: dt.datetime, busy: bool) -> list[Action]:
+    def _missed(self, contact: ContactCard, at: dt.datetime, busy: bool) -> list[Action]:
         self.incoming = None
         self.mode = Mode.HOME if self.online else Mode.OFFLINE
         return [PlaySound("none"), *self._note_missed(contact, at, busy)]
 
-    def _note_missed(self, contact: Contact, at: dt.datetime, busy: bool) -> list[Action]:
+    def _note_missed(self, contact: ContactCard, at: dt.datetime, busy: bool) -> list[Action]:
         self._add_note(
             Note(
                 "missed_call_busy" if busy else "missed_call",

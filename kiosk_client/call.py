@@ -25,9 +25,14 @@ from server.tasks import TaskOwner
 from .opus import offers_inband_fec
 from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
-from .signaling import SignalingClient
+from .signaling import SignalingClient, answer_offers
 
 logger = logging.getLogger(__name__)
+
+
+def _advanced(first_pts: int | None, last_pts: int | None) -> bool:
+    """Whether a track's timestamps moved on: frames arrived and they were not all the same one."""
+    return first_pts is not None and last_pts is not None and last_pts > first_pts
 
 
 @dataclass
@@ -51,19 +56,11 @@ class RemoteMedia:
 
     @property
     def video_advancing(self) -> bool:
-        return (
-            self.video_first_pts is not None
-            and self.video_last_pts is not None
-            and self.video_last_pts > self.video_first_pts
-        )
+        return _advanced(self.video_first_pts, self.video_last_pts)
 
     @property
     def audio_advancing(self) -> bool:
-        return (
-            self.audio_first_pts is not None
-            and self.audio_last_pts is not None
-            and self.audio_last_pts > self.audio_first_pts
-        )
+        return _advanced(self.audio_first_pts, self.audio_last_pts)
 
     def record(self, kind: str, frame: Any, elapsed_ms: float) -> None:
         """Counts one decoded frame; `elapsed_ms` since the track was offered."""
@@ -207,18 +204,14 @@ class CallClient:
             self.on_event(message)
 
     async def _negotiate(self) -> None:
-        while True:
-            offer = await self._offers.get()
-            # Only the newest offer matters; older ones were superseded.
-            while not self._offers.empty():
-                offer = self._offers.get_nowait()
-            try:
-                await self._answer(offer)
-            except InvalidStateError:
-                # The call is being closed (or rebuilt) under this negotiation.
-                logger.debug("negotiation %s: peer connection closed", offer.get("negotiation_id"))
-            except Exception:
-                logger.exception("negotiation %s failed", offer.get("negotiation_id"))
+        await answer_offers(self._offers, self._answer, self._negotiation_failed)
+
+    def _negotiation_failed(self, offer: dict[str, Any], exc: Exception) -> None:
+        if isinstance(exc, InvalidStateError):
+            # The call is being closed (or rebuilt) under this negotiation.
+            logger.debug("negotiation %s: peer connection closed", offer.get("negotiation_id"))
+        else:
+            logger.error("negotiation %s failed", offer.get("negotiation_id"), exc_info=exc)
 
     async def _answer(self, offer: dict[str, Any]) -> None:
         if self.pc is None:

@@ -4,7 +4,7 @@ world: pairing over HTTP, the device WebSocket, rooms, the screen, the speaker.
 Everything runs on one asyncio loop. The state machine decides; this module only carries
 out its actions and feeds it events:
 
-    pairing ─▶ DeviceClient ─▶ Kiosk.device_* ─▶ actions ─▶ RoomConnection / Speaker / Send
+    pairing ─▶ DeviceClient ─▶ Appliance.device_* ─▶ actions ─▶ RoomConnection / Speaker / Send
                                      ▲                               │
     Display taps, tick() ────────────┘◀──── room events ─────────────┘
 """
@@ -26,8 +26,8 @@ from server.tasks import TaskOwner
 from .appliance import (
     MAX_NOTES,
     Action,
+    Appliance,
     JoinRoom,
-    Kiosk,
     LeaveRoom,
     Mode,
     Note,
@@ -104,7 +104,7 @@ class KioskApp:
         self.state = StateDir(config.state_dir)
         preferences = self.state.load_preferences()
         volume = preferences.get("volume")
-        self.model = Kiosk(self.clock, language=config.language, **({"volume": volume} if isinstance(volume, int) else {}))
+        self.model = Appliance(self.clock, language=config.language, **({"volume": volume} if isinstance(volume, int) else {}))
         self.model.notes = restore_notes(self.state.load_notes())
         self._saved_notes = kept_notes(self.model.notes)
         self.credential: Credential | None = None

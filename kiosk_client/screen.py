@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pygame
 
-from .appliance import JOIN_LIT_BEFORE, Contact, Kiosk, Mode
+from .appliance import JOIN_LIT_BEFORE, Appliance, ContactCard, Mode
 from .texts import Texts
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Renderer:
         self,
         *,
         dpi: float = DEFAULT_DPI,
-        photos: Callable[[Contact], pygame.Surface | None] | None = None,
+        photos: Callable[[ContactCard], pygame.Surface | None] | None = None,
     ) -> None:
         self.dpi = dpi
         self.min_target = mm_to_px(MIN_TARGET_MM, dpi)
@@ -260,7 +260,7 @@ class Renderer:
         if enabled:
             layout.buttons.append(Button(button_id, rect))
 
-    def _avatar(self, surface: pygame.Surface, layout: Layout, contact: Contact, center: tuple[int, int], diameter: int) -> None:
+    def _avatar(self, surface: pygame.Surface, layout: Layout, contact: ContactCard, center: tuple[int, int], diameter: int) -> None:
         photo = self.photos(contact)
         rect = pygame.Rect(0, 0, diameter, diameter)
         rect.center = center
@@ -311,7 +311,7 @@ class Renderer:
         self._text(surface, layout, text, int(h * 0.05), TEXT, ALERT, center=bar.center, max_width=w - 40, bold=True)
         return bar
 
-    def _volume(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, rect: pygame.Rect, bg: Color) -> None:
+    def _volume(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts, rect: pygame.Rect, bg: Color) -> None:
         """Softer [bars] Louder: two big buttons with the level between them."""
         gap = max(12, rect.height // 8)
         size = max(MIN_TEXT_PX, min(44, rect.height // 3))
@@ -334,7 +334,7 @@ class Renderer:
 
     # --- screens ------------------------------------------------------------------------
 
-    def render(self, surface: pygame.Surface, kiosk: Kiosk, video: "VideoWall | None" = None) -> Layout:
+    def render(self, surface: pygame.Surface, kiosk: Appliance, video: "VideoWall | None" = None) -> Layout:
         layout = Layout(surface.get_size())
         t = Texts(kiosk.language)
         mode = kiosk.mode
@@ -356,7 +356,7 @@ class Renderer:
             self._in_call(surface, layout, kiosk, t, video)
         return layout
 
-    def _pairing(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _pairing(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         m = int(h * 0.05)
@@ -389,7 +389,7 @@ class Renderer:
         if pairing.problem:
             self._status_bar(surface, layout, t("offline"))
 
-    def _home(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _home(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         m = max(16, int(h * 0.03))
@@ -475,7 +475,7 @@ class Renderer:
                     label = t("more_family", count=len(contacts) - len(shown))
                     self._big_button(surface, layout, "more_family", c, label, NAVY, int(h * 0.045))
 
-    def _contact_card(self, surface: pygame.Surface, layout: Layout, contact: Contact, c: pygame.Rect, t: Texts, text_size: int) -> None:
+    def _contact_card(self, surface: pygame.Surface, layout: Layout, contact: ContactCard, c: pygame.Rect, t: Texts, text_size: int) -> None:
         """A white card: photo (or initials), the name, and a green Call button."""
         pygame.draw.rect(surface, CARD, c, border_radius=20)
         d = min(c.height - 24, int(c.width * 0.4))
@@ -513,7 +513,7 @@ class Renderer:
         _, _, _, cols, rows = self._family_frame(size)
         return cols * rows
 
-    def _family(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _family(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """Every trusted contact as a big card with a Call button, in pages: Back at the
         top, Previous / Next and "1 of 2" at the bottom. No scrolling, no swiping."""
         w, h = surface.get_size()
@@ -551,7 +551,7 @@ class Renderer:
                 center=(w // 2, prev.centery), max_width=nxt.left - prev.right - 2 * m, bold=True,
             )
 
-    def _countdown(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _countdown(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         assert kiosk.countdown is not None
@@ -562,11 +562,9 @@ class Renderer:
         pygame.draw.circle(surface, GREEN, center, radius)
         self._text(surface, layout, str(seconds), int(h * 0.18), WHITE, GREEN, center=center, bold=True)
         self._wrapped(surface, layout, t("countdown_body", seconds=seconds), int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, center[1] + radius + 16, w - 80, int(h * 0.1)))
-        button = pygame.Rect(0, 0, int(w * 0.5), int(h * 0.17))
-        button.midbottom = (w // 2, h - int(h * 0.04))
-        self._button(surface, layout, "not_now", button, t("not_now"), NAVY, size=int(h * 0.075))
+        self._bottom_button(surface, layout, "not_now", t("not_now"), NAVY, (0.5, 0.17), margin=0.04, size=0.075)
 
-    def _invited(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _invited(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """The host rings: what starts, and one big button to join. No camera until tapped."""
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
@@ -578,24 +576,19 @@ class Renderer:
         join = pygame.Rect(0, 0, int(w * 0.7), int(h * 0.3))
         join.center = (w // 2, int(h * 0.6))
         self._big_button(surface, layout, "join_invite", join, t("invite_join"), GREEN, size=int(h * 0.09))
-        later = pygame.Rect(0, 0, int(w * 0.36), int(h * 0.13))
-        later.midbottom = (w // 2, h - int(h * 0.03))
-        self._button(surface, layout, "not_now", later, t("not_now"), NAVY, size=int(h * 0.06))
+        self._bottom_button(surface, layout, "not_now", t("not_now"), NAVY, (0.36, 0.13), margin=0.03, size=0.06)
 
-    def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
+    def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
         surface.fill(BACKGROUND)
         incoming = kiosk.incoming
         assert incoming is not None
         contact = incoming.contact
-        d = int(h * 0.3)
-        self._avatar(surface, layout, contact, (w // 2, int(h * 0.05) + d // 2), d)
-        y = self._wrapped(surface, layout, t("incoming_title", name=contact.name), int(h * 0.08), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.07) + d, w - 80, int(h * 0.12)), bold=True)
         if kiosk.mode is Mode.INCOMING:
             body = t("incoming_trusted_body", seconds=kiosk.seconds_left())
         else:
             body = t("incoming_body")
-        self._wrapped(surface, layout, body, int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, y + 8, w - 80, int(h * 0.1)))
+        self._person_header(surface, layout, contact, t("incoming_title", name=contact.name), body)
         # Two big buttons, far apart so a shaking hand does not hit the wrong one.
         bh = int(h * 0.2)
         bw = int(w * 0.38)
@@ -610,31 +603,44 @@ class Renderer:
         else:
             self._button(surface, layout, "decline", other, t("decline"), RED, size=int(h * 0.07))
 
-    def _calling(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts) -> None:
-        """The senior calls family: who, that it rings, and one big way to stop. No camera yet."""
+    def _bottom_button(
+        self, surface: pygame.Surface, layout: Layout, name: str, label: str, color: Color,
+        box: tuple[float, float], *, margin: float, size: float,
+    ) -> None:
+        """A button centred at the bottom of the screen; `box` (width, height), `margin` and
+        the text `size` are fractions of the screen, so every screen size looks the same."""
         w, h = surface.get_size()
-        surface.fill(BACKGROUND)
-        session = kiosk.session
-        assert session is not None
-        contact = next((c for c in kiosk.contacts if c.id == session.contact_id), None) or Contact(
-            session.contact_id or "?", session.title
-        )
+        rect = pygame.Rect(0, 0, int(w * box[0]), int(h * box[1]))
+        rect.midbottom = (w // 2, h - int(h * margin))
+        self._button(surface, layout, name, rect, label, color, size=int(h * size))
+
+    def _person_header(
+        self, surface: pygame.Surface, layout: Layout, contact: ContactCard, title: str, body: str | None
+    ) -> None:
+        """The top of a call screen, whoever calls: a big photo (or initials), the title, a line below."""
+        w, h = surface.get_size()
         d = int(h * 0.3)
         self._avatar(surface, layout, contact, (w // 2, int(h * 0.05) + d // 2), d)
         y = self._wrapped(
-            surface, layout, t("calling_out", name=contact.name), int(h * 0.08), TEXT, BACKGROUND,
+            surface, layout, title, int(h * 0.08), TEXT, BACKGROUND,
             pygame.Rect(40, int(h * 0.07) + d, w - 80, int(h * 0.12)), bold=True,
         )
-        if session.phase == "ringing":
-            self._wrapped(
-                surface, layout, t("calling_ringing", name=contact.name), int(h * 0.055), TEXT, BACKGROUND,
-                pygame.Rect(40, y + 8, w - 80, int(h * 0.1)),
-            )
-        hang_up = pygame.Rect(0, 0, int(w * 0.6), int(h * 0.2))
-        hang_up.midbottom = (w // 2, h - int(h * 0.05))
-        self._button(surface, layout, "hang_up", hang_up, t("hang_up"), RED, size=int(h * 0.08))
+        if body:
+            self._wrapped(surface, layout, body, int(h * 0.055), TEXT, BACKGROUND, pygame.Rect(40, y + 8, w - 80, int(h * 0.1)))
 
-    def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Kiosk, t: Texts, video: "VideoWall | None") -> None:
+    def _calling(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
+        """The senior calls family: who, that it rings, and one big way to stop. No camera yet."""
+        surface.fill(BACKGROUND)
+        session = kiosk.session
+        assert session is not None
+        contact = next((c for c in kiosk.contacts if c.id == session.contact_id), None) or ContactCard(
+            session.contact_id or "?", session.title
+        )
+        ringing = t("calling_ringing", name=contact.name) if session.phase == "ringing" else None
+        self._person_header(surface, layout, contact, t("calling_out", name=contact.name), ringing)
+        self._bottom_button(surface, layout, "hang_up", t("hang_up"), RED, (0.6, 0.2), margin=0.05, size=0.08)
+
+    def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts, video: "VideoWall | None") -> None:
         w, h = surface.get_size()
         surface.fill(DARK)
         session = kiosk.session
@@ -704,7 +710,7 @@ class Renderer:
         text_w, text_h = self.fonts.font(label_size, True).size(name)
         if picture is None and rect.height - text_h - 16 >= 2 * MIN_TEXT_PX:
             # No picture (yet): initials in the space above the name.
-            initials = Contact(pid, name).initials
+            initials = ContactCard(pid, name).initials
             free = pygame.Rect(rect.left, rect.top, rect.width, rect.height - text_h - 16)
             d = min(free.width, free.height) * 3 // 4
             color = AVATAR_COLORS[sum(map(ord, name)) % len(AVATAR_COLORS)]

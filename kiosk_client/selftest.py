@@ -21,12 +21,14 @@ import math
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamTrack
 
 from .media import open_audio, open_video
 
@@ -74,44 +76,77 @@ class Check:
 # --- camera and microphone ---------------------------------------------------------------
 
 
-async def check_camera(source: str | None, timeout: float = 8.0) -> Check:
+@dataclass(frozen=True)
+class SourceWords:
+    """What a camera's or microphone's check says, each (nl, en)."""
+
+    switched_off: tuple[str, str]
+    not_found: tuple[str, str]
+    silent: tuple[str, str]  # no track, or nothing within the timeout
+    doubtful: tuple[str, str]  # it works, but what it gives looks wrong
+    works: tuple[str, str]
+
+
+CAMERA_WORDS = SourceWords(
+    ("De camera staat uit.", "The camera is switched off."),
+    ("De camera is niet gevonden of wordt door iets anders gebruikt.",
+     "The camera was not found or is in use by something else."),
+    ("De camera geeft geen beeld.", "The camera gives no picture."),
+    ("De camera geeft een bijna zwart beeld. Zit er iets voor de lens?",
+     "The camera picture is almost black. Is something covering the lens?"),
+    ("De camera werkt.", "The camera works."),
+)
+MICROPHONE_WORDS = SourceWords(
+    ("De microfoon staat uit.", "The microphone is switched off."),
+    ("De microfoon is niet gevonden.", "The microphone was not found."),
+    ("De microfoon geeft geen geluid door.", "The microphone passes no sound."),
+    ("De microfoon werkt, maar hoort helemaal niets. Staat hij uit of is hij afgedekt?",
+     "The microphone works but hears nothing at all. Is it muted or covered?"),
+    ("De microfoon werkt.", "The microphone works."),
+)
+
+
+async def _check_source(
+    source: str | None,
+    open_player: Callable[[str], MediaPlayer],
+    kind: str,
+    words: SourceWords,
+    measure: Callable[[MediaStreamTrack], Awaitable[tuple[dict[str, Any], bool]]],
+) -> Check:
+    """Opens a camera or microphone (`kind` "video" or "audio"); `measure` returns what it
+    found (details) and whether that looks right. The track is always stopped."""
     if not source or source == "none":
-        return Check("skipped", "De camera staat uit.", "The camera is switched off.")
+        return Check("skipped", *words.switched_off)
     try:
-        player = open_video(source)
+        player = open_player(source)
     except Exception as exc:
-        return Check("failed", "De camera is niet gevonden of wordt door iets anders gebruikt.",
-                     "The camera was not found or is in use by something else.", {"source": source, "error": str(exc)})
-    track = player.video
+        return Check("failed", *words.not_found, {"source": source, "error": str(exc)})
+    track = getattr(player, kind)
     try:
         if track is None:
-            return Check("failed", "De camera geeft geen beeld.", "The camera gives no picture.", {"source": source})
-        frame = await asyncio.wait_for(track.recv(), timeout)
-        gray = frame.to_ndarray(format="gray")
-        brightness = float(gray.mean())
-        details = {"source": source, "width": frame.width, "height": frame.height, "brightness": round(brightness, 1)}
-        if brightness < 12:
-            return Check("warning", "De camera geeft een bijna zwart beeld. Zit er iets voor de lens?",
-                         "The camera picture is almost black. Is something covering the lens?", details)
-        return Check("ok", "De camera werkt.", "The camera works.", details)
+            return Check("failed", *words.silent, {"source": source})
+        details, looks_right = await measure(track)
     except asyncio.TimeoutError:
-        return Check("failed", "De camera geeft geen beeld.", "The camera gives no picture.", {"source": source})
+        return Check("failed", *words.silent, {"source": source})
     finally:
         if track is not None:
             track.stop()
+    details = {"source": source, **details}
+    return Check("ok", *words.works, details) if looks_right else Check("warning", *words.doubtful, details)
+
+
+async def check_camera(source: str | None, timeout: float = 8.0) -> Check:
+    async def measure(track: MediaStreamTrack) -> tuple[dict[str, Any], bool]:
+        frame = await asyncio.wait_for(track.recv(), timeout)
+        brightness = float(frame.to_ndarray(format="gray").mean())
+        # Almost black: something covers the lens.
+        return {"width": frame.width, "height": frame.height, "brightness": round(brightness, 1)}, brightness >= 12
+
+    return await _check_source(source, open_video, "video", CAMERA_WORDS, measure)
 
 
 async def check_microphone(source: str | None, seconds: float = 1.0, timeout: float = 8.0) -> Check:
-    if not source or source == "none":
-        return Check("skipped", "De microfoon staat uit.", "The microphone is switched off.")
-    try:
-        player = open_audio(source)
-    except Exception as exc:
-        return Check("failed", "De microfoon is niet gevonden.", "The microphone was not found.", {"source": source, "error": str(exc)})
-    track = player.audio
-    try:
-        if track is None:
-            return Check("failed", "De microfoon geeft geen geluid door.", "The microphone passes no sound.", {"source": source})
+    async def measure(track: MediaStreamTrack) -> tuple[dict[str, Any], bool]:
         seconds_heard = 0.0
         energy = 0.0
         values = 0
@@ -129,16 +164,10 @@ async def check_microphone(source: str | None, seconds: float = 1.0, timeout: fl
             values += data.size
         rms = math.sqrt(energy / max(1, values))
         level_db = round(20 * math.log10(rms), 1) if rms > 0 else -120.0
-        details = {"source": source, "level_dbfs": level_db, "seconds": seconds}
-        if level_db < -70:
-            return Check("warning", "De microfoon werkt, maar hoort helemaal niets. Staat hij uit of is hij afgedekt?",
-                         "The microphone works but hears nothing at all. Is it muted or covered?", details)
-        return Check("ok", "De microfoon werkt.", "The microphone works.", details)
-    except asyncio.TimeoutError:
-        return Check("failed", "De microfoon geeft geen geluid door.", "The microphone passes no sound.", {"source": source})
-    finally:
-        if track is not None:
-            track.stop()
+        # Below -70 dBFS it hears nothing at all: muted or covered.
+        return {"level_dbfs": level_db, "seconds": seconds}, level_db >= -70
+
+    return await _check_source(source, open_audio, "audio", MICROPHONE_WORDS, measure)
 
 
 # --- speaker -------------------------------------------------------------------------------

@@ -37,6 +37,24 @@ def ws_url(server: str) -> str:
     return base + "/ws"
 
 
+async def answer_offers(
+    offers: asyncio.Queue[dict[str, Any]],
+    answer: MessageHandler,
+    failed: Callable[[dict[str, Any], Exception], None],
+) -> None:
+    """Answers the server's offers (docs/protocol.md, "Negotiation") one at a time, until
+    cancelled. Only the newest waiting offer counts: older ones were superseded. A failed
+    answer goes to `failed` and the next offer is still answered."""
+    while True:
+        offer = await offers.get()
+        while not offers.empty():
+            offer = offers.get_nowait()
+        try:
+            await answer(offer)
+        except Exception as exc:
+            failed(offer, exc)
+
+
 class SignalingClient:
     """Keeps one logical session alive across dropped WebSockets by resuming it."""
 

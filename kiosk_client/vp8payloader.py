@@ -48,8 +48,9 @@ BASE_LAYER_DELTA = FrameLayer(temporal_id=0, layer_sync=True, keyframe=False, no
 
 
 @dataclass(frozen=True)
-class Vp8Descriptor:
-    """The fields this payloader writes, as read back from a payload (for tests and the bench)."""
+class WrittenDescriptor:
+    """The fields this payloader writes, as read back from a payload (for tests and the bench).
+    The SFU reads any sender's descriptor with `server.vp8rewriter.parse_descriptor`."""
 
     start: bool
     non_reference: bool
@@ -60,7 +61,7 @@ class Vp8Descriptor:
     key_idx: int
 
 
-def parse_descriptor(payload: bytes) -> tuple[Vp8Descriptor, bytes]:
+def read_written_descriptor(payload: bytes) -> tuple[WrittenDescriptor, bytes]:
     """Reads a descriptor in the layout this payloader writes; ValueError for any other."""
     if len(payload) < DESCRIPTOR_BYTES:
         raise ValueError(f"VP8 payload of {len(payload)} bytes has no room for a {DESCRIPTOR_BYTES}-byte descriptor")
@@ -68,7 +69,7 @@ def parse_descriptor(payload: bytes) -> tuple[Vp8Descriptor, bytes]:
     if not first & _X or extension & 0xF0 != _I | _L | _T | _K or not pid_high & _M:
         raise ValueError(f"VP8 descriptor {payload[:DESCRIPTOR_BYTES].hex()} is not X+I(M)+L+T+K")
     return (
-        Vp8Descriptor(
+        WrittenDescriptor(
             start=bool(first & _S),
             non_reference=bool(first & _N),
             picture_id=(pid_high & 0x7F) << 8 | pid_low,

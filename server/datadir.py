@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 
 DIR_MODE = 0o700
@@ -36,6 +37,25 @@ def restrict_existing(path: Path) -> None:
     """Makes an existing file 0600; a missing one is left missing."""
     if Path(path).exists():
         _restrict(Path(path), FILE_MODE)
+
+
+def secret_file(path: Path) -> str:
+    """The signing secret kept in `path`, generated once (mode 0600, its directory 0700).
+    Two processes starting at once agree: the first to create the file wins, the other reads it."""
+    path = Path(path)
+    private_dir(path.parent)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
 
 
 def _restrict(path: Path, mode: int) -> None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 import time
 from pathlib import Path
 
 import jwt
 
 from .config import Settings
-from .datadir import private_dir
+from .datadir import secret_file
 from .directory import Contact, Directory
 
 ALGORITHM = "HS256"
@@ -52,23 +50,7 @@ def named_secret(settings: Settings, purpose: str) -> str:
         return hmac.new(
             settings.token_secret.encode(), f"verzilvering/{purpose}".encode(), hashlib.sha256
         ).hexdigest()
-    return _load_or_create(Path(settings.data_dir) / f"{purpose}_secret")
-
-
-def _load_or_create(path: Path) -> str:
-    private_dir(path.parent)
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    secret = secrets.token_urlsafe(48)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race; use its secret
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    return secret
+    return secret_file(Path(settings.data_dir) / f"{purpose}_secret")
 
 
 def issue_invite(secret: str, contact: Contact, *, ttl_s: int = DEFAULT_TTL_S) -> str:

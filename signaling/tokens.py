@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import jwt
 
-from server.datadir import private_dir
+from server.datadir import secret_file
 
 ROLES = ("senior", "host", "family", "admin")
 PERMISSIONS = ("publish", "subscribe", "moderate")
@@ -57,17 +55,7 @@ class Grant:
 
 def load_or_create_secret(data_dir: Path) -> str:
     """Returns the signing secret kept in the data dir, creating it (mode 0600) once."""
-    private_dir(data_dir)
-    path = data_dir / SECRET_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    return secret
+    return secret_file(Path(data_dir) / SECRET_FILE)
 
 
 class TokenIssuer:

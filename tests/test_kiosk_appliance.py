@@ -16,8 +16,8 @@ from kiosk_client.appliance import (
     NO_ANSWER_S,
     REQUEST_TIMEOUT_S,
     TRUSTED_WARNING_S,
+    Appliance,
     JoinRoom,
-    Kiosk,
     LeaveRoom,
     Mode,
     Participant,
@@ -79,8 +79,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def kiosk(clock: FakeClock) -> Kiosk:
-    k = Kiosk(clock)
+def kiosk(clock: FakeClock) -> Appliance:
+    k = Appliance(clock)
     k.start(paired=True)
     k.device_online(welcome())
     assert k.mode is Mode.HOME
@@ -98,7 +98,7 @@ def joins(actions: list) -> list[JoinRoom]:
 # --- home, the Join button, auto-join ---------------------------------------------------------
 
 
-def test_join_lights_up_ten_minutes_before_and_stays_lit_while_running(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_join_lights_up_ten_minutes_before_and_stays_lit_while_running(kiosk: Appliance, clock: FakeClock) -> None:
     assert not kiosk.join_lit()
     assert kiosk.tap("join") == []  # unlit: nothing happens
     clock.set(START - dt.timedelta(minutes=10, seconds=1))
@@ -111,7 +111,7 @@ def test_join_lights_up_ten_minutes_before_and_stays_lit_while_running(kiosk: Ki
     assert not kiosk.join_lit()
 
 
-def test_pressing_join_asks_for_a_token_and_joins_with_it(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_pressing_join_asks_for_a_token_and_joins_with_it(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(minutes=5))
     actions = kiosk.tap("join")
     [request] = sends(actions, "activity_join")
@@ -126,7 +126,7 @@ def test_pressing_join_asks_for_a_token_and_joins_with_it(kiosk: Kiosk, clock: F
     assert kiosk.tick() == [] and kiosk.mode is Mode.IN_CALL
 
 
-def test_auto_join_counts_down_ten_seconds_then_joins(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_auto_join_counts_down_ten_seconds_then_joins(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(seconds=1))
     assert kiosk.tick() == [] and kiosk.mode is Mode.HOME
     clock.advance(1)
@@ -140,7 +140,7 @@ def test_auto_join_counts_down_ten_seconds_then_joins(kiosk: Kiosk, clock: FakeC
     assert kiosk.mode is Mode.IN_CALL
 
 
-def test_not_now_cancels_auto_join_for_this_occurrence_only(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_not_now_cancels_auto_join_for_this_occurrence_only(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START)
     kiosk.tick()
     assert kiosk.tap("not_now") == [PlaySound("none")]
@@ -152,25 +152,25 @@ def test_not_now_cancels_auto_join_for_this_occurrence_only(kiosk: Kiosk, clock:
 
 
 def test_no_auto_join_without_the_setting_or_long_after_the_start(clock: FakeClock) -> None:
-    k = Kiosk(clock)
+    k = Appliance(clock)
     k.start(paired=True)
     k.device_online(welcome(auto_join=False))
     clock.set(START)
     assert k.tick() == [] and k.mode is Mode.HOME
-    late = Kiosk(clock)
+    late = Appliance(clock)
     late.start(paired=True)
     clock.set(START + dt.timedelta(minutes=11))
     late.device_online(welcome())
     assert late.mode is Mode.HOME, "an occurrence well under way is not joined by itself"
 
 
-def test_after_an_activity_ends_the_kiosk_asks_for_the_next_times(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_after_an_activity_ends_the_kiosk_asks_for_the_next_times(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START + dt.timedelta(minutes=45))
     assert RefreshDirectory() in kiosk.tick()
     assert RefreshDirectory() not in kiosk.tick()
 
 
-def test_volume_buttons_stay_within_bounds(kiosk: Kiosk) -> None:
+def test_volume_buttons_stay_within_bounds(kiosk: Appliance) -> None:
     assert kiosk.tap("volume_up") == [SetVolume(7)]
     for _ in range(10):
         kiosk.tap("volume_up")
@@ -183,7 +183,7 @@ def test_volume_buttons_stay_within_bounds(kiosk: Kiosk) -> None:
 # --- family drop-in ---------------------------------------------------------------------------
 
 
-def test_trusted_auto_answer_warns_ten_seconds_before_anything_is_sent(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_trusted_auto_answer_warns_ten_seconds_before_anything_is_sent(kiosk: Appliance, clock: FakeClock) -> None:
     assert kiosk.device_message(incoming("c-sanne")) == [PlaySound("chime")]
     assert kiosk.mode is Mode.INCOMING and kiosk.seconds_left() == 10
     clock.advance(TRUSTED_WARNING_S - 0.1)
@@ -197,7 +197,7 @@ def test_trusted_auto_answer_warns_ten_seconds_before_anything_is_sent(kiosk: Ki
     assert joins(actions) == [JoinRoom("call-x", "t", "call")]
 
 
-def test_trusted_warning_can_be_refused_or_answered_at_once(kiosk: Kiosk) -> None:
+def test_trusted_warning_can_be_refused_or_answered_at_once(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-sanne"))
     actions = kiosk.tap("not_now")
     assert sends(actions, "call_answer")[0]["accept"] is False and kiosk.mode is Mode.HOME
@@ -205,7 +205,7 @@ def test_trusted_warning_can_be_refused_or_answered_at_once(kiosk: Kiosk) -> Non
     assert sends(kiosk.tap("answer"), "call_answer")[0]["accept"] is True
 
 
-def test_untrusted_caller_rings_until_answered(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_untrusted_caller_rings_until_answered(kiosk: Appliance, clock: FakeClock) -> None:
     assert kiosk.device_message(incoming("c-piet")) == [PlaySound("ring")]
     assert kiosk.mode is Mode.RINGING
     clock.advance(20)
@@ -214,26 +214,26 @@ def test_untrusted_caller_rings_until_answered(kiosk: Kiosk, clock: FakeClock) -
     assert PlaySound("none") in actions and sends(actions, "call_answer")[0]["accept"] is True
 
 
-def test_trusted_without_auto_answer_rings_too(kiosk: Kiosk) -> None:
+def test_trusted_without_auto_answer_rings_too(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-kees"))
     assert kiosk.mode is Mode.RINGING
 
 
-def test_auto_answer_is_ignored_for_a_contact_that_is_not_trusted(kiosk: Kiosk) -> None:
+def test_auto_answer_is_ignored_for_a_contact_that_is_not_trusted(kiosk: Appliance) -> None:
     message = incoming("c-piet")
     message["contact"] = {**message["contact"], "auto_answer": True}
     kiosk.device_message(message)
     assert kiosk.mode is Mode.RINGING
 
 
-def test_decline(kiosk: Kiosk) -> None:
+def test_decline(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-piet"))
     actions = kiosk.tap("decline")
     assert sends(actions, "call_answer") == [{"type": "call_answer", "call_id": "call-1", "accept": False}]
     assert kiosk.mode is Mode.HOME and kiosk.notes == []
 
 
-def test_unanswered_ring_becomes_a_missed_call_note_with_call_back(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_unanswered_ring_becomes_a_missed_call_note_with_call_back(kiosk: Appliance, clock: FakeClock) -> None:
     kiosk.device_message(incoming("c-piet", ring_ms=30000))
     clock.advance(30)
     actions = kiosk.tick()
@@ -247,19 +247,19 @@ def test_unanswered_ring_becomes_a_missed_call_note_with_call_back(kiosk: Kiosk,
     assert kiosk.notes == []
 
 
-def test_caller_hanging_up_while_ringing_is_a_missed_call(kiosk: Kiosk) -> None:
+def test_caller_hanging_up_while_ringing_is_a_missed_call(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-piet"))
     kiosk.device_message({"type": "call_cancelled", "call_id": "call-1", "reason": "caller_left"})
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "missed_call"
 
 
-def test_answered_on_another_kiosk_is_not_missed(kiosk: Kiosk) -> None:
+def test_answered_on_another_kiosk_is_not_missed(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-piet"))
     assert kiosk.device_message({"type": "call_cancelled", "call_id": "call-1", "reason": "answered_elsewhere"}) == [PlaySound("none")]
     assert kiosk.mode is Mode.HOME and kiosk.notes == []
 
 
-def test_a_call_while_busy_is_declined_and_noted(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_a_call_while_busy_is_declined_and_noted(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(minutes=1))
     kiosk.tap("join")
     actions = kiosk.device_message(incoming("c-sanne"))
@@ -267,13 +267,13 @@ def test_a_call_while_busy_is_declined_and_noted(kiosk: Kiosk, clock: FakeClock)
     assert kiosk.mode is Mode.IN_CALL and kiosk.notes[0].key == "missed_call_busy"
 
 
-def test_losing_the_connection_while_ringing_is_a_missed_call(kiosk: Kiosk) -> None:
+def test_losing_the_connection_while_ringing_is_a_missed_call(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-piet"))
     actions = kiosk.device_offline()
     assert PlaySound("none") in actions and kiosk.mode is Mode.OFFLINE and kiosk.notes
 
 
-def test_call_ends_when_the_family_member_hangs_up(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_call_ends_when_the_family_member_hangs_up(kiosk: Appliance, clock: FakeClock) -> None:
     kiosk.device_message(incoming("c-sanne"))
     kiosk.tap("answer")
     kiosk.device_message({"type": "call_join", "call_id": "call-1", "room": "call-x", "token": "t"})
@@ -284,14 +284,14 @@ def test_call_ends_when_the_family_member_hangs_up(kiosk: Kiosk, clock: FakeCloc
     assert actions == [LeaveRoom()] and kiosk.mode is Mode.HOME and kiosk.notes == []
 
 
-def test_hang_up_leaves_the_room(kiosk: Kiosk) -> None:
+def test_hang_up_leaves_the_room(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-sanne"))
     kiosk.tap("answer")
     kiosk.device_message({"type": "call_join", "call_id": "call-1", "room": "call-x", "token": "t"})
     assert kiosk.tap("hang_up") == [LeaveRoom()] and kiosk.mode is Mode.HOME
 
 
-def test_outgoing_call_nobody_answers(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_outgoing_call_nobody_answers(kiosk: Appliance, clock: FakeClock) -> None:
     actions = kiosk.tap("call:c-kees")
     [request] = sends(actions, "call_contact")
     assert request["contact_id"] == "c-kees" and kiosk.session is not None and kiosk.session.outgoing
@@ -303,7 +303,7 @@ def test_outgoing_call_nobody_answers(kiosk: Kiosk, clock: FakeClock) -> None:
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "no_answer"
 
 
-def _calling(kiosk: Kiosk, contact_id: str = "c-kees", call_id: str = "call-7") -> str:
+def _calling(kiosk: Appliance, contact_id: str = "c-kees", call_id: str = "call-7") -> str:
     [request] = sends(kiosk.tap(f"call:{contact_id}"), "call_contact")
     assert kiosk.session is not None and kiosk.session.outgoing and kiosk.session.phase == "requesting"
     assert kiosk.device_message({"type": "call_ringing", "ref": request["id"], "call_id": call_id, "ring_timeout_ms": 45000}) == []
@@ -311,7 +311,7 @@ def _calling(kiosk: Kiosk, contact_id: str = "c-kees", call_id: str = "call-7") 
     return request["id"]
 
 
-def test_calling_family_joins_only_once_accepted(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_calling_family_joins_only_once_accepted(kiosk: Appliance, clock: FakeClock) -> None:
     _calling(kiosk)
     # Ringing for longer than a request may take: still calling, and no room, no camera.
     clock.advance(REQUEST_TIMEOUT_S + 10)
@@ -331,7 +331,7 @@ def test_calling_family_joins_only_once_accepted(kiosk: Kiosk, clock: FakeClock)
         ("something_new", "call_failed", "Het gesprek lukt nu niet. Probeer het straks nog eens."),
     ],
 )
-def test_calling_family_that_does_not_connect_says_why(kiosk: Kiosk, reason: str, note: str, text: str) -> None:
+def test_calling_family_that_does_not_connect_says_why(kiosk: Appliance, reason: str, note: str, text: str) -> None:
     from kiosk_client.texts import Texts
 
     _calling(kiosk)
@@ -342,13 +342,13 @@ def test_calling_family_that_does_not_connect_says_why(kiosk: Kiosk, reason: str
     assert Texts("nl")(note, **kiosk.notes[0].params) == text
 
 
-def test_unavailable_answer_to_the_request_itself(kiosk: Kiosk) -> None:
+def test_unavailable_answer_to_the_request_itself(kiosk: Appliance) -> None:
     [request] = sends(kiosk.tap("call:c-kees"), "call_contact")
     kiosk.device_message({"type": "call_cancelled", "ref": request["id"], "call_id": "c", "reason": "unavailable"})
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "contact_unavailable"
 
 
-def test_hanging_up_while_it_rings_stops_the_ringing_there(kiosk: Kiosk) -> None:
+def test_hanging_up_while_it_rings_stops_the_ringing_there(kiosk: Appliance) -> None:
     _calling(kiosk)
     actions = kiosk.tap("hang_up")
     assert sends(actions, "call_hangup") == [{"type": "call_hangup", "call_id": "call-7"}]
@@ -358,7 +358,7 @@ def test_hanging_up_while_it_rings_stops_the_ringing_there(kiosk: Kiosk) -> None
     assert kiosk.notes == []
 
 
-def test_hanging_up_before_the_server_answered(kiosk: Kiosk) -> None:
+def test_hanging_up_before_the_server_answered(kiosk: Appliance) -> None:
     [request] = sends(kiosk.tap("call:c-kees"), "call_contact")
     assert kiosk.tap("hang_up") == [] and kiosk.mode is Mode.HOME
     actions = kiosk.device_message({"type": "call_ringing", "ref": request["id"], "call_id": "call-8", "ring_timeout_ms": 45000})
@@ -366,21 +366,21 @@ def test_hanging_up_before_the_server_answered(kiosk: Kiosk) -> None:
     assert kiosk.mode is Mode.HOME and kiosk.session is None
 
 
-def test_ringing_out_without_word_from_the_server(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_ringing_out_without_word_from_the_server(kiosk: Appliance, clock: FakeClock) -> None:
     _calling(kiosk)
     clock.advance(45 + REQUEST_TIMEOUT_S + 1)
     assert kiosk.tick() == []
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "no_answer"
 
 
-def test_a_refused_request_goes_home_with_plain_words(kiosk: Kiosk) -> None:
+def test_a_refused_request_goes_home_with_plain_words(kiosk: Appliance) -> None:
     actions = kiosk.tap("call:c-kees")
     request_id = sends(actions, "call_contact")[0]["id"]
     kiosk.device_message({"type": "error", "code": "forbidden", "message": "…", "ref": request_id})
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == "call_failed"
 
 
-def test_a_request_without_answer_times_out(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_a_request_without_answer_times_out(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(minutes=1))
     assert sends(kiosk.tap("join"), "activity_join")
     clock.advance(REQUEST_TIMEOUT_S - 1)
@@ -394,15 +394,15 @@ def test_a_request_without_answer_times_out(kiosk: Kiosk, clock: FakeClock) -> N
 
 
 @pytest.fixture
-def family(clock: FakeClock) -> Kiosk:
-    k = Kiosk(clock)
+def family(clock: FakeClock) -> Appliance:
+    k = Appliance(clock)
     k.start(paired=True)
     k.device_online(big_family())
     k.family_page_size = 3
     return k
 
 
-def open_family(kiosk: Kiosk) -> list:
+def open_family(kiosk: Appliance) -> list:
     """Taps "More family" and waits out the guard against a double tap."""
     actions = kiosk.tap("more_family")
     assert isinstance(kiosk.clock, FakeClock)
@@ -410,7 +410,7 @@ def open_family(kiosk: Kiosk) -> list:
     return actions
 
 
-def test_trusted_family_comes_in_the_coordinators_order(family: Kiosk) -> None:
+def test_trusted_family_comes_in_the_coordinators_order(family: Appliance) -> None:
     names = [c.name for c in family.trusted_contacts]
     assert names == ["Emma", "Lotte", "Anna", "Bram", "Daan", "Kees", "Sanne de Vries"]
     # Without an order from the server (older servers): alphabetical, as before.
@@ -418,7 +418,7 @@ def test_trusted_family_comes_in_the_coordinators_order(family: Kiosk) -> None:
     assert [c.name for c in family.trusted_contacts] == ["Kees", "Sanne de Vries"]
 
 
-def test_more_family_opens_the_family_screen_and_pages_through_everyone(family: Kiosk) -> None:
+def test_more_family_opens_the_family_screen_and_pages_through_everyone(family: Appliance) -> None:
     assert open_family(family) == [] and family.mode is Mode.FAMILY
     assert family.family_pages == 3
     page, pages, shown = family.family_page_contacts()
@@ -440,13 +440,13 @@ def test_more_family_opens_the_family_screen_and_pages_through_everyone(family: 
     assert all(c.id != "c-piet" for c in family.trusted_contacts)
 
 
-def test_more_family_needs_the_connection(family: Kiosk) -> None:
+def test_more_family_needs_the_connection(family: Appliance) -> None:
     family.device_offline()
     assert family.mode is Mode.OFFLINE
     assert open_family(family) == [] and family.mode is Mode.OFFLINE
 
 
-def test_calling_from_the_family_screen(family: Kiosk) -> None:
+def test_calling_from_the_family_screen(family: Appliance) -> None:
     open_family(family)
     family.tap("family_next")
     family.tap("family_next")
@@ -462,7 +462,7 @@ def test_calling_from_the_family_screen(family: Kiosk) -> None:
     assert family.tap("call:c-piet") == [] and family.mode is Mode.FAMILY
 
 
-def test_the_family_screen_goes_home_after_a_minute_without_a_touch(family: Kiosk, clock: FakeClock) -> None:
+def test_the_family_screen_goes_home_after_a_minute_without_a_touch(family: Appliance, clock: FakeClock) -> None:
     open_family(family)
     clock.advance(FAMILY_IDLE_S - 1 - FAMILY_TAP_GUARD_S)
     family.tick()
@@ -478,7 +478,7 @@ def test_the_family_screen_goes_home_after_a_minute_without_a_touch(family: Kios
     assert family.tick() == [] and family.mode is Mode.HOME
 
 
-def test_an_incoming_call_takes_over_the_family_screen(family: Kiosk, clock: FakeClock) -> None:
+def test_an_incoming_call_takes_over_the_family_screen(family: Appliance, clock: FakeClock) -> None:
     open_family(family)
     actions = family.device_message(incoming("c-piet"))
     assert actions == [PlaySound("ring")] and family.mode is Mode.RINGING
@@ -493,7 +493,7 @@ def test_an_incoming_call_takes_over_the_family_screen(family: Kiosk, clock: Fak
     assert sends(family.tick(), "call_answer")[0]["accept"] is True and family.mode is Mode.IN_CALL
 
 
-def test_the_countdown_takes_over_the_family_screen(family: Kiosk, clock: FakeClock) -> None:
+def test_the_countdown_takes_over_the_family_screen(family: Appliance, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(seconds=5))
     open_family(family)
     clock.advance(5 - FAMILY_TAP_GUARD_S)
@@ -502,7 +502,7 @@ def test_the_countdown_takes_over_the_family_screen(family: Kiosk, clock: FakeCl
     assert family.mode is Mode.HOME
 
 
-def test_losing_the_connection_on_the_family_screen_goes_home(family: Kiosk) -> None:
+def test_losing_the_connection_on_the_family_screen_goes_home(family: Appliance) -> None:
     open_family(family)
     family.device_offline()
     assert family.mode is Mode.OFFLINE
@@ -510,7 +510,7 @@ def test_losing_the_connection_on_the_family_screen_goes_home(family: Kiosk) -> 
     assert family.mode is Mode.HOME
 
 
-def test_a_shorter_family_list_keeps_the_page_in_range(family: Kiosk) -> None:
+def test_a_shorter_family_list_keeps_the_page_in_range(family: Appliance) -> None:
     open_family(family)
     family.tap("family_next")
     family.tap("family_next")
@@ -521,7 +521,7 @@ def test_a_shorter_family_list_keeps_the_page_in_range(family: Kiosk) -> None:
     assert family.family_page == 0
 
 
-def test_a_double_tap_on_more_family_does_not_call_whoever_is_underneath(family: Kiosk, clock: FakeClock) -> None:
+def test_a_double_tap_on_more_family_does_not_call_whoever_is_underneath(family: Appliance, clock: FakeClock) -> None:
     family.tap("more_family")
     clock.advance(FAMILY_TAP_GUARD_S - 0.1)
     assert family.tap("call:c-emma") == [] and family.tap("family_next") == []
@@ -533,14 +533,14 @@ def test_a_double_tap_on_more_family_does_not_call_whoever_is_underneath(family:
 # --- the room and the connection --------------------------------------------------------------
 
 
-def in_activity(kiosk: Kiosk, clock: FakeClock) -> None:
+def in_activity(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(minutes=1))
     kiosk.tap("join")
     kiosk.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
     kiosk.room_event("joined", self_id="s-1", participants=[Participant("s-1", "Mevrouw Jansen", "senior"), Participant("h", "Ingrid", "host")])
 
 
-def test_reconnecting_and_back_needs_no_touch(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_reconnecting_and_back_needs_no_touch(kiosk: Appliance, clock: FakeClock) -> None:
     in_activity(kiosk, clock)
     kiosk.device_offline()
     assert kiosk.room_event("reconnecting") == []
@@ -551,7 +551,7 @@ def test_reconnecting_and_back_needs_no_touch(kiosk: Kiosk, clock: FakeClock) ->
     assert kiosk.session.phase == "connected" and kiosk.mode is Mode.IN_CALL
 
 
-def test_an_expired_token_is_renewed_over_the_device_channel(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_an_expired_token_is_renewed_over_the_device_channel(kiosk: Appliance, clock: FakeClock) -> None:
     in_activity(kiosk, clock)
     actions = kiosk.room_event("ended", reason="token")
     assert sends(actions, "activity_join") and kiosk.mode is Mode.IN_CALL
@@ -559,7 +559,7 @@ def test_an_expired_token_is_renewed_over_the_device_channel(kiosk: Kiosk, clock
     assert joins(actions) == [JoinRoom("a-gym", "t2", "activity")]
 
 
-def test_a_request_lost_while_offline_is_asked_again(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_a_request_lost_while_offline_is_asked_again(kiosk: Appliance, clock: FakeClock) -> None:
     clock.set(START - dt.timedelta(minutes=1))
     kiosk.device_offline()
     kiosk.mode = Mode.HOME  # the Join was pressed just before the connection went
@@ -571,7 +571,7 @@ def test_a_request_lost_while_offline_is_asked_again(kiosk: Kiosk, clock: FakeCl
     ("reason", "note"),
     [("ended", "activity_ended"), ("kicked", "removed"), ("denied", "denied"), ("room_full", "room_full"), ("replaced", "elsewhere")],
 )
-def test_why_an_activity_ended_is_said_in_plain_words(kiosk: Kiosk, clock: FakeClock, reason: str, note: str) -> None:
+def test_why_an_activity_ended_is_said_in_plain_words(kiosk: Appliance, clock: FakeClock, reason: str, note: str) -> None:
     in_activity(kiosk, clock)
     assert kiosk.room_event("ended", reason=reason) == []
     assert kiosk.mode is Mode.HOME and kiosk.notes[0].key == note
@@ -579,30 +579,30 @@ def test_why_an_activity_ended_is_said_in_plain_words(kiosk: Kiosk, clock: FakeC
     assert not any(word in text.lower() for word in ("ice", "error", "server", "token", "4003", "websocket"))
 
 
-def test_offline_and_back(kiosk: Kiosk) -> None:
+def test_offline_and_back(kiosk: Appliance) -> None:
     kiosk.device_offline()
     assert kiosk.mode is Mode.OFFLINE
     kiosk.device_online(welcome())
     assert kiosk.mode is Mode.HOME
 
 
-def test_revocation_forgets_everything_and_pairs_again(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_revocation_forgets_everything_and_pairs_again(kiosk: Appliance, clock: FakeClock) -> None:
     in_activity(kiosk, clock)
     actions = kiosk.revoked()
     assert LeaveRoom() in actions and Unpair() in actions
     assert kiosk.mode is Mode.PAIRING and kiosk.contacts == [] and kiosk.senior == {}
 
 
-def test_selftest_request_and_directory_change(kiosk: Kiosk) -> None:
+def test_selftest_request_and_directory_change(kiosk: Appliance) -> None:
     assert kiosk.device_message({"type": "selftest_request"}) == [RunSelftest()]
     assert kiosk.device_message({"type": "directory_changed"}) == [RefreshDirectory()]
 
 
 def test_language_follows_the_senior_unless_chosen(clock: FakeClock) -> None:
-    k = Kiosk(clock)
+    k = Appliance(clock)
     k.device_online(welcome(language="en"))
     assert k.language == "en"
-    chosen = Kiosk(clock, language="nl")
+    chosen = Appliance(clock, language="nl")
     chosen.device_online(welcome(language="en"))
     assert chosen.language == "nl"
 
@@ -686,7 +686,7 @@ def invite(activity_id: str = "a-gym") -> dict:
     return {"type": "activity_invite", "activity_id": activity_id, "title": "Stoelgym", "host": "Ingrid"}
 
 
-def test_an_invitation_sends_nothing_until_the_senior_taps(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_an_invitation_sends_nothing_until_the_senior_taps(kiosk: Appliance, clock: FakeClock) -> None:
     actions = kiosk.device_message(invite())
     assert kiosk.mode is Mode.INVITED and actions == [PlaySound("chime")]
     assert kiosk.tap("answer") == [] and kiosk.tick() == []  # other taps and time do nothing yet
@@ -698,7 +698,7 @@ def test_an_invitation_sends_nothing_until_the_senior_taps(kiosk: Kiosk, clock: 
     assert joins(actions) == [JoinRoom("a-gym", "t", "activity")]
 
 
-def test_an_invitation_goes_away_on_not_now_or_after_two_minutes(kiosk: Kiosk, clock: FakeClock) -> None:
+def test_an_invitation_goes_away_on_not_now_or_after_two_minutes(kiosk: Appliance, clock: FakeClock) -> None:
     from kiosk_client.appliance import INVITE_TIMEOUT_S
 
     kiosk.device_message(invite())
@@ -711,7 +711,7 @@ def test_an_invitation_goes_away_on_not_now_or_after_two_minutes(kiosk: Kiosk, c
     assert sends(kiosk.tick(), "activity_join") == [] and kiosk.mode is Mode.HOME and kiosk.invite is None
 
 
-def test_an_invitation_never_interrupts_a_call_and_a_call_takes_over_an_invitation(kiosk: Kiosk) -> None:
+def test_an_invitation_never_interrupts_a_call_and_a_call_takes_over_an_invitation(kiosk: Appliance) -> None:
     kiosk.device_message(incoming("c-piet"))
     assert kiosk.mode is Mode.RINGING
     assert kiosk.device_message(invite()) == [] and kiosk.mode is Mode.RINGING

@@ -14,7 +14,7 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 import pygame  # noqa: E402
 import pytest  # noqa: E402
 
-from kiosk_client.appliance import Kiosk, Mode, Participant  # noqa: E402
+from kiosk_client.appliance import Appliance, Mode, Participant  # noqa: E402
 from kiosk_client.clock import FakeClock  # noqa: E402
 from kiosk_client.screen import MIN_TEXT_PX, Layout, Renderer, contrast_ratio, mm_to_px  # noqa: E402
 
@@ -23,17 +23,17 @@ from .test_kiosk_appliance import START, big_family, incoming, welcome  # noqa: 
 JARGON = ("ice", "error", "server", "token", "websocket", "sdp", "peer", "4001", "timeout", "failed")
 
 
-def _states(language: str) -> dict[str, Kiosk]:
+def _states(language: str) -> dict[str, Appliance]:
     """One kiosk per screen, built through the state machine's own inputs."""
     clock = FakeClock(START - dt.timedelta(minutes=8))
-    states: dict[str, Kiosk] = {}
+    states: dict[str, Appliance] = {}
 
-    def fresh() -> Kiosk:
-        k = Kiosk(clock, language=language)
+    def fresh() -> Appliance:
+        k = Appliance(clock, language=language)
         k.start(paired=True)
         return k
 
-    pairing = Kiosk(clock, language=language)
+    pairing = Appliance(clock, language=language)
     pairing.start(paired=False)
     pairing.pairing_code("482913", "https://verzilvering.example.nl/admin/kiosks/pair?code=482913", 900)
     states["pairing"] = pairing
@@ -59,7 +59,7 @@ def _states(language: str) -> dict[str, Kiosk]:
     ringing.device_online(welcome())
     ringing.device_message(incoming("c-piet"))
     states["ringing"] = ringing
-    countdown = Kiosk(FakeClock(START), language=language)
+    countdown = Appliance(FakeClock(START), language=language)
     countdown.start(paired=True)
     countdown.device_online(welcome())
     assert countdown.mode is Mode.COUNTDOWN
@@ -87,7 +87,7 @@ def _states(language: str) -> dict[str, Kiosk]:
     alone.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
     alone.room_event("joined", self_id="s-1", participants=[Participant("s-1", "Mevrouw Jansen", "senior")])
     states["in_activity_alone"] = alone
-    running = Kiosk(FakeClock(START + dt.timedelta(minutes=20)), language=language)
+    running = Appliance(FakeClock(START + dt.timedelta(minutes=20)), language=language)
     running.start(paired=True)
     running.device_online(welcome(auto_join=False))
     states["home_activity_running"] = running
@@ -219,8 +219,8 @@ def test_presses_become_button_ids() -> None:
     assert layout.hit((2, 2)) is None
 
 
-def _family_kiosk(size: tuple[int, int], renderer: Renderer) -> Kiosk:
-    kiosk = Kiosk(FakeClock(START - dt.timedelta(minutes=8)))
+def _family_kiosk(size: tuple[int, int], renderer: Renderer) -> Appliance:
+    kiosk = Appliance(FakeClock(START - dt.timedelta(minutes=8)))
     kiosk.start(paired=True)
     kiosk.device_online(big_family())
     kiosk.family_page_size = renderer.family_page_size(size)  # as the runner does

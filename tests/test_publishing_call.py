@@ -118,7 +118,7 @@ async def test_a_remb_lowers_the_kiosks_bitrate_without_a_keyframe(server: Runni
 
 async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(server: RunningServer) -> None:
     from kiosk_client.opus import FecOpusEncoder
-    from kiosk_client.vp8payloader import parse_descriptor
+    from kiosk_client.vp8payloader import read_written_descriptor
 
     kiosk = CallClient(server.url, server.token(name="Kiosk"), video=PatternTrack(), audio=open_audio("tone").audio)
     viewer = CallClient(server.url, server.token(name="Viewer"))
@@ -148,7 +148,7 @@ async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(s
             tap.on_rtp = record
         await eventually(lambda: len(seen["audio"]) > 20 and len(seen["video"]) > 60, what="packets at the SFU")
         assert all(payload[0] >> 3 < 16 for payload in seen["audio"][5:])
-        starts = [parse_descriptor(p)[0] for p in seen["video"] if parse_descriptor(p)[0].start]
+        starts = [read_written_descriptor(p)[0] for p in seen["video"] if read_written_descriptor(p)[0].start]
         assert {d.temporal_id for d in starts} == {0, 1, 2}
         frames = media_from(viewer, kiosk).audio_frames  # type: ignore[union-attr]
         await eventually(lambda: media_from(viewer, kiosk).audio_frames > frames + 20, what="audio goes on")  # type: ignore[union-attr]

@@ -9,15 +9,15 @@ from bench.vp8_retarget import is_keyframe, pattern_frame
 from kiosk_client import libvpx
 from kiosk_client.temporallayers import TemporalLayers
 from kiosk_client.vp8encoder import Vp8Encoder
-from kiosk_client.vp8payloader import Vp8Descriptor, parse_descriptor
+from kiosk_client.vp8payloader import WrittenDescriptor, read_written_descriptor
 
 
-def encode(encoder: Vp8Encoder, count: int, keyframes_at: tuple[int, ...] = ()) -> list[tuple[Vp8Descriptor, bytes]]:
+def encode(encoder: Vp8Encoder, count: int, keyframes_at: tuple[int, ...] = ()) -> list[tuple[WrittenDescriptor, bytes]]:
     """Per frame: the first packet's descriptor and the whole VP8 frame."""
     frames = []
     for i in range(count):
         payloads, _ = encoder.encode(pattern_frame(i), force_keyframe=i in keyframes_at)
-        parsed = [parse_descriptor(p) for p in payloads]
+        parsed = [read_written_descriptor(p) for p in payloads]
         assert [d.start for d, _ in parsed] == [True] + [False] * (len(parsed) - 1)
         assert len({(d.picture_id, d.temporal_id, d.tl0_pic_idx) for d, _ in parsed}) == 1
         frames.append((parsed[0][0], b"".join(data for _, data in parsed)))

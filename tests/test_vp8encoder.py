@@ -14,7 +14,7 @@ from bench.vp8_retarget import is_keyframe, pattern_frame, vp8_frame
 from kiosk_client.libvpx import LibvpxError
 from kiosk_client import vp8encoder
 from kiosk_client.vp8encoder import Vp8Encoder
-from kiosk_client.vp8payloader import parse_descriptor
+from kiosk_client.vp8payloader import read_written_descriptor
 
 FPS = 30
 
@@ -117,7 +117,7 @@ def test_pack_sends_ready_vp8_frames_as_base_layer_with_the_rfc7741_descriptor()
         payloads, timestamp = encoder.pack(packet)
         assert timestamp == pts * 3000
         assert vp8_frame(payloads) == frame
-        sent.append(parse_descriptor(payloads[0])[0])
+        sent.append(read_written_descriptor(payloads[0])[0])
     # Ready-made frames have no layers: each is TL0, and the first one is a keyframe.
     assert [(d.picture_id, d.temporal_id, d.start) for d in sent] == [(picture_id, 0, True), ((picture_id + 1) % 32768, 0, True)]
     assert sent[1].tl0_pic_idx == (sent[0].tl0_pic_idx + 1) % 256 and sent[1].key_idx == sent[0].key_idx

@@ -12,6 +12,7 @@ adds its own script). Every string goes through `web/i18n.py` (gettext catalogs 
 | `engagement.py` | `/admin` ("Vandaag": today's activities live, kiosks to visit, seniors to call), `/admin/trends`, exports |
 | `host.py` | `/host…` for volunteers: today's activities and the host console |
 | `family.py` | `/family/{invite}…`: call the senior, be called by the senior (while open), join an activity's lobby |
+| `roompages.py` | (no pages) what `host.py` and `family.py` share: activity rows, short-lived page tokens and their renewal |
 | `photos.py` | photo uploads (re-encoded, no metadata) and `/photos/{id}` |
 | `auditlog.py` | the audit log's words: changed details as labels, actors that are not accounts |
 

@@ -9,8 +9,9 @@ write goes through `server.directory.Directory`, which validates and audits it.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Generic
 
 from aiohttp import web
 
@@ -24,18 +25,20 @@ from server.directory import (
     Directory,
     DirectoryError,
     Kiosk,
+    Record,
     Senior,
     new_id,
 )
 from server.forwarded import TrustedProxies
 from server.invites import issue_invite, named_secret
-from server.schedule import WEEKDAYS, next_occurrence
+from server.schedule import WEEKDAYS
 
 from . import photos
-from .auth import STAFF_SESSIONS_KEY, current_account, form, hash_password, require
+from .auth import STAFF_SESSIONS_KEY, Handler, current_account, form, hash_password, require
 from .i18n import N_, gettext_for, language_of
 from .password_policy import check_new_password
-from .rendering import error_page, redirect, render
+from .rendering import error_page, needs, redirect, render
+from .roompages import activity_row
 
 coordinator = require("coordinator")
 
@@ -123,6 +126,92 @@ def _public_base(request: web.Request) -> str:
     return f"{TrustedProxies(settings.trusted_proxies).scheme(request)}://{request.host}"
 
 
+# --- one record's pages -----------------------------------------------------------------------
+
+RecordPage = Callable[[web.Request, Record], Awaitable[web.Response]]
+
+
+def record_page(kind: type[Record], key: str) -> Callable[[RecordPage[Record]], Handler]:
+    """A coordinator page about the record the URL's `key` names; a missing one is 404."""
+
+    async def find(request: web.Request) -> Record | web.Response:
+        record = await _dir(request).get(kind, request.match_info[key])
+        return record if record is not None else await _not_found(request)
+
+    return lambda page: coordinator(needs(find)(page))
+
+
+NewOrRecordPage = Callable[[web.Request, Record | None], Awaitable[web.Response]]
+
+
+def new_or_record_page(kind: type[Record], key: str) -> Callable[[NewOrRecordPage[Record]], Handler]:
+    """Like `record_page`, for a form that also makes a new record: its `…/new` URL has no
+    `key`, and the page gets None."""
+
+    async def find(request: web.Request) -> Record | None | web.Response:
+        record_id = request.match_info.get(key)
+        record = await _dir(request).get(kind, record_id) if record_id else None
+        return await _not_found(request) if record_id and record is None else record
+
+    return lambda page: coordinator(needs(find)(page))
+
+
+@dataclass(frozen=True)
+class Removal(Generic[Record]):
+    """One record type's removal: `GET {base}/{id}/{verb}` asks "Remove …?" (admin/confirm.html),
+    `POST` to the same URL does it. The message ids take the record's name as %(name)s."""
+
+    kind: type[Record]
+    base: str  # "/admin/seniors": the list, and with the id the record's own page
+    key: str  # the URL's placeholder for the id
+    heading: str
+    body: str
+    button: str
+    # Removes the record (and what hangs on it); returns where to go next.
+    remove: Callable[[web.Request, Record], Awaitable[str]]
+    name: Callable[[Record], str] = lambda record: record.name
+    verb: str = "delete"
+    done: str = N_("Removed.")
+    # Kiosks have no page of their own: "No, go back" leads to the list.
+    back_to_list: bool = False
+    # Why this one may not go (400 on both pages), e.g. one's own account.
+    refusal: Callable[[web.Request, Record], str | None] = lambda request, record: None
+    # Whether there is anything to confirm (a switched-off kiosk: 404). The removal itself
+    # stays harmless when repeated.
+    confirmable: Callable[[Record], bool] = lambda record: True
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        path = f"{self.base}/{{{self.key}}}/{self.verb}"
+        router.add_get(path, record_page(self.kind, self.key)(self.confirm))
+        router.add_post(path, record_page(self.kind, self.key)(self.removed))
+
+    async def confirm(self, request: web.Request, record: Record) -> web.Response:
+        if not self.confirmable(record):
+            return await _not_found(request)
+        refusal = self.refusal(request, record)
+        if refusal:
+            return error_page(request, 400, N_("Not possible"), refusal)
+        _ = _t(request)
+        name = self.name(record)
+        return render(
+            request,
+            "admin/confirm.html",
+            heading=_(self.heading, name=name),
+            body=_(self.body, name=name),
+            action=f"{self.base}/{record.id}/{self.verb}",
+            button=_(self.button, name=name),
+            back=self.base if self.back_to_list else f"{self.base}/{record.id}",
+        )
+
+    async def removed(self, request: web.Request, record: Record) -> web.Response:
+        refusal = self.refusal(request, record)
+        if refusal:
+            return error_page(request, 400, N_("Not possible"), refusal)
+        then = await self.remove(request, record)
+        _flash(request, self.done)
+        return redirect(then)
+
+
 # --- dashboard ------------------------------------------------------------------------------
 
 
@@ -196,21 +285,13 @@ async def _senior_details(request: web.Request, senior: Senior) -> dict[str, Any
     }
 
 
-@coordinator
-async def senior_page(request: web.Request) -> web.Response:
-    senior = await _dir(request).get(Senior, request.match_info["senior_id"])
-    if senior is None:
-        return await _not_found(request)
+@record_page(Senior, "senior_id")
+async def senior_page(request: web.Request, senior: Senior) -> web.Response:
     return _senior_form(request, senior, **await _senior_details(request, senior))
 
 
-@coordinator
-async def senior_save(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    senior_id = request.match_info.get("senior_id")
-    existing = await directory.get(Senior, senior_id) if senior_id else None
-    if senior_id and existing is None:
-        return await _not_found(request)
+@new_or_record_page(Senior, "senior_id")
+async def senior_save(request: web.Request, existing: Senior | None) -> web.Response:
     data = form(request)
     values = {
         "name": str(data.get("name", "")),
@@ -223,29 +304,43 @@ async def senior_save(request: web.Request) -> web.Response:
     senior = replace(existing) if existing else Senior(id=new_id("senior"), name="")
     senior.name, senior.language, senior.auto_join = values["name"], values["language"], values["auto_join"]
     senior.phone, senior.district, senior.named_overviews = values["phone"], values["district"], values["named_overviews"]
-    old_photo = senior.photo_url
-    errors: dict[str, str] = {}
-    new_photo = None
-    try:
-        senior.validate()
-        new_photo = await _photo_from(request, data)
-    except DirectoryError as exc:
-        errors = _field_error(request, exc)
-    except photos.PhotoError as exc:
-        errors = {"photo": _t(request)(exc.message)}
+    new_photo, errors = await _validated_with_photo(request, data, senior.validate)
     if errors:
         extra = await _senior_details(request, existing) if existing else {}
         return _senior_form(request, existing, errors=errors, values=values, status=400, **extra)
-    if new_photo:
-        senior.photo_url = new_photo
-    elif _checked(data, "remove_photo"):
-        senior.photo_url = ""
-    await directory.put(senior, actor=_actor(request))
-    if old_photo and old_photo != senior.photo_url:
-        await photos.delete_photo(request.app[STORE_KEY], old_photo)
-    await _tell_kiosks(request, senior.id)
-    _flash(request, N_("Saved."))
+    await _put_with_photo(request, senior, data, new_photo, senior.id)
     return redirect(f"/admin/seniors/{senior.id}")
+
+
+async def _validated_with_photo(
+    request: web.Request, data: Any, validate: Callable[[], None]
+) -> tuple[str | None, dict[str, str]]:
+    """Checks a senior's or contact's form, then keeps its uploaded photo: (the new photo's
+    URL or None, an error per field)."""
+    try:
+        validate()
+        return await _photo_from(request, data), {}
+    except DirectoryError as exc:
+        return None, _field_error(request, exc)
+    except photos.PhotoError as exc:
+        return None, {"photo": _t(request)(exc.message)}
+
+
+async def _put_with_photo(
+    request: web.Request, record: Senior | Contact, data: Any, new_photo: str | None, senior_id: str
+) -> None:
+    """Saves a senior or contact with their new (or removed) photo, deletes the photo it
+    replaced, and tells the senior's kiosks."""
+    old_photo = record.photo_url
+    if new_photo:
+        record.photo_url = new_photo
+    elif _checked(data, "remove_photo"):
+        record.photo_url = ""
+    await _dir(request).put(record, actor=_actor(request))
+    if old_photo and old_photo != record.photo_url:
+        await photos.delete_photo(request.app[STORE_KEY], old_photo)
+    await _tell_kiosks(request, senior_id)
+    _flash(request, N_("Saved."))
 
 
 async def _photo_from(request: web.Request, data: Any) -> str | None:
@@ -270,34 +365,10 @@ async def _revoke(request: web.Request, participant_id: str) -> None:
     await request.app[SIGNALING_KEY].revoke_participant(participant_id)
 
 
-@coordinator
-async def senior_delete_confirm(request: web.Request) -> web.Response:
-    senior = await _dir(request).get(Senior, request.match_info["senior_id"])
-    if senior is None:
-        return await _not_found(request)
-    _ = _t(request)
-    return render(
-        request,
-        "admin/confirm.html",
-        heading=_("Remove %(name)s?", name=senior.name),
-        body=_(
-            "This removes %(name)s, their family contacts and their place in activities, and switches off their kiosks. It cannot be undone.",  # noqa: E501
-            name=senior.name,
-        ),
-        action=f"/admin/seniors/{senior.id}/delete",
-        button=_("Yes, remove %(name)s", name=senior.name),
-        back=f"/admin/seniors/{senior.id}",
-    )
-
-
-@coordinator
-async def senior_delete(request: web.Request) -> web.Response:
+async def _remove_senior(request: web.Request, senior: Senior) -> str:
     directory = _dir(request)
     store = request.app[STORE_KEY]
     actor = _actor(request)
-    senior = await directory.get(Senior, request.match_info["senior_id"])
-    if senior is None:
-        return await _not_found(request)
     for kiosk in await directory.kiosks_of(senior.id):
         kiosk.revoked = True
         await directory.put(kiosk, actor=actor)
@@ -315,8 +386,20 @@ async def senior_delete(request: web.Request) -> web.Response:
     from .engagement import forget_senior  # here: web.engagement imports this module
 
     await forget_senior(request.app, senior.id)
-    _flash(request, N_("Removed."))
-    return redirect("/admin/seniors")
+    return "/admin/seniors"
+
+
+SENIOR_REMOVAL = Removal(
+    Senior,
+    "/admin/seniors",
+    "senior_id",
+    heading=N_("Remove %(name)s?"),
+    body=N_(
+        "This removes %(name)s, their family contacts and their place in activities, and switches off their kiosks. It cannot be undone."  # noqa: E501
+    ),
+    button=N_("Yes, remove %(name)s"),
+    remove=_remove_senior,
+)
 
 
 # --- family contacts ------------------------------------------------------------------------
@@ -349,35 +432,24 @@ def _contact_form(request: web.Request, senior: Senior, contact: Contact | None,
     )
 
 
-@coordinator
-async def contact_new(request: web.Request) -> web.Response:
-    senior = await _dir(request).get(Senior, request.match_info["senior_id"])
-    if senior is None:
-        return await _not_found(request)
+@record_page(Senior, "senior_id")
+async def contact_new(request: web.Request, senior: Senior) -> web.Response:
     return _contact_form(request, senior, None)
 
 
-@coordinator
-async def contact_page(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    contact = await directory.get(Contact, request.match_info["contact_id"])
-    senior = await directory.get(Senior, contact.senior_id) if contact else None
-    if contact is None or senior is None:
+@record_page(Contact, "contact_id")
+async def contact_page(request: web.Request, contact: Contact) -> web.Response:
+    senior = await _dir(request).get(Senior, contact.senior_id)
+    if senior is None:
         return await _not_found(request)
     return _contact_form(request, senior, contact)
 
 
-@coordinator
-async def contact_save(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    contact_id = request.match_info.get("contact_id")
-    if contact_id:
-        existing = await directory.get(Contact, contact_id)
-        senior = await directory.get(Senior, existing.senior_id) if existing else None
-    else:
-        existing = None
-        senior = await directory.get(Senior, request.match_info["senior_id"])
-    if senior is None or (contact_id and existing is None):
+@new_or_record_page(Contact, "contact_id")
+async def contact_save(request: web.Request, existing: Contact | None) -> web.Response:
+    # A new contact's URL names their senior.
+    senior = await _dir(request).get(Senior, existing.senior_id if existing else request.match_info["senior_id"])
+    if senior is None:
         return await _not_found(request)
     data = form(request)
     values = {
@@ -392,76 +464,47 @@ async def contact_save(request: web.Request) -> web.Response:
     contact.name, contact.relation = values["name"], values["relation"]
     contact.trusted, contact.auto_answer = values["trusted"], values["auto_answer"]
     position_raw = values["position"] or "0"
-    old_photo = contact.photo_url
-    errors: dict[str, str] = {}
-    new_photo = None
-    try:
+
+    def validate() -> None:
         if not (position_raw.isascii() and position_raw.isdigit()):
             raise DirectoryError("position", "The order is a whole number from 0 to 999.")
         contact.position = int(position_raw)
         contact.validate()
-        new_photo = await _photo_from(request, data)
-    except DirectoryError as exc:
-        errors = _field_error(request, exc)
-    except photos.PhotoError as exc:
-        errors = {"photo": _t(request)(exc.message)}
+
+    new_photo, errors = await _validated_with_photo(request, data, validate)
     if errors:
         return _contact_form(request, senior, existing, errors=errors, values=values, status=400)
-    if new_photo:
-        contact.photo_url = new_photo
-    elif _checked(data, "remove_photo"):
-        contact.photo_url = ""
-    await directory.put(contact, actor=_actor(request))
-    if old_photo and old_photo != contact.photo_url:
-        await photos.delete_photo(request.app[STORE_KEY], old_photo)
-    await _tell_kiosks(request, senior.id)
-    _flash(request, N_("Saved."))
+    await _put_with_photo(request, contact, data, new_photo, senior.id)
     return redirect(f"/admin/contacts/{contact.id}")
 
 
-@coordinator
-async def contact_new_invite(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    contact = await directory.get(Contact, request.match_info["contact_id"])
-    if contact is None:
-        return await _not_found(request)
+@record_page(Contact, "contact_id")
+async def contact_new_invite(request: web.Request, contact: Contact) -> web.Response:
     contact.invite_version += 1
-    await directory.put(contact, actor=_actor(request))
+    await _dir(request).put(contact, actor=_actor(request))
     # The old link's activity and call tokens go with it.
     await _revoke(request, contact.id)
     _flash(request, N_("A new invite link is ready. The old link no longer works."))
     return redirect(f"/admin/contacts/{contact.id}#invite")
 
 
-@coordinator
-async def contact_delete_confirm(request: web.Request) -> web.Response:
-    contact = await _dir(request).get(Contact, request.match_info["contact_id"])
-    if contact is None:
-        return await _not_found(request)
-    _ = _t(request)
-    return render(
-        request,
-        "admin/confirm.html",
-        heading=_("Remove %(name)s?", name=contact.name),
-        body=_("%(name)s can no longer call, and their invite link stops working.", name=contact.name),
-        action=f"/admin/contacts/{contact.id}/delete",
-        button=_("Yes, remove %(name)s", name=contact.name),
-        back=f"/admin/contacts/{contact.id}",
-    )
-
-
-@coordinator
-async def contact_delete(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    contact = await directory.get(Contact, request.match_info["contact_id"])
-    if contact is None:
-        return await _not_found(request)
-    await directory.delete(Contact, contact.id, actor=_actor(request))
+async def _remove_contact(request: web.Request, contact: Contact) -> str:
+    await _dir(request).delete(Contact, contact.id, actor=_actor(request))
     await photos.delete_photo(request.app[STORE_KEY], contact.photo_url)
     await _revoke(request, contact.id)
     await _tell_kiosks(request, contact.senior_id)
-    _flash(request, N_("Removed."))
-    return redirect(f"/admin/seniors/{contact.senior_id}")
+    return f"/admin/seniors/{contact.senior_id}"
+
+
+CONTACT_REMOVAL = Removal(
+    Contact,
+    "/admin/contacts",
+    "contact_id",
+    heading=N_("Remove %(name)s?"),
+    body=N_("%(name)s can no longer call, and their invite link stops working."),
+    button=N_("Yes, remove %(name)s"),
+    remove=_remove_contact,
+)
 
 
 # --- kiosks ---------------------------------------------------------------------------------
@@ -580,53 +623,43 @@ async def kiosk_pair(request: web.Request) -> web.Response:
     return redirect("/admin/kiosks")
 
 
-@coordinator
-async def kiosk_selftest(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    kiosk = await directory.get(Kiosk, request.match_info["kiosk_id"])
-    if kiosk is None or kiosk.revoked:
+@record_page(Kiosk, "kiosk_id")
+async def kiosk_selftest(request: web.Request, kiosk: Kiosk) -> web.Response:
+    if kiosk.revoked:
         return await _not_found(request)
     sent = await request.app[SIGNALING_KEY].request_selftest(kiosk.id)
     if sent:
-        await directory.audit(_actor(request), "selftest", "kiosks", kiosk.id, [])
+        await _dir(request).audit(_actor(request), "selftest", "kiosks", kiosk.id, [])
         _flash(request, N_("Self-test requested. The result appears here within a minute; reload the page."))
     else:
         _flash(request, N_("The kiosk is offline, so it cannot run a self-test now."))
     return redirect("/admin/kiosks")
 
 
-@coordinator
-async def kiosk_revoke_confirm(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    kiosk = await directory.get(Kiosk, request.match_info["kiosk_id"])
-    if kiosk is None or kiosk.revoked:
-        return await _not_found(request)
-    _ = _t(request)
-    return render(
-        request,
-        "admin/confirm.html",
-        heading=_("Switch off %(name)s?", name=kiosk.name or kiosk.id),
-        body=_(
-            "The kiosk disconnects at once and cannot connect again. To use it again, pair it anew with a new code."
-        ),
-        action=f"/admin/kiosks/{kiosk.id}/revoke",
-        button=_("Yes, switch this kiosk off"),
-        back="/admin/kiosks",
-    )
-
-
-@coordinator
-async def kiosk_revoke(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    kiosk = await directory.get(Kiosk, request.match_info["kiosk_id"])
-    if kiosk is None:
-        return await _not_found(request)
+async def _switch_off_kiosk(request: web.Request, kiosk: Kiosk) -> str:
     if not kiosk.revoked:
         kiosk.revoked = True
-        await directory.put(kiosk, actor=_actor(request))
+        await _dir(request).put(kiosk, actor=_actor(request))
         await request.app[SIGNALING_KEY].revoke_kiosk(kiosk.id)
-    _flash(request, N_("The kiosk is switched off."))
-    return redirect("/admin/kiosks")
+    return "/admin/kiosks"
+
+
+KIOSK_REMOVAL = Removal(
+    Kiosk,
+    "/admin/kiosks",
+    "kiosk_id",
+    heading=N_("Switch off %(name)s?"),
+    body=N_(
+        "The kiosk disconnects at once and cannot connect again. To use it again, pair it anew with a new code."
+    ),
+    button=N_("Yes, switch this kiosk off"),
+    remove=_switch_off_kiosk,
+    name=lambda kiosk: kiosk.name or kiosk.id,
+    verb="revoke",
+    done=N_("The kiosk is switched off."),
+    back_to_list=True,
+    confirmable=lambda kiosk: not kiosk.revoked,
+)
 
 
 # --- staff accounts ---------------------------------------------------------------------------
@@ -663,22 +696,15 @@ async def account_new(request: web.Request) -> web.Response:
     return _account_form(request, None)
 
 
-@coordinator
-async def account_page(request: web.Request) -> web.Response:
-    account = await _dir(request).get(Account, request.match_info["account_id"])
-    if account is None:
-        return await _not_found(request)
+@record_page(Account, "account_id")
+async def account_page(request: web.Request, account: Account) -> web.Response:
     return _account_form(request, account)
 
 
-@coordinator
-async def account_save(request: web.Request) -> web.Response:
+@new_or_record_page(Account, "account_id")
+async def account_save(request: web.Request, existing: Account | None) -> web.Response:
     directory = _dir(request)
     me = current_account(request)
-    account_id = request.match_info.get("account_id")
-    existing = await directory.get(Account, account_id) if account_id else None
-    if account_id and existing is None:
-        return await _not_found(request)
     data = form(request)
     values = {
         "name": str(data.get("name", "")),
@@ -725,33 +751,14 @@ async def account_save(request: web.Request) -> web.Response:
     return redirect("/admin/accounts")
 
 
-@coordinator
-async def account_delete_confirm(request: web.Request) -> web.Response:
-    account = await _dir(request).get(Account, request.match_info["account_id"])
-    if account is None:
-        return await _not_found(request)
-    _ = _t(request)
+def _own_account(request: web.Request, account: Account) -> str | None:
     if account.id == current_account(request).id:
-        return error_page(request, 400, N_("Not possible"), N_("You cannot remove your own account."))
-    return render(
-        request,
-        "admin/confirm.html",
-        heading=_("Remove %(name)s?", name=account.name),
-        body=_("%(name)s can no longer log in.", name=account.name),
-        action=f"/admin/accounts/{account.id}/delete",
-        button=_("Yes, remove %(name)s", name=account.name),
-        back=f"/admin/accounts/{account.id}",
-    )
+        return N_("You cannot remove your own account.")
+    return None
 
 
-@coordinator
-async def account_delete(request: web.Request) -> web.Response:
+async def _remove_account(request: web.Request, account: Account) -> str:
     directory = _dir(request)
-    account = await directory.get(Account, request.match_info["account_id"])
-    if account is None:
-        return await _not_found(request)
-    if account.id == current_account(request).id:
-        return error_page(request, 400, N_("Not possible"), N_("You cannot remove your own account."))
     for activity in await directory.list(Activity):
         if account.id in activity.host_ids:
             activity.host_ids = [h for h in activity.host_ids if h != account.id]
@@ -759,8 +766,19 @@ async def account_delete(request: web.Request) -> web.Response:
     await directory.delete(Account, account.id, actor=_actor(request))
     await request.app[STAFF_SESSIONS_KEY].end_all(account.id)
     await _revoke(request, account.id)
-    _flash(request, N_("Removed."))
-    return redirect("/admin/accounts")
+    return "/admin/accounts"
+
+
+ACCOUNT_REMOVAL = Removal(
+    Account,
+    "/admin/accounts",
+    "account_id",
+    heading=N_("Remove %(name)s?"),
+    body=N_("%(name)s can no longer log in."),
+    button=N_("Yes, remove %(name)s"),
+    remove=_remove_account,
+    refusal=_own_account,
+)
 
 
 # --- activities -----------------------------------------------------------------------------
@@ -806,16 +824,10 @@ async def activities(request: web.Request) -> web.Response:
     directory = _dir(request)
     staff = {a.id: a for a in await directory.list(Account)}
     now = dt.datetime.now(dt.timezone.utc)
-    rows = []
-    for activity in sorted(await directory.list(Activity), key=lambda a: a.title.lower()):
-        upcoming = next_occurrence(activity.weekly_slots, now)
-        rows.append(
-            {
-                "activity": activity,
-                "next": upcoming[0] if upcoming else None,
-                "hosts": [staff[h].name for h in activity.host_ids if h in staff],
-            }
-        )
+    rows = [
+        {**activity_row(activity, now), "hosts": [staff[h].name for h in activity.host_ids if h in staff]}
+        for activity in sorted(await directory.list(Activity), key=lambda a: a.title.lower())
+    ]
     return render(request, "admin/activities.html", rows=rows, weekday_labels=WEEKDAY_LABELS)
 
 
@@ -824,22 +836,15 @@ async def activity_new(request: web.Request) -> web.Response:
     return await _activity_form(request, None)
 
 
-@coordinator
-async def activity_page(request: web.Request) -> web.Response:
-    activity = await _dir(request).get(Activity, request.match_info["activity_id"])
-    if activity is None:
-        return await _not_found(request)
+@record_page(Activity, "activity_id")
+async def activity_page(request: web.Request, activity: Activity) -> web.Response:
     return await _activity_form(request, activity)
 
 
-@coordinator
-async def activity_save(request: web.Request) -> web.Response:
+@new_or_record_page(Activity, "activity_id")
+async def activity_save(request: web.Request, existing: Activity | None) -> web.Response:
     directory = _dir(request)
     _ = _t(request)
-    activity_id = request.match_info.get("activity_id")
-    existing = await directory.get(Activity, activity_id) if activity_id else None
-    if activity_id and existing is None:
-        return await _not_found(request)
     data = form(request)
     staff_ids = {a.id for a in await directory.list(Account)}
     senior_ids = {s.id for s in await directory.list(Senior)}
@@ -911,36 +916,25 @@ def _valid_time(value: str) -> bool:
         return False
 
 
-@coordinator
-async def activity_delete_confirm(request: web.Request) -> web.Response:
-    activity = await _dir(request).get(Activity, request.match_info["activity_id"])
-    if activity is None:
-        return await _not_found(request)
-    _ = _t(request)
-    return render(
-        request,
-        "admin/confirm.html",
-        heading=_("Remove %(name)s?", name=activity.title),
-        body=_("The activity disappears from every kiosk and from the hosts' lists."),
-        action=f"/admin/activities/{activity.id}/delete",
-        button=_("Yes, remove %(name)s", name=activity.title),
-        back=f"/admin/activities/{activity.id}",
-    )
-
-
-@coordinator
-async def activity_delete(request: web.Request) -> web.Response:
-    directory = _dir(request)
-    activity = await directory.get(Activity, request.match_info["activity_id"])
-    if activity is None:
-        return await _not_found(request)
-    await directory.delete(Activity, activity.id, actor=_actor(request))
+async def _remove_activity(request: web.Request, activity: Activity) -> str:
+    await _dir(request).delete(Activity, activity.id, actor=_actor(request))
     # Its join tokens are spent, and its sessions closed.
     await request.app[SIGNALING_KEY].end_room(activity.id)
     for senior_id in activity.enrolled:
         await _tell_kiosks(request, senior_id)
-    _flash(request, N_("Removed."))
-    return redirect("/admin/activities")
+    return "/admin/activities"
+
+
+ACTIVITY_REMOVAL = Removal(
+    Activity,
+    "/admin/activities",
+    "activity_id",
+    heading=N_("Remove %(name)s?"),
+    body=N_("The activity disappears from every kiosk and from the hosts' lists."),
+    button=N_("Yes, remove %(name)s"),
+    remove=_remove_activity,
+    name=lambda activity: activity.title,
+)
 
 
 # --- audit log --------------------------------------------------------------------------------
@@ -974,32 +968,27 @@ def setup(app: web.Application) -> None:
     r.add_post("/admin/seniors/new", senior_save)
     r.add_get("/admin/seniors/{senior_id}", senior_page)
     r.add_post("/admin/seniors/{senior_id}", senior_save)
-    r.add_get("/admin/seniors/{senior_id}/delete", senior_delete_confirm)
-    r.add_post("/admin/seniors/{senior_id}/delete", senior_delete)
+    SENIOR_REMOVAL.add_routes(r)
     r.add_get("/admin/seniors/{senior_id}/contacts/new", contact_new)
     r.add_post("/admin/seniors/{senior_id}/contacts/new", contact_save)
     r.add_get("/admin/contacts/{contact_id}", contact_page)
     r.add_post("/admin/contacts/{contact_id}", contact_save)
     r.add_post("/admin/contacts/{contact_id}/new-invite", contact_new_invite)
-    r.add_get("/admin/contacts/{contact_id}/delete", contact_delete_confirm)
-    r.add_post("/admin/contacts/{contact_id}/delete", contact_delete)
+    CONTACT_REMOVAL.add_routes(r)
     r.add_get("/admin/kiosks", kiosks)
     r.add_post("/admin/kiosks/pair", kiosk_pair)
     r.add_post("/admin/kiosks/{kiosk_id}/selftest", kiosk_selftest)
-    r.add_get("/admin/kiosks/{kiosk_id}/revoke", kiosk_revoke_confirm)
-    r.add_post("/admin/kiosks/{kiosk_id}/revoke", kiosk_revoke)
+    KIOSK_REMOVAL.add_routes(r)
     r.add_get("/admin/accounts", accounts)
     r.add_get("/admin/accounts/new", account_new)
     r.add_post("/admin/accounts/new", account_save)
     r.add_get("/admin/accounts/{account_id}", account_page)
     r.add_post("/admin/accounts/{account_id}", account_save)
-    r.add_get("/admin/accounts/{account_id}/delete", account_delete_confirm)
-    r.add_post("/admin/accounts/{account_id}/delete", account_delete)
+    ACCOUNT_REMOVAL.add_routes(r)
     r.add_get("/admin/activities", activities)
     r.add_get("/admin/activities/new", activity_new)
     r.add_post("/admin/activities/new", activity_save)
     r.add_get("/admin/activities/{activity_id}", activity_page)
     r.add_post("/admin/activities/{activity_id}", activity_save)
-    r.add_get("/admin/activities/{activity_id}/delete", activity_delete_confirm)
-    r.add_post("/admin/activities/{activity_id}/delete", activity_delete)
+    ACTIVITY_REMOVAL.add_routes(r)
     r.add_get("/admin/audit", audit)

@@ -83,7 +83,7 @@ async def verify_password(password_hash: str, password: str) -> bool:
 # --- signed cookie sessions ------------------------------------------------------------------
 
 
-class Session(dict[str, Any]):
+class LoginSession(dict[str, Any]):
     """The cookie's contents; `modified` says whether it must be sent again."""
 
     def __init__(self, data: dict[str, Any] | None = None, *, new: bool = False) -> None:
@@ -139,10 +139,10 @@ def decode_session(secret: str, cookie: str | None) -> dict[str, Any] | None:
     return data
 
 
-def _fresh_session(settings: Settings) -> Session:
+def _fresh_session(settings: Settings) -> LoginSession:
     """An empty session; it becomes a cookie only once something is stored in it (a CSRF
     token when a page with a form is shown), so pages without forms set no cookie."""
-    return Session({"exp": int(time.time()) + settings.session_ttl_s})
+    return LoginSession({"exp": int(time.time()) + settings.session_ttl_s})
 
 
 # --- login throttling ------------------------------------------------------------------------
@@ -293,7 +293,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     settings = app[SETTINGS_KEY]
     secret = app[SESSION_SECRET_KEY]
     data = decode_session(secret, request.cookies.get(SESSION_COOKIE))
-    session = Session(data) if data is not None else _fresh_session(settings)
+    session = LoginSession(data) if data is not None else _fresh_session(settings)
     request["session"] = session
     request["account"] = None
     staff_session = session.get("sid")
@@ -327,7 +327,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
-async def _check_post(request: web.Request, session: Session, settings: Settings) -> web.Response | None:
+async def _check_post(request: web.Request, session: LoginSession, settings: Settings) -> web.Response | None:
     """Reads the form into request["form"] and checks CSRF; a response when refused.
 
     Everything that needs no body is checked before a byte of it is read: the origin, a
@@ -483,7 +483,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         account.password_hash = await hash_password(password)
         await directory.put(account, actor=account.id)
     # A new session on login: a token planted before login is worth nothing after it.
-    session: Session = request["session"]
+    session: LoginSession = request["session"]
     await app[STAFF_SESSIONS_KEY].end(session.get("sid"))
     session.clear()
     session.update(_fresh_session(app[SETTINGS_KEY]))
@@ -493,7 +493,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    session: Session = request["session"]
+    session: LoginSession = request["session"]
     await request.app[STAFF_SESSIONS_KEY].end(session.get("sid"))
     session.clear()
     session.update(_fresh_session(request.app[SETTINGS_KEY]))

@@ -29,13 +29,21 @@ class Bar:
 
 
 @dataclass
-class BarChart:
+class Chart:
+    """What the template needs of every chart: its words, its bars and the value axis."""
+
     id: str
     title: str
     description: str
     bars: list[Bar] = field(default_factory=list)
-    ticks: list[tuple[float, str]] = field(default_factory=list)  # (y, text)
+    ticks: list[tuple[float, str]] = field(default_factory=list)  # (y or x along the value axis, text)
     width: int = WIDTH
+
+
+@dataclass
+class BarChart(Chart):
+    """A series (weeks on the trends page): one column each, left to right."""
+
     height: int = HEIGHT
     left: int = LEFT
     baseline: float = HEIGHT - BOTTOM
@@ -88,15 +96,9 @@ def bar_chart(chart_id: str, title: str, description: str, labels: list[str], va
 
 
 @dataclass
-class HorizontalBarChart:
+class HorizontalBarChart(Chart):
     """Categories (activities, districts): one row each, the name left of its bar."""
 
-    id: str
-    title: str
-    description: str
-    bars: list[Bar] = field(default_factory=list)
-    ticks: list[tuple[float, str]] = field(default_factory=list)  # (x, text)
-    width: int = WIDTH
     height: int = 0
     left: int = 200
     top: int = 8

@@ -20,16 +20,17 @@ cookie, which an invite never creates).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
+from server.app import DIRECTORY_KEY, SETTINGS_KEY
 from server.directory import Activity, Contact, Senior
 from server.invites import InviteError, named_secret, resolve_invite
-from server.schedule import next_occurrence
 
 from .i18n import N_
-from .rendering import error_page, render
+from .rendering import error_page, needs, render
+from .roompages import activity_row, page_token, token_refresh_ms, token_response
 
 FAMILY_STRINGS = {
     "calling": N_("We are calling %(name)s…"),
@@ -85,42 +86,32 @@ async def _guest_activities(request: web.Request, senior: Senior) -> list[Activi
     return sorted((a for a in activities if a.guests_allowed), key=lambda a: a.title.lower())
 
 
-async def call_page(request: web.Request) -> web.Response:
-    found = await _contact(request)
-    if isinstance(found, web.Response):
-        return found
+def _render(request: web.Request, template: str, contact: Contact, senior: Senior, **context: Any) -> web.Response:
+    """A family page: it knows who calls whom, and its links carry the invite on."""
+    return render(request, template, contact=contact, senior=senior, invite=request.match_info["invite"], **context)
+
+
+@needs(_contact)
+async def call_page(request: web.Request, found: tuple[Contact, Senior]) -> web.Response:
     contact, senior = found
     from . import call_strings
 
-    return render(
+    return _render(
         request,
         "family/call.html",
-        contact=contact,
-        senior=senior,
-        invite=request.match_info["invite"],
+        contact,
+        senior,
         has_activities=bool(await _guest_activities(request, senior)),
         js_strings=call_strings(request, FAMILY_STRINGS),
     )
 
 
-async def activities_page(request: web.Request) -> web.Response:
-    found = await _contact(request)
-    if isinstance(found, web.Response):
-        return found
+@needs(_contact)
+async def activities_page(request: web.Request, found: tuple[Contact, Senior]) -> web.Response:
     contact, senior = found
     now = dt.datetime.now(dt.timezone.utc)
-    rows = []
-    for activity in await _guest_activities(request, senior):
-        upcoming = next_occurrence(activity.weekly_slots, now)
-        rows.append({"activity": activity, "next": upcoming[0] if upcoming else None})
-    return render(
-        request,
-        "family/activities.html",
-        contact=contact,
-        senior=senior,
-        invite=request.match_info["invite"],
-        rows=rows,
-    )
+    rows = [activity_row(activity, now) for activity in await _guest_activities(request, senior)]
+    return _render(request, "family/activities.html", contact, senior, rows=rows)
 
 
 async def _guest_activity(request: web.Request) -> tuple[Contact, Senior, Activity] | web.Response:
@@ -139,45 +130,32 @@ async def _guest_activity(request: web.Request) -> tuple[Contact, Senior, Activi
 
 
 def _activity_token(request: web.Request, contact: Contact, activity: Activity) -> str:
-    """Short-lived (page_token_ttl_s): the open page renews it with its invite."""
-    return request.app[ISSUER_KEY].issue(
-        role="family", room=activity.id, name=contact.name, participant_id=contact.id,
-        ttl_s=request.app[SETTINGS_KEY].page_token_ttl_s,
-    )
+    """The open page renews it with its invite."""
+    return page_token(request, role="family", room=activity.id, name=contact.name, participant_id=contact.id)
 
 
-async def activity_page(request: web.Request) -> web.Response:
-    found = await _guest_activity(request)
-    if isinstance(found, web.Response):
-        return found
+@needs(_guest_activity)
+async def activity_page(request: web.Request, found: tuple[Contact, Senior, Activity]) -> web.Response:
     contact, senior, activity = found
     from . import call_strings
 
-    return render(
+    return _render(
         request,
         "family/activity.html",
-        contact=contact,
-        senior=senior,
+        contact,
+        senior,
         activity=activity,
-        invite=request.match_info["invite"],
         token=_activity_token(request, contact, activity),
-        # A third of the lifetime: two renewals may fail before a reconnect would.
-        token_refresh_ms=request.app[SETTINGS_KEY].page_token_ttl_s * 1000 // 3,
+        token_refresh_ms=token_refresh_ms(request),
         js_strings=call_strings(request, ACTIVITY_STRINGS),
     )
 
 
-async def activity_token(request: web.Request) -> web.Response:
+@needs(_guest_activity)
+async def activity_token(request: web.Request, found: tuple[Contact, Senior, Activity]) -> web.Response:
     """A fresh family token for the open activity page: {token, expires_in_s}."""
-    found = await _guest_activity(request)
-    if isinstance(found, web.Response):
-        return found
     contact, _, activity = found
-    ttl = request.app[SETTINGS_KEY].page_token_ttl_s
-    return web.json_response(
-        {"token": _activity_token(request, contact, activity), "expires_in_s": ttl},
-        headers={"Cache-Control": "no-store"},
-    )
+    return token_response(request, _activity_token(request, contact, activity))
 
 
 def setup(app: web.Application) -> None:

@@ -15,13 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY
+from server.app import DIRECTORY_KEY, SIGNALING_KEY
 from server.directory import Account, Activity
-from server.schedule import AMSTERDAM, next_occurrence
+from server.schedule import AMSTERDAM
 
 from .auth import current_account, require
 from .i18n import N_
-from .rendering import error_page, redirect, render
+from .rendering import error_page, needs, redirect, render
+from .roompages import activity_row, page_token, token_refresh_ms, token_response
 
 staff = require("volunteer", "coordinator")
 
@@ -91,12 +92,11 @@ async def home(request: web.Request) -> web.Response:
     now = dt.datetime.now(dt.timezone.utc)
     today = _today(mine, now)
     today_ids = {item["activity"].id for item in today}
-    later = []
-    for activity in sorted(mine, key=lambda a: a.title.lower()):
-        if activity.id in today_ids:
-            continue
-        upcoming = next_occurrence(activity.weekly_slots, now)
-        later.append({"activity": activity, "next": upcoming[0] if upcoming else None})
+    later = [
+        activity_row(activity, now)
+        for activity in sorted(mine, key=lambda a: a.title.lower())
+        if activity.id not in today_ids
+    ]
     return render(
         request,
         "host/home.html",
@@ -118,10 +118,8 @@ async def _activity_for(request: web.Request) -> Activity | web.Response:
 
 
 @staff
-async def start(request: web.Request) -> web.Response:
-    activity = await _activity_for(request)
-    if isinstance(activity, web.Response):
-        return activity
+@needs(_activity_for)
+async def start(request: web.Request, activity: Activity) -> web.Response:
     directory = request.app[DIRECTORY_KEY]
     await directory.audit(current_account(request).id, "start", "activities", activity.id, [])
     # Kiosks know weekly slots; a start outside them reaches the seniors through this mark
@@ -135,10 +133,8 @@ async def start(request: web.Request) -> web.Response:
 
 
 @staff
-async def console(request: web.Request) -> web.Response:
-    activity = await _activity_for(request)
-    if isinstance(activity, web.Response):
-        return activity
+@needs(_activity_for)
+async def console(request: web.Request, activity: Activity) -> web.Response:
     from . import call_strings
 
     return render(
@@ -146,8 +142,7 @@ async def console(request: web.Request) -> web.Response:
         "host/console.html",
         activity=activity,
         token=_host_token(request, activity),
-        # A third of the lifetime: two refreshes may fail before a reconnect would.
-        token_refresh_ms=request.app[SETTINGS_KEY].page_token_ttl_s * 1000 // 3,
+        token_refresh_ms=token_refresh_ms(request),
         js_strings=call_strings(request, HOST_STRINGS),
         back_to_host_home=True,
     )
@@ -171,27 +166,16 @@ async def console_for_link(request: web.Request, token: str, room: str) -> web.R
 
 
 def _host_token(request: web.Request, activity: Activity) -> str:
-    """Short-lived (page_token_ttl_s): the console renews it from the logged-in session."""
+    """The console renews it from the logged-in session."""
     account = current_account(request)
-    return request.app[ISSUER_KEY].issue(
-        role="host",
-        room=activity.id,
-        name=account.name,
-        participant_id=account.id,
-        ttl_s=request.app[SETTINGS_KEY].page_token_ttl_s,
-    )
+    return page_token(request, role="host", room=activity.id, name=account.name, participant_id=account.id)
 
 
 @staff
-async def token(request: web.Request) -> web.Response:
+@needs(_activity_for)
+async def token(request: web.Request, activity: Activity) -> web.Response:
     """A fresh host token for the open console: {token, expires_in_s}."""
-    activity = await _activity_for(request)
-    if isinstance(activity, web.Response):
-        return activity
-    ttl = request.app[SETTINGS_KEY].page_token_ttl_s
-    return web.json_response(
-        {"token": _host_token(request, activity), "expires_in_s": ttl}, headers={"Cache-Control": "no-store"}
-    )
+    return token_response(request, _host_token(request, activity))
 
 
 def setup(app: web.Application) -> None:

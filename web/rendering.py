@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Awaitable, Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from aiohttp import web
@@ -122,3 +123,29 @@ def error_page(request: web.Request, status: int, heading: str, body: str) -> we
     """A plain page with a heading and a sentence; `heading` and `body` are msgids."""
     _ = gettext_for(language_of(request))
     return render(request, "error.html", status=status, heading=_(heading), body=_(body))
+
+
+Found = TypeVar("Found")
+
+
+def needs(
+    find: Callable[[web.Request], Awaitable[Found | web.Response]],
+) -> Callable[[Callable[[web.Request, Found], Awaitable[web.Response]]], Callable[[web.Request], Awaitable[web.Response]]]:
+    """For a page about what its URL names (a record, an invite's contact): `find` looks it
+    up and the page gets it; when `find` answers with a page instead (404, 403, 410), that
+    page is the answer."""
+
+    def decorate(
+        page: Callable[[web.Request, Found], Awaitable[web.Response]],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            found = await find(request)
+            if isinstance(found, web.Response):
+                return found
+            return await page(request, found)
+
+        handler.__name__ = page.__name__
+        handler.__doc__ = page.__doc__
+        return handler
+
+    return decorate

@@ -11,7 +11,7 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 # Durable directory collections. Later features store typed records in these.
 DIRECTORY_KINDS = ("people", "kiosks", "contacts", "activities", "audit", "pairings", "missed_calls", "reach_out", "attendance_weeks")
@@ -44,8 +44,21 @@ class StoreUnavailable(Exception):
     """The backend cannot be reached; the caller may retry later."""
 
 
+class Stored:
+    """A dataclass the store keeps as a dict (JSON in Redis). Keys it does not know (written
+    by a newer node during a rolling upgrade) are left out."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 @dataclass
-class ParticipantState:
+class ParticipantState(Stored):
     participant_id: str
     room: str
     name: str
@@ -62,30 +75,14 @@ class ParticipantState:
     # from the room until then. Never sent to clients.
     token_expires_at: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ParticipantState":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 @dataclass
-class TrackState:
+class TrackState(Stored):
     track_id: str
     room: str
     participant_id: str
     kind: str
     muted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrackState":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # How a joiner is admitted (Store.join_room): straight in, to the lobby, or straight in

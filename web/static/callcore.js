@@ -371,8 +371,7 @@ export function createCall(options) {
 
     mute_changed(message) {
       if (message.participant_id === call.selfId) {
-        if (message.kind === "audio") setMicMuted(message.muted, { tellServer: false });
-        else setCameraMuted(message.muted, { tellServer: false });
+        setMuted(message.kind === "audio" ? "audio" : "video", message.muted, { tellServer: false });
         if (message.muted && message.by !== call.selfId && message.kind === "audio") {
           showNotice(text.muted_by_host);
         }
@@ -754,28 +753,27 @@ export function createCall(options) {
     if (stream) ui.selfVideo.srcObject = stream;
     ui.mic.disabled = !hasAudio;
     ui.camera.disabled = !hasVideo;
-    setMicMuted(call.micMuted, { tellServer: false, stream });
-    setCameraMuted(call.cameraMuted, { tellServer: false, stream });
+    setMuted("audio", call.micMuted, { tellServer: false, stream });
+    setMuted("video", call.cameraMuted, { tellServer: false, stream });
     return stream;
   }
 
-  function setMicMuted(muted, { tellServer = true, stream = null } = {}) {
-    call.micMuted = muted;
-    applyMute(stream, "audio", muted);
-    ui.mic.textContent = muted ? text.mic_off : text.mic_on;
-    ui.mic.toggleAttribute("data-off", muted);
-    ui.mic.setAttribute("aria-pressed", String(!muted));
-    if (!muted) ui.mic.removeAttribute("data-attention");
-    if (tellServer && call.joined) send({ type: "mute", kind: "audio", muted });
-  }
+  // The microphone's and the camera's toggle: where the call keeps it, its button, its words.
+  const toggles = {
+    audio: { flag: "micMuted", button: ui.mic, on: "mic_on", off: "mic_off" },
+    video: { flag: "cameraMuted", button: ui.camera, on: "camera_on", off: "camera_off" },
+  };
 
-  function setCameraMuted(muted, { tellServer = true, stream = null } = {}) {
-    call.cameraMuted = muted;
-    applyMute(stream, "video", muted);
-    ui.camera.textContent = muted ? text.camera_off : text.camera_on;
-    ui.camera.toggleAttribute("data-off", muted);
-    ui.camera.setAttribute("aria-pressed", String(!muted));
-    if (tellServer && call.joined) send({ type: "mute", kind: "video", muted });
+  function setMuted(kind, muted, { tellServer = true, stream = null } = {}) {
+    const toggle = toggles[kind];
+    call[toggle.flag] = muted;
+    applyMute(stream, kind, muted);
+    toggle.button.textContent = muted ? text[toggle.off] : text[toggle.on];
+    toggle.button.toggleAttribute("data-off", muted);
+    toggle.button.setAttribute("aria-pressed", String(!muted));
+    // The host's request to turn the microphone on is answered.
+    if (kind === "audio" && !muted) ui.mic.removeAttribute("data-attention");
+    if (tellServer && call.joined) send({ type: "mute", kind, muted });
   }
 
   // A disabled track keeps its place in the connection and sends silence or black, so
@@ -787,9 +785,9 @@ export function createCall(options) {
 
   ui.mic.addEventListener("click", () => {
     if (call.micMuted) hideNotice();
-    setMicMuted(!call.micMuted);
+    setMuted("audio", !call.micMuted);
   });
-  ui.camera.addEventListener("click", () => setCameraMuted(!call.cameraMuted));
+  ui.camera.addEventListener("click", () => setMuted("video", !call.cameraMuted));
   ui.leave.addEventListener("click", () => leave());
   ui.playSound.addEventListener("click", () => {
     ui.playSound.hidden = true;

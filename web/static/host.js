@@ -90,44 +90,41 @@ function renderLobby() {
   const waiting = Object.values(call.lobby);
   ui.lobbyEmpty.hidden = waiting.length > 0;
   ui.lobbyCount.textContent = waiting.length ? `(${waiting.length})` : "";
-  const items = waiting.map((person) => {
-    const li = document.createElement("li");
-    li.className = "lobby-person";
-    li.dataset.participantId = person.participant_id;
-    const name = document.createElement("span");
-    name.className = "name";
-    name.textContent = person.name;
-    const admit = button(format(text.admit, { name: person.name }), "button", () =>
-      call.send({ type: "admit", participant_id: person.participant_id }),
-    );
-    admit.dataset.action = "admit";
-    const deny = button(format(text.deny, { name: person.name }), "button secondary", () =>
-      call.send({ type: "deny", participant_id: person.participant_id }),
-    );
-    deny.dataset.action = "deny";
-    li.append(name, admit, deny);
-    return li;
-  });
+  const items = waiting.map(({ participant_id, name }) =>
+    personRow("lobby-person", { participantId: participant_id }, name, [
+      ["admit", "button", { type: "admit", participant_id }],
+      ["deny", "button secondary", { type: "deny", participant_id }],
+    ]),
+  );
   ui.lobbyList.replaceChildren(...items);
 }
 
 function renderBanned() {
   ui.banned.hidden = banned.length === 0 || call.state === "ended";
-  const items = banned.map((person) => {
-    const li = document.createElement("li");
-    li.className = "lobby-person";
-    li.dataset.participantId = person.participant_id;
-    const name = document.createElement("span");
-    name.className = "name";
-    name.textContent = person.name;
-    const allow = button(format(text.unban, { name: person.name }), "button secondary", () =>
-      call.send({ type: "unban", participant_id: person.participant_id }),
-    );
-    allow.dataset.action = "unban";
-    li.append(name, allow);
-    return li;
-  });
+  const items = banned.map(({ participant_id, name }) =>
+    personRow("lobby-person", { participantId: participant_id }, name, [
+      ["unban", "button secondary", { type: "unban", participant_id }],
+    ]),
+  );
   ui.bannedList.replaceChildren(...items);
+}
+
+// A person in one of the console's lists: their name, then a button per [action, class,
+// message]; the action names the button (data-action) and its label's key ("Let %(name)s in").
+function personRow(rowClass, data, name, actions) {
+  const li = document.createElement("li");
+  li.className = rowClass;
+  Object.assign(li.dataset, data);
+  const label = document.createElement("span");
+  label.className = "name";
+  label.textContent = name;
+  li.append(label);
+  for (const [action, className, message] of actions) {
+    const control = button(format(text[action], { name }), className, () => call.send(message));
+    control.dataset.action = action;
+    li.append(control);
+  }
+  return li;
 }
 
 // ---- Who is missing, and ringing their kiosk ----
@@ -142,20 +139,11 @@ function renderMissing() {
   const signature = JSON.stringify(missing.map((s) => s.id));
   if (ui.missingList.dataset.signature === signature) return;
   ui.missingList.dataset.signature = signature;
-  const items = missing.map((senior) => {
-    const li = document.createElement("li");
-    li.className = "missing-person";
-    li.dataset.seniorId = senior.id;
-    const name = document.createElement("span");
-    name.className = "name";
-    name.textContent = senior.name;
-    const ring = button(format(text.ring, { name: senior.name }), "button", () =>
-      call.send({ type: "invite_senior", senior_id: senior.id, id: `invite:${senior.id}` }),
-    );
-    ring.dataset.action = "ring";
-    li.append(name, ring);
-    return li;
-  });
+  const items = missing.map(({ id, name }) =>
+    personRow("missing-person", { seniorId: id }, name, [
+      ["ring", "button", { type: "invite_senior", senior_id: id, id: `invite:${id}` }],
+    ]),
+  );
   ui.missingList.replaceChildren(...items);
 }
 
