@@ -136,6 +136,12 @@ async def connect(server: RunningServer) -> AsyncIterator[Any]:
         await session.close()
 
 
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
 async def hello(client: WsClient, token: str, **extra: Any) -> dict[str, Any]:
     await client.send({"type": "hello", "v": 1, "token": token, **extra})
     return await client.expect("welcome")
