@@ -20,8 +20,9 @@ from server.app import DIRECTORY_KEY, ISSUER_KEY, create_app
 from server.config import Settings
 from server.directory import Directory
 
+from tests.conftest import SCREENSHOTS
+
 REPO = Path(__file__).resolve().parent.parent
-SCREENSHOTS = REPO / "docs" / "screenshots"
 AXE_DIR = REPO / "web" / "axe"
 AXE = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = "/usr/bin/chromium"
@@ -116,7 +117,6 @@ class Tab:
         )
 
     async def screenshot(self, name: str, full_page: bool = True) -> None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await self.page.screenshot(path=str(SCREENSHOTS / f"web-{name}.png"), full_page=full_page)
 
 

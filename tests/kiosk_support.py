@@ -27,9 +27,8 @@ from server.invites import issue_invite, named_secret  # noqa: E402
 from server.pairing import confirm_pairing  # noqa: E402
 from server.schedule import WEEKDAYS  # noqa: E402
 
-from .conftest import RunningServer, WsClient  # noqa: E402
+from .conftest import SCREENSHOTS, RunningServer, WsClient  # noqa: E402
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 SENIOR = "s-1"
 
 

@@ -26,9 +26,9 @@ from server.config import Settings
 from signaling.tokens import TokenIssuer
 
 from tests.browser_helpers import browser, open_call  # noqa: F401  (fixture)
+from tests.conftest import SCREENSHOTS
 
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOT = REPO / "docs" / "screenshots" / "web-call.png"
 KIOSK_SECONDS = 8
 RESUME_GRACE_S = 20.0
 
@@ -122,8 +122,7 @@ async def test_browser_and_kiosk_see_and_hear_each_other(
                 "?.textContent",
                 kiosk_id,
             )
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            await call.page.screenshot(path=str(SCREENSHOT))
+            await call.page.screenshot(path=str(SCREENSHOTS / "web-call.png"))
             await asyncio.sleep(1.0)
             second = await call.media_from(kiosk_id)
             kiosk_exit = await asyncio.wait_for(kiosk.wait(), timeout=KIOSK_SECONDS + 30)

@@ -3,7 +3,7 @@
 nginx -t on both sites, promtool on the alert rules, systemd-analyze verify on the units,
 redis-server and Redis Sentinel started from their configs, coturn started from its config
 and answering a STUN request. The end-to-end run of the whole layout is in
-tests/test_deploy_e2e.py.
+tests/e2e/test_deploy_e2e.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attendance as people really join: reconnects, resumes, second devices, a restarted server.
 
 A real server in this process (tests/conftest.py), protocol-level WebSocket clients and the
-embedded store; the two-process Redis case with kill -9 is tests/test_attendance_cluster.py.
+embedded store; the two-process Redis case with kill -9 is tests/e2e/test_attendance_cluster.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The kiosk gets `activity_invite` and nothing else; the host gets `invite_sent`, or a clear
 error (not enrolled, already here, kiosk offline). Across nodes the same path goes through
-the store's device channel (tests/test_attendance_cluster.py covers the cluster itself).
+the store's device channel (tests/e2e/test_attendance_cluster.py covers the cluster itself).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def location(response: Any) -> str:
 
 async def test_dashboard_and_menu(admin: tuple[Web, Seed, Directory]) -> None:
     web, _, _ = admin
-    # The counts moved one level down: /admin itself is "Vandaag" (tests/test_web_engagement.py).
+    # The counts moved one level down: /admin itself is "Vandaag" (tests/integration/test_web_engagement.py).
     assert "Vandaag" in text_of(await web.get("/admin"))
     page = text_of(await web.get("/admin/overview"))
     for words in ("Overzicht", "1 senior", "0 van 0 kiosken online", "2 activiteiten", "3 vrijwilligers en coördinatoren"):

@@ -1,5 +1,5 @@
 """Server-drawn bar charts: axis ends and bar geometry (the SVG itself is checked by axe in
-tests/test_web_engagement_browser.py)."""
+tests/e2e/test_web_engagement_browser.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """ConnectionGuard without sockets: the cap's ceiling and the accept-error log aggregation.
-Its deadlines and caps against real sockets are in tests/test_slow_connections.py."""
+Its deadlines and caps against real sockets are in tests/e2e/test_slow_connections.py."""
 
 from __future__ import annotations
 
