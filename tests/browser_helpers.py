@@ -289,40 +289,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @dataclass
-class CallPage:
-    page: Page
-    log: list[str] = field(default_factory=list)
-
-    async def value(self, expression: str, arg: Any = None) -> Any:
-        return await self.page.evaluate(expression, arg)
-
-    async def wait_for(
-        self,
-        expression: str,
-        arg: Any = None,
-        *,
-        until: Callable[[Any], bool] = bool,
-        timeout_s: float,
-        what: str,
-    ) -> Any:
-        """Polls `expression` until `until(result)`; returns the result.
-
-        Polls from Python because Playwright's wait_for_function evaluates with eval(),
-        which the page's Content-Security-Policy rightly forbids.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        result = None
-        while True:
-            result = await self.value(expression, arg)
-            if until(result):
-                return result
-            if loop.time() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout_s}s waiting for {what}; last value: {result!r}\n"
-                    "browser console:\n" + "\n".join(self.log[-40:])
-                )
-            await asyncio.sleep(0.2)
+class CallPage(Tab):
+    """The call page (/call) and what it says of the call."""
 
     async def wait_until_connected(self) -> None:
         await self.wait_for(
