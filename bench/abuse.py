@@ -4,7 +4,7 @@
     python -m bench.abuse --quick        # 10 s flood, 100 slowloris connections (~2 min)
     python -m bench.abuse --baseline-tree /work/wt/flood-base   # also measure that checkout
 
-Every phase runs `verzilvering serve` as a separate process (tests/server_process.py) on
+Every phase runs `verzilvering serve` as a separate process (bench/server_process.py) on
 127.0.0.1 with the default settings and an embedded store, and attacks it from raw
 sockets in this process (bench/hostile.py):
 
@@ -52,7 +52,7 @@ import aiohttp
 
 from bench.hostile import Flooder, peer_closed, websocket_handshake
 from bench.machine import describe
-from tests.server_process import ROOT, ServerProcess
+from bench.server_process import ROOT, ServerProcess
 
 IDLE_SOCKETS = 2000
 SERVER_OPEN_FILES = 1024

@@ -22,7 +22,7 @@ B  reorder: one publisher, one subscriber whose every incoming datagram is held 
    retransmissions = the server's retransmissions (`verzilvering_nack` in /metrics) ÷ the
    video packets the subscriber received. The NACKs come from the subscriber, so the
    baseline's subscriber runs with the old policy (`bench.netclient --nack-at-once`). The
-   publisher leg (the SFU's own NACKs) is covered by tests/test_reorder.py.
+   publisher leg (the SFU's own NACKs) is covered by tests/integration/test_reorder.py.
 C  thumbnails: in an activity (the server's `--demo` one), 19 seniors publish 320x240@15
    tiles (as the server asks of seniors in a big activity) and a host subscribes to all, telling the server (`layout`) it shows each at
    320x180. Measured: the host's received video kbit/s in total and its CPU (decoding).

@@ -3,7 +3,7 @@
     python -m bench.engagement            # 60 requests per page and 100 joins of each kind
     python -m bench.engagement --quick    # 15 requests per page, 30 joins of each kind
 
-For each backend (embedded SQLite; a private redis-server from tests/redis_server.py) the
+For each backend (embedded SQLite; a private redis-server from bench/redis_server.py) the
 bench seeds 2,000 seniors (each enrolled in one of 20 activities of three weekly slots:
 60 occurrences a week), 2,000 kiosks (some offline, some with a failed self-test), and a
 year of attendance: about 22 seniors per occurrence and 400 family calls a week, one in
@@ -50,10 +50,10 @@ from server.directory import DISTRICTS, Account, Activity, Kiosk, Senior
 from server.schedule import AMSTERDAM, WEEKDAYS
 from server.store import Store
 from server.store.base import AttendanceLimits, attend_in, depart_in
-from tests.redis_server import RedisServer
 from web.auth import hash_password
 
 from .machine import describe
+from .redis_server import RedisServer
 
 SENIORS = 2000
 ACTIVITIES = 20

@@ -5,7 +5,7 @@
     python -m bench.faults --quick --baseline /path/to/old/checkout # the same faults on old servers
 
 Two `verzilvering serve` nodes (n1, n2; production timeouts) share a private redis-server
-on a free port (tests/redis_server.py, started and stopped by the bench; never the shared
+on a free port (bench/redis_server.py, started and stopped by the bench; never the shared
 one). Room "gym" is placed on n1. Three clients, in the roles of the issue:
 
 - the host: `RoomConnection` (what `verzilvering-kiosk run` uses for a room) straight to
@@ -51,18 +51,17 @@ from typing import Any
 import aiohttp
 
 from bench.machine import describe
+from bench.redis_server import RedisServer
+from bench.server_process import SECRET, Node
 from kiosk_client.room import RoomConnection, Sources
 from server.rtphooks import restrict_host_addresses
 from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
-from tests.conftest import TEST_SECRET
-from tests.redis_server import RedisServer
-from tests.test_cluster import Node
 
 REPO = Path(__file__).resolve().parent.parent
 ROOM = "gym"  # placed on n1 by the placement hash when both nodes are equally loaded
 LOOPBACK = ["127.0.0.1"]
-# The defaults of server/config.py, over the test ones of tests/test_cluster.py's Node.
+# The defaults of server/config.py, over the test ones of bench/server_process.py's Node.
 PRODUCTION_TIMEOUTS = {"node_heartbeat_s": "1.0", "node_timeout_s": "5.0", "drain_timeout_s": "30"}
 # Video gaps after a node is killed or drained are measured over this many seconds.
 RECOVERY_WINDOW_S = 10.0
@@ -138,9 +137,9 @@ class Scenario:
 async def start_scenario(tree: Path, workdir: Path, appendonly: bool, kiosk_s: float) -> Scenario:
     workdir.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(appendonly=appendonly).start()
-    secret = TEST_SECRET
+    secret = SECRET
     prefix = f"vzbench:{uuid.uuid4().hex[:8]}:"
-    nodes = [Node(name, redis.url, prefix, workdir, PRODUCTION_TIMEOUTS, tree) for name in ("n1", "n2")]
+    nodes = [Node(name, redis.url, prefix, workdir, PRODUCTION_TIMEOUTS, tree, secret=secret) for name in ("n1", "n2")]
     n1, n2 = nodes
     issuer = TokenIssuer(secret)
     host = make_person([n1.url, n2.url], issuer.issue(role="host", room=ROOM, name="Host", participant_id="p-host"),

@@ -88,6 +88,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from kiosk_client.call import CallClient
 
+from .looplag import LoopLag
 from .machine import describe, machine_busy_s, process_cpu_s
 from .stamp import ReceiveLog, SendLog, StampedAudioTrack, StampedVideoTrack
 
@@ -125,33 +126,6 @@ def _proc_rss(pid: int) -> int:
             return int(f.read().split()[1]) * PAGE
     except OSError:
         return 0
-
-
-class LoopLag:
-    """How late a 10 ms sleep wakes up in this process's event loop, over time."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            self.samples.append((now, (now - t - 0.01) * 1000))
-            if len(self.samples) > 100_000:
-                del self.samples[:50_000]
-
-    def between(self, t0: float, t1: float) -> list[float]:
-        return [lag for t, lag in self.samples if t0 <= t < t1]
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
 
 # --- subscribers ---------------------------------------------------------------------------------

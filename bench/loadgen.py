@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.looplag import LoopLag
+
 logger = logging.getLogger("bench.loadgen")
 
 MAGIC = 0x565A  # "VZ"
@@ -619,32 +621,6 @@ async def _no_receive(parameters: Any) -> None:
 # --- worker process ------------------------------------------------------------------------
 
 
-class LoopLag:
-    """How late a 10 ms sleep wakes up (this process's event loop), per window."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(0.01)
-            self.samples.append((time.monotonic() - t - 0.01) * 1000)
-            if len(self.samples) > 20_000:
-                del self.samples[:10_000]
-
-    def take_max(self) -> float | None:
-        return round(max(self.samples), 1) if self.samples else None
-
-    def take(self) -> list[float]:
-        out, self.samples = self.samples, []
-        return out
-
-
 def _p99(values: list[float]) -> float | None:
     if not values:
         return None
@@ -748,6 +724,7 @@ class Worker:
             KIND_NAMES[k]: {str(i): c for i, c in enumerate(h) if c}
             for k, h in enumerate(stats.hist)
         }
+        lags = self.lag.take()
         reply = {
             "event": "window",
             "t": time.monotonic(),
@@ -756,8 +733,8 @@ class Worker:
             "corrupt": stats.corrupt,
             "loss": loss,
             "hist": hist,
-            "lag_max_ms": self.lag.take_max(),
-            "lag_p99_ms": _p99(self.lag.take()),
+            "lag_max_ms": round(max(lags), 1) if lags else None,
+            "lag_p99_ms": _p99(lags),
             "late": stats.late,
             "pace_late_p99_ms": _p99(stats.pace_late_ms),
             "errors": sorted({e for p in self.participants for e in p.errors}

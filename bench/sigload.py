@@ -58,6 +58,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.looplag import LoopLag
 from signaling.tokens import TokenIssuer
 
 MAX_RTT_SAMPLES = 200_000
@@ -99,27 +100,6 @@ class Sock:
         self.announced: set[str] = set()
 
 
-class LoopLag:
-    """How late a 10 ms sleep wakes up in this process (the load generator's own health)."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self.task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(0.01)
-            self.samples.append((time.monotonic() - t - 0.01) * 1000)
-            if len(self.samples) > 100_000:
-                del self.samples[:50_000]
-
-    def take_p99(self) -> float | None:
-        value = pct(self.samples, 99)
-        self.samples = []
-        return None if value is None else round(value, 2)
-
-
 class Worker:
     def __init__(self, secret: str) -> None:
         self.issuer = TokenIssuer(secret)
@@ -129,6 +109,7 @@ class Worker:
         )
         self.socks: dict[str, list[Sock]] = {}
         self.lag = LoopLag()
+        self.lag.start()
         self.pings = 0
         self.pongs = 0
         self.messages = 0
@@ -318,7 +299,7 @@ class Worker:
                 return
             await one(i)
 
-        self.lag.take_p99()
+        self.lag.take()
         if arrivals is not None:
             # CLOCK_MONOTONIC is shared by every process: all workers follow one schedule.
             start_at = float(cmd.get("start_at", started))
@@ -336,7 +317,7 @@ class Worker:
             "errors": dict(errors),
             "retried": dict(retried),
             "samples": samples,
-            "lag_p99_ms": self.lag.take_p99(),
+            "lag_p99_ms": self._lag_p99(),
             "elapsed_s": round(time.monotonic() - started, 3),
         }
 
@@ -361,6 +342,10 @@ class Worker:
         await asyncio.gather(*(one(s, (i % 100) / 100 / rate) for i, s in enumerate(socks)), return_exceptions=True)
         return {"sent": sent, "elapsed_s": round(time.monotonic() - started, 3)}
 
+    def _lag_p99(self) -> float | None:
+        value = pct(self.lag.take(), 99)
+        return None if value is None else round(value, 2)
+
     def stats(self, coverage: bool = False) -> dict[str, Any]:
         rtt = self.rtt_ms
         out = {
@@ -372,7 +357,7 @@ class Worker:
             "rtt_ms": [pct(rtt, 50), pct(rtt, 99)],
             "rtt_n": len(rtt),
             "types": dict(self.types),
-            "lag_p99_ms": self.lag.take_p99(),
+            "lag_p99_ms": self._lag_p99(),
         }
         if coverage:
             # Per open socket: its room and how many of the room's participants it knows of
@@ -430,7 +415,7 @@ class Worker:
     async def shutdown(self) -> None:
         self._stopping = True
         self._pinger.cancel()
-        self.lag.task.cancel()
+        self.lag.stop()
         for socks in self.socks.values():
             for s in socks:
                 if s.reader is not None:

@@ -4,9 +4,9 @@
     python -m bench.signalling --quick    # 400 joins / 40 rooms; 1,000 idle kiosks (< 1 min)
 
 Everything runs on 127.0.0.1: a private `redis-server` on a free port in a temp dir
-(tests/redis_server.py `RedisServer`; never the shared one on 6379, never flushed: each
+(bench/redis_server.py `RedisServer`; never the shared one on 6379, never flushed: each
 phase uses its own key prefix), server nodes as `python -m server.cli serve --redis-url
-...` subprocesses (as tests/test_cluster.py starts them), and load generators as
+...` subprocesses (as bench/server_process.py's `Node` starts them), and load generators as
 `python -m bench.sigload` subprocesses (bench/sigload.py: protocol-level aiohttp
 WebSocket clients, no media, see there). This process only orchestrates and reads /proc.
 
@@ -98,9 +98,8 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
-from tests.redis_server import RedisServer
-
 from .machine import describe, machine_busy_s, process_cpu_s
+from .redis_server import RedisServer
 from .sigload import pct, raise_nofile
 
 logger = logging.getLogger("bench.signalling")

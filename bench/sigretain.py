@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import secrets
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -19,7 +20,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from server.app import ISSUER_KEY, SIGNALING_KEY, create_app
-from tests.conftest import make_settings
+from server.config import Settings
 
 SOCKETS = 50
 ROOMS = 5
@@ -41,7 +42,9 @@ async def _pings(ws: aiohttp.ClientWebSocketResponse, count: int) -> None:
 
 async def main() -> None:
     # The rate limit would refuse a burst; everything else is as configured by default.
-    app = create_app(make_settings(Path(tempfile.mkdtemp()), messages_per_second=1000.0, message_burst=1000))
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()) / "data", token_secret=secrets.token_hex(32),
+                        messages_per_second=1000.0, message_burst=1000)
+    app = create_app(settings)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("/ws"))

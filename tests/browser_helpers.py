@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
@@ -19,8 +20,9 @@ from server.app import DIRECTORY_KEY, ISSUER_KEY, create_app
 from server.config import Settings
 from server.directory import Directory
 
+from tests.conftest import SCREENSHOTS
+
 REPO = Path(__file__).resolve().parent.parent
-SCREENSHOTS = REPO / "docs" / "screenshots"
 AXE_DIR = REPO / "web" / "axe"
 AXE = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = "/usr/bin/chromium"
@@ -36,6 +38,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# The call page's tests keep Chromium's autoplay rule: where it blocks sound, the page shows
+# its own button to play it (web/static/callcore.js), and the screenshot shows that page.
+CALL_CHROMIUM_ARGS = [arg for arg in CHROMIUM_ARGS if not arg.startswith("--autoplay-policy=")]
 PHONE = {"width": 360, "height": 740}
 DESKTOP = {"width": 1280, "height": 900}
 
@@ -112,7 +117,6 @@ class Tab:
         )
 
     async def screenshot(self, name: str, full_page: bool = True) -> None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await self.page.screenshot(path=str(SCREENSHOTS / f"web-{name}.png"), full_page=full_page)
 
 
@@ -269,3 +273,62 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: 
             data = json.loads(message.data)
             if data.get("type") == kind:
                 return data
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A Chromium for the call page (tests/e2e/test_browser_call.py, test_browser_simulcast.py)."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CALL_CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@dataclass
+class CallPage(Tab):
+    """The call page (/call) and what it says of the call."""
+
+    async def wait_until_connected(self) -> None:
+        await self.wait_for(
+            "window.verzilvering?.state", until=lambda s: s == "connected",
+            timeout_s=20, what="the call page to connect",
+        )
+
+    async def participant_id_of(self, name: str) -> str:
+        return await self.wait_for(
+            """name => Object.values(window.verzilvering.participants)
+                .find(p => p.name === name)?.participant_id ?? null""",
+            name, timeout_s=20, what=f"{name!r} to appear in the participant list",
+        )
+
+    async def media_from(self, participant_id: str) -> dict[str, Any]:
+        stats = await self.value("window.verzilvering.stats()")
+        return stats.get(participant_id, {})
+
+    async def wait_for_media_from(self, participant_id: str) -> dict[str, Any]:
+        return await self.wait_for(
+            "id => window.verzilvering.stats().then(stats => stats[id] ?? {})",
+            participant_id,
+            until=lambda media: (
+                media.get("video", {}).get("width", 0) > 0
+                and media.get("video", {}).get("framesDecoded", 0) > 0
+                and media.get("audio", {}).get("packetsReceived", 0) > 0
+                and media.get("audio", {}).get("totalSamplesReceived", 0) > 0
+            ),
+            timeout_s=20,
+            what=f"decoded video and audio from {participant_id}",
+        )
+
+
+async def open_call(browser: Browser, base_url: str, token: str) -> CallPage:
+    page = await browser.new_page(viewport={"width": 1100, "height": 760})
+    call = CallPage(page)
+    page.on("console", lambda message: call.log.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: call.log.append(f"pageerror: {error}"))
+    response = await page.goto(f"{base_url}/call?token={token}", timeout=15_000)
+    assert response is not None and response.status == 200
+    return call

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,32 @@ TEST_SECRET = "test-secret-" + "x" * 40
 LOOPBACK_MEDIA = ("127.0.0.1",)
 os.environ["VERZILVERING_MEDIA_ADDRESSES"] = json.dumps(list(LOOPBACK_MEDIA))
 restrict_host_addresses(list(LOOPBACK_MEDIA))
+
+# Tests photograph kiosk screens and web pages into a folder of this run; only
+# `--update-screenshots` copies them over the tracked pictures, so a test run leaves the
+# checkout as it was.
+SCREENSHOTS = Path(tempfile.mkdtemp(prefix="verzilvering-screenshots-"))
+DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-screenshots", action="store_true",
+        help="after a run that passes, copy the screenshots it took into docs/screenshots/",
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    # A failing run may have photographed a broken page: only a passing one replaces pictures.
+    if config.getoption("--update-screenshots") and exitstatus == 0:
+        pictures = sorted(SCREENSHOTS.glob("*.png"))
+        for picture in pictures:
+            shutil.copyfile(picture, DOCS_SCREENSHOTS / picture.name)
+        terminalreporter.write_sep("-", f"copied {len(pictures)} screenshots into {DOCS_SCREENSHOTS}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
 
 
 @dataclass
@@ -134,6 +162,12 @@ async def connect(server: RunningServer) -> AsyncIterator[Any]:
         for ws in sockets:
             await ws.close()
         await session.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 async def hello(client: WsClient, token: str, **extra: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +22,14 @@ from kiosk_client.pairing import poll_pairing, request_pairing  # noqa: E402
 from kiosk_client.runner import KioskApp, KioskConfig  # noqa: E402
 from kiosk_client.state import Credential, StateDir  # noqa: E402
 from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY  # noqa: E402
-from server.directory import Activity, Contact, Senior  # noqa: E402
+from server.directory import Activity, Contact, Kiosk, Senior  # noqa: E402
 from server.invites import issue_invite, named_secret  # noqa: E402
 from server.pairing import confirm_pairing  # noqa: E402
 from server.schedule import WEEKDAYS  # noqa: E402
 
-from .conftest import RunningServer  # noqa: E402
+from .conftest import SCREENSHOTS, RunningServer, WsClient  # noqa: E402
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 SENIOR = "s-1"
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        await asyncio.sleep(0.05)
 
 
 def real_clock() -> FakeClock:
@@ -88,6 +79,49 @@ async def seed(server: RunningServer, *, auto_join: bool = False, activity_start
         ),
         actor="test",
     )
+
+
+async def _directory(server: RunningServer) -> None:
+    d = server.app[DIRECTORY_KEY]
+    await d.put(Senior(id="s-1", name="Mevrouw Jansen", auto_join=True), actor="test")
+    await d.put(Contact(id="c-trusted", senior_id="s-1", name="Sanne", trusted=True, auto_answer=True), actor="test")
+    await d.put(Contact(id="c-other", senior_id="s-1", name="Buurman Piet"), actor="test")
+    await d.put(
+        Activity(id="a-gym", title="Stoelgym", enrolled=["s-1"],
+                 slots=[{"weekday": "tuesday", "start": "10:00", "duration_min": 45}]),
+        actor="test",
+    )
+
+
+async def _pair(server: RunningServer, http: aiohttp.ClientSession) -> dict[str, str]:
+    async with http.post(server.url + "/api/kiosk/pair") as r:
+        assert r.status == 201
+        started = await r.json()
+    assert len(started["code"]) == 6 and started["code"].isdigit()
+    poll_url = server.url + "/api/kiosk/pair/" + started["pairing_id"]
+    headers = {"X-Pairing-Secret": started["secret"]}
+    async with http.get(poll_url, headers=headers) as r:
+        assert r.status == 202
+    async with http.get(poll_url, headers={"X-Pairing-Secret": "wrong"}) as r:
+        assert r.status == 410
+    store, directory = server.app[STORE_KEY], server.app[DIRECTORY_KEY]
+    kiosk = await confirm_pairing(store, directory, started["code"], "s-1", actor="coordinator-1")
+    async with http.get(poll_url, headers=headers) as r:
+        assert r.status == 200
+        credential = await r.json()
+    assert credential["kiosk_id"] == kiosk.id
+    # Given out once only.
+    async with http.get(poll_url, headers=headers) as r:
+        assert r.status == 410
+    stored = await directory.get(Kiosk, kiosk.id)
+    assert stored is not None and stored.credential_hash and credential["credential"] not in str(stored)
+    return credential
+
+
+async def _device(connect: Any, credential: dict[str, str]) -> tuple[WsClient, dict[str, Any]]:
+    kiosk = await connect()
+    await kiosk.send({"type": "hello", "v": 1, "device": credential})
+    return kiosk, await kiosk.expect("device_welcome")
 
 
 async def provision(server: RunningServer, state_dir: Path) -> Credential:

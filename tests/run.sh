@@ -7,21 +7,21 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-# A second browser engine publishes simulcast in tests/test_browser_simulcast.py.
+# A second browser engine publishes simulcast in tests/e2e/test_browser_simulcast.py.
 command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
-# A private coturn relays the SFU's media in tests/test_rtphooks_wire.py.
+# A private coturn relays the SFU's media in tests/e2e/test_rtphooks_wire.py.
 command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
 # Impaired links (bench/netns.py: network namespace, tbf, nftables loss) in
-# tests/test_loss_first_frame.py and bench.adaptation.
+# tests/e2e/test_loss_first_frame.py and bench.adaptation.
 command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # pip install compiles server/_srtpsend.c: a C compiler and this Python's headers.
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need_apt+=(python3-dev)
-# npm fetches axe-core for the accessibility tests (tests/test_web_a11y.py).
+# npm fetches axe-core for the accessibility tests (tests/e2e/test_web_a11y.py).
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
-# deploy/ is checked by the tools that run it (tests/test_deploy_*.py): nginx (1.3 MB),
+# deploy/ is checked by the tools that run it (tests/e2e/test_deploy_*.py): nginx (1.3 MB),
 # promtool from prometheus (96 MB installed, the only Debian package that has it) and
 # systemd-analyze from systemd.
 services=()

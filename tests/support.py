@@ -1,0 +1,98 @@
+"""Helpers that test modules of more than one layer share (test modules never import each other)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import VideoStreamTrack
+from av import VideoFrame
+
+from bench.vp8_retarget import pattern_frame
+from kiosk_client.call import CallClient, RemoteMedia
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+def media_from(client: CallClient, other: CallClient) -> RemoteMedia | None:
+    assert other.self_id is not None
+    return client.remote.get(other.self_id)
+
+
+class PatternTrack(VideoStreamTrack):
+    """A camera-like 640x480 picture at 30 fps that fits in 200 kbps (bench.vp8_retarget)."""
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = pattern_frame(pts // 3000)
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class RecordingFeed:
+    """Stands in for SenderFeed (whose real sending is covered by the call tests)."""
+
+    ready = True
+    ssrc = 4242
+    remb_bps = None
+    retransmits = 0
+    on_keyframe_request = None
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int, int]] = []
+
+    def payload_type_for(self, mime_type: str) -> int | None:
+        return 111 if mime_type.lower() == "audio/opus" else None
+
+    def send_now(self, payload_type: int, marker: int, seq: int, ts: int, payload: bytes, stamp: Any) -> None:
+        self.sent.append((payload_type, seq, ts))
+
+
+# --- what a server tells a kiosk (kiosk_client/appliance.py's inputs) ----------------------------
+
+START = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.timezone.utc)  # a Tuesday, 10:00 in Almere
+
+
+def welcome(auto_join: bool = True, language: str = "nl", start: dt.datetime = START) -> dict:
+    return {
+        "type": "device_welcome",
+        "kiosk_id": "kiosk-1",
+        "senior": {"id": "s-1", "name": "Mevrouw Jansen", "language": language, "auto_join": auto_join},
+        "contacts": [
+            {"id": "c-sanne", "name": "Sanne de Vries", "trusted": True, "auto_answer": True, "photo_url": ""},
+            {"id": "c-kees", "name": "Kees", "trusted": True, "auto_answer": False, "photo_url": ""},
+            {"id": "c-piet", "name": "Buurman Piet", "trusted": False, "auto_answer": False, "photo_url": ""},
+        ],
+        "activities": [
+            {"id": "a-gym", "title": "Stoelgym", "next_start": start.astimezone(dt.timezone(dt.timedelta(hours=1))).isoformat(), "duration_min": 45}
+        ],
+        "ping_interval_ms": 10000,
+        "ice_servers": [],
+    }
+
+
+def incoming(contact_id: str = "c-sanne", call_id: str = "call-1", ring_ms: int = 30000) -> dict:
+    contacts = {c["id"]: c for c in welcome()["contacts"]}
+    return {"type": "incoming_call", "call_id": call_id, "contact": contacts[contact_id], "ring_timeout_ms": ring_ms}
+
+
+def big_family(**kwargs: object) -> dict:
+    """A senior with seven trusted contacts (the coordinator put Emma and Lotte first) and
+    a neighbour who is not trusted."""
+    message = welcome(**kwargs)  # type: ignore[arg-type]
+    names = ["Sanne de Vries", "Kees", "Anna", "Bram", "Daan", "Emma", "Lotte"]
+    positions = {"Emma": 1, "Lotte": 2}
+    message["contacts"] = [
+        {"id": f"c-{name.split()[0].lower()}", "name": name, "trusted": True, "auto_answer": name == "Sanne de Vries",
+         "photo_url": "", "position": positions.get(name, 10)}
+        for name in names
+    ] + [{"id": "c-piet", "name": "Buurman Piet", "trusted": False, "auto_answer": False, "photo_url": "", "position": 0}]
+    return message
