@@ -143,11 +143,7 @@ class LayerSelection:
                 fit = candidate
         current = (self.target_spatial, self.target_temporal)
         if (congested or holding) and self.probe_bps:
-            # The probe met loss or a falling estimate: give it up, and wait longer for the next.
-            self.probe_bps = 0.0
-            self.probe_passed = False
-            self._hold = min(self._hold * 2, MAX_HOLD_S)
-            self._last_move = now
+            self.probe_failed(now)
         if not self.chosen:
             # The top, unless the link is congested: a REMB below it does not forbid it (see
             # above), most links carry it, and a weak one shows congestion within a second.
@@ -182,6 +178,13 @@ class LayerSelection:
         # next one up while the link leaves room to probe for it.
         self.wanted_spatial = min(tile_most, self.target_spatial + (0 if congested or holding else 1))
         return self.rate(self.target_spatial, self.target_temporal)
+
+    def probe_failed(self, now: float) -> None:
+        """The probe met loss or a falling estimate: give it up, and wait longer for the next."""
+        self.probe_bps = 0.0
+        self.probe_passed = False
+        self._hold = min(self._hold * 2, MAX_HOLD_S)
+        self._last_move = now
 
     def _move(self, layer: tuple[int, int], now: float) -> None:
         if self.chosen and layer != (self.target_spatial, self.target_temporal):
@@ -258,8 +261,9 @@ class Consumer:
         only after `subscriber_keyframe_interval_s` (the first may have been lost). A
         request after a keyframe did come is a failure — the subscriber could not complete
         it: each failure within `keyframe_failure_window_s` of the previous doubles the
-        wait, up to `subscriber_keyframe_max_interval_s`, and with a lower simulcast layer
-        to go to, `keyframe_failures_to_step_down` of them move it there instead.
+        wait, up to `subscriber_keyframe_max_interval_s`, while others watch the same layer
+        (alone on it, the wait stays the base one), and with a lower simulcast layer to go
+        to, `keyframe_failures_to_step_down` of them move it there instead.
         """
         if self.closed:
             return
@@ -287,13 +291,24 @@ class Consumer:
                 # The lower layer's keyframe is asked for by the switch itself.
                 self._keyframes_at_request = delivered
                 return
-            wait = min(wait * 2 ** max(0, len(failures) - 1), self.policy.subscriber_keyframe_max_interval_s)
+            if self._layer_shared(layer):
+                wait = min(wait * 2 ** max(0, len(failures) - 1), self.policy.subscriber_keyframe_max_interval_s)
         if now - self._last_subscriber_keyframe < wait:
             self.keyframe_requests_dropped += 1
             return
         self._last_subscriber_keyframe = now
         self._keyframes_at_request = delivered
         self.producer.request_keyframe(layer)
+
+    def _layer_shared(self, layer: int | None) -> bool:
+        """Whether another subscriber watches the layer a keyframe would be asked of: alone
+        on it, a keyframe costs nobody else, and backing off would only freeze this one."""
+        for other in self.producer.consumers:
+            if other is self or other.kind != "video":
+                continue
+            if not self.producer.layered or other.current_spatial == layer:
+                return True
+        return False
 
     def forward(self, packet: RtpPacket, stamp: PacketStamp) -> None:
         """Sends the subscriber its copy of one packet, now (no coroutine: see SenderFeed.send_now)."""

@@ -55,11 +55,6 @@ class LinkEstimate:
         return self._now - self._congested_at < CONGESTION_MEMORY_S
 
     @property
-    def congested_now(self) -> bool:
-        """Congestion seen in the latest update itself (not only remembered)."""
-        return self._congested_at == self._now
-
-    @property
     def holding(self) -> bool:
         """Loss above 2 % within the last few seconds: no probing up."""
         return self._now - self._lossy_at < CONGESTION_MEMORY_S

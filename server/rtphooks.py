@@ -69,6 +69,8 @@ AIORTC_VERSION = "1.16.0"
 # spare for a receiver's retries. Fixed, not a setting (docs/operations.md): more only
 # costs memory per subscriber.
 SEND_HISTORY_SIZE = 512
+# What a limited retransmission rate still lets through at once: two full packets.
+RETRANSMIT_BURST_BYTES = 2400
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
 _DTLS_CONNECTED = DtlsState.CONNECTED
 # libsrtp's srtp_protect, which server/_srtpsend.c calls per forwarded copy.
@@ -565,6 +567,13 @@ class SenderFeed:
         self.retransmits = 0
         # Bandwidth probes: RTX copies of packets already sent (see `send_probe`).
         self.probe_packets = 0
+        # Retransmissions into a congested link (set by the transport; None: no limit): each
+        # one waits in the queue that lost the original and pushes out more media, whose
+        # NACKs bring more retransmissions. Past this rate, NACKs go unanswered.
+        self.retransmit_rate_bps: float | None = None
+        self.retransmits_refused = 0
+        self._retransmit_tokens = 0.0
+        self._tokens_at = 0.0
         self.last_sequence_number: int | None = None
         self._configured = asyncio.Event()
         self._stopped = False
@@ -575,6 +584,7 @@ class SenderFeed:
         self.remb_at = 0.0
         self.fraction_lost = 0.0
         self.report_at = 0.0
+        self.round_trip_s: float | None = None
         self._aiortc_send = sender.send
         self._aiortc_stop = sender.stop
         self._aiortc_handle_rtcp = sender._handle_rtcp_packet
@@ -642,10 +652,16 @@ class SenderFeed:
                 self.remb_at = time.monotonic()
             return
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            s = self.sender
             for report in packet.reports:
-                if report.ssrc == self.sender._ssrc:
+                if report.ssrc == s._ssrc:
                     self.fraction_lost = report.fraction_lost / 256
                     self.report_at = time.monotonic()
+                    # The round trip as of this report (aiortc keeps only a slow average):
+                    # a queue building on the subscriber's link shows here first.
+                    lsr_time = s._RTCRtpSender__lsr_time  # type: ignore[attr-defined]
+                    if report.dlsr and report.lsr == s._RTCRtpSender__lsr and lsr_time is not None:  # type: ignore[attr-defined]
+                        self.round_trip_s = time.time() - lsr_time - report.dlsr / 65536
         await self._aiortc_handle_rtcp(packet)
 
     def _keyframe_requested(self) -> None:
@@ -755,12 +771,30 @@ class SenderFeed:
             sent += size
         return sent
 
+    def _retransmit_allowed(self, size: int) -> bool:
+        """A token bucket at `retransmit_rate_bps`, holding at most half a second of it."""
+        rate = self.retransmit_rate_bps
+        if rate is None:
+            return True
+        now = time.monotonic()
+        self._retransmit_tokens = min(
+            max(rate / 16, RETRANSMIT_BURST_BYTES), self._retransmit_tokens + rate / 8 * (now - self._tokens_at)
+        )
+        self._tokens_at = now
+        if self._retransmit_tokens < size:
+            return False
+        self._retransmit_tokens -= size
+        return True
+
     async def _retransmit(self, sequence_number: int, probe: bool = False) -> int | None:
         """Sends a kept packet again (as RTX when negotiated); returns its size, None if not kept."""
         kept = self._history.get(sequence_number % SEND_HISTORY_SIZE)
         if kept is None or int.from_bytes(kept[0][2:4], "big") != sequence_number:
             return None
         data = kept[0] + kept[1]
+        if not probe and not self._retransmit_allowed(len(data)):
+            self.retransmits_refused += 1
+            return None
         packet = RtpPacket.parse(data, self._extensions_map)
         if packet.extensions.abs_send_time is not None:
             # When it really goes out: an old send time would read as queueing delay to the

@@ -210,6 +210,8 @@ async def test_one_subscriber_failing_keyframes_again_and_again_gets_ever_fewer(
         sent: list[float] = []
         producer = await _plain_vp8_producer(pc, sent, answer=True)
         weak = Consumer(producer, RecordingFeed(), mid="1", policy=POLICY)  # type: ignore[arg-type]
+        # Another subscriber watches the same stream: every keyframe costs it too.
+        other = Consumer(producer, RecordingFeed(), mid="2", policy=POLICY)  # type: ignore[arg-type]
         start = time.monotonic()
         asked = 0
         while time.monotonic() - start < 1.6:
@@ -225,12 +227,29 @@ async def test_one_subscriber_failing_keyframes_again_and_again_gets_ever_fewer(
         assert all(b >= a * 0.9 for a, b in zip(gaps, gaps[1:])), gaps
         assert gaps[-1] >= 0.35
         assert weak.keyframe_requests_dropped == asked - len(sent)
-        # Another subscriber's request is not held back by the weak one's budget.
-        other = Consumer(producer, RecordingFeed(), mid="2", policy=POLICY)  # type: ignore[arg-type]
+        # The other subscriber's request is not held back by the weak one's budget.
         before = len(sent)
         other.subscriber_wants_keyframe()
         await asyncio.sleep(0.01)
         assert len(sent) == before + 1
+    finally:
+        await pc.close()
+
+
+async def test_a_subscriber_alone_on_its_stream_is_not_made_to_wait_longer() -> None:
+    pc = RTCPeerConnection()
+    try:
+        sent: list[float] = []
+        producer = await _plain_vp8_producer(pc, sent, answer=True)
+        alone = Consumer(producer, RecordingFeed(), mid="1", policy=POLICY)  # type: ignore[arg-type]
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:
+            alone.subscriber_wants_keyframe()  # failing keyframes, but nobody else pays for them
+            await asyncio.sleep(0.01)
+        gaps = [b - a for a, b in zip(sent, sent[1:])]
+        # Once per base interval (0.05 s), never doubling: backing off would only freeze it.
+        assert len(sent) >= 10, gaps
+        assert max(gaps) < 0.1, gaps
     finally:
         await pc.close()
 
