@@ -52,7 +52,7 @@ import aiohttp
 
 from bench.machine import describe
 from kiosk_client.room import RoomConnection, Sources
-from server.rtphooks import restrict_host_addresses
+from server.rtc.ice import restrict_host_addresses
 from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 from tests.conftest import TEST_SECRET

@@ -7,7 +7,7 @@ replays those payloads in real time: no encoding in the load generator.
 
 Publishing. A `SynthParticipant` signals like `kiosk_client.call.CallClient` (same
 `SignalingClient`, same answer flow), but its publish transceivers carry a
-`server.rtphooks.SenderFeed` (the server's own "send ready-made RTP" hook, the same SRTP,
+`server.rtc.rtphooks.SenderFeed` (the server's own "send ready-made RTP" hook, the same SRTP,
 header extensions, send history for NACK and sender-report counters) instead of a track.
 Each stream is paced on the monotonic clock (video frame i due at start + i/fps, one Opus
 packet every 20 ms); all packets of a frame go out back to back, as a browser's sender
@@ -552,7 +552,7 @@ class SynthParticipant:
     async def _answer(self, offer: dict[str, Any]) -> None:
         from aiortc import RTCSessionDescription
 
-        from server.rtphooks import SenderFeed
+        from server.rtc.rtphooks import SenderFeed
 
         if self.pc is None:
             self.pc = self._new_pc()
@@ -686,7 +686,7 @@ class Worker:
         the floor of the bench's own send -> receive latency (both ends' SRTP and event loop)."""
         from aiortc import RTCConfiguration, RTCPeerConnection
 
-        from server.rtphooks import SenderFeed
+        from server.rtc.rtphooks import SenderFeed
 
         pub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         sub = RTCPeerConnection(RTCConfiguration(iceServers=[]))

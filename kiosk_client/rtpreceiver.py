@@ -48,7 +48,7 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
-from server.rtpseq import NackTracker, LearntDelay
+from server.rtc.rtpseq import NackTracker, LearntDelay
 
 from .opus import OpusDecoder, is_opus
 from .jitterbuffer import (

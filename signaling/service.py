@@ -11,17 +11,16 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
 from server.attendance import Attendance
 from server.config import Settings
 from server.directory import Activity, Directory, Senior
-from server.metrics import Metrics
 from server.turn import ice_servers_for
-from server.producer import Producer
-from server.router import Sfu
+from server.sfu.producer import Producer
+from server.sfu.router import Sfu
 from server.store import (
     ADMIT,
     AccessRefused,
@@ -35,7 +34,7 @@ from server.store import (
     Subscription,
     TrackState,
 )
-from server.transport import NegotiationError
+from server.sfu.transport import NegotiationError
 
 from .devices import CALL_ROOM_PREFIX, DeviceHub
 from .protocol import DEVICE_ONLY, VERSION, CloseCode, ProtocolError, error, parse_client_message
@@ -43,6 +42,10 @@ from .cluster import SERVICE_RESTART, Cluster
 from .revocation import Revocations
 from .session import Connection, ConnectionLimits, RateLimiter, RelayedConnection, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
+
+if TYPE_CHECKING:
+    # Handed down by server/app.py (the layer above); named here for the type checker only.
+    from server.metrics import Metrics
 
 MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban", "invite_senior")
 ROOM_STATE_DEFAULTS: dict[str, Any] = {"locked": False, "spotlight": None, "music_mode": False}

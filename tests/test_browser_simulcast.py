@@ -21,8 +21,8 @@ import pytest
 from playwright.async_api import Browser
 
 from kiosk_client.call import CallClient
-from server.app import SFU_KEY
-from server.rtphooks import restrict_host_addresses
+from server.appkeys import SFU_KEY
+from server.rtc.ice import restrict_host_addresses
 
 from .conftest import LOOPBACK_MEDIA, RunningServer, join
 from .simulcast_publisher import SimulcastPublisher

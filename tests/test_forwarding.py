@@ -8,9 +8,9 @@ from typing import Any
 from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
-from server.consumer import Consumer
-from server.producer import Producer
-from server.rtphooks import ReceiverTap
+from server.sfu.consumer import Consumer
+from server.sfu.producer import Producer
+from server.rtc.rtphooks import ReceiverTap
 
 
 class RecordingFeed:

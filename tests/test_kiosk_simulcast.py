@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
-from server.app import SFU_KEY
+from server.appkeys import SFU_KEY
 
 from .conftest import RunningServer
 from .test_call import eventually, media_from

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from server.app import DIRECTORY_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY
 from server.directory import Account
 from web.password_policy import (
     COMMON,

@@ -15,7 +15,7 @@ from bench.vp8_retarget import is_keyframe, pattern_frame
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
 from kiosk_client.vp8encoder import Vp8Encoder
-from server.app import SFU_KEY
+from server.appkeys import SFU_KEY
 
 from .conftest import RunningServer
 from .test_call import eventually, media_from

@@ -1,4 +1,4 @@
-"""Fails loudly when the aiortc internals that server/rtphooks.py relies on move."""
+"""Fails loudly when the aiortc internals that server/rtc/rtphooks.py relies on move."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
 from server import _srtpsend
-from server.rtphooks import AIORTC_VERSION, ReceiverTap, SenderFeed, check_aiortc_version
+from server.rtc.rtphooks import AIORTC_VERSION, ReceiverTap, SenderFeed, check_aiortc_version
 
 
 def test_aiortc_version_is_the_one_the_hooks_were_written_for() -> None:
@@ -110,7 +110,7 @@ def test_aiortc_parses_the_simulcast_layer_extensions() -> None:
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
     from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-    from server.simulcast import REPAIRED_RID_EXTENSION_ID, REPAIRED_RID_URI, RID_EXTENSION_ID, RID_URI
+    from server.rtc.simulcast import REPAIRED_RID_EXTENSION_ID, REPAIRED_RID_URI, RID_EXTENSION_ID, RID_URI
 
     extensions = HeaderExtensionsMap()
     extensions.configure(RTCRtpParameters(headerExtensions=[

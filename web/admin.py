@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
 from server.directory import (
     DISTRICTS,
     LANGUAGES,
@@ -27,8 +27,10 @@ from server.directory import (
     Senior,
     new_id,
 )
+from server.engagement import forget_senior
 from server.forwarded import TrustedProxies
 from server.invites import issue_invite, named_secret
+from server.pairing import confirm_pairing
 from server.schedule import WEEKDAYS, next_occurrence
 
 from . import photos
@@ -312,9 +314,7 @@ async def senior_delete(request: web.Request) -> web.Response:
     await directory.delete(Senior, senior.id, actor=actor)
     await photos.delete_photo(store, senior.photo_url)
     await _revoke(request, senior.id)
-    from .engagement import forget_senior  # here: web.engagement imports this module
-
-    await forget_senior(request.app, senior.id)
+    await forget_senior(store, request.app[SETTINGS_KEY], senior.id)
     _flash(request, N_("Removed."))
     return redirect("/admin/seniors")
 
@@ -559,8 +559,6 @@ async def _kiosks_page(request: web.Request, *, errors: dict[str, str] | None = 
 
 @coordinator
 async def kiosk_pair(request: web.Request) -> web.Response:
-    from server.pairing import confirm_pairing
-
     data = form(request)
     values = {"code": str(data.get("code", "")).strip()[:20], "senior_id": str(data.get("senior_id", ""))}
     try:

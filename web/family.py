@@ -23,11 +23,12 @@ import datetime as dt
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
+from server.appkeys import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
 from server.directory import Activity, Contact, Senior
 from server.invites import InviteError, named_secret, resolve_invite
 from server.schedule import next_occurrence
 
+from .callstrings import call_strings
 from .i18n import N_
 from .rendering import error_page, render
 
@@ -90,8 +91,6 @@ async def call_page(request: web.Request) -> web.Response:
     if isinstance(found, web.Response):
         return found
     contact, senior = found
-    from . import call_strings
-
     return render(
         request,
         "family/call.html",
@@ -151,8 +150,6 @@ async def activity_page(request: web.Request) -> web.Response:
     if isinstance(found, web.Response):
         return found
     contact, senior, activity = found
-    from . import call_strings
-
     return render(
         request,
         "family/activity.html",

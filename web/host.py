@@ -15,11 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY
+from server.appkeys import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY
 from server.directory import Account, Activity
 from server.schedule import AMSTERDAM, next_occurrence
 
 from .auth import current_account, require
+from .callstrings import call_strings
 from .i18n import N_
 from .rendering import error_page, redirect, render
 
@@ -139,8 +140,6 @@ async def console(request: web.Request) -> web.Response:
     activity = await _activity_for(request)
     if isinstance(activity, web.Response):
         return activity
-    from . import call_strings
-
     return render(
         request,
         "host/console.html",
@@ -157,8 +156,6 @@ async def console_for_link(request: web.Request, token: str, room: str) -> web.R
     """The console for a host's join link (`/call?token=…`, as `serve --demo` prints): the
     same waiting room and moderation as `/host`, without logging in; the room needs no
     activity record (an ad-hoc room is titled by its name)."""
-    from . import call_strings
-
     activity = await request.app[DIRECTORY_KEY].get(Activity, room)
     return render(
         request,

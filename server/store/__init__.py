@@ -38,6 +38,7 @@ async def open_store(settings: "object", node_id: str) -> Store:
     """Opens the backend the settings ask for: Redis when a URL is set, else embedded."""
     redis_url = getattr(settings, "redis_url", "")
     if redis_url:
+        # Each backend is imported only when chosen: a node loads one store's code, not both.
         from .redis import RedisStore
 
         store: Store = RedisStore(

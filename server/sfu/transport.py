@@ -28,10 +28,10 @@ from aiortc.sdp import SessionDescription
 
 from .consumer import Consumer, LayerPolicy
 from .linkestimate import LinkEstimate, LossReport, Remb
-from .metrics import MediaTotals
+from .totals import MediaTotals
 from .producer import Producer
-from .rtphooks import ReceiverTap, SenderFeed
-from .simulcast import answered_simulcast, offer_simulcast
+from ..rtc.rtphooks import ReceiverTap, SenderFeed
+from ..rtc.simulcast import answered_simulcast, offer_simulcast
 
 logger = logging.getLogger(__name__)
 

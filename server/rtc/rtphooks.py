@@ -59,7 +59,7 @@ from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from . import _srtpsend
+from .. import _srtpsend
 from .nackgenerator import NackGenerator
 from .simulcast import REPAIRED_RID_URI, RID_URI, SPATIAL_INDEX, SimulcastAnswer
 
@@ -88,22 +88,6 @@ NTP_EPOCH_OFFSET_S = 2208988800
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
-
-
-def restrict_host_addresses(addresses: list[str]) -> None:
-    """Gathers ICE host candidates only on these addresses (process-wide).
-
-    aioice offers every interface and never 127.0.0.1; a node with several networks should
-    offer only its media-facing address, and tests keep all media on loopback this way.
-    """
-    import aioice.ice
-
-    chosen = list(addresses)
-
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-    aioice.ice.get_host_addresses = host_addresses
 
 
 def set_ice_read_batch(datagrams: int) -> None:
@@ -163,7 +147,7 @@ def _read_waiting_datagrams(transport: Any) -> None:
 def check_aiortc_version() -> None:
     if aiortc.__version__ != AIORTC_VERSION:
         raise RuntimeError(
-            f"server/rtphooks.py was written for aiortc {AIORTC_VERSION}, "
+            f"server/rtc/rtphooks.py was written for aiortc {AIORTC_VERSION}, "
             f"found {aiortc.__version__}; re-check the hooks before upgrading"
         )
 
@@ -379,7 +363,7 @@ class PacketStamp:
     def __init__(self, audio_level: tuple[bool, int] | None = None) -> None:
         self.monotonic = time.monotonic()
         # Set by the producer for layered video: the packet's spatial layer and its parsed
-        # VP8 payload descriptor (a server.vp8rewriter.Vp8Descriptor), parsed once for all copies.
+        # VP8 payload descriptor (a server.sfu.vp8rewriter.Vp8Descriptor), parsed once for all copies.
         self.spatial = 0
         self.vp8: Any = None
         ntp = time.time() + NTP_EPOCH_OFFSET_S

@@ -2,7 +2,7 @@
 
 Publishers answer a NACK once; a retransmission lost too is asked for again every
 `NACK_RETRY_INTERVAL_S` until `NACK_DEADLINE_S`, when only a keyframe would help. A gap is
-asked for only after the reorder allowance (`server.rtpseq.LearntDelay`, bounded by the
+asked for only after the reorder allowance (`server.rtc.rtpseq.LearntDelay`, bounded by the
 settings `nack_reorder_min_s` / `nack_reorder_max_s`): over a jittery access link packets
 overtake each other all the time, and a NACK for each was a retransmission for nothing.
 """
