@@ -71,9 +71,6 @@ N_BINS = FINE_BINS + 9_900
 LATE_NS = 20_000_000  # packets later than this are also listed one by one (bounded)
 LATE_KEEP = 20_000
 
-# Receive-path hook points in aiortc 1.16 (see the module docstring).
-AIORTC_VERSION = "1.16.0"
-
 
 # --- pre-encoded media ---------------------------------------------------------------------
 
@@ -779,6 +776,9 @@ async def worker_main(media_path: Path) -> int:
         out.flush()
 
     import aiortc
+
+    # Its receive-path hook points (see the module docstring) are aiortc's at server/rtc's version.
+    from server.rtc.pin import AIORTC_VERSION
 
     if aiortc.__version__ != AIORTC_VERSION:
         emit({"event": "error", "message": f"bench.loadgen hooks were written for aiortc {AIORTC_VERSION}, "

@@ -31,7 +31,8 @@ from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
 from .rtc import nackgenerator
 from .rtc.ice import restrict_host_addresses
-from .rtc.rtphooks import check_aiortc_version, set_ice_read_batch
+from .rtc.pin import check_aiortc_version
+from .rtc.rtphooks import set_ice_read_batch
 from .sfu.consumer import LayerPolicy
 from .sfu.router import Sfu
 from .store import StoreUnavailable, open_store

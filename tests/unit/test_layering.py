@@ -7,7 +7,8 @@ Every module under server/, signaling/, web/, kiosk_client/ and bench/ is parsed
 - against the separations: the kiosk never reaches the SFU, signalling, the pages or the app;
   the web pages use only the tokens of signalling, signalling never the pages; only server/rtc
   loads the C extension; bench/ never imports tests/;
-- for cycles between modules, which no layer order can see inside one layer.
+- for cycles between modules, which no layer order can see inside one layer;
+- and that aiortc's, aioice's and pylibsrtp's internals are reached from server/rtc only.
 
 Imports inside functions count like any other (an import does not stop being a dependency
 by being late) and are allowed only where the list below gives a reason other than a cycle.
@@ -108,6 +109,7 @@ def _modules() -> dict[str, Path]:
 
 MODULES = _modules()
 KNOWN = set(MODULES) | set(EXTENSIONS)
+TREES = {module: ast.parse(path.read_text(), str(path)) for module, path in MODULES.items()}
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -178,7 +180,7 @@ def _imports() -> list[Import]:
     found: list[Import] = []
     for module, path in sorted(MODULES.items()):
         collector = _Collector(module, path)
-        collector.visit(ast.parse(path.read_text(), str(path)))
+        collector.visit(TREES[module])
         found += collector.found
     return found
 
@@ -300,6 +302,63 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return components
+
+
+def test_web_always_means_aiohttps_web() -> None:
+    """The pages package shares its name with aiohttp's `web`: it is never bound as a bare
+    `web` (`import web as web_pages`, `from web.auth import ...`), so `web` is aiohttp's."""
+    bare = [
+        f"{MODULES[module].relative_to(ROOT)}:{node.lineno}"
+        for module, tree in TREES.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import) and any(a.name == "web" and a.asname is None for a in node.names)
+    ]
+    assert bare == []
+
+
+def _private_reaches(module: str) -> Iterator[tuple[str, int]]:
+    """Private attributes read or written on something other than `self`/`cls`, and imports
+    of private modules of aiortc, aioice and pylibsrtp."""
+    for node in ast.walk(TREES[module]):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                yield node.attr, node.lineno
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in ("aiortc", "aioice", "pylibsrtp") and any(p.startswith("_") for p in parts):
+                    yield name, node.lineno
+
+
+def _own_private_names() -> set[str]:
+    """Private names the project's own classes define (`self._x = ...`, `def _x`)."""
+    names: set[str] = set()
+    for tree in TREES.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("_"):
+                names.add(node.name)
+            elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                  and isinstance(node.value, ast.Name) and node.value.id == "self"):
+                names.add(node.attr)
+    return names
+
+
+def test_only_server_rtc_touches_aiortc_internals() -> None:
+    """What server/rtc reaches into (aiortc's, aioice's and pylibsrtp's private attributes and
+    modules, asyncio's datagram transport) nobody else in the program does. bench/ is left
+    out: its load generator and probes hook aiortc to measure it."""
+    rtc = {name for module in MODULES if module.startswith("server.rtc.") for name, _ in _private_reaches(module)}
+    theirs = {name for name in rtc - _own_private_names()} | {n for n in rtc if n.startswith("_RTC") or "." in n}
+    assert {"_RTCRtpReceiver__remote_streams", "_send_rtp", "_rtp_router", "pylibsrtp._binding"} <= theirs
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for module, path in sorted(MODULES.items())
+        if not module.startswith(("server.rtc.", "bench"))
+        for name, line in _private_reaches(module)
+        if name in theirs or name.startswith("_RTC")
+    ]
+    assert wrong == []
 
 
 def test_the_checker_sees_what_it_must() -> None:
