@@ -277,7 +277,9 @@ class TunedReceiver(ReceiverTakeover):
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         if not self.enabled or self._closed:
             return
-        await self._feed_remb(packet, arrival_time_ms)
+        remb = self._remb(packet, arrival_time_ms)
+        if remb is not None:
+            await self._send_rtcp(remb)
         self._mark_active(packet.ssrc)
         codec = self.codecs.get(packet.payload_type)
         if codec is None:

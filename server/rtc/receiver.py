@@ -41,7 +41,8 @@ class ReceiverTakeover:
         self._aiortc_stop = receiver.stop
         self._aiortc_handle_rtcp = receiver._handle_rtcp_packet
         self._aiortc_handle_disconnect = receiver._handle_disconnect
-        # Bound once: NACKs go out per lost packet.
+        # aiortc's RTCP senders, bound once: `_remb`'s packets go out through the first.
+        self._send_rtcp = receiver._send_rtcp
         self._send_rtcp_nack = receiver._send_rtcp_nack
         # Instance attributes shadow the methods aiortc's peer connection and DTLS
         # transport call, which is how the takeover slides in without subclassing.
@@ -114,12 +115,15 @@ class ReceiverTakeover:
         """For getSynchronizationSources(), as aiortc's own path does per packet."""
         self.receiver._RTCRtpReceiver__active_ssrc[ssrc] = clock.current_datetime()  # type: ignore[attr-defined]
 
-    async def _feed_remb(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        """Feeds aiortc's bandwidth estimator (video) and sends its REMB, under `_remb_limit`."""
+    def _remb(self, packet: RtpPacket, arrival_time_ms: int) -> RtcpPsfbPacket | None:
+        """Feeds aiortc's bandwidth estimator (video); the REMB to send now (through
+        `_send_rtcp`), under `_remb_limit`, or None. Not a coroutine: it runs per packet."""
+        if packet.extensions.abs_send_time is None:
+            return None
         r = self.receiver
         estimator = r._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-        if estimator is None or packet.extensions.abs_send_time is None:
-            return
+        if estimator is None:
+            return None
         remb = estimator.add(
             abs_send_time=packet.extensions.abs_send_time,
             arrival_time_ms=arrival_time_ms,
@@ -127,14 +131,13 @@ class ReceiverTakeover:
             ssrc=packet.ssrc,
         )
         rtcp_ssrc = r._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
-        if remb is not None and rtcp_ssrc is not None:
-            bitrate, ssrcs = remb
-            limit = self._remb_limit()
-            if limit is not None:
-                bitrate = min(bitrate, limit)
-            await r._send_rtcp(
-                RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
-            )
+        if remb is None or rtcp_ssrc is None:
+            return None
+        bitrate, ssrcs = remb
+        limit = self._remb_limit()
+        if limit is not None:
+            bitrate = min(bitrate, limit)
+        return RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
 
     def _count_and_unwrap(self, packet: RtpPacket, codec: RTCRtpCodecParameters, retransmission: bool) -> RtpPacket | None:
         """Counts the packet in aiortc's receiver statistics (its receiver reports and

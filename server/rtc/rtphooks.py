@@ -196,7 +196,9 @@ class ReceiverTap(ReceiverTakeover):
         codec = self.codecs.get(packet.payload_type)
         if codec is None:
             return
-        await self._feed_remb(packet, arrival_time_ms)
+        remb = self._remb(packet, arrival_time_ms)
+        if remb is not None:
+            await self._send_rtcp(remb)
         retransmission = is_rtx(codec)
         unwrapped = self._count_and_unwrap(packet, codec, retransmission)
         if unwrapped is None:
