@@ -88,6 +88,10 @@ class VideoAssemblerSettings:
     Past it a keyframe is cheaper than waiting: the freeze then lasts about deadline + one
     round trip + one frame interval (≈ 150 ms at 30 fps), where aiortc froze for seconds.
     It is also 1.5 frame intervals at 15 fps, so at most a few frames queue behind a hole."""
+    max_deadline: float = 0.5
+    """The most the deadline grows to on a slow link: the receiver raises it to about two
+    round trips it measured (retransmissions that answered a NACK), so a repair that waits in
+    a congested home link's queue still comes in time (`NackTracker.deadline`)."""
     max_packets: int = 1024
     """Hard memory bound (≈ 1.3 MB); the deadline normally keeps the buffer far below it."""
 
@@ -139,6 +143,8 @@ class VideoFrameAssembler:
 
     def __init__(self, settings: VideoAssemblerSettings | None = None) -> None:
         self.settings = settings or VideoAssemblerSettings()
+        # settings.deadline, raised by the receiver on a link with long round trips.
+        self.deadline = self.settings.deadline
         self.stats = AssemblerStats()
         self._unwrapper = Unwrapper(16)
         self._frames: dict[int, _PartialFrame] = {}
@@ -197,7 +203,7 @@ class VideoFrameAssembler:
     def next_deadline(self) -> float | None:
         if not self._frames:
             return None
-        return self._oldest().first_arrival + self.settings.deadline
+        return self._oldest().first_arrival + self.deadline
 
     def request_keyframe(self) -> None:
         """The decoder lost its reference (decode error, overflowing queue): skip to a keyframe."""
@@ -215,7 +221,7 @@ class VideoFrameAssembler:
                 self._abandon(head)
                 self.stats.frames_dropped_waiting_for_keyframe += 1
                 result.keyframe_needed = True
-            elif expire and head.first_arrival + self.settings.deadline <= now:
+            elif expire and head.first_arrival + self.deadline <= now:
                 self._abandon(head)
                 self.stats.frames_dropped_incomplete += 1
                 self._waiting_for_keyframe = True

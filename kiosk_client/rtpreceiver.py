@@ -5,9 +5,9 @@ it starts, replacing aiortc 1.16's jitter buffers and decoder hand-off with the 
 `kiosk_client.jitterbuffer`:
 
 - video frames go to the decoder the moment they are complete (marker bit), an unrecoverable
-  hole costs at most a 100 ms deadline plus a keyframe, and lost packets are NACKed once
-  older than the link's recent reordering, then again every 25 ms until that deadline
-  (aiortc asks at once, once);
+  hole costs at most a 100 ms deadline plus a keyframe (up to 500 ms on a link whose
+  measured round trips need it), and lost packets are NACKed once older than the link's
+  recent reordering, then again every 25 ms until that deadline (aiortc asks at once, once);
 - audio plays out one packet after arrival on a clean network, adapts to jitter, and for a
   missing packet decodes the next one's in-band FEC if it is already here, else asks
   libopus for packet-loss concealment instead of waiting (`kiosk_client.opus`);
@@ -224,6 +224,7 @@ class TunedReceiver(ReceiverTakeover):
                 settings.nack_retry_interval,
                 settings.video.deadline,
                 reorder=LearntDelay(settings.nack_reorder_min, settings.nack_reorder_max),
+                max_deadline=settings.video.max_deadline,
             )
             if kind == "video"
             else None
@@ -298,6 +299,7 @@ class TunedReceiver(ReceiverTakeover):
         self._codec = codec
         if self.assembler is not None and self.nack is not None:
             lost = self.nack.add(packet.sequence_number, now, retransmission)
+            self.assembler.deadline = self.nack.deadline
             # Completed frames go to the decoder first; the requests follow within microseconds.
             self._take_assembly(self._add_video(self.assembler, packet, codec, now))
             if lost:

@@ -78,11 +78,30 @@ def test_congestion_moves_down_at_once_and_probes_climb_after_the_hold(producer:
     selection.choose(total(1, 0) * 1.05, t + 3, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 0)
     assert selection.wanted_spatial == 2  # ...but the publisher is asked to keep the next layer
-    # ...then one probe: the temporal layers first, then the next spatial layer.
+    # ...then the temporal layers at once (cheap)...
     selection.choose(total(1, 0) * 1.05, t + 5.1, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    # ...and the next spatial layer only once the link has shown room for it: first a
+    # probe (the transport pads the link), then the move, when the estimate allows it...
     selection.choose(total(1, 2) * 1.05, t + 9.2, congested=False)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    assert selection.probe_bps == total(2, 2)
+    selection.choose(total(2, 2) * 1.05 + total(1, 2), t + 10.2, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (2, 2)
+    assert selection.probe_bps == 0
+
+
+def test_a_probe_the_link_carried_moves_up_whatever_the_estimate(producer: Producer) -> None:
+    selection = LayerSelection(producer, LayerPolicy(layer_up_hold_s=4.0))
+    t = 1000.0
+    selection.choose(total(0, 2), t, congested=True)
+    assert selection.target_spatial == 0  # a congested link from the start: what it carries
+    selection.choose(total(0, 2), t + 5)
+    assert selection.target_spatial == 0 and selection.probe_bps == total(1, 2)
+    selection.probe_passed = True  # the transport's padding went through without loss
+    selection.choose(total(0, 2), t + 6)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    assert not selection.probe_passed and selection.probe_bps == 0
 
 
 def test_a_probe_that_meets_congestion_doubles_the_hold(producer: Producer) -> None:
@@ -92,12 +111,21 @@ def test_a_probe_that_meets_congestion_doubles_the_hold(producer: Producer) -> N
     selection.choose(total(0, 2), t + 1, congested=True)
     assert selection.target_spatial == 0
     selection.choose(total(0, 2), t + 5.5, congested=False)  # probe up
-    assert selection.target_spatial == 1
-    selection.choose(total(0, 2), t + 6, congested=True)  # it did not fit
-    assert (selection.target_spatial, selection.target_temporal) == (0, 2)
-    selection.choose(total(0, 2), t + 10.5, congested=False)
-    assert selection.target_spatial == 0, "the hold is 8 s now, not 4"
+    assert selection.probe_bps == total(1, 2)
+    selection.choose(total(0, 2), t + 6, holding=True)  # the padding met loss
+    assert selection.probe_bps == 0 and (selection.target_spatial, selection.target_temporal) == (0, 2)
+    selection.choose(total(0, 2), t + 13.5, congested=False)
+    assert selection.probe_bps == 0, "the hold is 8 s now, not 4"
     selection.choose(total(0, 2), t + 14.5, congested=False)
+    assert selection.probe_bps == total(1, 2)
+    # A step taken (the estimate allowed it) that meets congestion soon after doubles it too.
+    selection.choose(total(1, 2) * 1.05, t + 15)
+    assert selection.target_spatial == 1
+    selection.choose(total(0, 2), t + 16, congested=True)
+    assert selection.target_spatial == 0
+    selection.choose(total(1, 2) * 1.05, t + 16 + 15)
+    assert selection.target_spatial == 0, "the hold is 16 s now"
+    selection.choose(total(1, 2) * 1.05, t + 16 + 16.5)
     assert selection.target_spatial == 1
 
 
@@ -150,7 +178,7 @@ def test_some_loss_holds_the_layer_where_it_is(producer: Producer) -> None:
         assert (selection.target_spatial, selection.target_temporal) == (1, 2), dt
         assert selection.wanted_spatial == 1, "no room asked for the next layer while holding"
     selection.choose(total(1, 0), t + 25)
-    assert selection.target_spatial == 2
+    assert selection.probe_bps == total(2, 2), "loss gone: the climb begins"
 
 
 KEYFRAME = RtpPacket(payload_type=97, sequence_number=1, timestamp=0, ssrc=5, payload=b"\x10\x00\x00\x00" + bytes(40))
@@ -182,6 +210,8 @@ async def test_one_subscriber_failing_keyframes_again_and_again_gets_ever_fewer(
         sent: list[float] = []
         producer = await _plain_vp8_producer(pc, sent, answer=True)
         weak = Consumer(producer, RecordingFeed(), mid="1", policy=POLICY)  # type: ignore[arg-type]
+        # Another subscriber watches the same stream: every keyframe costs it too.
+        other = Consumer(producer, RecordingFeed(), mid="2", policy=POLICY)  # type: ignore[arg-type]
         start = time.monotonic()
         asked = 0
         while time.monotonic() - start < 1.6:
@@ -197,12 +227,29 @@ async def test_one_subscriber_failing_keyframes_again_and_again_gets_ever_fewer(
         assert all(b >= a * 0.9 for a, b in zip(gaps, gaps[1:])), gaps
         assert gaps[-1] >= 0.35
         assert weak.keyframe_requests_dropped == asked - len(sent)
-        # Another subscriber's request is not held back by the weak one's budget.
-        other = Consumer(producer, RecordingFeed(), mid="2", policy=POLICY)  # type: ignore[arg-type]
+        # The other subscriber's request is not held back by the weak one's budget.
         before = len(sent)
         other.subscriber_wants_keyframe()
         await asyncio.sleep(0.01)
         assert len(sent) == before + 1
+    finally:
+        await pc.close()
+
+
+async def test_a_subscriber_alone_on_its_stream_is_not_made_to_wait_longer() -> None:
+    pc = RTCPeerConnection()
+    try:
+        sent: list[float] = []
+        producer = await _plain_vp8_producer(pc, sent, answer=True)
+        alone = Consumer(producer, RecordingFeed(), mid="1", policy=POLICY)  # type: ignore[arg-type]
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:
+            alone.subscriber_wants_keyframe()  # failing keyframes, but nobody else pays for them
+            await asyncio.sleep(0.01)
+        gaps = [b - a for a, b in zip(sent, sent[1:])]
+        # Once per base interval (0.05 s), never doubling: backing off would only freeze it.
+        assert len(sent) >= 10, gaps
+        assert max(gaps) < 0.1, gaps
     finally:
         await pc.close()
 

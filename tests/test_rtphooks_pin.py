@@ -116,6 +116,8 @@ async def test_private_attributes_and_methods_exist() -> None:
         feed = SenderFeed(sender, "video")
         assert receiver._handle_rtp_packet == tap._handle_rtp_packet
         assert sender._retransmit == feed._retransmit
+        # The round trip per receiver report is read from the sender's last SR.
+        assert hasattr(sender, "_RTCRtpSender__lsr") and hasattr(sender, "_RTCRtpSender__lsr_time")
     finally:
         await pc.close()
 

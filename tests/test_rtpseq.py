@@ -117,3 +117,28 @@ def test_retries_wait_for_a_round_trip_learnt_from_answered_nacks() -> None:
     assert nack.add(9, 0.2) == [8]
     assert nack.due(0.25) == []  # 50 ms later: too soon to ask again
     assert nack.due(0.301) == [8]
+
+
+def test_the_deadline_grows_to_the_round_trips_of_a_slow_link_answers_too_late_included() -> None:
+    # A congested home link: each retransmission waits ~250 ms in the bottleneck's queue.
+    nack = NackTracker(retry_interval=0.025, deadline=0.1, reorder=LearntDelay(0.005, 0.005), max_deadline=0.5)
+    nack.add(1, 0.0)
+    nack.add(3, 0.0)
+    assert nack.due(0.005) == [2]
+    assert nack.due(0.1) == [] and nack.missing == []  # given up at the 100 ms deadline...
+    nack.add(2, 0.255, retransmission=True)  # ...and the answer came 250 ms after the NACK
+    assert nack.deadline == pytest.approx(min(0.5, 2 * 0.25 * LearntDelay.MARGIN + 0.005))
+    # The next loss is waited for long enough for its answer to arrive.
+    nack.add(5, 1.0)
+    assert nack.due(1.005) == [4]
+    assert nack.due(1.2) == [4]  # retried after the 25 ms spacing, still in time
+    nack.add(4, 1.255, retransmission=True)
+    assert nack.missing == [] and nack.deadline == pytest.approx(0.5)
+    # Without a maximum (the SFU's own tracker), the deadline is fixed.
+    fixed = NackTracker(retry_interval=0.025, deadline=0.1, reorder=LearntDelay(0.005, 0.005))
+    fixed.add(1, 0.0)
+    fixed.add(3, 0.0)
+    fixed.due(0.005)
+    fixed.due(0.1)
+    fixed.add(2, 0.255, retransmission=True)
+    assert fixed.deadline == 0.1

@@ -112,8 +112,10 @@ async def test_layout_switches_layers_down_and_up_without_a_break(
     assert 'verzilvering_consumer_layer{spatial="l",temporal="0"} 1.0' in metrics, metrics
     assert "p-sub" not in metrics and "p-pub" not in metrics
     await subscriber.signaling.send({"type": "layout", "tiles": [{"participant_id": "p-pub", "width": 160, "height": 120}]})
-    # Up waits out the hold time (4 s), one step at a time.
-    await eventually(lambda: media.video_height == 120, timeout=10, what="the middle layer")
+    # Up waits out the hold time (4 s), one step at a time, and a step the subscriber's
+    # estimate does not cover yet (aiortc's REMB starts near what it receives) is probed
+    # first: padding doubling each allocation interval (1 s) until it adds the step.
+    await eventually(lambda: media.video_height == 120, timeout=15, what="the middle layer")
     frames = media.video_frames
     await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on after switching up")
     assert consumer.layer_switches == 2
@@ -194,3 +196,47 @@ async def test_a_lossy_subscriber_moves_down_alone_without_forcing_keyframes_on_
         await eventually(lambda: other.remote["p-pub"].video_frames > frames + 15, timeout=5, what="the other's video")
     finally:
         await other.close()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"layer_up_hold_s": 0.5, "layer_allocation_interval_s": 0.25}])
+async def test_a_subscriber_moved_down_climbs_back_through_padding_probes(
+    server: RunningServer, publisher: SimulcastPublisher, subscriber: CallClient
+) -> None:
+    await eventually(lambda: (m := subscriber.remote.get("p-pub")) is not None and m.video_height == 240,
+                     what="the top layer")
+    transport = server.app[SFU_KEY].routers["room-1"].transports["p-sub"]
+    consumer = next(s.consumer for s in transport.consumer_slots.values() if s.consumer.kind == "video")
+    # A third of the subscriber's incoming media lost for a while: its estimate falls to
+    # what got through (the loss cap), and it moves down.
+    assert subscriber.pc is not None
+    dtls = next(t.receiver.transport for t in subscriber.pc.getTransceivers() if t.receiver.transport)
+    inbound = dtls.transport._connection._nominated[1].protocol
+    seen = [0]
+
+    def lossy_link(data: bytes, addr: Any) -> None:
+        if not 192 <= data[1] <= 223 and data[0] >> 6 == 2:
+            seen[0] += 1
+            if seen[0] % 3 == 0:
+                return
+        type(inbound).datagram_received(inbound, data, addr)
+
+    inbound.datagram_received = lossy_link
+    try:
+        await eventually(lambda: consumer.current_spatial is not None and consumer.current_spatial < 2, timeout=15,
+                         what="a lower layer")
+    finally:
+        del inbound.datagram_received
+    low = transport.estimate.available_bps
+    assert low is not None and low < consumer.selection.rate(2, 2), "the estimate no longer covers the top layer"  # type: ignore[union-attr]
+    retransmits = consumer.feed.retransmits
+    # The link is clean again. The estimate alone would take long to grow back (the loss cap
+    # grows 8 % a report, a REMB stays within 1.5 times what is received); padding probes
+    # show each step goes through, and the step is taken.
+    await eventually(lambda: consumer.current_spatial == 2, timeout=25, what="the top layer again")
+    assert consumer.feed.probe_packets > 0, "the climb went through probes"
+    frames = subscriber.remote["p-pub"].video_frames
+    await eventually(lambda: subscriber.remote["p-pub"].video_frames > frames + 15, timeout=5, what="video at the top")
+    assert subscriber.remote["p-pub"].video_height == 240
+    # Probes are RTX copies of packets the subscriber has: not counted as retransmissions,
+    # and they cost it nothing it had to ask for again.
+    assert consumer.feed.retransmits - retransmits <= 5

@@ -63,6 +63,8 @@ from .simulcast import REPAIRED_RID_URI, RID_URI, SPATIAL_INDEX, SimulcastAnswer
 
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video.
 SEND_HISTORY_SIZE = 512
+# What a limited retransmission rate still lets through at once: two full packets.
+RETRANSMIT_BURST_BYTES = 2400
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
 _DTLS_CONNECTED = DtlsState.CONNECTED
 # libsrtp's srtp_protect, which server/_srtpsend.c calls per forwarded copy.
@@ -472,6 +474,16 @@ class SenderFeed:
         self._wire = DirectWire()
         self._wire_send = self._wire.send  # bound once: send_now runs per packet and subscriber
         self.retransmits = 0
+        # Bandwidth probes: RTX copies of packets already sent (see `send_probe`).
+        self.probe_packets = 0
+        # Retransmissions into a congested link (set by the transport; None: no limit): each
+        # one waits in the queue that lost the original and pushes out more media, whose
+        # NACKs bring more retransmissions. Past this rate, NACKs go unanswered.
+        self.retransmit_rate_bps: float | None = None
+        self.retransmits_refused = 0
+        self._retransmit_tokens = 0.0
+        self._tokens_at = 0.0
+        self.last_sequence_number: int | None = None
         self._configured = asyncio.Event()
         self._stopped = False
         # The subscriber's latest REMB (how much it can receive), the SSRCs it covers and
@@ -481,6 +493,7 @@ class SenderFeed:
         self.remb_at = 0.0
         self.fraction_lost = 0.0
         self.report_at = 0.0
+        self.round_trip_s: float | None = None
         self._aiortc_send = sender.send
         self._aiortc_stop = sender.stop
         self._aiortc_handle_rtcp = sender._handle_rtcp_packet
@@ -547,10 +560,16 @@ class SenderFeed:
                 self.remb_at = time.monotonic()
             return
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            s = self.sender
             for report in packet.reports:
-                if report.ssrc == self.sender._ssrc:
+                if report.ssrc == s._ssrc:
                     self.fraction_lost = report.fraction_lost / 256
                     self.report_at = time.monotonic()
+                    # The round trip as of this report (aiortc keeps only a slow average):
+                    # a queue building on the subscriber's link shows here first.
+                    lsr_time = s._RTCRtpSender__lsr_time  # type: ignore[attr-defined]
+                    if report.dlsr and report.lsr == s._RTCRtpSender__lsr and lsr_time is not None:  # type: ignore[attr-defined]
+                        self.round_trip_s = time.time() - lsr_time - report.dlsr / 65536
         await self._aiortc_handle_rtcp(packet)
 
     def _keyframe_requested(self) -> None:
@@ -608,6 +627,7 @@ class SenderFeed:
         # new copy was written into memory last touched 512 packets ago. The joined packet
         # now lives only until the socket has it.
         self._history[sequence_number % SEND_HISTORY_SIZE] = (header, payload)
+        self.last_sequence_number = sequence_number
         s = self.sender
         # The private attribute behind RTCRtpSender.transport (a property call per copy);
         # read per copy, not cached, because aiortc swaps it when bundling transports.
@@ -634,12 +654,60 @@ class SenderFeed:
             else:
                 self._prefix, self._pad = prefix, b"\x00" * pad
 
-    async def _retransmit(self, sequence_number: int) -> None:
+    async def send_probe(self, budget_bytes: int) -> int:
+        """Padding that probes the subscriber's link: RTX copies of the latest packets sent,
+        newest first, up to `budget_bytes`; returns the bytes sent.
+
+        A receiver's REMB never exceeds about 1.5 times what it receives, so a layer ten
+        times the current one can only be reached by receiving more first. Copies of packets
+        it already has are what libwebrtc pads with: its estimator counts them, its jitter
+        buffer drops them as duplicates, and they are few large packets rather than many
+        small padding-only ones. Without RTX (copies would enter the media stream) nothing
+        is sent.
+        """
+        last = self.last_sequence_number
+        if self._rtx_payload_type is None or last is None:
+            return 0
+        sent = 0
+        for back in range(SEND_HISTORY_SIZE):
+            if sent >= budget_bytes:
+                break
+            sequence_number = (last - back) & 0xFFFF
+            size = await self._retransmit(sequence_number, probe=True)
+            if size is None:
+                break
+            sent += size
+        return sent
+
+    def _retransmit_allowed(self, size: int) -> bool:
+        """A token bucket at `retransmit_rate_bps`, holding at most half a second of it."""
+        rate = self.retransmit_rate_bps
+        if rate is None:
+            return True
+        now = time.monotonic()
+        self._retransmit_tokens = min(
+            max(rate / 16, RETRANSMIT_BURST_BYTES), self._retransmit_tokens + rate / 8 * (now - self._tokens_at)
+        )
+        self._tokens_at = now
+        if self._retransmit_tokens < size:
+            return False
+        self._retransmit_tokens -= size
+        return True
+
+    async def _retransmit(self, sequence_number: int, probe: bool = False) -> int | None:
+        """Sends a kept packet again (as RTX when negotiated); returns its size, None if not kept."""
         kept = self._history.get(sequence_number % SEND_HISTORY_SIZE)
         if kept is None or int.from_bytes(kept[0][2:4], "big") != sequence_number:
-            return
+            return None
         data = kept[0] + kept[1]
+        if not probe and not self._retransmit_allowed(len(data)):
+            self.retransmits_refused += 1
+            return None
         packet = RtpPacket.parse(data, self._extensions_map)
+        if packet.extensions.abs_send_time is not None:
+            # When it really goes out: an old send time would read as queueing delay to the
+            # subscriber's estimator.
+            packet.extensions.abs_send_time = int.from_bytes(PacketStamp().abs_send_time, "big")
         if self._rtx_payload_type is not None:
             packet = wrap_rtx(
                 packet,
@@ -650,6 +718,10 @@ class SenderFeed:
             self._rtx_sequence_number = uint16_add(self._rtx_sequence_number, 1)
         try:
             await self.sender.transport._send_rtp(packet.serialize(self._extensions_map))
-            self.retransmits += 1
         except ConnectionError:
-            pass
+            return None
+        if probe:
+            self.probe_packets += 1
+        else:
+            self.retransmits += 1
+        return len(data)

@@ -73,10 +73,24 @@ class NackTracker:
     """
 
     def __init__(
-        self, retry_interval: float, deadline: float, max_missing: int = 256, reorder: LearntDelay | None = None
+        self,
+        retry_interval: float,
+        deadline: float,
+        max_missing: int = 256,
+        reorder: LearntDelay | None = None,
+        max_deadline: float | None = None,
     ) -> None:
         self.retry_interval = retry_interval
         self.deadline = deadline
+        self.base_deadline = deadline
+        # On a congested access link a retransmission waits its turn in the bottleneck's
+        # queue (200 ms at 250 kbit/s is common): a deadline shorter than that round trip
+        # gives every repair up just before it arrives, and each lost frame becomes a
+        # keyframe, which the same queue then loses. So the deadline follows the round
+        # trips seen, answers that came too late included, up to `max_deadline`.
+        self.max_deadline = deadline if max_deadline is None else max(deadline, max_deadline)
+        self.round_trip = LearntDelay(0.0, self.max_deadline)
+        self._given_up: dict[int, float] = {}
         self.max_missing = max_missing
         self.reorder = reorder or LearntDelay(0.0, 0.0)
         self.retry = LearntDelay(retry_interval, max(retry_interval, deadline))
@@ -114,6 +128,10 @@ class NackTracker:
             elif entry is not None and entry.sent == 1 and entry.last_sent is not None:
                 # The answer to one NACK: a round trip, unambiguously.
                 self.retry.observe(now - entry.last_sent)
+                self._observe_round_trip(now - entry.last_sent)
+            elif entry is None and retransmission and seq in self._given_up:
+                # An answer that came after the deadline: the round trip is longer than it.
+                self._observe_round_trip(now - self._given_up.pop(seq))
             return self._first_requests(now)
         gap = range(self._highest + 1, seq)
         self._highest = seq
@@ -148,6 +166,10 @@ class NackTracker:
             # Same arithmetic as next_due(), so a timer set for it always finds work.
             if entry.since + self.deadline <= now:
                 del self._missing[seq]
+                if entry.last_sent is not None and self.max_deadline > self.base_deadline:
+                    self._given_up[seq] = entry.last_sent
+                    while len(self._given_up) > self.max_missing:
+                        del self._given_up[next(iter(self._given_up))]
             elif entry.last_sent is None:
                 if entry.since + allowance <= now:
                     entry.last_sent = now
@@ -170,6 +192,11 @@ class NackTracker:
             )
             for entry in self._missing.values()
         )
+
+    def _observe_round_trip(self, delay: float) -> None:
+        self.round_trip.observe(delay)
+        # Room for the first request after the reorder allowance and one retry.
+        self.deadline = min(self.max_deadline, max(self.base_deadline, 2 * self.round_trip.current + self.reorder.current))
 
     def forget_before(self, sequence_number: int) -> None:
         """A keyframe starting at `sequence_number` made everything before it irrelevant."""

@@ -75,6 +75,10 @@ class LayerSelection:
         # The highest spatial layer the publisher should send for this subscriber (the REMB).
         self.wanted_spatial = 2
         self.budget_bps: float | None = None
+        # The bitrate of the next spatial layer up while the link is probed for it (0: no
+        # probe), and whether the probe showed the link carries it.
+        self.probe_bps = 0.0
+        self.probe_passed = False
         self.tile: tuple[int, int] | None = None
         self.cap_spatial: int | None = None
         self._cap_until = 0.0
@@ -109,9 +113,10 @@ class LayerSelection:
         `budget_bps` is this consumer's share of the link estimate (None: unlimited),
         `congested` says whether the link shows congestion now (heavy loss, or a falling
         REMB) and `holding` whether it shows some loss (no probing up, nothing moves down).
-        A REMB only grows with what is received, so below the next layer's bitrate it does
-        not forbid that layer: without congestion the consumer probes one step up after the
-        hold time; congestion soon after a probe doubles the hold (up to MAX_HOLD_S).
+        Without congestion or loss the consumer climbs one step after the hold time: a
+        temporal step at once (it costs little), a spatial step once the estimate shows room
+        for it, which the transport's padding (`probe_bps`) makes it show if the link has it.
+        Congestion soon after a step, or during a probe, doubles the hold (up to MAX_HOLD_S).
         """
         self.budget_bps = budget_bps
         rates = self.producer.layers
@@ -137,7 +142,11 @@ class LayerSelection:
             if budget_bps is None or self.rate(*candidate) <= budget_bps:
                 fit = candidate
         current = (self.target_spatial, self.target_temporal)
+        if (congested or holding) and self.probe_bps:
+            self.probe_failed(now)
         if not self.chosen:
+            # The top, unless the link is congested: a REMB below it does not forbid it (see
+            # above), most links carry it, and a weak one shows congestion within a second.
             self._move(fit if congested else candidates[-1], now)
         elif current > candidates[-1] or current not in candidates:
             # The tile shrank, a cap came, or the layer went away: at once.
@@ -152,14 +161,30 @@ class LayerSelection:
                 step = (current[0], top_temporal)
             else:
                 step = next(c for c in reversed(candidates) if c[0] == min(s for s, _ in candidates if s > current[0]))
-            self._move(step, now)
-            self._last_up = now
+            if step[0] == current[0] or budget_bps is None or self.rate(*step) <= budget_bps or self.probe_passed:
+                self._move(step, now)
+                self._last_up = now
+                self.probe_bps = 0.0
+                self.probe_passed = False
+            else:
+                # A spatial layer the estimate has not shown room for (a REMB stays within
+                # about 1.5 times what is received, grows a few per cent a second, and the
+                # next layer may be ten times the current): the transport pads the link up
+                # to it first (`probe_bps`), and the move comes once that went without loss.
+                self.probe_bps = self.rate(*step)
         elif now - self._last_move >= 2 * self._hold:
             self._hold = self.policy.layer_up_hold_s
         # What the publisher should send for this subscriber: the layer forwarded, and the
         # next one up while the link leaves room to probe for it.
         self.wanted_spatial = min(tile_most, self.target_spatial + (0 if congested or holding else 1))
         return self.rate(self.target_spatial, self.target_temporal)
+
+    def probe_failed(self, now: float) -> None:
+        """The probe met loss or a falling estimate: give it up, and wait longer for the next."""
+        self.probe_bps = 0.0
+        self.probe_passed = False
+        self._hold = min(self._hold * 2, MAX_HOLD_S)
+        self._last_move = now
 
     def _move(self, layer: tuple[int, int], now: float) -> None:
         if self.chosen and layer != (self.target_spatial, self.target_temporal):
@@ -236,8 +261,9 @@ class Consumer:
         only after `subscriber_keyframe_interval_s` (the first may have been lost). A
         request after a keyframe did come is a failure — the subscriber could not complete
         it: each failure within `keyframe_failure_window_s` of the previous doubles the
-        wait, up to `subscriber_keyframe_max_interval_s`, and with a lower simulcast layer
-        to go to, `keyframe_failures_to_step_down` of them move it there instead.
+        wait, up to `subscriber_keyframe_max_interval_s`, while others watch the same layer
+        (alone on it, the wait stays the base one), and with a lower simulcast layer to go
+        to, `keyframe_failures_to_step_down` of them move it there instead.
         """
         if self.closed:
             return
@@ -265,13 +291,24 @@ class Consumer:
                 # The lower layer's keyframe is asked for by the switch itself.
                 self._keyframes_at_request = delivered
                 return
-            wait = min(wait * 2 ** max(0, len(failures) - 1), self.policy.subscriber_keyframe_max_interval_s)
+            if self._layer_shared(layer):
+                wait = min(wait * 2 ** max(0, len(failures) - 1), self.policy.subscriber_keyframe_max_interval_s)
         if now - self._last_subscriber_keyframe < wait:
             self.keyframe_requests_dropped += 1
             return
         self._last_subscriber_keyframe = now
         self._keyframes_at_request = delivered
         self.producer.request_keyframe(layer)
+
+    def _layer_shared(self, layer: int | None) -> bool:
+        """Whether another subscriber watches the layer a keyframe would be asked of: alone
+        on it, a keyframe costs nobody else, and backing off would only freeze this one."""
+        for other in self.producer.consumers:
+            if other is self or other.kind != "video":
+                continue
+            if not self.producer.layered or other.current_spatial == layer:
+                return True
+        return False
 
     def forward(self, packet: RtpPacket, stamp: PacketStamp) -> None:
         """Sends the subscriber its copy of one packet, now (no coroutine: see SenderFeed.send_now)."""
@@ -372,6 +409,10 @@ class Consumer:
                     self.layer_switches += 1
                 self.current_spatial = spatial
                 self.current_temporal = selection.target_temporal
+                # Keyframe failures are counted per layer: what the subscriber could not
+                # complete on the last one says little about this one, and its counts differ.
+                self._keyframe_failures.clear()
+                self._keyframes_at_request = self._failure_counted_at = self.producer.keyframes_seen.get(spatial, 0)
                 self._frames.clear()
                 self._switch_started = 0.0
                 self._replay = sorted(

@@ -27,7 +27,7 @@ from aiortc import (
 from aiortc.sdp import SessionDescription
 
 from .consumer import Consumer, LayerPolicy
-from .linkestimate import LinkEstimate, LossReport, Remb
+from .linkestimate import CONGESTION_MEMORY_S, LOSS_HIGH, LOSS_LOW, REMB_DROP, LinkEstimate, LossReport, Remb
 from .totals import MediaTotals
 from .producer import Producer
 from ..rtc.rtphooks import ReceiverTap, SenderFeed
@@ -149,6 +149,22 @@ class ConsumerSlot:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Bandwidth probing towards a consumer's next spatial layer: padding starts at this share
+# of what the link carries now and doubles every allocation interval while neither the
+# subscriber's REMB falls nor its reports show loss, until it adds what the layer step
+# needs. A weak link shows it at the first or second small step; a good one reaches a
+# layer ten times the current in about six intervals.
+PROBE_START = 0.25
+PROBE_TICK_S = 0.02
+# A round trip this much longer than at the probe's start: the padding is filling a queue.
+PROBE_DELAY_RISE_S = 0.025
+# The share of a congested subscriber's video budget its retransmissions may take.
+RETRANSMIT_SHARE = 0.25
+# After a failed probe, how long congestion is put down to the padding (unless loss is
+# heavy): longer than the estimate remembers congestion, so the memory runs out first.
+PROBE_GRACE_S = 2 * CONGESTION_MEMORY_S
+
+
 def _lowest(consumer: Consumer) -> tuple[int, int]:
     layers = consumer.producer.layers.available(time.monotonic())
     return (layers[0] if layers else 0, 0)
@@ -173,6 +189,15 @@ class WebRtcTransport:
         self.video_budget_bps: float | None = None
         self._allocation_interval = allocation_interval_s
         self._allocator: asyncio.Task[None] | None = None
+        # Probe padding being sent (bit/s) and the consumer whose RTX history supplies it.
+        self.padding_bps = 0.0
+        self._probe_consumer: Consumer | None = None
+        self._probe_grace_until = 0.0
+        # When the current probe began, and the subscriber's REMB then.
+        self._probe_started = 0.0
+        self._probe_remb: int | None = None
+        self._probe_rtt: float | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._sent_bytes = 0
         self._audio_bytes = 0
         self._sent_at = time.monotonic()
@@ -352,11 +377,102 @@ class WebRtcTransport:
 
         base = {c: c.selection.rate(*_lowest(c)) for c in video}  # type: ignore[union-attr]
         remaining = budget - sum(base.values())
+        congested, holding = self.estimate.congested, self.estimate.holding
+        if congested and (self.padding_bps or (now < self._probe_grace_until and self.estimate.loss <= LOSS_HIGH)):
+            # Congestion while probing, and a REMB still falling shortly after, are the
+            # padding's doing: the probe fails (the padding stops) and the layers stay. Only
+            # heavy loss after that moves them down.
+            if self.padding_bps:
+                self._probe_grace_until = now + PROBE_GRACE_S
+            congested, holding = False, True
         for consumer in sorted(video, key=area, reverse=True):
             got = consumer.selection.choose(  # type: ignore[union-attr]
-                max(0.0, remaining) + base[consumer], now, self.estimate.congested, self.estimate.holding
+                max(0.0, remaining) + base[consumer], now, congested, holding
             )
             remaining -= got - base[consumer]
+            # On a congested or lossy link retransmissions get a share of the consumer's
+            # budget, no more: unanswered, a loss costs a keyframe; answered without limit, the repairs
+            # keep the queue full and the loss going (seen for ten seconds after a probe).
+            consumer.feed.retransmit_rate_bps = (
+                RETRANSMIT_SHARE * consumer.selection.budget_bps  # type: ignore[union-attr, operator]
+                if (self.estimate.congested or self.estimate.holding)
+                and consumer.selection.budget_bps is not None  # type: ignore[union-attr]
+                else None
+            )
+        self._plan_probe(video, sent_bps)
+
+    def _plan_probe(self, video: list[Consumer], sent_bps: float) -> None:
+        """Ramps the probe padding for the consumer that waits for the largest layer step."""
+        probing = [c for c in video if c.selection.probe_bps]  # type: ignore[union-attr]
+        if not probing or self.estimate.congested or self.estimate.holding:
+            self.padding_bps = 0.0
+            self._probe_consumer = None
+            return
+
+        def extra(consumer: Consumer) -> float:
+            selection = consumer.selection
+            return selection.probe_bps - selection.rate(selection.target_spatial, selection.target_temporal)  # type: ignore[union-attr]
+
+        consumer = max(probing, key=extra)
+        needed = extra(consumer)
+        if consumer is not self._probe_consumer:
+            self._probe_consumer = consumer
+            self.padding_bps = min(needed, PROBE_START * max(sent_bps, 1.0))
+            self._probe_started = time.monotonic()
+            self._probe_remb = consumer.feed.remb_bps
+            self._probe_rtt = consumer.feed.round_trip_s
+        elif self.padding_bps >= needed:
+            # The link carried the whole step for an interval without loss: take it.
+            consumer.selection.probe_passed = True  # type: ignore[union-attr]
+            self.padding_bps = 0.0
+            self._probe_consumer = None
+        else:
+            self.padding_bps = min(needed, 2 * self.padding_bps)
+        if self.padding_bps and self._prober is None:
+            self._prober = asyncio.ensure_future(self._pad())
+
+    def _probe_hurts(self, feed: SenderFeed) -> bool:
+        """A longer round trip, a REMB that fell or a receiver report with loss since the
+        probe began: checked at every report, where waiting for the next allocation would
+        keep the padding up for the rest of it. The round trip comes first: a link's queue
+        fills before it drops anything."""
+        rtt = feed.round_trip_s
+        if rtt is not None:
+            # Against the shortest round trip since the probe began: a queue is building.
+            if self._probe_rtt is not None and rtt > self._probe_rtt + PROBE_DELAY_RISE_S:
+                return True
+            self._probe_rtt = min(rtt, self._probe_rtt if self._probe_rtt is not None else rtt)
+        remb = feed.remb_bps
+        if remb is not None:
+            # Against the highest REMB since the probe began: the padding itself raises it.
+            if self._probe_remb is not None and remb < REMB_DROP * self._probe_remb:
+                return True
+            self._probe_remb = max(remb, self._probe_remb or 0)
+        return feed.report_at > self._probe_started and feed.fraction_lost > LOSS_LOW
+
+    async def _pad(self) -> None:
+        """Sends the probe padding, paced every PROBE_TICK_S; stops it at the first sign of harm."""
+        due = 0.0
+        while not self.closed:
+            await asyncio.sleep(PROBE_TICK_S)
+            consumer = self._probe_consumer
+            if consumer is None or not self.padding_bps:
+                due = 0.0
+                continue
+            if self._probe_hurts(consumer.feed):
+                self.padding_bps = 0.0
+                self._probe_consumer = None
+                self._probe_grace_until = time.monotonic() + PROBE_GRACE_S
+                consumer.selection.probe_failed(time.monotonic())  # type: ignore[union-attr]
+                continue
+            due += self.padding_bps * PROBE_TICK_S / 8
+            try:
+                due -= await consumer.feed.send_probe(int(due))
+            except Exception:
+                logger.exception("probe padding for %s failed", self.participant_id)
+                self.padding_bps = 0.0
+            # What one packet overshot is owed; what could not be sent is not saved up.
+            due = min(due, self.padding_bps * PROBE_TICK_S / 8)
 
     def stop_consuming(self, producer_id: str) -> None:
         slot = self.consumer_slots.pop(producer_id, None)
@@ -506,9 +622,10 @@ class WebRtcTransport:
         self.consumer_slots.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._allocator is not None:
-            self._allocator.cancel()
-            await asyncio.gather(self._allocator, return_exceptions=True)
+        for task in (self._allocator, self._prober):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._answered and not self._settled.is_set():
