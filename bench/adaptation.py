@@ -63,6 +63,7 @@ from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
 from kiosk_client.vp8payloader import read_written_descriptor
 from server.cli import DEMO_ROOM
+from server.rtc.ice import restrict_host_addresses
 from signaling.tokens import TokenIssuer
 
 BASELINE_COMMIT = "fb942a1"
@@ -457,8 +458,6 @@ def baseline_checkout(workdir: Path) -> Path:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    from server.rtphooks import restrict_host_addresses
-
     timing = QUICK if args.quick else FULL
     command = "python -m bench.adaptation" + (" --quick" if args.quick else "")
     print(f"command: {command}", flush=True)

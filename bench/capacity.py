@@ -120,7 +120,7 @@ class Plan:
 
 
 # Full: each window starts 10 s after its joins, once every new consumer's NACK history
-# (server.rtphooks.SEND_HISTORY_SIZE = 512 packets, ~8 s of video) is full, so the window is
+# (server.rtc.rtphooks.SEND_HISTORY_SIZE = 512 packets, ~8 s of video) is full, so the window is
 # steady state. Quick: 1 s, so its windows include that fill-up (more GC, see BENCHMARKS.md).
 FULL = Plan(steps=(10, 25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 400), warmup_s=10.0, window_s=8.0,
             budget_s=270.0, loop_s=10.0, profile_s=8.0, activity_window_s=8.0)
@@ -1010,10 +1010,10 @@ LAYERS = (
     ("_SelectorDatagramTransport.sendto", "kernel: UDP sendto syscall (loopback delivery included)"),
     ("pylibsrtp/", "libsrtp: SRTP protect/unprotect (C)"),
     ("aiortc/clock.py", "aiortc: clock (NTP time via datetime)"),
-    ("server/consumer.py", "server: Consumer.forward (seq/ts rewrite)"),
-    ("server/producer.py", "server: Producer fan-out loop"),
-    ("server/rtphooks.py", "server: rtphooks (ReceiverTap, SenderFeed.send)"),
-    ("server/rtppayload.py", "server: keyframe check"),
+    ("server/sfu/consumer.py", "server: Consumer.forward (seq/ts rewrite)"),
+    ("server/sfu/producer.py", "server: Producer fan-out loop"),
+    ("server/rtc/rtphooks.py", "server: rtphooks (ReceiverTap, SenderFeed.send)"),
+    ("server/rtc/rtppayload.py", "server: keyframe check"),
     ("aiortc/rtp.py", "aiortc: RTP parse/serialize, header extensions"),
     ("aiortc/rtcdtlstransport.py", "aiortc: DTLS transport (_send_rtp, _recv_next)"),
     ("aiortc/rtcrtpreceiver.py", "aiortc: receiver (stats, NACK, RTCP)"),
@@ -1055,7 +1055,7 @@ class Profiler:
 
 
 def _frame_name(frame: str) -> tuple[str, str]:
-    """'forward (server/consumer.py:63)' -> ('forward (consumer.py)', 'server/consumer.py')."""
+    """'forward (server/sfu/consumer.py:63)' -> ('forward (consumer.py)', 'server/sfu/consumer.py')."""
     name, _, where = frame.rpartition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     short = "/".join(path.split("/")[-2:])
@@ -1358,7 +1358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-gc-threshold", metavar="A,B,C",
                         help="experiment: gc.set_threshold(A, B, C) in the server process")
     parser.add_argument("--server-send-history", type=int, metavar="N",
-                        help="experiment: server.rtphooks.SEND_HISTORY_SIZE = N in the server process")
+                        help="experiment: server.rtc.rtphooks.SEND_HISTORY_SIZE = N in the server process")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.server_dir:

@@ -43,7 +43,8 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from server.app import ISSUER_KEY, SETTINGS_KEY, STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import ISSUER_KEY, SETTINGS_KEY, STORE_KEY
 from server.attendance import Attendance, anonymous_member, occurrences_on
 from server.config import Settings
 from server.directory import DISTRICTS, Account, Activity, Kiosk, Senior

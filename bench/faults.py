@@ -54,7 +54,7 @@ from bench.machine import describe
 from bench.redis_server import RedisServer
 from bench.server_process import SECRET, Node
 from kiosk_client.room import RoomConnection, Sources
-from server.rtphooks import restrict_host_addresses
+from server.rtc.ice import restrict_host_addresses
 from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 

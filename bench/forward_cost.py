@@ -2,7 +2,7 @@
 
     python -m bench.forward_cost [--consumers 100] [--packets 3000] [--repeat 3]
 
-Builds one `server.producer.Producer` and N `server.consumer.Consumer`s, each consumer's
+Builds one `server.sfu.producer.Producer` and N `server.sfu.consumer.Consumer`s, each consumer's
 `SenderFeed` on its own real aiortc peer connection (ICE, DTLS, SRTP over loopback) to a
 receiving peer whose receiver is a `ReceiverTap` without a callback (SRTP check, stats, no
 decoding). It then feeds the producer VP8-sized packets (1100 B, 61 per s of video) as fast
@@ -15,6 +15,7 @@ rewrite, header packing, SRTP, the send path to the socket, and the kernel's `se
 `--compare-with DIR` imports another tree's `server/` package as well (e.g. an older commit
 extracted with `git archive`) and alternates rounds between the two, so both see the same
 machine load; the median of the per-round ratios is the A/B figure. Works with any tree whose
+modules sit in `server/rtc` and `server/sfu` or (before those layers) flat in `server/`, and whose
 `Producer._on_rtp` is a coroutine and whose `Consumer` / `SenderFeed` take the same
 constructor arguments.
 
@@ -37,20 +38,27 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-import server.consumer  # noqa: F401  (the trees are used as packages: server.consumer, ...)
-import server.producer  # noqa: F401
-from server.rtphooks import ReceiverTap, restrict_host_addresses
+from server.rtc import rtphooks
+from server.rtc.ice import restrict_host_addresses
+from server.rtc.rtphooks import ReceiverTap
+from server.sfu import consumer, producer
 
 PAYLOAD_BYTES = 1100
 
 
-def load_tree(directory: Path, name: str) -> Any:
+THIS_TREE = SimpleNamespace(
+    code=Path(__file__).resolve().parent.parent, rtphooks=rtphooks, producer=producer, consumer=consumer
+)
+
+
+def load_tree(directory: Path, name: str) -> SimpleNamespace:
     """Imports another tree's `server` package under another name (its modules import each
     other relatively), so two versions of the forwarding code run side by side."""
     init = directory / "server" / "__init__.py"
@@ -59,9 +67,12 @@ def load_tree(directory: Path, name: str) -> Any:
     package = importlib.util.module_from_spec(spec)
     sys.modules[name] = package
     spec.loader.exec_module(package)
-    for module in ("rtphooks", "producer", "consumer"):
-        importlib.import_module(f"{name}.{module}")
-    return package
+    layered = (init.parent / "rtc").is_dir()
+    modules = {
+        module: importlib.import_module(f"{name}.{where if layered else ''}{module}")
+        for module, where in (("rtphooks", "rtc."), ("producer", "sfu."), ("consumer", "sfu."))
+    }
+    return SimpleNamespace(code=directory, **modules)
 
 
 async def _pair(feed_cls: Any, kind: str) -> tuple[RTCPeerConnection, RTCPeerConnection, Any]:
@@ -92,7 +103,7 @@ def layered_payload(body: bytes, frame: int, keyframe: bool) -> bytes:
 class Fanout:
     """One producer and its consumers, built from one tree's classes."""
 
-    def __init__(self, label: str, package: Any, layered: bool = False) -> None:
+    def __init__(self, label: str, package: SimpleNamespace, layered: bool = False) -> None:
         self.label = label
         self.package = package
         self.layered = layered
@@ -165,13 +176,11 @@ class Fanout:
 
 async def run(consumers: int, packets: int, repeat: int, compare_with: Path | None, layered: bool = False) -> dict[str, Any]:
     restrict_host_addresses(["127.0.0.1"])
-    import server
-
-    fanouts = [Fanout("this", server)]
+    fanouts = [Fanout("this", THIS_TREE)]
     if compare_with is not None:
         fanouts.append(Fanout("other", load_tree(compare_with, "server_ab")))
     if layered:
-        fanouts.append(Fanout("layered", server, layered=True))
+        fanouts.append(Fanout("layered", THIS_TREE, layered=True))
     # A keyframe start first (consumers wait for one), then delta frames.
     key = b"\x10\x00" + os.urandom(PAYLOAD_BYTES - 2)
     delta = b"\x10\x01" + os.urandom(PAYLOAD_BYTES - 2)
@@ -189,7 +198,7 @@ async def run(consumers: int, packets: int, repeat: int, compare_with: Path | No
         for f in fanouts:
             sent, received = f.counts()
             out[f.label] = {
-                "code": str(Path(f.package.__file__).parent.parent),
+                "code": str(f.package.code),
                 "us_per_forwarded_packet": round(statistics.median(f.per_packet_us), 2),
                 "rounds_us": [round(x, 2) for x in f.per_packet_us],
                 "sent": sent,

@@ -87,6 +87,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from kiosk_client.call import CallClient
+from kiosk_client.rtpreceiver import install_tuned_receiver
+from signaling.tokens import TokenIssuer
 
 from .looplag import LoopLag
 from .machine import describe, machine_busy_s, process_cpu_s
@@ -145,8 +147,6 @@ def subscriber_pc(receiver: str) -> RTCPeerConnection:
 
 
 def _install_tuned(pc: RTCPeerConnection) -> None:
-    from kiosk_client.rtpreceiver import install_tuned_receiver
-
     install_tuned_receiver(pc)
 
 
@@ -863,13 +863,13 @@ async def run_naive(n: int, timing: Timing, ctx: "BenchContext") -> PathRun:
 
 
 async def run_ours(n: int, timing: Timing, ctx: "BenchContext") -> PathRun:
-    from signaling.tokens import TokenIssuer
-
     sent = SendLog()
     run = PathRun("ours", n, sent, [])
     secret = secrets.token_urlsafe(48)
     data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=ctx.workdir))
     if ctx.in_process:
+        # Only here: otherwise the server runs in its own process and this one (the
+        # publisher's) stays without its code and heap.
         from server.app import create_app
         from server.config import Settings
 

@@ -7,7 +7,7 @@ replays those payloads in real time: no encoding in the load generator.
 
 Publishing. A `SynthParticipant` signals like `kiosk_client.call.CallClient` (same
 `SignalingClient`, same answer flow), but its publish transceivers carry a
-`server.rtphooks.SenderFeed` (the server's own "send ready-made RTP" hook, the same SRTP,
+`server.rtc.rtphooks.SenderFeed` (the server's own "send ready-made RTP" hook, the same SRTP,
 header extensions, send history for NACK and sender-report counters) instead of a track.
 Each stream is paced on the monotonic clock (video frame i due at start + i/fps, one Opus
 packet every 20 ms); all packets of a frame go out back to back, as a browser's sender
@@ -72,9 +72,6 @@ COARSE_NS = 1_000_000
 N_BINS = FINE_BINS + 9_900
 LATE_NS = 20_000_000  # packets later than this are also listed one by one (bounded)
 LATE_KEEP = 20_000
-
-# Receive-path hook points in aiortc 1.16 (see the module docstring).
-AIORTC_VERSION = "1.16.0"
 
 
 # --- pre-encoded media ---------------------------------------------------------------------
@@ -554,7 +551,7 @@ class SynthParticipant:
     async def _answer(self, offer: dict[str, Any]) -> None:
         from aiortc import RTCSessionDescription
 
-        from server.rtphooks import SenderFeed
+        from server.rtc.rtphooks import SenderFeed
 
         if self.pc is None:
             self.pc = self._new_pc()
@@ -662,7 +659,7 @@ class Worker:
         the floor of the bench's own send -> receive latency (both ends' SRTP and event loop)."""
         from aiortc import RTCConfiguration, RTCPeerConnection
 
-        from server.rtphooks import SenderFeed
+        from server.rtc.rtphooks import SenderFeed
 
         pub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         sub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -756,6 +753,9 @@ async def worker_main(media_path: Path) -> int:
         out.flush()
 
     import aiortc
+
+    # Its receive-path hook points (see the module docstring) are aiortc's at server/rtc's version.
+    from server.rtc.pin import AIORTC_VERSION
 
     if aiortc.__version__ != AIORTC_VERSION:
         emit({"event": "error", "message": f"bench.loadgen hooks were written for aiortc {AIORTC_VERSION}, "

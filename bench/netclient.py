@@ -18,8 +18,11 @@ import json
 import time
 from typing import Any
 
+from bench.jitterlink import delay_incoming
 from kiosk_client.call import CallClient
 from kiosk_client.rtpreceiver import tuned
+from server.rtc.ice import restrict_host_addresses
+from server.rtc.rtpseq import LearntDelay
 
 
 class ByteCounter:
@@ -48,8 +51,6 @@ class ByteCounter:
 
 def _nack_at_once(client: CallClient) -> None:
     """The receive path's NACK policy before the reorder allowance: every gap at once."""
-    from server.rtpseq import LearntDelay
-
     for transceiver in client.pc.getTransceivers() if client.pc else []:
         hook = tuned(transceiver.receiver)
         if hook is not None and hook.nack is not None and hook.nack.reorder.maximum > 0:
@@ -65,8 +66,6 @@ async def _transport_bytes(client: CallClient) -> int:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.media_address:
-        from server.rtphooks import restrict_host_addresses
-
         restrict_host_addresses([args.media_address])
     frames: dict[str, list[float]] = {}
     sizes: dict[str, tuple[int, int]] = {}
@@ -105,8 +104,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 _nack_at_once(client)
             await asyncio.sleep(min(0.5, max(0.0, args.duration - (time.monotonic() - started))))
             if args.jitter_ms and not jittered and client.pc is not None:
-                from bench.jitterlink import delay_incoming
-
                 jittered = delay_incoming(client.pc, args.jitter_ms / 1000, args.jitter_spread_ms / 1000) > 0
             samples.append((time.monotonic(), counter.video, await _transport_bytes(client)))
         hooks = [tuned(t.receiver) for t in client.pc.getTransceivers()] if client.pc else []

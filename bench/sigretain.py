@@ -19,7 +19,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from server.app import ISSUER_KEY, SIGNALING_KEY, create_app
+from server.app import create_app
+from server.appkeys import ISSUER_KEY, SIGNALING_KEY
 from server.config import Settings
 
 SOCKETS = 50

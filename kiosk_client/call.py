@@ -290,7 +290,7 @@ class CallClient:
         await self._tasks.close()
         if self.pc is not None:
             if self.pc.remoteDescription is not None and not self._settled.is_set():
-                # Closing mid-connect races aiortc's connect task (see server/transport.py).
+                # Closing mid-connect races aiortc's connect task (see server/sfu/transport.py).
                 try:
                     await asyncio.wait_for(self._settled.wait(), 10)
                 except asyncio.TimeoutError:

@@ -17,11 +17,15 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from server.tasks import TaskOwner
+from server.rtc.ice import restrict_host_addresses
 
 from .call import RemoteMedia
+from .room import RoomConnection, Sources
+from .runner import KioskApp, KioskConfig
+from .selftest import fetch_ice_servers, report_text, run_selftest
 from .signaling import SignalingError
 from .speaker import silence_alsa_errors
-from .state import DEFAULT_STATE_DIR
+from .state import DEFAULT_STATE_DIR, StateDir
 
 # `join`: how long the first join may take before the command gives up (later losses are
 # healed without limit, as on the appliance).
@@ -32,8 +36,6 @@ def _restrict_media_addresses() -> None:
     # Same switch as the server's `media_addresses` setting, e.g. to keep tests on loopback.
     raw = os.environ.get("VERZILVERING_MEDIA_ADDRESSES")
     if raw:
-        from server.rtphooks import restrict_host_addresses
-
         restrict_host_addresses(list(json.loads(raw)))
 
 
@@ -161,8 +163,6 @@ def _run(args: argparse.Namespace) -> int:
     if not args.server:
         print("verzilvering-kiosk run: --server (or VERZILVERING_KIOSK_SERVER) is needed", file=sys.stderr)
         return 2
-    from .runner import KioskApp, KioskConfig
-
     try:
         width, height = window_size(args)
     except ValueError:
@@ -180,6 +180,8 @@ def _run(args: argparse.Namespace) -> int:
         self_view=args.self_view,
     )
 
+    # Here, not at the top: kiosk_client/screen.py loads pygame (SDL), which `join` and
+    # `selftest` never need.
     from .screen import NoScreen
 
     try:
@@ -205,9 +207,6 @@ async def _run_app(kiosk_app: Any, config: Any) -> None:
 
 
 async def _selftest(args: argparse.Namespace) -> int:
-    from .selftest import fetch_ice_servers, report_text, run_selftest
-    from .state import StateDir
-
     credential = StateDir(args.state_dir).load_credential()
     server = args.server or (credential.server if credential else None)
     ice_servers = None
@@ -231,8 +230,6 @@ async def _selftest(args: argparse.Namespace) -> int:
 async def _join(args: argparse.Namespace) -> int:
     """Stays in the room the way the appliance does (kiosk_client/room.py): a lost session
     or media path is resumed or rebuilt unattended; the report covers every attempt."""
-    from .room import RoomConnection, Sources
-
     remote: dict[str, RemoteMedia] = {}
     started = time.monotonic()
     joined = asyncio.Event()

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from server.rtppayload import is_h264_keyframe_start, is_vp8_keyframe_start
-from server.rtpseq import Unwrapper
+from server.rtc.rtppayload import is_h264_keyframe_start, is_vp8_keyframe_start
+from server.rtc.rtpseq import Unwrapper
 
 T = TypeVar("T")
 

@@ -6,6 +6,8 @@ import sys
 
 from aiortc.contrib.media import MediaPlayer
 
+from .speaker import silence_alsa_errors
+
 VIDEO_TEST_SOURCE = "testsrc"
 AUDIO_TEST_SOURCE = "tone"
 
@@ -22,7 +24,5 @@ def open_audio(source: str) -> MediaPlayer:
     """`tone` (a 440 Hz sine) or an ALSA capture device (e.g. `default`, `hw:1`)."""
     if source == AUDIO_TEST_SOURCE:
         return MediaPlayer("sine=frequency=440:sample_rate=48000", format="lavfi")
-    from .speaker import silence_alsa_errors
-
     silence_alsa_errors()
     return MediaPlayer(source, format="alsa" if sys.platform.startswith("linux") else None)

@@ -23,8 +23,9 @@ from aiortc import MediaStreamTrack, RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.codecs.base import Encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 from av import VideoFrame
+
+from server.rtc.sender import encoder_of, negotiated_codecs, on_remb, use_encoder
 
 from .libvpx import LibvpxError
 from .opus import FecOpusEncoder
@@ -112,24 +113,11 @@ class PublishControl:
         if sender.kind == "audio":
             if opus_fec:
                 self._audio_senders.append(sender)
-                self._hook_encoder(sender)
+                use_encoder(sender, self._new_encoder)
             return
         self._senders.append(sender)
-        self._hook_encoder(sender)
-        self._hook_remb(sender)
-
-    def _hook_encoder(self, sender: RTCRtpSender) -> None:
-        # aiortc creates a sender's encoder with its first frame, in `_next_encoded_frame`
-        # (`get_encoder(codec)` when none is set); setting ours just before keeps aiortc's
-        # loop, including encoding in its executor. The negotiated codec decides.
-        next_encoded_frame = sender._next_encoded_frame
-
-        async def with_our_encoder(codec: RTCRtpCodecParameters) -> Any:
-            if sender._RTCRtpSender__encoder is None:  # type: ignore[attr-defined]
-                sender._RTCRtpSender__encoder = self._new_encoder(codec)  # type: ignore[attr-defined]
-            return await next_encoded_frame(codec)
-
-        sender._next_encoded_frame = with_our_encoder  # type: ignore[method-assign]
+        use_encoder(sender, self._new_encoder)
+        on_remb(sender, self._remb_heard)
 
     def _new_encoder(self, codec: RTCRtpCodecParameters) -> Encoder:
         encoder: Encoder | None = None
@@ -148,26 +136,14 @@ class PublishControl:
             encoder.target_bitrate = self.governor.target
         return encoder
 
-    def _hook_remb(self, sender: RTCRtpSender) -> None:
-        original = sender._handle_rtcp_packet
-
-        async def handle(packet: Any) -> None:
-            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-                try:
-                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                except ValueError:
-                    return
-                if sender._ssrc in ssrcs and self.governor.propose(bitrate) is not None:
-                    self._apply()
-                return
-            await original(packet)
-
-        sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+    def _remb_heard(self, bitrate: int) -> None:
+        if self.governor.propose(bitrate) is not None:
+            self._apply()
 
     def _apply(self) -> None:
         # A sender without an encoder yet gets the target when its encoder is made.
         for sender in self._senders:
-            encoder = sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+            encoder = encoder_of(sender)
             if encoder is not None and hasattr(encoder, "target_bitrate"):
                 encoder.target_bitrate = self.governor.target
 
@@ -181,7 +157,7 @@ class PublishControl:
             self.low_layer.stop()
             self.low_layer = None
         if self.low_layer is None:
-            self.low_layer = LowLayer(transceiver.sender, transceiver.mid, ids, transceiver._codecs)
+            self.low_layer = LowLayer(transceiver.sender, transceiver.mid, ids, negotiated_codecs(transceiver))
             self.low_layer.name_high_layer()
             self.track.on_frame = self.low_layer.offer_frame
             self.low_layer.start()

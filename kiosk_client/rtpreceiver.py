@@ -1,4 +1,4 @@
-"""The tuned receive path for our aiortc clients; the only kiosk_client module touching aiortc internals.
+"""The tuned receive path for our aiortc clients.
 
 `install_tuned_receiver(pc)` hooks every `RTCRtpReceiver` of a client peer connection before
 it starts, replacing aiortc 1.16's jitter buffers and decoder hand-off with the pieces in
@@ -14,15 +14,14 @@ it starts, replacing aiortc 1.16's jitter buffers and decoder hand-off with the 
 - the decoder input and the track's output queue are bounded, dropping so latency stays flat.
 
 What stays aiortc's: SRTP, routing, RTCP receiver reports (fed from the same statistics),
-REMB, RTX unwrapping, the video decoders and `RemoteStreamTrack`. The hooks are
-per-instance method replacements written against aiortc 1.16.0; `tests/test_rtpreceiver.py`
-fails loudly when the internals they touch move (see `missing_internals`).
+REMB, RTX unwrapping, the video decoders and `RemoteStreamTrack`. The takeover itself (the
+per-instance method replacements written against aiortc 1.16.0, shared with the SFU's
+`ReceiverTap`) is server/rtc/receiver.py's: this module touches no aiortc internals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import threading
@@ -30,25 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiortc
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, clock
+from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.codecs import depayload, get_decoder, is_rtx
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
-from aiortc.rtcrtpreceiver import RemoteStreamTrack, StreamStatistics, TimestampMapper
-from aiortc.rtp import (
-    RTCP_PSFB_APP,
-    AnyRtcpPacket,
-    RtcpByePacket,
-    RtcpPsfbPacket,
-    RtpPacket,
-    pack_remb_fci,
-    unwrap_rtx,
-)
+from aiortc.rtcrtpreceiver import TimestampMapper
+from aiortc.rtp import RtpPacket
 
-from server.rtpseq import NackTracker, LearntDelay
+from server.rtc.receiver import ReceiverTakeover, receiver_started, take_over_receivers
+from server.rtc.rtpseq import NackTracker, LearntDelay
 from server.tasks import TaskOwner
 
 from .opus import OpusDecoder, is_opus
@@ -69,16 +59,7 @@ from .jitterbuffer import (
 
 logger = logging.getLogger(__name__)
 
-AIORTC_VERSION = "1.16.0"
 OPUS_CLOCK_RATE = 48000
-
-
-def check_aiortc_version() -> None:
-    if aiortc.__version__ != AIORTC_VERSION:
-        raise RuntimeError(
-            f"kiosk_client/rtpreceiver.py was written for aiortc {AIORTC_VERSION}, "
-            f"found {aiortc.__version__}; re-check the hooks before upgrading"
-        )
 
 
 @dataclass(frozen=True)
@@ -230,16 +211,13 @@ class _DecoderThread:
 # The receiver hook
 
 
-class TunedReceiver:
+class TunedReceiver(ReceiverTakeover):
     """Takes over one `RTCRtpReceiver`'s RTP handling before `receive()` starts it."""
 
     def __init__(self, receiver: RTCRtpReceiver, kind: str, settings: TunedReceiverSettings) -> None:
-        self.receiver = receiver
-        self.kind = kind
+        super().__init__(receiver, kind)
         self.settings = settings
         self.stats = ReceiverStats()
-        self.codecs: dict[int, RTCRtpCodecParameters] = {}
-        self.media_ssrc: int | None = None
         self.assembler = VideoFrameAssembler(settings.video) if kind == "video" else None
         self.audio_buffer = AdaptiveAudioBuffer(OPUS_CLOCK_RATE, settings.audio) if kind == "audio" else None
         self.nack = (
@@ -253,7 +231,6 @@ class TunedReceiver:
             else None
         )
         self.keyframes = KeyframeRequests(settings.keyframe_request_interval)
-        self._rtx_ssrc: dict[int, int] = {}
         self._codec: RTCRtpCodecParameters | None = None
         self._mapper = TimestampMapper()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,59 +239,28 @@ class TunedReceiver:
         self._losses_held_until = -math.inf
         # RTCP feedback sends (NACKs, PLIs), ended with the receiver.
         self._tasks = TaskOwner("kiosk-receiver")
-        self._started = False
         self._closed = False
-        self._aiortc_stop = receiver.stop
-        self._aiortc_handle_rtcp = receiver._handle_rtcp_packet
-        self._aiortc_handle_disconnect = receiver._handle_disconnect
-        # Instance attributes shadow the methods aiortc's peer connection and DTLS transport
-        # call, which is how the tuned path slides in without subclassing.
-        receiver.receive = self._receive  # type: ignore[method-assign]
-        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
-        receiver._handle_rtcp_packet = self._handle_rtcp_packet  # type: ignore[method-assign]
-        receiver._handle_disconnect = self._handle_disconnect  # type: ignore[method-assign]
-        receiver.stop = self._stop  # type: ignore[method-assign]
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
-        if self._started:
-            return
-        r = self.receiver
-        for codec in parameters.codecs:
-            if codec.payloadType is not None:
-                self.codecs[codec.payloadType] = codec
-        for encoding in parameters.encodings:
-            if encoding.rtx:
-                self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+    def _starting(self, parameters: RTCRtpReceiveParameters) -> None:
         primary = next((c for c in parameters.codecs if not is_rtx(c)), None)
         if self.audio_buffer is not None and primary is not None and primary.clockRate != OPUS_CLOCK_RATE:
             # G.711 and G.722 count RTP time at 8 kHz.
             self.audio_buffer = AdaptiveAudioBuffer(primary.clockRate, self.settings.audio)
         self._loop = asyncio.get_running_loop()
-        if r.track is not None:
+        if self.receiver.track is not None:
             if self.kind == "video":
                 queue: DecoderQueue[Any] = DecoderQueue(self.settings.video_decoder_queue, lambda item: item[2])
             else:
                 queue = DecoderQueue(self.settings.audio_decoder_queue)
             self._decoder = _DecoderThread(self.kind, queue, self._loop, self._deliver, self._on_decode_error)
-        r.transport._register_rtp_receiver(r, parameters)
-        r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())  # type: ignore[attr-defined]
-        r._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
-        self._started = True
 
-    async def _stop(self) -> None:
+    def _stopping(self) -> None:
         self._shutdown()
-        await self._aiortc_stop()
 
-    def _handle_disconnect(self) -> None:
+    def _peer_ended(self) -> None:
         self._shutdown()
-        self._aiortc_handle_disconnect()
-
-    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
-        await self._aiortc_handle_rtcp(packet)
-        if isinstance(packet, RtcpByePacket):
-            self._shutdown()
 
     def _shutdown(self) -> None:
         """Ends the track like aiortc does: the decoder thread delivers None last."""
@@ -331,32 +277,22 @@ class TunedReceiver:
     # -- RTP -----------------------------------------------------------------------------
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        r = self.receiver
-        if not r._enabled or self._closed:
+        if not self.enabled or self._closed:
             return
-        await self._feed_remb(packet, arrival_time_ms)
-        r._RTCRtpReceiver__active_ssrc[packet.ssrc] = clock.current_datetime()  # type: ignore[attr-defined]
+        remb = self._remb(packet, arrival_time_ms)
+        if remb is not None:
+            await self._send_rtcp(remb)
+        self._mark_active(packet.ssrc)
         codec = self.codecs.get(packet.payload_type)
         if codec is None:
             return
-
-        # aiortc's receiver reports and getStats() read these statistics.
-        streams = r._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
-        stats = streams.get(packet.ssrc)
-        if stats is None:
-            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
-        stats.add(packet)
-
         retransmission = is_rtx(codec)
+        unwrapped = self._count_and_unwrap(packet, codec, retransmission)
+        if unwrapped is None:
+            return
         if retransmission:
-            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
-            apt = codec.parameters.get("apt")
-            if not isinstance(apt, int) or apt not in self.codecs:
-                return
-            if original_ssrc is None or len(packet.payload) < 2:
-                return
-            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
-            codec = self.codecs[apt]
+            packet = unwrapped
+            codec = self.codecs[packet.payload_type]
 
         assert self._loop is not None
         now = self._loop.time()
@@ -369,7 +305,7 @@ class TunedReceiver:
             self._take_assembly(self._add_video(self.assembler, packet, codec, now))
             if lost:
                 self.stats.nack_requests += 1
-                await r._send_rtcp_nack(packet.ssrc, lost)
+                await self._send_rtcp_nack(packet.ssrc, lost)
             if self.keyframes.take(now):
                 await self._send_pli()
         elif self.audio_buffer is not None and packet.payload:
@@ -379,23 +315,6 @@ class TunedReceiver:
             )
             self._pump_audio(now)
         self._schedule()
-
-    async def _feed_remb(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        r = self.receiver
-        estimator = r._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-        if estimator is None or packet.extensions.abs_send_time is None:
-            return
-        remb = estimator.add(
-            abs_send_time=packet.extensions.abs_send_time,
-            arrival_time_ms=arrival_time_ms,
-            payload_size=len(packet.payload) + packet.padding_size,
-            ssrc=packet.ssrc,
-        )
-        rtcp_ssrc = r._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
-        if remb is not None and rtcp_ssrc is not None:
-            await r._send_rtcp(
-                RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
-            )
 
     def _add_video(
         self, assembler: VideoFrameAssembler, packet: RtpPacket, codec: RTCRtpCodecParameters, now: float
@@ -490,7 +409,7 @@ class TunedReceiver:
             retries = self.nack.due(now)
             if retries and self.media_ssrc is not None:
                 self.stats.nack_requests += 1
-                self._tasks.spawn(self.receiver._send_rtcp_nack(self.media_ssrc, retries), name="kiosk-nack-send")
+                self._tasks.spawn(self._send_rtcp_nack(self.media_ssrc, retries), name="kiosk-nack-send")
             if self.keyframes.take(now):
                 self._tasks.spawn(self._send_pli(), name="kiosk-pli-send")
         self._schedule()
@@ -498,15 +417,14 @@ class TunedReceiver:
     async def _send_pli(self) -> None:
         if self.media_ssrc is not None:
             self.stats.keyframe_requests += 1
-            await self.receiver._send_rtcp_pli(self.media_ssrc)
+            await self._request_keyframe(self.media_ssrc)
 
     # -- decoder callbacks (event loop thread) -------------------------------------------
 
     def _deliver(self, frame: Any) -> None:
-        track = self.receiver.track
-        if track is None:
+        queue = self._track_queue()
+        if queue is None:
             return
-        queue = track._queue  # type: ignore[attr-defined]
         if frame is None:
             queue.put_nowait(None)
             return
@@ -531,7 +449,7 @@ def tune_receiver(receiver: RTCRtpReceiver, kind: str, settings: TunedReceiverSe
     existing = tuned(receiver)
     if existing is not None:
         return existing
-    if receiver._RTCRtpReceiver__started:  # type: ignore[attr-defined]
+    if receiver_started(receiver):
         raise RuntimeError("the tuned receive path must be installed before the receiver starts")
     hook = TunedReceiver(receiver, kind, settings or TunedReceiverSettings())
     receiver._verzilvering_tuned = hook  # type: ignore[attr-defined]
@@ -547,103 +465,19 @@ def install_tuned_receiver(pc: RTCPeerConnection, settings: TunedReceiverSetting
     `CallClient._new_peer_connection` that is the line after `pc = RTCPeerConnection(...)`:
 
         install_tuned_receiver(pc)
-
-    aiortc creates transceivers in `addTrack`, `addTransceiver` and `setRemoteDescription`,
-    all through the private `__createTransceiver`; receivers start later, in `__connect`.
-    Wrapping the factory therefore hooks each receiver before its `receive()`.
     """
-    check_aiortc_version()
     if getattr(pc, "_verzilvering_tuned", False):
         return
-    for transceiver in pc.getTransceivers():
-        tune_receiver(transceiver.receiver, transceiver.kind, settings)
-    create = pc._RTCPeerConnection__createTransceiver  # type: ignore[attr-defined]
-
-    def create_tuned(*args: Any, **kwargs: Any) -> Any:
-        transceiver = create(*args, **kwargs)
-        tune_receiver(transceiver.receiver, transceiver.kind, settings)
-        return transceiver
-
-    pc._RTCPeerConnection__createTransceiver = create_tuned  # type: ignore[attr-defined]
+    take_over_receivers(pc, lambda receiver, kind: tune_receiver(receiver, kind, settings))
     pc._verzilvering_tuned = True  # type: ignore[attr-defined]
 
 
-# --------------------------------------------------------------------------------------
-# Pinning
-
-
-_RECEIVER_METHODS = (
-    "receive",
-    "stop",
-    "_handle_rtp_packet",
-    "_handle_rtcp_packet",
-    "_handle_disconnect",
-    "_run_rtcp",
-    "_send_rtcp",
-    "_send_rtcp_nack",
-    "_send_rtcp_pli",
-)
-_RECEIVER_STATE = (
-    "_enabled",
-    "_track",
-    "_RTCRtpReceiver__started",
-    "_RTCRtpReceiver__rtcp_task",
-    "_RTCRtpReceiver__rtcp_ssrc",
-    "_RTCRtpReceiver__active_ssrc",
-    "_RTCRtpReceiver__remote_streams",
-    "_RTCRtpReceiver__remote_bitrate_estimator",
-)
-# Source lines whose behaviour the hook relies on or mirrors.
-_SOURCE_MARKERS: tuple[tuple[Callable[..., Any], str], ...] = (
-    (RTCPeerConnection.setRemoteDescription, "self.__createTransceiver("),
-    (RTCPeerConnection.addTransceiver, "self.__createTransceiver("),
-    (RTCPeerConnection._RTCPeerConnection__connect, "await transceiver.receiver.receive("),  # type: ignore[attr-defined]
-    (RTCDtlsTransport._handle_rtp_data, "receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)"),
-    (RTCRtpReceiver.receive, "self.__rtcp_task = asyncio.ensure_future(self._run_rtcp())"),
-    (RTCRtpReceiver.stop, "self.__rtcp_task.cancel()"),
-    (RTCRtpReceiver._run_rtcp, "self.__remote_streams.items()"),
-    (RTCRtpReceiver._handle_rtp_packet, "self.__remote_bitrate_estimator.add("),
-    (RTCRtpReceiver._send_rtcp_nack, "packet.lost = lost"),
-)
-
-
-async def missing_internals() -> list[str]:
-    """Every aiortc internal the tuned path relies on that is not where it was in 1.16.0."""
-    problems: list[str] = []
-    if aiortc.__version__ != AIORTC_VERSION:
-        problems.append(f"aiortc version {aiortc.__version__} != {AIORTC_VERSION}")
-    if not hasattr(RTCPeerConnection, "_RTCPeerConnection__createTransceiver"):
-        problems.append("RTCPeerConnection.__createTransceiver")
-    for name in _RECEIVER_METHODS:
-        if not callable(getattr(RTCRtpReceiver, name, None)):
-            problems.append(f"RTCRtpReceiver.{name}")
-    if list(inspect.signature(RTCRtpReceiver._handle_rtp_packet).parameters) != ["self", "packet", "arrival_time_ms"]:
-        problems.append("RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms) signature")
-    for function, marker in _SOURCE_MARKERS:
-        if marker not in inspect.getsource(function):
-            problems.append(f"{function.__qualname__} no longer contains {marker!r}")
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        receiver = pc.addTransceiver("video").receiver
-        for name in _RECEIVER_STATE:
-            if not hasattr(receiver, name):
-                problems.append(f"RTCRtpReceiver instance attribute {name}")
-    finally:
-        await pc.close()
-    if not isinstance(getattr(RemoteStreamTrack(kind="video"), "_queue", None), asyncio.Queue):
-        problems.append("RemoteStreamTrack._queue is no longer an asyncio.Queue")
-    return problems
-
-
 __all__ = [
-    "AIORTC_VERSION",
     "KeyframeRequests",
     "NackTracker",
     "TunedReceiver",
     "TunedReceiverSettings",
-    "check_aiortc_version",
     "install_tuned_receiver",
-    "missing_internals",
     "tune_receiver",
     "tuned",
 ]

@@ -125,6 +125,7 @@ class KioskApp:
         self._unpaired = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         if config.display:
+            # Only with a display: kiosk_client/screen.py and video.py load pygame (SDL).
             from .screen import Display, Renderer
             from .video import VideoWall
 

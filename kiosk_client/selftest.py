@@ -31,6 +31,8 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamTrack
 
 from .media import open_audio, open_video
+from .signaling import ws_url
+from .speaker import SOUNDS, Speaker
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +177,6 @@ async def check_microphone(source: str | None, seconds: float = 1.0, timeout: fl
 
 async def check_speaker(speaker: Any | None = None, timeout: float = 4.0) -> Check:
     """Plays a short three-note tune; the sound system must take all of it."""
-    from .speaker import SOUNDS, Speaker
-
     own = speaker is None
     if own:
         speaker = Speaker()
@@ -343,8 +343,6 @@ async def check_turn(ice_servers: list[dict[str, Any]] | None, timeout: float = 
 
 async def fetch_ice_servers(server: str, kiosk_id: str, credential: str, timeout: float = 8.0) -> list[dict[str, Any]] | None:
     """Says hello as the device once, for the ICE servers in `device_welcome`."""
-    from .signaling import ws_url
-
     try:
         async with aiohttp.ClientSession() as http:
             async with http.ws_connect(ws_url(server), timeout=aiohttp.ClientWSTimeout(ws_close=2)) as ws:

@@ -31,6 +31,7 @@ from aiortc.rtp import (
 from av import VideoFrame
 
 from server.tasks import TaskOwner
+from server.rtc.sender import rewrite_outgoing_rtp, route_rtcp_to, send_rtp, sender_ssrcs
 
 from .vp8encoder import Vp8Encoder
 
@@ -140,23 +141,21 @@ class LowLayer:
         if self._named or dtls is None:
             return
         self._named = True
-        send_rtp = dtls._send_rtp
         extensions = self._extensions
-        sender = self.sender
+        media_ssrc, rtx_ssrc = sender_ssrcs(self.sender)
 
-        async def named(data: bytes) -> None:
-            if len(data) >= 12 and not 192 <= data[1] <= 223:
-                ssrc = int.from_bytes(data[8:12], "big")
-                if ssrc in (sender._ssrc, sender._rtx_ssrc):
-                    packet = RtpPacket.parse(data, extensions)
-                    if ssrc == sender._ssrc:
-                        packet.extensions.rtp_stream_id = "h"
-                    else:
-                        packet.extensions.repaired_rtp_stream_id = "h"
-                    data = packet.serialize(extensions)
-            await send_rtp(data)
+        def named(data: bytes) -> bytes:
+            ssrc = int.from_bytes(data[8:12], "big")
+            if ssrc in (media_ssrc, rtx_ssrc):
+                packet = RtpPacket.parse(data, extensions)
+                if ssrc == media_ssrc:
+                    packet.extensions.rtp_stream_id = "h"
+                else:
+                    packet.extensions.repaired_rtp_stream_id = "h"
+                data = packet.serialize(extensions)
+            return data
 
-        dtls._send_rtp = named
+        rewrite_outgoing_rtp(dtls, named)
 
     # -- the l layer -----------------------------------------------------------------------
 
@@ -190,7 +189,7 @@ class LowLayer:
             if dtls.state in ("closed", "failed"):
                 return
             await asyncio.sleep(0.02)
-        dtls._rtp_router.register_sender(self, self.ssrc)
+        route_rtcp_to(dtls, self.ssrc, self)
         loop = asyncio.get_running_loop()
         while True:
             frame = await self._frames.get()
@@ -209,7 +208,7 @@ class LowLayer:
                 self._sequence = (self._sequence + 1) & 0xFFFF
                 self._history[packet.sequence_number % HISTORY] = packet
                 try:
-                    await dtls._send_rtp(packet.serialize(self._extensions))
+                    await send_rtp(dtls, packet.serialize(self._extensions))
                 except ConnectionError:
                     return
                 self.sent += 1
@@ -233,6 +232,6 @@ class LowLayer:
         self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
         self.retransmits += 1
         try:
-            await self.sender.transport._send_rtp(rtx.serialize(self._extensions))
+            await send_rtp(self.sender.transport, rtx.serialize(self._extensions))
         except ConnectionError:
             pass

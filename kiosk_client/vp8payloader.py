@@ -50,7 +50,7 @@ BASE_LAYER_DELTA = FrameLayer(temporal_id=0, layer_sync=True, keyframe=False, no
 @dataclass(frozen=True)
 class WrittenDescriptor:
     """The fields this payloader writes, as read back from a payload (for tests and the bench).
-    The SFU reads any sender's descriptor with `server.vp8rewriter.parse_descriptor`."""
+    The SFU reads any sender's descriptor with `server.sfu.vp8rewriter.parse_descriptor`."""
 
     start: bool
     non_reference: bool

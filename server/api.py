@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .appkeys import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
 from .forwarded import TrustedProxies
 from .invites import InviteError, named_secret, resolve_invite
 from .pairing import PairingBusy, PairingNotFound, poll_pairing, start_pairing
@@ -49,8 +50,6 @@ async def _json_body(request: web.Request) -> Any:
 
 
 async def pair_start(request: web.Request) -> web.Response:
-    from .app import SETTINGS_KEY, STORE_KEY
-
     settings = request.app[SETTINGS_KEY]
     store = request.app[STORE_KEY]
     address = TrustedProxies(settings.trusted_proxies).client_address(request)
@@ -72,8 +71,6 @@ async def pair_start(request: web.Request) -> web.Response:
 
 
 async def pair_poll(request: web.Request) -> web.Response:
-    from .app import STORE_KEY
-
     secret = request.headers.get("X-Pairing-Secret", "")
     try:
         result = await poll_pairing(request.app[STORE_KEY], request.match_info["pairing_id"], secret)
@@ -85,8 +82,6 @@ async def pair_poll(request: web.Request) -> web.Response:
 
 
 async def call_start(request: web.Request) -> web.Response:
-    from .app import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
-
     settings = request.app[SETTINGS_KEY]
     try:
         body = await _json_body(request)

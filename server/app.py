@@ -11,28 +11,33 @@ from aiohttp import web
 from signaling.service import SignalingService
 from signaling.tokens import TokenIssuer, load_or_create_secret
 
-from . import __version__, nackgenerator
+import web as web_pages
+
+from . import __version__, api
+from .appkeys import (
+    DIRECTORY_KEY,
+    GUARD_KEY,
+    ISSUER_KEY,
+    METRICS_KEY,
+    SETTINGS_KEY,
+    SFU_KEY,
+    SIGNALING_KEY,
+    STARTED_KEY,
+    STORE_KEY,
+)
 from .config import Settings
 from .connections import ConnectionGuard
-from .consumer import LayerPolicy
 from .directory import Directory
 from .metrics import Metrics, metrics_endpoint
-from .router import Sfu
-from .rtphooks import check_aiortc_version, restrict_host_addresses, set_ice_read_batch
-from .store import Store, StoreUnavailable, open_store
+from .rtc import nackgenerator
+from .rtc.ice import restrict_host_addresses
+from .rtc.pin import check_aiortc_version
+from .rtc.rtphooks import set_ice_read_batch
+from .sfu.consumer import LayerPolicy
+from .sfu.router import Sfu
+from .store import StoreUnavailable, open_store
 
 logger = logging.getLogger(__name__)
-
-SETTINGS_KEY = web.AppKey("settings", Settings)
-ISSUER_KEY = web.AppKey("issuer", TokenIssuer)
-STORE_KEY = web.AppKey("store", Store)
-SFU_KEY = web.AppKey("sfu", Sfu)
-SIGNALING_KEY = web.AppKey("signaling", SignalingService)
-STARTED_KEY = web.AppKey("started", float)
-DIRECTORY_KEY = web.AppKey("directory", Directory)
-METRICS_KEY = web.AppKey("metrics", Metrics)
-GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
-
 
 def make_issuer(settings: Settings) -> TokenIssuer:
     return TokenIssuer(settings.token_secret or load_or_create_secret(settings.data_dir), settings.max_token_ttl_s)
@@ -67,12 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/ws", websocket)
 
-    from . import api
-
     api.setup(app)
-
-    import web as web_pages
-
     web_pages.setup(app)
     return app
 

@@ -16,9 +16,15 @@ from typing import Any
 from aiohttp import web
 
 from signaling.tokens import ROLES, SECRET_FILE
+from web.auth import hash_password
+from web.i18n import gettext_for
+from web.password_policy import check_new_password
 
 from .app import create_app, make_issuer
+from .appkeys import GUARD_KEY, ISSUER_KEY, SIGNALING_KEY, STORE_KEY
 from .config import Settings
+from .directory import Account, Activity, Directory, DirectoryError, new_id
+from .store import open_store
 
 DEMO_ROOM = "demo-koffieochtend"
 
@@ -117,8 +123,6 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from web.password_policy import check_new_password
-
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not sys.stdin.isatty():
@@ -134,8 +138,6 @@ def _admin(args: argparse.Namespace) -> int:
             raise CliError("the passwords differ; nothing was created")
     problem = check_new_password(password, username=args.username, name=args.name)
     if problem:
-        from web.i18n import gettext_for
-
         # The operator may read either language: both, English first.
         raise CliError(f"{problem.rstrip('.')} / {gettext_for('nl')(problem).rstrip('.')}; nothing was created")
     settings = _settings(args)
@@ -151,11 +153,6 @@ def _admin(args: argparse.Namespace) -> int:
 
 
 async def _create_user(settings: Settings, args: argparse.Namespace, password: str) -> Any:
-    from web.auth import hash_password
-
-    from .directory import Account, Directory, DirectoryError, new_id
-    from .store import open_store
-
     store = await open_store(settings, node_id="cli")
     try:
         directory = Directory(store)
@@ -209,8 +206,6 @@ def _listen_error(exc: OSError, settings: Settings) -> CliError:
 
 
 async def _run(settings: Settings, *, demo: bool) -> None:
-    from .app import GUARD_KEY
-
     app = create_app(settings)
     # No access log: URLs carry join tokens.
     runner = web.AppRunner(
@@ -272,8 +267,6 @@ def _tune_gc(settings: Settings) -> None:
 
 async def _drain(app: web.Application, settings: Settings) -> None:
     """Sends every client to another node, then lets the process exit."""
-    from .app import SIGNALING_KEY
-
     cluster = app[SIGNALING_KEY].cluster
     log = logging.getLogger(__name__)
     log.info("draining: sending clients elsewhere")
@@ -290,9 +283,6 @@ def loop_time() -> float:
 
 async def _create_demo(app: web.Application, settings: Settings) -> None:
     import dataclasses
-
-    from .app import ISSUER_KEY, STORE_KEY
-    from .directory import Activity
 
     # Guests welcome, so the family link works: family waits in the waiting room until
     # the host (whose link opens the host console) lets them in.

@@ -125,7 +125,7 @@ class Settings:
     media_addresses: tuple[str, ...] = field(default_factory=tuple)
     # Request a keyframe from a producer at most this often, however many ask.
     keyframe_request_interval_s: float = 0.25
-    # Per-subscriber layer selection (simulcast / temporal layers; server/consumer.py).
+    # Per-subscriber layer selection (simulcast / temporal layers; server/sfu/consumer.py).
     # An upward layer switch (a probe) waits this long after the last switch.
     layer_up_hold_s: float = 4.0
     # A switch to another simulcast layer gives up if that layer's keyframe has not come by then.
@@ -150,7 +150,7 @@ class Settings:
     nack_reorder_min_s: float = 0.005
     nack_reorder_max_s: float = 0.04
     # Datagrams read from one ICE socket per event-loop pass (asyncio reads one): a busy
-    # publisher's socket must not fall behind when a pass is slow (see server/rtphooks.py).
+    # publisher's socket must not fall behind when a pass is slow (see server/rtc/rtphooks.py).
     ice_read_batch: int = 64
     # What publishers are asked to send: the host and the spotlit participant at full
     # quality, everyone else as a small tile (family calls: everyone full).

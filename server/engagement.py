@@ -14,6 +14,7 @@ from typing import Any
 
 from .attendance import (
     ACTIVITY,
+    Attendance,
     CALL,
     Occurrence,
     call_between,
@@ -354,3 +355,11 @@ class WeekSummaries:
             if dt.date.fromisoformat(record["id"]) < last:
                 gone += await self.store.delete_record(WEEK_SUMMARIES, record["id"])
         return gone
+
+
+async def forget_senior(store: Store, settings: Settings, senior_id: str) -> None:
+    """A senior is removed: attendance keeps them only as an anonymous member, and their
+    reach-out mark and the week summaries (which hold ids) go."""
+    await Attendance(settings, store).forget_senior(senior_id)
+    await WeekSummaries(store, settings).forget_all()
+    await store.delete_record("reach_out", senior_id)

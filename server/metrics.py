@@ -19,29 +19,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .tasks import task_failures
+from .appkeys import METRICS_KEY, SETTINGS_KEY
 
 if TYPE_CHECKING:
     from signaling.service import SignalingService
 
-    from .router import Sfu
+    from .sfu.router import Sfu
 
 
 # Bands of the subscribers' downlink estimates in /metrics (bits per second).
 ESTIMATE_BANDS = (250_000, 500_000, 1_000_000, 2_000_000, 5_000_000)
 SPATIAL_NAMES = {0: "l", 1: "m", 2: "h"}
-
-
-class MediaTotals:
-    """Counts carried over from producers and consumers that have closed."""
-
-    def __init__(self) -> None:
-        self.packets_in = 0
-        self.packets_out = 0
-        self.bytes_out = 0
-        self.retransmits = 0
-        self.send_refused = 0
-        self.keyframe_requests = 0
-        self.packets_lost = 0
 
 
 class Metrics:
@@ -205,8 +193,6 @@ class _LiveCollector(Collector):
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    from .app import METRICS_KEY, SETTINGS_KEY
-
     token = request.app[SETTINGS_KEY].metrics_token
     if token and not _bearer_matches(request.headers.get("Authorization", ""), token):
         return web.Response(

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from .attendance import CALL_ROOM_PREFIX, Attendance
 from .config import Settings
 from .directory import Activity, Directory, Senior
-from .producer import Producer
-from .router import Router, Sfu
+from .sfu.producer import Producer
+from .sfu.router import Router, Sfu
 from .store import (
     ADMIT,
     ADMIT_UNLESS_LOCKED,
@@ -35,7 +35,7 @@ from .store import (
     TrackState,
 )
 from .tasks import TaskOwner
-from .transport import NegotiationError, WebRtcTransport
+from .sfu.transport import NegotiationError, WebRtcTransport
 
 ROOM_STATE_DEFAULTS: dict[str, Any] = {"locked": False, "spotlight": None, "music_mode": False}
 

@@ -13,16 +13,15 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
 from server.config import Settings
 from server.directory import Directory
-from server.metrics import Metrics
 from server.room import RoomError, Rooms, Seat
 from server.turn import ice_servers_for
-from server.router import Sfu
+from server.sfu.router import Sfu
 from server.store import AccessRefused, Store, StoreUnavailable, Subscription
 from server.tasks import TaskOwner
 
@@ -32,6 +31,10 @@ from .cluster import SERVICE_RESTART, Cluster
 from .revocation import Revocations
 from .session import Connection, ConnectionLimits, RateLimiter, RelayedConnection, Session, WebSocketConnection
 from .tokens import TokenError, TokenIssuer
+
+if TYPE_CHECKING:
+    # Handed down by server/app.py (the layer above); named here for the type checker only.
+    from server.metrics import Metrics
 
 MODERATION = ("admit", "deny", "lock", "mute_all", "ask_unmute", "spotlight", "music_mode", "end", "kick", "unban", "invite_senior")
 # How a client hears that its room ended its session (Rooms' EndSeat reasons).

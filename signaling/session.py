@@ -24,7 +24,7 @@ from .protocol import CloseCode
 from .tokens import Grant
 
 if TYPE_CHECKING:
-    from server.transport import WebRtcTransport
+    from server.sfu.transport import WebRtcTransport
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, ISSUER_KEY
 from server.config import Settings
 from server.directory import Directory
 

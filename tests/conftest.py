@@ -17,9 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server.app import ISSUER_KEY, create_app
+from server.app import create_app
+from server.appkeys import ISSUER_KEY
 from server.config import Settings
-from server.rtphooks import restrict_host_addresses
+from server.rtc.ice import restrict_host_addresses
 from signaling.tokens import TokenIssuer
 
 TEST_SECRET = "test-secret-" + "x" * 40

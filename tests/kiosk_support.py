@@ -21,7 +21,7 @@ from kiosk_client.clock import DEFAULT_TIMEZONE, FakeClock  # noqa: E402
 from kiosk_client.pairing import poll_pairing, request_pairing  # noqa: E402
 from kiosk_client.runner import KioskApp, KioskConfig  # noqa: E402
 from kiosk_client.state import Credential, StateDir  # noqa: E402
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY  # noqa: E402
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY  # noqa: E402
 from server.directory import Activity, Contact, Kiosk, Senior  # noqa: E402
 from server.invites import issue_invite, named_secret  # noqa: E402
 from server.pairing import confirm_pairing  # noqa: E402

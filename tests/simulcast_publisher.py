@@ -30,7 +30,7 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 
-from server.simulcast import MID_URI, REPAIRED_RID_URI, RID_URI, SCALE_DOWN
+from server.rtc.simulcast import MID_URI, REPAIRED_RID_URI, RID_URI, SCALE_DOWN
 
 from .conftest import WsClient
 

@@ -14,7 +14,7 @@ import av
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.app import DIRECTORY_KEY
+from server.appkeys import DIRECTORY_KEY
 from server.directory import Account, Activity, Contact, Directory, Senior
 from server.schedule import AMSTERDAM, WEEKDAYS
 from web.auth import hash_password

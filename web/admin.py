@@ -15,7 +15,7 @@ from typing import Any, Generic
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
 from server.directory import (
     DISTRICTS,
     LANGUAGES,
@@ -29,8 +29,10 @@ from server.directory import (
     Senior,
     new_id,
 )
+from server.engagement import forget_senior
 from server.forwarded import TrustedProxies
 from server.invites import issue_invite, named_secret
+from server.pairing import confirm_pairing
 from server.schedule import WEEKDAYS
 
 from . import photos
@@ -383,9 +385,7 @@ async def _remove_senior(request: web.Request, senior: Senior) -> str:
     await directory.delete(Senior, senior.id, actor=actor)
     await photos.delete_photo(store, senior.photo_url)
     await _revoke(request, senior.id)
-    from .engagement import forget_senior  # here: web.engagement imports this module
-
-    await forget_senior(request.app, senior.id)
+    await forget_senior(store, request.app[SETTINGS_KEY], senior.id)
     return "/admin/seniors"
 
 
@@ -602,8 +602,6 @@ async def _kiosks_page(request: web.Request, *, errors: dict[str, str] | None = 
 
 @coordinator
 async def kiosk_pair(request: web.Request) -> web.Response:
-    from server.pairing import confirm_pairing
-
     data = form(request)
     values = {"code": str(data.get("code", "")).strip()[:20], "senior_id": str(data.get("senior_id", ""))}
     try:

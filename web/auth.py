@@ -37,7 +37,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.config import Settings
 from server.directory import Account, Directory
 from server.forwarded import TrustedProxies

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.attendance import Attendance, local_day_bounds
 from server.directory import DISTRICTS, MAX_TEXT, Activity, Directory, Kiosk, Senior
 from server.engagement import (
@@ -276,15 +276,6 @@ async def named_export(request: web.Request) -> web.Response:
     rows += named_rows(logs, activities, seniors, now)
     await _dir(request).audit(current_account(request).id, "export", "attendance", f"{weeks} weeks", [])
     return _csv_response(rows, f"verzilvering-attendance-named-{weeks}-weeks.csv")
-
-
-async def forget_senior(app: web.Application, senior_id: str) -> None:
-    """A senior is removed: attendance keeps them only as an anonymous member, and their
-    reach-out mark and the week summaries (which hold ids) go."""
-    store, settings = app[STORE_KEY], app[SETTINGS_KEY]
-    await Attendance(settings, store).forget_senior(senior_id)
-    await WeekSummaries(store, settings).forget_all()
-    await store.delete_record("reach_out", senior_id)
 
 
 # --- retention -------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY
 from server.directory import Activity, Contact, Senior
 from server.invites import InviteError, named_secret, resolve_invite
 
+from .callstrings import call_strings
 from .i18n import N_
 from .rendering import error_page, needs, render
 from .roompages import activity_row, page_token, token_refresh_ms, token_response
@@ -94,8 +95,6 @@ def _render(request: web.Request, template: str, contact: Contact, senior: Senio
 @needs(_contact)
 async def call_page(request: web.Request, found: tuple[Contact, Senior]) -> web.Response:
     contact, senior = found
-    from . import call_strings
-
     return _render(
         request,
         "family/call.html",
@@ -137,8 +136,6 @@ def _activity_token(request: web.Request, contact: Contact, activity: Activity) 
 @needs(_guest_activity)
 async def activity_page(request: web.Request, found: tuple[Contact, Senior, Activity]) -> web.Response:
     contact, senior, activity = found
-    from . import call_strings
-
     return _render(
         request,
         "family/activity.html",

@@ -15,11 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import DIRECTORY_KEY, SIGNALING_KEY
+from server.appkeys import DIRECTORY_KEY, SIGNALING_KEY
 from server.directory import Account, Activity
 from server.schedule import AMSTERDAM
 
 from .auth import current_account, require
+from .callstrings import call_strings
 from .i18n import N_
 from .rendering import error_page, needs, redirect, render
 from .roompages import activity_row, page_token, token_refresh_ms, token_response
@@ -135,8 +136,6 @@ async def start(request: web.Request, activity: Activity) -> web.Response:
 @staff
 @needs(_activity_for)
 async def console(request: web.Request, activity: Activity) -> web.Response:
-    from . import call_strings
-
     return render(
         request,
         "host/console.html",
@@ -152,8 +151,6 @@ async def console_for_link(request: web.Request, token: str, room: str) -> web.R
     """The console for a host's join link (`/call?token=…`, as `serve --demo` prints): the
     same waiting room and moderation as `/host`, without logging in; the room needs no
     activity record (an ad-hoc room is titled by its name)."""
-    from . import call_strings
-
     activity = await request.app[DIRECTORY_KEY].get(Activity, room)
     return render(
         request,

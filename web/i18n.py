@@ -35,7 +35,7 @@ def N_(message: str) -> str:
 
 @cache
 def translations(lang: str) -> gettext.GNUTranslations:
-    from . import catalogs
+    from . import catalogs  # lazily, for `python -m web.catalogs` (see LANGUAGES)
 
     if lang not in LANGUAGES:
         raise ValueError(f"unknown language {lang!r}")
@@ -51,7 +51,7 @@ def translations(lang: str) -> gettext.GNUTranslations:
 @cache
 def known_messages(lang: str) -> frozenset[str]:
     """The message ids `lang`'s catalog translates: the only strings worth translating."""
-    from . import catalogs
+    from . import catalogs  # lazily, for `python -m web.catalogs` (see LANGUAGES)
 
     return frozenset(m.msgid for m in catalogs.load_catalog(lang).values() if m.msgid and m.msgstr)
 

@@ -25,7 +25,7 @@ from typing import Any
 import av
 from aiohttp import web
 
-from server.app import STORE_KEY
+from server.appkeys import STORE_KEY
 from server.store import Store
 
 from .i18n import N_

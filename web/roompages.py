@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import ISSUER_KEY, SETTINGS_KEY
+from server.appkeys import ISSUER_KEY, SETTINGS_KEY
 from server.directory import Activity
 from server.schedule import next_occurrence
 

@@ -5,7 +5,7 @@ to $VZ_BENCH_GC_LOG every 0.25 s (cumulative count and time per generation, and 
 pauses longer than 2 ms, stamped with CLOCK_MONOTONIC like everything else in the bench).
 Experiments (what would the tail latency be if ...), both off unless set:
 - $VZ_BENCH_GC_THRESHOLD="a,b,c": gc.set_threshold(a, b, c) at start-up.
-- $VZ_BENCH_SEND_HISTORY=N: sets server.rtphooks.SEND_HISTORY_SIZE (packets kept per consumer
+- $VZ_BENCH_SEND_HISTORY=N: sets server.rtc.rtphooks.SEND_HISTORY_SIZE (packets kept per consumer
   for NACK) to N as soon as the module is imported; it is read on every send.
 The server's code is untouched.
 """
@@ -31,7 +31,8 @@ if _history:
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            module = sys.modules.get("server.rtphooks")
+            # server/rtc/rtphooks.py; flat in server/ in trees from before the layers.
+            module = sys.modules.get("server.rtc.rtphooks") or sys.modules.get("server.rtphooks")
             if module is not None and hasattr(module, "SEND_HISTORY_SIZE"):
                 module.SEND_HISTORY_SIZE = int(_history)
                 return

@@ -38,6 +38,7 @@ __all__ = [
 async def open_store(settings: Settings, node_id: str) -> Store:
     """Opens the backend the settings ask for: Redis when a URL is set, else embedded."""
     if settings.redis_url:
+        # Each backend is imported only when chosen: a node loads one store's code, not both.
         from .redis import RedisStore
 
         store: Store = RedisStore(

@@ -21,7 +21,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser
 
-from server.app import ISSUER_KEY, create_app
+from server.app import create_app
+from server.appkeys import ISSUER_KEY
 from server.config import Settings
 from signaling.tokens import TokenIssuer
 

@@ -21,8 +21,8 @@ import pytest
 from playwright.async_api import Browser
 
 from kiosk_client.call import CallClient
-from server.app import SFU_KEY
-from server.rtphooks import restrict_host_addresses
+from server.appkeys import SFU_KEY
+from server.rtc.ice import restrict_host_addresses
 
 from tests.browser_helpers import browser, open_call  # noqa: F401  (fixture)
 from tests.conftest import LOOPBACK_MEDIA, RunningServer, join

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from server.rtphooks import restrict_host_addresses
+from server.rtc.ice import restrict_host_addresses
 
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, SCREENSHOTS, Tab, open_tab, start_site
 from tests.conftest import LOOPBACK_MEDIA

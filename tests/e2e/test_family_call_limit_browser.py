@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser
 
-from server.app import SETTINGS_KEY
+from server.appkeys import SETTINGS_KEY
 from server.directory import Contact, Senior
 from server.invites import issue_invite, named_secret
 

@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Browser
 
 from kiosk_client.appliance import Mode
-from server.app import SETTINGS_KEY, SFU_KEY
+from server.appkeys import SETTINGS_KEY, SFU_KEY
 from server.directory import Contact, Senior
 from server.invites import issue_invite, named_secret
 

@@ -22,7 +22,7 @@ from bench.server_process import Node
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
 from kiosk_client.signaling import SignalingClient
-from server.app import SIGNALING_KEY
+from server.appkeys import SIGNALING_KEY
 from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 

@@ -22,8 +22,9 @@ from aiohttp.test_utils import TestServer
 from bench.netns import ImpairedLink
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
-from server.app import ISSUER_KEY, SFU_KEY, create_app
-from server.rtphooks import restrict_host_addresses
+from server.app import create_app
+from server.appkeys import ISSUER_KEY, SFU_KEY
+from server.rtc.ice import restrict_host_addresses
 
 from tests.conftest import LOOPBACK_MEDIA, make_settings
 from tests.support import PatternTrack, eventually

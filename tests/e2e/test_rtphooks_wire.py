@@ -1,4 +1,4 @@
-"""SenderFeed's direct path to the socket (server.rtphooks.DirectWire) between two real
+"""SenderFeed's direct path to the socket (server.rtc.rtphooks.DirectWire) between two real
 aiortc peers on loopback: what arrives, what aiortc still sees (stats, RTCP), NACK repair."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from aioice.turn import TurnTransport
 from aiortc.rtp import RtpPacket
 
 from server import _srtpsend
-from server.rtphooks import PacketStamp, ReceiverTap, SenderFeed
+from server.rtc.rtphooks import PacketStamp, ReceiverTap, SenderFeed
 from tests.turn_server import TurnServer
 
 Pair = tuple[SenderFeed, ReceiverTap, list[RtpPacket]]

@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Browser
 
 from kiosk_client.appliance import Mode
-from server.app import ISSUER_KEY
+from server.appkeys import ISSUER_KEY
 from server.directory import Account, Activity, Senior
 from web.auth import hash_password
 

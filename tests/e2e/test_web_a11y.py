@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page
 
-from server.app import SETTINGS_KEY
+from server.appkeys import SETTINGS_KEY
 from server.directory import Kiosk
 from server.invites import issue_invite, named_secret
 

@@ -300,7 +300,7 @@ async def test_family_call_says_plainly_what_happens(browser: Browser, tmp_path:
             await directory.put(senior, actor="test")
             await directory.put(contact, actor="test")
             kiosk_id = await _pair_directly(site, http, senior.id)
-            from server.app import SETTINGS_KEY
+            from server.appkeys import SETTINGS_KEY
             from server.invites import issue_invite, named_secret
 
             invite = issue_invite(named_secret(site.app[SETTINGS_KEY], "invite"), contact)
@@ -350,7 +350,7 @@ async def test_family_call_says_plainly_what_happens(browser: Browser, tmp_path:
 
 
 async def _pair_directly(site, http: aiohttp.ClientSession, senior_id: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from server.app import STORE_KEY
+    from server.appkeys import STORE_KEY
     from server.pairing import confirm_pairing
 
     started = await (await http.post(f"{site.url}/api/kiosk/pair")).json()

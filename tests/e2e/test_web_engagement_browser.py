@@ -21,7 +21,7 @@ from playwright.async_api import Browser
 
 from kiosk_client.appliance import Mode
 from kiosk_client.clock import DEFAULT_TIMEZONE
-from server.app import SETTINGS_KEY, STORE_KEY
+from server.appkeys import SETTINGS_KEY, STORE_KEY
 from server.attendance import Attendance
 from server.directory import Activity, Kiosk, Senior
 

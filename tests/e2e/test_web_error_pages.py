@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from server.app import STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import STORE_KEY
 
 from tests.conftest import make_settings
 from tests.web_helpers import Web, seed, text_of

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, BrowserContext
 
-from server.app import SETTINGS_KEY
+from server.appkeys import SETTINGS_KEY
 from server.directory import Account, Activity, Contact, Senior
 from server.invites import issue_invite, named_secret
 from web.auth import hash_password

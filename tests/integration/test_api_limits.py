@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.directory import Contact, Kiosk, Senior
 from server.invites import issue_invite, named_secret
 from server.pairing import confirm_pairing

@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, ISSUER_KEY, STORE_KEY
 from server.directory import Activity, Senior
 from server.store import Store
 

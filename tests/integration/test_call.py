@@ -13,7 +13,7 @@ from aiortc import RTCPeerConnection
 
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
-from server.app import SFU_KEY, SIGNALING_KEY, STORE_KEY
+from server.appkeys import SFU_KEY, SIGNALING_KEY, STORE_KEY
 
 from tests.conftest import RunningServer
 from tests.support import eventually, media_from
@@ -359,7 +359,7 @@ async def test_publisher_leg_loss_is_nacked_again_until_repaired(
 async def test_activity_tiles_go_to_hosts_and_the_spotlight_to_everyone(
     server: RunningServer, call_client: ClientFactory
 ) -> None:
-    from server.app import DIRECTORY_KEY
+    from server.appkeys import DIRECTORY_KEY
     from server.directory import Activity
 
     await server.app[DIRECTORY_KEY].put(Activity(id="room-1", title="Bingo"), actor="test")

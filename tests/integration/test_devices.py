@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
 from server.directory import Contact, Kiosk
 from server.invites import issue_invite, named_secret
 from server.pairing import confirm_pairing

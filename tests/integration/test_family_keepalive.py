@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.directory import Contact, Senior
 from server.invites import issue_invite, named_secret
 from signaling.devices import contact_presence

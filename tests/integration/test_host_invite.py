@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from server.app import DIRECTORY_KEY
+from server.appkeys import DIRECTORY_KEY
 from server.directory import Activity, Senior
 
 from tests.conftest import RunningServer, WsClient, join

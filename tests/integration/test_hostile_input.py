@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.directory import Activity, Contact, Kiosk, Senior
 from server.invites import issue_invite, named_secret
 from server.pairing import confirm_pairing

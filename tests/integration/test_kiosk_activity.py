@@ -12,7 +12,7 @@ from kiosk_client.appliance import AUTO_JOIN_COUNTDOWN_S, Mode
 from kiosk_client.call import CallClient
 from kiosk_client.clock import DEFAULT_TIMEZONE, FakeClock
 from kiosk_client.media import open_audio, open_video
-from server.app import SFU_KEY, STORE_KEY
+from server.appkeys import SFU_KEY, STORE_KEY
 
 from tests.conftest import RunningServer
 from tests.kiosk_support import (

@@ -14,7 +14,7 @@ from kiosk_client.appliance import TRUSTED_WARNING_S, Mode
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
 from kiosk_client.runner import KioskApp
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, SFU_KEY
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, SFU_KEY
 from server.directory import Contact
 from server.invites import issue_invite, named_secret
 

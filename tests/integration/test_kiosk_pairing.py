@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 from kiosk_client.appliance import Mode
 from kiosk_client.state import StateDir
-from server.app import DIRECTORY_KEY, SIGNALING_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SIGNALING_KEY, STORE_KEY
 from server.directory import Kiosk
 from server.pairing import confirm_pairing
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from kiosk_client.appliance import Mode
 from kiosk_client.selftest import check_echo_cancel, check_turn, report_text, run_selftest
-from server.app import DIRECTORY_KEY, SIGNALING_KEY
+from server.appkeys import DIRECTORY_KEY, SIGNALING_KEY
 from server.directory import Kiosk
 
 from tests.conftest import RunningServer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
-from server.app import SFU_KEY
+from server.appkeys import SFU_KEY
 
 from tests.conftest import RunningServer
 from tests.support import PatternTrack, eventually, media_from

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.app import DIRECTORY_KEY, SFU_KEY, STORE_KEY
+from server.appkeys import DIRECTORY_KEY, SFU_KEY, STORE_KEY
 from server.directory import Activity, Senior
 from signaling.protocol import CloseCode
 
@@ -183,7 +183,7 @@ async def test_music_mode_reoffers_opus_for_music(server: RunningServer, connect
     # transport's next offer directly.
     transport = server.app[SFU_KEY].routers["room-1"].transports[next(iter(server.app[SFU_KEY].routers["room-1"].transports))]
     await eventually_true(lambda: transport.music_bitrate_bps == 128_000)
-    from server.transport import opus_sdp
+    from server.sfu.transport import opus_sdp
 
     munged = opus_sdp(first["sdp"], 128_000)
     opus_pt = next(l.split(":")[1].split(" ")[0] for l in munged.split("\r\n") if "opus/48000" in l)

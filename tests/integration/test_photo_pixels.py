@@ -12,7 +12,8 @@ from typing import Any
 import av
 import pytest
 
-from server.app import DIRECTORY_KEY, STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, STORE_KEY
 from server.directory import Senior
 from web.image_header import dimensions
 from web.photos import PhotoError, reencode

@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
-from server.app import ISSUER_KEY, SETTINGS_KEY, SFU_KEY, SIGNALING_KEY, STORE_KEY
+from server.appkeys import ISSUER_KEY, SETTINGS_KEY, SFU_KEY, SIGNALING_KEY, STORE_KEY
 from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
 from signaling.tokens import TokenIssuer

@@ -13,7 +13,7 @@ from bench.vp8_retarget import is_keyframe
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
 from kiosk_client.vp8encoder import Vp8Encoder
-from server.app import SFU_KEY
+from server.appkeys import SFU_KEY
 
 from tests.conftest import RunningServer
 from tests.support import PatternTrack, eventually, media_from

@@ -19,8 +19,8 @@ from bench.jitterlink import delay_incoming
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
 from kiosk_client.rtpreceiver import tuned
-from server.app import SFU_KEY
-from server.rtpseq import LearntDelay
+from server.appkeys import SFU_KEY
+from server.rtc.rtpseq import LearntDelay
 
 from tests.conftest import RunningServer
 from tests.support import PatternTrack, eventually, media_from

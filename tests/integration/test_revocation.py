@@ -23,7 +23,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.app import ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
 from server.config import Settings
 from server.invites import issue_invite, named_secret
 from server.store.redis import RedisStore

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from kiosk_client.call import CallClient
-from server.app import SFU_KEY
-from server.simulcast import answered_simulcast, offer_simulcast
+from server.appkeys import SFU_KEY
+from server.rtc.simulcast import answered_simulcast, offer_simulcast
 
 from tests.conftest import RunningServer, join
 from tests.simulcast_publisher import SimulcastPublisher

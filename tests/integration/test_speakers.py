@@ -11,10 +11,10 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.rtp import RtpPacket
 
 from kiosk_client.call import CallClient
-from server.app import SFU_KEY
-from server.producer import Producer
-from server.rtphooks import ReceiverTap
-from server.speakers import SpeakerSelector
+from server.appkeys import SFU_KEY
+from server.sfu.producer import Producer
+from server.rtc.rtphooks import ReceiverTap
+from server.sfu.speakers import SpeakerSelector
 
 from tests.conftest import RunningServer
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.directory import Account, Activity, Contact, Directory, DirectoryError, Kiosk, Senior
 from server.invites import verify_invite, named_secret
 

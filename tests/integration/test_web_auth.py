@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY
 from server.directory import Contact, Senior
 from server.invites import issue_invite, named_secret
 from web.auth import SESSION_COOKIE, encode_session

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.app import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.attendance import Attendance
 from server.directory import Activity, Directory, Kiosk, Senior
 from server.engagement import reach_out_list

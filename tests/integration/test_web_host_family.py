@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.app import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY, create_app
+from server.app import create_app
+from server.appkeys import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY
 from server.directory import Activity, Contact, Directory
 from server.invites import issue_invite, named_secret
 

@@ -7,9 +7,9 @@ import asyncio
 from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
-from server.consumer import Consumer
-from server.producer import Producer
-from server.rtphooks import ReceiverTap
+from server.sfu.consumer import Consumer
+from server.sfu.producer import Producer
+from server.rtc.rtphooks import ReceiverTap
 
 from tests.support import RecordingFeed
 

@@ -13,11 +13,11 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from server.consumer import Consumer, LayerPolicy, LayerSelection
-from server.linkestimate import LinkEstimate, LossReport, Remb
-from server.producer import NOMINAL_LAYER_BPS, REMB_HEADROOM, Producer
-from server.rtphooks import ReceiverTap
-from server.simulcast import SimulcastAnswer
+from server.sfu.consumer import Consumer, LayerPolicy, LayerSelection
+from server.sfu.linkestimate import LinkEstimate, LossReport, Remb
+from server.sfu.producer import NOMINAL_LAYER_BPS, REMB_HEADROOM, Producer
+from server.rtc.rtphooks import ReceiverTap
+from server.rtc.simulcast import SimulcastAnswer
 
 from tests.support import RecordingFeed
 

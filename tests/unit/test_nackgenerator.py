@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from server import nackgenerator
-from server.nackgenerator import NACK_DEADLINE_S, NACK_RETRY_INTERVAL_S, NackGenerator
+from server.rtc import nackgenerator
+from server.rtc.nackgenerator import NACK_DEADLINE_S, NACK_RETRY_INTERVAL_S, NackGenerator
 
 
 @pytest.fixture

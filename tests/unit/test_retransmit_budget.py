@@ -7,7 +7,7 @@ import struct
 
 from aiortc import RTCPeerConnection
 
-from server.rtphooks import RETRANSMIT_BURST_BYTES, SEND_HISTORY_SIZE, SenderFeed
+from server.rtc.rtphooks import RETRANSMIT_BURST_BYTES, SEND_HISTORY_SIZE, SenderFeed
 
 
 async def test_a_limited_rate_answers_nacks_up_to_its_bucket_and_refills_with_time() -> None:

@@ -16,10 +16,10 @@ import pytest
 from server.config import Settings
 from server.directory import Activity, Directory, Senior
 from server.room import RoomError, Rooms, Seat
-from server.router import Sfu
+from server.sfu.router import Sfu
 from server.store import AccessCheck
 from server.store.embedded import EmbeddedStore
-from server.transport import WebRtcTransport
+from server.sfu.transport import WebRtcTransport
 from signaling.revocation import Revocations
 from tests.conftest import make_settings
 

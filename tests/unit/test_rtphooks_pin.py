@@ -1,4 +1,6 @@
-"""Fails loudly when the aiortc internals that server/rtphooks.py relies on move."""
+"""Fails loudly when the aiortc internals that server/rtc relies on move: the one pin test of
+the SFU's hooks (server/rtc/rtphooks.py) and the receiver takeover they share with the kiosk
+(server/rtc/receiver.py, kiosk_client/rtpreceiver.py)."""
 
 from __future__ import annotations
 
@@ -14,15 +16,22 @@ from aioice.ice import CandidatePair, StunProtocol
 from aioice.turn import TurnTransport
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 
 from server import _srtpsend
-from server.rtphooks import AIORTC_VERSION, ReceiverTap, SenderFeed, check_aiortc_version
+from server.rtc.pin import AIORTC_VERSION, check_aiortc_version, missing_internals
+from server.rtc.rtphooks import ReceiverTap, SenderFeed
 
 
 def test_aiortc_version_is_the_one_the_hooks_were_written_for() -> None:
     assert aiortc.__version__ == AIORTC_VERSION
     check_aiortc_version()
+
+
+async def test_the_receiver_takeover_finds_aiortc_internals_where_it_expects_them() -> None:
+    """If this fails, aiortc moved something server/rtc/receiver.py reaches into: re-read
+    RTCRtpReceiver and RTCPeerConnection before touching the pin."""
+    assert await missing_internals() == []
 
 
 async def test_private_attributes_and_methods_exist() -> None:
@@ -47,12 +56,18 @@ async def test_private_attributes_and_methods_exist() -> None:
             "_RTCRtpSender__octet_count",
             "_RTCRtpSender__packet_count",
             "_RTCRtpSender__transport",
+            "_RTCRtpSender__encoder",
+            "_ssrc",
+            "_rtx_ssrc",
         ):
             assert hasattr(sender, name), name
-        for name in ("_send_keyframe", "_retransmit", "_handle_rtcp_packet", "send", "stop"):
+        for name in ("_send_keyframe", "_retransmit", "_handle_rtcp_packet", "_next_encoded_frame", "send", "stop"):
             assert callable(getattr(RTCRtpSender, name)), name
         assert hasattr(receiver.transport, "_register_rtp_receiver")
         assert hasattr(receiver.transport, "_send_rtp")
+        # server/rtc/sender.py's route_rtcp_to: a registered stand-in gets its SSRC's RTCP.
+        assert callable(receiver.transport._rtp_router.register_sender)
+        assert "await recipient._handle_rtcp_packet(packet)" in inspect.getsource(RTCDtlsTransport._handle_rtcp_data)
 
         # DirectWire (the forwarding path straight to the socket) reads these.
         dtls = sender.transport
@@ -107,12 +122,31 @@ async def test_private_attributes_and_methods_exist() -> None:
         await pc.close()
 
 
+def test_aiortcs_sender_still_creates_its_encoder_where_the_kiosk_hooks_in() -> None:
+    # server/rtc/sender.py's use_encoder sets `__encoder` before aiortc's
+    # `_next_encoded_frame` would create one, and relies on aiortc encoding in an executor.
+    assert aiortc.__version__ == AIORTC_VERSION
+    next_frame = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "if self.__encoder is None:\n            self.__encoder = get_encoder(codec)" in next_frame
+    assert "run_in_executor(\n                None, self.__encoder.encode, data, force_keyframe" in next_frame
+    assert "payloads, timestamp = self.__encoder.pack(data)" in next_frame
+    assert "await self._next_encoded_frame(codec)" in inspect.getsource(RTCRtpSender._run_rtp)
+    assert list(inspect.signature(RTCRtpSender._next_encoded_frame).parameters) == ["self", "codec"]
+    assert "self.__encoder: Optional[Encoder] = None" in inspect.getsource(RTCRtpSender.__init__)
+
+
+    # server/rtc/sender.py's negotiated_codecs (the encoder and REMB hooks' attributes are
+    # pinned with the other sender internals above).
+    assert "self._codecs" in inspect.getsource(RTCRtpTransceiver.__init__)
+
+
+
 def test_aiortc_parses_the_simulcast_layer_extensions() -> None:
     """ReceiverTap names each simulcast SSRC's layer from aiortc's parsed rid extensions."""
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
     from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-    from server.simulcast import REPAIRED_RID_EXTENSION_ID, REPAIRED_RID_URI, RID_EXTENSION_ID, RID_URI
+    from server.rtc.simulcast import REPAIRED_RID_EXTENSION_ID, REPAIRED_RID_URI, RID_EXTENSION_ID, RID_URI
 
     extensions = HeaderExtensionsMap()
     extensions.configure(RTCRtpParameters(headerExtensions=[

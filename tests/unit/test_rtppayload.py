@@ -9,7 +9,7 @@ import pytest
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from server.rtppayload import is_h264_keyframe_start, is_keyframe_start, is_vp8_keyframe_start
+from server.rtc.rtppayload import is_h264_keyframe_start, is_keyframe_start, is_vp8_keyframe_start
 
 
 def _frames(n: int) -> list[av.VideoFrame]:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from server.rtpseq import NackTracker, LearntDelay
+from server.rtc.rtpseq import NackTracker, LearntDelay
 
 
 def test_a_gap_filled_within_the_allowance_is_never_nacked() -> None:

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from server.metrics import Metrics
-from server.nackgenerator import NackGenerator
+from server.rtc.nackgenerator import NackGenerator
 from server.tasks import TaskOwner, task_failures
 
 

@@ -1,20 +1,18 @@
-"""Fails loudly when the libvpx or aiortc internals the kiosk's VP8 encoder relies on move.
+"""Fails loudly when the libvpx internals the kiosk's VP8 encoder relies on move.
 
 `kiosk_client/libvpx.py` mirrors libvpx v1.16.0's structures in ctypes; a PyAV upgrade may
 bundle another libvpx whose layout differs, and then every field we write lands somewhere
-else. These tests measure the layout against the library itself. The sender hook in
-`kiosk_client/publishing.py` relies on how aiortc 1.16's `RTCRtpSender` creates its encoder.
+else. These tests measure the layout against the library itself. (How aiortc's sender
+creates its encoder, which server/rtc/sender.py relies on, is pinned in
+tests/test_rtphooks_pin.py with aiortc's other internals.)
 """
 
 from __future__ import annotations
 
 import ctypes
-import inspect
 import os
 
-import aiortc
 import av
-from aiortc import RTCRtpSender
 
 from kiosk_client import libvpx
 
@@ -104,19 +102,6 @@ def test_image_and_frame_packet_fields_are_where_libvpx_puts_them() -> None:
         assert (packet.width[0], packet.height[0], packet.spatial_layer_encoded[0]) == (width, height, 1)
     finally:
         assert lib.vpx_codec_destroy(ctypes.byref(ctx)) == 0
-
-
-def test_aiortcs_sender_still_creates_its_encoder_where_the_kiosk_hooks_in() -> None:
-    # kiosk_client.publishing.PublishControl._hook_encoder sets `__encoder` before aiortc's
-    # `_next_encoded_frame` would create one, and relies on aiortc encoding in an executor.
-    assert aiortc.__version__ == "1.16.0"
-    next_frame = inspect.getsource(RTCRtpSender._next_encoded_frame)
-    assert "if self.__encoder is None:\n            self.__encoder = get_encoder(codec)" in next_frame
-    assert "run_in_executor(\n                None, self.__encoder.encode, data, force_keyframe" in next_frame
-    assert "payloads, timestamp = self.__encoder.pack(data)" in next_frame
-    assert "await self._next_encoded_frame(codec)" in inspect.getsource(RTCRtpSender._run_rtp)
-    assert list(inspect.signature(RTCRtpSender._next_encoded_frame).parameters) == ["self", "codec"]
-    assert "self.__encoder: Optional[Encoder] = None" in inspect.getsource(RTCRtpSender.__init__)
 
 
 VPX_CODEC_INVALID_PARAM = 8

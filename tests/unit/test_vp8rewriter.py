@@ -3,7 +3,7 @@ continuous stream (sequence numbers, timestamps, PictureID, TL0PICIDX, KEYIDX). 
 
 from __future__ import annotations
 
-from server.vp8rewriter import Vp8Rewriter, parse_descriptor
+from server.sfu.vp8rewriter import Vp8Rewriter, parse_descriptor
 
 KEYFRAME_HEADER = b"\x50\x01\x00\x9d\x01\x2a" + (640).to_bytes(2, "little") + (360).to_bytes(2, "little")
 DELTA_HEADER = b"\x51\x01\x00"

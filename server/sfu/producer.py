@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from aiortc.rtp import RtpPacket
 
-from .rtphooks import PacketStamp, ReceiverTap
-from .rtppayload import is_vp8_keyframe_start
-from .tasks import TaskOwner
+from ..rtc.rtphooks import PacketStamp, ReceiverTap
+from ..rtc.rtppayload import is_vp8_keyframe_start
+from ..tasks import TaskOwner
 from .vp8rewriter import parse_descriptor
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .tasks import TaskOwner
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
     from .producer import Producer

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .consumer import LayerPolicy
-from .metrics import MediaTotals
+from .totals import MediaTotals
 from .producer import Producer
 from .speakers import SpeakerSelector
 from .transport import OfferSender, WebRtcTransport

@@ -7,7 +7,7 @@ video m-line a publisher sends on, it offers three receive rids — `h` full, `m
 answers with the rids it sends (RFC 8853 lets it drop some) or without simulcast (one
 layer, exactly as before). Each layer comes on its own SSRC, named by the rtp-stream-id
 extension on its first packets (repaired-rtp-stream-id on its RTX SSRC);
-`server/rtphooks.py`'s `ReceiverTap` maps each SSRC to its layer on first sight.
+`server/rtc/rtphooks.py`'s `ReceiverTap` maps each SSRC to its layer on first sight.
 """
 
 from __future__ import annotations

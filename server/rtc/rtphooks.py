@@ -1,12 +1,13 @@
-"""The only module that reaches into aiortc's internals.
+"""The SFU's hooks into aiortc (server/rtc is the only code that reaches into its internals).
 
 aiortc has no API for encoded media on the receive side and none for sending RTP that
 was packetized elsewhere. An SFU needs both: it must forward the publisher's packets
 untouched, without decoding. These hooks were written against aiortc 1.16.0 (the version
-pinned in pyproject.toml); `tests/test_rtphooks_pin.py` fails loudly if the internals they
-touch move.
+pinned in pyproject.toml and checked by server/rtc/pin.py); `tests/test_rtphooks_pin.py`
+fails loudly if the internals they touch move.
 
-- `ReceiverTap` takes over an `RTCRtpReceiver` before it starts: no decoder thread and no
+- `ReceiverTap` takes over an `RTCRtpReceiver` before it starts (server/rtc/receiver.py's
+  `ReceiverTakeover`, which the kiosk's tuned receiver shares): no decoder thread and no
   jitter buffer; every RTP packet goes straight to a callback. Receiver reports, NACKs and
   REMB towards the publisher still flow, through aiortc's own RTCP code.
 - `SenderFeed` turns an `RTCRtpSender` into a pipe for ready-made RTP packets: it parks
@@ -28,7 +29,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiortc
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError
@@ -40,7 +40,6 @@ from aiortc.rtcrtpparameters import (
 )
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
-from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     AnyRtcpPacket,
@@ -49,9 +48,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
     HeaderExtensionsMap,
-    pack_remb_fci,
     unpack_remb_fci,
-    unwrap_rtx,
     wrap_rtx,
 )
 from aiortc.utils import uint16_add
@@ -59,12 +56,12 @@ from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from . import _srtpsend
+from .. import _srtpsend
 from .nackgenerator import NackGenerator
+from .receiver import ReceiverTakeover
 from .simulcast import REPAIRED_RID_URI, RID_URI, SPATIAL_INDEX, SimulcastAnswer
-from .tasks import TaskOwner
+from ..tasks import TaskOwner
 
-AIORTC_VERSION = "1.16.0"
 # Packets kept per consumer for retransmission on NACK: ~1.3 s of 500 kbps video, room to
 # spare for a receiver's retries. Fixed, not a setting (docs/operations.md): more only
 # costs memory per subscriber.
@@ -93,22 +90,6 @@ NTP_EPOCH_OFFSET_S = 2208988800
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
-
-
-def restrict_host_addresses(addresses: list[str]) -> None:
-    """Gathers ICE host candidates only on these addresses (process-wide).
-
-    aioice offers every interface and never 127.0.0.1; a node with several networks should
-    offer only its media-facing address, and tests keep all media on loopback this way.
-    """
-    import aioice.ice
-
-    chosen = list(addresses)
-
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-    aioice.ice.get_host_addresses = host_addresses
 
 
 def set_ice_read_batch(datagrams: int) -> None:
@@ -165,15 +146,7 @@ def _read_waiting_datagrams(transport: Any) -> None:
         protocol.datagram_received(data, addr)
 
 
-def check_aiortc_version() -> None:
-    if aiortc.__version__ != AIORTC_VERSION:
-        raise RuntimeError(
-            f"server/rtphooks.py was written for aiortc {AIORTC_VERSION}, "
-            f"found {aiortc.__version__}; re-check the hooks before upgrading"
-        )
-
-
-class ReceiverTap:
+class ReceiverTap(ReceiverTakeover):
     """Receives a publisher's RTP on an aiortc receiver without decoding it.
 
     A simulcast publisher sends each layer on its own SSRC, none of them signalled: aiortc
@@ -183,30 +156,18 @@ class ReceiverTap:
     """
 
     def __init__(self, receiver: RTCRtpReceiver, kind: str) -> None:
-        self.receiver = receiver
-        self.kind = kind
+        super().__init__(receiver, kind)
         self.on_rtp: RtpHandler | None = None
         # The lowest bitrate the subscribers' REMBs allow; the publisher is never asked to
         # send more than its slowest subscriber can take.
         self.downstream_limit: Callable[[], int | None] | None = None
-        self.codecs: dict[int, RTCRtpCodecParameters] = {}
-        self.media_ssrc: int | None = None
         # Set from the answer before the receiver starts; None: one layer.
         self.simulcast: SimulcastAnswer | None = None
         # Spatial layer -> its media SSRC, and back.
         self.layer_ssrcs: dict[int, int] = {}
         self._ssrc_layers: dict[int, int] = {}
-        self._rtx_ssrc: dict[int, int] = {}
         # Per media SSRC (each simulcast layer has its own sequence numbers).
         self._nacks: dict[int, NackGenerator] = {}
-        self._started = False
-        self._stopped = False
-        self._aiortc_stop = receiver.stop
-        # Instance attributes shadow the class methods aiortc's transport and peer
-        # connection call, which is how the tap slides in without subclassing.
-        receiver.receive = self._receive  # type: ignore[method-assign]
-        receiver.stop = self._stop  # type: ignore[method-assign]
-        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
 
     @property
     def primary_codec(self) -> RTCRtpCodecParameters | None:
@@ -215,23 +176,14 @@ class ReceiverTap:
                 return codec
         return None
 
-    async def _stop(self) -> None:
-        self._stopped = True
+    def _stopping(self) -> None:
         for generator in self._nacks.values():
             generator.close()
-        await self._aiortc_stop()
 
-    async def _receive(self, parameters: RTCRtpReceiveParameters) -> None:
-        # aiortc's connect task can reach a receiver after close() stopped it; starting
-        # it then would leave its RTCP task running for good.
-        if self._started or self._stopped:
-            return
-        r = self.receiver
-        for codec in parameters.codecs:
-            self.codecs[codec.payloadType] = codec
-        for encoding in parameters.encodings:
-            if encoding.rtx:
-                self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+    def _remb_limit(self) -> int | None:
+        return self.downstream_limit() if self.downstream_limit else None
+
+    def _starting(self, parameters: RTCRtpReceiveParameters) -> None:
         if self.simulcast is not None:
             # aiortc drops extensions it does not offer itself; the transport's parser
             # needs these ids to read each packet's layer name.
@@ -243,54 +195,20 @@ class ReceiverTap:
                 parameters.headerExtensions.append(
                     RTCRtpHeaderExtensionParameters(id=self.simulcast.repaired_rid_extension_id, uri=REPAIRED_RID_URI)
                 )
-        r.transport._register_rtp_receiver(r, parameters)
-        drain_ice_sockets(r.transport)
-        r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())  # type: ignore[attr-defined]
-        r._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
-        self._started = True
+        drain_ice_sockets(self.receiver.transport)
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        r = self.receiver
         codec = self.codecs.get(packet.payload_type)
         if codec is None:
             return
-
-        if self.kind == "video" and packet.extensions.abs_send_time is not None:
-            estimator = r._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-            rtcp_ssrc = r._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
-            remb = estimator.add(
-                abs_send_time=packet.extensions.abs_send_time,
-                arrival_time_ms=arrival_time_ms,
-                payload_size=len(packet.payload) + packet.padding_size,
-                ssrc=packet.ssrc,
-            )
-            if remb is not None and rtcp_ssrc is not None:
-                bitrate, ssrcs = remb
-                limit = self.downstream_limit() if self.downstream_limit else None
-                if limit is not None:
-                    bitrate = min(bitrate, limit)
-                await r._send_rtcp(
-                    RtcpPsfbPacket(
-                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
-                    )
-                )
-
-        # aiortc's receiver reports read these statistics.
-        streams = r._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
-        stats = streams.get(packet.ssrc)
-        if stats is None:
-            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
-        stats.add(packet)
-
+        remb = self._remb(packet, arrival_time_ms)
+        if remb is not None:
+            await self._send_rtcp(remb)
         retransmission = is_rtx(codec)
-        if retransmission:
-            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
-            if original_ssrc is None and self.simulcast is not None:
-                original_ssrc = self._learn_rtx(packet)
-            apt = codec.parameters.get("apt")
-            if original_ssrc is None or len(packet.payload) < 2 or apt not in self.codecs:
-                return
-            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+        unwrapped = self._count_and_unwrap(packet, codec, retransmission)
+        if unwrapped is None:
+            return
+        packet = unwrapped
 
         layer = self._ssrc_layers.get(packet.ssrc)
         if layer is None:
@@ -301,7 +219,7 @@ class ReceiverTap:
         if self.kind == "video" and not self._stopped:
             generator = self._nacks.get(packet.ssrc)
             if generator is None:
-                generator = self._nacks[packet.ssrc] = NackGenerator(packet.ssrc, r._send_rtcp_nack)
+                generator = self._nacks[packet.ssrc] = NackGenerator(packet.ssrc, self._send_rtcp_nack)
             await generator.packet(packet.sequence_number, retransmission)
 
         # Padding-only packets carry no media; forwarding them only costs bandwidth.
@@ -384,7 +302,7 @@ class PacketStamp:
     def __init__(self, audio_level: tuple[bool, int] | None = None) -> None:
         self.monotonic = time.monotonic()
         # Set by the producer for layered video: the packet's spatial layer and its parsed
-        # VP8 payload descriptor (a server.vp8rewriter.Vp8Descriptor), parsed once for all copies.
+        # VP8 payload descriptor (a server.sfu.vp8rewriter.Vp8Descriptor), parsed once for all copies.
         self.spatial = 0
         self.vp8: Any = None
         ntp = time.time() + NTP_EPOCH_OFFSET_S

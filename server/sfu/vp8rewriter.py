@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 
-from .rtpseq import Unwrapper
+from ..rtc.rtpseq import Unwrapper
 
 # Values dropped on purpose, remembered so late duplicates of them stay dropped.
 SKIPPED_MEMORY = 256

@@ -18,10 +18,10 @@ from dataclasses import dataclass, fields
 
 from aiortc.rtp import RtpPacket
 
-from .config import Settings
+from ..config import Settings
 from .producer import Producer
-from .rtphooks import PacketStamp, SenderFeed
-from .rtppayload import is_keyframe_start
+from ..rtc.rtphooks import PacketStamp, SenderFeed
+from ..rtc.rtppayload import is_keyframe_start
 from .vp8rewriter import Vp8Rewriter
 
 logger = logging.getLogger(__name__)

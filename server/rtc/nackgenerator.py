@@ -2,7 +2,7 @@
 
 Publishers answer a NACK once; a retransmission lost too is asked for again every
 `NACK_RETRY_INTERVAL_S` until `NACK_DEADLINE_S`, when only a keyframe would help. A gap is
-asked for only after the reorder allowance (`server.rtpseq.LearntDelay`, bounded by the
+asked for only after the reorder allowance (`server.rtc.rtpseq.LearntDelay`, bounded by the
 settings `nack_reorder_min_s` / `nack_reorder_max_s`): over a jittery access link packets
 overtake each other all the time, and a NACK for each was a retransmission for nothing.
 """
@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .rtpseq import NackTracker, LearntDelay
-from .tasks import TaskOwner
+from ..tasks import TaskOwner
 
 # The publisher leg's loss recovery: NACK again every 30 ms until 200 ms have passed.
 # Fixed, not settings (docs/operations.md): about one round trip on a home line plus the

@@ -28,11 +28,11 @@ from aiortc.sdp import SessionDescription
 
 from .consumer import Consumer, LayerPolicy
 from .linkestimate import CONGESTION_MEMORY_S, LOSS_HIGH, LOSS_LOW, REMB_DROP, LinkEstimate, LossReport, Remb
-from .metrics import MediaTotals
+from .totals import MediaTotals
 from .producer import Producer
-from .rtphooks import ReceiverTap, SenderFeed
-from .simulcast import answered_simulcast, offer_simulcast
-from .tasks import TaskOwner
+from ..rtc.rtphooks import ReceiverTap, SenderFeed
+from ..rtc.simulcast import answered_simulcast, offer_simulcast
+from ..tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 
