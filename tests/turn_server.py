@@ -51,6 +51,19 @@ class TurnServer:
         exe = shutil.which("turnserver")
         if exe is None:
             raise RuntimeError("coturn's turnserver is not installed (tests/run.sh installs it)")
+        # The free port is found by binding and closing it, so another process (a test's
+        # ICE candidates, on a busy suite) can take it before turnserver binds: then
+        # turnserver exits at once, and another free port is tried.
+        for attempt in range(3):
+            if attempt:
+                self.port = _free_udp_port()
+                self.url = f"turn:127.0.0.1:{self.port}?transport=udp"
+            if self._start(exe):
+                return self
+        raise RuntimeError(f"turnserver did not start on 127.0.0.1 (last port {self.port}, 3 attempts)")
+
+    def _start(self, exe: str) -> bool:
+        self._dir.mkdir(parents=True, exist_ok=True)  # a failed attempt removed it
         relay_base = 40000 + self.port % 20000
         self._process = subprocess.Popen(
             [exe, "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", str(self.port),
@@ -64,9 +77,9 @@ class TurnServer:
         while not _answers(self.port):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.__exit__(None, None, None)
-                raise RuntimeError(f"turnserver did not start on 127.0.0.1:{self.port}")
+                return False
             time.sleep(0.05)
-        return self
+        return True
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         if self._process is not None:
