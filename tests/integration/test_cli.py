@@ -239,7 +239,7 @@ def test_kiosk_run_without_a_screen_says_so_once_and_stops(tmp_path: Path) -> No
     if any(Path("/dev/dri").glob("card*")):
         # A machine with a display device: SDL's own probing decides; the dummy driver
         # chosen by nobody stands in for "found nothing".
-        pytest.skip("this machine has a display device")
+        pytest.skip("the no-screen message needs a machine without a display device (/dev/dri/card*); this one has one, and CI has none")
     out = _kiosk("run", "--server", "http://127.0.0.1:9", "--state-dir", str(tmp_path / "state"), "--windowed",
                  env=env)
     assert out.returncode == 1, (out.stdout, out.stderr)
@@ -250,7 +250,7 @@ def test_kiosk_run_without_a_screen_says_so_once_and_stops(tmp_path: Path) -> No
 
 def test_kiosk_sound_problems_are_one_plain_line_without_alsa_noise() -> None:
     if Path("/dev/snd").exists() and any(Path("/dev/snd").glob("pcm*")):
-        pytest.skip("this machine has a sound card")
+        pytest.skip("the no-sound-card message needs a machine without one (/dev/snd/pcm*); this one has one, and CI has none")
     script = (
         "import logging, os; os.environ.setdefault('SDL_AUDIODRIVER', 'alsa');"
         "logging.basicConfig(format='%(message)s');"

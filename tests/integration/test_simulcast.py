@@ -4,7 +4,8 @@ layers on their own SSRCs (rid extension), aiortc subscribers decoding what they
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -50,6 +51,29 @@ def test_the_answer_names_the_layers_sent_or_none() -> None:
     assert (got.rid_extension_id, got.repaired_rid_extension_id) == (4, 5)
     assert answered_simulcast(OFFER.replace("a=recvonly", "a=sendonly"), "1") is None
     assert answered_simulcast(answer, "0") is None
+
+
+@contextlib.contextmanager
+def losing_every(client: CallClient, nth: int) -> Iterator[None]:
+    """Every `nth` RTP datagram the client receives never arrives (its socket's protocol does
+    not see it); RTCP still gets through, so its receiver reports tell the loss."""
+    assert client.pc is not None
+    dtls = next(t.receiver.transport for t in client.pc.getTransceivers() if t.receiver.transport)
+    inbound = dtls.transport._connection._nominated[1].protocol
+    seen = [0]
+
+    def lossy_link(data: bytes, addr: Any) -> None:
+        if not 192 <= data[1] <= 223 and data[0] >> 6 == 2:
+            seen[0] += 1
+            if seen[0] % nth == 0:
+                return
+        type(inbound).datagram_received(inbound, data, addr)
+
+    inbound.datagram_received = lossy_link
+    try:
+        yield
+    finally:
+        del inbound.datagram_received
 
 
 @pytest.fixture
@@ -153,23 +177,9 @@ async def test_a_lossy_subscriber_moves_down_alone_without_forcing_keyframes_on_
         router = server.app[SFU_KEY].routers["room-1"]
         lossy, fine = (next(s.consumer for s in router.transports[pid].consumer_slots.values() if s.consumer.kind == "video")
                        for pid in ("p-sub", "p-other"))
-        # A quarter of the subscriber's incoming media never arrives (its socket's protocol
-        # does not see it; RTCP still gets through, so its receiver reports tell the loss).
-        assert subscriber.pc is not None
-        dtls = next(t.receiver.transport for t in subscriber.pc.getTransceivers() if t.receiver.transport)
-        inbound = dtls.transport._connection._nominated[1].protocol
-        seen = [0]
-
-        def lossy_link(data: bytes, addr: Any) -> None:
-            if not 192 <= data[1] <= 223 and data[0] >> 6 == 2:
-                seen[0] += 1
-                if seen[0] % 4 == 0:
-                    return
-            type(inbound).datagram_received(inbound, data, addr)
-
         top_keyframes = publisher.layers["h"].keyframes
-        inbound.datagram_received = lossy_link
-        try:
+        # A quarter of the subscriber's incoming media never arrives.
+        with losing_every(subscriber, 4):
             await eventually(lambda: lossy.current_spatial is not None and lossy.current_spatial < 2, timeout=15,
                              what="the lossy subscriber on a lower layer")
             started = asyncio.get_running_loop().time()
@@ -190,8 +200,6 @@ async def test_a_lossy_subscriber_moves_down_alone_without_forcing_keyframes_on_
             assert publisher.layers["h"].keyframes - top_keyframes <= 4, (publisher.layers["h"].keyframes, elapsed)
             transport = router.transports["p-sub"]
             assert transport.estimate.loss > 0.1
-        finally:
-            del inbound.datagram_received
         frames = other.remote["p-pub"].video_frames
         await eventually(lambda: other.remote["p-pub"].video_frames > frames + 15, timeout=5, what="the other's video")
     finally:
@@ -208,24 +216,9 @@ async def test_a_subscriber_moved_down_climbs_back_through_padding_probes(
     consumer = next(s.consumer for s in transport.consumer_slots.values() if s.consumer.kind == "video")
     # A third of the subscriber's incoming media lost for a while: its estimate falls to
     # what got through (the loss cap), and it moves down.
-    assert subscriber.pc is not None
-    dtls = next(t.receiver.transport for t in subscriber.pc.getTransceivers() if t.receiver.transport)
-    inbound = dtls.transport._connection._nominated[1].protocol
-    seen = [0]
-
-    def lossy_link(data: bytes, addr: Any) -> None:
-        if not 192 <= data[1] <= 223 and data[0] >> 6 == 2:
-            seen[0] += 1
-            if seen[0] % 3 == 0:
-                return
-        type(inbound).datagram_received(inbound, data, addr)
-
-    inbound.datagram_received = lossy_link
-    try:
+    with losing_every(subscriber, 3):
         await eventually(lambda: consumer.current_spatial is not None and consumer.current_spatial < 2, timeout=15,
                          what="a lower layer")
-    finally:
-        del inbound.datagram_received
     low = transport.estimate.available_bps
     assert low is not None and low < consumer.selection.rate(2, 2), "the estimate no longer covers the top layer"  # type: ignore[union-attr]
     retransmits = consumer.feed.retransmits
