@@ -18,8 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .tasks import task_failures
 from .appkeys import METRICS_KEY, SETTINGS_KEY
+from .sfu.totals import MediaTotals
+from .tasks import task_failures
 
 if TYPE_CHECKING:
     from signaling.service import SignalingService
@@ -102,10 +103,8 @@ class _LiveCollector(Collector):
         self.signaling = signaling
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        totals = self.sfu.totals
-        packets_in, packets_out, bytes_out = totals.packets_in, totals.packets_out, totals.bytes_out
-        retransmits, keyframes, lost = totals.retransmits, totals.keyframe_requests, totals.packets_lost
-        refused = totals.send_refused
+        totals = MediaTotals()
+        totals.add(self.sfu.totals)
         consumers = 0
         # Layered video consumers by the layer they forward now (no per-person labels), and
         # subscribers by their link estimate's band.
@@ -116,17 +115,7 @@ class _LiveCollector(Collector):
         keyframes_held_back = 0
         for router in self.sfu.routers.values():
             for transport in router.transports.values():
-                r = transport.retired
-                packets_in += r.packets_in
-                packets_out += r.packets_out
-                bytes_out += r.bytes_out
-                retransmits += r.retransmits
-                refused += r.send_refused
-                keyframes += r.keyframe_requests
-                for producer in transport.producers:
-                    packets_in += producer.packets
-                    keyframes += producer.keyframe_requests
-                    lost += producer.tap.packets_lost
+                totals.add(transport.totals())
                 if transport.estimate.available_bps is not None:
                     estimated += 1
                     estimate_sum += transport.estimate.available_bps
@@ -144,25 +133,31 @@ class _LiveCollector(Collector):
                             str(min(slot.consumer.current_temporal, slot.consumer.producer.layers.temporal_layers - 1)),
                         )
                         by_layer[key] = by_layer.get(key, 0) + 1
-                    packets_out += slot.consumer.packets
-                    bytes_out += slot.consumer.bytes
-                    retransmits += slot.consumer.feed.retransmits
-                    refused += slot.consumer.feed.refused
         yield GaugeMetricFamily("verzilvering_rooms", "Rooms whose media this node hosts.", len(self.sfu.routers))
         yield GaugeMetricFamily(
             "verzilvering_participants", "Participant sessions on this node.",
             sum(1 for s in self.signaling.sessions.values() if s.joined),
         )
         yield GaugeMetricFamily("verzilvering_forwarded_streams", "Consumers: one track forwarded to one subscriber.", consumers)
-        yield CounterMetricFamily("verzilvering_received_packets", "RTP packets received from publishers.", packets_in)
-        yield CounterMetricFamily("verzilvering_forwarded_packets", "RTP packets forwarded to subscribers.", packets_out)
-        yield CounterMetricFamily("verzilvering_forwarded_bytes", "RTP payload bytes forwarded to subscribers.", bytes_out)
-        yield CounterMetricFamily("verzilvering_packets_lost", "Packets lost on the way from publishers.", lost)
-        yield CounterMetricFamily("verzilvering_nack", "Packets retransmitted after a subscriber's NACK.", retransmits)
+        yield CounterMetricFamily("verzilvering_received_packets", "RTP packets received from publishers.", totals.packets_in)
+        yield CounterMetricFamily("verzilvering_forwarded_packets", "RTP packets forwarded to subscribers.", totals.packets_out)
+        yield CounterMetricFamily("verzilvering_forwarded_bytes", "RTP payload bytes forwarded to subscribers.", totals.bytes_out)
+        yield CounterMetricFamily("verzilvering_packets_lost", "Packets lost on the way from publishers.", totals.packets_lost)
+        yield CounterMetricFamily("verzilvering_nack", "Packets retransmitted after a subscriber's NACK.", totals.retransmits)
         yield CounterMetricFamily(
-            "verzilvering_send_refused", "Forwarded packets this node's own socket refused (send buffer full).", refused
+            "verzilvering_nack_refused",
+            "Subscribers' NACKs left unanswered: their link was congested and its share for repairs spent.",
+            totals.retransmits_refused,
         )
-        yield CounterMetricFamily("verzilvering_pli", "Keyframe requests (PLI) sent to publishers.", keyframes)
+        yield CounterMetricFamily(
+            "verzilvering_probe_packets",
+            "Padding packets sent to probe a subscriber's link before a higher layer is forwarded.",
+            totals.probe_packets,
+        )
+        yield CounterMetricFamily(
+            "verzilvering_send_refused", "Forwarded packets this node's own socket refused (send buffer full).", totals.send_refused
+        )
+        yield CounterMetricFamily("verzilvering_pli", "Keyframe requests (PLI) sent to publishers.", totals.keyframe_requests)
         layers = GaugeMetricFamily(
             "verzilvering_consumer_layer",
             "Layered video consumers by the simulcast layer (l, m, h; none while waiting) and temporal layer they forward.",

@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiortc import VideoStreamTrack
 from av import VideoFrame
 
@@ -96,3 +97,16 @@ def big_family(**kwargs: object) -> dict:
         for name in names
     ] + [{"id": "c-piet", "name": "Buurman Piet", "trusted": False, "auto_answer": False, "photo_url": "", "position": 0}]
     return message
+
+
+async def scrape_metrics(url: str) -> tuple[str, dict[str, float]]:
+    """A server's /metrics: the text, and each verzilvering_ sample by name (labels included)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+    return text, {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("verzilvering_")
+    }

@@ -51,6 +51,7 @@ class LayerPolicy:
     keyframe_failures_to_step_down: int = Settings.keyframe_failures_to_step_down
     keyframe_failure_window_s: float = Settings.keyframe_failure_window_s
     step_down_hold_s: float = Settings.step_down_hold_s
+    subscriber_start_bps: int = Settings.subscriber_start_bps
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LayerPolicy:
@@ -114,8 +115,9 @@ class LayerSelection:
         `congested` says whether the link shows congestion now (heavy loss, or a falling
         REMB) and `holding` whether it shows some loss (no probing up, nothing moves down).
         Without congestion or loss the consumer climbs one step after the hold time: a
-        temporal step at once (it costs little), a spatial step once the estimate shows room
-        for it, which the transport's padding (`probe_bps`) makes it show if the link has it.
+        temporal step once the budget covers it (the estimate grows with what is received),
+        a spatial step once the estimate shows room for it, which the transport's padding
+        (`probe_bps`) makes it show if the link has it.
         Congestion soon after a step, or during a probe, doubles the hold (up to MAX_HOLD_S).
         """
         self.budget_bps = budget_bps
@@ -145,9 +147,8 @@ class LayerSelection:
         if (congested or holding) and self.probe_bps:
             self.probe_failed(now)
         if not self.chosen:
-            # The top, unless the link is congested: a REMB below it does not forbid it (see
-            # above), most links carry it, and a weak one shows congestion within a second.
-            self._move(fit if congested else candidates[-1], now)
+            # What the budget fits: on a new link the start estimate, then what the link shows.
+            self._move(fit, now)
         elif current > candidates[-1] or current not in candidates:
             # The tile shrank, a cap came, or the layer went away: at once.
             self._move(max(c for c in candidates if c <= current) if candidates[0] <= current else candidates[0], now)
@@ -156,12 +157,20 @@ class LayerSelection:
                 self._hold = min(self._hold * 2, MAX_HOLD_S)
             self._move(fit, now)
         elif not congested and not holding and current < candidates[-1] and now - self._last_move >= self._hold:
-            # Temporal layers first (cheap), then the next spatial layer at full frame rate.
+            # Temporal layers first, as many as the budget covers; then the next spatial layer
+            # at full frame rate.
             if current[1] < top_temporal:
-                step = (current[0], top_temporal)
+                step = max(
+                    [(current[0], t) for t in range(current[1] + 1, top_temporal + 1)
+                     if budget_bps is None or self.rate(current[0], t) <= budget_bps],
+                    default=current,
+                )
             else:
                 step = next(c for c in reversed(candidates) if c[0] == min(s for s, _ in candidates if s > current[0]))
-            if step[0] == current[0] or budget_bps is None or self.rate(*step) <= budget_bps or self.probe_passed:
+            fits = budget_bps is None or self.rate(*step) <= budget_bps
+            if step == current:
+                pass  # not even the next frame rate fits yet: the estimate grows with what is received
+            elif fits or self.probe_passed:
                 self._move(step, now)
                 self._last_up = now
                 self.probe_bps = 0.0

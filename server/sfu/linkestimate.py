@@ -7,7 +7,9 @@ it: above 10 % loss the estimate falls to what got through, below 2 % the cap gr
 update until REMB alone decides again. Between the two, as in GCC's loss-based controller,
 the estimate holds: nothing moves down, nothing probes up. A link that only reorders shows
 a few per cent "lost" in single reports (packets late for one report, counted in the next),
-so 2-10 % must not be read as congestion. Pure arithmetic, fed by the transport.
+so 2-10 % must not be read as congestion. Until its first REMB a link is assumed to carry a
+start estimate, which clean receiver reports grow like the loss cap. Pure arithmetic, fed by
+the transport.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ class LossReport:
 
 
 class LinkEstimate:
-    def __init__(self) -> None:
-        self.available_bps: float | None = None
+    def __init__(self, start_bps: float | None = None) -> None:
+        self.available_bps: float | None = start_bps
         self.loss = 0.0
-        self._loss_cap: float | None = None
+        # What heavy loss showed got through, growing while the link is clean; at first the
+        # start estimate (None: no limit), until the subscriber's first REMB.
+        self._loss_cap: float | None = start_bps
+        self._remb_seen = False
         self._last_loss_at = 0.0
         self._last_remb: float | None = None
         self._congested_at = -CONGESTION_MEMORY_S
@@ -59,8 +64,16 @@ class LinkEstimate:
         """Loss above 2 % within the last few seconds: no probing up."""
         return self._now - self._lossy_at < CONGESTION_MEMORY_S
 
-    def update(self, rembs: list[Remb], losses: list[LossReport], sent_bps: float, now: float) -> float | None:
-        """The link's estimate now (None: the subscriber reports nothing to go by)."""
+    def update(
+        self, rembs: list[Remb], losses: list[LossReport], sent_bps: float, now: float, audio_bps: float = 0.0
+    ) -> float | None:
+        """The link's estimate now, audio included (None: the subscriber reports nothing to go by).
+
+        A REMB speaks for the streams it names, and the receive-side estimators that send it
+        (aiortc's, Chromium's without transport-cc) see video packets only: the link carries
+        that and the audio (`audio_bps`, sent meanwhile) beside it. The loss cap and the
+        start estimate are of the whole link.
+        """
         # Chromium sends one REMB naming every SSRC it receives; aiortc one per stream.
         # The newest report for each SSRC counts once.
         covered: set[int] = set()
@@ -70,7 +83,11 @@ class LinkEstimate:
                 continue
             covered |= remb.ssrcs
             remb_total = (remb_total or 0.0) + remb.bitrate_bps
+        link_remb = None if remb_total is None else remb_total + audio_bps
         self._now = now
+        if remb_total is not None and not self._remb_seen:
+            self._remb_seen = True
+            self._loss_cap = None
         if remb_total is not None:
             if self._last_remb is not None and remb_total < REMB_DROP * self._last_remb:
                 self._congested_at = now
@@ -85,13 +102,13 @@ class LinkEstimate:
             if self.loss > LOSS_HIGH:
                 self._congested_at = now
             if self.loss > LOSS_HIGH and sent_bps > 0:
-                self._loss_cap = sent_bps * (1 - 0.5 * self.loss)
+                self._loss_cap = sent_bps * (1 - self.loss)
             elif self.loss < LOSS_LOW and self._loss_cap is not None:
                 self._loss_cap *= LOSS_CAP_GROWTH
-                if remb_total is not None and self._loss_cap > remb_total:
+                if link_remb is not None and self._loss_cap > link_remb:
                     self._loss_cap = None
         elif not fresh:
             self.loss = 0.0
-        candidates = [v for v in (remb_total, self._loss_cap) if v is not None]
+        candidates = [v for v in (link_remb, self._loss_cap) if v is not None]
         self.available_bps = min(candidates) if candidates else None
         return self.available_bps

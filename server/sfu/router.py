@@ -219,23 +219,7 @@ class Sfu:
 
     def _account(self, transport: WebRtcTransport) -> None:
         """Keeps what a closing transport counted, for the metrics' running totals."""
-        t = self.totals
-        r = transport.retired
-        t.packets_in += r.packets_in
-        t.packets_out += r.packets_out
-        t.bytes_out += r.bytes_out
-        t.retransmits += r.retransmits
-        t.send_refused += r.send_refused
-        t.keyframe_requests += r.keyframe_requests
-        for producer in transport.producers:
-            t.packets_in += producer.packets
-            t.keyframe_requests += producer.keyframe_requests
-            t.packets_lost += producer.tap.packets_lost
-        for slot in transport.consumer_slots.values():
-            t.packets_out += slot.consumer.packets
-            t.bytes_out += slot.consumer.bytes
-            t.retransmits += slot.consumer.feed.retransmits
-            t.send_refused += slot.consumer.feed.refused
+        self.totals.add(transport.totals())
 
     async def close(self) -> None:
         for room in list(self.routers):

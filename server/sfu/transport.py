@@ -159,6 +159,9 @@ PROBE_START = 0.25
 PROBE_TICK_S = 0.02
 # A round trip this much longer than at the probe's start: the padding is filling a queue.
 PROBE_DELAY_RISE_S = 0.025
+# A receiver report speaks for a probe level once that level has run this long (it counts the
+# loss since the previous report, and its round trip must have crossed the padded queue).
+PROBE_LEVEL_REPORT_S = 0.5
 # The share of a congested subscriber's video budget its retransmissions may take.
 RETRANSMIT_SHARE = 0.25
 # After a failed probe, how long congestion is put down to the padding (unless loss is
@@ -186,7 +189,7 @@ class WebRtcTransport:
         self.participant_id = participant_id
         self.layer_policy = layer_policy or LayerPolicy()
         # This subscriber's downlink, shared out among its video consumers every interval.
-        self.estimate = LinkEstimate()
+        self.estimate = LinkEstimate(self.layer_policy.subscriber_start_bps)
         self.video_budget_bps: float | None = None
         self._allocation_interval = allocation_interval_s
         self._allocator: asyncio.Task[None] | None = None
@@ -194,8 +197,9 @@ class WebRtcTransport:
         self.padding_bps = 0.0
         self._probe_consumer: Consumer | None = None
         self._probe_grace_until = 0.0
-        # When the current probe began, and the subscriber's REMB then.
-        self._probe_started = 0.0
+        # When the current probe began and its padding last changed level, and the
+        # subscriber's REMB then.
+        self._probe_started = self._probe_level_at = 0.0
         self._probe_remb: int | None = None
         self._probe_rtt: float | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -296,10 +300,19 @@ class WebRtcTransport:
                 stopped = slot.producer
                 slot.producer = None
                 stopped.close()
-                self.retired.packets_in += stopped.packets
-                self.retired.keyframe_requests += stopped.keyframe_requests
+                self.retired.add_producer(stopped)
         self.request_negotiation()
         return stopped
+
+    def totals(self) -> MediaTotals:
+        """What this transport's producers and consumers counted, closed ones included."""
+        totals = MediaTotals()
+        totals.add(self.retired)
+        for producer in self.producers:
+            totals.add_producer(producer)
+        for slot in self.consumer_slots.values():
+            totals.add_consumer(slot.consumer)
+        return totals
 
     @property
     def producers(self) -> list[Producer]:
@@ -325,8 +338,11 @@ class WebRtcTransport:
         if consumer.selection is not None and self.layout is not None:
             consumer.selection.tile = self.layout.get(producer.participant_id, (0, 0))
         self.consumer_slots[producer.id] = ConsumerSlot(transceiver, consumer)
-        if producer.kind == "video" and self._allocator is None:
-            self._allocator = self._tasks.spawn(self._allocate_periodically(), name="layer-allocation")
+        if producer.kind == "video":
+            if self._allocator is None:
+                self._allocator = self._tasks.spawn(self._allocate_periodically(), name="layer-allocation")
+            # Its share of the estimate before its first packet, which makes its first choice.
+            self.allocate()
         self.request_negotiation()
         return consumer
 
@@ -366,7 +382,7 @@ class WebRtcTransport:
         self._sent_bytes, self._audio_bytes, self._sent_at = sent, audio, now
         rembs = [Remb(c.feed.remb_bps, c.feed.remb_ssrcs, c.feed.remb_at) for c in consumers if c.feed.remb_bps]
         losses = [LossReport(c.feed.fraction_lost, c.feed.report_at) for c in consumers if c.feed.report_at]
-        available = self.estimate.update(rembs, losses, sent_bps, now)
+        available = self.estimate.update(rembs, losses, sent_bps, now, audio_bps)
         video = [c for c in consumers if c.selection is not None]
         if available is None:
             self.video_budget_bps = None
@@ -406,8 +422,18 @@ class WebRtcTransport:
         self._plan_probe(video, sent_bps)
 
     def _plan_probe(self, video: list[Consumer], sent_bps: float) -> None:
-        """Ramps the probe padding for the consumer that waits for the largest layer step."""
-        probing = [c for c in video if c.selection.probe_bps]  # type: ignore[union-attr]
+        """Ramps the probe padding for the consumer that waits for the largest layer step.
+
+        Each level is held until a receiver report sent while it ran shows it did no harm
+        (`_probe_hurts` watches every report): reports come about once a second, and doubling
+        blind overshoots a weak link by the whole step before its first report says so.
+        """
+        # Only once a layer flows and a receiver report has measured the link: the padding
+        # starts at a share of what the link carries, and its harm shows against that report.
+        probing = [
+            c for c in video
+            if c.selection.probe_bps and c.current_spatial is not None and c.feed.round_trip_s is not None  # type: ignore[union-attr]
+        ]
         if not probing or self.estimate.congested or self.estimate.holding:
             self.padding_bps = 0.0
             self._probe_consumer = None
@@ -419,19 +445,23 @@ class WebRtcTransport:
 
         consumer = max(probing, key=extra)
         needed = extra(consumer)
+        now = time.monotonic()
         if consumer is not self._probe_consumer:
             self._probe_consumer = consumer
             self.padding_bps = min(needed, PROBE_START * max(sent_bps, 1.0))
-            self._probe_started = time.monotonic()
+            self._probe_started = self._probe_level_at = now
             self._probe_remb = consumer.feed.remb_bps
             self._probe_rtt = consumer.feed.round_trip_s
+        elif consumer.feed.report_at < self._probe_level_at + PROBE_LEVEL_REPORT_S:
+            pass  # no report on this level yet: hold it
         elif self.padding_bps >= needed:
-            # The link carried the whole step for an interval without loss: take it.
+            # The link carried the whole step without loss or a queue: take it.
             consumer.selection.probe_passed = True  # type: ignore[union-attr]
             self.padding_bps = 0.0
             self._probe_consumer = None
         else:
             self.padding_bps = min(needed, 2 * self.padding_bps)
+            self._probe_level_at = now
         if self.padding_bps and self._prober is None:
             self._prober = self._tasks.spawn(self._pad(), name="probe-padding")
 
@@ -483,10 +513,7 @@ class WebRtcTransport:
         if slot is None:
             return
         slot.consumer.close()
-        self.retired.packets_out += slot.consumer.packets
-        self.retired.bytes_out += slot.consumer.bytes
-        self.retired.retransmits += slot.consumer.feed.retransmits
-        self.retired.send_refused += slot.consumer.feed.refused
+        self.retired.add_consumer(slot.consumer)
         # aiortc cannot remove an m-line; an inactive one stays in later offers. Its
         # sender stops once the client has agreed (an answer to an older offer could
         # otherwise start it again).

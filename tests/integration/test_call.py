@@ -16,7 +16,7 @@ from kiosk_client.media import open_audio, open_video
 from server.appkeys import SFU_KEY, SIGNALING_KEY, STORE_KEY
 
 from tests.conftest import RunningServer
-from tests.support import eventually, media_from
+from tests.support import eventually, media_from, scrape_metrics
 
 ClientFactory = Callable[..., Awaitable[CallClient]]
 
@@ -219,29 +219,16 @@ async def test_twenty_join_leave_cycles_leave_nothing_behind(server: RunningServ
 
 
 async def test_metrics_count_the_forwarding(server: RunningServer, call_client: ClientFactory) -> None:
-    import aiohttp
-
     alice = await call_client("Alice")
     bob = await call_client("Bob")
     await eventually(lambda: receiving(alice, bob) and receiving(bob, alice), what="media")
 
-    async def scrape() -> tuple[str, dict[str, float]]:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(server.url + "/metrics") as response:
-                assert response.status == 200
-                text = await response.text()
-        return text, {
-            line.split(" ")[0]: float(line.split(" ")[1])
-            for line in text.splitlines()
-            if line.startswith("verzilvering_")
-        }
-
-    _, before = await scrape()
+    _, before = await scrape_metrics(server.url)
     video = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video")
     video.request_keyframe()
     video.request_keyframe()  # coalesced with the first
     await asyncio.sleep(0.1)
-    text, values = await scrape()
+    text, values = await scrape_metrics(server.url)
     assert values["verzilvering_pli_total"] == before["verzilvering_pli_total"] + 1
     assert values["verzilvering_rooms"] == 1
     assert values["verzilvering_participants"] == 2
@@ -251,6 +238,9 @@ async def test_metrics_count_the_forwarding(server: RunningServer, call_client: 
     assert values["verzilvering_forwarded_bytes_total"] > 10_000
     # On an idle loopback no socket is full: nothing was lost at the node's own sockets.
     assert values["verzilvering_send_refused_total"] == 0
+    # A clean link: no repairs refused, no higher layer to probe for.
+    assert values["verzilvering_nack_refused_total"] == 0
+    assert values["verzilvering_probe_packets_total"] == 0
     assert values["verzilvering_join_seconds_count"] == 2
     assert "verzilvering_redis_errors_total" in values
     assert "alice" not in text.lower() and "room-1" not in text
@@ -258,7 +248,7 @@ async def test_metrics_count_the_forwarding(server: RunningServer, call_client: 
     # A full collection (the server runs in this process) shows as a pause of generation 2.
     pauses = 'verzilvering_gc_pause_seconds_count{generation="2"}'
     gc.collect()
-    _, after_gc = await scrape()
+    _, after_gc = await scrape_metrics(server.url)
     assert after_gc[pauses] >= values.get(pauses, 0) + 1
     assert after_gc['verzilvering_gc_pause_seconds_sum{generation="2"}'] > 0
 

@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from kiosk_client.call import CallClient
@@ -17,7 +16,7 @@ from server.rtc.simulcast import answered_simulcast, offer_simulcast
 
 from tests.conftest import RunningServer, join
 from tests.simulcast_publisher import SimulcastPublisher
-from tests.support import eventually
+from tests.support import eventually, scrape_metrics
 
 OFFER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
@@ -130,9 +129,7 @@ async def test_layout_switches_layers_down_and_up_without_a_break(
     frames = media.video_frames
     await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on at the low layer")
     # Operators see the layer in /metrics, counted per layer, with no one named.
-    async with aiohttp.ClientSession() as http:
-        async with http.get(server.url + "/metrics") as response:
-            metrics = await response.text()
+    metrics, _ = await scrape_metrics(server.url)
     assert 'verzilvering_consumer_layer{spatial="l",temporal="0"} 1.0' in metrics, metrics
     assert "p-sub" not in metrics and "p-pub" not in metrics
     await subscriber.signaling.send({"type": "layout", "tiles": [{"participant_id": "p-pub", "width": 160, "height": 120}]})
@@ -227,6 +224,8 @@ async def test_a_subscriber_moved_down_climbs_back_through_padding_probes(
     # show each step goes through, and the step is taken.
     await eventually(lambda: consumer.current_spatial == 2, timeout=25, what="the top layer again")
     assert consumer.feed.probe_packets > 0, "the climb went through probes"
+    _, metrics = await scrape_metrics(server.url)
+    assert metrics["verzilvering_probe_packets_total"] >= consumer.feed.probe_packets
     frames = subscriber.remote["p-pub"].video_frames
     await eventually(lambda: subscriber.remote["p-pub"].video_frames > frames + 15, timeout=5, what="video at the top")
     assert subscriber.remote["p-pub"].video_height == 240

@@ -78,15 +78,24 @@ def test_congestion_moves_down_at_once_and_probes_climb_after_the_hold(producer:
     selection.choose(total(1, 0) * 1.05, t + 3, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 0)
     assert selection.wanted_spatial == 2  # ...but the publisher is asked to keep the next layer
-    # ...then the temporal layers at once (cheap)...
+    # ...then the temporal layers, as far as the estimate covers them: none while it covers
+    # the base layer only, then one, then both at once...
     selection.choose(total(1, 0) * 1.05, t + 5.1, congested=False)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 0)
+    selection.choose(total(1, 1) * 1.05, t + 5.2, congested=False)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 1)
+    fresh = LayerSelection(producer, policy)
+    fresh.choose(total(1, 0) * 1.05, t, congested=True)
+    fresh.choose(total(1, 2) * 1.05, t + 5.1)
+    assert (fresh.target_spatial, fresh.target_temporal) == (1, 2)
+    selection.choose(total(1, 2) * 1.05, t + 5.3 + 4, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 2)
     # ...and the next spatial layer only once the link has shown room for it: first a
     # probe (the transport pads the link), then the move, when the estimate allows it...
-    selection.choose(total(1, 2) * 1.05, t + 9.2, congested=False)
+    selection.choose(total(1, 2) * 1.05, t + 13.4, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 2)
     assert selection.probe_bps == total(2, 2)
-    selection.choose(total(2, 2) * 1.05 + total(1, 2), t + 10.2, congested=False)
+    selection.choose(total(2, 2) * 1.05 + total(1, 2), t + 14.4, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (2, 2)
     assert selection.probe_bps == 0
 
@@ -146,11 +155,11 @@ def test_the_estimate_counts_each_remb_once_and_loss_caps_it() -> None:
     assert LinkEstimate().update([Remb(300_000, frozenset({1}), 10.0), Remb(200_000, frozenset({2}), 10.0)], [], 0, 10.5) == 500_000
     # 30 % loss while 900 kbit/s went out: down to what got through, whatever REMB says.
     capped = estimate.update([Remb(800_000, both, 11.0)], [LossReport(0.3, 11.0)], 900_000, 11.5)
-    assert capped == pytest.approx(900_000 * 0.85)
+    assert capped == pytest.approx(900_000 * 0.7)
     assert estimate.congested
     # Loss gone: the cap grows 8 % per report until REMB decides again.
     grown = estimate.update([Remb(800_000, both, 12.0)], [LossReport(0.0, 12.0)], 500_000, 12.5)
-    assert grown == pytest.approx(min(800_000, 900_000 * 0.85 * 1.08))
+    assert grown == pytest.approx(min(800_000, 900_000 * 0.7 * 1.08))
     assert estimate.congested  # remembered for a few seconds
     assert not (estimate.update([Remb(800_000, both, 20.0)], [LossReport(0.0, 20.0)], 500_000, 20.5), estimate.congested)[1]
     # A falling REMB is congestion too.
@@ -163,6 +172,26 @@ def test_the_estimate_counts_each_remb_once_and_loss_caps_it() -> None:
     assert reordering.holding and not reordering.congested
     reordering.update([Remb(800_000, both, 34.0)], [LossReport(0.0, 34.0)], 700_000, 34.5)
     assert not reordering.holding
+
+
+def test_a_new_link_starts_at_the_start_estimate_until_its_first_remb() -> None:
+    estimate = LinkEstimate(start_bps=300_000)
+    assert estimate.available_bps == 300_000
+    assert estimate.update([], [], 0, 1.0) == 300_000
+    # Clean receiver reports alone grow it as they grow a loss cap (a subscriber without REMB).
+    assert estimate.update([], [LossReport(0.0, 1.5)], 100_000, 2.0) == pytest.approx(300_000 * 1.08)
+    # Its first REMB decides, above the start estimate or below it.
+    assert estimate.update([Remb(2_000_000, frozenset({1}), 2.5)], [], 0, 3.0) == 2_000_000
+    assert LinkEstimate(start_bps=300_000).update([Remb(120_000, frozenset({1}), 2.5)], [], 0, 3.0) == 120_000
+
+
+def test_a_new_subscriber_starts_on_the_layer_the_start_estimate_fits(producer: Producer) -> None:
+    selection = LayerSelection(producer, LayerPolicy())
+    selection.choose(300_000, 1000.0)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    low = LayerSelection(producer, LayerPolicy())
+    low.choose(100_000, 1000.0)
+    assert (low.target_spatial, low.target_temporal) == (0, 2)
 
 
 def test_some_loss_holds_the_layer_where_it_is(producer: Producer) -> None:
