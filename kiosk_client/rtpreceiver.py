@@ -299,8 +299,9 @@ class TunedReceiver(ReceiverTakeover):
         self.media_ssrc = packet.ssrc
         self._codec = codec
         if self.assembler is not None and self.nack is not None:
+            self.nack.patient = self.assembler.waiting_for_keyframe
             lost = self.nack.add(packet.sequence_number, now, retransmission)
-            self.assembler.deadline = self.nack.deadline
+            self.assembler.deadline = self.nack.current_deadline
             # Completed frames go to the decoder first; the requests follow within microseconds.
             self._take_assembly(self._add_video(self.assembler, packet, codec, now))
             if lost:

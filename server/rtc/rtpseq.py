@@ -69,7 +69,8 @@ class NackTracker:
     A gap is NACKed once it has been missing for the reorder allowance (at once without
     one), then again while the packet is missing, every `retry_interval` or a round trip if
     longer (learnt from retransmissions that answered a single NACK), until `deadline` (the
-    assembler's: past it the frame is dropped anyway).
+    assembler's: past it the frame is dropped anyway; `max_deadline` while the receiver waits
+    for a keyframe).
     """
 
     def __init__(
@@ -89,6 +90,10 @@ class NackTracker:
         # keyframe, which the same queue then loses. So the deadline follows the round
         # trips seen, answers that came too late included, up to `max_deadline`.
         self.max_deadline = deadline if max_deadline is None else max(deadline, max_deadline)
+        # Set by the receiver while it waits for a keyframe: nothing behind a hole could be
+        # shown anyway, and a new keyframe takes longer to come (and crosses the same link)
+        # than the repairs of this one, so holes get the longest deadline.
+        self.patient = False
         self.round_trip = LearntDelay(0.0, self.max_deadline)
         self._given_up: dict[int, float] = {}
         self.max_missing = max_missing
@@ -102,6 +107,10 @@ class NackTracker:
         self._unwrapper = Unwrapper(16)
         self._highest: int | None = None
         self._missing: dict[int, _Missing] = {}
+
+    @property
+    def current_deadline(self) -> float:
+        return self.max_deadline if self.patient else self.deadline
 
     @property
     def missing(self) -> list[int]:
@@ -161,10 +170,10 @@ class NackTracker:
     def due(self, now: float) -> list[int]:
         """First requests and retries due by `now`; forgets packets past the deadline."""
         requests = []
-        allowance, spacing = self.reorder.current, self.retry.current
+        allowance, spacing, deadline = self.reorder.current, self.retry.current, self.current_deadline
         for seq, entry in list(self._missing.items()):
             # Same arithmetic as next_due(), so a timer set for it always finds work.
-            if entry.since + self.deadline <= now:
+            if entry.since + deadline <= now:
                 del self._missing[seq]
                 if entry.last_sent is not None and self.max_deadline > self.base_deadline:
                     self._given_up[seq] = entry.last_sent
@@ -185,10 +194,11 @@ class NackTracker:
     def next_due(self) -> float | None:
         if not self._missing:
             return None
+        deadline = self.current_deadline
         return min(
             min(
                 entry.since + self.reorder.current if entry.last_sent is None else entry.last_sent + self.retry.current,
-                entry.since + self.deadline,
+                entry.since + deadline,
             )
             for entry in self._missing.values()
         )

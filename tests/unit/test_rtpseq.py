@@ -142,3 +142,21 @@ def test_the_deadline_grows_to_the_round_trips_of_a_slow_link_answers_too_late_i
     fixed.due(0.1)
     fixed.add(2, 0.255, retransmission=True)
     assert fixed.deadline == 0.1
+
+
+def test_a_receiver_waiting_for_a_keyframe_repairs_its_holes_up_to_the_longest_deadline() -> None:
+    # A weak link drops the tail of the first keyframe; the answers to the NACKs wait in its
+    # queue. Nothing could be shown meanwhile, so they are waited for, not given up at 100 ms.
+    nack = NackTracker(retry_interval=0.025, deadline=0.1, reorder=LearntDelay(0.005, 0.005), max_deadline=0.5)
+    nack.patient = True
+    assert nack.current_deadline == 0.5
+    nack.add(1, 0.0)
+    nack.add(4, 0.033)  # the next frame shows 2 and 3 missing
+    assert nack.due(0.04) == [2, 3]
+    assert nack.due(0.2) == [2, 3] and nack.missing == [2, 3]  # past 100 ms: still asked for
+    assert nack.next_due() is not None and nack.next_due() <= 0.033 + 0.5
+    nack.due(0.55)
+    assert nack.missing == []  # the longest deadline is a deadline too
+    # With a picture on screen, a hole holds up everything behind it: the learnt deadline.
+    nack.patient = False
+    assert nack.current_deadline == nack.deadline == 0.1
