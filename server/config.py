@@ -139,11 +139,6 @@ class Settings:
     keyframe_failures_to_step_down: int = 3
     keyframe_failure_window_s: float = 10.0
     step_down_hold_s: float = 20.0
-    # What a new subscriber's downlink is assumed to carry until its own reports (REMB,
-    # receiver reports) say more (libwebrtc's default start bitrate): its first layers fit in
-    # it, and higher ones are probed for. Starting at the top instead floods a weak link for
-    # seconds before its first picture.
-    subscriber_start_bps: int = 300_000
     # How often each subscriber's bandwidth estimate is shared out among its video streams.
     layer_allocation_interval_s: float = 1.0
     # Tiles one `layout` message may list.

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 VIDEO_CLOCK_RATE = 90_000
 # VP8's highest temporal layer in use (L1T3).
 MAX_TEMPORAL_LAYER = 2
+# The lowest temporal layer forwarded of any spatial layer but the lowest (1: 15 fps of 30).
+MIN_TEMPORAL_ABOVE_LOWEST = 1
 # The longest an upward probe waits after probes that met congestion.
 MAX_HOLD_S = 60.0
 # Packets of the layer switched to kept while its keyframe's first packet has not come: on a
@@ -51,7 +53,6 @@ class LayerPolicy:
     keyframe_failures_to_step_down: int = Settings.keyframe_failures_to_step_down
     keyframe_failure_window_s: float = Settings.keyframe_failure_window_s
     step_down_hold_s: float = Settings.step_down_hold_s
-    subscriber_start_bps: int = Settings.subscriber_start_bps
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LayerPolicy:
@@ -115,9 +116,10 @@ class LayerSelection:
         `congested` says whether the link shows congestion now (heavy loss, or a falling
         REMB) and `holding` whether it shows some loss (no probing up, nothing moves down).
         Without congestion or loss the consumer climbs one step after the hold time: a
-        temporal step once the budget covers it (the estimate grows with what is received),
-        a spatial step once the estimate shows room for it, which the transport's padding
-        (`probe_bps`) makes it show if the link has it.
+        temporal step at once on the lowest spatial layer (its full frame rate is the floor),
+        on a higher one once the budget covers it; a spatial step once the estimate shows
+        room for it, which the transport's padding (`probe_bps`) makes it show if the link
+        has it.
         Congestion soon after a step, or during a probe, doubles the hold (up to MAX_HOLD_S).
         """
         self.budget_bps = budget_bps
@@ -138,7 +140,12 @@ class LayerSelection:
         # frame's TID never exceeds it, and a first choice made at the first packet would
         # otherwise hold the stream at the base layer.
         top_temporal = MAX_TEMPORAL_LAYER if not rates.bps else rates.temporal_layers - 1
-        candidates = [(s, t) for s in layers if s <= most for t in range(top_temporal + 1)]
+        # Above the lowest spatial layer, no less than 15 fps: a sharper picture at 7.5 fps is
+        # choppy (a chair-gym class is movement), and its keyframes are as large as at 30.
+        lowest_rate = min(MIN_TEMPORAL_ABOVE_LOWEST, top_temporal)
+        candidates = [
+            (s, t) for s in layers if s <= most for t in range(top_temporal + 1) if s == layers[0] or t >= lowest_rate
+        ]
         fit = candidates[0]
         for candidate in candidates:
             if budget_bps is None or self.rate(*candidate) <= budget_bps:
@@ -147,8 +154,9 @@ class LayerSelection:
         if (congested or holding) and self.probe_bps:
             self.probe_failed(now)
         if not self.chosen:
-            # What the budget fits: on a new link the start estimate, then what the link shows.
-            self._move(fit, now)
+            # The top, unless the link is congested: a REMB below it does not forbid it (see
+            # above), most links carry it, and a weak one shows congestion within a second.
+            self._move(fit if congested else candidates[-1], now)
         elif current > candidates[-1] or current not in candidates:
             # The tile shrank, a cap came, or the layer went away: at once.
             self._move(max(c for c in candidates if c <= current) if candidates[0] <= current else candidates[0], now)
@@ -159,7 +167,10 @@ class LayerSelection:
         elif not congested and not holding and current < candidates[-1] and now - self._last_move >= self._hold:
             # Temporal layers first, as many as the budget covers; then the next spatial layer
             # at full frame rate.
-            if current[1] < top_temporal:
+            if current[1] < top_temporal and current[0] == candidates[0][0]:
+                # The lowest layer's frame rate is the floor every subscriber gets back to.
+                step = (current[0], top_temporal)
+            elif current[1] < top_temporal:
                 step = max(
                     [(current[0], t) for t in range(current[1] + 1, top_temporal + 1)
                      if budget_bps is None or self.rate(current[0], t) <= budget_bps],
@@ -167,7 +178,7 @@ class LayerSelection:
                 )
             else:
                 step = next(c for c in reversed(candidates) if c[0] == min(s for s, _ in candidates if s > current[0]))
-            fits = budget_bps is None or self.rate(*step) <= budget_bps
+            fits = budget_bps is None or self.rate(*step) <= budget_bps or step[0] == current[0]
             if step == current:
                 pass  # not even the next frame rate fits yet: the estimate grows with what is received
             elif fits or self.probe_passed:

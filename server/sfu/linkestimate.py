@@ -7,9 +7,7 @@ it: above 10 % loss the estimate falls to what got through, below 2 % the cap gr
 update until REMB alone decides again. Between the two, as in GCC's loss-based controller,
 the estimate holds: nothing moves down, nothing probes up. A link that only reorders shows
 a few per cent "lost" in single reports (packets late for one report, counted in the next),
-so 2-10 % must not be read as congestion. Until its first REMB a link is assumed to carry a
-start estimate, which clean receiver reports grow like the loss cap. Pure arithmetic, fed by
-the transport.
+so 2-10 % must not be read as congestion. Pure arithmetic, fed by the transport.
 """
 
 from __future__ import annotations
@@ -41,13 +39,11 @@ class LossReport:
 
 
 class LinkEstimate:
-    def __init__(self, start_bps: float | None = None) -> None:
-        self.available_bps: float | None = start_bps
+    def __init__(self) -> None:
+        self.available_bps: float | None = None
         self.loss = 0.0
-        # What heavy loss showed got through, growing while the link is clean; at first the
-        # start estimate (None: no limit), until the subscriber's first REMB.
-        self._loss_cap: float | None = start_bps
-        self._remb_seen = False
+        # What heavy loss showed got through, growing while the link is clean.
+        self._loss_cap: float | None = None
         self._last_loss_at = 0.0
         self._last_remb: float | None = None
         self._congested_at = -CONGESTION_MEMORY_S
@@ -71,8 +67,8 @@ class LinkEstimate:
 
         A REMB speaks for the streams it names, and the receive-side estimators that send it
         (aiortc's, Chromium's without transport-cc) see video packets only: the link carries
-        that and the audio (`audio_bps`, sent meanwhile) beside it. The loss cap and the
-        start estimate are of the whole link.
+        that and the audio (`audio_bps`, sent meanwhile) beside it. The loss cap is of the
+        whole link.
         """
         # Chromium sends one REMB naming every SSRC it receives; aiortc one per stream.
         # The newest report for each SSRC counts once.
@@ -85,9 +81,6 @@ class LinkEstimate:
             remb_total = (remb_total or 0.0) + remb.bitrate_bps
         link_remb = None if remb_total is None else remb_total + audio_bps
         self._now = now
-        if remb_total is not None and not self._remb_seen:
-            self._remb_seen = True
-            self._loss_cap = None
         if remb_total is not None:
             if self._last_remb is not None and remb_total < REMB_DROP * self._last_remb:
                 self._congested_at = now

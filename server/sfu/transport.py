@@ -151,10 +151,10 @@ class ConsumerSlot:
 
 
 # Bandwidth probing towards a consumer's next spatial layer: padding starts at this share
-# of what the link carries now and doubles every allocation interval while neither the
-# subscriber's REMB falls nor its reports show loss, until it adds what the layer step
-# needs. A weak link shows it at the first or second small step; a good one reaches a
-# layer ten times the current in about six intervals.
+# of what the link carries now and doubles a level while neither the subscriber's REMB
+# falls nor its reports show loss or a longer round trip, until it adds what the layer step
+# needs. A weak link shows it at the first or second small level; a good one reaches a
+# layer ten times the current in about six.
 PROBE_START = 0.25
 PROBE_TICK_S = 0.02
 # A round trip this much longer than at the probe's start: the padding is filling a queue.
@@ -189,7 +189,7 @@ class WebRtcTransport:
         self.participant_id = participant_id
         self.layer_policy = layer_policy or LayerPolicy()
         # This subscriber's downlink, shared out among its video consumers every interval.
-        self.estimate = LinkEstimate(self.layer_policy.subscriber_start_bps)
+        self.estimate = LinkEstimate()
         self.video_budget_bps: float | None = None
         self._allocation_interval = allocation_interval_s
         self._allocator: asyncio.Task[None] | None = None
@@ -197,6 +197,9 @@ class WebRtcTransport:
         self.padding_bps = 0.0
         self._probe_consumer: Consumer | None = None
         self._probe_grace_until = 0.0
+        # The padding rate a probe stopped at: repairs may use it during the grace (the loss
+        # was the padding's, and its room is free again).
+        self._probe_repair_bps = 0.0
         # When the current probe began and its padding last changed level, and the
         # subscriber's REMB then.
         self._probe_started = self._probe_level_at = 0.0
@@ -338,11 +341,8 @@ class WebRtcTransport:
         if consumer.selection is not None and self.layout is not None:
             consumer.selection.tile = self.layout.get(producer.participant_id, (0, 0))
         self.consumer_slots[producer.id] = ConsumerSlot(transceiver, consumer)
-        if producer.kind == "video":
-            if self._allocator is None:
-                self._allocator = self._tasks.spawn(self._allocate_periodically(), name="layer-allocation")
-            # Its share of the estimate before its first packet, which makes its first choice.
-            self.allocate()
+        if producer.kind == "video" and self._allocator is None:
+            self._allocator = self._tasks.spawn(self._allocate_periodically(), name="layer-allocation")
         self.request_negotiation()
         return consumer
 
@@ -403,20 +403,23 @@ class WebRtcTransport:
             # padding's doing: the probe fails (the padding stops) and the layers stay. Only
             # heavy loss after that moves them down.
             if self.padding_bps:
-                self._probe_grace_until = now + PROBE_GRACE_S
+                self._probe_failed(now)
             congested, holding = False, True
         for consumer in sorted(video, key=area, reverse=True):
             got = consumer.selection.choose(  # type: ignore[union-attr]
                 max(0.0, remaining) + base[consumer], now, congested, holding
             )
             remaining -= got - base[consumer]
-            # On a congested or lossy link retransmissions get a share of the consumer's
-            # budget, no more: unanswered, a loss costs a keyframe; answered without limit, the repairs
+            # On a congested link retransmissions get a share of the consumer's budget, no
+            # more: unanswered, a loss costs a keyframe; answered without limit, the repairs
             # keep the queue full and the loss going (seen for ten seconds after a probe).
+            # Some loss (2-10 %) is repaired in full: a browser waits for every repair.
             consumer.feed.retransmit_rate_bps = (
-                RETRANSMIT_SHARE * consumer.selection.budget_bps  # type: ignore[union-attr, operator]
-                if (self.estimate.congested or self.estimate.holding)
-                and consumer.selection.budget_bps is not None  # type: ignore[union-attr]
+                max(
+                    RETRANSMIT_SHARE * consumer.selection.budget_bps,  # type: ignore[union-attr, operator]
+                    self._probe_repair_bps if now < self._probe_grace_until else 0.0,
+                )
+                if self.estimate.congested and consumer.selection.budget_bps is not None  # type: ignore[union-attr]
                 else None
             )
         self._plan_probe(video, sent_bps)
@@ -484,6 +487,15 @@ class WebRtcTransport:
             self._probe_remb = max(remb, self._probe_remb or 0)
         return feed.report_at > self._probe_started and feed.fraction_lost > LOSS_LOW
 
+    def _probe_failed(self, now: float) -> None:
+        """The padding met harm: a grace in which congestion is put down to it and its room
+        goes to repairing what it cost (a lost packet left unrepaired costs a keyframe)."""
+        self._probe_grace_until = now + PROBE_GRACE_S
+        self._probe_repair_bps = self.padding_bps
+        feed = self._probe_consumer.feed if self._probe_consumer is not None else None
+        if feed is not None and feed.retransmit_rate_bps is not None:
+            feed.retransmit_rate_bps = max(feed.retransmit_rate_bps, self.padding_bps)
+
     async def _pad(self) -> None:
         """Sends the probe padding, paced every PROBE_TICK_S; stops it at the first sign of harm."""
         due = 0.0
@@ -494,9 +506,9 @@ class WebRtcTransport:
                 due = 0.0
                 continue
             if self._probe_hurts(consumer.feed):
+                self._probe_failed(time.monotonic())
                 self.padding_bps = 0.0
                 self._probe_consumer = None
-                self._probe_grace_until = time.monotonic() + PROBE_GRACE_S
                 consumer.selection.probe_failed(time.monotonic())  # type: ignore[union-attr]
                 continue
             due += self.padding_bps * PROBE_TICK_S / 8

@@ -70,32 +70,38 @@ def test_congestion_moves_down_at_once_and_probes_climb_after_the_hold(producer:
     selection = LayerSelection(producer, policy)
     t = 1000.0
     selection.choose(None, t)
-    # A congested link with room for the middle layer's base temporal layer: down at once.
-    selection.choose(total(1, 0) * 1.05, t + 1, congested=True)
-    assert (selection.target_spatial, selection.target_temporal) == (1, 0)
+    # A congested link with room for the middle layer at 15 fps: down at once.
+    selection.choose(total(1, 1) * 1.05, t + 1, congested=True)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 1)
     assert selection.wanted_spatial == 1  # congested: no room asked for above it
+    # Room for the middle layer at 7.5 fps only: the smallest at full frame rate instead
+    # (nothing sharper is forwarded below 15 fps).
+    choppy = LayerSelection(producer, policy)
+    choppy.choose(None, t)
+    choppy.choose(total(1, 0) * 1.05, t + 1, congested=True)
+    assert (choppy.target_spatial, choppy.target_temporal) == (0, 2)
     # Without congestion, nothing moves before the hold...
-    selection.choose(total(1, 0) * 1.05, t + 3, congested=False)
-    assert (selection.target_spatial, selection.target_temporal) == (1, 0)
+    selection.choose(total(1, 1) * 1.05, t + 3, congested=False)
+    assert (selection.target_spatial, selection.target_temporal) == (1, 1)
     assert selection.wanted_spatial == 2  # ...but the publisher is asked to keep the next layer
     # ...then the temporal layers, as far as the estimate covers them: none while it covers
-    # the base layer only, then one, then both at once...
-    selection.choose(total(1, 0) * 1.05, t + 5.1, congested=False)
-    assert (selection.target_spatial, selection.target_temporal) == (1, 0)
-    selection.choose(total(1, 1) * 1.05, t + 5.2, congested=False)
+    # 15 fps only, then the next one...
+    selection.choose(total(1, 1) * 1.05, t + 5.1, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 1)
-    fresh = LayerSelection(producer, policy)
-    fresh.choose(total(1, 0) * 1.05, t, congested=True)
-    fresh.choose(total(1, 2) * 1.05, t + 5.1)
-    assert (fresh.target_spatial, fresh.target_temporal) == (1, 2)
-    selection.choose(total(1, 2) * 1.05, t + 5.3 + 4, congested=False)
+    selection.choose(total(1, 2) * 1.05, t + 5.2, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 2)
+    # ...or several at once.
+    fresh = LayerSelection(producer, policy)
+    fresh.choose(total(0, 0) * 1.05, t, congested=True)
+    assert (fresh.target_spatial, fresh.target_temporal) == (0, 0)
+    fresh.choose(total(0, 2) * 1.05, t + 5.1)
+    assert (fresh.target_spatial, fresh.target_temporal) == (0, 2)
     # ...and the next spatial layer only once the link has shown room for it: first a
     # probe (the transport pads the link), then the move, when the estimate allows it...
-    selection.choose(total(1, 2) * 1.05, t + 13.4, congested=False)
+    selection.choose(total(1, 2) * 1.05, t + 9.3, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (1, 2)
     assert selection.probe_bps == total(2, 2)
-    selection.choose(total(2, 2) * 1.05 + total(1, 2), t + 14.4, congested=False)
+    selection.choose(total(2, 2) * 1.05 + total(1, 2), t + 10.3, congested=False)
     assert (selection.target_spatial, selection.target_temporal) == (2, 2)
     assert selection.probe_bps == 0
 
@@ -174,24 +180,15 @@ def test_the_estimate_counts_each_remb_once_and_loss_caps_it() -> None:
     assert not reordering.holding
 
 
-def test_a_new_link_starts_at_the_start_estimate_until_its_first_remb() -> None:
-    estimate = LinkEstimate(start_bps=300_000)
-    assert estimate.available_bps == 300_000
-    assert estimate.update([], [], 0, 1.0) == 300_000
-    # Clean receiver reports alone grow it as they grow a loss cap (a subscriber without REMB).
-    assert estimate.update([], [LossReport(0.0, 1.5)], 100_000, 2.0) == pytest.approx(300_000 * 1.08)
-    # Its first REMB decides, above the start estimate or below it.
-    assert estimate.update([Remb(2_000_000, frozenset({1}), 2.5)], [], 0, 3.0) == 2_000_000
-    assert LinkEstimate(start_bps=300_000).update([Remb(120_000, frozenset({1}), 2.5)], [], 0, 3.0) == 120_000
-
-
-def test_a_new_subscriber_starts_on_the_layer_the_start_estimate_fits(producer: Producer) -> None:
+def test_a_new_subscriber_starts_at_the_top_unless_its_link_is_congested(producer: Producer) -> None:
+    # Most links carry the top layer: a first picture as sharp as it gets. A link that is
+    # already congested gets what its estimate fits, at 15 fps or more above the lowest layer.
     selection = LayerSelection(producer, LayerPolicy())
     selection.choose(300_000, 1000.0)
-    assert (selection.target_spatial, selection.target_temporal) == (1, 2)
-    low = LayerSelection(producer, LayerPolicy())
-    low.choose(100_000, 1000.0)
-    assert (low.target_spatial, low.target_temporal) == (0, 2)
+    assert (selection.target_spatial, selection.target_temporal) == (2, 2)
+    congested = LayerSelection(producer, LayerPolicy())
+    congested.choose(total(2, 0) * 1.05, 1000.0, congested=True)
+    assert (congested.target_spatial, congested.target_temporal) == (1, 2), "not the top at 7.5 fps"
 
 
 def test_some_loss_holds_the_layer_where_it_is(producer: Producer) -> None:
