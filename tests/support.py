@@ -7,11 +7,15 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiortc import VideoStreamTrack
 from av import VideoFrame
 
 from bench.vp8_retarget import pattern_frame
 from kiosk_client.call import CallClient, RemoteMedia
+from server.directory import Directory
+from server.pairing import confirm_pairing
+from server.store import Store
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
@@ -25,6 +29,21 @@ async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str
 def media_from(client: CallClient, other: CallClient) -> RemoteMedia | None:
     assert other.self_id is not None
     return client.remote.get(other.self_id)
+
+
+async def paired_kiosk(
+    http: aiohttp.ClientSession, base_url: str, store: Store, directory: Directory, senior_id: str
+) -> dict[str, str]:
+    """A kiosk starts pairing over HTTP and a coordinator confirms its code: the kiosk's device credential."""
+    async with http.post(base_url + "/api/kiosk/pair") as r:
+        assert r.status == 201
+        started = await r.json()
+    await confirm_pairing(store, directory, started["code"], senior_id, actor="test")
+    async with http.get(
+        f"{base_url}/api/kiosk/pair/{started['pairing_id']}", headers={"X-Pairing-Secret": started["secret"]}
+    ) as r:
+        assert r.status == 200
+        return await r.json()
 
 
 class PatternTrack(VideoStreamTrack):
