@@ -132,6 +132,21 @@ async def open_tab(context: BrowserContext, url: str, *, status: int | None = 20
     return tab
 
 
+async def submit_login(page: Page, username: str, password: str) -> None:
+    """Fills in the login form on `page` and sends it."""
+    await page.get_by_label("Gebruikersnaam").fill(username)
+    await page.get_by_label("Wachtwoord").fill(password)
+    await page.get_by_role("button", name="Inloggen").click()
+
+
+async def log_in(context: BrowserContext, site_url: str, username: str, password: str, lands_on: str) -> Tab:
+    """A tab signed in through the login page, on the page that leads to (`lands_on`: "/admin", "/host")."""
+    tab = await open_tab(context, f"{site_url}/login")
+    await submit_login(tab.page, username, password)
+    await tab.page.wait_for_url(f"{site_url}{lands_on}")
+    return tab
+
+
 def ensure_axe() -> str:
     """axe-core from the npm registry (tests/run.sh installs it; this covers a bare pytest)."""
     if not AXE.exists():
@@ -266,11 +281,12 @@ async def device_socket(http: aiohttp.ClientSession, url: str, credentials: dict
 
 
 async def next_message(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 15) -> dict[str, Any]:
+    """The next message of type `kind` on a device or family page socket; others are passed over."""
     async with asyncio.timeout(timeout):
         while True:
             message = await ws.receive()
             if message.type != aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f"device socket {message.type.name} while waiting for {kind}")
+                raise AssertionError(f"socket {message.type.name} while waiting for {kind}")
             data = json.loads(message.data)
             if data.get("type") == kind:
                 return data

@@ -4,9 +4,10 @@ aiortc participants that heal themselves the way a kiosk does: for the cluster t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from bench.redis_server import RedisServer
 from bench.server_process import Node
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
+from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 
 from tests.conftest import TEST_SECRET
@@ -29,16 +31,42 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+StartNodes = Callable[..., tuple[Node, Node, str]]
+
+
 @pytest.fixture
-def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[list[Node], str]]:
+def start_nodes(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNodes]:
+    """Starts n1 and n2 with extra settings; "gym" is placed on n1 by the placement hash."""
     prefix = f"vztest:{uuid.uuid4().hex}:"
-    nodes = [Node("n1", redis_server.url, prefix, tmp_path, secret=TEST_SECRET),
-             Node("n2", redis_server.url, prefix, tmp_path, secret=TEST_SECRET)]
+    started: list[Node] = []
+
+    def start(**settings: str) -> tuple[Node, Node, str]:
+        for name in ("n1", "n2"):
+            started.append(Node(name, redis_server.url, prefix, tmp_path, settings, secret=TEST_SECRET))
+        return started[0], started[1], prefix
+
     try:
-        yield nodes, prefix
+        yield start
     finally:
-        for node in nodes:
+        for node in started:
             node.stop()
+
+
+@pytest.fixture
+def cluster(start_nodes: StartNodes) -> tuple[list[Node], str]:
+    n1, n2, prefix = start_nodes()
+    return [n1, n2], prefix
+
+
+@contextlib.asynccontextmanager
+async def probe_store(redis_url: str, prefix: str, node_id: str = "probe") -> AsyncIterator[RedisStore]:
+    """The cluster's store, opened from outside the nodes."""
+    store = RedisStore(redis_url, node_id=node_id, prefix=prefix)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 class Participant:
@@ -128,3 +156,15 @@ async def flowing(a: Participant, b: Participant, timeout: float) -> None:
         return av > start[0][0] + 10 and aa > start[0][1] + 10 and bv > start[1][0] + 10 and ba > start[1][1] + 10
 
     await eventually(advanced, timeout, f"media between {a.name} and {b.name}")
+
+
+async def alice_and_bob(
+    people: list[Participant], alice_servers: list[str], bob_servers: list[str]
+) -> tuple[Participant, Participant]:
+    """Alice and Bob in "gym" (each trying their servers in order), with media flowing both ways."""
+    alice, bob = Participant(alice_servers, "Alice"), Participant(bob_servers, "Bob")
+    people += [alice, bob]
+    await alice.start()
+    await bob.start()
+    await flowing(alice, bob, timeout=20)
+    return alice, bob

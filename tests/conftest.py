@@ -176,6 +176,17 @@ async def hello(client: WsClient, token: str, **extra: Any) -> dict[str, Any]:
     return await client.expect("welcome")
 
 
+async def resume(client: WsClient, token: str, welcome: dict[str, Any], last_seq: int) -> dict[str, Any]:
+    """A hello that resumes the session `welcome` opened, from `last_seq` on: the "resumed" message."""
+    await client.send({"type": "hello", "v": 1, "token": token, "resume": resume_field(welcome, last_seq)})
+    return await client.expect("resumed")
+
+
+def resume_field(welcome: dict[str, Any], last_seq: Any) -> dict[str, Any]:
+    """A hello's "resume" for the session `welcome` opened."""
+    return {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": last_seq}
+
+
 async def join(client: WsClient, token: str, room: str = "room-1") -> dict[str, Any]:
     await hello(client, token)
     await client.send({"type": "join", "room": room})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -23,6 +24,16 @@ StoreFactory = Callable[[], Awaitable[Store]]
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def backend_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings that choose one backend: none for the embedded store; for Redis, the
+    session's redis-server and a key prefix of the test's own."""
+    if request.param == "embedded":
+        return {}
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return {"redis_url": redis.url, "redis_prefix": f"vztest:{uuid4().hex}:"}
 
 
 @pytest.fixture(params=["embedded", "redis"])

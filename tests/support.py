@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,12 @@ from av import VideoFrame
 
 from bench.vp8_retarget import pattern_frame
 from kiosk_client.call import CallClient, RemoteMedia
+from kiosk_client.media import open_audio
+from server.directory import Directory
+from server.pairing import confirm_pairing
+from server.store import Store
+
+from tests.conftest import RunningServer
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
@@ -26,6 +33,21 @@ async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str
 def media_from(client: CallClient, other: CallClient) -> RemoteMedia | None:
     assert other.self_id is not None
     return client.remote.get(other.self_id)
+
+
+async def paired_kiosk(
+    http: aiohttp.ClientSession, base_url: str, store: Store, directory: Directory, senior_id: str
+) -> dict[str, str]:
+    """A kiosk starts pairing over HTTP and a coordinator confirms its code: the kiosk's device credential."""
+    async with http.post(base_url + "/api/kiosk/pair") as r:
+        assert r.status == 201
+        started = await r.json()
+    await confirm_pairing(store, directory, started["code"], senior_id, actor="test")
+    async with http.get(
+        f"{base_url}/api/kiosk/pair/{started['pairing_id']}", headers={"X-Pairing-Secret": started["secret"]}
+    ) as r:
+        assert r.status == 200
+        return await r.json()
 
 
 class PatternTrack(VideoStreamTrack):
@@ -55,6 +77,24 @@ class RecordingFeed:
 
     def send_now(self, payload_type: int, marker: int, seq: int, ts: int, payload: bytes, stamp: Any) -> None:
         self.sent.append((payload_type, seq, ts))
+
+
+@contextlib.asynccontextmanager
+async def pattern_publisher_and_viewer(
+    server: RunningServer, *, role: str = "host", names: tuple[str, str] = ("Kiosk", "Viewer"), video_frames: int = 30
+) -> AsyncIterator[tuple[CallClient, CallClient]]:
+    """In room-1, a publisher of PatternTrack and a tone (a host by default: the main picture's
+    bitrate) and a viewer, once the viewer has decoded more than `video_frames` of its frames."""
+    publisher = CallClient(server.url, server.token(role=role, name=names[0]), video=PatternTrack(), audio=open_audio("tone").audio)
+    viewer = CallClient(server.url, server.token(name=names[1]))
+    try:
+        await publisher.start()
+        await viewer.start()
+        await eventually(lambda: (m := media_from(viewer, publisher)) is not None and m.video_frames > video_frames, what="video")
+        yield publisher, viewer
+    finally:
+        await viewer.close()
+        await publisher.close()
 
 
 # --- what a server tells a kiosk (kiosk_client/appliance.py's inputs) ----------------------------

@@ -18,11 +18,12 @@ import aiohttp
 from bench.redis_server import RedisServer
 from bench.server_process import Node
 from server.directory import Activity
-from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 
-from tests.cluster_support import cluster, redis_server  # noqa: F401  (fixtures)
+from tests.browser_helpers import device_socket
+from tests.cluster_support import cluster, probe_store, redis_server, start_nodes  # noqa: F401  (fixtures)
 from tests.conftest import TEST_SECRET
+from tests.support import paired_kiosk
 
 ROOM = "activity-gym"
 SENIORS = ("senior-a", "senior-b", "senior-c")
@@ -61,14 +62,10 @@ class Kiosk:
 
 
 async def _log(redis_url: str, prefix: str) -> dict[str, Any] | None:
-    store = RedisStore(redis_url, node_id="probe", prefix=prefix)
-    await store.open()
-    try:
+    async with probe_store(redis_url, prefix) as store:
         logs = await store.attendance_between(0, time.time() + 86400)
-        assert len(logs) <= 1, logs
-        return logs[0] if logs else None
-    finally:
-        await store.close()
+    assert len(logs) <= 1, logs
+    return logs[0] if logs else None
 
 
 async def _until(check: Any, timeout: float, what: str) -> Any:
@@ -86,11 +83,9 @@ async def test_kill_9_of_the_rooms_node_loses_no_stay_and_counts_nobody_twice(
     cluster: tuple[list[Node], str], redis_server: RedisServer  # noqa: F811
 ) -> None:
     (n1, n2), prefix = cluster
-    setup = RedisStore(redis_server.url, node_id="setup", prefix=prefix)
-    await setup.open()
-    activity = Activity(id=ROOM, title="Gym", enrolled=list(SENIORS))
-    await setup.put_record("activities", ROOM, {**activity.__dict__})
-    await setup.close()
+    async with probe_store(redis_server.url, prefix, node_id="setup") as setup:
+        activity = Activity(id=ROOM, title="Gym", enrolled=list(SENIORS))
+        await setup.put_record("activities", ROOM, {**activity.__dict__})
 
     async with aiohttp.ClientSession() as http:
         a, b, c = (Kiosk(http, s) for s in SENIORS)
@@ -145,22 +140,14 @@ async def test_a_host_on_one_node_rings_a_kiosk_on_the_other(
     cluster: tuple[list[Node], str], redis_server: RedisServer  # noqa: F811
 ) -> None:
     from server.directory import Directory, Senior
-    from server.pairing import confirm_pairing
 
     (n1, n2), prefix = cluster
-    store = RedisStore(redis_server.url, node_id="setup", prefix=prefix)
-    await store.open()
-    directory = Directory(store)
-    try:
+    async with probe_store(redis_server.url, prefix, node_id="setup") as store:
+        directory = Directory(store)
         await directory.put(Senior(id="senior-a", name="Mevrouw Jansen"), actor="test")
         await directory.put(Activity(id=ROOM, title="Gym", enrolled=["senior-a"]), actor="test")
         async with aiohttp.ClientSession() as http:
-            async with http.post(n2.url + "/api/kiosk/pair") as r:
-                started = await r.json()
-            await confirm_pairing(store, directory, started["code"], "senior-a", actor="test")
-            async with http.get(n2.url + f"/api/kiosk/pair/{started['pairing_id']}",
-                                headers={"X-Pairing-Secret": started["secret"]}) as r:
-                credential = await r.json()
+            credential = await paired_kiosk(http, n2.url, store, directory, "senior-a")
             host = await http.ws_connect(n1.url + "/ws")
             token = TokenIssuer(TEST_SECRET).issue(role="host", room=ROOM, name="Ingrid", participant_id="host-1")
             await host.send_json({"type": "hello", "v": 1, "token": token})
@@ -172,9 +159,7 @@ async def test_a_host_on_one_node_rings_a_kiosk_on_the_other(
             owner = await store.room_owner(ROOM)
             other = n2 if owner == "n1" else n1
             assert owner in ("n1", "n2") and other.name != owner
-            device = await http.ws_connect(other.url + "/ws")
-            await device.send_json({"type": "hello", "v": 1, "device": credential})
-            assert (await device.receive_json(timeout=10))["type"] == "device_welcome"
+            device = await device_socket(http, other.url, credential)
             await host.send_json({"type": "invite_senior", "senior_id": "senior-a", "id": "ring"})
             while (reply := await host.receive_json(timeout=10))["type"] not in ("invite_sent", "error"):
                 pass
@@ -182,5 +167,3 @@ async def test_a_host_on_one_node_rings_a_kiosk_on_the_other(
             while (message := await device.receive_json(timeout=10))["type"] != "activity_invite":
                 pass
             assert message["activity_id"] == ROOM and message["host"] == "Ingrid"
-    finally:
-        await store.close()

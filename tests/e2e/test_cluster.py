@@ -12,30 +12,23 @@ from bench.redis_server import RedisServer
 from bench.server_process import Node
 from kiosk_client.call import CallClient
 from kiosk_client.signaling import SignalingError
-from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 
-from tests.cluster_support import Participant, cluster, flowing, people, redis_server  # noqa: F401  (fixtures)
+from tests.cluster_support import (  # noqa: F401  (fixtures)
+    Participant, alice_and_bob, cluster, flowing, people, probe_store, redis_server, start_nodes,
+)
 from tests.conftest import TEST_SECRET
 from tests.support import eventually
 
 
 async def _participants(redis_url: str, prefix: str) -> list[tuple[str, str]]:
-    store = RedisStore(redis_url, node_id="probe", prefix=prefix)
-    await store.open()
-    try:
+    async with probe_store(redis_url, prefix) as store:
         return sorted((p.participant_id, p.node_id) for p in await store.list_participants("gym"))
-    finally:
-        await store.close()
 
 
 async def test_two_nodes_one_room_media_both_ways(cluster: tuple[list[Node], str], people: list[Participant], redis_server: RedisServer) -> None:
     (n1, n2), prefix = cluster
-    alice, bob = Participant([n1.url], "Alice"), Participant([n2.url], "Bob")
-    people += [alice, bob]
-    await alice.start()
-    await bob.start()
-    await flowing(alice, bob, timeout=20)
+    alice, bob = await alice_and_bob(people, [n1.url], [n2.url])
     # The room's media lives on one node; Bob's signalling was relayed there.
     placement = await _participants(redis_server.url, prefix)
     assert placement == [("p-alice", "n1"), ("p-bob", "n1")]
@@ -45,11 +38,7 @@ async def test_two_nodes_one_room_media_both_ways(cluster: tuple[list[Node], str
 
 async def test_killed_node_clients_recover_on_the_other(cluster: tuple[list[Node], str], people: list[Participant], redis_server: RedisServer) -> None:
     (n1, n2), prefix = cluster
-    alice, bob = Participant([n1.url, n2.url], "Alice"), Participant([n2.url, n1.url], "Bob")
-    people += [alice, bob]
-    await alice.start()
-    await bob.start()
-    await flowing(alice, bob, timeout=20)
+    alice, bob = await alice_and_bob(people, [n1.url, n2.url], [n2.url, n1.url])
 
     killed_at = time.monotonic()
     n1.kill()
@@ -107,11 +96,7 @@ async def test_redis_outage_media_keeps_flowing_and_state_recovers(
 
 async def test_graceful_drain_moves_clients(cluster: tuple[list[Node], str], people: list[Participant], redis_server: RedisServer) -> None:
     (n1, n2), prefix = cluster
-    alice, bob = Participant([n1.url, n2.url], "Alice"), Participant([n1.url, n2.url], "Bob")
-    people += [alice, bob]
-    await alice.start()
-    await bob.start()
-    await flowing(alice, bob, timeout=20)
+    alice, bob = await alice_and_bob(people, [n1.url, n2.url], [n1.url, n2.url])
 
     n1.process.send_signal(signal.SIGTERM)
     await flowing(alice, bob, timeout=30)
@@ -141,12 +126,8 @@ async def test_rooms_spread_over_both_nodes_without_media(cluster: tuple[list[No
                 await ws.send_json({"type": "join", "room": room})
                 while (reply := await ws.receive_json(timeout=10))["type"] != "joined":
                     assert reply["type"] != "error", reply
-            store = RedisStore(redis_server.url, node_id="probe", prefix=prefix)
-            await store.open()
-            try:
+            async with probe_store(redis_server.url, prefix) as store:
                 owners = {room: await store.room_owner(room) for room in rooms}
-            finally:
-                await store.close()
         finally:
             for ws in sockets:
                 await ws.close()

@@ -9,8 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,39 +22,16 @@ from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
 from kiosk_client.signaling import SignalingClient
 from server.appkeys import SIGNALING_KEY
-from server.store.redis import RedisStore
 from signaling.tokens import TokenIssuer
 
-from tests.cluster_support import Participant, flowing, people  # noqa: F401 (fixture)
+from tests.cluster_support import (  # noqa: F401  (fixtures)
+    Participant, StartNodes, alice_and_bob, flowing, people, probe_store, redis_server, start_nodes,
+)
 from tests.conftest import TEST_SECRET, WsClient
 from tests.support import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 ISSUER = TokenIssuer(TEST_SECRET)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer(appendonly=True) as server:
-        yield server
-
-
-@pytest.fixture
-def start_nodes(redis_server: RedisServer, tmp_path: Path) -> Iterator[Any]:
-    """Starts n1 and n2 with extra settings; "gym" is placed on n1 by the placement hash."""
-    prefix = f"vztest:{uuid.uuid4().hex}:"
-    started: list[Node] = []
-
-    def start(**settings: str) -> tuple[Node, Node, str]:
-        for name in ("n1", "n2"):
-            started.append(Node(name, redis_server.url, prefix, tmp_path, settings, secret=TEST_SECRET))
-        return started[0], started[1], prefix
-
-    try:
-        yield start
-    finally:
-        for node in started:
-            node.stop()
 
 
 @pytest.fixture
@@ -79,22 +55,21 @@ async def joined(client: WsClient, name: str, room: str = "gym", **fields: Any) 
     return await client.expect("joined", timeout=10)
 
 
-async def _store(redis_url: str, prefix: str) -> RedisStore:
-    store = RedisStore(redis_url, node_id="probe", prefix=prefix)
-    await store.open()
-    return store
+async def alice_and_bob_in_gym(ws_to: Any, n1: Node, n2: Node) -> tuple[WsClient, WsClient]:
+    """Alice's socket on n1, the room's node; Bob's on n2: his session lives on n1, relayed."""
+    alice = await ws_to(n1)
+    await joined(alice, "Alice")
+    bob = await ws_to(n2)
+    await joined(bob, "Bob")
+    return alice, bob
 
 
 # --- 1. the edge's hello sweep ---------------------------------------------------------------
 
 
-async def test_relayed_socket_is_not_closed_by_the_edges_hello_timeout(start_nodes: Any, ws_to: Any) -> None:
+async def test_relayed_socket_is_not_closed_by_the_edges_hello_timeout(start_nodes: StartNodes, ws_to: Any) -> None:
     n1, n2, _ = start_nodes(hello_timeout_s="1")
-    alice = await ws_to(n1)
-    await joined(alice, "Alice")
-    # Bob's socket is on n2; his session lives on n1, the room's node.
-    bob = await ws_to(n2)
-    await joined(bob, "Bob")
+    alice, bob = await alice_and_bob_in_gym(ws_to, n1, n2)
     await asyncio.sleep(3.0)
     await bob.send({"type": "ping", "ts": 1, "id": "still-there"})
     pong = await bob.expect("pong", timeout=5)
@@ -108,12 +83,9 @@ async def test_relayed_socket_is_not_closed_by_the_edges_hello_timeout(start_nod
 # --- 2. the owner forgets relayed connections it closed; drain ends at once -------------------
 
 
-async def test_owner_forgets_a_relayed_connection_it_closed_and_drains_at_once(start_nodes: Any, ws_to: Any) -> None:
+async def test_owner_forgets_a_relayed_connection_it_closed_and_drains_at_once(start_nodes: StartNodes, ws_to: Any) -> None:
     n1, n2, _ = start_nodes(drain_timeout_s="20")
-    alice = await ws_to(n1)
-    await joined(alice, "Alice")
-    bob = await ws_to(n2)
-    await joined(bob, "Bob")
+    alice, bob = await alice_and_bob_in_gym(ws_to, n1, n2)
     await bob.send({"type": "leave"})
     await bob.expect("left")
     assert await bob.closed() == 1000
@@ -127,12 +99,9 @@ async def test_owner_forgets_a_relayed_connection_it_closed_and_drains_at_once(s
     assert time.monotonic() - signalled < 5
 
 
-async def test_drain_of_the_edge_tells_the_owner_its_relayed_clients_left(start_nodes: Any, ws_to: Any) -> None:
+async def test_drain_of_the_edge_tells_the_owner_its_relayed_clients_left(start_nodes: StartNodes, ws_to: Any) -> None:
     n1, n2, _ = start_nodes(drain_timeout_s="20")
-    alice = await ws_to(n1)
-    await joined(alice, "Alice")
-    bob = await ws_to(n2)
-    await joined(bob, "Bob")
+    alice, bob = await alice_and_bob_in_gym(ws_to, n1, n2)
     signalled = time.monotonic()
     n2.process.send_signal(signal.SIGTERM)
     await bob.expect("reconnect", reason="draining")
@@ -157,7 +126,7 @@ def _client(url: str | list[str], name: str, *, media: bool = True) -> CallClien
     )
 
 
-async def test_a_closed_peer_connection_does_not_break_the_next_publisher(start_nodes: Any, redis_server: RedisServer) -> None:
+async def test_a_closed_peer_connection_does_not_break_the_next_publisher(start_nodes: StartNodes, redis_server: RedisServer) -> None:
     n1, _, prefix = start_nodes()
     alice, bob = _client(n1.url, "Alice"), _client(n1.url, "Bob")
     clients = [alice, bob]
@@ -169,8 +138,7 @@ async def test_a_closed_peer_connection_does_not_break_the_next_publisher(start_
         await alice.pc.close()
         await asyncio.sleep(1.0)
         await bob.start()
-        store = await _store(redis_server.url, prefix)
-        try:
+        async with probe_store(redis_server.url, prefix) as store:
             async def bob_tracks() -> list[str]:
                 return sorted(t.kind for t in await store.list_tracks("gym") if t.participant_id == "p-bob")
 
@@ -178,8 +146,6 @@ async def test_a_closed_peer_connection_does_not_break_the_next_publisher(start_
             while await bob_tracks() != ["audio", "video"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert await bob_tracks() == ["audio", "video"]
-        finally:
-            await store.close()
         assert not [e for e in bob.errors if e["code"] == "internal"], bob.errors
         # The server dropped Alice's broken transport and told her so.
         await asyncio.wait_for(alice.removed.wait(), 10)
@@ -193,7 +159,7 @@ async def test_a_closed_peer_connection_does_not_break_the_next_publisher(start_
 
 
 async def test_no_node_is_reaped_after_a_redis_restart_with_persistence(
-    start_nodes: Any, ws_to: Any, redis_server: RedisServer
+    start_nodes: StartNodes, ws_to: Any, redis_server: RedisServer
 ) -> None:
     n1, n2, prefix = start_nodes()
     alice = await ws_to(n1)
@@ -201,11 +167,8 @@ async def test_no_node_is_reaped_after_a_redis_restart_with_persistence(
     carol = await ws_to(n2)
     # A room of its own, placed on n2 (the placement hash), so both nodes hold participants.
     await joined(carol, "Carol", room="choir-2")
-    store = await _store(redis_server.url, prefix)
-    try:
+    async with probe_store(redis_server.url, prefix) as store:
         assert await store.room_owner("choir-2") == "n2"
-    finally:
-        await store.close()
     redis_server.halt()
     # Longer than the node timeout (2 s): every heartbeat key expires inside the AOF.
     await asyncio.sleep(4.0)
@@ -215,18 +178,15 @@ async def test_no_node_is_reaped_after_a_redis_restart_with_persistence(
         log = node.log.read_text(errors="replace")
         assert "is gone; removing its participants" not in log, log[-3000:]
     assert not [m for m in alice.received if m["type"] == "participant_left"]
-    store = await _store(redis_server.url, prefix)
-    try:
+    async with probe_store(redis_server.url, prefix) as store:
         assert sorted(await store.live_nodes()) == ["n1", "n2"]
         assert [(p.participant_id, p.node_id) for p in await store.list_participants("choir-2")] == [("p-carol", "n2")]
-    finally:
-        await store.close()
 
 
 # --- 5. relayed frames right after Redis returns ---------------------------------------------
 
 
-async def test_a_relayed_join_right_after_redis_returns(start_nodes: Any, ws_to: Any, redis_server: RedisServer) -> None:
+async def test_a_relayed_join_right_after_redis_returns(start_nodes: StartNodes, ws_to: Any, redis_server: RedisServer) -> None:
     n1, n2, _ = start_nodes()
     alice = await ws_to(n1)
     await joined(alice, "Alice")
@@ -254,14 +214,10 @@ async def test_a_relayed_join_right_after_redis_returns(start_nodes: Any, ws_to:
 
 
 async def test_a_killed_owner_is_noticed_long_before_its_heartbeat_expires(
-    start_nodes: Any, people: list[Participant], redis_server: RedisServer
+    start_nodes: StartNodes, people: list[Participant], redis_server: RedisServer
 ) -> None:
     n1, n2, prefix = start_nodes(node_timeout_s="15")
-    alice, bob = Participant([n1.url, n2.url], "Alice"), Participant([n2.url, n1.url], "Bob")
-    people += [alice, bob]
-    await alice.start()
-    await bob.start()
-    await flowing(alice, bob, timeout=20)
+    alice, bob = await alice_and_bob(people, [n1.url, n2.url], [n2.url, n1.url])
     killed = time.monotonic()
     n1.kill()
     # Bob's socket is on n2: n2 must notice that n1 is gone and send him back.
@@ -270,11 +226,8 @@ async def test_a_killed_owner_is_noticed_long_before_its_heartbeat_expires(
     assert "does not listen on its channel" in n2.log.read_text(errors="replace")
     # Each listed once, with the tracks of the new sessions only: what n1's sessions had
     # published went when they joined again (n1 is not reaped yet: its key lives 15 s).
-    store = await _store(redis_server.url, prefix)
-    try:
+    async with probe_store(redis_server.url, prefix) as store:
         tracks = sorted((t.participant_id, t.kind) for t in await store.list_tracks("gym"))
-    finally:
-        await store.close()
     assert tracks == [("p-alice", "audio"), ("p-alice", "video"), ("p-bob", "audio"), ("p-bob", "video")]
 
 
@@ -282,7 +235,7 @@ async def test_a_killed_owner_is_noticed_long_before_its_heartbeat_expires(
 
 
 async def test_kiosk_join_recovers_when_the_rooms_node_is_killed(
-    start_nodes: Any, people: list[Participant], tmp_path: Path
+    start_nodes: StartNodes, people: list[Participant], tmp_path: Path
 ) -> None:
     n1, n2, _ = start_nodes()
     host = Participant([n1.url, n2.url], "Host")
@@ -320,12 +273,9 @@ async def test_kiosk_join_recovers_when_the_rooms_node_is_killed(
 # --- 7. /healthz and "replaced" ----------------------------------------------------------------
 
 
-async def test_healthz_says_which_figures_are_the_nodes_and_which_the_clusters(start_nodes: Any, ws_to: Any) -> None:
+async def test_healthz_says_which_figures_are_the_nodes_and_which_the_clusters(start_nodes: StartNodes, ws_to: Any) -> None:
     n1, n2, _ = start_nodes()
-    alice = await ws_to(n1)
-    await joined(alice, "Alice")
-    bob = await ws_to(n2)
-    await joined(bob, "Bob")
+    alice, bob = await alice_and_bob_in_gym(ws_to, n1, n2)
     edge, owner = n2.health(), n1.health()
     assert edge["cluster"] == {"rooms": 1, "participants": 2, "unreachable_nodes": []}
     assert edge["node"]["sessions"] == 0 and edge["node"]["media"]["transports"] == 0
@@ -335,7 +285,7 @@ async def test_healthz_says_which_figures_are_the_nodes_and_which_the_clusters(s
     assert (owner["rooms"], owner["participants"], owner["sessions"]) == (1, 2, 2)
 
 
-async def test_a_rejoining_participant_never_hears_it_left(start_nodes: Any, ws_to: Any) -> None:
+async def test_a_rejoining_participant_never_hears_it_left(start_nodes: StartNodes, ws_to: Any) -> None:
     n1, n2, _ = start_nodes()
     alice = await ws_to(n1)
     await joined(alice, "Alice")
@@ -355,12 +305,9 @@ async def test_a_rejoining_participant_never_hears_it_left(start_nodes: Any, ws_
 # --- a Redis restart leaves relayed sockets alone ----------------------------------------------
 
 
-async def test_relayed_socket_survives_a_redis_restart(start_nodes: Any, ws_to: Any, redis_server: RedisServer) -> None:
+async def test_relayed_socket_survives_a_redis_restart(start_nodes: StartNodes, ws_to: Any, redis_server: RedisServer) -> None:
     n1, n2, prefix = start_nodes()
-    alice = await ws_to(n1)
-    await joined(alice, "Alice")
-    bob = await ws_to(n2)
-    await joined(bob, "Bob")
+    alice, bob = await alice_and_bob_in_gym(ws_to, n1, n2)
     redis_server.halt()
     # Longer than the node timeout (2 s): the heartbeat keys expire inside the AOF, so for
     # a moment after the restart neither node is listed as live.
@@ -371,14 +318,11 @@ async def test_relayed_socket_survives_a_redis_restart(start_nodes: Any, ws_to: 
     await bob.expect("pong", timeout=5)
     assert not bob.ws.closed
     assert not [m for m in bob.received if m["type"] in ("reconnect", "removed")], bob.received
-    store = await _store(redis_server.url, prefix)
-    try:
+    async with probe_store(redis_server.url, prefix) as store:
         assert sorted((p.participant_id, p.node_id) for p in await store.list_participants("gym")) == [
             ("p-alice", "n1"), ("p-bob", "n1")
         ]
         assert await store.room_owner("gym") == "n1"
-    finally:
-        await store.close()
 
 
 # --- 6. a refused resume leaves no socket behind -----------------------------------------------

@@ -15,6 +15,7 @@ from aiortc.rtp import RtpPacket
 
 from server import _srtpsend
 from server.rtc.rtphooks import PacketStamp, ReceiverTap, SenderFeed
+from tests.support import eventually
 from tests.turn_server import TurnServer
 
 Pair = tuple[SenderFeed, ReceiverTap, list[RtpPacket]]
@@ -24,14 +25,6 @@ Pair = tuple[SenderFeed, ReceiverTap, list[RtpPacket]]
 def turn() -> Iterator[TurnServer]:
     with TurnServer() as server:
         yield server
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

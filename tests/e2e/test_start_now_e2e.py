@@ -17,7 +17,7 @@ from server.appkeys import ISSUER_KEY
 from server.directory import Account, Activity, Senior
 from web.auth import hash_password
 
-from tests.browser_helpers import DESKTOP, launch, open_tab, start_site
+from tests.browser_helpers import DESKTOP, launch, log_in, start_site
 from tests.conftest import RunningServer
 from tests.kiosk_support import SENIOR, kiosk_config, provision, real_clock, running_kiosk, screenshot
 from tests.support import eventually
@@ -50,11 +50,7 @@ async def test_start_now_reaches_the_kiosk(browser: Browser, tmp_path: Path) -> 
             assert kiosk.render().text_shown("Er staat nu geen activiteit gepland.")
 
             context = await browser.new_context(locale="nl-NL", viewport=DESKTOP)
-            host = await open_tab(context, f"{site.url}/login")
-            await host.page.get_by_label("Gebruikersnaam").fill("ans")
-            await host.page.get_by_label("Wachtwoord").fill(PASSWORD)
-            await host.page.get_by_role("button", name="Inloggen").click()
-            await host.page.wait_for_url(f"{site.url}/host")
+            host = await log_in(context, site.url, "ans", PASSWORD, "/host")
             await host.page.get_by_role("button", name="Start Koor nu").click()
             await host.page.wait_for_url(f"{site.url}/host/activities/a-koor")
 

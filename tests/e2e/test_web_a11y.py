@@ -26,6 +26,7 @@ from server.invites import issue_invite, named_secret
 
 from tests.browser_helpers import (
     DESKTOP, OVERFLOW_JS, PHONE, Site, Tab, check_accessibility, ensure_axe, jsonable, launch, open_tab, start_site,
+    submit_login,
 )
 from tests.web_helpers import PASSWORD, seed
 
@@ -40,9 +41,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 async def _login(tab: Tab, site: Site, username: str) -> None:
     await tab.page.goto(f"{site.url}/login")
-    await tab.page.get_by_label("Gebruikersnaam").fill(username)
-    await tab.page.get_by_label("Wachtwoord").fill(PASSWORD)
-    await tab.page.get_by_role("button", name="Inloggen").click()
+    await submit_login(tab.page, username, PASSWORD)
     await tab.page.wait_for_load_state()
 
 
@@ -94,9 +93,7 @@ async def test_every_page_is_accessible(browser: Browser, tmp_path: Path) -> Non
             await visit(visitor, "/login?lang=nl", "login")
 
             async def wrong_password(page: Page) -> None:
-                await page.get_by_label("Gebruikersnaam").fill("carla")
-                await page.get_by_label("Wachtwoord").fill("wrong")
-                await page.get_by_role("button", name="Inloggen").click()
+                await submit_login(page, "carla", "wrong")
                 await page.wait_for_load_state()
 
             await visit(visitor, "/login", "login with an error", then=wrong_password)

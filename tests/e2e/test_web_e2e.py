@@ -22,10 +22,14 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser
 
+from server.appkeys import STORE_KEY
 from server.directory import Activity, Contact, Kiosk, Senior
 from server.schedule import AMSTERDAM, WEEKDAYS
 
-from tests.browser_helpers import DESKTOP, PHONE, REPO, device_socket, launch, next_message, open_tab, start_site
+from tests.browser_helpers import (
+    DESKTOP, PHONE, REPO, device_socket, launch, log_in, next_message, open_tab, start_site, submit_login,
+)
+from tests.support import paired_kiosk
 from tests.web_helpers import jpeg
 
 COORDINATOR_PASSWORD = "koffie-en-koek-2026"
@@ -86,9 +90,7 @@ async def _run(browser: Browser, site, http: aiohttp.ClientSession, tmp_path: Pa
     assert admin.page.url.startswith(f"{site.url}/login?next=")
     assert await admin.text("h1") == "Inloggen"
     await admin.screenshot("login")
-    await admin.page.get_by_label("Gebruikersnaam").fill("carla")
-    await admin.page.get_by_label("Wachtwoord").fill(COORDINATOR_PASSWORD)
-    await admin.page.get_by_role("button", name="Inloggen").click()
+    await submit_login(admin.page, "carla", COORDINATOR_PASSWORD)
     await admin.page.wait_for_url(f"{site.url}/admin")
     assert (await admin.text("h1")).startswith("Vandaag")
     await admin.screenshot("admin")
@@ -178,11 +180,7 @@ async def _run(browser: Browser, site, http: aiohttp.ClientSession, tmp_path: Pa
 
     # ---- The host logs in and starts it ---------------------------------------------------
     studio = await browser.new_context(locale="nl-NL", viewport=DESKTOP)
-    host = await open_tab(studio, f"{site.url}/login")
-    await host.page.get_by_label("Gebruikersnaam").fill("ans")
-    await host.page.get_by_label("Wachtwoord").fill(HOST_PASSWORD)
-    await host.page.get_by_role("button", name="Inloggen").click()
-    await host.page.wait_for_url(f"{site.url}/host")
+    host = await log_in(studio, site.url, "ans", HOST_PASSWORD, "/host")
     card = host.page.locator(".card", has_text="Stoelgym")
     assert "begint nu" in await card.inner_text()
     await host.screenshot("host-today")
@@ -299,7 +297,7 @@ async def test_family_call_says_plainly_what_happens(browser: Browser, tmp_path:
             contact = Contact(id="contact-sanne", senior_id=senior.id, name="Sanne")
             await directory.put(senior, actor="test")
             await directory.put(contact, actor="test")
-            kiosk_id = await _pair_directly(site, http, senior.id)
+            kiosk_id = await paired_kiosk(http, site.url, site.app[STORE_KEY], site.directory, senior.id)
             from server.appkeys import SETTINGS_KEY
             from server.invites import issue_invite, named_secret
 
@@ -348,13 +346,3 @@ async def test_family_call_says_plainly_what_happens(browser: Browser, tmp_path:
             await context.close()
         await runner.cleanup()
 
-
-async def _pair_directly(site, http: aiohttp.ClientSession, senior_id: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from server.appkeys import STORE_KEY
-    from server.pairing import confirm_pairing
-
-    started = await (await http.post(f"{site.url}/api/kiosk/pair")).json()
-    await confirm_pairing(site.app[STORE_KEY], site.directory, started["code"], senior_id, "test")
-    poll = await http.get(f"{site.url}/api/kiosk/pair/{started['pairing_id']}",
-                          headers={"X-Pairing-Secret": started["secret"]})
-    return await poll.json()

@@ -25,7 +25,7 @@ from server.appkeys import SETTINGS_KEY, STORE_KEY
 from server.attendance import Attendance
 from server.directory import Activity, Kiosk, Senior
 
-from tests.browser_helpers import DESKTOP, check_accessibility, ensure_axe, jsonable, launch, open_tab, start_site
+from tests.browser_helpers import DESKTOP, check_accessibility, ensure_axe, jsonable, launch, log_in, start_site
 from tests.kiosk_support import kiosk_config, provision, real_clock, running_kiosk, screenshot, seed as seed_kiosk
 from tests.support import eventually
 from tests.web_helpers import PASSWORD, seed as seed_staff
@@ -90,21 +90,17 @@ async def test_vandaag_live_host_rings_a_missing_senior_and_trends_are_accessibl
                 await eventually(lambda: kiosk.model.mode is Mode.HOME, 20, "the kiosk at home")
 
                 # The coordinator opens "Vandaag".
-                office = await open_tab(await browser.new_context(locale="nl-NL", viewport=DESKTOP), f"{site.url}/login")
-                await office.page.get_by_label("Gebruikersnaam").fill("carla")
-                await office.page.get_by_label("Wachtwoord").fill(PASSWORD)
-                await office.page.get_by_role("button", name="Inloggen").click()
-                await office.page.wait_for_url(f"{site.url}/admin")
+                office = await log_in(
+                    await browser.new_context(locale="nl-NL", viewport=DESKTOP), site.url, "carla", PASSWORD, "/admin"
+                )
                 row = office.page.locator("tr[data-occurrence*=\"a-gym\"]")
                 assert (await row.locator("[data-field=present]").inner_text()) == "0"
                 assert (await row.locator("[data-field=enrolled]").inner_text()) == "3"
 
                 # The host starts the activity and sees who is missing.
-                studio = await open_tab(await browser.new_context(locale="nl-NL", viewport=DESKTOP), f"{site.url}/login")
-                await studio.page.get_by_label("Gebruikersnaam").fill("victor")
-                await studio.page.get_by_label("Wachtwoord").fill(PASSWORD)
-                await studio.page.get_by_role("button", name="Inloggen").click()
-                await studio.page.wait_for_url(f"{site.url}/host")
+                studio = await log_in(
+                    await browser.new_context(locale="nl-NL", viewport=DESKTOP), site.url, "victor", PASSWORD, "/host"
+                )
                 await studio.page.goto(f"{site.url}/host/activities/a-gym")
                 await studio.wait_for("window.verzilvering.state", until=lambda s: s == "connected", what="the console")
                 missing = studio.page.locator("#missing-list .missing-person")

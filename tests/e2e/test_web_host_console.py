@@ -16,7 +16,7 @@ from server.directory import Account, Activity, Contact, Senior
 from server.invites import issue_invite, named_secret
 from web.auth import hash_password
 
-from tests.browser_helpers import DESKTOP, PHONE, Site, Tab, launch, open_tab, start_site
+from tests.browser_helpers import DESKTOP, PHONE, Site, Tab, launch, log_in, open_tab, start_site
 
 PASSWORD = "host password 1"
 
@@ -45,11 +45,7 @@ async def _setup(site: Site) -> tuple[Activity, Contact, Contact]:
 
 
 async def _host(context: BrowserContext, site: Site, activity: Activity) -> Tab:
-    tab = await open_tab(context, f"{site.url}/login")
-    await tab.page.get_by_label("Gebruikersnaam").fill("ans")
-    await tab.page.get_by_label("Wachtwoord").fill(PASSWORD)
-    await tab.page.get_by_role("button", name="Inloggen").click()
-    await tab.page.wait_for_url(f"{site.url}/host")
+    tab = await log_in(context, site.url, "ans", PASSWORD, "/host")
     await tab.page.get_by_role("button", name="Start Koor nu").click()
     await tab.page.wait_for_url(f"{site.url}/host/activities/{activity.id}")
     await tab.wait_for("window.verzilvering.state", until=lambda s: s == "connected", what="the host to connect")

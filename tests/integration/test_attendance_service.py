@@ -18,7 +18,7 @@ from server.appkeys import DIRECTORY_KEY, ISSUER_KEY, STORE_KEY
 from server.directory import Activity, Senior
 from server.store import Store
 
-from tests.conftest import RunningServer, WsClient, hello, join, make_settings
+from tests.conftest import RunningServer, WsClient, hello, join, make_settings, resume
 
 ROOM = "activity-koffie"
 
@@ -54,9 +54,7 @@ async def test_reconnect_resume_and_second_device_count_once(server: RunningServ
     # A dropped WebSocket resumed within the grace period: the same stay.
     await first.ws.close()
     again: WsClient = await connect()
-    await again.send({"type": "hello", "v": 1, "token": senior_token,
-                      "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": 0}})
-    await again.expect("resumed")
+    await resume(again, senior_token, welcome, 0)
     # The same senior joins again from a fresh session (kiosk restarted): replaces, merges.
     second: WsClient = await connect()
     await join(second, senior_token, ROOM)

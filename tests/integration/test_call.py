@@ -253,12 +253,18 @@ async def test_metrics_count_the_forwarding(server: RunningServer, call_client: 
     assert after_gc['verzilvering_gc_pause_seconds_sum{generation="2"}'] > 0
 
 
-async def test_lost_packet_to_a_subscriber_is_retransmitted_from_history(
-    server: RunningServer, call_client: ClientFactory
-) -> None:
+async def _alice_watched_by_bob(call_client: ClientFactory) -> tuple[CallClient, CallClient]:
+    """Alice publishing and Bob only watching, once Bob has more than 10 of her video frames."""
     alice = await call_client("Alice")
     bob = await call_client("Bob", publish=False)
     await eventually(lambda: (m := media_from(bob, alice)) is not None and m.video_frames > 10, what="video")
+    return alice, bob
+
+
+async def test_lost_packet_to_a_subscriber_is_retransmitted_from_history(
+    server: RunningServer, call_client: ClientFactory
+) -> None:
+    alice, bob = await _alice_watched_by_bob(call_client)
     transport = server.app[SFU_KEY].routers["room-1"].transports[bob.self_id]
     feed = next(s.consumer.feed for s in transport.consumer_slots.values() if s.consumer.kind == "video")
     # Lose the packet on the wire: Bob's socket's protocol never sees it. (Forwarding writes
@@ -312,9 +318,7 @@ async def test_tiles_are_scaled_and_capped_and_spotlight_restores_full_quality(
 async def test_publisher_leg_loss_is_nacked_again_until_repaired(
     server: RunningServer, call_client: ClientFactory
 ) -> None:
-    alice = await call_client("Alice")
-    bob = await call_client("Bob", publish=False)
-    await eventually(lambda: (m := media_from(bob, alice)) is not None and m.video_frames > 10, what="video")
+    alice, bob = await _alice_watched_by_bob(call_client)
     assert alice.pc is not None
     sender = next(t.sender for t in alice.pc.getTransceivers() if t.sender.track is not None and t.sender.kind == "video")
     dtls = sender.transport

@@ -15,7 +15,7 @@ from server.invites import issue_invite, named_secret
 from server.pairing import confirm_pairing
 from signaling.protocol import CloseCode
 
-from tests.conftest import RunningServer, count_presence_writes, hello
+from tests.conftest import RunningServer, WsClient, count_presence_writes, hello
 from tests.kiosk_support import _device, _directory, _pair
 
 
@@ -94,19 +94,31 @@ async def _call(server: RunningServer, http: aiohttp.ClientSession, contact_id: 
         return await r.json()
 
 
-async def test_trusted_call_accepted(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+async def _kiosk_rung_by(
+    server: RunningServer, connect: Any, http: aiohttp.ClientSession, contact_id: str
+) -> tuple[WsClient, dict[str, Any]]:
+    """A paired kiosk on its device channel, and the call `contact_id` just started to it."""
     await _directory(server)
     kiosk, _ = await _device(connect, await _pair(server, http))
-    call = await _call(server, http, "c-trusted")
+    return kiosk, await _call(server, http, contact_id)
+
+
+async def _family_in_the_call(connect: Any, call: dict[str, Any]) -> tuple[WsClient, dict[str, Any]]:
+    """The caller's page joined to the call's room: the page and its "joined"."""
+    family = await connect()
+    await hello(family, call["token"])
+    await family.send({"type": "join", "room": call["room"]})
+    return family, await family.expect("joined")
+
+
+async def test_trusted_call_accepted(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
+    kiosk, call = await _kiosk_rung_by(server, connect, http, "c-trusted")
     assert call["state"] == "warning"
     incoming = await kiosk.expect("incoming_call")
     assert incoming["contact"]["name"] == "Sanne" and incoming["contact"]["auto_answer"] is True
     assert incoming["call_id"] == call["call_id"]
 
-    family = await connect()
-    await hello(family, call["token"])
-    await family.send({"type": "join", "room": call["room"]})
-    joined = await family.expect("joined")
+    family, joined = await _family_in_the_call(connect, call)
     assert joined["room_state"]["call"] == {"call_id": call["call_id"], "state": "warning"}
 
     await kiosk.send({"type": "call_answer", "call_id": call["call_id"], "accept": True})
@@ -117,14 +129,9 @@ async def test_trusted_call_accepted(server: RunningServer, connect: Any, http: 
 
 
 async def test_untrusted_call_declined(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
-    await _directory(server)
-    kiosk, _ = await _device(connect, await _pair(server, http))
-    call = await _call(server, http, "c-other")
+    kiosk, call = await _kiosk_rung_by(server, connect, http, "c-other")
     assert call["state"] == "ringing"
-    family = await connect()
-    await hello(family, call["token"])
-    await family.send({"type": "join", "room": call["room"]})
-    await family.expect("joined")
+    family, _ = await _family_in_the_call(connect, call)
     await kiosk.expect("incoming_call")
     await kiosk.send({"type": "call_answer", "call_id": call["call_id"], "accept": False})
     assert (await family.expect("call_state"))["state"] == "declined"
@@ -135,13 +142,8 @@ async def test_untrusted_call_declined(server: RunningServer, connect: Any, http
 
 @pytest.mark.parametrize("settings_overrides", [{"ring_timeout_s": 0.5}])
 async def test_unanswered_call_is_missed(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
-    await _directory(server)
-    kiosk, _ = await _device(connect, await _pair(server, http))
-    call = await _call(server, http, "c-other")
-    family = await connect()
-    await hello(family, call["token"])
-    await family.send({"type": "join", "room": call["room"]})
-    await family.expect("joined")
+    kiosk, call = await _kiosk_rung_by(server, connect, http, "c-other")
+    family, _ = await _family_in_the_call(connect, call)
     assert (await kiosk.expect("incoming_call"))["ring_timeout_ms"] == 500
     cancelled = await kiosk.expect("call_cancelled")
     assert cancelled["reason"] == "timeout"
@@ -149,13 +151,8 @@ async def test_unanswered_call_is_missed(server: RunningServer, connect: Any, ht
 
 
 async def test_caller_leaving_cancels_the_ring(server: RunningServer, connect: Any, http: aiohttp.ClientSession) -> None:
-    await _directory(server)
-    kiosk, _ = await _device(connect, await _pair(server, http))
-    call = await _call(server, http, "c-other")
-    family = await connect()
-    await hello(family, call["token"])
-    await family.send({"type": "join", "room": call["room"]})
-    await family.expect("joined")
+    kiosk, call = await _kiosk_rung_by(server, connect, http, "c-other")
+    family, _ = await _family_in_the_call(connect, call)
     await kiosk.expect("incoming_call")
     await family.send({"type": "leave"})
     assert (await kiosk.expect("call_cancelled"))["reason"] == "caller_left"
@@ -214,10 +211,7 @@ async def test_busy_kiosk_and_reconnect_while_ringing(server: RunningServer, con
     repeated = await again.expect("incoming_call")
     assert repeated["call_id"] == first["call_id"] == call["call_id"]
 
-    family = await connect()
-    await hello(family, call["token"])
-    await family.send({"type": "join", "room": call["room"]})
-    await family.expect("joined")
+    family, _ = await _family_in_the_call(connect, call)
     await again.send({"type": "call_answer", "call_id": call["call_id"], "accept": False, "reason": "busy"})
     assert (await family.expect("call_state"))["state"] == "busy"
 

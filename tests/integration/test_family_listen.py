@@ -13,11 +13,11 @@ import pytest
 from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.directory import Contact, Senior
 from server.invites import issue_invite, named_secret
-from server.pairing import confirm_pairing
 from signaling.devices import contact_presence
 from signaling.protocol import CloseCode
 
 from tests.conftest import RunningServer, WsClient, hello
+from tests.support import paired_kiosk
 
 RING_S = 2.0
 
@@ -40,13 +40,7 @@ async def _setup(server: RunningServer, http: aiohttp.ClientSession) -> dict[str
     await d.put(Contact(id="c-piet", senior_id="s-1", name="Piet"), actor="test")
     await d.put(Contact(id="c-ans", senior_id="s-1", name="Ans"), actor="test")
     await d.put(Contact(id="c-other", senior_id="s-2", name="Someone else"), actor="test")
-    async with http.post(server.url + "/api/kiosk/pair") as r:
-        started = await r.json()
-    await confirm_pairing(server.app[STORE_KEY], d, started["code"], "s-1", actor="test")
-    async with http.get(
-        server.url + "/api/kiosk/pair/" + started["pairing_id"], headers={"X-Pairing-Secret": started["secret"]}
-    ) as r:
-        return await r.json()
+    return await paired_kiosk(http, server.url, server.app[STORE_KEY], d, "s-1")
 
 
 async def _invite(server: RunningServer, contact_id: str) -> str:

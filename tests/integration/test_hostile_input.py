@@ -7,9 +7,7 @@ Both state backends: identifiers become Redis keys there.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-from uuid import uuid4
 
 import aiohttp
 import pytest
@@ -18,26 +16,18 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, STORE_KEY
 from server.directory import Activity, Contact, Kiosk, Senior
 from server.invites import issue_invite, named_secret
-from server.pairing import confirm_pairing
-from bench.redis_server import RedisServer
 
 from tests.conftest import RunningServer, WsClient, hello, join
+from tests.kiosk_support import _device
+from tests.store_support import backend_overrides, redis_server  # noqa: F401  (fixtures)
+from tests.support import paired_kiosk
 
 LONE = "\ud800"
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "embedded":
-        return {}
-    redis: RedisServer = request.getfixturevalue("redis_server")
-    return {"redis_url": redis.url, "redis_prefix": f"vztest:{uuid4().hex}:"}
+@pytest.fixture
+def settings_overrides(backend_overrides: dict[str, Any]) -> dict[str, Any]:
+    return backend_overrides
 
 
 async def send_raw_json(client: WsClient, message: dict[str, Any]) -> None:
@@ -124,23 +114,21 @@ async def _seed_senior(server: RunningServer) -> Contact:
     return contact
 
 
-async def _paired_kiosk(server: RunningServer) -> dict[str, str]:
+async def _seed_and_pair(server: RunningServer) -> dict[str, str]:
+    """The senior of `_seed_senior` and a kiosk paired to her: its device credential."""
+    await _seed_senior(server)
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/api/kiosk/pair") as r:
-            assert r.status == 201
-            started = await r.json()
-        await confirm_pairing(server.app[STORE_KEY], server.app[DIRECTORY_KEY], started["code"], "s-1", actor="test")
-        async with http.get(
-            server.url + "/api/kiosk/pair/" + started["pairing_id"], headers={"X-Pairing-Secret": started["secret"]}
-        ) as r:
-            assert r.status == 200
-            credential: dict[str, str] = await r.json()
-    return credential
+        return await paired_kiosk(http, server.url, server.app[STORE_KEY], server.app[DIRECTORY_KEY], "s-1")
+
+
+async def _kiosk_on_its_device_channel(server: RunningServer, connect: Any) -> tuple[WsClient, dict[str, str]]:
+    credential = await _seed_and_pair(server)
+    kiosk, _ = await _device(connect, credential)
+    return kiosk, credential
 
 
 async def test_lone_surrogate_in_kiosk_credentials_is_bad_message(server: RunningServer, connect: Any) -> None:
-    await _seed_senior(server)
-    credential = await _paired_kiosk(server)
+    credential = await _seed_and_pair(server)
     c = await connect()
     for device in (
         {"kiosk_id": LONE, "credential": credential["credential"]},
@@ -153,11 +141,7 @@ async def test_lone_surrogate_in_kiosk_credentials_is_bad_message(server: Runnin
 
 
 async def test_lone_surrogate_in_kiosk_messages_is_bad_message(server: RunningServer, connect: Any) -> None:
-    await _seed_senior(server)
-    credential = await _paired_kiosk(server)
-    kiosk = await connect()
-    await kiosk.send({"type": "hello", "v": 1, "device": credential})
-    await kiosk.expect("device_welcome")
+    kiosk, _ = await _kiosk_on_its_device_channel(server, connect)
     for message in (
         {"type": "activity_join", "activity_id": LONE},
         {"type": "call_hangup", "call_id": LONE},
@@ -172,11 +156,7 @@ async def test_lone_surrogate_in_kiosk_messages_is_bad_message(server: RunningSe
 
 
 async def test_deeply_nested_selftest_result_is_bad_message(server: RunningServer, connect: Any) -> None:
-    await _seed_senior(server)
-    credential = await _paired_kiosk(server)
-    kiosk = await connect()
-    await kiosk.send({"type": "hello", "v": 1, "device": credential})
-    await kiosk.expect("device_welcome")
+    kiosk, credential = await _kiosk_on_its_device_channel(server, connect)
     await kiosk.send_raw('{"type": "selftest_result", "result": ' + '{"a": ' * 500 + "1" + "}" * 500 + "}")
     await kiosk.expect_error("bad_message")
     stored = await server.app[DIRECTORY_KEY].get(Kiosk, credential["kiosk_id"])

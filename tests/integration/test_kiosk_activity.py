@@ -4,7 +4,9 @@ host large, and a 30-second network cut the kiosk recovers from without being to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,6 +14,7 @@ from kiosk_client.appliance import AUTO_JOIN_COUNTDOWN_S, Mode
 from kiosk_client.call import CallClient
 from kiosk_client.clock import DEFAULT_TIMEZONE, FakeClock
 from kiosk_client.media import open_audio, open_video
+from kiosk_client.runner import KioskApp
 from server.appkeys import SFU_KEY, STORE_KEY
 
 from tests.conftest import RunningServer
@@ -135,55 +138,55 @@ async def test_auto_join_then_network_cut_and_recovery(server: RunningServer, tm
         await proxy.close()
 
 
-async def test_watchdog_rebuilds_a_hung_media_pipeline(server: RunningServer, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _kiosk_joining_a_hosted_activity(
+    server: RunningServer, tmp_path: Path, *, locked: bool = False
+) -> AsyncIterator[tuple[KioskApp, CallClient]]:
+    """An activity in five minutes with its host publishing (the room locked if `locked`), and
+    a paired kiosk that has just pressed its lit Join button: the kiosk and the host."""
     start = dt.datetime.now(DEFAULT_TIMEZONE) + dt.timedelta(minutes=5)
     await seed(server, activity_start=start)
     state_dir = tmp_path / "kiosk-state"
     await provision(server, state_dir)
     host = _publisher(server, "host", "Ingrid (begeleider)", "h-ingrid")
     await host.start()
+    if locked:
+        await host.signaling.send({"type": "lock", "locked": True})
     try:
         async with running_kiosk(kiosk_config(server.url, state_dir), FakeClock(dt.datetime.now(dt.timezone.utc))) as app:
             await eventually(lambda: app.model.mode is Mode.HOME and app.render().button("join") is not None, 10, "Join lit")
             app.press("join")
-            await eventually(lambda: app.wall.frames_in.get("h-ingrid", 0) >= 5, 30, "video from the host")
-            room = app.room
-            assert room is not None and room.client is not None and room.rebuilds == []
-            # The decoding side hangs: RTP still arrives, nothing comes out.
-            for task in room.client._tasks.tasks:
-                if task.get_name() == "kiosk-consume":
-                    task.cancel()
-            await asyncio.sleep(0.5)
-            hung_at = app.wall.frames_in.get("h-ingrid", 0)
-            await eventually(lambda: room.rebuilds == ["watchdog"], app.config.watchdog_s + 10, "the watchdog")
-            await eventually(lambda: app.wall.frames_in.get("h-ingrid", 0) > hung_at + 10, 30, "video again")
-            assert app.room is room and app.model.mode is Mode.IN_CALL
-            assert app.model.session is not None and app.model.session.activity_id == "a-gym"
+            yield app, host
     finally:
         await host.close()
+
+
+async def test_watchdog_rebuilds_a_hung_media_pipeline(server: RunningServer, tmp_path: Path) -> None:
+    async with _kiosk_joining_a_hosted_activity(server, tmp_path) as (app, _):
+        await eventually(lambda: app.wall.frames_in.get("h-ingrid", 0) >= 5, 30, "video from the host")
+        room = app.room
+        assert room is not None and room.client is not None and room.rebuilds == []
+        # The decoding side hangs: RTP still arrives, nothing comes out.
+        for task in room.client._tasks.tasks:
+            if task.get_name() == "kiosk-consume":
+                task.cancel()
+        await asyncio.sleep(0.5)
+        hung_at = app.wall.frames_in.get("h-ingrid", 0)
+        await eventually(lambda: room.rebuilds == ["watchdog"], app.config.watchdog_s + 10, "the watchdog")
+        await eventually(lambda: app.wall.frames_in.get("h-ingrid", 0) > hung_at + 10, 30, "video again")
+        assert app.room is room and app.model.mode is Mode.IN_CALL
+        assert app.model.session is not None and app.model.session.activity_id == "a-gym"
 
 
 async def test_locked_activity_waits_in_the_lobby_with_the_camera_closed(server: RunningServer, tmp_path: Path) -> None:
-    start = dt.datetime.now(DEFAULT_TIMEZONE) + dt.timedelta(minutes=5)
-    await seed(server, activity_start=start)
-    state_dir = tmp_path / "kiosk-state"
-    await provision(server, state_dir)
-    host = _publisher(server, "host", "Ingrid (begeleider)", "h-ingrid")
-    await host.start()
-    await host.signaling.send({"type": "lock", "locked": True})
-    try:
-        async with running_kiosk(kiosk_config(server.url, state_dir), FakeClock(dt.datetime.now(dt.timezone.utc))) as app:
-            await eventually(lambda: app.model.mode is Mode.HOME and app.render().button("join") is not None, 10, "Join lit")
-            app.press("join")
-            await eventually(lambda: app.model.session is not None and app.model.session.phase == "lobby", 10, "the lobby")
-            layout = screenshot(app, "lobby")
-            assert layout.text_shown("De begeleider laat u zo binnen")
-            await asyncio.sleep(1)
-            assert app.room is not None and app.room.opened is None, "camera and microphone closed in the lobby"
-            assert not [p for p in server.app[SFU_KEY].routers["a-gym"].producers if p.participant_id == SENIOR]
-            assert SENIOR not in host.remote
-            await host.signaling.send({"type": "admit", "participant_id": SENIOR})
-            await eventually(lambda: (m := host.remote.get(SENIOR)) is not None and m.video_frames >= 3, 20, "admitted and seen")
-            assert app.model.session is not None and app.model.session.phase == "connected"
-    finally:
-        await host.close()
+    async with _kiosk_joining_a_hosted_activity(server, tmp_path, locked=True) as (app, host):
+        await eventually(lambda: app.model.session is not None and app.model.session.phase == "lobby", 10, "the lobby")
+        layout = screenshot(app, "lobby")
+        assert layout.text_shown("De begeleider laat u zo binnen")
+        await asyncio.sleep(1)
+        assert app.room is not None and app.room.opened is None, "camera and microphone closed in the lobby"
+        assert not [p for p in server.app[SFU_KEY].routers["a-gym"].producers if p.participant_id == SENIOR]
+        assert SENIOR not in host.remote
+        await host.signaling.send({"type": "admit", "participant_id": SENIOR})
+        await eventually(lambda: (m := host.remote.get(SENIOR)) is not None and m.video_frames >= 3, 20, "admitted and seen")
+        assert app.model.session is not None and app.model.session.phase == "connected"

@@ -14,6 +14,7 @@ from kiosk_client.appliance import TRUSTED_WARNING_S, Mode
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio, open_video
 from kiosk_client.runner import KioskApp
+from kiosk_client.screen import Layout
 from server.appkeys import DIRECTORY_KEY, SETTINGS_KEY, SFU_KEY
 from server.directory import Contact
 from server.invites import issue_invite, named_secret
@@ -60,17 +61,30 @@ async def _family_joins(server: RunningServer, family: list[CallClient], contact
     return call, client
 
 
+async def _kiosk_shows_the_call(
+    server: RunningServer, kiosk: KioskApp, family: list[CallClient], contact_id: str, *,
+    publish: bool, state: str, mode: Mode, sound: str, screen: str,
+) -> tuple[dict, CallClient, Layout]:
+    """`contact_id` calls; the server puts the call in `state` and the kiosk goes to `mode`
+    with `sound`: the call, the caller, and the kiosk's screen (screenshot `screen`)."""
+    call, caller = await _family_joins(server, family, contact_id, publish)
+    assert call["state"] == state
+    await eventually(lambda: kiosk.model.mode is mode, 10, f"the kiosk in {mode.name}")
+    assert kiosk.sounds[-1] == sound
+    return call, caller, screenshot(kiosk, screen)
+
+
 def _senior_producers(server: RunningServer, room: str) -> list:
     router = server.app[SFU_KEY].routers.get(room)
     return [p for p in router.producers if p.participant_id == SENIOR] if router else []
 
 
 async def test_trusted_drop_in_warns_first_and_sends_nothing_before(server: RunningServer, kiosk: KioskApp, family: list[CallClient]) -> None:
-    call, sanne = await _family_joins(server, family, "c-sanne", publish=True)
-    assert call["state"] == "warning"
-    await eventually(lambda: kiosk.model.mode is Mode.INCOMING, 10, "the ten-second warning")
-    assert kiosk.sounds[-1] == "chime"
-    layout = screenshot(kiosk, "incoming-trusted")
+    # The ten-second warning.
+    call, sanne, layout = await _kiosk_shows_the_call(
+        server, kiosk, family, "c-sanne", publish=True, state="warning", mode=Mode.INCOMING, sound="chime",
+        screen="incoming-trusted",
+    )
     assert layout.text_shown("Sanne de Vries belt u")
     assert layout.text_shown("Over 10 seconden ziet en hoort u elkaar.")
     assert layout.button("not_now") and layout.button("answer")
@@ -105,11 +119,9 @@ async def test_trusted_drop_in_warns_first_and_sends_nothing_before(server: Runn
 
 
 async def test_untrusted_caller_rings_and_decline_says_no(server: RunningServer, kiosk: KioskApp, family: list[CallClient]) -> None:
-    call, piet = await _family_joins(server, family, "c-piet", publish=False)
-    assert call["state"] == "ringing"
-    await eventually(lambda: kiosk.model.mode is Mode.RINGING, 10, "ringing")
-    assert kiosk.sounds[-1] == "ring"
-    layout = screenshot(kiosk, "ringing")
+    call, piet, layout = await _kiosk_shows_the_call(
+        server, kiosk, family, "c-piet", publish=False, state="ringing", mode=Mode.RINGING, sound="ring", screen="ringing",
+    )
     assert layout.text_shown("Buurman Piet belt u")
     accept, decline = layout.button("answer"), layout.button("decline")
     assert accept and decline

@@ -33,30 +33,39 @@ def _states(language: str) -> dict[str, Appliance]:
         k.start(paired=True)
         return k
 
+    def home(directory: dict | None = None) -> Appliance:
+        k = fresh()
+        k.device_online(directory or welcome())
+        return k
+
+    def missed_call(directory: dict | None = None) -> Appliance:
+        k = home(directory)
+        k.device_message(incoming("c-piet", ring_ms=1000))
+        clock.advance(2)
+        k.tick()
+        return k
+
+    def in_activity(event: str, **details: object) -> Appliance:
+        k = home()
+        k.tap("join")
+        k.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
+        k.room_event(event, **details)
+        return k
+
     pairing = Appliance(clock, language=language)
     pairing.start(paired=False)
     pairing.pairing_code("482913", "https://verzilvering.example.nl/admin/kiosks/pair?code=482913", 900)
     states["pairing"] = pairing
     states["connecting"] = fresh()
-    home = fresh()
-    home.device_online(welcome())
-    states["home"] = home
-    offline = fresh()
-    offline.device_online(welcome())
+    states["home"] = home()
+    offline = home()
     offline.device_offline()
     states["offline"] = offline
-    missed = fresh()
-    missed.device_online(welcome())
-    missed.device_message(incoming("c-piet", ring_ms=1000))
-    clock.advance(2)
-    missed.tick()
-    states["missed"] = missed
-    trusted = fresh()
-    trusted.device_online(welcome())
+    states["missed"] = missed_call()
+    trusted = home()
     trusted.device_message(incoming("c-sanne"))
     states["incoming"] = trusted
-    ringing = fresh()
-    ringing.device_online(welcome())
+    ringing = home()
     ringing.device_message(incoming("c-piet"))
     states["ringing"] = ringing
     countdown = Appliance(FakeClock(START), language=language)
@@ -64,64 +73,39 @@ def _states(language: str) -> dict[str, Appliance]:
     countdown.device_online(welcome())
     assert countdown.mode is Mode.COUNTDOWN
     states["countdown"] = countdown
-    activity = fresh()
-    activity.device_online(welcome())
-    activity.tap("join")
-    activity.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
-    activity.room_event(
+    states["in_activity"] = in_activity(
         "joined",
         self_id="s-1",
         participants=[Participant("s-1", "Mevrouw Jansen", "senior"), Participant("h", "Ingrid (begeleider)", "host")]
         + [Participant(f"p{i}", f"Deelnemer {i}", "senior") for i in range(5)],
     )
-    states["in_activity"] = activity
-    lobby = fresh()
-    lobby.device_online(welcome())
-    lobby.tap("join")
-    lobby.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
-    lobby.room_event("lobby")
-    states["lobby"] = lobby
-    alone = fresh()
-    alone.device_online(welcome())
-    alone.tap("join")
-    alone.device_message({"type": "activity_token", "activity_id": "a-gym", "room": "a-gym", "token": "t"})
-    alone.room_event("joined", self_id="s-1", participants=[Participant("s-1", "Mevrouw Jansen", "senior")])
-    states["in_activity_alone"] = alone
+    states["lobby"] = in_activity("lobby")
+    states["in_activity_alone"] = in_activity(
+        "joined", self_id="s-1", participants=[Participant("s-1", "Mevrouw Jansen", "senior")]
+    )
     running = Appliance(FakeClock(START + dt.timedelta(minutes=20)), language=language)
     running.start(paired=True)
     running.device_online(welcome(auto_join=False))
     states["home_activity_running"] = running
-    calling = fresh()
-    calling.device_online(welcome())
+    calling = home()
     calling.tap("call:c-kees")
     states["calling"] = calling
-    calling_ringing = fresh()
-    calling_ringing.device_online(welcome())
+    calling_ringing = home()
     request = calling_ringing.tap("call:c-kees")[0].message
     calling_ringing.device_message({"type": "call_ringing", "ref": request["id"], "call_id": "x", "ring_timeout_ms": 45000})
     states["calling_ringing"] = calling_ringing
-    more = fresh()
-    more.device_online(big_family())
-    states["home_more_family"] = more
-    more_missed = fresh()
-    more_missed.device_online(big_family())
-    more_missed.device_message(incoming("c-piet", ring_ms=1000))
-    clock.advance(2)
-    more_missed.tick()
-    states["home_more_family_missed"] = more_missed
-    family = fresh()
-    family.device_online(big_family())
+    states["home_more_family"] = home(big_family())
+    states["home_more_family_missed"] = missed_call(big_family())
+    family = home(big_family())
     family.tap("more_family")
     states["family"] = family
-    family_last = fresh()
-    family_last.device_online(big_family())
+    family_last = home(big_family())
     family_last.tap("more_family")
     clock.advance(1)  # past the guard against a double tap
     for _ in range(5):
         family_last.tap("family_next")
     states["family_last_page"] = family_last
-    invited = fresh()
-    invited.device_online(welcome())
+    invited = home()
     invited.device_message({"type": "activity_invite", "activity_id": "a-gym", "title": "Stoelgym met een lange naam",
                             "host": "Ingrid"})
     assert invited.mode is Mode.INVITED

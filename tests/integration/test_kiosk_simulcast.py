@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from kiosk_client.call import CallClient
-from kiosk_client.media import open_audio
 from server.appkeys import SFU_KEY
 
 from tests.conftest import RunningServer
-from tests.support import PatternTrack, eventually, media_from
+from tests.support import eventually, media_from, pattern_publisher_and_viewer
 
 
 async def test_a_kiosk_host_sends_h_and_l_and_each_layer_takes_its_own_keyframe_requests(server: RunningServer) -> None:
     # A host: the main picture at 480 lines, big enough for a ¼-size layer.
-    kiosk = CallClient(server.url, server.token(role="host", name="Kiosk"), video=PatternTrack(), audio=open_audio("tone").audio)
-    viewer = CallClient(server.url, server.token(name="Viewer"))
-    try:
-        await kiosk.start()
-        await viewer.start()
-        await eventually(lambda: (m := media_from(viewer, kiosk)) is not None and m.video_frames > 30, what="video")
+    async with pattern_publisher_and_viewer(server) as (kiosk, viewer):
         producer = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video" and p.participant_id == kiosk.self_id)
         tap = producer.tap
         assert tap.simulcast is not None and tap.simulcast.rids == ("h", "l")
@@ -32,6 +25,3 @@ async def test_a_kiosk_host_sends_h_and_l_and_each_layer_takes_its_own_keyframe_
         await eventually(lambda: low.plis > plis, what="the PLI at the low layer")
         frames = media_from(viewer, kiosk).video_frames  # type: ignore[union-attr]
         await eventually(lambda: media_from(viewer, kiosk).video_frames > frames + 30, what="video goes on")  # type: ignore[union-attr]
-    finally:
-        await viewer.close()
-        await kiosk.close()

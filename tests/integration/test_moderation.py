@@ -8,7 +8,7 @@ from server.appkeys import DIRECTORY_KEY, SFU_KEY, STORE_KEY
 from server.directory import Activity, Senior
 from signaling.protocol import CloseCode
 
-from tests.conftest import RunningServer, hello, join
+from tests.conftest import RunningServer, WsClient, hello, join
 
 
 async def _activity(server: RunningServer, *, guests: bool) -> None:
@@ -21,15 +21,28 @@ async def _activity(server: RunningServer, *, guests: bool) -> None:
     )
 
 
+async def _into_the_lobby(client: WsClient, token: str) -> dict[str, Any]:
+    """Hello and join: the "lobby" the client waits in."""
+    await hello(client, token)
+    await client.send({"type": "join", "room": "room-1"})
+    return await client.expect("lobby")
+
+
+async def _host_and_family_in_the_lobby(server: RunningServer, connect: Any, family_id: str) -> tuple[WsClient, WsClient]:
+    await _activity(server, guests=True)
+    host, family = await connect(), await connect()
+    await join(host, server.token(role="host", name="Ans"))
+    await _into_the_lobby(family, server.token(role="family", name="Piet", participant_id=family_id))
+    return host, family
+
+
 async def test_family_knocks_automatically_and_is_admitted(server: RunningServer, connect: Any) -> None:
     await _activity(server, guests=True)
     host, senior, family = await connect(), await connect(), await connect()
     await join(host, server.token(role="host", name="Ans", participant_id="p-host"))
     await join(senior, server.token(role="senior", name="Jansen", participant_id="s-1"))
 
-    await hello(family, server.token(role="family", name="Sanne", participant_id="c-1"))
-    await family.send({"type": "join", "room": "room-1"})
-    lobby = await family.expect("lobby")
+    lobby = await _into_the_lobby(family, server.token(role="family", name="Sanne", participant_id="c-1"))
     assert lobby["room"] == "room-1"
     knock = await host.expect("knock")
     assert knock["participant"]["name"] == "Sanne" and knock["participant"]["admitted"] is False
@@ -54,12 +67,7 @@ async def test_family_knocks_automatically_and_is_admitted(server: RunningServer
 
 
 async def test_denied_family_is_told_and_closed(server: RunningServer, connect: Any) -> None:
-    await _activity(server, guests=True)
-    host, family = await connect(), await connect()
-    await join(host, server.token(role="host", name="Ans"))
-    await hello(family, server.token(role="family", name="Piet", participant_id="c-2"))
-    await family.send({"type": "join", "room": "room-1"})
-    await family.expect("lobby")
+    host, family = await _host_and_family_in_the_lobby(server, connect, "c-2")
     await host.expect("knock")
     await host.send({"type": "deny", "participant_id": "c-2"})
     await family.expect("denied")
@@ -79,12 +87,7 @@ async def test_family_refused_when_activity_takes_no_guests(server: RunningServe
 
 
 async def test_lobby_leaver_is_reported_to_hosts(server: RunningServer, connect: Any) -> None:
-    await _activity(server, guests=True)
-    host, family = await connect(), await connect()
-    await join(host, server.token(role="host", name="Ans"))
-    await hello(family, server.token(role="family", name="Piet", participant_id="c-3"))
-    await family.send({"type": "join", "room": "room-1"})
-    await family.expect("lobby")
+    host, family = await _host_and_family_in_the_lobby(server, connect, "c-3")
     await family.send({"type": "leave"})
     gone = await host.expect("lobby_left")
     assert gone["participant_id"] == "c-3" and gone["reason"] == "left"
@@ -98,9 +101,7 @@ async def test_locked_room_sends_seniors_to_the_lobby(server: RunningServer, con
     assert joined["lobby"] == []
     await host.send({"type": "lock", "locked": True})
     assert (await host.expect("room_updated"))["room"]["locked"] is True
-    await hello(senior, server.token(name="Laat", participant_id="s-late"))
-    await senior.send({"type": "join", "room": "room-1"})
-    await senior.expect("lobby")
+    await _into_the_lobby(senior, server.token(name="Laat", participant_id="s-late"))
     await host.expect("knock")
     await host.send({"type": "admit", "participant_id": "s-late"})
     assert (await senior.expect("joined"))["room_state"]["locked"] is True

@@ -16,7 +16,7 @@ from server.store import StoreUnavailable
 from signaling.protocol import CloseCode
 from signaling.tokens import TokenIssuer
 
-from tests.conftest import TEST_SECRET, RunningServer, WsClient, count_presence_writes, hello, join
+from tests.conftest import TEST_SECRET, RunningServer, WsClient, count_presence_writes, hello, join, resume, resume_field
 
 
 async def test_hello_welcome_carries_session_and_limits(server: RunningServer, connect: Any) -> None:
@@ -354,10 +354,7 @@ async def test_resume_replays_missed_messages(server: RunningServer, connect: An
     assert {p["participant_id"]: p["connected"] for p in snapshot["participants"]} == {"p-a": False, "p-b": True}
 
     a2 = await connect()
-    await a2.send({"type": "hello", "v": 1, "token": token_a,
-                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
-                              "last_seq": joined["seq"]}})
-    resumed = await a2.expect("resumed")
+    resumed = await resume(a2, token_a, welcome, joined["seq"])
     assert resumed["session_id"] == welcome["session_id"]
     assert resumed["replayed"] >= 1
     missed = await a2.expect("participant_joined")
@@ -388,10 +385,7 @@ async def test_pongs_are_not_sequenced_nor_kept_for_resume(server: RunningServer
     await a.ws.close()
 
     a2 = await connect()
-    await a2.send({"type": "hello", "v": 1, "token": token,
-                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
-                              "last_seq": welcome["seq"]}})
-    resumed = await a2.expect("resumed")
+    resumed = await resume(a2, token, welcome, welcome["seq"])
     assert resumed["replayed"] >= 1
     assert (await a2.expect("joined"))["seq"] == joined["seq"]
 
@@ -407,10 +401,7 @@ async def test_resume_resends_an_unanswered_offer(server: RunningServer, connect
     await a.ws.close()  # the answer never left
 
     a2 = await connect()
-    await a2.send({"type": "hello", "v": 1, "token": token,
-                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
-                              "last_seq": offer["seq"]}})
-    await a2.expect("resumed")
+    await resume(a2, token, welcome, offer["seq"])
     again = await a2.expect("offer")
     assert again["negotiation_id"] == offer["negotiation_id"] and again["sdp"] == offer["sdp"]
 
@@ -421,17 +412,16 @@ async def test_resume_failures(server: RunningServer, connect: Any) -> None:
     welcome = await hello(a, token)
     await a.ws.close()
     c = await connect()
-    for resume in (
-        {"session_id": "s-unknown", "resume_key": welcome["resume_key"], "last_seq": 1},
-        {"session_id": welcome["session_id"], "resume_key": "wrong", "last_seq": 1},
-        {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": "one"},
+    for bad_resume in (
+        {**resume_field(welcome, 1), "session_id": "s-unknown"},
+        {**resume_field(welcome, 1), "resume_key": "wrong"},
+        resume_field(welcome, "one"),
     ):
-        await c.send({"type": "hello", "v": 1, "token": token, "resume": resume})
+        await c.send({"type": "hello", "v": 1, "token": token, "resume": bad_resume})
         message = await c.next()
         assert message["type"] == "error" and message["code"] in ("resume_failed", "bad_message"), message
     # Another participant's valid token cannot take over the session.
-    await c.send({"type": "hello", "v": 1, "token": server.token(participant_id="p-b"),
-                  "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": 1}})
+    await c.send({"type": "hello", "v": 1, "token": server.token(participant_id="p-b"), "resume": resume_field(welcome, 1)})
     await c.expect_error("resume_failed")
     # Then a plain hello works on the same socket.
     await hello(c, token)
@@ -442,9 +432,7 @@ async def test_resume_replaces_open_socket(server: RunningServer, connect: Any) 
     token = server.token(participant_id="p-a")
     welcome = await hello(a, token)
     a2 = await connect()
-    await a2.send({"type": "hello", "v": 1, "token": token,
-                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"], "last_seq": 1}})
-    await a2.expect("resumed")
+    await resume(a2, token, welcome, 1)
     assert await a.closed() == CloseCode.REPLACED
 
 

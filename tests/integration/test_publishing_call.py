@@ -10,13 +10,11 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtp import RtpPacket
 
 from bench.vp8_retarget import is_keyframe
-from kiosk_client.call import CallClient
-from kiosk_client.media import open_audio
 from kiosk_client.vp8encoder import Vp8Encoder
 from server.appkeys import SFU_KEY
 
 from tests.conftest import RunningServer
-from tests.support import PatternTrack, eventually, media_from
+from tests.support import eventually, media_from, pattern_publisher_and_viewer
 
 LOW_BPS = 200_000
 MEASURE_S = 3.0
@@ -48,14 +46,7 @@ class SentVideo:
 
 async def test_a_remb_lowers_the_kiosks_bitrate_without_a_keyframe(server: RunningServer) -> None:
     # A host publishes at the main picture's ceiling (1 Mbps), so the drop is a real one.
-    kiosk = CallClient(
-        server.url, server.token(role="host", name="Kiosk"), video=PatternTrack(), audio=open_audio("tone").audio
-    )
-    viewer = CallClient(server.url, server.token(name="Viewer"))
-    try:
-        await kiosk.start()
-        await viewer.start()
-        await eventually(lambda: (m := media_from(viewer, kiosk)) is not None and m.video_frames > 30, what="video")
+    async with pattern_publisher_and_viewer(server) as (kiosk, viewer):
         assert kiosk.pc is not None
         sender = next(t.sender for t in kiosk.pc.getTransceivers() if t.sender.kind == "video" and t.sender.track)
         assert isinstance(sender._RTCRtpSender__encoder, Vp8Encoder)  # type: ignore[attr-defined]
@@ -99,20 +90,13 @@ async def test_a_remb_lowers_the_kiosks_bitrate_without_a_keyframe(server: Runni
         assert sent.keyframes(started + 0.1) == 0
         # The viewer kept decoding throughout.
         assert media_from(viewer, kiosk).video_frames >= frames + 60  # type: ignore[union-attr]
-    finally:
-        await viewer.close()
-        await kiosk.close()
 
 
 async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(server: RunningServer) -> None:
     from kiosk_client.opus import FecOpusEncoder
     from kiosk_client.vp8payloader import read_written_descriptor
 
-    kiosk = CallClient(server.url, server.token(name="Kiosk"), video=PatternTrack(), audio=open_audio("tone").audio)
-    viewer = CallClient(server.url, server.token(name="Viewer"))
-    try:
-        await kiosk.start()
-        await viewer.start()
+    async with pattern_publisher_and_viewer(server, role="senior") as (kiosk, viewer):
         await eventually(
             lambda: (m := media_from(viewer, kiosk)) is not None and m.video_frames > 30 and m.audio_frames > 30,
             what="video and audio",
@@ -140,6 +124,3 @@ async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(s
         assert {d.temporal_id for d in starts} == {0, 1, 2}
         frames = media_from(viewer, kiosk).audio_frames  # type: ignore[union-attr]
         await eventually(lambda: media_from(viewer, kiosk).audio_frames > frames + 20, what="audio goes on")  # type: ignore[union-attr]
-    finally:
-        await viewer.close()
-        await kiosk.close()

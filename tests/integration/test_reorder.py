@@ -16,14 +16,12 @@ from typing import Any
 import pytest
 
 from bench.jitterlink import delay_incoming
-from kiosk_client.call import CallClient
-from kiosk_client.media import open_audio
 from kiosk_client.rtpreceiver import tuned
 from server.appkeys import SFU_KEY
 from server.rtc.rtpseq import LearntDelay
 
 from tests.conftest import RunningServer
-from tests.support import PatternTrack, eventually, media_from
+from tests.support import media_from, pattern_publisher_and_viewer
 
 WINDOW_S = 6.0
 NO_ALLOWANCE = {"nack_reorder_min_s": 0.0, "nack_reorder_max_s": 0.0}
@@ -37,12 +35,7 @@ def _received(tap: Any) -> int:
 
 async def _reordering_call(server: RunningServer, allowance: bool, legs: tuple[str, ...]) -> dict[str, Any]:
     # A host: the main picture (1 Mbps), several packets per frame to overtake each other.
-    publisher = CallClient(server.url, server.token(role="host", name="Pub"), video=PatternTrack(), audio=open_audio("tone").audio)
-    subscriber = CallClient(server.url, server.token(name="Sub"))
-    try:
-        await publisher.start()
-        await subscriber.start()
-        await eventually(lambda: (m := media_from(subscriber, publisher)) is not None and m.video_frames > 10, what="video")
+    async with pattern_publisher_and_viewer(server, names=("Pub", "Sub"), video_frames=10) as (publisher, subscriber):
         router = server.app[SFU_KEY].routers["room-1"]
         assert subscriber.pc is not None and publisher.self_id is not None
         # "up": into the SFU from the publisher; "down": into the subscriber from the SFU.
@@ -76,9 +69,6 @@ async def _reordering_call(server: RunningServer, allowance: bool, legs: tuple[s
             "reordered_up": producer.tap.nack_reordered - start[4],
             "fps": decoded / WINDOW_S,
         }
-    finally:
-        await subscriber.close()
-        await publisher.close()
 
 
 @pytest.mark.parametrize("leg", ["down", "up"])

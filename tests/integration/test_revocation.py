@@ -12,7 +12,6 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,26 +32,19 @@ from signaling.revocation import Revocations
 from signaling.tokens import TokenIssuer
 from web.auth import SESSION_COOKIE, STAFF_SESSIONS_KEY
 
-from tests.conftest import TEST_SECRET, WsClient, hello, make_settings
 from bench.redis_server import RedisServer
+
+from tests.conftest import TEST_SECRET, WsClient, hello, make_settings
+from tests.store_support import backend_overrides, redis_server  # noqa: F401  (fixtures)
 from tests.web_helpers import Seed, Web, seed
 
 ROOM = "activity-stoelgym"
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+@pytest.fixture
+def backend(backend_overrides: dict[str, Any], tmp_path: Path) -> Settings:
     """Settings for one backend; every app made from them shares its state (a restart)."""
-    if request.param == "embedded":
-        return make_settings(tmp_path)
-    redis: RedisServer = request.getfixturevalue("redis_server")
-    return make_settings(tmp_path, redis_url=redis.url, redis_prefix=f"vztest:{uuid.uuid4().hex}:")
+    return make_settings(tmp_path, **backend_overrides)
 
 
 @dataclass

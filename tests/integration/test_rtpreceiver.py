@@ -7,6 +7,7 @@ import asyncio
 import fractions
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -132,19 +133,21 @@ class Recorder:
         return len(pts) >= 2 and all(b > a for a, b in zip(pts, pts[1:], strict=False))
 
 
+@dataclass(eq=False)
 class VideoPacketDropper:
     """Wraps a sender's transport to drop one video packet (and optionally its retransmissions)."""
 
-    def __init__(self, sender: RTCRtpSender, after: float, drop_retransmissions: bool) -> None:
-        self.sender = sender
-        self.after = after
-        self.drop_retransmissions = drop_retransmissions
-        self.first_timestamp: int | None = None
-        self.dropped: RtpPacket | None = None
-        self.dropped_at: float | None = None
-        self.retransmissions_dropped = 0
-        self._start: float | None = None
-        transport = sender.transport
+    sender: RTCRtpSender
+    after: float
+    drop_retransmissions: bool
+    first_timestamp: int | None = field(default=None, init=False)
+    dropped: RtpPacket | None = field(default=None, init=False)
+    dropped_at: float | None = field(default=None, init=False)
+    retransmissions_dropped: int = field(default=0, init=False)
+    _start: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        transport = self.sender.transport
         self._send_rtp = transport._send_rtp
         transport._send_rtp = self._filter  # type: ignore[method-assign]
 
@@ -252,27 +255,28 @@ async def resumed_after(dropper: VideoPacketDropper, video: Recorder, *, include
     raise AssertionError("video never resumed")
 
 
-async def test_lost_packet_is_repaired_by_nack_and_video_resumes_quickly(call: Call) -> None:
+async def _one_video_packet_lost(call: Call, *, repairable: bool) -> tuple[TunedReceiver, Recorder, VideoPacketDropper]:
+    """A call that loses one video packet 1 s in (and, unless `repairable`, every retransmission
+    of it), with video back within 200 ms: the receiver's video hook, its frames, the dropper."""
     sender, receiver, recorders = await call()
-    dropper = VideoPacketDropper(video_sender(sender), after=1.0, drop_retransmissions=False)
+    dropper = VideoPacketDropper(video_sender(sender), after=1.0, drop_retransmissions=not repairable)
     await asyncio.sleep(2.0)
     assert dropper.dropped is not None
     video = recorders["video"]
-    assert await resumed_after(dropper, video, include_dropped_frame=True) < 0.2
-    hook = tuned_video(receiver)
+    # Repaired, the lost packet's own frame is shown; otherwise the first frame after it.
+    assert await resumed_after(dropper, video, include_dropped_frame=repairable) < 0.2
+    return tuned_video(receiver), video, dropper
+
+
+async def test_lost_packet_is_repaired_by_nack_and_video_resumes_quickly(call: Call) -> None:
+    hook, video, _ = await _one_video_packet_lost(call, repairable=True)
     assert hook.stats.nack_requests >= 1
     assert hook.assembler is not None and hook.assembler.stats.frames_dropped_incomplete == 0
     assert video.advancing  # the repaired frame was decoded in order, nothing skipped
 
 
 async def test_unrepairable_loss_costs_a_keyframe_and_video_resumes_within_200ms(call: Call) -> None:
-    sender, receiver, recorders = await call()
-    dropper = VideoPacketDropper(video_sender(sender), after=1.0, drop_retransmissions=True)
-    await asyncio.sleep(2.0)
-    assert dropper.dropped is not None
-    video = recorders["video"]
-    assert await resumed_after(dropper, video, include_dropped_frame=False) < 0.2
-    hook = tuned_video(receiver)
+    hook, video, dropper = await _one_video_packet_lost(call, repairable=False)
     assert hook.assembler is not None
     assert hook.assembler.stats.frames_dropped_incomplete == 1
     assert hook.stats.keyframe_requests >= 1

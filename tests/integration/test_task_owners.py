@@ -17,9 +17,10 @@ from server.app import create_app
 from server.appkeys import DIRECTORY_KEY, ISSUER_KEY, SETTINGS_KEY, SIGNALING_KEY, STORE_KEY
 from server.directory import Contact, Senior
 from server.invites import issue_invite, named_secret
-from server.pairing import confirm_pairing
 from server.tasks import task_failures
 from tests.conftest import RunningServer, WsClient, join, make_settings
+from tests.kiosk_support import _device
+from tests.support import paired_kiosk
 
 RING_S = 0.5
 
@@ -35,16 +36,8 @@ async def _kiosk_and_family_page(server: RunningServer, http: aiohttp.ClientSess
     await d.put(Senior(id="s-1", name="Oma Riet"), actor="test")
     contact = Contact(id="c-piet", senior_id="s-1", name="Piet")
     await d.put(contact, actor="test")
-    async with http.post(server.url + "/api/kiosk/pair") as r:
-        started = await r.json()
-    await confirm_pairing(server.app[STORE_KEY], d, started["code"], "s-1", actor="test")
-    async with http.get(
-        server.url + "/api/kiosk/pair/" + started["pairing_id"], headers={"X-Pairing-Secret": started["secret"]}
-    ) as r:
-        credential = await r.json()
-    kiosk = await connect()
-    await kiosk.send({"type": "hello", "v": 1, "device": credential})
-    await kiosk.expect("device_welcome")
+    credential = await paired_kiosk(http, server.url, server.app[STORE_KEY], d, "s-1")
+    kiosk, _ = await _device(connect, credential)
     page = await connect()
     invite = issue_invite(named_secret(server.app[SETTINGS_KEY], "invite"), contact)
     await page.send({"type": "hello", "v": 1, "contact": {"invite": invite}})

@@ -12,7 +12,7 @@ import pytest
 from server.config import Settings
 from server.turn import ice_servers_for, turn_credential
 
-from tests.conftest import RunningServer, hello
+from tests.conftest import RunningServer, hello, resume
 
 
 def test_credential_matches_coturn_rest_scheme() -> None:
@@ -47,8 +47,5 @@ async def test_welcome_and_resume_carry_fresh_turn_credentials(server: RunningSe
     assert turn["credential"] == expected.decode()
     await c.ws.close()
     c2 = await connect()
-    await c2.send({"type": "hello", "v": 1, "token": token,
-                   "resume": {"session_id": welcome["session_id"], "resume_key": welcome["resume_key"],
-                              "last_seq": joined["seq"]}})
-    resumed = await c2.expect("resumed")
+    resumed = await resume(c2, token, welcome, joined["seq"])
     assert resumed["ice_servers"][0]["username"].endswith(":p-turn")

@@ -382,13 +382,19 @@ def _vp8(seq: int, timestamp: int, picture_id: int, start: bool, keyframe: bool 
     return RtpPacket(payload_type=97, sequence_number=seq, timestamp=timestamp, ssrc=5, payload=descriptor + body)
 
 
-async def test_a_switch_keyframe_whose_first_packet_came_late_still_goes_out_whole(producer: Producer) -> None:
-    async def pli(layer: int | None = None) -> None:
+def _vp8_consumer(producer: Producer) -> tuple[Consumer, _Vp8Feed]:
+    """A consumer of `producer` on a recording VP8 feed; its keyframe requests go nowhere."""
+
+    async def no_pli(layer: int | None = None) -> None:
         pass
 
-    producer.tap.request_keyframe = pli  # type: ignore[method-assign]
+    producer.tap.request_keyframe = no_pli  # type: ignore[method-assign]
     feed = _Vp8Feed()
-    consumer = Consumer(producer, feed, mid="1")  # type: ignore[arg-type]
+    return Consumer(producer, feed, mid="1"), feed  # type: ignore[arg-type]
+
+
+async def test_a_switch_keyframe_whose_first_packet_came_late_still_goes_out_whole(producer: Producer) -> None:
+    consumer, feed = _vp8_consumer(producer)
     # A reordering link: the keyframe's second and third packets overtake its first, and a
     # delta frame's packets arrive interleaved with the keyframe's last.
     keyframe = [_vp8(100, 9000, 7, start=True, keyframe=True), _vp8(101, 9000, 7, False), _vp8(102, 9000, 7, False),
@@ -408,12 +414,7 @@ async def test_a_switch_keyframe_whose_first_packet_came_late_still_goes_out_who
 
 
 async def test_a_frame_keeps_its_decision_for_its_late_packets(producer: Producer) -> None:
-    async def pli(layer: int | None = None) -> None:
-        pass
-
-    producer.tap.request_keyframe = pli  # type: ignore[method-assign]
-    feed = _Vp8Feed()
-    consumer = Consumer(producer, feed, mid="1")  # type: ignore[arg-type]
+    consumer, feed = _vp8_consumer(producer)
     assert consumer.selection is not None
     await producer._on_rtp(_vp8(100, 0, 1, start=True, keyframe=True), 2)
     await producer._on_rtp(_vp8(101, 3000, 2, True, tid=2), 2)  # frame 2 (TID 2): forwarded

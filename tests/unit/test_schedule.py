@@ -84,23 +84,26 @@ def test_a_whole_year_of_tuesdays_stays_at_ten_and_switches_offset_on_the_right_
     assert switches == [dt.date(2026, 3, 31), dt.date(2026, 10, 27), dt.date(2027, 3, 30), dt.date(2027, 11, 2)]
 
 
-@pytest.mark.parametrize("day", [dt.date(2026, 3, 29), dt.date(2027, 3, 28)])
-def test_a_time_skipped_in_spring_moves_forward_by_the_gap(day: dt.date) -> None:
+def _half_past_two_on(day: dt.date, shown: str, utc: dt.time) -> tuple[WeeklySlot, dt.datetime]:
+    """A Sunday 02:30 slot's occurrence on the night of a clock change: `shown` local summer time, `utc` UTC."""
     slot = WeeklySlot.parse("sunday", "02:30", 30)
     start = slot.occurrence_on(day)
+    assert start.strftime("%H:%M") == shown and start.utcoffset() == CEST
+    assert start.astimezone(UTC) == dt.datetime.combine(day, utc, UTC)
+    return slot, start
+
+
+@pytest.mark.parametrize("day", [dt.date(2026, 3, 29), dt.date(2027, 3, 28)])
+def test_a_time_skipped_in_spring_moves_forward_by_the_gap(day: dt.date) -> None:
     # 02:30 does not exist that night; the activity starts at 03:30 summer time, which is
     # 01:30 UTC — the instant 02:30 would have been without the change.
-    assert start.strftime("%H:%M") == "03:30" and start.utcoffset() == CEST
-    assert start.astimezone(UTC) == dt.datetime.combine(day, dt.time(1, 30), UTC)
+    slot, start = _half_past_two_on(day, shown="03:30", utc=dt.time(1, 30))
     assert slot.next_start(dt.datetime.combine(day, dt.time(0), UTC)) == start
 
 
 @pytest.mark.parametrize("day", [dt.date(2026, 10, 25), dt.date(2027, 10, 31)])
 def test_a_time_repeated_in_autumn_happens_once_at_its_first_occurrence(day: dt.date) -> None:
-    slot = WeeklySlot.parse("sunday", "02:30", 30)
-    start = slot.occurrence_on(day)
-    assert start.strftime("%H:%M") == "02:30" and start.utcoffset() == CEST
-    assert start.astimezone(UTC) == dt.datetime.combine(day, dt.time(0, 30), UTC)
+    slot, start = _half_past_two_on(day, shown="02:30", utc=dt.time(0, 30))
     # Once it is over, the next one is a week later — not the second 02:30 an hour on.
     after_first = start + dt.timedelta(minutes=31)
     following = slot.next_start(after_first)
