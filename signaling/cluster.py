@@ -490,15 +490,20 @@ class Cluster:
                             {"type": "track_unpublished", "track_id": track.track_id,
                              "participant_id": track.participant_id, "kind": track.kind},
                         )
-                await self.store.remove_participant(room, participant.participant_id)
-                if participant.admitted:
-                    await self.rooms.record_stay(
-                        room, participant.participant_id, participant.role, participant.joined_at, joined=False
-                    )
-                await self.store.publish(
-                    room, {"type": "participant_left", "participant_id": participant.participant_id, "reason": "timeout"}
-                )
+                await self._remove_left_behind(room, participant, "timeout")
         await self.store.forget_node(dead)
+
+    async def _remove_left_behind(self, room: str, participant: ParticipantState, reason: str) -> None:
+        """Removes a participant the store lists but no node holds (its node died, or this
+        node lost it during a store outage): its stay ends and the room hears it left."""
+        await self.store.remove_participant(room, participant.participant_id)
+        if participant.admitted:
+            await self.rooms.record_stay(
+                room, participant.participant_id, participant.role, participant.joined_at, joined=False
+            )
+        await self.store.publish(
+            room, {"type": "participant_left", "participant_id": participant.participant_id, "reason": reason}
+        )
 
     async def resync(self) -> None:
         """After a store outage: this node's sessions and tracks are written again, and
@@ -536,14 +541,7 @@ class Cluster:
         for room in await self.store.list_rooms():
             for participant in await self.store.list_participants(room):
                 if participant.node_id == self.node_id and (room, participant.participant_id) not in local:
-                    await self.store.remove_participant(room, participant.participant_id)
-                    if participant.admitted:
-                        await self.rooms.record_stay(
-                            room, participant.participant_id, participant.role, participant.joined_at, joined=False
-                        )
-                    await self.store.publish(
-                        room, {"type": "participant_left", "participant_id": participant.participant_id, "reason": "left"}
-                    )
+                    await self._remove_left_behind(room, participant, "left")
 
     # --- graceful drain ----------------------------------------------------------------------
 

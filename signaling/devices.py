@@ -82,6 +82,11 @@ class ContactLink:
     presence_touched: float = 0.0
 
 
+def presence_of(link: DeviceLink | ContactLink) -> str:
+    """The presence key a kiosk's or family member's connection keeps alive."""
+    return kiosk_presence(link.kiosk.id) if isinstance(link, DeviceLink) else contact_presence(link.contact.id)
+
+
 @dataclass
 class Call:
     id: str
@@ -124,7 +129,7 @@ class DeviceHub:
         link.subscription = await self.store.subscribe(
             device_channel(kiosk.id), lambda event: self._to_device(conn, event)
         )
-        await self._refresh_presence(link, kiosk_presence(kiosk.id), force=True)
+        await self._refresh_presence(link, force=True)
         kiosk.last_seen = time.time()
         kiosk.software_version = str(device.get("version", ""))[:40]
         await self.directory.store.put_record("kiosks", kiosk.id, _as_record(kiosk))
@@ -141,12 +146,12 @@ class DeviceHub:
     def _presence_ttl(self) -> float:
         return self.settings.ping_timeout_s
 
-    async def _refresh_presence(self, link: DeviceLink | ContactLink, key: str, *, force: bool = False) -> None:
+    async def _refresh_presence(self, link: DeviceLink | ContactLink, *, force: bool = False) -> None:
         # Rewritten at most every fraction of its TTL, not on every ping: a store write
         # per ping was most of an idle kiosk's cost.
         now = time.monotonic()
         if force or now - link.presence_touched >= self._presence_ttl * self.settings.presence_refresh_fraction:
-            await self.store.touch_presence(key, self._presence_ttl)
+            await self.store.touch_presence(presence_of(link), self._presence_ttl)
             link.presence_touched = now
 
     async def _home(self, kiosk: Kiosk) -> dict[str, Any]:
@@ -214,17 +219,20 @@ class DeviceHub:
         conn.send(event)
 
     async def dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
-        if conn in self.listeners:
-            await self._listener_dispatch(conn, self.listeners[conn], message)
-            return
-        link = self.links[conn]
+        link = self.listeners.get(conn) or self.links[conn]
+        if message["type"] == "ping":
+            conn.send({"type": "pong", "ts": message.get("ts"), "ref": message.get("id")})
+            await self._refresh_presence(link)
+        elif isinstance(link, ContactLink):
+            await self._listener_dispatch(conn, link, message)
+        else:
+            await self._kiosk_dispatch(conn, link, message)
+
+    async def _kiosk_dispatch(self, conn: Connection, link: DeviceLink, message: dict[str, Any]) -> None:
         kind = message["type"]
         ref = message.get("id")
         kiosk_id = link.kiosk.id
-        if kind == "ping":
-            conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
-            await self._refresh_presence(link, kiosk_presence(kiosk_id))
-        elif kind == "call_contact":
+        if kind == "call_contact":
             contact = await self.directory.get(Contact, message["contact_id"])
             if contact is None or contact.senior_id != link.kiosk.senior_id:
                 raise ProtocolError("unknown_contact", "That person is not one of this senior's contacts.", ref)
@@ -264,21 +272,17 @@ class DeviceHub:
             raise ProtocolError("forbidden", f"A kiosk device cannot send '{kind}'.", ref)
 
     async def connection_lost(self, conn: Connection) -> None:
-        listener = self.listeners.pop(conn, None)
-        if listener is not None:
-            if listener.subscription is not None:
-                await listener.subscription.close()
-            contact_id = listener.contact.id
-            if not any(other.contact.id == contact_id for other in self.listeners.values()):
-                await self.store.clear_presence(contact_presence(contact_id))
-            return
-        link = self.links.pop(conn, None)
+        link = self.listeners.pop(conn, None) or self.links.pop(conn, None)
         if link is None:
             return
         if link.subscription is not None:
             await link.subscription.close()
-        if not any(other.kiosk.id == link.kiosk.id for other in self.links.values()):
-            await self.store.clear_presence(kiosk_presence(link.kiosk.id))
+        # Present while another connection of the same kiosk or family member is open.
+        presence = presence_of(link)
+        if any(presence_of(other) == presence for other in [*self.links.values(), *self.listeners.values()]):
+            return
+        await self.store.clear_presence(presence)
+        if isinstance(link, DeviceLink):
             # Last seen now: "Vandaag" counts how long a kiosk has been offline from here.
             kiosk = await self.directory.get(Kiosk, link.kiosk.id)
             if kiosk is not None and not kiosk.revoked:
@@ -311,7 +315,7 @@ class DeviceHub:
         link.subscription = await self.store.subscribe(
             contact_channel(contact.id), lambda event: self._to_listener(conn, event)
         )
-        await self._refresh_presence(link, contact_presence(contact.id), force=True)
+        await self._refresh_presence(link, force=True)
         if self._keepalive is None or self._keepalive.done():
             self._keepalive = self.tasks.spawn(self._keep_listeners_alive(), name="contact-keepalive")
         conn.send(
@@ -351,10 +355,7 @@ class DeviceHub:
         kind = message["type"]
         ref = message.get("id")
         contact_id = link.contact.id
-        if kind == "ping":
-            conn.send({"type": "pong", "ts": message.get("ts"), "ref": ref})
-            await self._refresh_presence(link, contact_presence(contact_id))
-        elif kind == "call_answer":
+        if kind == "call_answer":
             call = await self._outgoing_call(message["call_id"])
             if call is None or call.get("contact_id") != contact_id or call.get("state") != "ringing":
                 raise ProtocolError("unknown_call", "That call is not ringing (any more).", ref)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .consumer import LayerPolicy
@@ -15,27 +16,27 @@ from .transport import OfferSender, WebRtcTransport
 logger = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
+class MediaOptions:
+    """How every room's media runs on a node (from its settings): the Sfu carries them and
+    hands them to each Router it makes."""
+
+    ice_servers: tuple[dict[str, Any], ...]
+    keyframe_request_interval_s: float
+    last_n_audio: int = 3
+    speaker_interval_s: float = 0.3
+    layer_policy: LayerPolicy = field(default_factory=LayerPolicy)
+    allocation_interval_s: float = 1.0
+    negotiation_timeout_s: float = 15.0
+
+
 class Router:
-    def __init__(
-        self,
-        room: str,
-        ice_servers: tuple[dict[str, Any], ...],
-        keyframe_request_interval_s: float,
-        last_n_audio: int = 3,
-        speaker_interval_s: float = 0.3,
-        layer_policy: LayerPolicy | None = None,
-        allocation_interval_s: float = 1.0,
-        negotiation_timeout_s: float = 15.0,
-    ) -> None:
+    def __init__(self, room: str, options: MediaOptions) -> None:
         self.room = room
-        self._layer_policy = layer_policy or LayerPolicy()
-        self._allocation_interval = allocation_interval_s
-        self._negotiation_timeout = negotiation_timeout_s
+        self._options = options
         self.transports: dict[str, WebRtcTransport] = {}
         self.subscribers: set[str] = set()
-        self._ice_servers = ice_servers
-        self._keyframe_interval = keyframe_request_interval_s
-        self.speakers = SpeakerSelector(lambda: self.producers, last_n_audio, speaker_interval_s)
+        self.speakers = SpeakerSelector(lambda: self.producers, options.last_n_audio, options.speaker_interval_s)
         # Large activities forward a participant's video only to those who show it: everyone
         # sees the host and the spotlit participant; only hosts see every senior's tile.
         # Up to `tiles_to_everyone_up_to` participants, everyone sees everyone. The room
@@ -63,15 +64,16 @@ class Router:
     ) -> WebRtcTransport:
         if participant_id in self.transports:
             raise ValueError(f"participant {participant_id} already has a transport")
+        options = self._options
         transport = WebRtcTransport(
             participant_id,
-            self._ice_servers,
+            options.ice_servers,
             send_offer,
-            self._keyframe_interval,
+            options.keyframe_request_interval_s,
             on_failed=on_failed,
-            layer_policy=self._layer_policy,
-            allocation_interval_s=self._allocation_interval,
-            negotiation_timeout_s=self._negotiation_timeout,
+            layer_policy=options.layer_policy,
+            allocation_interval_s=options.allocation_interval_s,
+            negotiation_timeout_s=options.negotiation_timeout_s,
         )
         selective = self.selective_video
         self.transports[participant_id] = transport
@@ -164,38 +166,19 @@ class Router:
         return {"transports": len(self.transports), "producers": len(self.producers), "consumers": consumers}
 
 
-class Sfu:
-    """All routers on this node, one per room with media here."""
+@dataclass(eq=False)
+class Sfu(MediaOptions):
+    """All routers on this node, one per room with media here, and the options they run by."""
 
-    def __init__(
-        self,
-        ice_servers: tuple[dict[str, Any], ...],
-        keyframe_request_interval_s: float,
-        last_n_audio: int = 3,
-        speaker_interval_s: float = 0.3,
-        layer_policy: LayerPolicy | None = None,
-        allocation_interval_s: float = 1.0,
-        negotiation_timeout_s: float = 15.0,
-    ) -> None:
-        self.routers: dict[str, Router] = {}
-        self._layer_policy = layer_policy or LayerPolicy()
-        self._allocation_interval = allocation_interval_s
-        self._negotiation_timeout = negotiation_timeout_s
-        self.totals = MediaTotals()
-        self._ice_servers = ice_servers
-        self._keyframe_interval = keyframe_request_interval_s
-        self._last_n_audio = last_n_audio
-        self._speaker_interval = speaker_interval_s
-        # Told (room, participant id) when a room's active speaker changes.
-        self.on_active_speaker: Callable[[str, str | None], None] | None = None
+    routers: dict[str, Router] = field(default_factory=dict, init=False)
+    totals: MediaTotals = field(default_factory=MediaTotals, init=False)
+    # Told (room, participant id) when a room's active speaker changes.
+    on_active_speaker: Callable[[str, str | None], None] | None = field(default=None, init=False)
 
     def router(self, room: str) -> Router:
         router = self.routers.get(room)
         if router is None:
-            router = self.routers[room] = Router(
-                room, self._ice_servers, self._keyframe_interval, self._last_n_audio, self._speaker_interval,
-                self._layer_policy, self._allocation_interval, self._negotiation_timeout,
-            )
+            router = self.routers[room] = Router(room, self)
             router.speakers.on_active_speaker = lambda speaker: self._speaker_changed(room, speaker)
         return router
 

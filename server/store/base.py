@@ -9,9 +9,27 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self
+
+# The interface the rest of the program uses, as server.store (server/store/__init__.py)
+# re-exports it; the other names here are shared by the two backends only.
+__all__ = [
+    "ADMIT",
+    "ADMIT_UNLESS_LOCKED",
+    "DIRECTORY_KINDS",
+    "LOBBY",
+    "AccessCheck",
+    "AccessRefused",
+    "JoinResult",
+    "ParticipantState",
+    "RoomFull",
+    "Store",
+    "StoreUnavailable",
+    "Subscription",
+    "TrackState",
+]
 
 # Durable directory collections. Later features store typed records in these.
 DIRECTORY_KINDS = ("people", "kiosks", "contacts", "activities", "audit", "pairings", "missed_calls", "reach_out", "attendance_weeks")
@@ -118,6 +136,19 @@ def sort_tracks(tracks: Any) -> list[TrackState]:
 class Subscription(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class RoomSubscription(Subscription):
+    """One handler of a room's events, until closed: the backend that made it passes its
+    own way of removing it."""
+
+    room: str
+    handler: EventHandler
+    unsubscribe: Callable[[RoomSubscription], Awaitable[None]]
+
+    async def close(self) -> None:
+        await self.unsubscribe(self)
 
 
 class Store(abc.ABC):

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..datadir import private_dir, private_file, restrict_existing
 from .base import (
@@ -27,6 +27,7 @@ from .base import (
     EventHandler,
     ParticipantState,
     RoomFull,
+    RoomSubscription,
     Store,
     Subscription,
     TrackState,
@@ -40,19 +41,28 @@ _COUNTERS_BEFORE_PURGE = 10_000
 
 logger = logging.getLogger(__name__)
 
+_Entry = TypeVar("_Entry", ParticipantState, TrackState)
 
-class _LocalSubscription(Subscription):
-    def __init__(self, store: "EmbeddedStore", room: str, handler: EventHandler) -> None:
-        self._store = store
-        self._room = room
-        self._handler = handler
 
-    async def close(self) -> None:
-        handlers = self._store._handlers.get(self._room)
-        if handlers is not None and self._handler in handlers:
-            handlers.remove(self._handler)
-            if not handlers:
-                del self._store._handlers[self._room]
+def _pop(tables: dict[str, dict[str, _Entry]], room: str, entry_id: str) -> _Entry | None:
+    """Removes one participant or track of a room, and the room's table with its last one."""
+    entries = tables.get(room)
+    if not entries or entry_id not in entries:
+        return None
+    entry = entries.pop(entry_id)
+    if not entries:
+        del tables[room]
+    return entry
+
+
+def _update(cls: type[_Entry], entry: _Entry | None, changes: dict[str, Any]) -> _Entry | None:
+    """Changes a held participant or track; returns a copy (None when it is not there)."""
+    if entry is None:
+        return None
+    check_changes(cls, changes)
+    for key, value in changes.items():
+        setattr(entry, key, value)
+    return dataclasses.replace(entry)
 
 
 class EmbeddedStore(Store):
@@ -141,12 +151,10 @@ class EmbeddedStore(Store):
         room[state.participant_id] = dataclasses.replace(state)
 
     async def remove_participant(self, room: str, participant_id: str) -> ParticipantState | None:
-        members = self._participants.get(room)
-        if not members or participant_id not in members:
+        state = _pop(self._participants, room, participant_id)
+        if state is None:
             return None
-        state = members.pop(participant_id)
-        if not members:
-            del self._participants[room]
+        if room not in self._participants:
             self._room_state.pop(room, None)
         tracks = self._tracks.get(room, {})
         for track_id in [t for t, tr in tracks.items() if tr.participant_id == participant_id]:
@@ -169,13 +177,7 @@ class EmbeddedStore(Store):
     async def update_participant(
         self, room: str, participant_id: str, /, **changes: Any
     ) -> ParticipantState | None:
-        state = self._participants.get(room, {}).get(participant_id)
-        if state is None:
-            return None
-        check_changes(ParticipantState, changes)
-        for key, value in changes.items():
-            setattr(state, key, value)
-        return dataclasses.replace(state)
+        return _update(ParticipantState, self._participants.get(room, {}).get(participant_id), changes)
 
     async def add_track(self, track: TrackState) -> None:
         if track.participant_id not in self._participants.get(track.room, {}):
@@ -183,22 +185,10 @@ class EmbeddedStore(Store):
         self._tracks.setdefault(track.room, {})[track.track_id] = dataclasses.replace(track)
 
     async def remove_track(self, room: str, track_id: str) -> TrackState | None:
-        tracks = self._tracks.get(room)
-        if not tracks or track_id not in tracks:
-            return None
-        track = tracks.pop(track_id)
-        if not tracks:
-            del self._tracks[room]
-        return track
+        return _pop(self._tracks, room, track_id)
 
     async def update_track(self, room: str, track_id: str, /, **changes: Any) -> TrackState | None:
-        track = self._tracks.get(room, {}).get(track_id)
-        if track is None:
-            return None
-        check_changes(TrackState, changes)
-        for key, value in changes.items():
-            setattr(track, key, value)
-        return dataclasses.replace(track)
+        return _update(TrackState, self._tracks.get(room, {}).get(track_id), changes)
 
     async def list_tracks(self, room: str) -> list[TrackState]:
         return [dataclasses.replace(t) for t in self._tracks.get(room, {}).values()]
@@ -410,7 +400,14 @@ class EmbeddedStore(Store):
 
     async def subscribe(self, room: str, handler: EventHandler) -> Subscription:
         self._handlers.setdefault(room, []).append(handler)
-        return _LocalSubscription(self, room, handler)
+        return RoomSubscription(room, handler, self._unsubscribe)
+
+    async def _unsubscribe(self, subscription: RoomSubscription) -> None:
+        handlers = self._handlers.get(subscription.room)
+        if handlers is not None and subscription.handler in handlers:
+            handlers.remove(subscription.handler)
+            if not handlers:
+                del self._handlers[subscription.room]
 
     # --- durable directory ------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ from .base import (
     JoinResult,
     ParticipantState,
     RoomFull,
+    RoomSubscription,
     Store,
     StoreUnavailable,
     Subscription,
@@ -357,6 +358,12 @@ end
 return 1
 """
 
+# Registered with the client when the store opens.
+_SCRIPTS = (
+    _ADD_PARTICIPANT, _JOIN_ROOM, _REMOVE_PARTICIPANT, _ADD_TRACK, _COMPARE_AND_SET, _PLACE_ROOM, _RELEASE_ROOM,
+    _UNCOUNT, _REVOKE, _ADD_KEEPING, _ATTEND, _DEPART,
+)
+
 _State = TypeVar("_State", ParticipantState, TrackState)
 
 
@@ -415,16 +422,6 @@ def _live_bans(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
     return bans
 
 
-class _RedisSubscription(Subscription):
-    def __init__(self, store: "RedisStore", room: str, handler: EventHandler) -> None:
-        self.store = store
-        self.room = room
-        self.handler = handler
-
-    async def close(self) -> None:
-        await self.store._unsubscribe(self)
-
-
 class RedisStore(Store):
     def __init__(
         self,
@@ -451,22 +448,12 @@ class RedisStore(Store):
         self._tasks = TaskOwner("redis-store")
         # Each subscription is its own entry, so closing one never drops another that
         # happens to use the same handler.
-        self._subscriptions: dict[str, list[_RedisSubscription]] = {}
+        self._subscriptions: dict[str, list[RoomSubscription]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         # Serialises SUBSCRIBE/UNSUBSCRIBE so the registry and the server agree.
         self._subscribe_lock = asyncio.Lock()
-        self._add_participant: AsyncScript | None = None
-        self._join_room: AsyncScript | None = None
-        self._remove_participant: AsyncScript | None = None
-        self._add_track: AsyncScript | None = None
-        self._compare_and_set: AsyncScript | None = None
-        self._place_room: AsyncScript | None = None
-        self._release_room: AsyncScript | None = None
-        self._uncount: AsyncScript | None = None
-        self._revoke: AsyncScript | None = None
-        self._add_keeping: AsyncScript | None = None
-        self._attend: AsyncScript | None = None
-        self._depart: AsyncScript | None = None
+        # Each Lua script above by its source, registered when the store opens.
+        self._scripts: dict[str, AsyncScript] = {}
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -539,18 +526,7 @@ class RedisStore(Store):
         self._client = client
         self._control = control
         self._pubsub = client.pubsub()
-        self._add_participant = client.register_script(_ADD_PARTICIPANT)
-        self._join_room = client.register_script(_JOIN_ROOM)
-        self._remove_participant = client.register_script(_REMOVE_PARTICIPANT)
-        self._add_track = client.register_script(_ADD_TRACK)
-        self._compare_and_set = client.register_script(_COMPARE_AND_SET)
-        self._place_room = client.register_script(_PLACE_ROOM)
-        self._release_room = client.register_script(_RELEASE_ROOM)
-        self._uncount = client.register_script(_UNCOUNT)
-        self._revoke = client.register_script(_REVOKE)
-        self._add_keeping = client.register_script(_ADD_KEEPING)
-        self._attend = client.register_script(_ATTEND)
-        self._depart = client.register_script(_DEPART)
+        self._scripts = {source: client.register_script(source) for source in _SCRIPTS}
 
     async def close(self) -> None:
         client, pubsub, tasks, control = self._client, self._pubsub, self._tasks, self._control
@@ -583,16 +559,15 @@ class RedisStore(Store):
             raise RuntimeError("store is not open")
         return self._control
 
-    @staticmethod
-    def _script(script: AsyncScript | None) -> AsyncScript:
-        if script is None:
+    def _script(self, source: str) -> AsyncScript:
+        if not self._scripts:
             raise RuntimeError("store is not open")
-        return script
+        return self._scripts[source]
 
     # --- live room state -------------------------------------------------------------
 
     async def add_participant(self, state: ParticipantState, max_participants: int) -> None:
-        script = self._script(self._add_participant)
+        script = self._script(_ADD_PARTICIPANT)
         with _unavailable():
             added = await script(
                 keys=[self._participants_key(state.room), self._rooms_key()],
@@ -613,7 +588,7 @@ class RedisStore(Store):
         if access is not None:
             access_keys = [self._bans_key(state.room), *(self._revoked_key(s) for s in access.subjects)]
             access_args = [repr(float(access.issued_at)), repr(time.time())]
-        script = self._script(self._join_room)
+        script = self._script(_JOIN_ROOM)
         room = state.room
         admitted_state = dataclasses.replace(state, admitted=True)
         lobby_state = dataclasses.replace(state, admitted=False)
@@ -653,7 +628,7 @@ class RedisStore(Store):
         )
 
     async def remove_participant(self, room: str, participant_id: str) -> ParticipantState | None:
-        script = self._script(self._remove_participant)
+        script = self._script(_REMOVE_PARTICIPANT)
         with _unavailable():
             raw = await script(
                 keys=[
@@ -684,7 +659,7 @@ class RedisStore(Store):
         )
 
     async def add_track(self, track: TrackState) -> None:
-        script = self._script(self._add_track)
+        script = self._script(_ADD_TRACK)
         with _unavailable():
             added = await script(
                 keys=[self._participants_key(track.room), self._tracks_key(track.room)],
@@ -718,7 +693,7 @@ class RedisStore(Store):
     async def _update(
         self, cls: type[_State], key: str, field: str, changes: dict[str, Any]
     ) -> _State | None:
-        script = self._script(self._compare_and_set)
+        script = self._script(_COMPARE_AND_SET)
         # Optimistic read-modify-write: a concurrent update of another field (say mute
         # and connected) must not be lost. A retry only happens when some other writer
         # succeeded, so the loop always makes progress.
@@ -800,7 +775,7 @@ class RedisStore(Store):
 
     async def place_room(self, room: str, node_id: str, live: list[str]) -> str:
         with _unavailable():
-            owner = await self._script(self._place_room)(
+            owner = await self._script(_PLACE_ROOM)(
                 keys=[f"{self._prefix}room_node"], args=[room, node_id, *live]
             )
         return owner
@@ -811,7 +786,7 @@ class RedisStore(Store):
 
     async def release_room(self, room: str, node_id: str) -> None:
         with _unavailable():
-            await self._script(self._release_room)(keys=[f"{self._prefix}room_node"], args=[room, node_id])
+            await self._script(_RELEASE_ROOM)(keys=[f"{self._prefix}room_node"], args=[room, node_id])
 
     async def rooms_of_node(self, node_id: str) -> list[str]:
         with _unavailable():
@@ -843,7 +818,7 @@ class RedisStore(Store):
 
     async def uncount(self, name: str) -> None:
         with _unavailable():
-            await self._script(self._uncount)(keys=[f"{self._prefix}count:{name}"])
+            await self._script(_UNCOUNT)(keys=[f"{self._prefix}count:{name}"])
 
     async def reset_count(self, name: str) -> None:
         with _unavailable():
@@ -858,7 +833,7 @@ class RedisStore(Store):
         return f"{self._prefix}bans:{room}"
 
     async def revoke(self, subject: str, at: float, keep_s: float) -> None:
-        script = self._script(self._revoke)
+        script = self._script(_REVOKE)
         with _unavailable():
             await script(keys=[self._revoked_key(subject)], args=[repr(float(at)), max(1, math.ceil(keep_s * 1000))])
 
@@ -870,7 +845,7 @@ class RedisStore(Store):
         return {s: float(v) for s, v in zip(subjects, values) if v is not None}
 
     async def ban(self, room: str, participant_id: str, info: dict[str, Any], until: float) -> None:
-        script = self._script(self._add_keeping)
+        script = self._script(_ADD_KEEPING)
         keep_ms = max(1, math.ceil((until - time.time()) * 1000))
         with _unavailable():
             await script(
@@ -909,7 +884,7 @@ class RedisStore(Store):
         return f"{self._prefix}staff_sessions:{account_id}"
 
     async def put_staff_session(self, key: str, record: dict[str, Any], ttl_s: float) -> None:
-        script = self._script(self._add_keeping)
+        script = self._script(_ADD_KEEPING)
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         with _unavailable():
             await self._redis.set(self._staff_session_key(key), json.dumps(record, sort_keys=True), px=ttl_ms)
@@ -955,7 +930,7 @@ class RedisStore(Store):
         pubsub = self._pubsub
         if pubsub is None:
             raise RuntimeError("store is not open")
-        subscription = _RedisSubscription(self, room, handler)
+        subscription = RoomSubscription(room, handler, self._unsubscribe)
         async with self._subscribe_lock:
             if self._pubsub is not pubsub:
                 raise StoreUnavailable("store closed")
@@ -1002,7 +977,7 @@ class RedisStore(Store):
                 # Marks an error set by close() as seen even if SUBSCRIBE failed first.
                 confirmed.exception()
 
-    async def _unsubscribe(self, subscription: _RedisSubscription) -> None:
+    async def _unsubscribe(self, subscription: RoomSubscription) -> None:
         async with self._subscribe_lock:
             subscriptions = self._subscriptions.get(subscription.room)
             if not subscriptions or subscription not in subscriptions:
@@ -1114,7 +1089,7 @@ class RedisStore(Store):
     ) -> None:
         check_record_id(log["id"])
         with _unavailable():
-            await self._script(self._attend)(
+            await self._script(_ATTEND)(
                 keys=[self._attendance_key(log["id"]), f"{self._prefix}att_index", f"{self._prefix}engaged"],
                 args=[
                     json.dumps(log, sort_keys=True), member, role, repr(float(at)), limits.merge_gap_s,
@@ -1124,7 +1099,7 @@ class RedisStore(Store):
 
     async def depart(self, log_id: str, member: str, at: float) -> None:
         with _unavailable():
-            await self._script(self._depart)(
+            await self._script(_DEPART)(
                 keys=[self._attendance_key(log_id), f"{self._prefix}engaged"], args=[member, repr(float(at))]
             )
 
