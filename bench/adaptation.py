@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fractions
 import json
 import secrets
 import shutil
@@ -59,6 +58,7 @@ from bench.latency import REPO, ServerHandle
 from bench.machine import describe
 from bench.netns import ImpairedLink
 from bench.vp8_retarget import is_keyframe, pattern_frame
+from bench.waiting import until
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
 from kiosk_client.vp8payloader import read_written_descriptor
@@ -253,7 +253,7 @@ async def phase_capped(server: ServerHandle, issuer: TokenIssuer, ctx: Context, 
     subscribers: list[Subscriber] = []
     try:
         await publisher.start()
-        await _until(lambda: publisher.pc is not None and publisher.pc.connectionState == "connected", 15)
+        await until(lambda: publisher.pc is not None and publisher.pc.connectionState == "connected", 15)
         sent = record_sent_video(publisher)
         # First the four uncapped subscribers alone: what the publisher's top layer is when
         # nobody is struggling (the reference), then the capped one joins.
@@ -435,15 +435,6 @@ async def run_server(name: str, cwd: Path, ctx: Context) -> dict[str, Any]:
         return result
     finally:
         await server.stop()
-
-
-async def _until(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 def baseline_checkout(workdir: Path) -> Path:

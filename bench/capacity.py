@@ -79,7 +79,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -92,6 +91,7 @@ import aiohttp
 
 from .loadgen import bin_ms, encode_media, save_media
 from .machine import describe, machine_busy_s, process_cpu_s
+from .processes import free_port, send_command, start_worker, wait_or_kill, worker_messages
 
 logger = logging.getLogger("bench.capacity")
 
@@ -189,12 +189,6 @@ def machine() -> dict[str, Any]:
 # --- processes -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def seed_activities(data_dir: Path, rooms: tuple[str, ...]) -> None:
     """Creates directory Activities (room id = activity id) in a data dir before its server
     starts, through the same store and directory the server opens: a room with an Activity
@@ -228,7 +222,7 @@ class Server:
     @classmethod
     async def start(cls, workdir: Path, secret: str, extra_env: dict[str, str],
                     activities: tuple[str, ...] = ()) -> "Server":
-        port = _free_port()
+        port = free_port()
         data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
         if activities:
             await seed_activities(data_dir, activities)
@@ -280,11 +274,7 @@ class Server:
     async def stop(self) -> None:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout=8)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+            await wait_or_kill(self.proc, 8)
 
 
 class WorkerHandle:
@@ -301,55 +291,38 @@ class WorkerHandle:
 
     @classmethod
     async def start(cls, media_path: Path, log_path: Path) -> "WorkerHandle":
-        with open(log_path, "ab") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.loadgen", "--worker", "--media", str(media_path),
-                cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                limit=64 * 1024 * 1024,
-            )
-        self = cls(proc)
+        self = cls(await start_worker(("bench.loadgen", "--worker", "--media", str(media_path)), log_path))
         msg = await asyncio.wait_for(self._ready, 60)
         if msg.get("event") != "ready":
             raise RuntimeError(f"load generator did not start: {msg}")
         return self
 
     async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                error = {"event": "eof"}
-                if not self._ready.done():
-                    self._ready.set_result(error)
-                for fut in self._waiting.values():
-                    if not fut.done():
-                        fut.set_exception(RuntimeError(f"load generator {self.pid} exited"))
-                return
-            msg = json.loads(line)
+        async for msg in worker_messages(self.proc):
             if msg.get("event") in ("ready", "error") and not self._ready.done() and msg.get("ref") is None:
                 self._ready.set_result(msg)
                 continue
             fut = self._waiting.pop(msg.get("ref"), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        if not self._ready.done():
+            self._ready.set_result({"event": "eof"})
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"load generator {self.pid} exited"))
 
     async def call(self, msg: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         assert self.proc.stdin is not None
         ref = next(self._refs)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = fut
-        self.proc.stdin.write((json.dumps({**msg, "ref": ref}) + "\n").encode())
-        await self.proc.stdin.drain()
+        await send_command(self.proc, {**msg, "ref": ref})
         return await asyncio.wait_for(fut, timeout)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.call({"cmd": "close"}, timeout=5)
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout=10)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await wait_or_kill(self.proc, 10)
         self._reader.cancel()
 
 

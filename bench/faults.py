@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ import aiohttp
 from bench.machine import describe
 from bench.redis_server import RedisServer
 from bench.server_process import SECRET, Node
+from bench.waiting import until
 from kiosk_client.room import RoomConnection, Sources
 from server.rtc.ice import restrict_host_addresses
 from server.store.redis import RedisStore
@@ -195,12 +197,9 @@ async def stop_scenario(scenario: Scenario) -> None:
     scenario.redis.stop()
 
 
-async def _until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise WrongMeasurement(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
+async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    if not await until(check, timeout):
+        raise WrongMeasurement(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def kiosk_result(scenario: Scenario) -> dict[str, Any]:

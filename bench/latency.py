@@ -70,7 +70,6 @@ import os
 import secrets
 import shlex
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -92,7 +91,9 @@ from signaling.tokens import TokenIssuer
 
 from .looplag import LoopLag
 from .machine import describe, machine_busy_s, process_cpu_s
+from .processes import ParentPipe, free_port, send_command, start_worker, wait_or_kill, worker_messages
 from .stamp import ReceiveLog, SendLog, StampedAudioTrack, StampedVideoTrack
+from .waiting import until
 
 logger = logging.getLogger("bench.latency")
 # Marks a subscriber-side report that receive paths were mixed (crosses worker processes as text).
@@ -316,32 +317,21 @@ class WorkerHost:
 
     @classmethod
     async def start(cls, stderr_path: Path) -> "WorkerHost":
-        with open(stderr_path, "ab") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.latency", "--worker",
-                cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                limit=64 * 1024 * 1024,
-            )
-        host = cls(proc)
+        host = cls(await start_worker(("bench.latency", "--worker"), stderr_path))
         reply = await host._reply(30)
         if reply.get("event") != "ready":
             raise RuntimeError(f"worker did not start: {reply}")
         return host
 
     async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                await self._replies.put({"event": "eof"})
-                return
-            msg = json.loads(line)
+        async for msg in worker_messages(self.proc):
             if msg.get("event") == "first_video":
                 log = self._by_name.get(msg["name"])
                 if log is not None and log.first_video_at is None:
                     log.first_video_at = msg["t"]
             else:
                 await self._replies.put(msg)
+        await self._replies.put({"event": "eof"})
 
     async def _reply(self, timeout: float) -> dict[str, Any]:
         msg = await asyncio.wait_for(self._replies.get(), timeout)
@@ -349,25 +339,20 @@ class WorkerHost:
             raise RuntimeError(f"worker {self.pid}: {msg}")
         return msg
 
-    async def _send(self, msg: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        await self.proc.stdin.drain()
-
     async def join(
         self, path: str, name: str, server: str, token: str | None, sink: bool = False, receiver: str = "stock"
     ) -> ReceiveLog:
         log = ReceiveLog(name, sink=sink)
         self.logs.append(log)
         self._by_name[name] = log
-        await self._send({"cmd": "join", "path": path, "name": name, "server": server, "token": token,
+        await send_command(self.proc, {"cmd": "join", "path": path, "name": name, "server": server, "token": token,
                           "sink": sink, "receiver": receiver})
         reply = await self._reply(30)
         log.joined_at = reply["joined_at"]
         return log
 
     async def collect(self) -> None:
-        await self._send({"cmd": "report"})
+        await send_command(self.proc, {"cmd": "report"})
         reply = await self._reply(30)
         for data in reply["logs"]:
             self._by_name[data["name"]].load(data)
@@ -376,36 +361,20 @@ class WorkerHost:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self._send({"cmd": "close"})
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout=30)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+            await send_command(self.proc, {"cmd": "close"})
+        await wait_or_kill(self.proc, 30)
         self._reader.cancel()
 
 
 async def worker_main() -> int:
     """Hosts subscribers for the parent bench; JSON lines on stdin/stdout."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout
-
-    def emit(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
-
+    pipe = await ParentPipe.open()
     lag = LoopLag()
     lag.start()
-    host = LocalHost(on_first_video=lambda log: emit({"event": "first_video", "name": log.name, "t": log.first_video_at}))
-    emit({"event": "ready"})
+    host = LocalHost(on_first_video=lambda log: pipe.emit({"event": "first_video", "name": log.name, "t": log.first_video_at}))
+    pipe.emit({"event": "ready"})
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            msg = json.loads(line)
+        while (msg := await pipe.command()) is not None:
             cmd = msg["cmd"]
             if cmd == "join":
                 try:
@@ -413,13 +382,13 @@ async def worker_main() -> int:
                         msg["path"], msg["name"], msg["server"], msg["token"], msg["sink"], msg["receiver"]
                     )
                 except Exception as exc:
-                    emit({"event": "error", "message": repr(exc)})
+                    pipe.emit({"event": "error", "message": repr(exc)})
                     continue
-                emit({"event": "joined", "name": log.name, "joined_at": log.joined_at})
+                pipe.emit({"event": "joined", "name": log.name, "joined_at": log.joined_at})
             elif cmd == "report":
                 await host.collect()
-                emit({"event": "report", "logs": [log.to_dict() for log in host.logs],
-                      "errors": host.errors, "lag": lag.samples})
+                pipe.emit({"event": "report", "logs": [log.to_dict() for log in host.logs],
+                           "errors": host.errors, "lag": lag.samples})
             elif cmd == "close":
                 break
     finally:
@@ -729,12 +698,6 @@ def serve_naive(port: int) -> int:
 # --- servers -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerHandle:
     """A server under test: a subprocess (default) or an app in this event loop."""
 
@@ -753,7 +716,7 @@ class ServerHandle:
         """`cwd` is the checkout whose `server` package `python -m server.cli` runs (another
         commit's, for a baseline); `host` the address the server listens on (pass it as `--host`)."""
         self = cls(name)
-        port = _free_port()
+        port = free_port()
         argv = [a.replace("{port}", str(port)) for a in argv]
         self.log_path = workdir / f"{name}-{port}.log"
         with open(self.log_path, "wb") as log_file:
@@ -803,20 +766,7 @@ class ServerHandle:
             await self._test_server.close()
         if self._proc is not None and self._proc.returncode is None:
             self._proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self._proc.wait(), timeout=15)
-            except asyncio.TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
-
-
-async def _until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+            await wait_or_kill(self._proc, 15)
 
 
 async def _until_async(probe: Callable[[], Awaitable[int]], want: int, timeout: float) -> bool:
@@ -848,7 +798,7 @@ async def run_naive(n: int, timing: Timing, ctx: "BenchContext") -> PathRun:
         pub.addTrack(StampedAudioTrack(sent))
         async with aiohttp.ClientSession() as http:
             await _post_offer(http, server.url + "/publish", pub)
-        await _until(lambda: len(sent.video) > 15, 10)
+        await until(lambda: len(sent.video) > 15, 10, interval=0.02)
         for i in range(n):
             run.logs.append(await subscribers.join("naive", i, server.url, None, not ctx.decodes(i, n), ctx.receiver))
             await asyncio.sleep(timing.join_spacing_s)
@@ -897,7 +847,7 @@ async def run_ours(n: int, timing: Timing, ctx: "BenchContext") -> PathRun:
         await publisher.start()
         if not await _until_async(lambda: _producers(server), 2, 15):
             run.notes.append("the publisher's producers did not appear within 15 s")
-        await _until(lambda: len(sent.video) > 15, 10)
+        await until(lambda: len(sent.video) > 15, 10, interval=0.02)
         for i in range(n):
             token = issuer.issue(role="senior", room=room, name=f"Kijker {i}")
             run.logs.append(await subscribers.join("ours", i, server.url, token, not ctx.decodes(i, n), ctx.receiver))

@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import contextlib
 import fractions
-import json
 import logging
 import os
 import pickle
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.looplag import LoopLag
+from bench.processes import ParentPipe
 
 logger = logging.getLogger("bench.loadgen")
 
@@ -743,14 +743,7 @@ class Worker:
 
 
 async def worker_main(media_path: Path) -> int:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout
-
-    def emit(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
+    pipe = await ParentPipe.open()
 
     import aiortc
 
@@ -758,12 +751,12 @@ async def worker_main(media_path: Path) -> int:
     from server.rtc.pin import AIORTC_VERSION
 
     if aiortc.__version__ != AIORTC_VERSION:
-        emit({"event": "error", "message": f"bench.loadgen hooks were written for aiortc {AIORTC_VERSION}, "
-                                           f"found {aiortc.__version__}"})
+        pipe.emit({"event": "error", "message": f"bench.loadgen hooks were written for aiortc {AIORTC_VERSION}, "
+                                                f"found {aiortc.__version__}"})
         return 1
     worker = Worker(load_media(media_path))
     worker.lag.start()
-    emit({"event": "ready", "pid": os.getpid()})
+    pipe.emit({"event": "ready", "pid": os.getpid()})
     pending: set[asyncio.Task[None]] = set()
 
     async def run(msg: dict[str, Any]) -> None:
@@ -772,13 +765,9 @@ async def worker_main(media_path: Path) -> int:
         except Exception as exc:
             reply = {"event": "joined", "n": 0, "failures": [repr(exc)], "seconds": 0}
         reply["ref"] = msg.get("ref")
-        emit(reply)
+        pipe.emit(reply)
 
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        msg = json.loads(line)
+    while (msg := await pipe.command()) is not None:
         cmd = msg["cmd"]
         if cmd == "join_many":
             task = asyncio.ensure_future(run(msg))
@@ -796,12 +785,12 @@ async def worker_main(media_path: Path) -> int:
         elif cmd == "window_end":
             reply = worker.window_end()
         elif cmd == "close":
-            emit({"event": "closing", "ref": msg.get("ref")})
+            pipe.emit({"event": "closing", "ref": msg.get("ref")})
             break
         else:
             reply = {"event": "error", "message": f"unknown command {cmd}"}
         reply["ref"] = msg.get("ref")
-        emit(reply)
+        pipe.emit(reply)
     # The bench tears the server down next: skip the slow per-connection close.
     sys.stdout.flush()
     os._exit(0)

@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .processes import free_port, wait_or_kill_sync
+
 SHARED_REDIS_PORT = 6379
 
 
 def _free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != SHARED_REDIS_PORT:
-            return port
+    """A free port that is not the shared redis-server's."""
+    while (port := free_port()) == SHARED_REDIS_PORT:
+        pass
+    return port
 
 
 def _server_pid(port: int) -> int | None:
@@ -154,8 +154,4 @@ class RedisServer:
 def _terminate(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        wait_or_kill_sync(process, 10)

@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bench.processes import free_port, wait_or_kill_sync
 from signaling.tokens import TokenIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "server-process-secret-" + "y" * 40
 NODE_TIMEOUT_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerProcess:
@@ -102,11 +95,7 @@ class ServerProcess:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill_sync(self.proc, 15)
 
     def __enter__(self) -> "ServerProcess":
         return self.start()
@@ -202,8 +191,4 @@ class Node:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            wait_or_kill_sync(self.process, 20)

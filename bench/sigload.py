@@ -59,6 +59,7 @@ from typing import Any
 import aiohttp
 
 from bench.looplag import LoopLag
+from bench.processes import ParentPipe
 from signaling.tokens import TokenIssuer
 
 MAX_RTT_SAMPLES = 200_000
@@ -425,37 +426,26 @@ class Worker:
 
 async def worker_main(secret: str) -> int:
     raise_nofile()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    pipe = await ParentPipe.open()
     worker = Worker(secret)
-    out = sys.stdout
-
-    def emit(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
-
-    emit({"ready": True})
+    pipe.emit({"ready": True})
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return 0
-            cmd = json.loads(line)
+        while (cmd := await pipe.command()) is not None:
             kind = cmd["cmd"]
             if kind == "exit":
-                emit({"bye": True})
+                pipe.emit({"bye": True})
                 return 0
             if kind == "join":
-                emit(await worker.join(cmd))
+                pipe.emit(await worker.join(cmd))
             elif kind == "ping_burst":
-                emit(await worker.ping_burst(cmd))
+                pipe.emit(await worker.ping_burst(cmd))
             elif kind == "stats":
-                emit(worker.stats(bool(cmd.get("coverage"))))
+                pipe.emit(worker.stats(bool(cmd.get("coverage"))))
             elif kind == "close":
-                emit(await worker.close(cmd))
+                pipe.emit(await worker.close(cmd))
             else:
-                emit({"error": f"unknown command {kind}"})
+                pipe.emit({"error": f"unknown command {kind}"})
+        return 0
     finally:
         await worker.shutdown()
 

@@ -85,7 +85,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -99,6 +98,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from .machine import describe, machine_busy_s, process_cpu_s
+from .processes import free_port, send_command, wait_or_kill
 from .redis_server import RedisServer
 from .sigload import pct, raise_nofile
 
@@ -213,12 +213,6 @@ def machine() -> dict[str, Any]:
 # --- processes -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _raise_nofile_in_child() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -229,7 +223,7 @@ class Node:
 
     def __init__(self, name: str, redis_url: str, prefix: str, secret: str, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = self.url + "/ws"
         self.log = workdir / f"{name}.log"
@@ -351,20 +345,14 @@ class LoadWorker:
         return json.loads(line)
 
     async def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-        await self.proc.stdin.drain()
+        await send_command(self.proc, cmd)
         return await self._read(timeout)
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
             with contextlib.suppress(Exception):
                 await self.request({"cmd": "exit"}, timeout=10)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+            await wait_or_kill(self.proc, 10)
 
 
 async def all_workers(workers: list[LoadWorker], cmds: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:

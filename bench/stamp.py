@@ -42,6 +42,7 @@ import fractions
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import av
 import numpy as np
@@ -371,17 +372,32 @@ class ReceiveLog:
 
 # --- tracks ----------------------------------------------------------------------------
 
+StamperT = TypeVar("StamperT", VideoStamper, AudioStamper)
 
-class _PacedTrack(MediaStreamTrack):
+
+class _PacedTrack(MediaStreamTrack, Generic[StamperT]):
+    """Sends the stamper's frames one every `period` seconds from the first, and notes in
+    the log (`_sent`) when each went out."""
+
     period: float
 
-    def __init__(self, log: SendLog) -> None:
+    def __init__(self, log: SendLog, stamper: StamperT) -> None:
         super().__init__()
         self.log = log
+        self._stamper = stamper
         self._index = 0
         self._start: float | None = None
 
-    async def _next_slot(self) -> tuple[int, float]:
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+        index = await self._next_slot()
+        frame = self._stamper.frame(index)
+        self._sent(index, time.monotonic())
+        return frame
+
+    def _sent(self, index: int, at: float) -> None:
+        raise NotImplementedError
+
+    async def _next_slot(self) -> int:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -393,39 +409,30 @@ class _PacedTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         if self.readyState != "live":
             raise MediaStreamError
-        return index, time.monotonic()
+        return index
 
 
-class StampedVideoTrack(_PacedTrack):
+class StampedVideoTrack(_PacedTrack[VideoStamper]):
     kind = "video"
     period = 1 / FPS
 
     def __init__(self, log: SendLog) -> None:
-        super().__init__(log)
-        self._stamper = VideoStamper()
+        super().__init__(log, VideoStamper())
 
-    async def recv(self) -> av.VideoFrame:
-        index, _ = await self._next_slot()
-        frame = self._stamper.frame(index)
-        self.log.video[index & 0xFFFF] = time.monotonic()
-        return frame
+    def _sent(self, index: int, at: float) -> None:
+        self.log.video[index & 0xFFFF] = at
 
 
-class StampedAudioTrack(_PacedTrack):
+class StampedAudioTrack(_PacedTrack[AudioStamper]):
     kind = "audio"
     period = AUDIO_SAMPLES / AUDIO_RATE
 
     def __init__(self, log: SendLog) -> None:
-        super().__init__(log)
-        self._stamper = AudioStamper()
+        super().__init__(log, AudioStamper())
 
-    async def recv(self) -> av.AudioFrame:
-        index, _ = await self._next_slot()
-        frame = self._stamper.frame(index)
-        now = time.monotonic()
-        self.log.audio.append(now)
+    def _sent(self, index: int, at: float) -> None:
+        self.log.audio.append(at)
         where = self._stamper.beep_of(index)
         if where is not None and where[1] == 0:
             assert where[0] == len(self.log.beeps)
-            self.log.beeps.append(now)
-        return frame
+            self.log.beeps.append(at)

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from .processes import free_port
 
 BODY_BYTES = 8 * 1024 * 1024
 _CHUNK = 256 * 1024
@@ -60,12 +61,6 @@ except PhotoError:
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(outcome, len(bomb), (after - before) / 1024)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -149,7 +144,7 @@ def main() -> int:
     count = 5 if args.quick else 20
     command = "python -m bench.upload_memory" + (" --quick" if args.quick else "")
     print(f"command: {command}")
-    port = _free_port()
+    port = free_port()
     wrong: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vz-upload-bench-") as data_dir:
         env = {**os.environ, "VERZILVERING_DATA_DIR": data_dir}

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -35,25 +36,19 @@ class DeviceRevoked(Exception):
     """The server no longer accepts this kiosk's credential."""
 
 
+@dataclass(eq=False)
 class DeviceClient:
-    def __init__(
-        self,
-        server: str,
-        credential: Credential,
-        *,
-        on_welcome: Callable[[dict[str, Any]], None],
-        on_message: Callable[[dict[str, Any]], None],
-        on_offline: Callable[[], None],
-        heartbeat_s: float = 10.0,
-        backoff: Backoff | None = None,
-    ) -> None:
+    server: InitVar[str]
+    credential: Credential
+    _: KW_ONLY
+    on_welcome: Callable[[dict[str, Any]], None]
+    on_message: Callable[[dict[str, Any]], None]
+    on_offline: Callable[[], None]
+    heartbeat_s: float = 10.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=15.0))
+
+    def __post_init__(self, server: str) -> None:
         self.url = ws_url(server)
-        self.credential = credential
-        self.on_welcome = on_welcome
-        self.on_message = on_message
-        self.on_offline = on_offline
-        self.heartbeat_s = heartbeat_s
-        self.backoff = backoff or Backoff(base=1.0, cap=15.0)
         self.welcome: dict[str, Any] = {}
         self.connected = False
         self.connects = 0

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -121,27 +121,19 @@ class RemoteTrack:
     muted: bool
 
 
+@dataclass(eq=False)
 class RoomConnection:
-    def __init__(
-        self,
-        server: str | list[str],
-        token: str,
-        *,
-        sources: Sources,
-        on_event: Callable[..., None],
-        on_frame: Callable[[str, str, Any], None] | None = None,
-        watchdog_s: float = 10.0,
-        heartbeat_s: float = 5.0,
-        backoff: Backoff | None = None,
-    ) -> None:
-        self.server = server
-        self.token = token
-        self.sources = sources
-        self.on_event = on_event
-        self.on_frame = on_frame
-        self.watchdog_s = watchdog_s
-        self.heartbeat_s = heartbeat_s
-        self.backoff = backoff or Backoff(base=0.5, cap=4.0)
+    server: str | list[str]
+    token: str
+    _: KW_ONLY
+    sources: Sources
+    on_event: Callable[..., None]
+    on_frame: Callable[[str, str, Any], None] | None = None
+    watchdog_s: float = 10.0
+    heartbeat_s: float = 5.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=4.0))
+
+    def __post_init__(self) -> None:
         self.client: CallClient | None = None
         self.opened: OpenSources | None = None
         self.room: str | None = None

@@ -338,6 +338,13 @@ class Renderer:
         layout = Layout(surface.get_size())
         t = Texts(kiosk.language)
         mode = kiosk.mode
+        session = kiosk.session
+        # Every screen draws over a fresh background: the call's dark stage, or the light one.
+        if mode is Mode.IN_CALL and not (session is not None and session.outgoing and session.phase in ("requesting", "ringing")):
+            surface.fill(DARK)
+            self._in_call(surface, layout, kiosk, t, video)
+            return layout
+        surface.fill(BACKGROUND)
         if mode is Mode.PAIRING:
             self._pairing(surface, layout, kiosk, t)
         elif mode in (Mode.HOME, Mode.OFFLINE):
@@ -350,15 +357,12 @@ class Renderer:
             self._invited(surface, layout, kiosk, t)
         elif mode in (Mode.INCOMING, Mode.RINGING):
             self._incoming(surface, layout, kiosk, t)
-        elif mode is Mode.IN_CALL and kiosk.session is not None and kiosk.session.outgoing and kiosk.session.phase in ("requesting", "ringing"):
-            self._calling(surface, layout, kiosk, t)
         elif mode is Mode.IN_CALL:
-            self._in_call(surface, layout, kiosk, t, video)
+            self._calling(surface, layout, kiosk, t)
         return layout
 
     def _pairing(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
-        surface.fill(BACKGROUND)
         m = int(h * 0.05)
         self._text(surface, layout, t("pairing_title"), int(h * 0.075), TEXT, BACKGROUND, topleft=(m, m), max_width=w - 2 * m, bold=True)
         pairing = kiosk.pairing
@@ -391,7 +395,6 @@ class Renderer:
 
     def _home(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
-        surface.fill(BACKGROUND)
         m = max(16, int(h * 0.03))
         now = kiosk.local_now()
         # Clock and date, top left.
@@ -517,7 +520,6 @@ class Renderer:
         """Every trusted contact as a big card with a Call button, in pages: Back at the
         top, Previous / Next and "1 of 2" at the bottom. No scrolling, no swiping."""
         w, h = surface.get_size()
-        surface.fill(BACKGROUND)
         m, bar_h, grid, cols, rows = self._family_frame((w, h))
         page, pages, contacts = kiosk.family_page_contacts(cols * rows)
         back = pygame.Rect(m, m, max(self.min_target, int(w * 0.22)), bar_h)
@@ -553,10 +555,9 @@ class Renderer:
 
     def _countdown(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
-        surface.fill(BACKGROUND)
         assert kiosk.countdown is not None
         seconds = kiosk.seconds_left()
-        self._wrapped(surface, layout, t("countdown_title", title=kiosk.countdown.activity.title), int(h * 0.08), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.06), w - 80, int(h * 0.2)), bold=True)
+        self._title(surface, layout, t("countdown_title", title=kiosk.countdown.activity.title), size=0.08)
         center = (w // 2, int(h * 0.44))
         radius = int(h * 0.16)
         pygame.draw.circle(surface, GREEN, center, radius)
@@ -567,10 +568,9 @@ class Renderer:
     def _invited(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """The host rings: what starts, and one big button to join. No camera until tapped."""
         w, h = surface.get_size()
-        surface.fill(BACKGROUND)
         invite = kiosk.invite
         assert invite is not None
-        y = self._wrapped(surface, layout, t("invite_title"), int(h * 0.09), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.06), w - 80, int(h * 0.2)), bold=True)
+        y = self._title(surface, layout, t("invite_title"), size=0.09)
         body = t("invite_body_host", title=invite.title, host=invite.host) if invite.host else t("invite_body", title=invite.title)
         self._wrapped(surface, layout, body, int(h * 0.06), TEXT, BACKGROUND, pygame.Rect(40, y + 12, w - 80, int(h * 0.16)))
         join = pygame.Rect(0, 0, int(w * 0.7), int(h * 0.3))
@@ -580,7 +580,6 @@ class Renderer:
 
     def _incoming(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         w, h = surface.get_size()
-        surface.fill(BACKGROUND)
         incoming = kiosk.incoming
         assert incoming is not None
         contact = incoming.contact
@@ -602,6 +601,12 @@ class Renderer:
             self._button(surface, layout, "not_now", other, t("not_now"), NAVY, size=int(h * 0.075))
         else:
             self._button(surface, layout, "decline", other, t("decline"), RED, size=int(h * 0.07))
+
+    def _title(self, surface: pygame.Surface, layout: Layout, text: str, *, size: float) -> int:
+        """A bold title at the top of the screen, wrapped over lines; its text `size` is a
+        fraction of the screen height. Returns where the text ends."""
+        w, h = surface.get_size()
+        return self._wrapped(surface, layout, text, int(h * size), TEXT, BACKGROUND, pygame.Rect(40, int(h * 0.06), w - 80, int(h * 0.2)), bold=True)
 
     def _bottom_button(
         self, surface: pygame.Surface, layout: Layout, name: str, label: str, color: Color,
@@ -630,7 +635,6 @@ class Renderer:
 
     def _calling(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts) -> None:
         """The senior calls family: who, that it rings, and one big way to stop. No camera yet."""
-        surface.fill(BACKGROUND)
         session = kiosk.session
         assert session is not None
         contact = next((c for c in kiosk.contacts if c.id == session.contact_id), None) or ContactCard(
@@ -642,7 +646,6 @@ class Renderer:
 
     def _in_call(self, surface: pygame.Surface, layout: Layout, kiosk: Appliance, t: Texts, video: "VideoWall | None") -> None:
         w, h = surface.get_size()
-        surface.fill(DARK)
         session = kiosk.session
         assert session is not None
         bar_h = max(self.min_target + 24, int(h * 0.16))
