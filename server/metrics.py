@@ -104,7 +104,7 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         totals = MediaTotals()
-        totals.add(self.sfu.totals)
+        totals.update(self.sfu.totals)
         consumers = 0
         # Layered video consumers by the layer they forward now (no per-person labels), and
         # subscribers by their link estimate's band.
@@ -115,7 +115,7 @@ class _LiveCollector(Collector):
         keyframes_held_back = 0
         for router in self.sfu.routers.values():
             for transport in router.transports.values():
-                totals.add(transport.totals())
+                totals.update(transport.totals())
                 if transport.estimate.available_bps is not None:
                     estimated += 1
                     estimate_sum += transport.estimate.available_bps
@@ -139,25 +139,25 @@ class _LiveCollector(Collector):
             sum(1 for s in self.signaling.sessions.values() if s.joined),
         )
         yield GaugeMetricFamily("verzilvering_forwarded_streams", "Consumers: one track forwarded to one subscriber.", consumers)
-        yield CounterMetricFamily("verzilvering_received_packets", "RTP packets received from publishers.", totals.packets_in)
-        yield CounterMetricFamily("verzilvering_forwarded_packets", "RTP packets forwarded to subscribers.", totals.packets_out)
-        yield CounterMetricFamily("verzilvering_forwarded_bytes", "RTP payload bytes forwarded to subscribers.", totals.bytes_out)
-        yield CounterMetricFamily("verzilvering_packets_lost", "Packets lost on the way from publishers.", totals.packets_lost)
-        yield CounterMetricFamily("verzilvering_nack", "Packets retransmitted after a subscriber's NACK.", totals.retransmits)
+        yield CounterMetricFamily("verzilvering_received_packets", "RTP packets received from publishers.", totals["packets_in"])
+        yield CounterMetricFamily("verzilvering_forwarded_packets", "RTP packets forwarded to subscribers.", totals["packets_out"])
+        yield CounterMetricFamily("verzilvering_forwarded_bytes", "RTP payload bytes forwarded to subscribers.", totals["bytes_out"])
+        yield CounterMetricFamily("verzilvering_packets_lost", "Packets lost on the way from publishers.", totals["packets_lost"])
+        yield CounterMetricFamily("verzilvering_nack", "Packets retransmitted after a subscriber's NACK.", totals["retransmits"])
         yield CounterMetricFamily(
             "verzilvering_nack_refused",
             "Subscribers' NACKs left unanswered: their link was congested and its share for repairs spent.",
-            totals.retransmits_refused,
+            totals["retransmits_refused"],
         )
         yield CounterMetricFamily(
             "verzilvering_probe_packets",
             "Padding packets sent to probe a subscriber's link before a higher layer is forwarded.",
-            totals.probe_packets,
+            totals["probe_packets"],
         )
         yield CounterMetricFamily(
-            "verzilvering_send_refused", "Forwarded packets this node's own socket refused (send buffer full).", totals.send_refused
+            "verzilvering_send_refused", "Forwarded packets this node's own socket refused (send buffer full).", totals["send_refused"]
         )
-        yield CounterMetricFamily("verzilvering_pli", "Keyframe requests (PLI) sent to publishers.", totals.keyframe_requests)
+        yield CounterMetricFamily("verzilvering_pli", "Keyframe requests (PLI) sent to publishers.", totals["keyframe_requests"])
         layers = GaugeMetricFamily(
             "verzilvering_consumer_layer",
             "Layered video consumers by the simulcast layer (l, m, h; none while waiting) and temporal layer they forward.",

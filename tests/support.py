@@ -150,3 +150,14 @@ async def scrape_metrics(url: str) -> tuple[str, dict[str, float]]:
         for line in text.splitlines()
         if line.startswith("verzilvering_")
     }
+
+
+@contextlib.asynccontextmanager
+async def listening_client(url: str, token: str) -> AsyncIterator[CallClient]:
+    """A kiosk CallClient that publishes nothing, started, and closed after use."""
+    client = CallClient(url, token, video=None, audio=None)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()

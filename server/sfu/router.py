@@ -202,7 +202,7 @@ class Sfu(MediaOptions):
 
     def _account(self, transport: WebRtcTransport) -> None:
         """Keeps what a closing transport counted, for the metrics' running totals."""
-        self.totals.add(transport.totals())
+        self.totals.update(transport.totals())
 
     async def close(self) -> None:
         for room in list(self.routers):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -10,36 +10,30 @@ if TYPE_CHECKING:
     from .producer import Producer
 
 
-@dataclass
-class MediaTotals:
-    """Counts of producers and consumers: those that closed, carried over, plus live ones."""
+class MediaTotals(Counter[str]):
+    """Counts of producers and consumers, by name: those that closed, carried over, plus live
+    ones; totals add up with `update`, and a count never made reads 0.
 
-    packets_in: int = 0
-    packets_out: int = 0
-    bytes_out: int = 0
-    retransmits: int = 0
-    # NACKs left unanswered: the subscriber's link was congested and its repair share spent.
-    retransmits_refused: int = 0
-    # Bandwidth probe padding sent ahead of an upward layer switch.
-    probe_packets: int = 0
-    send_refused: int = 0
-    keyframe_requests: int = 0
-    packets_lost: int = 0
-
-    def add(self, other: MediaTotals) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+    packets_in, packets_out, bytes_out, retransmits, send_refused, keyframe_requests and
+    packets_lost; retransmits_refused: NACKs left unanswered, the subscriber's link congested
+    and its share for repairs spent; probe_packets: padding sent to probe a subscriber's link
+    ahead of an upward layer switch.
+    """
 
     def add_producer(self, producer: Producer) -> None:
-        self.packets_in += producer.packets
-        self.keyframe_requests += producer.keyframe_requests
-        self.packets_lost += producer.tap.packets_lost
+        self.update(
+            packets_in=producer.packets,
+            keyframe_requests=producer.keyframe_requests,
+            packets_lost=producer.tap.packets_lost,
+        )
 
     def add_consumer(self, consumer: Consumer) -> None:
         feed = consumer.feed
-        self.packets_out += consumer.packets
-        self.bytes_out += consumer.bytes
-        self.retransmits += feed.retransmits
-        self.retransmits_refused += feed.retransmits_refused
-        self.probe_packets += feed.probe_packets
-        self.send_refused += feed.refused
+        self.update(
+            packets_out=consumer.packets,
+            bytes_out=consumer.bytes,
+            retransmits=feed.retransmits,
+            retransmits_refused=feed.retransmits_refused,
+            probe_packets=feed.probe_packets,
+            send_refused=feed.refused,
+        )

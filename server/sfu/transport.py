@@ -310,7 +310,7 @@ class WebRtcTransport:
     def totals(self) -> MediaTotals:
         """What this transport's producers and consumers counted, closed ones included."""
         totals = MediaTotals()
-        totals.add(self.retired)
+        totals.update(self.retired)
         for producer in self.producers:
             totals.add_producer(producer)
         for slot in self.consumer_slots.values():

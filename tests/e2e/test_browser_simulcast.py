@@ -27,7 +27,7 @@ from server.rtc.ice import restrict_host_addresses
 from tests.browser_helpers import browser, open_call  # noqa: F401  (fixture)
 from tests.conftest import LOOPBACK_MEDIA, RunningServer, join
 from tests.simulcast_publisher import SimulcastPublisher
-from tests.support import eventually
+from tests.support import eventually, listening_client
 
 ROOM = "simulcast-room"
 
@@ -60,11 +60,8 @@ def _producer(server: RunningServer, participant_id: str) -> Any:
 
 @pytest.fixture
 async def subscriber(server: RunningServer) -> AsyncIterator[CallClient]:
-    token = server.token(role="senior", room=ROOM, name="Sub", participant_id="p-sub")
-    client = CallClient(server.url, token, video=None, audio=None)
-    await client.start()
-    yield client
-    await client.close()
+    async with listening_client(server.url, server.token(role="senior", room=ROOM, name="Sub", participant_id="p-sub")) as client:
+        yield client
 
 
 async def test_chromium_publishes_three_layers_with_temporal_layers_and_switches_cleanly(

@@ -13,20 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
-from aiohttp.test_utils import TestServer
 
 from bench.netns import ImpairedLink
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
-from server.app import create_app
-from server.appkeys import ISSUER_KEY, SFU_KEY
-from server.rtc.ice import restrict_host_addresses
+from server.appkeys import SFU_KEY
 
-from tests.conftest import LOOPBACK_MEDIA, make_settings
+from tests.e2e.conftest import LinkServer
 from tests.support import PatternTrack, eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,22 +29,8 @@ SECONDS_EACH = 2.5
 LOSS_PERCENT = 5
 
 
-@pytest.fixture
-async def link() -> AsyncIterator[ImpairedLink]:
-    with ImpairedLink.create("adapt-loss") as made:
-        restrict_host_addresses([*LOOPBACK_MEDIA, made.host_address])
-        try:
-            yield made
-        finally:
-            restrict_host_addresses(list(LOOPBACK_MEDIA))
-
-
-async def test_a_new_video_shows_within_a_second_at_5_percent_loss(link: ImpairedLink, tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path))
-    server = TestServer(app, host=link.host_address)
-    await server.start_server()
-    url = str(server.make_url("")).rstrip("/")
-    issue = app[ISSUER_KEY].issue
+async def test_a_new_video_shows_within_a_second_at_5_percent_loss(link: ImpairedLink, link_server: LinkServer) -> None:
+    app, url, issue = link_server.app, link_server.url, link_server.token
     link.drop_udp_percent(LOSS_PERCENT)
     proc = await asyncio.create_subprocess_exec(
         *link.command([sys.executable, "-m", "bench.netclient", "--server", url,
@@ -92,4 +72,3 @@ async def test_a_new_video_shows_within_a_second_at_5_percent_loss(link: Impaire
             await proc.wait()
         for publisher in publishers:
             await publisher.close()  # again for the ones closed already: a no-op
-        await server.close()

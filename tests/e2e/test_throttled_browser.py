@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright
 
 from bench.netns import ImpairedLink
 from kiosk_client.call import CallClient
 from kiosk_client.media import open_audio
-from server.app import create_app
-from server.appkeys import ISSUER_KEY, SFU_KEY
-from server.rtc.ice import restrict_host_addresses
+from server.appkeys import SFU_KEY
 
 from tests.browser_helpers import CALL_CHROMIUM_ARGS, CHROMIUM, open_call
-from tests.conftest import LOOPBACK_MEDIA, make_settings
+from tests.e2e.conftest import LinkServer
 from tests.support import PatternTrack, eventually
 
 CAP_KBIT = 250
@@ -34,24 +29,10 @@ KIOSKS = 3
 WINDOW_S = 20.0
 
 
-@pytest.fixture
-async def link() -> AsyncIterator[ImpairedLink]:
-    with ImpairedLink.create("throttled") as made:
-        restrict_host_addresses([*LOOPBACK_MEDIA, made.host_address])
-        try:
-            yield made
-        finally:
-            restrict_host_addresses(list(LOOPBACK_MEDIA))
-
-
 async def test_a_throttled_browser_gets_a_smooth_lower_layer_while_the_kiosks_keep_the_top(
-    link: ImpairedLink, tmp_path: Path
+    link: ImpairedLink, link_server: LinkServer, tmp_path: Path
 ) -> None:
-    app = create_app(make_settings(tmp_path))
-    server = TestServer(app, host=link.host_address)
-    await server.start_server()
-    url = str(server.make_url("")).rstrip("/")
-    issue = app[ISSUER_KEY].issue
+    app, url, issue = link_server.app, link_server.url, link_server.token
     link.cap_downlink_kbit(CAP_KBIT)
     # Chromium runs inside the namespace; Playwright talks to it over the pipes it inherits.
     inside = tmp_path / "chromium-in-namespace"
@@ -113,4 +94,3 @@ async def test_a_throttled_browser_gets_a_smooth_lower_layer_while_the_kiosks_ke
     finally:
         for client in (*kiosks, publisher):
             await client.close()
-        await server.close()

@@ -16,7 +16,7 @@ from server.rtc.simulcast import answered_simulcast, offer_simulcast
 
 from tests.conftest import RunningServer, join
 from tests.simulcast_publisher import SimulcastPublisher
-from tests.support import eventually, scrape_metrics
+from tests.support import eventually, listening_client, scrape_metrics
 
 OFFER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
@@ -87,10 +87,8 @@ async def publisher(server: RunningServer, connect: Any) -> AsyncIterator[Simulc
 
 @pytest.fixture
 async def subscriber(server: RunningServer) -> AsyncIterator[CallClient]:
-    client = CallClient(server.url, server.token(name="Sub", participant_id="p-sub"), video=None, audio=None)
-    await client.start()
-    yield client
-    await client.close()
+    async with listening_client(server.url, server.token(name="Sub", participant_id="p-sub")) as client:
+        yield client
 
 
 async def test_each_layer_is_demultiplexed_and_the_top_one_forwarded(
