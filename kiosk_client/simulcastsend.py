@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from aiortc import RTCRtpSender
@@ -76,8 +77,9 @@ def offered_extension_ids(offer_sdp: str, mid: str) -> dict[str, int] | None:
     return ids
 
 
-def answer_with_simulcast(answer_sdp: str, mid: str, ids: dict[str, int]) -> str:
-    """The answer's video m-line `mid` sending h and l, named by the offer's extension ids."""
+def answer_with_simulcast(answer_sdp: str, mid: str, ids: dict[str, int], rids: Sequence[str] = RIDS) -> str:
+    """The answer's video m-line `mid` sending `rids` (the kiosk's: h and l), named by the
+    offer's extension ids."""
     out: list[str] = []
     in_section = False
     for line in answer_sdp.split("\r\n"):
@@ -87,7 +89,7 @@ def answer_with_simulcast(answer_sdp: str, mid: str, ids: dict[str, int]) -> str
             in_section = True
             out.append(line)
             out += [f"a=extmap:{ids[RID_URI]} {RID_URI}", f"a=extmap:{ids[REPAIRED_RID_URI]} {REPAIRED_RID_URI}"]
-            out += [f"a=rid:{rid} send" for rid in RIDS] + [f"a=simulcast:send {';'.join(RIDS)}"]
+            out += [f"a=rid:{rid} send" for rid in rids] + [f"a=simulcast:send {';'.join(rids)}"]
             continue
         if in_section and line.startswith("a=extmap:") and (RID_URI in line or REPAIRED_RID_URI in line):
             continue

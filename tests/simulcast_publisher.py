@@ -30,11 +30,13 @@ from aiortc.rtp import (
     wrap_rtx,
 )
 
+from kiosk_client.simulcastsend import answer_with_simulcast
 from server.rtc.simulcast import MID_URI, REPAIRED_RID_URI, RID_URI, SCALE_DOWN
 
 from .conftest import WsClient
 
 RID_ID, REPAIRED_RID_ID, MID_ID, ABS_SEND_TIME_ID = 4, 5, 1, 3
+EXTENSION_IDS = {RID_URI: RID_ID, REPAIRED_RID_URI: REPAIRED_RID_ID}
 FPS = 15
 
 
@@ -107,28 +109,10 @@ class SimulcastPublisher:
                         transceiver.sender.replaceTrack(_Idle())
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
-            sdp = self._with_simulcast(self.pc.localDescription.sdp, mid)
+            sdp = answer_with_simulcast(self.pc.localDescription.sdp, mid, EXTENSION_IDS, self.rids)
             await self.ws.send({"type": "answer", "sdp": sdp, "negotiation_id": offer["negotiation_id"]})
             if self._task is None and mid is not None:
                 self._task = asyncio.ensure_future(self._send_layers(mid))
-
-    def _with_simulcast(self, sdp: str, mid: str | None) -> str:
-        out: list[str] = []
-        in_video = False
-        for line in sdp.split("\r\n"):
-            if line.startswith("m="):
-                in_video = False
-            if line == f"a=mid:{mid}":
-                in_video = True
-                out.append(line)
-                out += [f"a=extmap:{RID_ID} {RID_URI}", f"a=extmap:{REPAIRED_RID_ID} {REPAIRED_RID_URI}"]
-                out += [f"a=rid:{rid} send" for rid in self.rids]
-                out.append(f"a=simulcast:send {';'.join(self.rids)}")
-                continue
-            if in_video and line.startswith("a=ssrc"):
-                continue  # simulcast by rid: no SSRCs signalled, as browsers do
-            out.append(line)
-        return "\r\n".join(out)
 
     async def _send_layers(self, mid: str) -> None:
         transceiver = next(t for t in self.pc.getTransceivers() if t.mid == mid)
