@@ -45,6 +45,10 @@ from .roompages import activity_row
 coordinator = require("coordinator")
 
 SLOT_ROWS = 3
+# The form fields that are a record's fields of the same name, as they are.
+SENIOR_FIELDS = ("name", "language", "auto_join", "phone", "district", "named_overviews")
+CONTACT_FIELDS = ("name", "relation", "trusted", "auto_answer")
+ACCOUNT_FIELDS = ("name", "username", "role", "language", "disabled")
 # Messages server/directory.py and server/schedule.py raise, so they can be translated.
 DIRECTORY_MESSAGES = (
     N_("Fill in a name."),
@@ -120,6 +124,20 @@ async def _not_found(request: web.Request) -> web.Response:
     )
 
 
+def _form_values(record: Record, fields: tuple[str, ...]) -> dict[str, Any]:
+    """What a record's form shows: the record's value of each field (a blank record's for a
+    new one)."""
+    return {name: getattr(record, name) for name in fields}
+
+
+def _form_page(
+    request: web.Request, template: str, values: dict[str, Any], errors: dict[str, str] | None, **context: Any
+) -> web.Response:
+    """A page with a form showing `values`; with `errors` (a message per field) it is the
+    form sent back as it came (400)."""
+    return render(request, template, status=400 if errors else 200, values=values, errors=errors or {}, **context)
+
+
 def _public_base(request: web.Request) -> str:
     settings = request.app[SETTINGS_KEY]
     if settings.public_url:
@@ -166,11 +184,11 @@ class Removal(Generic[Record]):
     kind: type[Record]
     base: str  # "/admin/seniors": the list, and with the id the record's own page
     key: str  # the URL's placeholder for the id
-    heading: str
     body: str
-    button: str
     # Removes the record (and what hangs on it); returns where to go next.
     remove: Callable[[web.Request, Record], Awaitable[str]]
+    heading: str = N_("Remove %(name)s?")
+    button: str = N_("Yes, remove %(name)s")
     name: Callable[[Record], str] = lambda record: record.name
     verb: str = "delete"
     done: str = N_("Removed.")
@@ -214,6 +232,22 @@ class Removal(Generic[Record]):
         return redirect(then)
 
 
+def add_form_routes(
+    router: web.UrlDispatcher,
+    removal: Removal[Record],
+    new_url: str,
+    show: NewOrRecordPage[Record],
+    save: NewOrRecordPage[Record],
+) -> None:
+    """A record type's form, shown (`show`) and posted back (`save`) at its own URL: empty at
+    `new_url`, where the pages get None, and filled at `{base}/{id}`; then its removal."""
+    pages = new_or_record_page(removal.kind, removal.key)
+    for url in (new_url, f"{removal.base}/{{{removal.key}}}"):
+        router.add_get(url, pages(show))
+        router.add_post(url, pages(save))
+    removal.add_routes(router)
+
+
 # --- dashboard ------------------------------------------------------------------------------
 
 
@@ -247,30 +281,18 @@ async def seniors(request: web.Request) -> web.Response:
     return render(request, "admin/seniors.html", seniors=people)
 
 
-def _senior_form(request: web.Request, senior: Senior | None, *, errors: dict[str, str] | None = None,
-                 values: dict[str, Any] | None = None, status: int = 200, **extra: Any) -> web.Response:
-    current = values or (
-        {"name": senior.name, "language": senior.language, "auto_join": senior.auto_join,
-         "phone": senior.phone, "district": senior.district, "named_overviews": senior.named_overviews}
-        if senior
-        else {"name": "", "language": "nl", "auto_join": False, "phone": "", "district": "", "named_overviews": True}
-    )
-    return render(
+async def _senior_form(request: web.Request, senior: Senior | None, *, errors: dict[str, str] | None = None,
+                       values: dict[str, Any] | None = None) -> web.Response:
+    return _form_page(
         request,
         "admin/senior.html",
-        status=status,
+        values or _form_values(senior or Senior(id="", name=""), SENIOR_FIELDS),
+        errors,
         senior=senior,
-        values=current,
-        errors=errors or {},
         languages=LANGUAGES,
         districts=DISTRICTS,
-        **extra,
+        **(await _senior_details(request, senior) if senior else {}),
     )
-
-
-@coordinator
-async def senior_new(request: web.Request) -> web.Response:
-    return _senior_form(request, None)
 
 
 async def _senior_details(request: web.Request, senior: Senior) -> dict[str, Any]:
@@ -287,13 +309,7 @@ async def _senior_details(request: web.Request, senior: Senior) -> dict[str, Any
     }
 
 
-@record_page(Senior, "senior_id")
-async def senior_page(request: web.Request, senior: Senior) -> web.Response:
-    return _senior_form(request, senior, **await _senior_details(request, senior))
-
-
-@new_or_record_page(Senior, "senior_id")
-async def senior_save(request: web.Request, existing: Senior | None) -> web.Response:
+async def _senior_save(request: web.Request, existing: Senior | None) -> web.Response:
     data = form(request)
     values = {
         "name": str(data.get("name", "")),
@@ -303,13 +319,10 @@ async def senior_save(request: web.Request, existing: Senior | None) -> web.Resp
         "district": str(data.get("district", "")),
         "named_overviews": _checked(data, "named_overviews"),
     }
-    senior = replace(existing) if existing else Senior(id=new_id("senior"), name="")
-    senior.name, senior.language, senior.auto_join = values["name"], values["language"], values["auto_join"]
-    senior.phone, senior.district, senior.named_overviews = values["phone"], values["district"], values["named_overviews"]
+    senior = replace(existing, **values) if existing else Senior(id=new_id("senior"), **values)
     new_photo, errors = await _validated_with_photo(request, data, senior.validate)
     if errors:
-        extra = await _senior_details(request, existing) if existing else {}
-        return _senior_form(request, existing, errors=errors, values=values, status=400, **extra)
+        return await _senior_form(request, existing, errors=errors, values=values)
     await _put_with_photo(request, senior, data, new_photo, senior.id)
     return redirect(f"/admin/seniors/{senior.id}")
 
@@ -393,11 +406,9 @@ SENIOR_REMOVAL = Removal(
     Senior,
     "/admin/seniors",
     "senior_id",
-    heading=N_("Remove %(name)s?"),
     body=N_(
         "This removes %(name)s, their family contacts and their place in activities, and switches off their kiosks. It cannot be undone."  # noqa: E501
     ),
-    button=N_("Yes, remove %(name)s"),
     remove=_remove_senior,
 )
 
@@ -406,49 +417,39 @@ SENIOR_REMOVAL = Removal(
 
 
 def _contact_form(request: web.Request, senior: Senior, contact: Contact | None, *,
-                  errors: dict[str, str] | None = None, values: dict[str, Any] | None = None,
-                  status: int = 200) -> web.Response:
-    current = values or (
-        {"name": contact.name, "relation": contact.relation, "trusted": contact.trusted,
-         "auto_answer": contact.auto_answer, "position": str(contact.position)}
-        if contact
-        else {"name": "", "relation": "", "trusted": False, "auto_answer": False, "position": "0"}
-    )
+                  errors: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> web.Response:
+    shown = contact or Contact(id="", senior_id=senior.id, name="")
     invite_url = None
     if contact is not None:
         secret = named_secret(request.app[SETTINGS_KEY], "invite")
         ttl = request.app[SETTINGS_KEY].invite_ttl_days * 24 * 3600
         invite_url = f"{_public_base(request)}/family/{issue_invite(secret, contact, ttl_s=ttl)}"
-    return render(
+    return _form_page(
         request,
         "admin/contact.html",
-        status=status,
+        values or {**_form_values(shown, CONTACT_FIELDS), "position": str(shown.position)},
+        errors,
         senior=senior,
         contact=contact,
-        values=current,
-        errors=errors or {},
         invite_url=invite_url,
         invite_days=request.app[SETTINGS_KEY].invite_ttl_days,
     )
 
 
-@record_page(Senior, "senior_id")
-async def contact_new(request: web.Request, senior: Senior) -> web.Response:
-    return _contact_form(request, senior, None)
+async def _senior_of(request: web.Request, contact: Contact | None) -> Senior | None:
+    # A new contact's URL names their senior.
+    return await _dir(request).get(Senior, contact.senior_id if contact else request.match_info["senior_id"])
 
 
-@record_page(Contact, "contact_id")
-async def contact_page(request: web.Request, contact: Contact) -> web.Response:
-    senior = await _dir(request).get(Senior, contact.senior_id)
+async def _contact_page(request: web.Request, contact: Contact | None) -> web.Response:
+    senior = await _senior_of(request, contact)
     if senior is None:
         return await _not_found(request)
     return _contact_form(request, senior, contact)
 
 
-@new_or_record_page(Contact, "contact_id")
-async def contact_save(request: web.Request, existing: Contact | None) -> web.Response:
-    # A new contact's URL names their senior.
-    senior = await _dir(request).get(Senior, existing.senior_id if existing else request.match_info["senior_id"])
+async def _contact_save(request: web.Request, existing: Contact | None) -> web.Response:
+    senior = await _senior_of(request, existing)
     if senior is None:
         return await _not_found(request)
     data = form(request)
@@ -460,9 +461,8 @@ async def contact_save(request: web.Request, existing: Contact | None) -> web.Re
         # Not sent at all (an older form): keep what it was; left empty: no particular place.
         "position": str(data["position"]).strip() if "position" in data else str(existing.position if existing else 0),
     }
-    contact = replace(existing) if existing else Contact(id=new_id("contact"), senior_id=senior.id, name="")
-    contact.name, contact.relation = values["name"], values["relation"]
-    contact.trusted, contact.auto_answer = values["trusted"], values["auto_answer"]
+    fields = {name: values[name] for name in CONTACT_FIELDS}
+    contact = replace(existing, **fields) if existing else Contact(id=new_id("contact"), senior_id=senior.id, **fields)
     position_raw = values["position"] or "0"
 
     def validate() -> None:
@@ -473,7 +473,7 @@ async def contact_save(request: web.Request, existing: Contact | None) -> web.Re
 
     new_photo, errors = await _validated_with_photo(request, data, validate)
     if errors:
-        return _contact_form(request, senior, existing, errors=errors, values=values, status=400)
+        return _contact_form(request, senior, existing, errors=errors, values=values)
     await _put_with_photo(request, contact, data, new_photo, senior.id)
     return redirect(f"/admin/contacts/{contact.id}")
 
@@ -500,9 +500,7 @@ CONTACT_REMOVAL = Removal(
     Contact,
     "/admin/contacts",
     "contact_id",
-    heading=N_("Remove %(name)s?"),
     body=N_("%(name)s can no longer call, and their invite link stops working."),
-    button=N_("Yes, remove %(name)s"),
     remove=_remove_contact,
 )
 
@@ -575,7 +573,7 @@ async def kiosks(request: web.Request) -> web.Response:
 
 
 async def _kiosks_page(request: web.Request, *, errors: dict[str, str] | None = None,
-                       values: dict[str, str] | None = None, status: int = 200) -> web.Response:
+                       values: dict[str, str] | None = None) -> web.Response:
     directory = _dir(request)
     store = request.app[STORE_KEY]
     people = {s.id: s for s in await directory.list(Senior)}
@@ -589,14 +587,13 @@ async def _kiosks_page(request: web.Request, *, errors: dict[str, str] | None = 
                 "selftest": _selftest_summary(kiosk.last_selftest, language_of(request)),
             }
         )
-    return render(
+    return _form_page(
         request,
         "admin/kiosks.html",
-        status=status,
+        values or {"code": "", "senior_id": request.query.get("senior", "")},
+        errors,
         rows=rows,
         seniors=sorted(people.values(), key=lambda s: s.name.lower()),
-        errors=errors or {},
-        values=values or {"code": "", "senior_id": request.query.get("senior", "")},
     )
 
 
@@ -615,7 +612,7 @@ async def kiosk_pair(request: web.Request) -> web.Response:
         else:
             message = N_("No kiosk shows this code. Check the 6 digits on the kiosk screen; after 15 minutes the kiosk shows a new code.")
             field = "code"
-        return await _kiosks_page(request, errors={field: _t(request)(message)}, values=values, status=400)
+        return await _kiosks_page(request, errors={field: _t(request)(message)}, values=values)
     await _tell_kiosks(request, kiosk.senior_id)
     _flash(request, N_("The kiosk is paired. It connects within a few seconds."))
     return redirect("/admin/kiosks")
@@ -669,38 +666,20 @@ async def accounts(request: web.Request) -> web.Response:
     return render(request, "admin/accounts.html", accounts=people, role_labels=ROLE_LABELS)
 
 
-def _account_form(request: web.Request, account: Account | None, *, errors: dict[str, str] | None = None,
-                  values: dict[str, Any] | None = None, status: int = 200) -> web.Response:
-    current = values or (
-        {"name": account.name, "username": account.username, "role": account.role, "language": account.language,
-         "disabled": account.disabled}
-        if account
-        else {"name": "", "username": "", "role": "volunteer", "language": "nl", "disabled": False}
-    )
-    return render(
+async def _account_form(request: web.Request, account: Account | None, *, errors: dict[str, str] | None = None,
+                        values: dict[str, Any] | None = None) -> web.Response:
+    return _form_page(
         request,
         "admin/account.html",
-        status=status,
+        values or _form_values(account or Account(id="", name="", username="", role="volunteer"), ACCOUNT_FIELDS),
+        errors,
         edited=account,
-        values=current,
-        errors=errors or {},
         role_labels=ROLE_LABELS,
         languages=LANGUAGES,
     )
 
 
-@coordinator
-async def account_new(request: web.Request) -> web.Response:
-    return _account_form(request, None)
-
-
-@record_page(Account, "account_id")
-async def account_page(request: web.Request, account: Account) -> web.Response:
-    return _account_form(request, account)
-
-
-@new_or_record_page(Account, "account_id")
-async def account_save(request: web.Request, existing: Account | None) -> web.Response:
+async def _account_save(request: web.Request, existing: Account | None) -> web.Response:
     directory = _dir(request)
     me = current_account(request)
     data = form(request)
@@ -713,10 +692,7 @@ async def account_save(request: web.Request, existing: Account | None) -> web.Re
     }
     password = str(data.get("password", ""))
     _ = _t(request)
-    account = replace(existing) if existing else Account(id=new_id("staff"), name="", username="", role="volunteer")
-    account.name, account.username = values["name"], values["username"]
-    account.role, account.language = values["role"], values["language"]
-    account.disabled = values["disabled"]
+    account = replace(existing, **values) if existing else Account(id=new_id("staff"), **values)
     errors: dict[str, str] = {}
     try:
         account.validate()
@@ -734,7 +710,7 @@ async def account_save(request: web.Request, existing: Account | None) -> web.Re
     if not errors and existing is not None and existing.id == me.id and account.disabled:
         errors = {"disabled": _("You cannot switch off your own account.")}
     if errors:
-        return _account_form(request, existing, errors=errors, values=values, status=400)
+        return await _account_form(request, existing, errors=errors, values=values)
     if password:
         account.password_hash = await hash_password(password)
     await directory.put(account, actor=me.id)
@@ -771,9 +747,7 @@ ACCOUNT_REMOVAL = Removal(
     Account,
     "/admin/accounts",
     "account_id",
-    heading=N_("Remove %(name)s?"),
     body=N_("%(name)s can no longer log in."),
-    button=N_("Yes, remove %(name)s"),
     remove=_remove_account,
     refusal=_own_account,
 )
@@ -790,7 +764,7 @@ def _slot_rows(slots: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def _activity_form(request: web.Request, activity: Activity | None, *, errors: dict[str, str] | None = None,
-                         values: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+                         values: dict[str, Any] | None = None) -> web.Response:
     directory = _dir(request)
     if values is None:
         source = activity or Activity(id="", title="")
@@ -803,13 +777,12 @@ async def _activity_form(request: web.Request, activity: Activity | None, *, err
             "guests_allowed": source.guests_allowed,
             "slots": _slot_rows(source.slots),
         }
-    return render(
+    return _form_page(
         request,
         "admin/activity.html",
-        status=status,
+        values,
+        errors,
         activity=activity,
-        values=values,
-        errors=errors or {},
         staff=sorted(await directory.list(Account), key=lambda a: a.name.lower()),
         seniors=sorted(await directory.list(Senior), key=lambda s: s.name.lower()),
         weekdays=WEEKDAYS,
@@ -829,18 +802,7 @@ async def activities(request: web.Request) -> web.Response:
     return render(request, "admin/activities.html", rows=rows, weekday_labels=WEEKDAY_LABELS)
 
 
-@coordinator
-async def activity_new(request: web.Request) -> web.Response:
-    return await _activity_form(request, None)
-
-
-@record_page(Activity, "activity_id")
-async def activity_page(request: web.Request, activity: Activity) -> web.Response:
-    return await _activity_form(request, activity)
-
-
-@new_or_record_page(Activity, "activity_id")
-async def activity_save(request: web.Request, existing: Activity | None) -> web.Response:
+async def _activity_save(request: web.Request, existing: Activity | None) -> web.Response:
     directory = _dir(request)
     _ = _t(request)
     data = form(request)
@@ -897,7 +859,7 @@ async def activity_save(request: web.Request, existing: Activity | None) -> web.
             field = exc.field if not exc.field.startswith("slots") else "slots"
             errors[field] = _(str(exc.message))
     if errors:
-        return await _activity_form(request, existing, errors=errors, values=values, status=400)
+        return await _activity_form(request, existing, errors=errors, values=values)
     await directory.put(activity, actor=_actor(request))
     changed = set(activity.enrolled) | set(existing.enrolled if existing else [])
     for senior_id in changed:
@@ -927,9 +889,7 @@ ACTIVITY_REMOVAL = Removal(
     Activity,
     "/admin/activities",
     "activity_id",
-    heading=N_("Remove %(name)s?"),
     body=N_("The activity disappears from every kiosk and from the hosts' lists."),
-    button=N_("Yes, remove %(name)s"),
     remove=_remove_activity,
     name=lambda activity: activity.title,
 )
@@ -962,31 +922,15 @@ def setup(app: web.Application) -> None:
     # "/admin" itself is "Vandaag" (web/engagement.py); the counts live one level down.
     r.add_get("/admin/overview", dashboard)
     r.add_get("/admin/seniors", seniors)
-    r.add_get("/admin/seniors/new", senior_new)
-    r.add_post("/admin/seniors/new", senior_save)
-    r.add_get("/admin/seniors/{senior_id}", senior_page)
-    r.add_post("/admin/seniors/{senior_id}", senior_save)
-    SENIOR_REMOVAL.add_routes(r)
-    r.add_get("/admin/seniors/{senior_id}/contacts/new", contact_new)
-    r.add_post("/admin/seniors/{senior_id}/contacts/new", contact_save)
-    r.add_get("/admin/contacts/{contact_id}", contact_page)
-    r.add_post("/admin/contacts/{contact_id}", contact_save)
+    add_form_routes(r, SENIOR_REMOVAL, "/admin/seniors/new", _senior_form, _senior_save)
+    add_form_routes(r, CONTACT_REMOVAL, "/admin/seniors/{senior_id}/contacts/new", _contact_page, _contact_save)
     r.add_post("/admin/contacts/{contact_id}/new-invite", contact_new_invite)
-    CONTACT_REMOVAL.add_routes(r)
     r.add_get("/admin/kiosks", kiosks)
     r.add_post("/admin/kiosks/pair", kiosk_pair)
     r.add_post("/admin/kiosks/{kiosk_id}/selftest", kiosk_selftest)
     KIOSK_REMOVAL.add_routes(r)
     r.add_get("/admin/accounts", accounts)
-    r.add_get("/admin/accounts/new", account_new)
-    r.add_post("/admin/accounts/new", account_save)
-    r.add_get("/admin/accounts/{account_id}", account_page)
-    r.add_post("/admin/accounts/{account_id}", account_save)
-    ACCOUNT_REMOVAL.add_routes(r)
+    add_form_routes(r, ACCOUNT_REMOVAL, "/admin/accounts/new", _account_form, _account_save)
     r.add_get("/admin/activities", activities)
-    r.add_get("/admin/activities/new", activity_new)
-    r.add_post("/admin/activities/new", activity_save)
-    r.add_get("/admin/activities/{activity_id}", activity_page)
-    r.add_post("/admin/activities/{activity_id}", activity_save)
-    ACTIVITY_REMOVAL.add_routes(r)
+    add_form_routes(r, ACTIVITY_REMOVAL, "/admin/activities/new", _activity_form, _activity_save)
     r.add_get("/admin/audit", audit)

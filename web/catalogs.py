@@ -86,6 +86,10 @@ def _unquote(literal: str, where: str) -> str:
     return value
 
 
+# A .po keyword, and the Message field its string (with its continuation lines) goes to.
+_MESSAGE_FIELDS = {"msgid": "msgid", "msgid_plural": "plural", "msgstr": "msgstr"}
+
+
 def parse_po(text: str, name: str = "<po>") -> dict[str, Message]:
     """Parses the subset of the PO format we write: msgid/msgstr, plural forms
     (msgid_plural/msgstr[n]), comments, fuzzy flags. Contexts are refused rather than
@@ -122,37 +126,30 @@ def parse_po(text: str, name: str = "<po>") -> dict[str, Message]:
             continue
         if line.startswith("msgctxt"):
             raise CatalogError(f"{where}: contexts are not used here")
-        if line.startswith("msgid_plural "):
+        keyword, _, rest = line.partition(" ")
+        if keyword in ("msgid_plural", "msgstr"):
             if current is None or section != "msgid":
-                raise CatalogError(f"{where}: msgid_plural without msgid")
-            current.plural = _unquote(line[13:], where)
-            section = "msgid_plural"
+                raise CatalogError(f"{where}: {keyword} without msgid")
+            setattr(current, _MESSAGE_FIELDS[keyword], _unquote(rest, where))
+            section = keyword
         elif line.startswith("msgstr["):
             index, _, rest = line[7:].partition("] ")
             if current is None or current.plural is None or index != str(len(current.plural_strs)):
                 raise CatalogError(f"{where}: msgstr[{index}] out of place")
             current.plural_strs.append(_unquote(rest, where))
             section = "msgstr[]"
-        elif line.startswith("msgid "):
+        elif keyword == "msgid":
             finish()
-            current = Message(_unquote(line[6:], where), fuzzy=fuzzy, comments=comments)
+            current = Message(_unquote(rest, where), fuzzy=fuzzy, comments=comments)
             comments, fuzzy, section = [], False, "msgid"
-        elif line.startswith("msgstr "):
-            if current is None or section != "msgid":
-                raise CatalogError(f"{where}: msgstr without msgid")
-            current.msgstr = _unquote(line[7:], where)
-            section = "msgstr"
         elif line.startswith('"'):
             if current is None or section is None:
                 raise CatalogError(f"{where}: continuation line outside a message")
-            if section == "msgid":
-                current.msgid += _unquote(line, where)
-            elif section == "msgid_plural":
-                current.plural = (current.plural or "") + _unquote(line, where)
-            elif section == "msgstr[]":
+            if section == "msgstr[]":
                 current.plural_strs[-1] += _unquote(line, where)
             else:
-                current.msgstr += _unquote(line, where)
+                field_name = _MESSAGE_FIELDS[section]
+                setattr(current, field_name, getattr(current, field_name) + _unquote(line, where))
         else:
             raise CatalogError(f"{where}: cannot read {line!r}")
     finish()

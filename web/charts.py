@@ -1,4 +1,5 @@
-"""Bar charts as plain numbers for an SVG template (web/templates/admin/_chart.html).
+"""Bar charts as plain numbers for an SVG template (web/templates/admin/_chart.html): the
+bars, and the lines and texts around them.
 
 Drawn on the server: no script, no external library. The template gives each chart a
 title and a description, and the page shows the same figures in a table below it, so the
@@ -8,6 +9,7 @@ chart is never the only way to read them.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 WIDTH = 640
@@ -15,6 +17,9 @@ HEIGHT = 260
 LEFT = 48  # room for the value axis
 BOTTOM = 40  # room for the labels
 TOP = 12
+# How much of a name fits under a column, and beside a row.
+COLUMN_LABEL_CHARS = 12
+ROW_LABEL_CHARS = 24
 
 
 @dataclass
@@ -29,8 +34,26 @@ class Bar:
 
 
 @dataclass
-class Chart:
-    """What the template needs of every chart: its words, its bars and the value axis."""
+class Line:
+    x1: float
+    x2: float
+    y1: float
+    y2: float
+
+
+@dataclass
+class Text:
+    x: float
+    y: float
+    anchor: str  # SVG text-anchor
+    kind: str  # "tick" (a value on the axis) or "label" (a bar's name): its CSS class
+    text: str
+
+
+@dataclass
+class Chart(ABC):
+    """What the template needs of every chart: its words, its bars and the value axis; a
+    kind of chart places the grid, the texts and the axis."""
 
     id: str
     title: str
@@ -38,15 +61,47 @@ class Chart:
     bars: list[Bar] = field(default_factory=list)
     ticks: list[tuple[float, str]] = field(default_factory=list)  # (y or x along the value axis, text)
     width: int = WIDTH
+    height: int = HEIGHT
+
+    @property
+    @abstractmethod
+    def grid(self) -> list[Line]: ...
+
+    @property
+    @abstractmethod
+    def texts(self) -> list[Text]: ...
+
+    @property
+    @abstractmethod
+    def axis(self) -> Line: ...
+
+
+def _shortened(label: str, chars: int) -> str:
+    return label if len(label) <= chars else label[: chars - 1] + "…"
 
 
 @dataclass
 class BarChart(Chart):
     """A series (weeks on the trends page): one column each, left to right."""
 
-    height: int = HEIGHT
     left: int = LEFT
     baseline: float = HEIGHT - BOTTOM
+
+    @property
+    def grid(self) -> list[Line]:
+        return [Line(self.left, self.width - 4, y, y) for y, _ in self.ticks]
+
+    @property
+    def texts(self) -> list[Text]:
+        return [Text(self.left - 6, y + 4, "end", "tick", text) for y, text in self.ticks] + [
+            Text(bar.x + bar.width / 2, self.baseline + 16, "middle", "label", bar.label)
+            for bar in self.bars
+            if bar.show_label
+        ]
+
+    @property
+    def axis(self) -> Line:
+        return Line(self.left, self.width - 4, self.baseline, self.baseline)
 
 
 def nice_ceiling(value: float) -> float:
@@ -83,7 +138,7 @@ def bar_chart(chart_id: str, title: str, description: str, labels: list[str], va
                 y=round(chart.baseline - height, 1),
                 width=round(slot * 0.7, 1),
                 height=round(height, 1),
-                label=label,
+                label=_shortened(label, COLUMN_LABEL_CHARS),
                 value=value,
                 show_label=i % every == 0,
             )
@@ -104,9 +159,22 @@ class HorizontalBarChart(Chart):
     top: int = 8
     bottom: float = 0.0
 
+    @property
+    def grid(self) -> list[Line]:
+        return [Line(x, x, self.top, self.bottom) for x, _ in self.ticks]
+
+    @property
+    def texts(self) -> list[Text]:
+        return [Text(x, self.bottom + 18, "middle", "tick", text) for x, text in self.ticks] + [
+            Text(self.left - 8, bar.y + bar.height / 2 + 5, "end", "label", bar.label) for bar in self.bars
+        ]
+
+    @property
+    def axis(self) -> Line:
+        return Line(self.left, self.left, self.top, self.bottom)
+
 
 ROW_HEIGHT = 30
-LABEL_CHARS = 24
 
 
 def horizontal_bar_chart(chart_id: str, title: str, description: str, labels: list[str], values: list[float]) -> HorizontalBarChart:
@@ -115,8 +183,8 @@ def horizontal_bar_chart(chart_id: str, title: str, description: str, labels: li
     plot_width = WIDTH - chart.left - 16
     for i, (label, value) in enumerate(zip(labels, values)):
         y = chart.top + i * ROW_HEIGHT
-        short = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
-        chart.bars.append(Bar(chart.left, y + 5, round(plot_width * value / top, 1), ROW_HEIGHT - 10, short, value, True))
+        width = round(plot_width * value / top, 1)
+        chart.bars.append(Bar(chart.left, y + 5, width, ROW_HEIGHT - 10, _shortened(label, ROW_LABEL_CHARS), value, True))
     chart.bottom = chart.top + max(1, len(values)) * ROW_HEIGHT
     chart.height = int(chart.bottom + 24)
     for step in range(5):

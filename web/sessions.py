@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 from server.directory import Account, Directory
 from server.store import Store
@@ -26,17 +27,15 @@ def _key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
+@dataclass(eq=False)
 class StaffSessions:
-    def __init__(
-        self, store: Store, directory: Directory, *, idle_s: float, absolute_s: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.directory = directory
-        self.idle_s = idle_s
-        self.absolute_s = absolute_s
-        # Wall-clock seconds; tests replace it to let sessions age.
-        self.clock = clock
+    store: Store
+    directory: Directory
+    _: KW_ONLY
+    idle_s: float
+    absolute_s: float
+    # Wall-clock seconds; tests replace it to let sessions age.
+    clock: Callable[[], float] = time.time
 
     def _touch_interval(self) -> float:
         return min(TOUCH_INTERVAL_S, self.idle_s / 4)

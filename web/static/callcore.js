@@ -75,6 +75,16 @@ export function readStrings(id = "strings") {
   return JSON.parse(document.getElementById(id).textContent);
 }
 
+// Hooks for tests and for curious support staff, as window.verzilvering: the call and its
+// state, the page's own values (`readers`: name → function, read when asked) and `more` as is.
+export function exposeHooks(call, readers, more = {}) {
+  const hooks = { call, ...more };
+  for (const [name, read] of Object.entries({ state: () => call.state, ...readers })) {
+    Object.defineProperty(hooks, name, { get: read, enumerable: true, configurable: true });
+  }
+  window.verzilvering = hooks;
+}
+
 // The elements every call page has (templates/_call.html).
 export function standardUi(doc = document) {
   const byId = (id) => doc.getElementById(id);

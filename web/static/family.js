@@ -1,6 +1,6 @@
 // A family member calls a senior: POST /api/calls with the invite, join the call room with
 // the token it returns (callcore.js), and say in plain words what the call is doing.
-import { createCall, format, readStrings, standardUi } from "./callcore.js";
+import { createCall, exposeHooks, format, readStrings, standardUi } from "./callcore.js";
 
 const section = document.getElementById("in-call");
 const before = document.getElementById("before-call");
@@ -338,30 +338,12 @@ updateSoundRow();
 updateNotifyRow();
 listen();
 
-window.verzilvering = {
-  call,
-  get listening() {
-    return listener.state;
-  },
-  get ringing() {
-    return ringing?.call_id ?? null;
-  },
-  get ringsPlayed() {
-    return ringsPlayed;
-  },
-  get sound() {
-    return audio?.state ?? "none";
-  },
-  get missedCalls() {
-    return missedCalls.map((entry) => ({ ...entry }));
-  },
-  get state() {
-    return call.state;
-  },
-  get callState() {
-    return callState;
-  },
-  get callId() {
-    return callId;
-  },
-};
+exposeHooks(call, {
+  listening: () => listener.state,
+  ringing: () => ringing?.call_id ?? null,
+  ringsPlayed: () => ringsPlayed,
+  sound: () => audio?.state ?? "none",
+  missedCalls: () => missedCalls.map((entry) => ({ ...entry })),
+  callState: () => callState,
+  callId: () => callId,
+});

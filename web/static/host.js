@@ -1,6 +1,6 @@
 // The host console: the shared call (callcore.js) plus moderation — the waiting room with
 // a knock sound, per-person controls, room controls and a connection-quality indicator.
-import { createCall, format, readStrings, standardUi } from "./callcore.js";
+import { createCall, exposeHooks, format, readStrings, standardUi } from "./callcore.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const QUALITY_ICONS = { good: "●", fair: "▲", poor: "✖", unknown: "…" };
@@ -336,19 +336,12 @@ renderLobby();
 renderRoom();
 renderMissing();
 
-window.verzilvering = {
+exposeHooks(
   call,
-  get state() {
-    return call.state;
+  {
+    knockSounds: () => knockSounds,
+    banned: () => banned.map((person) => ({ ...person })),
+    quality: () => ({ ...quality }),
   },
-  get knockSounds() {
-    return knockSounds;
-  },
-  get banned() {
-    return banned.map((person) => ({ ...person }));
-  },
-  get quality() {
-    return { ...quality };
-  },
-  measureQuality,
-};
+  { measureQuality },
+);
