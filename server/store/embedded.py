@@ -14,7 +14,9 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -457,8 +459,17 @@ class EmbeddedStore(Store):
 
 
     # --- attendance ---------------------------------------------------------------------------
-    # Each change is a read-modify-write inside one SQLite transaction on the one worker
-    # thread, so concurrent joins and leaves never lose each other's stays.
+    # Each change is a read-modify-write inside one immediate SQLite transaction, so concurrent
+    # joins and leaves never lose each other's stays, also when two nodes' stores share the file.
+
+    @contextmanager
+    def _read_modify_write(self) -> Iterator[sqlite3.Connection]:
+        # A deferred transaction takes the write lock only at its first write: another
+        # connection could write between our read and our write, and ours would overwrite it.
+        assert self._db is not None
+        self._db.execute("BEGIN IMMEDIATE")
+        with self._db:
+            yield self._db
 
     async def attend(
         self, log: dict[str, Any], member: str, role: str, at: float, limits: AttendanceLimits
@@ -467,12 +478,11 @@ class EmbeddedStore(Store):
         await self._run(self._attend, log, member, role, at, limits)
 
     def _attend(self, fresh: dict[str, Any], member: str, role: str, at: float, limits: AttendanceLimits) -> None:
-        assert self._db is not None
-        with self._db:
-            row = self._db.execute("SELECT data FROM attendance WHERE id = ?", (fresh["id"],)).fetchone()
+        with self._read_modify_write() as db:
+            row = db.execute("SELECT data FROM attendance WHERE id = ?", (fresh["id"],)).fetchone()
             log = json.loads(row[0]) if row else json.loads(json.dumps(fresh))
             if attend_in(log, member, role, at, limits) or row is None:
-                self._db.execute(
+                db.execute(
                     "INSERT INTO attendance (id, start, data) VALUES (?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
                     (log["id"], float(log["start"]), json.dumps(log, sort_keys=True)),
@@ -492,14 +502,13 @@ class EmbeddedStore(Store):
         await self._run(self._depart, log_id, member, at)
 
     def _depart(self, log_id: str, member: str, at: float) -> None:
-        assert self._db is not None
-        with self._db:
-            row = self._db.execute("SELECT data FROM attendance WHERE id = ?", (log_id,)).fetchone()
+        with self._read_modify_write() as db:
+            row = db.execute("SELECT data FROM attendance WHERE id = ?", (log_id,)).fetchone()
             if row is None:
                 return
             log = json.loads(row[0])
             if depart_in(log, member, at):
-                self._db.execute("UPDATE attendance SET data = ? WHERE id = ?", (json.dumps(log, sort_keys=True), log_id))
+                db.execute("UPDATE attendance SET data = ? WHERE id = ?", (json.dumps(log, sort_keys=True), log_id))
                 if log["members"][member]["role"] == "senior":
                     self._engaged(member, at)
 
