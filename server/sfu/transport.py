@@ -205,6 +205,8 @@ class WebRtcTransport:
         self._probe_started = self._probe_level_at = 0.0
         self._probe_remb: int | None = None
         self._probe_rtt: float | None = None
+        # What the probed consumer's layer step adds to what it is sent now.
+        self._probe_needed = 0.0
         self._prober: asyncio.Task[None] | None = None
         self._sent_bytes = 0
         self._audio_bytes = 0
@@ -425,11 +427,12 @@ class WebRtcTransport:
         self._plan_probe(video, sent_bps)
 
     def _plan_probe(self, video: list[Consumer], sent_bps: float) -> None:
-        """Ramps the probe padding for the consumer that waits for the largest layer step.
+        """Starts the probe padding for the consumer that waits for the largest layer step.
 
         Each level is held until a receiver report sent while it ran shows it did no harm
-        (`_probe_hurts` watches every report): reports come about once a second, and doubling
-        blind overshoots a weak link by the whole step before its first report says so.
+        (`_probe_hurts` and `_advance_probe` watch every report): reports come about once a
+        second, and doubling blind overshoots a weak link by the whole step before its first
+        report says so.
         """
         # Only once a layer flows and a receiver report has measured the link: the padding
         # starts at a share of what the link carries, and its harm shows against that report.
@@ -447,26 +450,30 @@ class WebRtcTransport:
             return selection.probe_bps - selection.rate(selection.target_spatial, selection.target_temporal)  # type: ignore[union-attr]
 
         consumer = max(probing, key=extra)
-        needed = extra(consumer)
-        now = time.monotonic()
+        self._probe_needed = extra(consumer)
         if consumer is not self._probe_consumer:
+            now = time.monotonic()
             self._probe_consumer = consumer
-            self.padding_bps = min(needed, PROBE_START * max(sent_bps, 1.0))
+            self.padding_bps = min(self._probe_needed, PROBE_START * max(sent_bps, 1.0))
             self._probe_started = self._probe_level_at = now
             self._probe_remb = consumer.feed.remb_bps
             self._probe_rtt = consumer.feed.round_trip_s
-        elif consumer.feed.report_at < self._probe_level_at + PROBE_LEVEL_REPORT_S:
-            pass  # no report on this level yet: hold it
-        elif self.padding_bps >= needed:
+        if self.padding_bps and self._prober is None:
+            self._prober = self._tasks.spawn(self._pad(), name="probe-padding")
+
+    def _advance_probe(self, consumer: Consumer, now: float) -> None:
+        """The next level once a receiver report has spoken for this one (checked as each
+        report comes, where waiting for the next allocation would add up to a second a level)."""
+        if consumer.feed.report_at < self._probe_level_at + PROBE_LEVEL_REPORT_S:
+            return
+        if self.padding_bps >= self._probe_needed:
             # The link carried the whole step without loss or a queue: take it.
             consumer.selection.probe_passed = True  # type: ignore[union-attr]
             self.padding_bps = 0.0
             self._probe_consumer = None
         else:
-            self.padding_bps = min(needed, 2 * self.padding_bps)
+            self.padding_bps = min(self._probe_needed, 2 * self.padding_bps)
             self._probe_level_at = now
-        if self.padding_bps and self._prober is None:
-            self._prober = self._tasks.spawn(self._pad(), name="probe-padding")
 
     def _probe_hurts(self, feed: SenderFeed) -> bool:
         """A longer round trip, a REMB that fell or a receiver report with loss since the
@@ -510,6 +517,9 @@ class WebRtcTransport:
                 self.padding_bps = 0.0
                 self._probe_consumer = None
                 consumer.selection.probe_failed(time.monotonic())  # type: ignore[union-attr]
+                continue
+            self._advance_probe(consumer, time.monotonic())
+            if not self.padding_bps:
                 continue
             due += self.padding_bps * PROBE_TICK_S / 8
             try:

@@ -133,8 +133,10 @@ async def test_layout_switches_layers_down_and_up_without_a_break(
     await subscriber.signaling.send({"type": "layout", "tiles": [{"participant_id": "p-pub", "width": 160, "height": 120}]})
     # Up waits out the hold time (4 s), one step at a time, and a step the subscriber's
     # estimate does not cover yet (aiortc's REMB starts near what it receives) is probed
-    # first: padding doubling each allocation interval (1 s) until it adds the step.
-    await eventually(lambda: media.video_height == 120, timeout=15, what="the middle layer")
+    # first: padding from a quarter of what is sent, doubling at each receiver report that
+    # shows no harm (aiortc reports every 0.5-1.5 s) until it adds the step. Here the step
+    # is about 8 times what the smallest layer sends: 5-6 levels, 10-13 s measured alone.
+    await eventually(lambda: media.video_height == 120, timeout=25, what="the middle layer")
     frames = media.video_frames
     await eventually(lambda: media.video_frames >= frames + 15, timeout=5, what="video going on after switching up")
     assert consumer.layer_switches == 2
