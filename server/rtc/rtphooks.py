@@ -503,6 +503,9 @@ class SenderFeed:
         self.fraction_lost = 0.0
         self.report_at = 0.0
         self.round_trip_s: float | None = None
+        # When (monotonic) the sender report that round trip was measured with left: the
+        # round trip speaks for the queue as it was then.
+        self.round_trip_sent_at = 0.0
         self._aiortc_send = sender.send
         self._aiortc_stop = sender.stop
         self._aiortc_handle_rtcp = sender._handle_rtcp_packet
@@ -580,6 +583,7 @@ class SenderFeed:
                     lsr_time = s._RTCRtpSender__lsr_time  # type: ignore[attr-defined]
                     if report.dlsr and report.lsr == s._RTCRtpSender__lsr and lsr_time is not None:  # type: ignore[attr-defined]
                         self.round_trip_s = time.time() - lsr_time - report.dlsr / 65536
+                        self.round_trip_sent_at = self.report_at - (time.time() - lsr_time)
         await self._aiortc_handle_rtcp(packet)
 
     def _keyframe_requested(self) -> None:

@@ -153,6 +153,10 @@ class LayerSelection:
         current = (self.target_spatial, self.target_temporal)
         if (congested or holding) and self.probe_bps:
             self.probe_failed(now)
+        # The lowest layer's full frame rate is the floor every subscriber gets back to after
+        # the base hold: the longer holds that failed probes earn are for the steps above it.
+        floor_step = current[0] == candidates[0][0] and current[1] < top_temporal
+        up_hold = self.policy.layer_up_hold_s if floor_step else self._hold
         if not self.chosen:
             # The top, unless the link is congested: a REMB below it does not forbid it (see
             # above), most links carry it, and a weak one shows congestion within a second.
@@ -164,11 +168,10 @@ class LayerSelection:
             if now - self._last_up < self._hold:
                 self._hold = min(self._hold * 2, MAX_HOLD_S)
             self._move(fit, now)
-        elif not congested and not holding and current < candidates[-1] and now - self._last_move >= self._hold:
+        elif not congested and not holding and current < candidates[-1] and now - self._last_move >= up_hold:
             # Temporal layers first, as many as the budget covers; then the next spatial layer
             # at full frame rate.
-            if current[1] < top_temporal and current[0] == candidates[0][0]:
-                # The lowest layer's frame rate is the floor every subscriber gets back to.
+            if floor_step:
                 step = (current[0], top_temporal)
             elif current[1] < top_temporal:
                 step = max(

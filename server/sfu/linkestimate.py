@@ -51,6 +51,11 @@ class LinkEstimate:
         self._now = 0.0
 
     @property
+    def loss_at(self) -> float:
+        """When the newest receiver report (the loss it counts) was received."""
+        return self._last_loss_at
+
+    @property
     def congested(self) -> bool:
         """Loss above 10 %, or a REMB that fell, within the last few seconds: move down."""
         return self._now - self._congested_at < CONGESTION_MEMORY_S

@@ -160,8 +160,14 @@ PROBE_TICK_S = 0.02
 # A round trip this much longer than at the probe's start: the padding is filling a queue.
 PROBE_DELAY_RISE_S = 0.025
 # A receiver report speaks for a probe level once that level has run this long (it counts the
-# loss since the previous report, and its round trip must have crossed the padded queue).
+# loss since the previous report) and its round trip was measured with a sender report sent
+# this far into the level (one sent at its start crossed a queue the level had not built yet:
+# a link a third over its cap builds 70 ms of queue in a quarter second).
 PROBE_LEVEL_REPORT_S = 0.5
+PROBE_LEVEL_QUEUE_S = 0.25
+# After a failed probe, loss in reports sent this soon after the padding stopped is the
+# padding's (the report counts the interval before it, and the queue drains meanwhile).
+PROBE_AFTERMATH_S = 1.5
 # The share of a congested subscriber's video budget its retransmissions may take.
 RETRANSMIT_SHARE = 0.25
 # After a failed probe, how long congestion is put down to the padding (unless loss is
@@ -197,8 +203,14 @@ class WebRtcTransport:
         self.padding_bps = 0.0
         self._probe_consumer: Consumer | None = None
         self._probe_grace_until = 0.0
-        # The padding rate a probe stopped at: repairs may use it during the grace (the loss
-        # was the padding's, and its room is free again).
+        self._probe_stopped_at = 0.0
+        # Padding bytes sent: the link carried them beside the media (the loss cap counts both).
+        self._padding_bytes = self._padding_bytes_then = 0
+        # The highest padding level the link carried without harm in the current probe, and
+        # after a failed one what repairs may use during the grace: that much room was free
+        # beside the media (the failing level's was not: repairs at its rate keep the queue
+        # full, and the loss going, for seconds after the padding stops).
+        self._probe_good_bps = 0.0
         self._probe_repair_bps = 0.0
         # When the current probe began and its padding last changed level, and the
         # subscriber's REMB then.
@@ -384,7 +396,9 @@ class WebRtcTransport:
         self._sent_bytes, self._audio_bytes, self._sent_at = sent, audio, now
         rembs = [Remb(c.feed.remb_bps, c.feed.remb_ssrcs, c.feed.remb_at) for c in consumers if c.feed.remb_bps]
         losses = [LossReport(c.feed.fraction_lost, c.feed.report_at) for c in consumers if c.feed.report_at]
-        available = self.estimate.update(rembs, losses, sent_bps, now, audio_bps)
+        padded_bps = (self._padding_bytes - self._padding_bytes_then) * 8 / elapsed
+        self._padding_bytes_then = self._padding_bytes
+        available = self.estimate.update(rembs, losses, sent_bps + padded_bps, now, audio_bps)
         video = [c for c in consumers if c.selection is not None]
         if available is None:
             self.video_budget_bps = None
@@ -400,10 +414,14 @@ class WebRtcTransport:
         base = {c: c.selection.rate(*_lowest(c)) for c in video}  # type: ignore[union-attr]
         remaining = budget - sum(base.values())
         congested, holding = self.estimate.congested, self.estimate.holding
-        if congested and (self.padding_bps or (now < self._probe_grace_until and self.estimate.loss <= LOSS_HIGH)):
-            # Congestion while probing, and a REMB still falling shortly after, are the
-            # padding's doing: the probe fails (the padding stops) and the layers stay. Only
-            # heavy loss after that moves them down.
+        probe_aftermath = now < self._probe_grace_until and (
+            self.estimate.loss <= LOSS_HIGH or self.estimate.loss_at < self._probe_stopped_at + PROBE_AFTERMATH_S
+        )
+        if congested and (self.padding_bps or probe_aftermath):
+            # Congestion while probing, a REMB still falling shortly after and the loss the
+            # reports of the probe's last moments count are the padding's doing: the probe
+            # fails (the padding stops) and the layers stay. Only heavy loss after that moves
+            # them down.
             if self.padding_bps:
                 self._probe_failed(now)
             congested, holding = False, True
@@ -416,12 +434,10 @@ class WebRtcTransport:
             # more: unanswered, a loss costs a keyframe; answered without limit, the repairs
             # keep the queue full and the loss going (seen for ten seconds after a probe).
             # Some loss (2-10 %) is repaired in full: a browser waits for every repair.
+            # After a failed probe too, whatever the estimate says: its queue is still draining.
             consumer.feed.retransmit_rate_bps = (
-                max(
-                    RETRANSMIT_SHARE * consumer.selection.budget_bps,  # type: ignore[union-attr, operator]
-                    self._probe_repair_bps if now < self._probe_grace_until else 0.0,
-                )
-                if self.estimate.congested and consumer.selection.budget_bps is not None  # type: ignore[union-attr]
+                self._repair_limit(consumer)
+                if self.estimate.congested or now < self._probe_grace_until
                 else None
             )
         self._plan_probe(video, sent_bps)
@@ -456,6 +472,7 @@ class WebRtcTransport:
             self._probe_consumer = consumer
             self.padding_bps = min(self._probe_needed, PROBE_START * max(sent_bps, 1.0))
             self._probe_started = self._probe_level_at = now
+            self._probe_good_bps = 0.0
             self._probe_remb = consumer.feed.remb_bps
             self._probe_rtt = consumer.feed.round_trip_s
         if self.padding_bps and self._prober is None:
@@ -464,7 +481,11 @@ class WebRtcTransport:
     def _advance_probe(self, consumer: Consumer, now: float) -> None:
         """The next level once a receiver report has spoken for this one (checked as each
         report comes, where waiting for the next allocation would add up to a second a level)."""
-        if consumer.feed.report_at < self._probe_level_at + PROBE_LEVEL_REPORT_S:
+        feed = consumer.feed
+        if (
+            feed.report_at < self._probe_level_at + PROBE_LEVEL_REPORT_S
+            or feed.round_trip_sent_at < self._probe_level_at + PROBE_LEVEL_QUEUE_S
+        ):
             return
         if self.padding_bps >= self._probe_needed:
             # The link carried the whole step without loss or a queue: take it.
@@ -472,6 +493,7 @@ class WebRtcTransport:
             self.padding_bps = 0.0
             self._probe_consumer = None
         else:
+            self._probe_good_bps = self.padding_bps
             self.padding_bps = min(self._probe_needed, 2 * self.padding_bps)
             self._probe_level_at = now
 
@@ -498,10 +520,20 @@ class WebRtcTransport:
         """The padding met harm: a grace in which congestion is put down to it and its room
         goes to repairing what it cost (a lost packet left unrepaired costs a keyframe)."""
         self._probe_grace_until = now + PROBE_GRACE_S
-        self._probe_repair_bps = self.padding_bps
-        feed = self._probe_consumer.feed if self._probe_consumer is not None else None
-        if feed is not None and feed.retransmit_rate_bps is not None:
-            feed.retransmit_rate_bps = max(feed.retransmit_rate_bps, self.padding_bps)
+        self._probe_stopped_at = now
+        self._probe_repair_bps = self._probe_good_bps
+        if self._probe_consumer is not None:
+            self._probe_consumer.feed.retransmit_rate_bps = self._repair_limit(self._probe_consumer)
+
+    def _repair_limit(self, consumer: Consumer) -> float | None:
+        """What one consumer's retransmissions may use while the link is congested or a failed
+        probe's queue drains: a share of its budget, or the room the probe found if more
+        (None: no budget to go by)."""
+        budget = consumer.selection.budget_bps if consumer.selection is not None else None
+        if budget is None:
+            return None
+        repair = self._probe_repair_bps if time.monotonic() < self._probe_grace_until else 0.0
+        return max(RETRANSMIT_SHARE * budget, repair)
 
     async def _pad(self) -> None:
         """Sends the probe padding, paced every PROBE_TICK_S; stops it at the first sign of harm."""
@@ -523,7 +555,9 @@ class WebRtcTransport:
                 continue
             due += self.padding_bps * PROBE_TICK_S / 8
             try:
-                due -= await consumer.feed.send_probe(int(due))
+                sent = await consumer.feed.send_probe(int(due))
+                due -= sent
+                self._padding_bytes += sent
             except Exception:
                 logger.exception("probe padding for %s failed", self.participant_id)
                 self.padding_bps = 0.0
