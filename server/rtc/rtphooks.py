@@ -582,8 +582,9 @@ class SenderFeed:
                     # a queue building on the subscriber's link shows here first.
                     lsr_time = s._RTCRtpSender__lsr_time  # type: ignore[attr-defined]
                     if report.dlsr and report.lsr == s._RTCRtpSender__lsr and lsr_time is not None:  # type: ignore[attr-defined]
-                        self.round_trip_s = time.time() - lsr_time - report.dlsr / 65536
-                        self.round_trip_sent_at = self.report_at - (time.time() - lsr_time)
+                        since_sent = time.time() - lsr_time
+                        self.round_trip_s = since_sent - report.dlsr / 65536
+                        self.round_trip_sent_at = self.report_at - since_sent
         await self._aiortc_handle_rtcp(packet)
 
     def _keyframe_requested(self) -> None:

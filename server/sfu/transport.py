@@ -165,7 +165,7 @@ PROBE_DELAY_RISE_S = 0.025
 # a link a third over its cap builds 70 ms of queue in a quarter second).
 PROBE_LEVEL_REPORT_S = 0.5
 PROBE_LEVEL_QUEUE_S = 0.25
-# After a failed probe, loss in reports sent this soon after the padding stopped is the
+# After a failed probe, loss in reports received this soon after the padding stopped is the
 # padding's (the report counts the interval before it, and the queue drains meanwhile).
 PROBE_AFTERMATH_S = 1.5
 # The share of a congested subscriber's video budget its retransmissions may take.
@@ -436,7 +436,7 @@ class WebRtcTransport:
             # Some loss (2-10 %) is repaired in full: a browser waits for every repair.
             # After a failed probe too, whatever the estimate says: its queue is still draining.
             consumer.feed.retransmit_rate_bps = (
-                self._repair_limit(consumer)
+                self._repair_limit(consumer, now)
                 if self.estimate.congested or now < self._probe_grace_until
                 else None
             )
@@ -523,16 +523,16 @@ class WebRtcTransport:
         self._probe_stopped_at = now
         self._probe_repair_bps = self._probe_good_bps
         if self._probe_consumer is not None:
-            self._probe_consumer.feed.retransmit_rate_bps = self._repair_limit(self._probe_consumer)
+            self._probe_consumer.feed.retransmit_rate_bps = self._repair_limit(self._probe_consumer, now)
 
-    def _repair_limit(self, consumer: Consumer) -> float | None:
+    def _repair_limit(self, consumer: Consumer, now: float) -> float | None:
         """What one consumer's retransmissions may use while the link is congested or a failed
         probe's queue drains: a share of its budget, or the room the probe found if more
         (None: no budget to go by)."""
         budget = consumer.selection.budget_bps if consumer.selection is not None else None
         if budget is None:
             return None
-        repair = self._probe_repair_bps if time.monotonic() < self._probe_grace_until else 0.0
+        repair = self._probe_repair_bps if now < self._probe_grace_until else 0.0
         return max(RETRANSMIT_SHARE * budget, repair)
 
     async def _pad(self) -> None:
