@@ -150,6 +150,11 @@ class _LiveCollector(Collector):
             totals["retransmits_refused"],
         )
         yield CounterMetricFamily(
+            "verzilvering_nack_skipped",
+            "Subscribers' NACKs not answered because the packet was resent less than a round trip ago or is too old to help.",
+            totals["retransmits_skipped"],
+        )
+        yield CounterMetricFamily(
             "verzilvering_probe_packets",
             "Padding packets sent to probe a subscriber's link before a higher layer is forwarded.",
             totals["probe_packets"],

@@ -68,6 +68,15 @@ from ..tasks import TaskOwner
 SEND_HISTORY_SIZE = 512
 # What a limited retransmission rate still lets through at once: two full packets.
 RETRANSMIT_BURST_BYTES = 2400
+# A packet retransmitted is not sent again within a round trip (nor this soon when the round
+# trip is shorter or unknown), as libwebrtc's packet history does: the earlier copy may still
+# be on its way. Chromium asks again on its own clock and aiortc with every new gap; answered
+# each time, copies of one lost packet crowd into the queue that lost it.
+RETRANSMIT_MIN_INTERVAL_S = 0.02
+# Nor a packet sent longer ago than this or three round trips: its frame is given up (a
+# keyframe replaces it). Answered, such NACKs kept a 250 kbit/s link's queue full for six
+# seconds: a thousand copies in a second and a half, when a limit on repairs lifted.
+RETRANSMIT_MAX_AGE_S = 1.0
 # An enum member read through its class costs a metaclass lookup; DirectWire compares per copy.
 _DTLS_CONNECTED = DtlsState.CONNECTED
 # libsrtp's srtp_protect, which server/_srtpsend.c calls per forwarded copy.
@@ -473,7 +482,9 @@ class SenderFeed:
         self._extensions_map = HeaderExtensionsMap()
         # Per slot: this copy's header (with extensions) and the payload, which is the
         # producer's bytes object, shared by every subscriber's history rather than copied.
-        self._history: dict[int, tuple[bytes, bytes]] = {}
+        # By sequence number modulo SEND_HISTORY_SIZE: (header, payload, when sent, when last
+        # retransmitted or 0.0).
+        self._history: dict[int, tuple[bytes, bytes, float, float]] = {}
         self._mid_element = b""
         self._abs_send_time_id = 0
         self._audio_level_id = 0
@@ -490,6 +501,8 @@ class SenderFeed:
         # NACKs bring more retransmissions. Past this rate, NACKs go unanswered.
         self.retransmit_rate_bps: float | None = None
         self.retransmits_refused = 0
+        # NACKs for a packet retransmitted less than a round trip ago, or too old to help.
+        self.retransmits_skipped = 0
         self._retransmit_tokens = 0.0
         self._tokens_at = 0.0
         self.last_sequence_number: int | None = None
@@ -641,7 +654,7 @@ class SenderFeed:
         # ~1.2 kB packet per subscriber and slot was ~180 MB at 300 subscribers, and each
         # new copy was written into memory last touched 512 packets ago. The joined packet
         # now lives only until the socket has it.
-        self._history[sequence_number % SEND_HISTORY_SIZE] = (header, payload)
+        self._history[sequence_number % SEND_HISTORY_SIZE] = (header, payload, stamp.monotonic, 0.0)
         self.last_sequence_number = sequence_number
         s = self.sender
         # The private attribute behind RTCRtpSender.transport (a property call per copy);
@@ -710,14 +723,28 @@ class SenderFeed:
         return True
 
     async def _retransmit(self, sequence_number: int, probe: bool = False) -> int | None:
-        """Sends a kept packet again (as RTX when negotiated); returns its size, None if not kept."""
-        kept = self._history.get(sequence_number % SEND_HISTORY_SIZE)
+        """Sends a kept packet again (as RTX when negotiated); returns its size, None if not
+        kept or (a NACK's) not worth sending: resent within a round trip, too old, or past the
+        congested link's budget."""
+        slot = sequence_number % SEND_HISTORY_SIZE
+        kept = self._history.get(slot)
         if kept is None or int.from_bytes(kept[0][2:4], "big") != sequence_number:
             return None
-        data = kept[0] + kept[1]
-        if not probe and not self._retransmit_allowed(len(data)):
-            self.retransmits_refused += 1
-            return None
+        header, payload, sent_at, resent_at = kept
+        data = header + payload
+        if not probe:
+            now = time.monotonic()
+            round_trip = self.round_trip_s or 0.0
+            if (
+                now - resent_at < max(RETRANSMIT_MIN_INTERVAL_S, round_trip)
+                or now - sent_at > max(RETRANSMIT_MAX_AGE_S, 3 * round_trip)
+            ):
+                self.retransmits_skipped += 1
+                return None
+            if not self._retransmit_allowed(len(data)):
+                self.retransmits_refused += 1
+                return None
+            self._history[slot] = (header, payload, sent_at, now)
         packet = RtpPacket.parse(data, self._extensions_map)
         if packet.extensions.abs_send_time is not None:
             # When it really goes out: an old send time would read as queueing delay to the

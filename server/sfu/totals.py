@@ -16,7 +16,8 @@ class MediaTotals(Counter[str]):
 
     packets_in, packets_out, bytes_out, retransmits, send_refused, keyframe_requests and
     packets_lost; retransmits_refused: NACKs left unanswered, the subscriber's link congested
-    and its share for repairs spent; probe_packets: padding sent to probe a subscriber's link
+    and its share for repairs spent; retransmits_skipped: NACKs for a packet resent within a
+    round trip or too old to help; probe_packets: padding sent to probe a subscriber's link
     ahead of an upward layer switch.
     """
 
@@ -34,6 +35,7 @@ class MediaTotals(Counter[str]):
             bytes_out=consumer.bytes,
             retransmits=feed.retransmits,
             retransmits_refused=feed.retransmits_refused,
+            retransmits_skipped=feed.retransmits_skipped,
             probe_packets=feed.probe_packets,
             send_refused=feed.refused,
         )
