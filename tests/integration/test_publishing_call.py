@@ -18,6 +18,8 @@ from tests.support import eventually, media_from, pattern_publisher_and_viewer
 
 LOW_BPS = 200_000
 MEASURE_S = 3.0
+# Measurement windows at most, when keyframes requested meanwhile spoil one.
+WINDOWS = 3
 
 
 @dataclass
@@ -68,25 +70,35 @@ async def test_a_remb_lowers_the_kiosks_bitrate_without_a_keyframe(server: Runni
         dtls._send_rtp = recording  # type: ignore[method-assign]
         sender._send_keyframe = keyframe_requested  # type: ignore[method-assign]
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        await asyncio.sleep(2.0)
-        before = sent.kbps(started + 1.0, loop.time())
-        assert before > 2 * LOW_BPS / 1000, f"{before:.0f} kbps before the REMB: no drop to measure"
-
-        # A subscriber that can only take 200 kbps: the SFU's next REMB to the kiosk says so.
         producer = next(p for p in server.app[SFU_KEY].routers["room-1"].producers if p.kind == "video" and p.participant_id == kiosk.self_id)
-        producer.tap.downstream_limit = lambda: LOW_BPS
-        await eventually(lambda: kiosk.publishing.governor.target == LOW_BPS, timeout=10, what="the REMB at the kiosk")
-        changed = loop.time()
-        frames = media_from(viewer, kiosk).video_frames  # type: ignore[union-attr]
-        await asyncio.sleep(MEASURE_S)
-        after = sent.kbps(changed, loop.time())
+        unlimited = producer.tap.downstream_limit
+        # A keyframe asked for meanwhile (the SFU moving the viewer between layers, or the
+        # viewer's own request after a packet lost on a busy machine) leaves a window that
+        # cannot say whose keyframe the kiosk sent: such a window is measured again.
+        for _attempt in range(WINDOWS):
+            requests.clear()
+            started = loop.time()
+            await asyncio.sleep(2.0)
+            before = sent.kbps(started + 1.0, loop.time())
+            assert before > 2 * LOW_BPS / 1000, f"{before:.0f} kbps before the REMB: no drop to measure"
 
+            # A subscriber that can only take 200 kbps: the SFU's next REMB to the kiosk says so.
+            producer.tap.downstream_limit = lambda: LOW_BPS
+            await eventually(lambda: kiosk.publishing.governor.target == LOW_BPS, timeout=10, what="the REMB at the kiosk")
+            changed = loop.time()
+            frames = media_from(viewer, kiosk).video_frames  # type: ignore[union-attr]
+            await asyncio.sleep(MEASURE_S)
+            after = sent.kbps(changed, loop.time())
+            if not requests:
+                break
+            producer.tap.downstream_limit = unlimited
+            await eventually(lambda: kiosk.publishing.governor.target > 2 * LOW_BPS, timeout=15, what="the kiosk back up")
+
+        assert not requests, f"a keyframe was requested in each of {WINDOWS} windows: the test cannot tell whose keyframe it would be"
         assert sender._RTCRtpSender__encoder.target_bitrate == LOW_BPS  # type: ignore[attr-defined]
         assert after <= 1.6 * LOW_BPS / 1000, f"{after:.0f} kbps in the {MEASURE_S} s after the REMB ({before:.0f} before)"
-        assert not requests, "a keyframe was requested meanwhile: the test cannot tell whose keyframe it would be"
-        # From 0.1 s on: a keyframe the SFU asked for just before the hooks went in (its
-        # layer selection switching the viewer up) leaves within a frame interval or two.
+        # From 0.1 s on: a keyframe the SFU asked for just before the window (its layer
+        # selection switching the viewer up) leaves within a frame interval or two.
         assert sent.keyframes(started + 0.1) == 0
         # The viewer kept decoding throughout.
         assert media_from(viewer, kiosk).video_frames >= frames + 60  # type: ignore[union-attr]
