@@ -23,6 +23,8 @@ from server.config import Settings
 from server.rtc.ice import restrict_host_addresses
 from signaling.tokens import TokenIssuer
 
+from tests.stallreport import StallReport
+
 TEST_SECRET = "test-secret-" + "x" * 40
 
 # All media in the tests stays on loopback: in this process (clients and in-process
@@ -36,6 +38,11 @@ restrict_host_addresses(list(LOOPBACK_MEDIA))
 # checkout as it was.
 SCREENSHOTS = Path(tempfile.mkdtemp(prefix="verzilvering-screenshots-"))
 DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Here pytest's output capture is suspended: fd 2 is the terminal's (or CI's) stderr.
+    config.pluginmanager.register(StallReport(os.dup(2)), "stall-report")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
