@@ -371,6 +371,17 @@ class Room:
         `snapshot`: the room as the join read it; without one (admitted from the lobby,
         or a new room subscription) the room is read here.
         """
+        # Until `joined` is sent, room events wait in `early`: sent at once, they would reach
+        # the client before the snapshot, which may predate them and undo them (a family page
+        # read a call's "warning" state after "accepted" had come, and stayed ringing).
+        if seat.early is None:
+            seat.early = []
+        try:
+            await self._enter(seat, ref, snapshot)
+        finally:
+            seat.early = None
+
+    async def _enter(self, seat: Seat, ref: str | None, snapshot: JoinResult | None) -> None:
         grant = seat.grant
         seat.admitted = True
         if snapshot is not None:
@@ -511,10 +522,10 @@ class Room:
                 continue
             if to not in (None, "moderators") and to != participant_id:
                 continue
-            if seat.admitted:
-                seat.send(dict(event))
-            elif seat.early is not None:
+            if seat.early is not None:
                 seat.early.append(dict(event))
+            elif seat.admitted:
+                seat.send(dict(event))
 
     def _act(self, event: dict[str, Any]) -> None:
         """Room-wide effects that the node holding the affected seats carries out."""

@@ -324,6 +324,29 @@ async def test_events_wait_in_early_until_joined(node: Node) -> None:
 
 
 
+async def test_events_during_entry_from_the_lobby_come_after_joined(node: Node) -> None:
+    """Admitted from the lobby, an entry reads the room again; an event published meanwhile
+    reaches the participant after `joined`, whose snapshot may predate it (and would undo it)."""
+    await _activity(node, guests=True)
+    host, family = seat("p-host", "host"), seat("c-1", "family")
+    await join(node, host)
+    await join(node, family)
+    room = node.rooms.rooms["room-1"]
+    read_state = room.state
+
+    async def state_then_event() -> dict[str, Any]:
+        state = await read_state()
+        await room.broadcast({"type": "mute_changed", "participant_id": "p-host"})
+        await asyncio.sleep(0)
+        return state
+
+    room.state = state_then_event  # type: ignore[method-assign]
+    await room.admit("c-1", True)
+    await settle()
+    kinds = family.kinds()
+    assert "mute_changed" in kinds and kinds.index("joined") < kinds.index("mute_changed"), kinds
+
+
 async def test_closing_the_rooms_leaves_no_task_running(node: Node) -> None:
     await join(node, seat("s-1"))
 
