@@ -378,7 +378,9 @@ class Cluster:
     # --- liveness, reaping, resync ------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        while True:
+        # A cancel that lands inside a store call can come out as the client's own error and
+        # be caught below: the loop then slept on, and stop() waited for it for ever.
+        while not asyncio.current_task().cancelling():  # type: ignore[union-attr]
             # While the store is down, look for its return four times as often: every
             # node re-publishes its state (resync) within a quarter heartbeat of it.
             await asyncio.sleep(self.settings.node_heartbeat_s / (4 if self.store_down else 1))
