@@ -378,8 +378,9 @@ class Cluster:
     # --- liveness, reaping, resync ------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        # A cancel that lands inside a store call can come out as the client's own error and
-        # be caught below: the loop then slept on, and stop() waited for it for ever.
+        # Whatever a cancel comes out of a call as, the loop ends: caught below as an error,
+        # it slept on, and stop() waited for it for ever (the store turns its own case back
+        # into CancelledError; this covers any other).
         while not asyncio.current_task().cancelling():  # type: ignore[union-attr]
             # While the store is down, look for its return four times as often: every
             # node re-publishes its state (resync) within a quarter heartbeat of it.

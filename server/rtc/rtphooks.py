@@ -707,12 +707,11 @@ class SenderFeed:
             sent += size
         return sent
 
-    def _retransmit_allowed(self, size: int) -> bool:
+    def _retransmit_allowed(self, size: int, now: float) -> bool:
         """A token bucket at `retransmit_rate_bps`, holding at most half a second of it."""
         rate = self.retransmit_rate_bps
         if rate is None:
             return True
-        now = time.monotonic()
         self._retransmit_tokens = min(
             max(rate / 16, RETRANSMIT_BURST_BYTES), self._retransmit_tokens + rate / 8 * (now - self._tokens_at)
         )
@@ -741,7 +740,7 @@ class SenderFeed:
             ):
                 self.retransmits_skipped += 1
                 return None
-            if not self._retransmit_allowed(len(data)):
+            if not self._retransmit_allowed(len(data), now):
                 self.retransmits_refused += 1
                 return None
             self._history[slot] = (header, payload, sent_at, now)

@@ -372,6 +372,13 @@ def _unavailable() -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancel that interrupted the read comes out of redis-py as a dropped
+            # connection: the caller was cancelled, not the store lost. As StoreUnavailable
+            # it was caught by a loop that then slept on, and its owner's close() waited
+            # for ever.
+            raise asyncio.CancelledError() from exc
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
     except ResponseError as exc:
         # A full server (noeviction), a failed disk (MISCONF) or a replica after a failover

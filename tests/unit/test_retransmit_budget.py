@@ -22,13 +22,13 @@ async def test_a_limited_rate_answers_nacks_up_to_its_bucket_and_refills_with_ti
     pc = RTCPeerConnection()
     try:
         feed = SenderFeed(pc.addTransceiver("video", direction="sendonly").sender, "video")
-        assert all(feed._retransmit_allowed(1200) for _ in range(50)), "no limit without a rate"
+        assert all(feed._retransmit_allowed(1200, time.monotonic()) for _ in range(50)), "no limit without a rate"
         feed.retransmit_rate_bps = 80_000.0  # 10 kB/s: a bucket of half a second, 5 kB
         feed._retransmit_tokens, feed._tokens_at = 0.0, 0.0
-        allowed = sum(feed._retransmit_allowed(1200) for _ in range(10))
+        allowed = sum(feed._retransmit_allowed(1200, time.monotonic()) for _ in range(10))
         assert allowed == max(80_000 // 16, RETRANSMIT_BURST_BYTES) // 1200 == 4
         await asyncio.sleep(0.15)  # 1.5 kB more
-        assert feed._retransmit_allowed(1200) and not feed._retransmit_allowed(1200)
+        assert feed._retransmit_allowed(1200, time.monotonic()) and not feed._retransmit_allowed(1200, time.monotonic())
         # A refused NACK is counted and sends nothing (no transport is even needed).
         header = struct.pack("!BBHII", 0x80, 96, 7, 0, feed.ssrc)
         feed._history[7 % SEND_HISTORY_SIZE] = (header, bytes(1100), time.monotonic(), 0.0)
