@@ -4,6 +4,7 @@ mute one, ask to unmute, spotlight, music mode, remove and let back — each see
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from playwright.async_api import Browser, BrowserContext
 
 from server.appkeys import SETTINGS_KEY
 from server.directory import Account, Activity, Contact, Senior
+from server.schedule import WEEKDAYS
 from server.invites import issue_invite, named_secret
 from web.auth import hash_password
 
@@ -37,9 +39,12 @@ async def _setup(site: Site) -> tuple[Activity, Contact, Contact]:
     piet = Contact(id="contact-piet", senior_id="senior-bakker", name="Piet")
     await d.put(sanne, actor="test")
     await d.put(piet, actor="test")
+    # A slot three days off, never today in any time zone: the host starts it with "Start … now"
+    # (a fixed weekday made the button "Start Koor" on that day and the test failed then).
+    weekday = WEEKDAYS[(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)).weekday()]
     activity = Activity(id="activity-koor", title="Koor", host_ids=["staff-ans"],
                         enrolled=["senior-jansen", "senior-bakker"], guests_allowed=True,
-                        slots=[{"weekday": "monday", "start": "10:00", "duration_min": 60}])
+                        slots=[{"weekday": weekday, "start": "10:00", "duration_min": 60}])
     await d.put(activity, actor="test")
     return activity, sanne, piet
 
