@@ -272,6 +272,9 @@ class Consumer:
         self._keyframe_failures: deque[float] = deque(maxlen=64)
         self._failure_counted_at = self._keyframes_at_request
         self.keyframe_requests_dropped = 0
+        # Keyframe requests that went to the publisher with this consumer among those asking,
+        # per simulcast layer (None: a single-layer publisher).
+        self.keyframes_caused: dict[int | None, int] = {}
         self.layer_switches = 0
         feed.on_keyframe_request = self.subscriber_wants_keyframe
         producer.consumers.add(self)
@@ -321,7 +324,7 @@ class Consumer:
             return
         self._last_subscriber_keyframe = now
         self._keyframes_at_request = delivered
-        self.producer.request_keyframe(layer)
+        self.producer.request_keyframe(layer, asker=self)
 
     def _layer_shared(self, layer: int | None) -> bool:
         """Whether another subscriber watches the layer a keyframe would be asked of: alone
@@ -383,7 +386,7 @@ class Consumer:
             return None
         if self._waiting_for_keyframe:
             if not is_keyframe_start(self.producer.mime_type or "", packet.payload):
-                self.producer.request_keyframe()
+                self.producer.request_keyframe(asker=self)
                 return None
             self._waiting_for_keyframe = False
         if self._seq_offset is None or self._ts_offset is None:
@@ -457,7 +460,7 @@ class Consumer:
                     selection.target_spatial = self.current_spatial
                     self._switch_started = 0.0
                     self._held.clear()
-                self.producer.request_keyframe(target)
+                self.producer.request_keyframe(target, asker=self)
         if spatial != self.current_spatial or rewriter is None:
             return None
         forwarded = self._frames.get(packet.timestamp)

@@ -96,6 +96,8 @@ class Producer:
         # Per spatial layer (None: every layer at once, for single-layer publishers).
         self._last_keyframe_request: dict[int | None, float] = {}
         self._pending_keyframe: dict[int | None, asyncio.TimerHandle] = {}
+        # Who asked, per layer, since its last request went out: each is told it caused one.
+        self._keyframe_askers: dict[int | None, set[Consumer]] = {}
         self._tasks = TaskOwner("producer")
         # Layered: VP8 with simulcast or temporal layers; its consumers select layers.
         self.layered = False
@@ -207,13 +209,16 @@ class Producer:
                 logger.exception("consumer %s failed; closing it", consumer.id)
                 consumer.close()
 
-    def request_keyframe(self, layer: int | None = None) -> None:
+    def request_keyframe(self, layer: int | None = None, asker: Consumer | None = None) -> None:
         """Asks the publisher for a keyframe (of one simulcast layer, or of its only one);
-        requests within the interval are coalesced, per layer."""
+        requests within the interval are coalesced, per layer. The consumer it is asked for,
+        if any, is counted as a cause of the request that goes upstream."""
         if self.kind != "video" or self.closed:
             return
         if self.tap.simulcast is None:
             layer = None
+        if asker is not None:
+            self._keyframe_askers.setdefault(layer, set()).add(asker)
         now = time.monotonic()
         wait = self._last_keyframe_request.get(layer, 0.0) + self._keyframe_interval - now
         if wait <= 0:
@@ -229,6 +234,8 @@ class Producer:
             return
         self._last_keyframe_request[layer] = time.monotonic()
         self.keyframe_requests += 1
+        for asker in self._keyframe_askers.pop(layer, ()):
+            asker.keyframes_caused[layer] = asker.keyframes_caused.get(layer, 0) + 1
         self._tasks.spawn(self._request_keyframe(layer), name="keyframe-request")
 
     async def _request_keyframe(self, layer: int | None) -> None:
@@ -243,6 +250,7 @@ class Producer:
         for handle in self._pending_keyframe.values():
             handle.cancel()
         self._pending_keyframe.clear()
+        self._keyframe_askers.clear()
         self._tasks.cancel()
         for consumer in tuple(self.consumers):
             consumer.close()

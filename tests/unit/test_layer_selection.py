@@ -283,6 +283,31 @@ async def test_a_subscriber_alone_or_still_waiting_asks_again_without_backing_of
         await pc.close()
 
 
+async def test_each_keyframe_request_upstream_is_counted_for_every_subscriber_that_asked_for_it() -> None:
+    pc = RTCPeerConnection()
+    try:
+        sent: list[float] = []
+        producer = await _plain_vp8_producer(pc, sent, answer=False)
+        producer._keyframe_interval = 0.1
+        first, second, silent = (Consumer(producer, RecordingFeed(), mid=str(i), policy=POLICY)  # type: ignore[arg-type]
+                                 for i in range(3))
+        first.subscriber_wants_keyframe()
+        await asyncio.sleep(0.06)  # past the subscriber's own interval (0.05 s), within the producer's
+        assert len(sent) == 1 and first.keyframes_caused == {None: 1}
+        # Two asking within the interval: one request goes up when it ends, caused by both.
+        first.subscriber_wants_keyframe()
+        second.subscriber_wants_keyframe()
+        await asyncio.sleep(0.15)
+        assert len(sent) == 2
+        assert first.keyframes_caused == {None: 2} and second.keyframes_caused == {None: 1}
+        # A subscriber that asked for none caused none, and nobody is counted twice for one
+        # request however often it asked.
+        assert silent.keyframes_caused == {}
+        assert producer.keyframe_requests == len(sent)
+    finally:
+        await pc.close()
+
+
 class _Budgeted:
     """A consumer as the producer sees it when it asks what to request upstream."""
 
