@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from server.tasks import TaskOwner
 
-from .opus import offers_inband_fec
+from .opus import offered_opus_bitrate, offers_inband_fec
 from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
 from .signaling import SignalingClient, answer_offers
@@ -232,7 +232,8 @@ class CallClient:
                 continue
             if transceiver.sender.track is not track:
                 transceiver.sender.replaceTrack(track)
-            self.publishing.hook_sender(transceiver.sender, opus_fec=offers_inband_fec(offer["sdp"]))
+            self.publishing.hook_sender(transceiver.sender, opus_fec=offers_inband_fec(offer["sdp"]),
+                                        opus_bitrate_bps=offered_opus_bitrate(offer["sdp"]))
             transceiver.direction = "sendonly"
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)

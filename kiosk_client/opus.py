@@ -9,6 +9,9 @@ decode_fec=0), so:
 - `FecOpusEncoder` is aiortc's encoder with libopus's `fec` and `packet_loss` options, used
   when the server's offer says listeners decode FEC (`useinbandfec=1`). At the kiosk's
   speech bitrate libopus then codes in its hybrid mode, whose SILK layer carries the FEC.
+- `OfferedRateOpusEncoder` sends at the bitrate the offer asks for: a voice's 32 kbit/s
+  (what browsers send; aiortc's fixed 96 kbit/s was 40 % of a weak 250 kbit/s line, per
+  speaker), or music mode's `maxaveragebitrate`, changed in the middle of a call.
 - `OpusDecoder` calls the libopus PyAV bundles directly (ctypes; its API has no structures,
   only an opaque decoder handle): `decode` for a packet, `conceal` for a missing one, with
   the next packet's FEC when the jitter buffer already holds it, else libopus's packet-loss
@@ -23,8 +26,11 @@ from ctypes import POINTER, c_char_p, c_int, c_int16, c_int32, c_void_p
 from functools import cache
 
 import numpy as np
+from aiortc.codecs.base import Encoder
 from aiortc.codecs.opus import OpusEncoder
 from av import AudioFrame
+from av.frame import Frame
+from av.packet import Packet
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
@@ -39,6 +45,11 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 EXPECTED_LOSS_PCT = 10
 # RFC 6716: at most 120 ms per packet.
 MAX_FRAME_SAMPLES = 5760
+SAMPLES_PER_PACKET = 960
+# A voice: libwebrtc's default for Opus, which is what a family member's browser sends.
+SPEECH_BITRATE_BPS = 32_000
+# RFC 7587 §6.1: the range of maxaveragebitrate.
+OPUS_BITRATE_RANGE_BPS = (6_000, 510_000)
 
 
 class OpusError(RuntimeError):
@@ -54,13 +65,58 @@ def offers_inband_fec(sdp: str) -> bool:
     )
 
 
-class FecOpusEncoder(OpusEncoder):
-    """aiortc's Opus encoder (voip, 20 ms, its bitrate) with in-band FEC switched on."""
+def offered_opus_bitrate(sdp: str) -> int:
+    """The bitrate an SDP asks an Opus sender for: its `maxaveragebitrate` (music mode),
+    held to RFC 7587's range, else a voice's."""
+    for media in SessionDescription.parse(sdp).media:
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower() == "audio/opus" and "maxaveragebitrate" in codec.parameters:
+                low, high = OPUS_BITRATE_RANGE_BPS
+                return max(low, min(high, int(codec.parameters["maxaveragebitrate"])))
+    return SPEECH_BITRATE_BPS
 
-    def __init__(self) -> None:
+
+class FecOpusEncoder(OpusEncoder):
+    """aiortc's Opus encoder (voip, 20 ms) at `bitrate_bps` with in-band FEC switched on."""
+
+    def __init__(self, bitrate_bps: int = SPEECH_BITRATE_BPS) -> None:
         super().__init__()
+        self.codec.bit_rate = bitrate_bps
         # PyAV opens the codec on the first frame, with these options.
         self.codec.options = {**self.codec.options, "fec": "1", "packet_loss": str(EXPECTED_LOSS_PCT)}
+
+
+class OfferedRateOpusEncoder(Encoder):
+    """The kiosk's Opus sender: FEC, at the bitrate the latest offer asks for.
+
+    FFmpeg's libopus wrapper takes its bitrate only when it opens, so a new bitrate opens a
+    new encoder, on the encoding thread between two packets, which continues the old one's
+    timestamps: listeners hear one packet's seam, not a jump back in time.
+    """
+
+    def __init__(self, bitrate_bps: int = SPEECH_BITRATE_BPS) -> None:
+        # Set from the event loop, read on aiortc's encoding thread: one attribute, one read.
+        self.bitrate_bps = bitrate_bps
+        self._encoder = FecOpusEncoder(bitrate_bps)
+        self._encoding_bps = bitrate_bps
+        self._offset = 0
+        self._next_timestamp = 0
+
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int | None]:
+        wanted = self.bitrate_bps
+        if wanted != self._encoding_bps:
+            self._encoder = FecOpusEncoder(wanted)
+            self._encoding_bps = wanted
+            self._offset = self._next_timestamp
+        packets, timestamp = self._encoder.encode(frame, force_keyframe)
+        if timestamp is None:
+            return packets, None
+        timestamp += self._offset
+        self._next_timestamp = timestamp + SAMPLES_PER_PACKET * len(packets)
+        return packets, timestamp
+
+    def pack(self, packet: Packet) -> tuple[list[bytes], int]:
+        return self._encoder.pack(packet)
 
 
 @cache

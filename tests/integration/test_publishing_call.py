@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +11,11 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtp import RtpPacket
 
 from bench.vp8_retarget import is_keyframe
+from kiosk_client.call import CallClient
+from kiosk_client.media import open_audio
 from kiosk_client.vp8encoder import Vp8Encoder
 from server.appkeys import SFU_KEY
+from server.rtc.sender import encoder_of
 
 from tests.conftest import RunningServer
 from tests.support import eventually, media_from, pattern_publisher_and_viewer
@@ -105,7 +109,7 @@ async def test_a_remb_lowers_the_kiosks_bitrate_without_a_keyframe(server: Runni
 
 
 async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(server: RunningServer) -> None:
-    from kiosk_client.opus import FecOpusEncoder
+    from kiosk_client.opus import OfferedRateOpusEncoder
     from kiosk_client.vp8payloader import read_written_descriptor
 
     async with pattern_publisher_and_viewer(server, role="senior") as (kiosk, viewer):
@@ -115,7 +119,7 @@ async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(s
         )
         assert kiosk.pc is not None
         audio_sender = next(t.sender for t in kiosk.pc.getTransceivers() if t.sender.kind == "audio" and t.sender.track)
-        assert isinstance(audio_sender._RTCRtpSender__encoder, FecOpusEncoder)  # type: ignore[attr-defined]
+        assert isinstance(audio_sender._RTCRtpSender__encoder, OfferedRateOpusEncoder)  # type: ignore[attr-defined]
         # What reaches the SFU: Opus with a SILK layer (where FEC lives), VP8 in three layers.
         router = server.app[SFU_KEY].routers["room-1"]
         seen: dict[str, list[bytes]] = {"audio": [], "video": []}
@@ -136,3 +140,47 @@ async def test_the_kiosk_sends_temporal_layers_and_opus_fec_the_offer_asks_for(s
         assert {d.temporal_id for d in starts} == {0, 1, 2}
         frames = media_from(viewer, kiosk).audio_frames  # type: ignore[union-attr]
         await eventually(lambda: media_from(viewer, kiosk).audio_frames > frames + 20, what="audio goes on")  # type: ignore[union-attr]
+
+
+async def test_the_kiosk_speaks_at_a_voices_bitrate_and_sings_at_music_modes(server: RunningServer) -> None:
+    """A voice at 32 kbit/s (aiortc's 96 kbit/s took 40 % of a weak line per speaker); when the
+    host turns music mode on, the offer's maxaveragebitrate, with no jump in the timestamps."""
+    kiosk = CallClient(server.url, server.token(role="senior", name="Kiosk"), audio=open_audio("tone").audio)
+    host = CallClient(server.url, server.token(role="host", name="Ans"))
+    try:
+        await kiosk.start()
+        await host.start()
+        await eventually(lambda: (m := media_from(host, kiosk)) is not None and m.audio_frames > 20, what="audio")
+        router = server.app[SFU_KEY].routers["room-1"]
+        producer = next(p for p in router.producers if p.participant_id == kiosk.self_id and p.kind == "audio")
+        arrived: list[tuple[float, int, int]] = []
+        forward = producer.tap.on_rtp
+
+        async def record(packet: RtpPacket, *rest: Any) -> None:
+            arrived.append((time.monotonic(), packet.timestamp, len(packet.payload)))
+            await forward(packet, *rest)
+
+        producer.tap.on_rtp = record
+
+        def kbps(since: float) -> float:
+            sizes = [size for t, _, size in arrived if t >= since]
+            return sum(sizes) * 8 / (len(sizes) * 0.02) / 1000 if sizes else 0.0
+
+        await asyncio.sleep(2)
+        speech = kbps(arrived[0][0] + 0.5)
+        await host.signaling.send({"type": "music_mode", "enabled": True})
+        assert kiosk.pc is not None
+        sender = next(t.sender for t in kiosk.pc.getTransceivers() if t.sender.kind == "audio" and t.sender.track)
+        await eventually(lambda: getattr(encoder_of(sender), "bitrate_bps", None) == 128_000, timeout=10,
+                         what="music mode's offer at the kiosk")
+        await asyncio.sleep(1.5)
+        music = kbps(time.monotonic() - 1)
+        print(f"opus payload: speech {speech:.1f} kbit/s, music {music:.1f} kbit/s")
+        assert 20 < speech <= 40, speech
+        assert music >= 2.5 * speech
+        # One stream throughout: each packet 20 ms (960 samples) after the one before it.
+        steps = {(b - a) & 0xFFFFFFFF for (_, a, _), (_, b, _) in zip(arrived, arrived[1:])}
+        assert steps == {960}, sorted(steps)[:10]
+    finally:
+        await host.close()
+        await kiosk.close()

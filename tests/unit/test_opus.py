@@ -9,7 +9,10 @@ from aiortc.codecs.opus import OpusEncoder
 from av import AudioFrame
 
 from kiosk_client.jitterbuffer import AdaptiveAudioBuffer, AudioPacket, Concealment
-from kiosk_client.opus import FecOpusEncoder, OpusDecoder, load, offers_inband_fec
+from kiosk_client.opus import (
+    SPEECH_BITRATE_BPS, FecOpusEncoder, OfferedRateOpusEncoder, OpusDecoder, load, offered_opus_bitrate,
+    offers_inband_fec,
+)
 
 LOST = (30, 40, 50)
 
@@ -70,9 +73,50 @@ def test_without_fec_in_the_stream_the_decoder_still_conceals_instead_of_silence
 
 def test_the_fec_encoder_codes_in_a_mode_that_carries_fec() -> None:
     # TOC configurations 0-15 have a SILK layer (RFC 6716 §3.1), where the FEC copy lives;
-    # aiortc's encoder at the same bitrate codes CELT only (16-31), which has none.
-    assert all(p[0] >> 3 < 16 for p in _packets(FecOpusEncoder(), 20)[5:])
+    # aiortc's encoder (96 kbit/s, no FEC) codes CELT only (16-31), which has none.
+    for bitrate in (SPEECH_BITRATE_BPS, 128_000):
+        assert all(p[0] >> 3 < 16 for p in _packets(FecOpusEncoder(bitrate), 20)[5:]), bitrate
     assert all(p[0] >> 3 >= 16 for p in _packets(OpusEncoder(), 20)[5:])
+
+
+def _kbps(packets: list[bytes]) -> float:
+    return sum(len(p) for p in packets) * 8 / (len(packets) * 0.02) / 1000
+
+
+def test_a_voice_is_sent_at_a_third_of_aiortcs_bitrate() -> None:
+    ours, aiortcs = _kbps(_packets(OfferedRateOpusEncoder())[10:]), _kbps(_packets(OpusEncoder())[10:])
+    assert ours <= SPEECH_BITRATE_BPS / 1000 * 1.1, ours
+    assert aiortcs >= 2 * ours, (aiortcs, ours)
+
+
+def test_the_offer_sets_the_bitrate_within_rfc_7587s_range() -> None:
+    offer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 opus/48000/2\r\n"
+    assert offered_opus_bitrate(offer) == SPEECH_BITRATE_BPS
+    assert offered_opus_bitrate(offer + "a=fmtp:96 useinbandfec=1\r\n") == SPEECH_BITRATE_BPS
+    assert offered_opus_bitrate(offer + "a=fmtp:96 useinbandfec=1;stereo=1;maxaveragebitrate=128000\r\n") == 128_000
+    assert offered_opus_bitrate(offer + "a=fmtp:96 maxaveragebitrate=1000\r\n") == 6_000
+    assert offered_opus_bitrate(offer + "a=fmtp:96 maxaveragebitrate=900000\r\n") == 510_000
+
+
+def test_a_new_bitrate_mid_stream_continues_the_timestamps_and_decodes() -> None:
+    encoder = OfferedRateOpusEncoder()
+    timestamps: list[int] = []
+    packets: list[bytes] = []
+    for n in range(100):
+        if n == 50:
+            encoder.bitrate_bps = 128_000
+        mono = _voice(n)
+        frame = AudioFrame.from_ndarray(np.stack([mono, mono]).T.reshape(1, -1).copy(), format="s16", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, n * 960, fractions.Fraction(1, 48000)
+        encoded, timestamp = encoder.encode(frame)
+        if encoded:
+            assert timestamp is not None
+            timestamps.append(timestamp)
+            packets += encoded
+    assert [b - a for a, b in zip(timestamps, timestamps[1:])] == [960] * (len(timestamps) - 1)
+    assert _kbps(packets[60:]) >= 2 * _kbps(packets[10:50])
+    decoder = OpusDecoder()
+    assert all(decoder.decode(p, i * 960)[0].samples == 960 for i, p in enumerate(packets))
 
 
 def test_the_jitter_buffer_hands_the_next_packet_along_with_a_concealment() -> None:
