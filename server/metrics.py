@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from .appkeys import METRICS_KEY, SETTINGS_KEY
 from .sfu.totals import MediaTotals
-from .tasks import task_failures
+from .tasks import task_failures, tasks_stuck
 
 if TYPE_CHECKING:
     from signaling.service import SignalingService
@@ -83,7 +83,7 @@ class Metrics:
 
 
 class _TaskFailureCollector(Collector):
-    """server/tasks.py's counter, kept there so that every layer can count without
+    """server/tasks.py's counters, kept there so that every layer can count without
     importing this module."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -95,6 +95,15 @@ class _TaskFailureCollector(Collector):
         for name, count in sorted(task_failures.items()):
             family.add_metric([name], count)
         yield family
+        stuck = CounterMetricFamily(
+            "verzilvering_tasks_stuck",
+            "Background tasks still running long after their owner cancelled them on close"
+            " (logged with where they wait), by task.",
+            labels=["task"],
+        )
+        for name, count in sorted(tasks_stuck.items()):
+            stuck.add_metric([name], count)
+        yield stuck
 
 
 class _LiveCollector(Collector):

@@ -5,7 +5,10 @@ task (so it is neither garbage-collected mid-run nor forgotten), cancels and awa
 `close()`, and logs a failure with the task's name and counts it in `task_failures`,
 which server/metrics.py exports as `verzilvering_task_failures_total{task=...}`. A task
 whose exception is an expected outcome catches it inside its own coroutine; whatever
-escapes is a failure.
+escapes is a failure. A task that has not ended `STUCK_REPORT_S` after `close()` cancelled
+it (it swallowed the cancel, or waits on something that ignores it) is a hang in the
+making: it is logged with where it waits, counted in `tasks_stuck`
+(`verzilvering_tasks_stuck_total{task=...}`) and cancelled again; close() goes on waiting.
 
 Task names are metric labels: a fixed word per kind of task ("speaker-selection",
 "nack-send"), never a person, room or connection id.
@@ -17,6 +20,7 @@ layer, the kiosk) can count without importing the program's top.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections import Counter
 from collections.abc import Coroutine
@@ -28,6 +32,10 @@ T = TypeVar("T")
 
 # Failed background tasks of this process, by task name (for /metrics).
 task_failures: Counter[str] = Counter()
+# Tasks of this process that outlived their owner's close() by STUCK_REPORT_S, by task name.
+tasks_stuck: Counter[str] = Counter()
+# How long close() waits for cancelled tasks before it reports those still running.
+STUCK_REPORT_S = 10.0
 
 
 class TaskOwner:
@@ -90,6 +98,7 @@ class TaskOwner:
         owner's own tasks, that task is left to finish (it is the one closing)."""
         self._closed = True
         current = asyncio.current_task()
+        reported: set[asyncio.Task[Any]] = set()
         while True:
             running = [task for task in self._tasks or () if task is not current and not task.done()]
             if not running:
@@ -97,4 +106,12 @@ class TaskOwner:
             for task in running:
                 task.cancel()
             # wait(), not gather(): a task's own exception is logged by _done, not raised here.
-            await asyncio.wait(running)
+            _, pending = await asyncio.wait(running, timeout=STUCK_REPORT_S)
+            for task in pending - reported:
+                reported.add(task)
+                tasks_stuck[task.get_name()] += 1
+                where = io.StringIO()
+                task.print_stack(file=where)
+                logger.warning("background task %s of %s still runs %g s after it was cancelled; cancelling"
+                               " it again and waiting:\n%s", task.get_name(), self.name, STUCK_REPORT_S,
+                               where.getvalue())

@@ -12,7 +12,8 @@ from prometheus_client import generate_latest
 
 from server.metrics import Metrics
 from server.rtc.nackgenerator import NackGenerator
-from server.tasks import TaskOwner, task_failures
+from server import tasks
+from server.tasks import TaskOwner, task_failures, tasks_stuck
 
 
 async def _fail(message: str) -> None:
@@ -152,3 +153,50 @@ async def test_a_nack_send_that_fails_is_counted_a_lost_transport_is_not(caplog:
     assert sent and task_failures["nack-send"] == before + len(sent)
     assert len(caplog.records) == len(sent)
     assert all(r.getMessage() == "background task nack-send of nack-generator failed" for r in caplog.records)
+
+
+async def test_a_task_that_outlives_its_cancel_is_reported_and_cancelled_again(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks, "STUCK_REPORT_S", 0.05)
+    cancels = 0
+
+    async def swallows_one_cancel() -> None:
+        # The teardown hang's shape: a loop that takes its cancel for an error and sleeps on.
+        nonlocal cancels
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels += 1
+                if cancels > 1:
+                    raise
+    owner = TaskOwner("unit-owner")
+    before = tasks_stuck["unit-stuck"]
+    task = owner.spawn(swallows_one_cancel(), name="unit-stuck")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="server.tasks"):
+        async with asyncio.timeout(5):
+            await owner.close()
+    assert task.cancelled() and cancels == 2
+    assert tasks_stuck["unit-stuck"] == before + 1
+    [record] = [r for r in caplog.records if "unit-stuck" in r.getMessage()]
+    message = record.getMessage()
+    assert message.startswith("background task unit-stuck of unit-owner still runs 0.05 s after it was cancelled")
+    assert "swallows_one_cancel" in message, "where it waits"
+    text = generate_latest(Metrics().registry).decode()
+    assert f'verzilvering_tasks_stuck_total{{task="unit-stuck"}} {float(before + 1)}' in text
+
+
+async def test_tasks_that_end_when_cancelled_are_not_reported(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks, "STUCK_REPORT_S", 0.05)
+    owner = TaskOwner("unit-owner")
+    before = dict(tasks_stuck)
+    owner.spawn(asyncio.sleep(3600), name="unit-sleeper")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="server.tasks"):
+        await owner.close()
+    assert dict(tasks_stuck) == before
+    assert not [r for r in caplog.records if "still runs" in r.getMessage()]
