@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
         settings.negotiation_timeout_s,
     )
     app.cleanup_ctx.append(_state)
+    app.on_shutdown.append(_close_sockets)
     app[METRICS_KEY] = Metrics()
     guard.metrics = app[METRICS_KEY]
     app.router.add_get("/healthz", healthz)
@@ -95,6 +96,13 @@ async def _state(app: web.Application):  # type: ignore[no-untyped-def]
     await app[SIGNALING_KEY].close()
     await app[SFU_KEY].close()
     await store.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """aiohttp waits for every open request, a websocket too, before the cleanup that
+    would close them: close the signalling sockets first, or a stop (one not drained
+    beforehand) hangs for the whole shutdown timeout."""
+    await app[SIGNALING_KEY].close_sockets()
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

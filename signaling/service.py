@@ -556,13 +556,17 @@ class SignalingService:
         for session in list(self.sessions.values()):
             await self._end(session, "moved", close_code=SERVICE_RESTART)
 
+    async def close_sockets(self) -> None:
+        """Closes every signalling socket with 1001: the server is stopping."""
+        for conn in list(self._connections):
+            await conn.close(1001, "server stopping")
+
     async def close(self) -> None:
         await self.cluster.stop()
         if self._revocation_subscription is not None:
             await self._revocation_subscription.close()
             self._revocation_subscription = None
-        for conn in list(self._connections):
-            await conn.close(1001, "server stopping")
+        await self.close_sockets()
         await self.devices.close()
         for session in list(self.sessions.values()):
             await self._end(session, "left")
