@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from server.tasks import TaskOwner
 
-from .opus import offered_opus_bitrate, offers_inband_fec
+from .opus import opus_offer
 from .publishing import PublishControl, ScaledVideoTrack
 from .rtpreceiver import install_tuned_receiver
 from .signaling import SignalingClient, answer_offers
@@ -225,6 +225,7 @@ class CallClient:
                 self._offered_at[consumer["mid"]] = now
             self._mids[consumer["mid"]] = consumer
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        opus = opus_offer(offer["sdp"])
         for kind, mid in offer["publish"].items():
             track = self.video if kind == "video" else self.audio
             transceiver = next((t for t in pc.getTransceivers() if t.mid == mid), None)
@@ -232,8 +233,7 @@ class CallClient:
                 continue
             if transceiver.sender.track is not track:
                 transceiver.sender.replaceTrack(track)
-            self.publishing.hook_sender(transceiver.sender, opus_fec=offers_inband_fec(offer["sdp"]),
-                                        opus_bitrate_bps=offered_opus_bitrate(offer["sdp"]))
+            self.publishing.hook_sender(transceiver.sender, opus)
             transceiver.direction = "sendonly"
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)

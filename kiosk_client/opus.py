@@ -7,7 +7,7 @@ turns this on, and FFmpeg's libopus decoder cannot decode it (it always passes
 decode_fec=0), so:
 
 - `FecOpusEncoder` is aiortc's encoder with libopus's `fec` and `packet_loss` options, used
-  when the server's offer says listeners decode FEC (`useinbandfec=1`). At the kiosk's
+  when the server's offer says listeners decode FEC (`useinbandfec=1`, `opus_offer`). At the kiosk's
   speech bitrate libopus then codes in its hybrid mode, whose SILK layer carries the FEC.
 - `OfferedRateOpusEncoder` sends at the bitrate the offer asks for: a voice's 32 kbit/s
   (what browsers send; aiortc's fixed 96 kbit/s was 40 % of a weak 250 kbit/s line, per
@@ -24,10 +24,11 @@ import ctypes
 import fractions
 from ctypes import POINTER, c_char_p, c_int, c_int16, c_int32, c_void_p
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 from aiortc.codecs.base import Encoder
-from aiortc.codecs.opus import OpusEncoder
+from aiortc.codecs.opus import SAMPLES_PER_FRAME, OpusEncoder
 from av import AudioFrame
 from av.frame import Frame
 from av.packet import Packet
@@ -45,7 +46,6 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 EXPECTED_LOSS_PCT = 10
 # RFC 6716: at most 120 ms per packet.
 MAX_FRAME_SAMPLES = 5760
-SAMPLES_PER_PACKET = 960
 # A voice: libwebrtc's default for Opus, which is what a family member's browser sends.
 SPEECH_BITRATE_BPS = 32_000
 # RFC 7587 §6.1: the range of maxaveragebitrate.
@@ -56,24 +56,25 @@ class OpusError(RuntimeError):
     """libopus refused a call; the message carries libopus's own explanation."""
 
 
-def offers_inband_fec(sdp: str) -> bool:
-    """Whether an SDP asks for Opus in-band FEC (RFC 7587 `useinbandfec=1`) on any Opus codec."""
-    return any(
-        codec.mimeType.lower() == "audio/opus" and codec.parameters.get("useinbandfec") == 1
-        for media in SessionDescription.parse(sdp).media
-        for codec in media.rtp.codecs
-    )
+class OpusOffer(NamedTuple):
+    """What an offer asks of an Opus sender."""
+
+    fec: bool  # RFC 7587 `useinbandfec=1`: the listeners decode in-band FEC
+    bitrate_bps: int  # its `maxaveragebitrate` (music mode), held to RFC 7587's range, else a voice's
 
 
-def offered_opus_bitrate(sdp: str) -> int:
-    """The bitrate an SDP asks an Opus sender for: its `maxaveragebitrate` (music mode),
-    held to RFC 7587's range, else a voice's."""
+def opus_offer(sdp: str) -> OpusOffer:
+    """What an SDP asks of an Opus sender, over all its Opus codecs."""
+    fec, bitrate = False, SPEECH_BITRATE_BPS
     for media in SessionDescription.parse(sdp).media:
         for codec in media.rtp.codecs:
-            if codec.mimeType.lower() == "audio/opus" and "maxaveragebitrate" in codec.parameters:
+            if codec.mimeType.lower() != "audio/opus":
+                continue
+            fec = fec or codec.parameters.get("useinbandfec") == 1
+            if "maxaveragebitrate" in codec.parameters:
                 low, high = OPUS_BITRATE_RANGE_BPS
-                return max(low, min(high, int(codec.parameters["maxaveragebitrate"])))
-    return SPEECH_BITRATE_BPS
+                bitrate = max(low, min(high, int(codec.parameters["maxaveragebitrate"])))
+    return OpusOffer(fec, bitrate)
 
 
 class FecOpusEncoder(OpusEncoder):
@@ -112,7 +113,7 @@ class OfferedRateOpusEncoder(Encoder):
         if timestamp is None:
             return packets, None
         timestamp += self._offset
-        self._next_timestamp = timestamp + SAMPLES_PER_PACKET * len(packets)
+        self._next_timestamp = timestamp + SAMPLES_PER_FRAME * len(packets)
         return packets, timestamp
 
     def pack(self, packet: Packet) -> tuple[list[bytes], int]:

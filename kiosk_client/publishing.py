@@ -28,7 +28,7 @@ from av import VideoFrame
 from server.rtc.sender import encoder_of, negotiated_codecs, on_remb, use_encoder
 
 from .libvpx import LibvpxError
-from .opus import SPEECH_BITRATE_BPS, OfferedRateOpusEncoder
+from .opus import SPEECH_BITRATE_BPS, OfferedRateOpusEncoder, OpusOffer
 from .simulcastsend import LowLayer, answer_with_simulcast, offered_extension_ids
 from .vp8encoder import Vp8Encoder
 
@@ -106,20 +106,19 @@ class PublishControl:
         self._opus_bitrate_bps = SPEECH_BITRATE_BPS
         self.low_layer: LowLayer | None = None
 
-    def hook_sender(self, sender: RTCRtpSender, opus_fec: bool = False,
-                    opus_bitrate_bps: int = SPEECH_BITRATE_BPS) -> None:
+    def hook_sender(self, sender: RTCRtpSender, opus: OpusOffer | None = None) -> None:
         """Our encoders for a sender: VP8 retargeted in place; Opus with in-band FEC when the
-        server's offer says the listeners decode it (`opus.offers_inband_fec`), at the
-        bitrate each offer asks for (`opus.offered_opus_bitrate`: a voice's, or music's)."""
-        if sender.kind == "audio" and opus_fec:
-            self._opus_bitrate_bps = opus_bitrate_bps
+        server's offer says the listeners decode it, at the bitrate each offer asks for (a
+        voice's, or music's: `opus.opus_offer`)."""
+        if sender.kind == "audio" and opus is not None and opus.fec:
+            self._opus_bitrate_bps = opus.bitrate_bps
             encoder = encoder_of(sender)
             if isinstance(encoder, OfferedRateOpusEncoder):
-                encoder.bitrate_bps = opus_bitrate_bps
+                encoder.bitrate_bps = opus.bitrate_bps
         if sender in self._senders or sender in self._audio_senders:
             return
         if sender.kind == "audio":
-            if opus_fec:
+            if opus is not None and opus.fec:
                 self._audio_senders.append(sender)
                 use_encoder(sender, self._new_encoder)
             return

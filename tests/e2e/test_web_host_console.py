@@ -14,8 +14,8 @@ from playwright.async_api import Browser, BrowserContext
 
 from server.appkeys import SETTINGS_KEY
 from server.directory import Account, Activity, Contact, Senior
-from server.schedule import WEEKDAYS
 from server.invites import issue_invite, named_secret
+from server.schedule import WEEKDAYS
 from web.auth import hash_password
 
 from tests.browser_helpers import DESKTOP, PHONE, Site, Tab, launch, log_in, open_tab, start_site

@@ -10,8 +10,7 @@ from av import AudioFrame
 
 from kiosk_client.jitterbuffer import AdaptiveAudioBuffer, AudioPacket, Concealment
 from kiosk_client.opus import (
-    SPEECH_BITRATE_BPS, FecOpusEncoder, OfferedRateOpusEncoder, OpusDecoder, load, offered_opus_bitrate,
-    offers_inband_fec,
+    SPEECH_BITRATE_BPS, FecOpusEncoder, OfferedRateOpusEncoder, OpusDecoder, load, opus_offer,
 )
 
 LOST = (30, 40, 50)
@@ -91,11 +90,11 @@ def test_a_voice_is_sent_at_a_third_of_aiortcs_bitrate() -> None:
 
 def test_the_offer_sets_the_bitrate_within_rfc_7587s_range() -> None:
     offer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 opus/48000/2\r\n"
-    assert offered_opus_bitrate(offer) == SPEECH_BITRATE_BPS
-    assert offered_opus_bitrate(offer + "a=fmtp:96 useinbandfec=1\r\n") == SPEECH_BITRATE_BPS
-    assert offered_opus_bitrate(offer + "a=fmtp:96 useinbandfec=1;stereo=1;maxaveragebitrate=128000\r\n") == 128_000
-    assert offered_opus_bitrate(offer + "a=fmtp:96 maxaveragebitrate=1000\r\n") == 6_000
-    assert offered_opus_bitrate(offer + "a=fmtp:96 maxaveragebitrate=900000\r\n") == 510_000
+    assert opus_offer(offer).bitrate_bps == SPEECH_BITRATE_BPS
+    assert opus_offer(offer + "a=fmtp:96 useinbandfec=1\r\n").bitrate_bps == SPEECH_BITRATE_BPS
+    assert opus_offer(offer + "a=fmtp:96 useinbandfec=1;stereo=1;maxaveragebitrate=128000\r\n").bitrate_bps == 128_000
+    assert opus_offer(offer + "a=fmtp:96 maxaveragebitrate=1000\r\n").bitrate_bps == 6_000
+    assert opus_offer(offer + "a=fmtp:96 maxaveragebitrate=900000\r\n").bitrate_bps == 510_000
 
 
 def test_a_new_bitrate_mid_stream_continues_the_timestamps_and_decodes() -> None:
@@ -130,9 +129,9 @@ def test_the_jitter_buffer_hands_the_next_packet_along_with_a_concealment() -> N
 
 def test_fec_is_used_only_where_the_offer_asks_for_it() -> None:
     offer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 opus/48000/2\r\n"
-    assert not offers_inband_fec(offer)
-    assert offers_inband_fec(offer + "a=fmtp:96 useinbandfec=1\r\n")
-    assert not offers_inband_fec(offer + "a=fmtp:96 useinbandfec=0\r\n")
+    assert not opus_offer(offer).fec
+    assert opus_offer(offer + "a=fmtp:96 useinbandfec=1\r\n").fec
+    assert not opus_offer(offer + "a=fmtp:96 useinbandfec=0\r\n").fec
 
 
 def test_the_bundled_libopus_is_one_with_fec_decoding() -> None:
